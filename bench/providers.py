@@ -1,0 +1,125 @@
+"""One setup per benchmark problem and the training-step functions of every provider.
+
+A provider is a way to compute the Sobolev loss and its gradients: what users write today
+(``eager_autograd``, ``torch_func``), the floor (``plain_step``: a first-order MSE step on the
+(1 + K) B stacked rows), and each backend of ours. Every provider runs on the same weights,
+inputs, directions and targets, built once by ``make_problem``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import sobolev_kernels as sk
+from sobolev_kernels.baselines import eager_autograd_loss
+
+BASELINES = ("eager_autograd", "torch_func", "plain_step")
+
+
+@dataclass
+class Problem:
+    model: sk.SobolevMLP
+    x: Tensor  # (B, d)
+    y: Tensor  # (B, m)
+    directions: Tensor  # (B, K, d)
+    target_jvp: Tensor  # (B, K, m)
+
+    @property
+    def label(self) -> str:
+        b, d = self.x.shape
+        k, m = self.directions.shape[1], self.y.shape[1]
+        w, layers = self.model.widths[1], self.model.num_layers
+        return f"B={b} d={d} width={w} layers={layers} m={m} K={k}"
+
+
+def make_problem(
+    batch: int, dim: int, width: int, layers: int, out: int, k: int,
+    *, activation: str = "tanh", dtype: torch.dtype = torch.float32, device: str = "cpu",
+    seed: int = 0,
+) -> Problem:  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = sk.SobolevMLP(dim, width, out, layers, activation=activation)
+    model = model.to(device=device, dtype=dtype)
+    x = torch.randn(batch, dim, generator=gen).to(device, dtype)
+    y = torch.randn(batch, out, generator=gen).to(device, dtype)
+    dirs = sk.sample_directions(batch, k, dim, generator=gen, device=device, dtype=dtype)
+    g = torch.randn(batch, k, out, generator=gen).to(device, dtype)
+    return Problem(model, x, y, dirs, g)
+
+
+def _zero_grad(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tensor]:
+    """A closure running one loss evaluation (``mode="forward"``) or loss + backward."""
+    model = p.model
+
+    if provider == "eager_autograd":
+
+        def loss() -> Tensor:
+            return eager_autograd_loss(model, p.x, p.y, p.target_jvp, p.directions)[0]
+
+    elif provider == "plain_step":
+        stacked = torch.cat([p.x, p.directions.reshape(-1, p.x.shape[1])])
+        target = torch.cat([p.y, p.target_jvp.reshape(-1, p.y.shape[1])])
+
+        def loss() -> Tensor:
+            return torch.nn.functional.mse_loss(model(stacked), target)
+
+    else:
+        backend = "reference" if provider == "torch_func" else provider
+
+        def loss() -> Tensor:
+            return sk.sobolev_loss(model, p.x, p.y, target_jvp=p.target_jvp,
+                                   directions=p.directions, backend=backend)  # fmt: skip
+
+    if mode == "forward":
+        if provider == "eager_autograd":
+            return loss  # its forward already builds the double-backward graph
+        return lambda: _no_grad(loss)
+
+    def step() -> Tensor:
+        _zero_grad(model)
+        out = loss()
+        out.backward()
+        return out
+
+    return step
+
+
+def _no_grad(fn: Callable[[], Tensor]) -> Tensor:
+    with torch.no_grad():
+        return fn()
+
+
+def providers_available(device: str) -> list[str]:
+    """Baselines plus our backends that run on ``device`` (reference is ``torch_func``)."""
+    ours = [b for b in sk.available_backends() if b != "reference"]
+    if device == "cpu":
+        ours = [b for b in ours if b != "triton"]  # the interpreter is no speed contender
+    return [*BASELINES, *ours]
+
+
+def check_agreement(p: Problem, providers: list[str], rtol: float = 1e-3) -> None:
+    """Every Sobolev provider gives the reference loss and gradients before anything is timed."""
+    expected = _loss_and_grads("torch_func", p)
+    for provider in providers:
+        if provider in ("plain_step", "torch_func"):
+            continue
+        got = _loss_and_grads(provider, p)
+        for a, b in zip(got, expected):
+            scale = b.abs().max().clamp_min(1e-12)
+            if ((a - b).abs().max() / scale).item() > rtol:
+                raise AssertionError(f"{provider} disagrees with torch_func on {p.label}")
+
+
+def _loss_and_grads(provider: str, p: Problem) -> list[Tensor]:
+    loss = step_fn(provider, p)()
+    return [loss.detach().float()] + [q.grad.detach().float().clone() for q in p.model.parameters()]

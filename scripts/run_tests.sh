@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The tests: sets up the environment, then pytest. Without a GPU, Triton kernels run under
+# TRITON_INTERPRET=1 on small shapes and `gpu` tests skip. Arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup_env.sh" test
+cd "$ROOT"
+exec "$PY" -m pytest -q "$@"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Creates .venv (or $SOBOLEV_VENV) and installs what is missing, then this project (editable,
+# compiled against the installed torch). Sourced by run_main.sh and run_tests.sh.
+#
+# torch: any importable torch is kept (a CUDA machine keeps its own build, visible through
+# --system-site-packages); otherwise the pinned CPU wheel torch==2.13.0 is installed, so pip
+# never resolves a multi-GB CUDA build. Nothing is fetched when everything is present, so this
+# also works on machines without internet.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SOBOLEV_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PYTHON" -m venv --system-site-packages "$VENV"
+fi
+PY="$VENV/bin/python"
+pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
+has() { "$PY" -c "import $1" >/dev/null 2>&1; }
+
+has torch || { echo "[setup] installing torch==2.13.0 (CPU)"; pip_install "torch==2.13.0"; }
+
+want=()
+has numpy || want+=(numpy)
+if [ "$(uname -s)" = "Linux" ]; then has triton || want+=("triton==3.9.0"); fi
+"$PY" - <<'PY' || want+=("setuptools>=70.1" wheel)
+import setuptools, sys
+sys.exit(0 if tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (70, 1) else 1)
+PY
+for extra in "$@"; do
+  case "$extra" in
+    test) has pytest || want+=(pytest); has hypothesis || want+=(hypothesis) ;;
+    bench) has matplotlib || want+=(matplotlib) ;;
+  esac
+done
+if [ "${#want[@]}" -gt 0 ]; then
+  echo "[setup] installing ${want[*]}"
+  pip_install "${want[@]}"
+fi
+
+# Rebuild only when the sources changed (the editable install keeps the compiled module).
+stamp="$VENV/.sobolev_build_stamp"
+digest="$(cd "$ROOT" && cat setup.py pyproject.toml $(find csrc -type f 2>/dev/null | sort) | sha1sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+  echo "[setup] building sobolev_kernels (pip install --no-build-isolation -e .)"
+  (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-2}" pip_install --no-build-isolation --no-deps -e .)
+  echo "$digest" > "$stamp"
+fi

@@ -1,0 +1,390 @@
+"""Public entry points: ``sobolev_loss``, ``SobolevLoss``, ``mlp_jvp``.
+
+This is the only module that validates user input and picks a backend. Every error names the
+argument at fault and what was expected; nothing the caller passed is modified (targets and
+directions are detached, never written to).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import backends
+from .directions import full_directions, sample_directions
+from .mlp import SobolevMLP
+from .problem import SobolevProblem
+
+__all__ = ["sobolev_loss", "SobolevLoss", "mlp_jvp"]
+
+_FLOATS = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+Model = Callable[[Tensor], Tensor]
+
+
+def sobolev_loss(
+    model: Model,
+    x: Tensor,
+    y: Tensor | None,
+    *,
+    target_grad: Tensor | None = None,
+    target_jvp: Tensor | None = None,
+    teacher: Model | None = None,
+    directions: Tensor | str | None = None,
+    num_directions: int = 1,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+    return_outputs: bool = False,
+    order: int = 1,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Sobolev loss ``alpha * mse(f(x), y) + beta * mse(J_f(x) v, J_g(x) v)``.
+
+    Args:
+        model: a ``SobolevMLP`` (fused backends), an ``nn.Sequential`` of Linear/activation
+            layers (adopted as a SobolevMLP), or any module/callable mapping rows ``(B, d)`` to
+            ``(B, m)`` independently (``reference`` backend).
+        x: ``(B, d)`` inputs; gets a gradient if it requires one.
+        y: ``(B, m)`` target values (``(B,)`` when m == 1), or None to drop the value term.
+        target_grad: ``(B, m, d)`` target Jacobians (``(B, d)`` when m == 1), or
+        target_jvp: ``(B, K, m)`` targets already projected on ``directions``, or
+        teacher: a module/callable whose JVPs along the directions are the targets.
+            Exactly one of the three. Targets are constants: they receive no gradient.
+        directions: None (sample ``num_directions`` per row, uniform on the unit sphere, from
+            ``generator``), a ``(K, d)`` tensor shared by all rows, a ``(B, K, d)`` tensor, or
+            ``"full"`` (the d basis vectors: full Jacobian matching).
+        alpha, beta: weights of the value and derivative terms (finite, >= 0).
+        backend: ``"auto"``, ``"reference"``, ``"torch"`` (see ``available_backends()``).
+        return_outputs: also return ``f (B, m)``, differentiable, for a user's own value loss.
+        order: 1 (second-order Sobolev training is not implemented yet).
+
+    Returns:
+        The 0-dim loss (fp32 for bf16/fp16 inputs), or ``(loss, f)``.
+    """
+    _check_order(order)
+    _check_flag("return_outputs", return_outputs)
+    problem = _build_problem(
+        model, x, y,
+        target_grad=target_grad, target_jvp=target_jvp, teacher=teacher,
+        directions=directions, num_directions=num_directions,
+        alpha=alpha, beta=beta, generator=generator, backend=backend,
+    )  # fmt: skip
+    loss, f = backends.select(backend, problem).sobolev_loss(problem)
+    return (loss, f) if return_outputs else loss
+
+
+def mlp_jvp(
+    model: Model, x: Tensor, directions: Tensor | str, *, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """Forward pass and Jacobian-vector products: ``f (B, m)`` and ``u (B, K, m)``.
+
+    ``u[:, k] = J_f(x) v_k``; ``directions`` is ``(K, d)`` shared, ``(B, K, d)`` per row, or
+    ``"full"``. Both outputs are differentiable w.r.t. the model's parameters and ``x``.
+    """
+    _check_backend(backend)
+    model, mlp = _check_model(model, "model")
+    x = _check_x(x, mlp, model)
+    dirs = _resolve_directions(directions, 1, None, x, explicit=True)
+    problem = SobolevProblem(model=model, mlp=mlp, x=x, y=None, directions=dirs)
+    return backends.select(backend, problem).mlp_jvp(problem)
+
+
+class SobolevLoss(nn.Module):
+    """Module form of ``sobolev_loss`` holding alpha, beta, K, directions and backend.
+
+    ``forward(model, x, y, target_grad=..., target_jvp=..., teacher=..., directions=...)``
+    with the same meaning as ``sobolev_loss``; ``directions`` given to forward overrides the
+    one given here.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        num_directions: int = 1,
+        directions: Tensor | str | None = None,
+        backend: str = "auto",
+        generator: torch.Generator | None = None,
+        return_outputs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.alpha = _check_weight("alpha", alpha)
+        self.beta = _check_weight("beta", beta)
+        self.num_directions = _check_num_directions(num_directions)
+        if directions is not None and not isinstance(directions, Tensor) and directions != "full":
+            raise ValueError(f"directions: expected None, a tensor or 'full', got {directions!r}")
+        self.directions = directions
+        self.backend = _check_backend(backend)
+        self.generator = _check_generator(generator)
+        self.return_outputs = _check_flag("return_outputs", return_outputs)
+
+    def forward(
+        self,
+        model: Model,
+        x: Tensor,
+        y: Tensor | None = None,
+        *,
+        target_grad: Tensor | None = None,
+        target_jvp: Tensor | None = None,
+        teacher: Model | None = None,
+        directions: Tensor | str | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        return sobolev_loss(
+            model, x, y,
+            target_grad=target_grad, target_jvp=target_jvp, teacher=teacher,
+            directions=self.directions if directions is None else directions,
+            num_directions=self.num_directions, alpha=self.alpha, beta=self.beta,
+            generator=self.generator, backend=self.backend,
+            return_outputs=self.return_outputs,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, beta={self.beta}, num_directions={self.num_directions}, "
+            f"backend={self.backend!r}"
+        )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _build_problem(
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    target_grad: Any,
+    target_jvp: Any,
+    teacher: Any,
+    directions: Any,
+    num_directions: Any,
+    alpha: Any,
+    beta: Any,
+    generator: Any,
+    backend: Any,
+) -> SobolevProblem:
+    _check_backend(backend)
+    alpha = _check_weight("alpha", alpha)
+    beta = _check_weight("beta", beta)
+    generator = _check_generator(generator)
+    model, mlp = _check_model(model, "model")
+    x = _check_x(x, mlp, model)
+    batch, dim = x.shape
+
+    given = [n for n, v in (("target_grad", target_grad), ("target_jvp", target_jvp),
+                            ("teacher", teacher)) if v is not None]  # fmt: skip
+    if len(given) != 1:
+        raise ValueError(
+            "target_grad/target_jvp/teacher: expected exactly one derivative target, got "
+            + (", ".join(given) if given else "none")
+        )
+    if target_jvp is not None and directions is None:
+        raise ValueError(
+            "target_jvp: targets projected on directions need those directions; pass "
+            "directions=(K, d) or (B, K, d) tensor or 'full'"
+        )
+    dirs = _resolve_directions(directions, num_directions, generator, x, explicit=False)
+    k = dirs.shape[-2]
+
+    # m, the number of outputs: from the MLP, else from the targets given.
+    m = mlp.out_features if mlp is not None else _infer_outputs(y, target_grad, target_jvp, dim)
+    if y is not None:
+        y = _check_tensor("y", y, x, [(batch, m)] + ([(batch,)] if m == 1 else []))
+        y = y.reshape(batch, m)
+    grad_t = jvp_t = None
+    if target_grad is not None:
+        grad_t = _check_tensor(
+            "target_grad", target_grad, x, [(batch, m, dim)] + ([(batch, dim)] if m == 1 else [])
+        ).reshape(batch, m, dim)
+    elif target_jvp is not None:
+        jvp_t = _check_tensor(
+            "target_jvp", target_jvp, x, [(batch, k, m)] + ([(batch, k)] if m == 1 else [])
+        ).reshape(batch, k, m)
+    else:
+        jvp_t = _teacher_jvp(teacher, x, dirs, m, backend)
+
+    return SobolevProblem(
+        model=model, mlp=mlp, x=x, y=y, directions=dirs,
+        target_jvp=jvp_t, target_grad=grad_t, alpha=alpha, beta=beta,
+    )  # fmt: skip
+
+
+def _check_backend(backend: Any) -> str:
+    if not isinstance(backend, str) or (backend != "auto" and backend not in backends.BACKENDS):
+        raise ValueError(
+            f"backend: unknown backend {backend!r}; expected 'auto' or one of "
+            f"{list(backends.BACKENDS)}"
+        )
+    return backend
+
+
+def _check_order(order: Any) -> None:
+    if isinstance(order, bool) or order != 1:
+        raise ValueError(f"order: only order=1 is implemented, got {order!r}")
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
+def _check_weight(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return value
+
+
+def _check_num_directions(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"num_directions: expected an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"num_directions: expected an int >= 1 (K), got {value}")
+    return int(value)
+
+
+def _check_generator(generator: Any) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    return generator
+
+
+def _check_model(model: Any, name: str) -> tuple[Model, SobolevMLP | None]:
+    """The callable to run and, when the fused path can take it, its SobolevMLP form."""
+    if not callable(model):
+        raise TypeError(f"{name}: expected an nn.Module or callable, got {type(model).__name__}")
+    if isinstance(model, SobolevMLP):
+        return model, model
+    if isinstance(model, nn.Sequential):
+        try:
+            return model, SobolevMLP.from_sequential(model)
+        except TypeError:
+            return model, None  # not an MLP stack: only the reference backend takes it
+    return model, None
+
+
+def _param_of(model: Model) -> Tensor | None:
+    if isinstance(model, nn.Module):
+        return next(iter(model.parameters()), None)
+    return None
+
+
+def _check_x(x: Any, mlp: SobolevMLP | None, model: Model) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor (B, d), got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"x: expected a floating-point tensor (fp64/fp32/bf16/fp16), got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"x: expected shape (B, d), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x: empty batch (B = 0)")
+    if x.shape[1] == 0:
+        raise ValueError("x: expected d >= 1 input features, got d = 0")
+    if mlp is not None and x.shape[1] != mlp.in_features:
+        raise ValueError(
+            f"x: model takes {mlp.in_features} input features, got x of shape {tuple(x.shape)}"
+        )
+    param = _param_of(model)
+    if param is not None:
+        if param.device != x.device:
+            raise ValueError(f"x: on {x.device}, but the model's parameters are on {param.device}")
+        if param.dtype != x.dtype:
+            raise TypeError(f"x: dtype {x.dtype}, but the model's parameters are {param.dtype}")
+    return x.contiguous()
+
+
+def _check_tensor(name: str, t: Any, x: Tensor, shapes: list[tuple[int, ...]]) -> Tensor:
+    """A detached contiguous tensor on x's device and dtype, with one of ``shapes``."""
+    expected = " or ".join(str(s) for s in shapes)
+    if not isinstance(t, Tensor):
+        raise TypeError(
+            f"{name}: expected a torch.Tensor of shape {expected}, got {type(t).__name__}"
+        )
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name}: dtype {t.dtype} does not match x's dtype {x.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: on {t.device}, but x is on {x.device}")
+    if tuple(t.shape) not in shapes:
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(t.shape)}")
+    return t.detach().contiguous()
+
+
+def _infer_outputs(y: Any, target_grad: Any, target_jvp: Any, dim: int) -> int:
+    """m for a model we cannot inspect, read off the targets (checked again after the run)."""
+    if isinstance(y, Tensor):
+        return y.shape[1] if y.ndim == 2 else 1
+    if isinstance(target_jvp, Tensor):
+        return target_jvp.shape[2] if target_jvp.ndim == 3 else 1
+    if isinstance(target_grad, Tensor):
+        return target_grad.shape[1] if target_grad.ndim == 3 else 1
+    return -1  # teacher: taken from its output
+
+
+def _resolve_directions(
+    directions: Any, num_directions: Any, generator: torch.Generator | None, x: Tensor,
+    *, explicit: bool,
+) -> Tensor:  # fmt: skip
+    batch, dim = x.shape
+    k = _check_num_directions(num_directions)
+    if directions is None and not explicit:
+        return sample_directions(batch, k, dim, generator=generator, device=x.device, dtype=x.dtype)
+    if isinstance(directions, str) and directions == "full":
+        if k not in (1, dim):
+            raise ValueError(
+                f"num_directions: directions='full' uses K = d = {dim}, got num_directions={k}"
+            )
+        return full_directions(dim, device=x.device, dtype=x.dtype)
+    if not isinstance(directions, Tensor):
+        raise ValueError(
+            "directions: expected a (K, d) or (B, K, d) tensor or 'full'"
+            + ("" if explicit else " or None")
+            + f", got {directions!r}"
+        )
+    shape = tuple(directions.shape)
+    ok = (directions.ndim == 2 and shape[1] == dim) or (
+        directions.ndim == 3 and shape[0] == batch and shape[2] == dim
+    )
+    if not ok or shape[-2] == 0:
+        raise ValueError(
+            f"directions: expected (K, {dim}) or ({batch}, K, {dim}) with K >= 1, got {shape}"
+        )
+    if k not in (1, shape[-2]):
+        raise ValueError(f"num_directions: {k} does not match the {shape[-2]} directions given")
+    return _check_tensor("directions", directions, x, [shape])
+
+
+def _teacher_jvp(teacher: Any, x: Tensor, dirs: Tensor, m: int, backend: str) -> Tensor:
+    """The teacher's JVPs along ``dirs``: (B, K, m), computed without a graph."""
+    teacher, teacher_mlp = _check_model(teacher, "teacher")
+    param = _param_of(teacher)
+    if param is not None and (param.device != x.device or param.dtype != x.dtype):
+        raise ValueError(
+            f"teacher: parameters are {param.dtype} on {param.device}, x is {x.dtype} on {x.device}"
+        )
+    if teacher_mlp is not None and teacher_mlp.in_features != x.shape[1]:
+        raise ValueError(
+            f"teacher: takes {teacher_mlp.in_features} input features, x has {x.shape[1]}"
+        )
+    problem = SobolevProblem(model=teacher, mlp=teacher_mlp, x=x.detach(), y=None, directions=dirs)
+    # Any teacher is fine: its JVPs need no graph, so reference costs one forward-mode pass and
+    # is no reason to warn; an explicitly chosen backend that cannot take it runs the student.
+    chosen = backend
+    if teacher_mlp is None:
+        chosen = "reference"
+    elif backend != "auto":
+        module = backends.load(backend)
+        if module.unavailable_reason() or module.unsupported_reason(problem):
+            chosen = "reference"
+    with torch.no_grad():
+        f, u = backends.select(chosen, problem).mlp_jvp(problem)
+    if m != -1 and f.shape[-1] != m:
+        raise ValueError(f"teacher: returns {f.shape[-1]} outputs, the model {m}")
+    return u.detach().contiguous()

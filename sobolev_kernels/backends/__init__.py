@@ -1,0 +1,85 @@
+"""Backend registry: what each implementation can run, and the one function that picks.
+
+Every backend module exposes ``unavailable_reason()`` (why it cannot run in this process at
+all, or None), ``unsupported_reason(problem)`` (why it cannot take this model, dtype or
+device, or None), ``sobolev_loss(problem) -> (loss, f)`` and ``mlp_jvp(problem) -> (f, u)``.
+An explicitly requested backend that cannot run raises a ``ValueError`` naming the reason;
+``"auto"`` walks a preference list and falls back to ``reference`` with a one-time warning.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from types import ModuleType
+
+from ..problem import SobolevProblem
+
+__all__ = ["BACKENDS", "SobolevFallbackWarning", "available_backends", "select", "load"]
+
+# Import paths, in no particular order; preference lives in _auto_order.
+BACKENDS: dict[str, str] = {
+    "reference": "sobolev_kernels.backends.reference",
+    "torch": "sobolev_kernels.backends.torch",
+}
+
+
+class SobolevFallbackWarning(UserWarning):
+    """``backend="auto"`` could not use a fused path and fell back to a slower one."""
+
+
+_warned: set[str] = set()
+
+
+def load(name: str) -> ModuleType:
+    if name not in BACKENDS:
+        raise ValueError(
+            f"backend: unknown backend {name!r}; expected 'auto' or one of {list(BACKENDS)}"
+        )
+    return importlib.import_module(BACKENDS[name])
+
+
+def _unavailable(name: str) -> str | None:
+    try:
+        module = load(name)
+    except ImportError as exc:  # e.g. triton not installed
+        return f"cannot import it ({exc})"
+    return module.unavailable_reason()
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run in this process (on some device and dtype)."""
+    return [name for name in BACKENDS if _unavailable(name) is None]
+
+
+def _auto_order(problem: SobolevProblem) -> list[str]:
+    order = ["cuda", "triton", "torch"] if problem.device.type == "cuda" else ["torch", "cuda"]
+    # On CPU the Triton interpreter is a correctness tool, never a speed choice.
+    return [name for name in order if name in BACKENDS]
+
+
+def select(name: str, problem: SobolevProblem) -> ModuleType:
+    """The backend module to run ``problem`` with (``name`` may be ``"auto"``)."""
+    if name != "auto":
+        reason = _unavailable(name)
+        if reason is None:
+            reason = load(name).unsupported_reason(problem)
+        if reason is not None:
+            raise ValueError(f"backend: {name!r} cannot run this problem: {reason}")
+        return load(name)
+    reasons = []
+    for candidate in _auto_order(problem):
+        reason = _unavailable(candidate)
+        if reason is None:
+            reason = load(candidate).unsupported_reason(problem)
+        if reason is None:
+            return load(candidate)
+        reasons.append(f"{candidate}: {reason}")
+    message = (
+        "sobolev_kernels: no fused backend can take this problem, using the slow 'reference' "
+        "backend (" + "; ".join(reasons) + ")"
+    )
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, SobolevFallbackWarning, stacklevel=4)
+    return load("reference")

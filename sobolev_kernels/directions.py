@@ -1,0 +1,44 @@
+"""Projection directions for stochastic Sobolev training.
+
+Directions are either shared by every row, ``(K, d)``, or drawn per row, ``(B, K, d)``.
+Sampled directions are uniform on the unit sphere of the input space (normalised Gaussians).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["sample_directions", "full_directions"]
+
+
+def sample_directions(
+    batch: int,
+    num_directions: int,
+    dim: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``(batch, num_directions, dim)`` directions uniform on the unit sphere, one set per row.
+
+    The Gaussians are drawn on the generator's device and moved to ``device``, so a CPU
+    generator gives the same directions on every device. Low-precision dtypes are sampled in
+    fp32 and rounded, so rows stay unit length to the dtype's precision.
+    """
+    sample_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    where = generator.device if generator is not None else device
+    g = torch.randn(
+        batch, num_directions, dim, generator=generator, device=where, dtype=sample_dtype
+    )
+    # A Gaussian sample is exactly 0 with probability ~0; the clamp only guards the division.
+    g = g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(sample_dtype).tiny)
+    return g.to(device=device, dtype=dtype)
+
+
+def full_directions(
+    dim: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """The ``dim`` basis vectors as shared directions ``(dim, dim)``: full Jacobian matching."""
+    return torch.eye(dim, device=device, dtype=dtype)

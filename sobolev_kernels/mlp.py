@@ -1,0 +1,171 @@
+"""``SobolevMLP``: the multilayer perceptron every fused backend understands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .activations import Activation, activation_from_module, get_activation
+
+__all__ = ["SobolevMLP"]
+
+
+class SobolevMLP(nn.Module):
+    """MLP with ``num_layers`` linear layers and one activation between them, linear output.
+
+    ``hidden_features`` is one width for every hidden layer or a sequence of
+    ``num_layers - 1`` widths. ``num_layers=1`` is a single linear map. The layers are plain
+    ``nn.Linear`` modules in ``self.layers``, so state dicts, optimisers and initialisation
+    behave exactly as for an ``nn.Sequential``.
+
+    ``forward(x)``: ``x (B, in_features) -> (B, out_features)``, the plain MLP.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | Sequence[int],
+        out_features: int,
+        num_layers: int,
+        activation: str = "tanh",
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        negative_slope: float | None = None,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        _check_positive_int("out_features", out_features)
+        _check_positive_int("num_layers", num_layers)
+        if isinstance(hidden_features, int):
+            hidden = [hidden_features] * (num_layers - 1)
+        else:
+            hidden = list(hidden_features)
+            if len(hidden) != num_layers - 1:
+                raise ValueError(
+                    f"hidden_features: expected an int or {num_layers - 1} widths for "
+                    f"num_layers={num_layers}, got {len(hidden)}"
+                )
+        for width in hidden:
+            _check_positive_int("hidden_features", width)
+        widths = [in_features, *hidden, out_features]
+        factory = {"device": device, "dtype": dtype}
+        layers = [nn.Linear(a, b, bias=bias, **factory) for a, b in zip(widths, widths[1:])]
+        self._init(nn.ModuleList(layers), get_activation(activation, negative_slope))
+
+    def _init(self, layers: nn.ModuleList, activation: Activation) -> None:
+        self.layers = layers
+        # Plain attributes (not the Activation with its functions) so the module pickles.
+        self.activation_name = activation.name
+        self.negative_slope = activation.negative_slope
+
+    @property
+    def activation(self) -> Activation:
+        return get_activation(self.activation_name, self.negative_slope)
+
+    @classmethod
+    def from_sequential(cls, sequential: nn.Sequential) -> SobolevMLP:
+        """Adopt ``Linear, act, Linear, act, ..., Linear`` (sharing its parameters).
+
+        Every activation must be the same function (see ``activations.ACTIVATIONS``), the last
+        module must be a Linear, and either all or none of the Linear layers have a bias.
+        Raises ``TypeError`` for a module the fused path cannot take.
+        """
+        if not isinstance(sequential, nn.Sequential):
+            raise TypeError(f"sequential: expected nn.Sequential, got {type(sequential).__name__}")
+        modules = list(sequential)
+        linears = modules[0::2]
+        acts = modules[1::2]
+        if not modules or len(modules) % 2 == 0:
+            raise TypeError(
+                "sequential: expected Linear, activation, Linear, ..., Linear "
+                f"(an odd number of modules), got {len(modules)} modules"
+            )
+        for i, layer in zip(range(0, len(modules), 2), linears):
+            if type(layer) is not nn.Linear:
+                raise TypeError(f"sequential[{i}]: expected nn.Linear, got {type(layer).__name__}")
+        for a, b in zip(linears, linears[1:]):
+            if a.out_features != b.in_features:
+                raise TypeError(
+                    f"sequential: Linear widths do not chain ({a.out_features} -> {b.in_features})"
+                )
+        if len({layer.bias is None for layer in linears}) > 1:
+            raise TypeError("sequential: either all or none of the Linear layers need a bias")
+        found = []
+        for i, module in zip(range(1, len(modules), 2), acts):
+            act = activation_from_module(module)
+            if act is None:
+                raise TypeError(
+                    f"sequential[{i}]: unsupported activation module {module!r} "
+                    "(see sobolev_kernels.activations.ACTIVATIONS)"
+                )
+            found.append(act)
+        if len(set(found)) > 1:
+            raise TypeError(
+                "sequential: all activations must be the same, got "
+                f"{sorted({a.name for a in found})}"
+            )
+        mlp = cls.__new__(cls)
+        nn.Module.__init__(mlp)
+        mlp._init(nn.ModuleList(linears), found[0] if found else get_activation("identity"))
+        return mlp
+
+    def to_sequential(self) -> nn.Sequential:
+        """An ``nn.Sequential`` computing the same function (sharing the parameters)."""
+        modules: list[nn.Module] = []
+        for i, layer in enumerate(self.layers):
+            if i:
+                modules.append(self.activation.module())
+            modules.append(layer)
+        return nn.Sequential(*modules)
+
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.layers[-1].out_features
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def widths(self) -> list[int]:
+        """``[d, n_1, ..., n_{L-1}, m]``."""
+        return [self.in_features] + [layer.out_features for layer in self.layers]
+
+    @property
+    def has_bias(self) -> bool:
+        return self.layers[0].bias is not None
+
+    def weights(self) -> list[Tensor]:
+        return [layer.weight for layer in self.layers]
+
+    def biases(self) -> list[Tensor] | None:
+        return [layer.bias for layer in self.layers] if self.has_bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for i, layer in enumerate(self.layers):
+            if i:
+                h = self.activation.fn(h)
+            h = layer(h)
+        return h
+
+    def extra_repr(self) -> str:
+        slope = (
+            f", negative_slope={self.activation.negative_slope}"
+            if self.activation.name == "leaky_relu"
+            else ""
+        )
+        return f"widths={self.widths}, activation={self.activation.name!r}{slope}"
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")

@@ -1,0 +1,103 @@
+"""The validated description of one Sobolev loss evaluation, handed from ``api`` to a backend.
+
+``api.py`` builds a ``SobolevProblem`` from user input (checking every shape, dtype and
+device); backends trust it and never re-validate. The loss formula shared by the unfused
+backends lives here too, so ``reference`` and ``torch`` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .mlp import SobolevMLP
+
+__all__ = ["SobolevProblem", "accumulation_dtype", "projected_mse_loss"]
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for bf16/fp16 inputs (reductions and losses accumulate there), else ``dtype``."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+@dataclass
+class SobolevProblem:
+    """Inputs of one loss evaluation, already checked for shape, dtype and device.
+
+    x: (B, d); y: (B, m) or None; directions: (K, d) shared or (B, K, d) per row;
+    exactly one of target_jvp (B, K, m) or target_grad (B, m, d) (or neither, for
+    ``mlp_jvp``). Targets and directions are detached: they receive no gradient.
+    """
+
+    model: Callable[[Tensor], Tensor]
+    mlp: SobolevMLP | None
+    x: Tensor
+    y: Tensor | None
+    directions: Tensor
+    target_jvp: Tensor | None = None
+    target_grad: Tensor | None = None
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def num_directions(self) -> int:
+        return self.directions.shape[-2]
+
+    @property
+    def shared_directions(self) -> bool:
+        return self.directions.ndim == 2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def check_model_output(self, f: Tensor, u: Tensor) -> None:
+        """For models only known by running them: f (B, m) and u (B, K, m) must fit the targets."""
+        m = f.shape[-1] if f.ndim == 2 else None
+        for target, axis in ((self.y, 1), (self.target_jvp, 2), (self.target_grad, 1)):
+            if target is not None:
+                m = target.shape[axis]
+        expected = (self.batch, m)
+        if tuple(f.shape) != expected or tuple(u.shape) != (self.batch, self.num_directions, m):
+            raise ValueError(
+                f"model: returned shape {tuple(f.shape)}, expected {expected} to match x and "
+                "the targets"
+            )
+
+    def projected_targets(self) -> Tensor:
+        """g: (B, K, m), the target derivatives along the directions."""
+        if self.target_jvp is not None:
+            return self.target_jvp
+        assert self.target_grad is not None, "api guarantees one derivative target"
+        eq = "bmd,kd->bkm" if self.shared_directions else "bmd,bkd->bkm"
+        return torch.einsum(eq, self.target_grad, self.directions)
+
+
+def projected_mse_loss(f: Tensor, u: Tensor, problem: SobolevProblem) -> Tensor:
+    """alpha * mean((f - y)^2) + beta * mean((u - g)^2), accumulated in fp32 for bf16/fp16.
+
+    f: (B, m); u: (B, K, m). The value term is dropped when ``problem.y`` is None.
+    """
+    acc = accumulation_dtype(f.dtype)
+    g = problem.projected_targets()
+    loss = problem.beta * (u.to(acc) - g.to(acc)).square().mean()
+    if problem.y is not None:
+        loss = loss + problem.alpha * (f.to(acc) - problem.y.to(acc)).square().mean()
+    return loss

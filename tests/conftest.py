@@ -1,0 +1,166 @@
+"""Shared fixtures: the tolerance table, input builders and a verbose comparison."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+import sobolev_kernels as sk
+from sobolev_kernels import backends
+
+# dtype -> (rtol, atol relative to the largest |expected|). DESIGN section 6: fp64 is exact up to
+# summation order; fp32 GEMMs reassociate; bf16/fp16 round every GEMM input (fp32 accumulation).
+TOLERANCES = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.bfloat16: 2e-2,
+    torch.float16: 2e-2,
+}
+
+HAS_CUDA = torch.cuda.is_available()
+SLOW = os.environ.get("SOBOLEV_SLOW") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slow = pytest.mark.skip(reason="slow: set SOBOLEV_SLOW=1")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not SLOW:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fallback_warnings():
+    """Each test sees the one-time fallback warning afresh."""
+    backends._warned.clear()
+    yield
+
+
+def assert_close(actual, expected, rtol: float, name: str = "tensor") -> None:
+    """allclose with atol = rtol * max|expected|, printing the first mismatches on failure."""
+    actual = actual.detach().to(torch.float64).cpu()
+    expected = expected.detach().to(torch.float64).cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    atol = rtol * max(scale, 1e-30)
+    bad = ~torch.isclose(actual, expected, rtol=rtol, atol=atol)
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        rows = [
+            f"  at {tuple(i)}: got {actual[tuple(i)].item():.10g}, "
+            f"expected {expected[tuple(i)].item():.10g}"
+            for i in idx
+        ]
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.numel()} elements differ (rtol={rtol}, "
+            f"atol={atol:.3g}); first mismatches:\n" + "\n".join(rows)
+        )
+
+
+def sample_inputs(
+    *,
+    batch: int = 7,
+    dim: int = 3,
+    width: int = 5,
+    out: int = 2,
+    k: int = 3,
+    layers: int = 3,
+    activation: str = "tanh",
+    dtype: torch.dtype = torch.float64,
+    target: str = "grad",
+    directions: str = "per_row",
+    bias: bool = True,
+    device: str = "cpu",
+    seed: int = 0,
+    x_grad: bool = True,
+):
+    """A model, inputs and sobolev_loss keyword arguments for one test case.
+
+    target: "grad" | "jvp" | "teacher"; directions: "sampled" | "shared" | "per_row" | "full".
+    Everything is drawn in fp64 and rounded to ``dtype``, so runs at different dtypes share
+    the same underlying problem.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model = sk.SobolevMLP(dim, width, out, layers, activation=activation, bias=bias,
+                          dtype=torch.float64)  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / p.shape[-1] ** 0.5)
+    model = model.to(device=device, dtype=dtype)
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)
+
+    x = draw(batch, dim).requires_grad_(x_grad)
+    y = draw(batch, out)
+    kwargs: dict = {}
+    if directions == "full":
+        kwargs["directions"] = "full"
+        k = dim
+    elif directions == "shared":
+        kwargs["directions"] = draw(k, dim)
+    elif directions == "per_row" or target == "jvp":
+        kwargs["directions"] = draw(batch, k, dim)
+    else:  # sampled inside sobolev_loss, reproducibly
+        kwargs["num_directions"] = k
+        kwargs["generator"] = torch.Generator().manual_seed(seed + 1)
+    if target == "grad":
+        kwargs["target_grad"] = draw(batch, out, dim)
+    elif target == "jvp":
+        kwargs["target_jvp"] = draw(batch, k, out)
+    else:
+        teacher = sk.SobolevMLP(dim, 9, out, 2, activation="sin", dtype=torch.float64)
+        kwargs["teacher"] = teacher.to(device=device, dtype=dtype)
+    return model, x, y, kwargs
+
+
+def loss_and_grads(model, x, y, kwargs, backend, **extra):
+    """loss and d loss / d (x, parameters...) for one backend, with fresh generators."""
+    kwargs = dict(kwargs)
+    if "generator" in kwargs:  # every run draws the same directions
+        fresh = torch.Generator()
+        fresh.set_state(kwargs["generator"].get_state())
+        kwargs["generator"] = fresh
+    loss = sk.sobolev_loss(model, x, y, backend=backend, **kwargs, **extra)
+    inputs = ([x] if x.requires_grad else []) + list(model.parameters())
+    # the last bias does not reach the derivative term: its gradient is 0 when y is None
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True)
+    return loss, grads
+
+
+def assert_backends_agree(model, x, y, kwargs, backend, rtol, expected_model=None, **extra):
+    """Loss and every gradient of ``backend`` against ``reference`` (optionally on a model copy
+    in higher precision, ``expected_model`` with ``x``/``y``/``kwargs`` cast to its dtype)."""
+    loss, grads = loss_and_grads(model, x, y, kwargs, backend, **extra)
+    if expected_model is None:
+        ref_loss, ref_grads = loss_and_grads(model, x, y, kwargs, "reference", **extra)
+    else:
+        ref_loss, ref_grads = loss_and_grads(expected_model, *_cast(x, y, kwargs), "reference",
+                                             **extra)  # fmt: skip
+    assert_close(loss, ref_loss, rtol, "loss")
+    names = (["x"] if x.requires_grad else []) + [n for n, _ in model.named_parameters()]
+    for name, g, ref in zip(names, grads, ref_grads):
+        assert_close(g, ref, rtol, f"d loss / d {name}")
+
+
+def _cast(x, y, kwargs, dtype=torch.float64):
+    def c(t):
+        return t.detach().to(dtype) if isinstance(t, torch.Tensor) else t
+
+    out = {k: c(v) for k, v in kwargs.items()}
+    if "teacher" in out:
+        out["teacher"] = _copy_module(out["teacher"], dtype)
+    return c(x).requires_grad_(x.requires_grad), c(y), out
+
+
+def _copy_module(module, dtype):
+    return copy.deepcopy(module).to(dtype)
+
+
+def upcast_model(model, dtype=torch.float64):
+    return _copy_module(model, dtype)

@@ -1,0 +1,89 @@
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import sobolev_kernels as sk
+from sobolev_kernels.activations import ACTIVATIONS
+
+
+def test_shapes_and_widths():
+    mlp = sk.SobolevMLP(3, 16, 2, num_layers=4)
+    assert mlp.widths == [3, 16, 16, 16, 2]
+    assert mlp(torch.randn(5, 3)).shape == (5, 2)
+    assert sk.SobolevMLP(3, [4, 6], 1, num_layers=3).widths == [3, 4, 6, 1]
+    assert sk.SobolevMLP(3, 99, 1, num_layers=1).widths == [3, 1]  # a single linear map
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_forward_matches_the_equivalent_sequential(name):
+    mlp = sk.SobolevMLP(3, 8, 2, num_layers=3, activation=name, dtype=torch.float64)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    torch.testing.assert_close(mlp(x), mlp.to_sequential()(x))
+
+
+def test_from_sequential_shares_parameters():
+    seq = nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 8), nn.SiLU(), nn.Linear(8, 2))
+    mlp = sk.SobolevMLP.from_sequential(seq)
+    assert mlp.activation.name == "silu" and mlp.widths == [3, 8, 8, 2]
+    assert mlp.layers[0].weight is seq[0].weight
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(mlp(x), seq(x))
+    mlp(x).sum().backward()
+    assert seq[0].weight.grad is not None
+
+
+def test_from_sequential_keeps_the_leaky_relu_slope_and_pickles():
+    seq = nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(0.3), nn.Linear(4, 1))
+    mlp = sk.SobolevMLP.from_sequential(seq)
+    assert mlp.activation.negative_slope == 0.3
+    clone = pickle.loads(pickle.dumps(mlp))
+    x = torch.randn(6, 2)
+    torch.testing.assert_close(clone(x), seq(x))
+
+
+def test_single_linear_layer():
+    mlp = sk.SobolevMLP.from_sequential(nn.Sequential(nn.Linear(3, 2)))
+    assert mlp.num_layers == 1
+
+
+@pytest.mark.parametrize(
+    "seq, match",
+    [
+        (nn.Sequential(nn.Linear(3, 4), nn.Tanh()), "odd number"),
+        (nn.Sequential(nn.Linear(3, 4), nn.Dropout(), nn.Linear(4, 1)), r"sequential\[1\]"),
+        (nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(5, 1)), "do not chain"),
+        (
+            nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)),
+            "same",
+        ),
+        (nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1, bias=False)), "bias"),
+        (nn.Sequential(nn.Conv1d(3, 4, 1), nn.Tanh(), nn.Linear(4, 1)), r"sequential\[0\]"),
+        (nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 1)), "unsupported activation"),
+    ],
+)
+def test_from_sequential_rejects_what_it_cannot_take(seq, match):
+    with pytest.raises(TypeError, match=match):
+        sk.SobolevMLP.from_sequential(seq)
+
+
+def test_from_sequential_needs_a_sequential():
+    with pytest.raises(TypeError, match="sequential"):
+        sk.SobolevMLP.from_sequential(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(in_features=0), "in_features"),
+        (dict(num_layers=0), "num_layers"),
+        (dict(hidden_features=[4]), "hidden_features"),
+        (dict(hidden_features=-1), "hidden_features"),
+        (dict(activation="swish"), "activation"),
+    ],
+)
+def test_constructor_errors(kwargs, match):
+    args = dict(in_features=2, hidden_features=4, out_features=1, num_layers=3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        sk.SobolevMLP(**args)
