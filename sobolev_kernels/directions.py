@@ -23,17 +23,16 @@ def sample_directions(
 ) -> Tensor:
     """``(batch, num_directions, dim)`` directions uniform on the unit sphere, one set per row.
 
-    The Gaussians are drawn on the generator's device and moved to ``device``, so a CPU
-    generator gives the same directions on every device. Low-precision dtypes are sampled in
-    fp32 and rounded, so rows stay unit length to the dtype's precision.
+    The Gaussians are drawn in fp64 on the generator's device, normalised, then rounded to
+    ``dtype`` and moved to ``device``: one generator state gives the same directions at every
+    dtype and, for a CPU generator, on every device.
     """
-    sample_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     where = generator.device if generator is not None else device
     g = torch.randn(
-        batch, num_directions, dim, generator=generator, device=where, dtype=sample_dtype
+        batch, num_directions, dim, generator=generator, device=where, dtype=torch.float64
     )
     # A Gaussian sample is exactly 0 with probability ~0; the clamp only guards the division.
-    g = g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(sample_dtype).tiny)
+    g = g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     return g.to(device=device, dtype=dtype)
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import copy
 import os
 
-import pytest
 import torch
 
-import sobolev_kernels as sk
-from sobolev_kernels import backends
+# Without a GPU the Triton kernels run in Triton's interpreter. This must be decided before
+# any kernel is decorated, i.e. before sobolev_kernels.triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import sobolev_kernels as sk  # noqa: E402
+from sobolev_kernels import backends  # noqa: E402
 
 # dtype -> (rtol, atol relative to the largest |expected|). DESIGN section 6: fp64 is exact up to
 # summation order; fp32 GEMMs reassociate; bf16/fp16 round every GEMM input (fp32 accumulation).

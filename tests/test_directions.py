@@ -37,3 +37,10 @@ def test_full_directions_are_the_basis():
     assert torch.equal(
         sk.full_directions(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
     )
+
+
+def test_same_directions_at_every_dtype():
+    a = sk.sample_directions(5, 2, 3, generator=torch.Generator().manual_seed(9))
+    b = sk.sample_directions(5, 2, 3, generator=torch.Generator().manual_seed(9),
+                             dtype=torch.float64)  # fmt: skip
+    assert torch.equal(a, b.float())

@@ -10,6 +10,7 @@ An explicitly requested backend that cannot run raises a ``ValueError`` naming t
 from __future__ import annotations
 
 import importlib
+import sys
 import warnings
 from types import ModuleType
 
@@ -21,6 +22,8 @@ __all__ = ["BACKENDS", "SobolevFallbackWarning", "available_backends", "select",
 BACKENDS: dict[str, str] = {
     "reference": "sobolev_kernels.backends.reference",
     "torch": "sobolev_kernels.backends.torch",
+    "triton": "sobolev_kernels.backends.triton",
+    "cuda": "sobolev_kernels.backends.cuda",
 }
 
 
@@ -36,15 +39,13 @@ def load(name: str) -> ModuleType:
         raise ValueError(
             f"backend: unknown backend {name!r}; expected 'auto' or one of {list(BACKENDS)}"
         )
-    return importlib.import_module(BACKENDS[name])
+    # A dict lookup, not importlib, so torch.compile can trace the dispatch (the modules are
+    # imported below; they are thin and import their kernels lazily).
+    return sys.modules[BACKENDS[name]]
 
 
 def _unavailable(name: str) -> str | None:
-    try:
-        module = load(name)
-    except ImportError as exc:  # e.g. triton not installed
-        return f"cannot import it ({exc})"
-    return module.unavailable_reason()
+    return load(name).unavailable_reason()
 
 
 def available_backends() -> list[str]:
@@ -83,3 +84,7 @@ def select(name: str, problem: SobolevProblem) -> ModuleType:
         _warned.add(message)
         warnings.warn(message, SobolevFallbackWarning, stacklevel=4)
     return load("reference")
+
+
+for _path in BACKENDS.values():
+    importlib.import_module(_path)

@@ -1,0 +1,88 @@
+"""Backend ``triton``: forward + all tangents + the projected loss in one kernel launch.
+
+Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (the Triton interpreter,
+a correctness tool: it is slow and never chosen by ``backend="auto"`` on CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+from ..problem import SobolevProblem
+
+NAME = "triton"
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_WIDTH = {torch.float32: 128, torch.bfloat16: 256, torch.float16: 256}
+MAX_LAYERS = 16
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if not torch.cuda.is_available() and not _interpreting():
+        return "needs a CUDA GPU (or TRITON_INTERPRET=1 to run the kernels in the interpreter)"
+    return None
+
+
+def unsupported_reason(problem: SobolevProblem) -> str | None:
+    mlp = problem.mlp
+    if mlp is None:
+        return "the model is not a SobolevMLP (or an nn.Sequential of Linear/activation)"
+    device = problem.device.type
+    if device != "cuda" and not (device == "cpu" and _interpreting()):
+        return f"tensors on {device}; it needs CUDA tensors"
+    if problem.dtype not in DTYPES:
+        return f"dtype {problem.dtype} (it takes fp32, bf16 and fp16)"
+    # The widest layer's weight tile and the (1 + K) row tiles must fit on chip.
+    widest = max(mlp.widths)
+    if widest > MAX_WIDTH[problem.dtype]:
+        return f"width {widest} > {MAX_WIDTH[problem.dtype]} for {problem.dtype}"
+    if mlp.num_layers > MAX_LAYERS:
+        return f"{mlp.num_layers} layers > {MAX_LAYERS}"
+    from ..triton.sobolev_mlp import MAX_TILE_ROWS, MIN_PAD
+
+    kp = 1 << (problem.num_directions - 1).bit_length()
+    if kp * MIN_PAD > MAX_TILE_ROWS:
+        return f"K = {problem.num_directions} directions do not fit on chip"
+    return None
+
+
+def _run(problem: SobolevProblem, *, with_targets: bool):
+    from ..triton import sobolev_mlp
+    from ..triton.ops import sobolev_fwd
+
+    mlp = problem.mlp
+    act = mlp.activation
+    target, kind = None, sobolev_mlp.TARGET_NONE
+    if with_targets and problem.target_grad is not None:
+        target, kind = problem.target_grad, sobolev_mlp.TARGET_GRAD
+    elif with_targets:
+        target, kind = problem.target_jvp, sobolev_mlp.TARGET_JVP
+    params = [*mlp.weights(), *(mlp.biases() or [])]
+    save = torch.is_grad_enabled() and (
+        problem.x.requires_grad or any(p.requires_grad for p in params)
+    )
+    return sobolev_fwd(
+        problem.x, problem.directions, problem.y if with_targets else None, target,
+        mlp.weights(), mlp.biases() or [], kind, act.kernel_id, act.negative_slope,
+        problem.alpha, problem.beta, save, False,
+    )  # fmt: skip
+
+
+def sobolev_loss(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
+    loss, f, _, _, _ = _run(problem, with_targets=True)
+    return loss, f
+
+
+def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
+    # With no targets the tangent residual is u itself, and it carries the gradient.
+    _, f, _, u, _ = _run(problem, with_targets=False)
+    return f, u.to(problem.dtype).transpose(0, 1)

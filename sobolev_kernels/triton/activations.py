@@ -1,0 +1,75 @@
+"""The activation table of ``sobolev_kernels.activations`` as Triton device functions.
+
+``act_series(z, slope, ACT)`` returns ``(s, s', s'')`` of an fp32 tile; ``ACT`` is
+``Activation.kernel_id`` (a constexpr, so each kernel compiles one branch). The formulas are
+the same as the torch table's, including torch's conventions (relu'(0) = 0, softplus linear
+above 20); the tests compare every backend with the reference to hold them to it.
+"""
+
+import triton
+import triton.language as tl
+
+TANH, SIGMOID, SOFTPLUS, SILU, SIN, GELU, RELU, LEAKY_RELU, IDENTITY = range(9)
+SMOOTH = (TANH, SIGMOID, SOFTPLUS, SILU, SIN, GELU)  # s'' is not identically zero
+
+# Kernels cannot read module-level floats, so the constants appear as literals below:
+# gelu's c = sqrt(2 / pi) = 0.7978845608028654 and a = 0.044715; softplus's threshold 20.
+
+
+@triton.jit
+def _tanh(z):
+    # exp of a non-positive argument never overflows; tl has no tanh of its own
+    e = tl.exp(-2.0 * tl.abs(z))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(z < 0, -t, t)
+
+
+@triton.jit
+def act_series(z, slope, ACT: tl.constexpr):
+    """(s, s', s'') of z (fp32). Unused results are removed by the compiler."""
+    if ACT == 0:  # tanh
+        s = _tanh(z)
+        s1 = 1.0 - s * s
+        s2 = -2.0 * s * s1
+    elif ACT == 1:  # sigmoid
+        s = tl.sigmoid(z)
+        s1 = s * (1.0 - s)
+        s2 = s1 * (1.0 - 2.0 * s)
+    elif ACT == 2:  # softplus, linear above the threshold like torch's
+        linear = z > 20.0
+        # max(z, 0) + log(1 + exp(-|z|)): no overflow for large |z|
+        s = tl.where(linear, z, tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))))
+        p = tl.sigmoid(z)
+        s1 = tl.where(linear, 1.0, p)
+        s2 = tl.where(linear, 0.0, p * (1.0 - p))
+    elif ACT == 3:  # silu
+        p = tl.sigmoid(z)
+        s = z * p
+        s1 = p * (1.0 + z * (1.0 - p))
+        s2 = p * (1.0 - p) * (2.0 + z * (1.0 - 2.0 * p))
+    elif ACT == 4:  # sin
+        s = tl.sin(z)
+        s1 = tl.cos(z)
+        s2 = -s
+    elif ACT == 5:  # gelu, tanh approximation: s = z (1 + T) / 2, T = tanh(c (z + a z^3))
+        z2 = z * z
+        t = _tanh(0.7978845608028654 * (z + 0.044715 * z2 * z))
+        sech2 = 1.0 - t * t
+        dw = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z2)
+        d2w = 6.0 * 0.7978845608028654 * 0.044715 * z
+        s = 0.5 * z * (1.0 + t)
+        s1 = 0.5 * (1.0 + t) + 0.5 * z * sech2 * dw
+        s2 = sech2 * (dw + 0.5 * z * (d2w - 2.0 * t * dw * dw))
+    elif ACT == 6:  # relu (relu'(0) = 0 as in torch)
+        s = tl.maximum(z, 0.0)
+        s1 = tl.where(z > 0, 1.0, 0.0)
+        s2 = tl.zeros_like(z)
+    elif ACT == 7:  # leaky_relu
+        s = tl.where(z > 0, z, slope * z)
+        s1 = tl.where(z > 0, 1.0, slope)
+        s2 = tl.zeros_like(z)
+    else:  # identity
+        s = z
+        s1 = tl.full(z.shape, 1.0, tl.float32)
+        s2 = tl.zeros_like(z)
+    return s, s1, s2

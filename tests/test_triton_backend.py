@@ -1,0 +1,184 @@
+"""Backend ``triton`` against ``reference``.
+
+Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), so
+the CPU cases keep shapes small; the ``gpu`` cases take the large shapes and low precision.
+"""
+
+import itertools
+
+import pytest
+import torch
+from conftest import (
+    HAS_CUDA,
+    TOLERANCES,
+    assert_backends_agree,
+    assert_close,
+    sample_inputs,
+    upcast_model,
+)
+
+import sobolev_kernels as sk
+from sobolev_kernels.activations import ACTIVATIONS
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(
+    "triton" not in sk.available_backends(), reason="triton backend unavailable"
+)
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+RTOL_FP32 = 1e-4 if HAS_CUDA else TOLERANCES[torch.float32]  # DESIGN: 1e-4 for Triton on GPU
+
+
+def _agree(rtol=RTOL_FP32, dtype=torch.float32, **kwargs):
+    extra = {k: kwargs.pop(k) for k in ("alpha", "beta", "return_outputs") if k in kwargs}
+    model, x, y, kw = sample_inputs(dtype=dtype, device=DEVICE, **kwargs)
+    assert_backends_agree(model, x, y, kw, "triton", rtol,
+                          expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("target", ["grad", "jvp", "teacher"])
+@pytest.mark.parametrize("directions", ["sampled", "shared", "per_row", "full"])
+def test_every_activation_target_and_direction_form(activation, target, directions):
+    _agree(activation=activation, target=target, directions=directions, alpha=0.6, beta=1.7)
+
+
+# B, d, width, m, K (-1: K = d): odd sizes around the padding boundaries
+SHAPES = [
+    (1, 1, 5, 1, 1),
+    (7, 3, 16, 4, 3),
+    (33, 2, 17, 1, -1),
+    (100, 13, 48, 4, 3),
+    (17, 1, 64, 2, 5),
+    (50, 20, 33, 17, 2),
+]
+
+
+@pytest.mark.parametrize("batch, dim, width, out, k", SHAPES)
+def test_odd_shapes(batch, dim, width, out, k):
+    _agree(batch=batch, dim=dim, width=width, out=out, k=dim if k == -1 else k,
+           seed=batch + width)  # fmt: skip
+
+
+@pytest.mark.parametrize("layers, bias", list(itertools.product([1, 2, 5], [True, False])))
+def test_depth_and_bias(layers, bias):
+    _agree(layers=layers, bias=bias, k=2, directions="shared")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("activation", ["tanh", "silu", "relu"])
+def test_low_precision(dtype, activation):
+    _agree(TOLERANCES[dtype], dtype=dtype, activation=activation, batch=40, width=24, k=2)
+
+
+def test_no_value_term_and_no_input_gradient():
+    _agree(x_grad=False, directions="per_row")
+    model, x, _, kw = sample_inputs(dtype=torch.float32, device=DEVICE)
+    assert_backends_agree(model, x, None, kw, "triton", RTOL_FP32,
+                          expected_model=upcast_model(model))  # fmt: skip
+
+
+def test_return_outputs_adds_the_users_value_loss():
+    model, x, y, kw = sample_inputs(out=3, dtype=torch.float32, device=DEVICE)
+    grads = {}
+    for backend in ("triton", "reference"):
+        loss, f = sk.sobolev_loss(model, x, None, backend=backend, return_outputs=True, **kw)
+        user = torch.nn.functional.kl_div(f.log_softmax(-1), y.softmax(-1), reduction="batchmean")
+        grads[backend] = torch.autograd.grad(loss + user, [x, *model.parameters()])
+    for a, b in zip(grads["triton"], grads["reference"]):
+        assert_close(a, b, RTOL_FP32, "grad with user loss on f")
+
+
+def test_mlp_jvp_and_its_gradient():
+    model, x, _, kw = sample_inputs(out=3, k=3, directions="per_row", dtype=torch.float32,
+                                    device=DEVICE)  # fmt: skip
+    results = {}
+    for backend in ("triton", "reference"):
+        f, u = sk.mlp_jvp(model, x, kw["directions"], backend=backend)
+        weight = torch.arange(u.numel(), device=DEVICE).reshape(u.shape).float().cos()
+        grads = torch.autograd.grad((u * weight).sum() + f.square().sum(),
+                                    [x, *model.parameters()])  # fmt: skip
+        results[backend] = (f, u, *grads)
+    for a, b in zip(results["triton"], results["reference"]):
+        assert_close(a, b, RTOL_FP32, "mlp_jvp")
+
+
+def test_deterministic():
+    model, x, y, kw = sample_inputs(batch=70, width=32, dtype=torch.float32, device=DEVICE)
+    runs = []
+    for _ in range(2):
+        loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+        runs.append([loss, *torch.autograd.grad(loss, [x, *model.parameters()])])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_compile_fullgraph_matches_eager():
+    model, x, y, kw = sample_inputs(directions="shared", dtype=torch.float32, device=DEVICE)
+
+    def loss_fn(model, x, y, target_grad, directions):
+        return sk.sobolev_loss(model, x, y, target_grad=target_grad, directions=directions,
+                               backend="triton")  # fmt: skip
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    args = (model, x, y, kw["target_grad"], kw["directions"])
+    eager = loss_fn(*args)
+    got = compiled(*args)
+    assert_close(got, eager, 1e-6, "compiled loss")
+    ge = torch.autograd.grad(eager, list(model.parameters()))
+    gc = torch.autograd.grad(got, list(model.parameters()))
+    for a, b in zip(gc, ge):
+        assert_close(a, b, 1e-6, "compiled grad")
+
+
+def test_opcheck():
+    from sobolev_kernels.triton import ops
+
+    model, x, y, kw = sample_inputs(directions="per_row", dtype=torch.float32, device=DEVICE)
+    weights = [w.detach().requires_grad_() for w in model.weights()]
+    biases = [b.detach().requires_grad_() for b in model.biases()]
+    args = (x.detach().requires_grad_(), kw["directions"], y, kw["target_grad"], weights,
+            biases, 2, 0, 0.0, 1.0, 1.0, True, False)  # fmt: skip
+    torch.library.opcheck(ops.sobolev_fwd, args)
+
+
+def test_unsupported_problems_are_refused_or_fall_back():
+    model, x, y, kw = sample_inputs(dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="backend: 'triton' cannot run this problem: dtype"):
+        sk.sobolev_loss(model, x, y, backend="triton", **kw)
+    wide = sk.SobolevMLP(2, 512, 1, 2).to(DEVICE)
+    with pytest.raises(ValueError, match="width 512"):
+        sk.sobolev_loss(wide, torch.randn(3, 2, device=DEVICE), None,
+                        target_grad=torch.randn(3, 2, device=DEVICE), backend="triton")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("width", [64, 128, 256])
+def test_large_shapes_on_gpu(dtype, width):
+    if dtype == torch.float32 and width > 128:
+        pytest.skip("fp32 widths above 128 run on the torch backend")
+    rtol = RTOL_FP32 if dtype == torch.float32 else TOLERANCES[dtype]
+    _agree(rtol, dtype=dtype, batch=2**14, dim=16, width=width, out=8, k=4, layers=4)
+
+
+@pytest.mark.gpu
+def test_forward_is_one_kernel_launch():
+    from torch.profiler import ProfilerActivity, profile
+
+    model, x, y, kw = sample_inputs(batch=4096, width=64, k=2, dtype=torch.float32,
+                                    device="cuda", x_grad=False)  # fmt: skip
+    with torch.no_grad():
+        sk.sobolev_loss(model, x, y, backend="triton", **kw)  # compile outside the profile
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            sk.sobolev_loss(model, x, y, backend="triton", **kw)
+            torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    fused = [k for k in kernels if "_sobolev_fwd_kernel" in k]
+    assert len(fused) == 1, kernels
+    # the rest: packing the weights and biases, and the deterministic final reduce
+    assert len(kernels) <= 4, kernels
