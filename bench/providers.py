@@ -8,6 +8,8 @@ inputs, directions and targets, built once by ``make_problem``.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +19,7 @@ from torch import Tensor
 import sobolev_kernels as sk
 from sobolev_kernels.baselines import eager_autograd_loss
 
-BASELINES = ("eager_autograd", "torch_func", "plain_step")
+BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 
 
 @dataclass
@@ -58,10 +60,20 @@ def _zero_grad(model: torch.nn.Module) -> None:
 
 
 def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tensor]:
-    """A closure running one loss evaluation (``mode="forward"``) or loss + backward."""
-    model = p.model
+    """A closure running one loss evaluation (``mode="forward"``) or loss + backward.
 
-    if provider == "eager_autograd":
+    Raises whatever the provider raises on this problem (``torch_compile`` raises for every
+    Sobolev formulation users write today: that error is the measurement).
+    """
+    model = p.model
+    if provider == "jax_jit":
+        from jax_provider import jax_step_fn
+
+        return jax_step_fn(p, mode)
+
+    if provider == "torch_compile":
+        loss = _compiled_user_loss(p)
+    elif provider == "eager_autograd":
 
         def loss() -> Tensor:
             return eager_autograd_loss(model, p.x, p.y, p.target_jvp, p.directions)[0]
@@ -94,6 +106,35 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
     return step
 
 
+def _compiled_user_loss(p: Problem) -> Callable[[], Tensor]:
+    """torch.compile of what users write: eager double backward, else torch.func."""
+    from sobolev_kernels.backends.reference import model_jvp
+
+    def eager() -> Tensor:
+        return eager_autograd_loss(p.model, p.x, p.y, p.target_jvp, p.directions)[0]
+
+    def func() -> Tensor:
+        f, u = model_jvp(p.model, p.x, p.directions)
+        return (f - p.y).square().mean() + (u - p.target_jvp).square().mean()
+
+    errors = []
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.CRITICAL)  # the failing traces log pages of frames
+    try:
+        for fn in (eager, func):
+            compiled = torch.compile(fn)
+            try:
+                _zero_grad(p.model)
+                compiled().backward()  # compile errors surface on the first call + backward
+                return compiled
+            except Exception as exc:  # noqa: BLE001 - the error is what we record
+                errors.append(f"{fn.__name__}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    finally:
+        torch_logger.setLevel(level)
+    raise RuntimeError("; ".join(errors))
+
+
 def _no_grad(fn: Callable[[], Tensor]) -> Tensor:
     with torch.no_grad():
         return fn()
@@ -104,14 +145,23 @@ def providers_available(device: str) -> list[str]:
     ours = [b for b in sk.available_backends() if b != "reference"]
     if device == "cpu":
         ours = [b for b in ours if b != "triton"]  # the interpreter is no speed contender
-    return [*BASELINES, *ours]
+    jax = [] if importlib.util.find_spec("jax") is None else ["jax_jit"]
+    return [*BASELINES, *jax, *ours]
+
+
+def step_flops(p: Problem) -> float:
+    """GEMM FLOPs of one training step on the (1 + K) B stacked rows: forward 2 r n_in n_out
+    per layer, backward twice that (input adjoints and weight gradients)."""
+    rows = p.x.shape[0] * (1 + p.directions.shape[1])
+    widths = p.model.widths
+    return 6.0 * rows * sum(a * b for a, b in zip(widths, widths[1:]))
 
 
 def check_agreement(p: Problem, providers: list[str], rtol: float = 1e-3) -> None:
     """Every Sobolev provider gives the reference loss and gradients before anything is timed."""
     expected = _loss_and_grads("torch_func", p)
     for provider in providers:
-        if provider in ("plain_step", "torch_func"):
+        if provider in ("plain_step", "torch_func", "torch_compile", "jax_jit"):
             continue
         got = _loss_and_grads(provider, p)
         for a, b in zip(got, expected):

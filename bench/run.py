@@ -75,9 +75,14 @@ def benchmark_steps(device: str, quick: bool) -> list[tuple[str, float, float, f
     problem = make_problem(**cfg, device=device)
     providers = providers_available(device)
     check_agreement(problem, providers)
-    rows = []
+    rows, failures = [], []
     for provider in providers:
-        p20, p50, p80 = time_ms(step_fn(provider, problem), device, reps=5 if quick else 10)
+        try:
+            fn = step_fn(provider, problem)
+        except RuntimeError as exc:  # torch.compile of double backward: the known failure
+            failures.append((provider, str(exc).split(";")[0]))
+            continue
+        p20, p50, p80 = time_ms(fn, device, reps=5 if quick else 10)
         rows.append((provider, p20, p50, p80))
     print(f"\nTraining step (loss + backward), {problem.label}, fp32, {device_name(device)}")
     ref = {r[0]: r[2] for r in rows}
@@ -87,6 +92,8 @@ def benchmark_steps(device: str, quick: bool) -> list[tuple[str, float, float, f
             f"{provider:<16}{p50:>11.2f}{f'{p20:.2f}-{p80:.2f}':>17}"
             f"{ref['eager_autograd'] / p50:>9.2f}x{ref['torch_func'] / p50:>8.2f}x"
         )
+    for provider, message in failures:
+        print(f"{provider:<16} fails: {message}")
     return rows
 
 
