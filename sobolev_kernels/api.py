@@ -42,6 +42,9 @@ def sobolev_loss(
     backend: str = "auto",
     return_outputs: bool = False,
     order: int = 1,
+    gamma: float = 1.0,
+    target_hess: Tensor | None = None,
+    target_hvp2: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Sobolev loss ``alpha * mse(f(x), y) + beta * mse(J_f(x) v, J_g(x) v)``.
 
@@ -59,47 +62,55 @@ def sobolev_loss(
             ``generator``), a ``(K, d)`` tensor shared by all rows, a ``(B, K, d)`` tensor, or
             ``"full"`` (the d basis vectors: full Jacobian matching).
         alpha, beta: weights of the value and derivative terms (finite, >= 0).
-        backend: ``"auto"``, ``"reference"``, ``"torch"`` (see ``available_backends()``).
+        backend: ``"auto"`` or one of ``available_backends()``.
         return_outputs: also return ``f (B, m)``, differentiable, for a user's own value loss.
-        order: 1 (second-order Sobolev training is not implemented yet).
+        order: 1, or 2 to add ``gamma * mse(v^T H_f v, v^T H_g v)``, the second directional
+            derivatives along the same directions (for every output). With
+            ``directions="full"`` that matches the diagonal of the Hessians.
+        gamma: weight of the second-order term (order 2).
+        target_hess: ``(B, m, d, d)`` target Hessians (``(B, d, d)`` when m == 1), or
+        target_hvp2: ``(B, K, m)`` target ``v_k^T H_g v_k`` along ``directions``; order 2 needs
+            exactly one of them, or a ``teacher`` (which then gives both orders).
 
     Returns:
         The 0-dim loss (fp32 for bf16/fp16 inputs), or ``(loss, f)``.
     """
-    _check_order(order)
     _check_flag("return_outputs", return_outputs)
     problem = _build_problem(
         model, x, y,
         target_grad=target_grad, target_jvp=target_jvp, teacher=teacher,
         directions=directions, num_directions=num_directions,
         alpha=alpha, beta=beta, generator=generator, backend=backend,
+        order=order, gamma=gamma, target_hess=target_hess, target_hvp2=target_hvp2,
     )  # fmt: skip
     loss, f = backends.select(backend, problem).sobolev_loss(problem)
     return (loss, f) if return_outputs else loss
 
 
 def mlp_jvp(
-    model: Model, x: Tensor, directions: Tensor | str, *, backend: str = "auto"
-) -> tuple[Tensor, Tensor]:
-    """Forward pass and Jacobian-vector products: ``f (B, m)`` and ``u (B, K, m)``.
+    model: Model, x: Tensor, directions: Tensor | str, *, backend: str = "auto", order: int = 1
+) -> tuple[Tensor, ...]:
+    """Forward pass and directional derivatives: ``(f, u)``, or ``(f, u, w)`` for order 2.
 
-    ``u[:, k] = J_f(x) v_k``; ``directions`` is ``(K, d)`` shared, ``(B, K, d)`` per row, or
-    ``"full"``. Both outputs are differentiable w.r.t. the model's parameters and ``x``.
+    ``f (B, m)``; ``u[:, k] = J_f(x) v_k`` and ``w[:, k] = v_k^T H_f(x) v_k``, both
+    ``(B, K, m)``. ``directions`` is ``(K, d)`` shared, ``(B, K, d)`` per row, or ``"full"``.
+    Every output is differentiable w.r.t. the model's parameters and ``x``.
     """
     _check_backend(backend)
+    order = _check_order(order)
     model, mlp = _check_model(model, "model")
     x = _check_x(x, mlp, model)
     dirs = _resolve_directions(directions, 1, None, x, explicit=True)
-    problem = SobolevProblem(model=model, mlp=mlp, x=x, y=None, directions=dirs)
+    problem = SobolevProblem(model=model, mlp=mlp, x=x, y=None, directions=dirs, order=order)
     return backends.select(backend, problem).mlp_jvp(problem)
 
 
 class SobolevLoss(nn.Module):
-    """Module form of ``sobolev_loss`` holding alpha, beta, K, directions and backend.
+    """Module form of ``sobolev_loss`` holding the weights, K, directions, order and backend.
 
-    ``forward(model, x, y, target_grad=..., target_jvp=..., teacher=..., directions=...)``
-    with the same meaning as ``sobolev_loss``; ``directions`` given to forward overrides the
-    one given here.
+    ``forward(model, x, y, target_grad=..., target_jvp=..., teacher=..., target_hess=...,
+    target_hvp2=..., directions=...)`` with the same meaning as ``sobolev_loss``;
+    ``directions`` given to forward overrides the one given here.
     """
 
     def __init__(
@@ -111,10 +122,14 @@ class SobolevLoss(nn.Module):
         backend: str = "auto",
         generator: torch.Generator | None = None,
         return_outputs: bool = False,
+        order: int = 1,
+        gamma: float = 1.0,
     ) -> None:
         super().__init__()
         self.alpha = _check_weight("alpha", alpha)
         self.beta = _check_weight("beta", beta)
+        self.gamma = _check_weight("gamma", gamma)
+        self.order = _check_order(order)
         self.num_directions = _check_num_directions(num_directions)
         if directions is not None and not isinstance(directions, Tensor) and directions != "full":
             raise ValueError(f"directions: expected None, a tensor or 'full', got {directions!r}")
@@ -132,21 +147,25 @@ class SobolevLoss(nn.Module):
         target_grad: Tensor | None = None,
         target_jvp: Tensor | None = None,
         teacher: Model | None = None,
+        target_hess: Tensor | None = None,
+        target_hvp2: Tensor | None = None,
         directions: Tensor | str | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         return sobolev_loss(
             model, x, y,
             target_grad=target_grad, target_jvp=target_jvp, teacher=teacher,
+            target_hess=target_hess, target_hvp2=target_hvp2,
             directions=self.directions if directions is None else directions,
             num_directions=self.num_directions, alpha=self.alpha, beta=self.beta,
-            generator=self.generator, backend=self.backend,
-            return_outputs=self.return_outputs,
+            gamma=self.gamma, order=self.order, generator=self.generator,
+            backend=self.backend, return_outputs=self.return_outputs,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
+        second = f", gamma={self.gamma}, order=2" if self.order == 2 else ""
         return (
-            f"alpha={self.alpha}, beta={self.beta}, num_directions={self.num_directions}, "
-            f"backend={self.backend!r}"
+            f"alpha={self.alpha}, beta={self.beta}{second}, "
+            f"num_directions={self.num_directions}, backend={self.backend!r}"
         )
 
 
@@ -167,51 +186,91 @@ def _build_problem(
     beta: Any,
     generator: Any,
     backend: Any,
+    order: Any = 1,
+    gamma: Any = 1.0,
+    target_hess: Any = None,
+    target_hvp2: Any = None,
 ) -> SobolevProblem:
     _check_backend(backend)
+    order = _check_order(order)
     alpha = _check_weight("alpha", alpha)
     beta = _check_weight("beta", beta)
+    gamma = _check_weight("gamma", gamma)
     generator = _check_generator(generator)
     model, mlp = _check_model(model, "model")
     x = _check_x(x, mlp, model)
     batch, dim = x.shape
 
-    given = [n for n, v in (("target_grad", target_grad), ("target_jvp", target_jvp),
-                            ("teacher", teacher)) if v is not None]  # fmt: skip
-    if len(given) != 1:
-        raise ValueError(
-            "target_grad/target_jvp/teacher: expected exactly one derivative target, got "
-            + (", ".join(given) if given else "none")
-        )
-    if target_jvp is not None and directions is None:
-        raise ValueError(
-            "target_jvp: targets projected on directions need those directions; pass "
-            "directions=(K, d) or (B, K, d) tensor or 'full'"
-        )
+    _check_target_forms(order, target_grad, target_jvp, teacher, target_hess, target_hvp2)
+    for name, value in (("target_jvp", target_jvp), ("target_hvp2", target_hvp2)):
+        if value is not None and directions is None:
+            raise ValueError(
+                f"{name}: targets projected on directions need those directions; pass "
+                "directions=(K, d) or (B, K, d) tensor or 'full'"
+            )
     dirs = _resolve_directions(directions, num_directions, generator, x, explicit=False)
     k = dirs.shape[-2]
 
     # m, the number of outputs: from the MLP, else from the targets given.
-    m = mlp.out_features if mlp is not None else _infer_outputs(y, target_grad, target_jvp, dim)
+    m = mlp.out_features if mlp is not None else _infer_outputs(
+        y, target_grad, target_jvp, target_hess, target_hvp2
+    )  # fmt: skip
+
+    def one_output(*shape):  # (B, m, ...), and (B, ...) when m == 1
+        return [(batch, *shape)] + ([(batch, *shape[1:])] if m == 1 else [])
+
     if y is not None:
-        y = _check_tensor("y", y, x, [(batch, m)] + ([(batch,)] if m == 1 else []))
-        y = y.reshape(batch, m)
-    grad_t = jvp_t = None
+        y = _check_tensor("y", y, x, one_output(m)).reshape(batch, m)
+    grad_t = jvp_t = hess_t = hvp2_t = None
     if target_grad is not None:
-        grad_t = _check_tensor(
-            "target_grad", target_grad, x, [(batch, m, dim)] + ([(batch, dim)] if m == 1 else [])
-        ).reshape(batch, m, dim)
+        grad_t = _check_tensor("target_grad", target_grad, x, one_output(m, dim))
+        grad_t = grad_t.reshape(batch, m, dim)
     elif target_jvp is not None:
-        jvp_t = _check_tensor(
-            "target_jvp", target_jvp, x, [(batch, k, m)] + ([(batch, k)] if m == 1 else [])
-        ).reshape(batch, k, m)
-    else:
-        jvp_t = _teacher_jvp(teacher, x, dirs, m, backend)
+        jvp_t = _check_tensor("target_jvp", target_jvp, x, [(batch, k, m)]
+                              + ([(batch, k)] if m == 1 else []))  # fmt: skip
+        jvp_t = jvp_t.reshape(batch, k, m)
+    if target_hess is not None:
+        hess_t = _check_tensor("target_hess", target_hess, x, one_output(m, dim, dim))
+        hess_t = hess_t.reshape(batch, m, dim, dim)
+    elif target_hvp2 is not None:
+        hvp2_t = _check_tensor("target_hvp2", target_hvp2, x, [(batch, k, m)]
+                               + ([(batch, k)] if m == 1 else []))  # fmt: skip
+        hvp2_t = hvp2_t.reshape(batch, k, m)
+    if teacher is not None:
+        jvp_t, *second = _teacher_jvp(teacher, x, dirs, m, backend, order)
+        hvp2_t = second[0] if second else None
 
     return SobolevProblem(
         model=model, mlp=mlp, x=x, y=y, directions=dirs,
         target_jvp=jvp_t, target_grad=grad_t, alpha=alpha, beta=beta,
+        order=order, target_hvp2=hvp2_t, target_hess=hess_t, gamma=gamma,
     )  # fmt: skip
+
+
+def _check_target_forms(order, target_grad, target_jvp, teacher, target_hess, target_hvp2):
+    """Exactly one first-order target; for order 2 exactly one second-order one (a teacher
+    gives both); no second-order target for order 1."""
+    first = [n for n, v in (("target_grad", target_grad), ("target_jvp", target_jvp),
+                            ("teacher", teacher)) if v is not None]  # fmt: skip
+    if len(first) != 1:
+        raise ValueError(
+            "target_grad/target_jvp/teacher: expected exactly one derivative target, got "
+            + (", ".join(first) if first else "none")
+        )
+    second = [n for n, v in (("target_hess", target_hess), ("target_hvp2", target_hvp2))
+              if v is not None]  # fmt: skip
+    if order == 1 and second:
+        raise ValueError(f"{second[0]}: second-order targets need order=2")
+    if order == 2:
+        if teacher is not None and second:
+            raise ValueError(
+                f"{second[0]}: with teacher= the second-order targets come from the teacher"
+            )
+        if teacher is None and len(second) != 1:
+            raise ValueError(
+                "target_hess/target_hvp2: order=2 needs exactly one second-order target (or a "
+                "teacher), got " + (", ".join(second) if second else "none")
+            )
 
 
 def _check_backend(backend: Any) -> str:
@@ -223,9 +282,10 @@ def _check_backend(backend: Any) -> str:
     return backend
 
 
-def _check_order(order: Any) -> None:
-    if isinstance(order, bool) or order != 1:
-        raise ValueError(f"order: only order=1 is implemented, got {order!r}")
+def _check_order(order: Any) -> int:
+    if isinstance(order, bool) or order not in (1, 2):
+        raise ValueError(f"order: expected 1 or 2, got {order!r}")
+    return int(order)
 
 
 def _check_flag(name: str, value: Any) -> bool:
@@ -317,14 +377,19 @@ def _check_tensor(name: str, t: Any, x: Tensor, shapes: list[tuple[int, ...]]) -
     return t.detach().contiguous()
 
 
-def _infer_outputs(y: Any, target_grad: Any, target_jvp: Any, dim: int) -> int:
-    """m for a model we cannot inspect, read off the targets (checked again after the run)."""
+def _infer_outputs(y: Any, *targets: Any) -> int:
+    """m for a model we cannot inspect, read off the targets (checked again after the run).
+
+    targets: target_grad (B, m, d), target_jvp (B, K, m), target_hess (B, m, d, d),
+    target_hvp2 (B, K, m), each possibly in its m == 1 shorthand.
+    """
     if isinstance(y, Tensor):
         return y.shape[1] if y.ndim == 2 else 1
-    if isinstance(target_jvp, Tensor):
-        return target_jvp.shape[2] if target_jvp.ndim == 3 else 1
-    if isinstance(target_grad, Tensor):
-        return target_grad.shape[1] if target_grad.ndim == 3 else 1
+    full_ndim = (3, 3, 4, 3)
+    m_axis = (1, 2, 1, 2)
+    for t, ndim, axis in zip(targets, full_ndim, m_axis):
+        if isinstance(t, Tensor):
+            return t.shape[axis] if t.ndim == ndim else 1
     return -1  # teacher: taken from its output
 
 
@@ -361,8 +426,11 @@ def _resolve_directions(
     return _check_tensor("directions", directions, x, [shape])
 
 
-def _teacher_jvp(teacher: Any, x: Tensor, dirs: Tensor, m: int, backend: str) -> Tensor:
-    """The teacher's JVPs along ``dirs``: (B, K, m), computed without a graph."""
+def _teacher_jvp(
+    teacher: Any, x: Tensor, dirs: Tensor, m: int, backend: str, order: int
+) -> tuple[Tensor, ...]:
+    """The teacher's directional derivatives along ``dirs``: u (B, K, m), and w for order 2,
+    computed without a graph."""
     teacher, teacher_mlp = _check_model(teacher, "teacher")
     param = _param_of(teacher)
     if param is not None and (param.device != x.device or param.dtype != x.dtype):
@@ -373,18 +441,18 @@ def _teacher_jvp(teacher: Any, x: Tensor, dirs: Tensor, m: int, backend: str) ->
         raise ValueError(
             f"teacher: takes {teacher_mlp.in_features} input features, x has {x.shape[1]}"
         )
-    problem = SobolevProblem(model=teacher, mlp=teacher_mlp, x=x.detach(), y=None, directions=dirs)
+    problem = SobolevProblem(
+        model=teacher, mlp=teacher_mlp, x=x.detach(), y=None, directions=dirs, order=order
+    )
     # Any teacher is fine: its JVPs need no graph, so reference costs one forward-mode pass and
     # is no reason to warn; an explicitly chosen backend that cannot take it runs the student.
     chosen = backend
     if teacher_mlp is None:
         chosen = "reference"
-    elif backend != "auto":
-        module = backends.load(backend)
-        if module.unavailable_reason() or module.unsupported_reason(problem):
-            chosen = "reference"
+    elif backend != "auto" and not backends.can_run(backend, problem):
+        chosen = "reference"
     with torch.no_grad():
-        f, u = backends.select(chosen, problem).mlp_jvp(problem)
+        f, *derivatives = backends.select(chosen, problem).mlp_jvp(problem)
     if m != -1 and f.shape[-1] != m:
         raise ValueError(f"teacher: returns {f.shape[-1]} outputs, the model {m}")
-    return u.detach().contiguous()
+    return tuple(d.detach().contiguous() for d in derivatives)

@@ -31,7 +31,8 @@ class SobolevProblem:
 
     x: (B, d); y: (B, m) or None; directions: (K, d) shared or (B, K, d) per row;
     exactly one of target_jvp (B, K, m) or target_grad (B, m, d) (or neither, for
-    ``mlp_jvp``). Targets and directions are detached: they receive no gradient.
+    ``mlp_jvp``); for order 2 also exactly one of target_hvp2 (B, K, m) or target_hess
+    (B, m, d, d). Targets and directions are detached: they receive no gradient.
     """
 
     model: Callable[[Tensor], Tensor]
@@ -43,6 +44,10 @@ class SobolevProblem:
     target_grad: Tensor | None = None
     alpha: float = 1.0
     beta: float = 1.0
+    order: int = 1
+    target_hvp2: Tensor | None = None
+    target_hess: Tensor | None = None
+    gamma: float = 1.0
 
     @property
     def batch(self) -> int:
@@ -71,7 +76,8 @@ class SobolevProblem:
     def check_model_output(self, f: Tensor, u: Tensor) -> None:
         """For models only known by running them: f (B, m) and u (B, K, m) must fit the targets."""
         m = f.shape[-1] if f.ndim == 2 else None
-        for target, axis in ((self.y, 1), (self.target_jvp, 2), (self.target_grad, 1)):
+        targets = [self.y, self.target_jvp, self.target_grad, self.target_hvp2, self.target_hess]
+        for target, axis in zip(targets, (1, 2, 1, 2, 1)):
             if target is not None:
                 m = target.shape[axis]
         expected = (self.batch, m)
@@ -89,15 +95,29 @@ class SobolevProblem:
         eq = "bmd,kd->bkm" if self.shared_directions else "bmd,bkd->bkm"
         return torch.einsum(eq, self.target_grad, self.directions)
 
+    def projected_targets2(self) -> Tensor:
+        """g2: (B, K, m), the target second directional derivatives v_k^T H_g v_k."""
+        if self.target_hvp2 is not None:
+            return self.target_hvp2
+        assert self.target_hess is not None, "api guarantees one second-order target"
+        eq = "bmij,ki,kj->bkm" if self.shared_directions else "bmij,bki,bkj->bkm"
+        return torch.einsum(eq, self.target_hess, self.directions, self.directions)
 
-def projected_mse_loss(f: Tensor, u: Tensor, problem: SobolevProblem) -> Tensor:
-    """alpha * mean((f - y)^2) + beta * mean((u - g)^2), accumulated in fp32 for bf16/fp16.
 
-    f: (B, m); u: (B, K, m). The value term is dropped when ``problem.y`` is None.
+def projected_mse_loss(
+    problem: SobolevProblem, f: Tensor, u: Tensor, w: Tensor | None = None
+) -> Tensor:
+    """alpha mean((f - y)^2) + beta mean((u - g)^2) [+ gamma mean((w - g2)^2) for order 2].
+
+    f: (B, m); u, w: (B, K, m). Accumulated in fp32 for bf16/fp16. The value term is dropped
+    when ``problem.y`` is None.
     """
     acc = accumulation_dtype(f.dtype)
     g = problem.projected_targets()
     loss = problem.beta * (u.to(acc) - g.to(acc)).square().mean()
     if problem.y is not None:
         loss = loss + problem.alpha * (f.to(acc) - problem.y.to(acc)).square().mean()
+    if problem.order == 2:
+        g2 = problem.projected_targets2()
+        loss = loss + problem.gamma * (w.to(acc) - g2.to(acc)).square().mean()
     return loss

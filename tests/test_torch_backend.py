@@ -99,7 +99,7 @@ def test_gradcheck(shared, bias, activation):
     params = [r(5, 3), r(6, 5), r(2, 6)] + ([r(5), r(6), r(2)] if bias else [])
 
     def fn(x, *params):
-        return MLPJvpFunction.apply(activation, 0.0, bias, x, dirs, *params)
+        return MLPJvpFunction.apply(activation, 0.0, bias, 1, x, dirs, *params)
 
     assert torch.autograd.gradcheck(fn, (x, *params))
     # and the whole loss w.r.t. x, through sobolev_loss (parameters: covered just above)

@@ -2,7 +2,8 @@
 
 Every backend module exposes ``unavailable_reason()`` (why it cannot run in this process at
 all, or None), ``unsupported_reason(problem)`` (why it cannot take this model, dtype or
-device, or None), ``sobolev_loss(problem) -> (loss, f)`` and ``mlp_jvp(problem) -> (f, u)``.
+device, or None), ``sobolev_loss(problem) -> (loss, f)`` and ``mlp_jvp(problem) -> (f, u[, w])``,
+and may declare ``ORDERS``, the Sobolev orders it implements (default ``(1,)``).
 An explicitly requested backend that cannot run raises a ``ValueError`` naming the reason;
 ``"auto"`` walks a preference list and falls back to ``reference`` with a one-time warning.
 """
@@ -48,6 +49,17 @@ def _unavailable(name: str) -> str | None:
     return load(name).unavailable_reason()
 
 
+def _unsupported(name: str, problem: SobolevProblem) -> str | None:
+    module = load(name)
+    if problem.order not in getattr(module, "ORDERS", (1,)):
+        return f"order {problem.order} is not implemented there"
+    return module.unsupported_reason(problem)
+
+
+def can_run(name: str, problem: SobolevProblem) -> bool:
+    return _unavailable(name) is None and _unsupported(name, problem) is None
+
+
 def available_backends() -> list[str]:
     """Names of the backends that can run in this process (on some device and dtype)."""
     return [name for name in BACKENDS if _unavailable(name) is None]
@@ -62,17 +74,13 @@ def _auto_order(problem: SobolevProblem) -> list[str]:
 def select(name: str, problem: SobolevProblem) -> ModuleType:
     """The backend module to run ``problem`` with (``name`` may be ``"auto"``)."""
     if name != "auto":
-        reason = _unavailable(name)
-        if reason is None:
-            reason = load(name).unsupported_reason(problem)
+        reason = _unavailable(name) or _unsupported(name, problem)
         if reason is not None:
             raise ValueError(f"backend: {name!r} cannot run this problem: {reason}")
         return load(name)
     reasons = []
     for candidate in _auto_order(problem):
-        reason = _unavailable(candidate)
-        if reason is None:
-            reason = load(candidate).unsupported_reason(problem)
+        reason = _unavailable(candidate) or _unsupported(candidate, problem)
         if reason is None:
             return load(candidate)
         reasons.append(f"{candidate}: {reason}")

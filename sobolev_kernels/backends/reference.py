@@ -24,6 +24,7 @@ from torch.func import jvp, vmap
 from ..problem import SobolevProblem, projected_mse_loss
 
 NAME = "reference"
+ORDERS = (1, 2)
 
 
 def unavailable_reason() -> str | None:
@@ -35,9 +36,10 @@ def unsupported_reason(problem: SobolevProblem) -> str | None:
 
 
 def model_jvp(
-    model: Callable[[Tensor], Tensor], x: Tensor, directions: Tensor
-) -> tuple[Tensor, Tensor]:
-    """f: (B, m) and u: (B, K, m) with u[:, k] = J_f(x) v_k; differentiable by autograd.
+    model: Callable[[Tensor], Tensor], x: Tensor, directions: Tensor, order: int = 1
+) -> tuple[Tensor, ...]:
+    """f (B, m) and u (B, K, m), u[:, k] = J_f(x) v_k; for order 2 also w (B, K, m),
+    w[:, k] = v_k^T H_f(x) v_k (nested jvp, Taylor mode). Differentiable by autograd.
 
     directions: (K, d) shared or (B, K, d) per row.
     """
@@ -52,24 +54,32 @@ def model_jvp(
     else:
         tangents = directions.transpose(0, 1)
 
-    def one_direction(v: Tensor) -> Tensor:
-        return jvp(f2d, (x,), (v,))[1]
+    def one_direction(v: Tensor) -> tuple[Tensor, ...]:
+        if order == 1:
+            return (jvp(f2d, (x,), (v,))[1],)
+        # d/de [J_f(x + e v) v] at e = 0 is v^T H v; the inner jvp's primal output is J v
+        return jvp(lambda p: jvp(f2d, (p,), (v,))[1], (x,), (v,))
 
     if isinstance(model, nn.Module) and any(isinstance(m, nn.LayerNorm) for m in model.modules()):
-        return _jvp_by_reverse_mode(f2d, x, tangents)
+        return _jvp_by_reverse_mode(f2d, x, tangents, order)
     try:
-        u = vmap(one_direction)(tangents)
+        derivatives = vmap(one_direction)(tangents)
     except RuntimeError:
         # Some callables cannot be vmapped (data-dependent control flow, .item()); a loop over
         # the K directions computes exactly the same thing.
-        u = torch.stack([one_direction(v) for v in tangents.unbind(0)])
-    return f2d(x), u.transpose(0, 1)
+        per_k = [one_direction(v) for v in tangents.unbind(0)]
+        derivatives = [torch.stack(parts) for parts in zip(*per_k)]
+    return (f2d(x), *(d.transpose(0, 1) for d in derivatives))
 
 
 def _jvp_by_reverse_mode(
-    f2d: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor
-) -> tuple[Tensor, Tensor]:
-    """J v from Jacobian rows by ``autograd.grad(create_graph=True)``: tangents (K, B, d)."""
+    f2d: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor, order: int
+) -> tuple[Tensor, ...]:
+    """J v (and v^T H v) from reverse-mode rows, ``autograd.grad(create_graph=True)``.
+
+    tangents: (K, B, d). One reverse pass per output, and for order 2 one more per output
+    and direction (H_i v_k, then dotted with v_k).
+    """
     x_in = x if x.requires_grad else x.detach().requires_grad_(True)
     with torch.enable_grad():
         f = f2d(x_in)
@@ -77,16 +87,26 @@ def _jvp_by_reverse_mode(
             torch.autograd.grad(f[:, i].sum(), x_in, create_graph=True)[0]
             for i in range(f.shape[1])
         ]
-    jac = torch.stack(rows, dim=1)  # (B, m, d)
-    return f, torch.einsum("bmd,kbd->bkm", jac, tangents)
+        jac = torch.stack(rows, dim=1)  # (B, m, d)
+        out = [f, torch.einsum("bmd,kbd->bkm", jac, tangents)]
+        if order == 2:
+            w = [
+                [
+                    (torch.autograd.grad((row * v).sum(), x_in, create_graph=True)[0] * v).sum(-1)
+                    for row in rows
+                ]
+                for v in tangents.unbind(0)
+            ]  # w[k][i]: (B,)
+            out.append(torch.stack([torch.stack(wk, -1) for wk in w], 1))
+    return tuple(out)
 
 
 def sobolev_loss(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
-    f, u = mlp_jvp(problem)
-    return projected_mse_loss(f, u, problem), f
+    f, *derivatives = mlp_jvp(problem)
+    return projected_mse_loss(problem, f, *derivatives), f
 
 
-def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
-    f, u = model_jvp(problem.model, problem.x, problem.directions)
+def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, ...]:
+    f, u, *w = model_jvp(problem.model, problem.x, problem.directions, problem.order)
     problem.check_model_output(f, u)
-    return f, u
+    return (f, u, *w)

@@ -1,0 +1,167 @@
+"""Backend ``cuda``: the C++ extension ``sobolev_kernels._C`` (fused CPU kernel, CUDA kernels).
+
+The ops are defined in C++ (``csrc/ops.cpp``): ``sobolev_forward`` computes f, the K
+tangents u and the projected loss in one pass; ``sobolev_backward`` is the analytic backward
+of DESIGN section 2. As in pytorch/extension-cpp's ``ops.py``, this module adds what the
+dispatcher needs from Python: fake implementations (shapes only, so ``torch.compile`` traces
+the ops without running them) and an autograd formula whose backward is itself the custom
+backward op. A checkout without the compiled module still imports; ``unavailable_reason()``
+then says how to build it. The extension is loaded (and the registrations made) when this
+module is imported, never on first use, so ``torch.compile`` does not trace the registration.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..problem import LOW_PRECISION, SobolevProblem, accumulation_dtype
+
+NAME = "cuda"
+
+_BUILD_HINT = (
+    "build it from the repository root with `pip install --no-build-isolation -e .` (a C++ "
+    "compiler for the CPU kernel; nvcc and a CUDA build of torch for the CUDA kernels)"
+)
+_DTYPES = (torch.float64, torch.float32, *LOW_PRECISION)
+# The CUDA kernels keep the layer table in kernel arguments (csrc/cuda/sobolev_kernels.cuh).
+_CUDA_MAX_LAYERS = 32
+_CUDA_MAX_WIDTH = 256
+
+
+def unavailable_reason() -> str | None:
+    if _extension is None:
+        return (
+            f"the compiled extension sobolev_kernels._C is missing ({_import_error}); {_BUILD_HINT}"
+        )
+    return None
+
+
+def unsupported_reason(problem: SobolevProblem) -> str | None:
+    mlp = problem.mlp
+    if mlp is None:
+        return "the model is not a SobolevMLP (or an nn.Sequential of Linear/activation)"
+    if problem.dtype not in _DTYPES:
+        return f"dtype {problem.dtype} is not supported"
+    device = problem.device.type
+    if device == "cuda":
+        if not _extension.WITH_CUDA:
+            return (
+                "sobolev_kernels._C was built without its CUDA kernels; rebuild on a machine "
+                "with nvcc and a CUDA build of torch (FORCE_CUDA=1 forces them), " + _BUILD_HINT
+            )
+        if mlp.num_layers > _CUDA_MAX_LAYERS:
+            return f"the CUDA kernels take at most {_CUDA_MAX_LAYERS} layers, got {mlp.num_layers}"
+        if max(mlp.widths) > _CUDA_MAX_WIDTH:
+            return f"the CUDA kernels take widths up to {_CUDA_MAX_WIDTH}, got {max(mlp.widths)}"
+    elif device != "cpu":
+        return f"device {problem.device} is not supported (CPU, or CUDA when compiled with it)"
+    return None
+
+
+def sobolev_loss(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
+    loss, f, _, _ = _forward(problem, problem.y, problem.target_jvp, problem.target_grad)
+    return loss, f
+
+
+def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
+    _, f, u, _ = _forward(problem, None, None, None)
+    return f, u
+
+
+def _forward(
+    problem: SobolevProblem, y: Tensor | None, target_jvp: Tensor | None, target_grad: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    mlp = problem.mlp
+    act = mlp.activation
+    weights = list(mlp.weights())
+    biases = list(mlp.biases() or [])
+    # z/tz are only worth keeping when a backward will run
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (problem.x, *weights, *biases))
+    return torch.ops.sobolev_kernels.sobolev_forward(
+        problem.x, problem.directions, y, target_jvp, target_grad, weights, biases,
+        act.kernel_id, float(act.negative_slope), problem.alpha, problem.beta, save,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- registrations
+
+
+def _register() -> None:
+    torch.library.register_fake("sobolev_kernels::sobolev_forward", _forward_fake)
+    torch.library.register_fake("sobolev_kernels::sobolev_backward", _backward_fake)
+    torch.library.register_fake("sobolev_kernels::activation_series", _series_fake)
+    torch.library.register_autograd(
+        "sobolev_kernels::sobolev_forward", _backward, setup_context=_setup_context
+    )
+
+
+def _forward_fake(
+    x, directions, y, target_jvp, target_grad, weights, biases, activation, negative_slope,
+    alpha, beta, save_activations,
+):  # fmt: skip
+    torch._check(x.dim() == 2, lambda: f"x: expected (B, d), got {tuple(x.shape)}")
+    torch._check(len(weights) >= 1, lambda: "weights: expected at least one layer")
+    batch = x.shape[0]
+    k = directions.shape[-2]
+    m = weights[-1].shape[0]
+    acc = accumulation_dtype(x.dtype)
+    hidden = sum(w.shape[0] for w in weights[:-1])
+    saved = x.new_empty(((1 + k) * batch * hidden if save_activations else 0,), dtype=acc)
+    return x.new_empty((), dtype=acc), x.new_empty(batch, m), x.new_empty(batch, k, m), saved
+
+
+def _backward_fake(
+    grad_loss, grad_f, grad_u, x, directions, y, target_jvp, target_grad, weights, biases, f, u,
+    saved, activation, negative_slope, alpha, beta, need_grad_x, need_grad_params,
+):  # fmt: skip
+    grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty(0)
+    grad_w = [w.new_empty(w.shape) for w in weights] if need_grad_params else []
+    grad_b = [b.new_empty(b.shape) for b in biases] if need_grad_params else []
+    return grad_x, grad_w, grad_b
+
+
+def _series_fake(z, activation, negative_slope):
+    return z.new_empty((3, *z.shape))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, directions, y, target_jvp, target_grad, weights, biases, *scalars = inputs
+    _, f, u, saved = output
+    ctx.mark_non_differentiable(saved)
+    # gradients of unused outputs arrive as None, not as zero tensors to read
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, directions, y, target_jvp, target_grad, f, u, saved, *weights, *biases)
+    ctx.num_layers = len(weights)
+    ctx.scalars = scalars[:4]  # activation, negative_slope, alpha, beta
+
+
+def _backward(ctx, grad_loss, grad_f, grad_u, grad_saved):
+    """dL/dx, dL/dW, dL/db of L(loss, f, u): the fused backward op, seeded with
+    a_f = grad_loss * 2 alpha / (B m) (f - y) + grad_f and
+    a_u = grad_loss * 2 beta / (B K m) (u - g) + grad_u."""
+    x, directions, y, target_jvp, target_grad, f, u, saved, *params = ctx.saved_tensors
+    weights, biases = params[: ctx.num_layers], params[ctx.num_layers :]
+    needs = ctx.needs_input_grad  # (x, directions, y, jvp, grad, [weights], [biases], ...)
+    need_x = bool(needs[0])
+    need_params = any(needs[5]) or any(needs[6])
+    grad_x, grad_w, grad_b = torch.ops.sobolev_kernels.sobolev_backward(
+        grad_loss, grad_f, grad_u, x, directions, y, target_jvp, target_grad, weights, biases,
+        f, u, saved, *ctx.scalars, need_x, need_params,
+    )  # fmt: skip
+    if not need_params:
+        grad_w, grad_b = [None] * len(weights), [None] * len(biases)
+    return (
+        grad_x if need_x else None, None, None, None, None, list(grad_w), list(grad_b),
+        None, None, None, None, None,
+    )  # fmt: skip
+
+
+try:
+    from .. import _C as _extension
+except ImportError as exc:  # not built (or built against another torch)
+    _extension = None
+    _import_error = str(exc)
+else:
+    _import_error = None
+    _register()
