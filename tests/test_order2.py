@@ -6,7 +6,14 @@ double-autograd computation of H v; every other backend is checked against the r
 
 import pytest
 import torch
-from conftest import TOLERANCES, assert_backends_agree, assert_close, sample_inputs
+from conftest import (
+    HAS_CUDA,
+    TOLERANCES,
+    assert_backends_agree,
+    assert_close,
+    sample_inputs,
+    upcast_model,
+)
 
 import sobolev_kernels as sk
 from sobolev_kernels.activations import ACTIVATIONS
@@ -183,3 +190,56 @@ def test_backend_without_order2_is_refused():
         if 2 not in getattr(backends.load(name), "ORDERS", (1,)):
             with pytest.raises(ValueError, match="order 2 is not implemented"):
                 sk.sobolev_loss(model, x, y, backend=name, order=2, **kw)
+
+
+# ------------------------------------------------------------------------------- triton
+
+needs_triton = pytest.mark.skipif(
+    "triton" not in sk.available_backends(), reason="triton backend unavailable"
+)
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+RTOL_TRITON = 1e-4 if HAS_CUDA else TOLERANCES[torch.float32]
+
+
+def _triton_agrees(rtol=RTOL_TRITON, dtype=torch.float32, target="hess", **kwargs):
+    extra = {k: kwargs.pop(k) for k in ("alpha", "beta", "gamma") if k in kwargs}
+    model, x, y, kw = order2_inputs(target, dtype=dtype, device=DEVICE, **kwargs)
+    assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=upcast_model(model),
+                          order=2, **extra)  # fmt: skip
+
+
+@needs_triton
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("target, directions",
+                         [("hess", "per_row"), ("hvp2", "shared"), ("teacher", "full"),
+                          ("hess", "sampled")])  # fmt: skip
+def test_triton_matches_reference(activation, target, directions):
+    _triton_agrees(activation=activation, target=target, directions=directions, alpha=0.5,
+                   beta=1.5, gamma=0.7)  # fmt: skip
+
+
+@needs_triton
+@pytest.mark.parametrize("batch, dim, width, out, k, layers, bias",
+                         [(1, 1, 5, 1, 1, 2, True), (33, 3, 17, 4, 3, 3, False),
+                          (20, 13, 48, 2, 2, 1, True)])  # fmt: skip
+def test_triton_shapes(batch, dim, width, out, k, layers, bias):
+    _triton_agrees(batch=batch, dim=dim, width=width, out=out, k=k, layers=layers, bias=bias)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision(dtype):
+    _triton_agrees(TOLERANCES[dtype], dtype=dtype, batch=24, width=16, k=2)
+
+
+@needs_triton
+def test_triton_mlp_jvp_order2_and_its_gradient():
+    model, x, _, kw = sample_inputs(out=2, k=2, dtype=torch.float32, device=DEVICE)
+    results = {}
+    for backend in ("triton", "reference"):
+        f, u, w = sk.mlp_jvp(model, x, kw["directions"], backend=backend, order=2)
+        grads = torch.autograd.grad(f.sum() + (u * 0.5).sum() + w.square().sum(),
+                                    [x, *model.parameters()])  # fmt: skip
+        results[backend] = (f, u, w, *grads)
+    for a, b in zip(results["triton"], results["reference"]):
+        assert_close(a, b, RTOL_TRITON, "mlp_jvp order 2")

@@ -137,8 +137,10 @@ def test_opcheck():
     model, x, y, kw = sample_inputs(directions="per_row", dtype=torch.float32, device=DEVICE)
     weights = [w.detach().requires_grad_() for w in model.weights()]
     biases = [b.detach().requires_grad_() for b in model.biases()]
-    args = (x.detach().requires_grad_(), kw["directions"], y, kw["target_grad"], weights,
-            biases, 2, 0, 0.0, 1.0, 1.0, True, False)  # fmt: skip
+    # x, v, y, target, target2, weights, biases, target_kind, target2_kind, activation,
+    # slope, alpha, beta, gamma, order, save, allow_tf32
+    args = (x.detach().requires_grad_(), kw["directions"], y, kw["target_grad"], None, weights,
+            biases, 2, 0, 0, 0.0, 1.0, 1.0, 1.0, 1, True, False)  # fmt: skip
     torch.library.opcheck(ops.sobolev_fwd, args)
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..problem import SobolevProblem
 
 NAME = "triton"
+ORDERS = (1, 2)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_WIDTH = {torch.float32: 128, torch.bfloat16: 256, torch.float16: 256}
 MAX_LAYERS = 16
@@ -50,39 +51,46 @@ def unsupported_reason(problem: SobolevProblem) -> str | None:
     from ..triton.sobolev_mlp import MAX_TILE_ROWS, MIN_PAD
 
     kp = 1 << (problem.num_directions - 1).bit_length()
-    if kp * MIN_PAD > MAX_TILE_ROWS:
+    if problem.order * kp * MIN_PAD > MAX_TILE_ROWS:
         return f"K = {problem.num_directions} directions do not fit on chip"
     return None
 
 
 def _run(problem: SobolevProblem, *, with_targets: bool):
-    from ..triton import sobolev_mlp
+    from ..triton import sobolev_mlp as k
     from ..triton.ops import sobolev_fwd
 
     mlp = problem.mlp
     act = mlp.activation
-    target, kind = None, sobolev_mlp.TARGET_NONE
-    if with_targets and problem.target_grad is not None:
-        target, kind = problem.target_grad, sobolev_mlp.TARGET_GRAD
-    elif with_targets:
-        target, kind = problem.target_jvp, sobolev_mlp.TARGET_JVP
+    target, kind = None, k.TARGET_NONE
+    target2, kind2 = None, k.TARGET_NONE
+    if with_targets:
+        if problem.target_grad is not None:
+            target, kind = problem.target_grad, k.TARGET_GRAD
+        else:
+            target, kind = problem.target_jvp, k.TARGET_JVP
+        if problem.target_hess is not None:
+            target2, kind2 = problem.target_hess, k.TARGET_HESS
+        elif problem.target_hvp2 is not None:
+            target2, kind2 = problem.target_hvp2, k.TARGET_HVP2
     params = [*mlp.weights(), *(mlp.biases() or [])]
     save = torch.is_grad_enabled() and (
         problem.x.requires_grad or any(p.requires_grad for p in params)
     )
     return sobolev_fwd(
-        problem.x, problem.directions, problem.y if with_targets else None, target,
-        mlp.weights(), mlp.biases() or [], kind, act.kernel_id, act.negative_slope,
-        problem.alpha, problem.beta, save, False,
+        problem.x, problem.directions, problem.y if with_targets else None, target, target2,
+        mlp.weights(), mlp.biases() or [], kind, kind2, act.kernel_id, act.negative_slope,
+        problem.alpha, problem.beta, problem.gamma, problem.order, save, False,
     )  # fmt: skip
 
 
 def sobolev_loss(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
-    loss, f, _, _, _ = _run(problem, with_targets=True)
+    loss, f, *_ = _run(problem, with_targets=True)
     return loss, f
 
 
-def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
-    # With no targets the tangent residual is u itself, and it carries the gradient.
-    _, f, _, u, _ = _run(problem, with_targets=False)
-    return f, u.to(problem.dtype).transpose(0, 1)
+def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, ...]:
+    # With no targets the residuals are u (and w) themselves, and they carry the gradient.
+    _, f, _, u, w, _ = _run(problem, with_targets=False)
+    derivatives = [u] if problem.order == 1 else [u, w]
+    return (f, *(d.to(problem.dtype).transpose(0, 1) for d in derivatives))

@@ -1,9 +1,13 @@
 """The activation table of ``sobolev_kernels.activations`` as Triton device functions.
 
-``act_series(z, slope, ACT)`` returns ``(s, s', s'')`` of an fp32 tile; ``ACT`` is
-``Activation.kernel_id`` (a constexpr, so each kernel compiles one branch). The formulas are
-the same as the torch table's, including torch's conventions (relu'(0) = 0, softplus linear
-above 20); the tests compare every backend with the reference to hold them to it.
+``act_series(z, slope, ACT)`` returns ``(s, s', s'', s''')`` of an fp32 tile; ``ACT`` is
+``Activation.kernel_id`` (a constexpr, so each kernel compiles one branch, and results a
+kernel does not use are removed by the compiler). The formulas are the torch table's,
+including torch's conventions (relu'(0) = 0, softplus linear above 20); the tests compare
+every backend with the reference to hold them to it.
+
+Kernels cannot read module-level floats, so constants appear as literals: gelu's
+c = sqrt(2 / pi) = 0.7978845608028654 and a = 0.044715, softplus's threshold 20.
 """
 
 import triton
@@ -11,9 +15,6 @@ import triton.language as tl
 
 TANH, SIGMOID, SOFTPLUS, SILU, SIN, GELU, RELU, LEAKY_RELU, IDENTITY = range(9)
 SMOOTH = (TANH, SIGMOID, SOFTPLUS, SILU, SIN, GELU)  # s'' is not identically zero
-
-# Kernels cannot read module-level floats, so the constants appear as literals below:
-# gelu's c = sqrt(2 / pi) = 0.7978845608028654 and a = 0.044715; softplus's threshold 20.
 
 
 @triton.jit
@@ -26,15 +27,17 @@ def _tanh(z):
 
 @triton.jit
 def act_series(z, slope, ACT: tl.constexpr):
-    """(s, s', s'') of z (fp32). Unused results are removed by the compiler."""
+    """(s, s', s'', s''') of z (fp32)."""
     if ACT == 0:  # tanh
         s = _tanh(z)
         s1 = 1.0 - s * s
         s2 = -2.0 * s * s1
+        s3 = s1 * (6.0 * s * s - 2.0)
     elif ACT == 1:  # sigmoid
         s = tl.sigmoid(z)
         s1 = s * (1.0 - s)
         s2 = s1 * (1.0 - 2.0 * s)
+        s3 = s1 * (1.0 - 6.0 * s + 6.0 * s * s)
     elif ACT == 2:  # softplus, linear above the threshold like torch's
         linear = z > 20.0
         # max(z, 0) + log(1 + exp(-|z|)): no overflow for large |z|
@@ -42,16 +45,21 @@ def act_series(z, slope, ACT: tl.constexpr):
         p = tl.sigmoid(z)
         s1 = tl.where(linear, 1.0, p)
         s2 = tl.where(linear, 0.0, p * (1.0 - p))
+        s3 = tl.where(linear, 0.0, p * (1.0 - p) * (1.0 - 2.0 * p))
     elif ACT == 3:  # silu
         p = tl.sigmoid(z)
+        dp = p * (1.0 - p)
+        q = 1.0 - 2.0 * p
         s = z * p
         s1 = p * (1.0 + z * (1.0 - p))
-        s2 = p * (1.0 - p) * (2.0 + z * (1.0 - 2.0 * p))
+        s2 = dp * (2.0 + z * q)
+        s3 = dp * (q * (3.0 + z * q) - 2.0 * z * dp)
     elif ACT == 4:  # sin
         s = tl.sin(z)
         s1 = tl.cos(z)
         s2 = -s
-    elif ACT == 5:  # gelu, tanh approximation: s = z (1 + T) / 2, T = tanh(c (z + a z^3))
+        s3 = -s1
+    elif ACT == 5:  # gelu, tanh approximation: s = z (1 + T) / 2, T = tanh(w), w = c (z + a z^3)
         z2 = z * z
         t = _tanh(0.7978845608028654 * (z + 0.044715 * z2 * z))
         sech2 = 1.0 - t * t
@@ -59,17 +67,30 @@ def act_series(z, slope, ACT: tl.constexpr):
         d2w = 6.0 * 0.7978845608028654 * 0.044715 * z
         s = 0.5 * z * (1.0 + t)
         s1 = 0.5 * (1.0 + t) + 0.5 * z * sech2 * dw
-        s2 = sech2 * (dw + 0.5 * z * (d2w - 2.0 * t * dw * dw))
+        # s'' = S P, P = w' + z (w'' - 2 T w'^2) / 2, S = 1 - T^2
+        p = dw + 0.5 * z * (d2w - 2.0 * t * dw * dw)
+        s2 = sech2 * p
+        # s''' = S (P' - 2 T w' P), P' = 3 w''/2 - T w'^2 + z (w''' - 2 S w'^3 - 4 T w' w'')/2
+        d3w = 6.0 * 0.7978845608028654 * 0.044715
+        dp = (
+            1.5 * d2w
+            - t * dw * dw
+            + 0.5 * z * (d3w - 2.0 * sech2 * dw * dw * dw - 4.0 * t * dw * d2w)
+        )
+        s3 = sech2 * (dp - 2.0 * t * dw * p)
     elif ACT == 6:  # relu (relu'(0) = 0 as in torch)
         s = tl.maximum(z, 0.0)
         s1 = tl.where(z > 0, 1.0, 0.0)
         s2 = tl.zeros_like(z)
+        s3 = s2
     elif ACT == 7:  # leaky_relu
         s = tl.where(z > 0, z, slope * z)
         s1 = tl.where(z > 0, 1.0, slope)
         s2 = tl.zeros_like(z)
+        s3 = s2
     else:  # identity
         s = z
         s1 = tl.full(z.shape, 1.0, tl.float32)
         s2 = tl.zeros_like(z)
-    return s, s1, s2
+        s3 = s2
+    return s, s1, s2, s3

@@ -1,20 +1,22 @@
-"""Fused Triton kernels for the Sobolev loss of an MLP (DESIGN section 2).
+"""Fused Triton kernels for the Sobolev loss of an MLP (docs/math.md, DESIGN section 2).
 
 Forward, one launch: a program owns ROWS rows of the batch and carries them through every
-layer, values ``h (ROWS, n)`` and the K tangent streams ``t (KP * ROWS, n)`` (k-major, KP = K
-rounded up to a power of two), in registers; weights are read straight from a packed buffer of
-all layers. It writes f, the residuals ``f - y`` and ``u - g`` (the derivative targets are
-contracted with the directions in the kernel when given as Jacobians), per-program partial
-sums of both squared errors, and, when a backward will follow, the pre-activations
-``[z; tz]`` of the hidden layers. A one-program kernel then reduces the partials in a fixed
-order (deterministic).
+layer in registers: values ``h (ROWS, n)``, the K first-order tangent streams
+``t (KP * ROWS, n)`` (k-major, KP = K rounded up to a power of two) and, for order 2, the K
+second-order streams ``tt`` (Taylor mode). Weights are read straight from a packed buffer of
+all layers. It writes f, the residuals ``f - y``, ``u - g`` and ``w - g2`` (Jacobian and
+Hessian targets are contracted with the directions in the kernel), per-program partial sums
+of the squared errors, and, when a backward will follow, the hidden pre-activations
+``[z; tz; ttz]``. A one-program kernel then reduces the partials in a fixed order.
 
 Backward, L + 2 launches: one fused kernel walks the layers top-down for its rows,
-    a_z = a_h * s'(z) + s''(z) * sum_k a_t_k * tz_k,   a_tz_k = a_t_k * s'(z),
-writing each layer's stacked adjoints ``A_l = [a_z; a_tz]`` and inputs
-``S_{l-1} = [h; t]`` (recomputed from the saved ``z``), per-program bias-gradient partials and
-dL/dx; then ``dW_l = A_l^T S_{l-1}`` is one GEMM per layer over the (1 + K) B stacked rows, and
-one sum reduces the bias partials.
+    a_z     = a_h s' + s'' sum_k (a_t_k tz_k + a_tt_k ttz_k) + s''' sum_k a_tt_k tz_k^2
+    a_tz_k  = a_t_k s' + 2 s'' a_tt_k tz_k
+    a_ttz_k = a_tt_k s'
+(order 1: no tt terms), writing each layer's stacked adjoints ``A_l = [a_z; a_tz; a_ttz]`` and
+inputs ``S_{l-1} = [h; t; tt]`` (recomputed from the saved pre-activations), per-program bias
+partials and dL/dx; then ``dW_l = A_l^T S_{l-1}`` is one GEMM per layer over the
+(1 + order K) B stacked rows, and one sum reduces the bias partials.
 
 Widths are padded inside the kernels to powers of two (at least 16, for ``tl.dot``); padded
 weights load as zeros, so padded units never reach a real output.
@@ -32,7 +34,8 @@ from torch import Tensor
 
 from .activations import SMOOTH, act_series
 
-TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2
+TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2  # first order: (B, K, m) or (B, m, d)
+TARGET_HVP2, TARGET_HESS = 1, 2  # second order: (B, K, m) or (B, m, d, d)
 MIN_PAD = 16  # tl.dot needs every dimension >= 16
 # Register budget of one program: elements of the value + tangent tiles at the widest layer.
 TILE_BUDGET = 16384
@@ -57,10 +60,11 @@ def _prefix(values: list[int]) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Layout:
-    """Compile-time shape of one MLP + direction count, and its buffer offsets."""
+    """Compile-time shape of one MLP, direction count and order, and its buffer offsets."""
 
     widths: tuple[int, ...]  # (d, n_1, ..., n_{L-1}, m)
     k: int
+    order: int = 1
 
     @property
     def num_layers(self) -> int:
@@ -75,6 +79,11 @@ class Layout:
         return triton.next_power_of_2(self.k)
 
     @property
+    def blocks(self) -> int:
+        """Row blocks of a stacked (S B, n) buffer: values, then order K tangent blocks."""
+        return 1 + self.order * self.k
+
+    @property
     def w_offsets(self) -> tuple[int, ...]:  # of W_l (n_l x n_{l-1}) in the packed weights
         w = self.widths
         return _prefix([w[i] * w[i + 1] for i in range(self.num_layers)])
@@ -85,27 +94,24 @@ class Layout:
 
     @property
     def out_cum(self) -> tuple[int, ...]:
-        """Prefix sums of n_1..n_L: offset of layer l's rows, in units of (1 + K) B."""
+        """Prefix sums of n_1..n_L: offset of layer l's rows, in units of S B."""
         return _prefix(list(self.widths[1:]))
 
     @property
     def in_cum(self) -> tuple[int, ...]:
-        """Prefix sums of n_0..n_{L-1}: offset of layer l's inputs, in units of (1 + K) B."""
+        """Prefix sums of n_0..n_{L-1}: offset of layer l's inputs, in units of S B."""
         return _prefix(list(self.widths[:-1]))
 
     def rows(self) -> int:
         """Rows per program: the largest power of two (16..64) whose tiles fit the budget."""
         widest = max(self.pads[1:-1] or self.pads)
         rows = 64
-        while rows > MIN_PAD and (1 + self.kp) * rows * widest > TILE_BUDGET:
+        while rows > MIN_PAD and (1 + self.order * self.kp) * rows * widest > TILE_BUDGET:
             rows //= 2
         return rows
 
     def num_warps(self) -> int:
         return 4 if max(self.pads) <= 64 else 8
-
-
-# --------------------------------------------------------------------------- forward
 
 
 @triton.jit
@@ -117,22 +123,37 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _by_direction(x, KP: tl.constexpr, ROWS: tl.constexpr):
+    """(KP * ROWS, n) -> (KP, ROWS, n): broadcastable against a (ROWS, n) value tile."""
+    return tl.reshape(x, (KP, ROWS, x.shape[1]))
+
+
+@triton.jit
+def _rows(x3, KP: tl.constexpr, ROWS: tl.constexpr):
+    """(KP, ROWS, n) -> (KP * ROWS, n)."""
+    return tl.reshape(x3, (KP * ROWS, x3.shape[2]))
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@triton.jit
 def _sobolev_fwd_kernel(
-    x_ptr, v_ptr, y_ptr, g_ptr, w_ptr, b_ptr,
-    f_ptr, rf_ptr, ru_ptr, z_ptr, partial_ptr,
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptr, b_ptr,
+    f_ptr, rf_ptr, ru_ptr, rw_ptr, z_ptr, partial_ptr,
     B, slope,
     WIDTHS: tl.constexpr, PADS: tl.constexpr, W_OFFS: tl.constexpr, B_OFFS: tl.constexpr,
     OUT_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-    ROWS: tl.constexpr, ACT: tl.constexpr, SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_Y: tl.constexpr, TARGET: tl.constexpr, SAVE: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    ROWS: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr, SHARED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr, TARGET2: tl.constexpr,
+    SAVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     D: tl.constexpr = WIDTHS[0]
     M: tl.constexpr = WIDTHS[NUM_LAYERS]
     DP: tl.constexpr = PADS[0]
     MP: tl.constexpr = PADS[NUM_LAYERS]
-    S: tl.constexpr = 1 + K  # row blocks in the saved (1 + K) B stacks
+    S: tl.constexpr = 1 + ORDER * K  # row blocks of the saved stacks
 
     # value rows i -> sample b; tangent rows r -> (direction k, sample b), k-major
     rows = pid * ROWS + tl.arange(0, ROWS)
@@ -141,6 +162,8 @@ def _sobolev_fwd_kernel(
     k_of_r = r // ROWS
     b_of_r = pid * ROWS + r % ROWS
     t_ok = (k_of_r < K) & (b_of_r < B)
+    t_rows = (1 + k_of_r) * B + b_of_r  # rows of t / tz in a stacked buffer
+    tt_rows = (1 + K + k_of_r) * B + b_of_r  # rows of tt / ttz
     cd = tl.arange(0, DP)
 
     h = tl.load(x_ptr + rows[:, None] * D + cd[None, :],
@@ -151,6 +174,7 @@ def _sobolev_fwd_kernel(
         v_rows = b_of_r * K + k_of_r
     t = tl.load(v_ptr + v_rows[:, None] * D + cd[None, :],
                 mask=t_ok[:, None] & (cd[None, :] < D), other=0.0)  # fmt: skip
+    tt = tl.zeros((KP * ROWS, DP), tl.float32)  # the input moves linearly: tt_0 = 0
 
     for l in tl.static_range(NUM_LAYERS):
         N_IN: tl.constexpr = WIDTHS[l]
@@ -164,36 +188,51 @@ def _sobolev_fwd_kernel(
                      mask=(ci[:, None] < N_IN) & (co[None, :] < N_OUT), other=0.0)  # fmt: skip
         z = _dot(h, wt, PRECISION, UPCAST)
         tz = _dot(t, wt, PRECISION, UPCAST)
+        if ORDER == 2:
+            if l == 0:
+                ttz = tl.zeros((KP * ROWS, OP), tl.float32)
+            else:
+                ttz = _dot(tt, wt, PRECISION, UPCAST)
         if HAS_BIAS:
             bias = tl.load(b_ptr + B_OFFS[l] + co, mask=co < N_OUT, other=0.0)
             z += bias.to(tl.float32)[None, :]
         if l < NUM_LAYERS - 1:
-            if SAVE:  # [z; tz] of this hidden layer, rows (block s, sample b)
-                base = z_ptr + S * B * (OUT_CUM[l] - OUT_CUM[0])
+            if SAVE:  # [z; tz; ttz] of this hidden layer
+                base = z_ptr + S * B * OUT_CUM[l]
                 col_ok = co[None, :] < N_OUT
-                tl.store(base + rows[:, None] * N_OUT + co[None, :],
-                         z.to(z_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok)  # fmt: skip
-                tl.store(base + ((1 + k_of_r) * B + b_of_r)[:, None] * N_OUT + co[None, :],
-                         tz.to(z_ptr.dtype.element_ty), mask=t_ok[:, None] & col_ok)  # fmt: skip
-            s, s1, _ = act_series(z, slope, ACT)
+                zt = z_ptr.dtype.element_ty
+                tl.store(base + rows[:, None] * N_OUT + co[None, :], z.to(zt),
+                         mask=row_ok[:, None] & col_ok)  # fmt: skip
+                tl.store(base + t_rows[:, None] * N_OUT + co[None, :], tz.to(zt),
+                         mask=t_ok[:, None] & col_ok)  # fmt: skip
+                if ORDER == 2:
+                    tl.store(base + tt_rows[:, None] * N_OUT + co[None, :], ttz.to(zt),
+                             mask=t_ok[:, None] & col_ok)  # fmt: skip
+            s, s1, s2, _ = act_series(z, slope, ACT)
             h = s
-            t = tl.reshape(tl.reshape(tz, (KP, ROWS, OP)) * s1[None, :, :], (KP * ROWS, OP))
+            tz3 = _by_direction(tz, KP, ROWS)
+            t = _rows(tz3 * s1[None, :, :], KP, ROWS)
+            if ORDER == 2:  # tt = s' ttz + s'' tz^2
+                ttz3 = _by_direction(ttz, KP, ROWS)
+                tt = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], KP, ROWS)
         else:
             h = z
             t = tz
+            if ORDER == 2:
+                tt = ttz
 
     # outputs, residuals and the per-program loss partials
     cm = tl.arange(0, MP)
     val_ok = row_ok[:, None] & (cm[None, :] < M)
     tan_ok = t_ok[:, None] & (cm[None, :] < M)
-    tl.store(f_ptr + rows[:, None] * M + cm[None, :], h.to(f_ptr.dtype.element_ty), mask=val_ok)
+    val_idx = rows[:, None] * M + cm[None, :]
+    tan_idx = (k_of_r * B + b_of_r)[:, None] * M + cm[None, :]  # (K, B, m) residual layout
+    tl.store(f_ptr + val_idx, h.to(f_ptr.dtype.element_ty), mask=val_ok)
     rf = h
     if HAS_Y:
-        rf -= tl.load(y_ptr + rows[:, None] * M + cm[None, :], mask=val_ok, other=0.0).to(
-            tl.float32
-        )
+        rf -= tl.load(y_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
     rf = tl.where(val_ok, rf, 0.0)
-    tl.store(rf_ptr + rows[:, None] * M + cm[None, :], rf, mask=val_ok)
+    tl.store(rf_ptr + val_idx, rf, mask=val_ok)
 
     ru = t
     if TARGET == 1:  # g_k = target_jvp[b, k, :]
@@ -202,29 +241,53 @@ def _sobolev_fwd_kernel(
     elif TARGET == 2:  # g_k = J_g v_k, contracted here: sum_j target_grad[b, :, j] v_k[j]
         g3 = tl.zeros((KP, ROWS, MP), tl.float32)
         for j in range(D):
-            grad_j = tl.load(g_ptr + (rows[:, None] * M + cm[None, :]) * D + j,
-                             mask=val_ok, other=0.0).to(tl.float32)  # fmt: skip
+            grad_j = tl.load(g_ptr + val_idx * D + j, mask=val_ok, other=0.0).to(tl.float32)
             v_j = tl.load(v_ptr + v_rows * D + j, mask=t_ok, other=0.0).to(tl.float32)
             g3 += tl.reshape(v_j, (KP, ROWS))[:, :, None] * grad_j[None, :, :]
-        ru -= tl.reshape(g3, (KP * ROWS, MP))
+        ru -= _rows(g3, KP, ROWS)
     ru = tl.where(tan_ok, ru, 0.0)
-    tl.store(ru_ptr + (k_of_r * B + b_of_r)[:, None] * M + cm[None, :], ru, mask=tan_ok)
+    tl.store(ru_ptr + tan_idx, ru, mask=tan_ok)
+    tl.store(partial_ptr + pid * 3, tl.sum(tl.sum(rf * rf, axis=1), axis=0))
+    tl.store(partial_ptr + pid * 3 + 1, tl.sum(tl.sum(ru * ru, axis=1), axis=0))
 
-    tl.store(partial_ptr + pid * 2, tl.sum(tl.sum(rf * rf, axis=1), axis=0))
-    tl.store(partial_ptr + pid * 2 + 1, tl.sum(tl.sum(ru * ru, axis=1), axis=0))
+    if ORDER == 2:
+        rw = tt
+        if TARGET2 == 1:  # g2_k = target_hvp2[b, k, :]
+            rw -= tl.load(g2_ptr + (b_of_r * K + k_of_r)[:, None] * M + cm[None, :],
+                          mask=tan_ok, other=0.0).to(tl.float32)  # fmt: skip
+        elif TARGET2 == 2:  # g2_k = v_k^T H_g v_k = sum_ij target_hess[b, :, i, j] v_k[i] v_k[j]
+            h3 = tl.zeros((KP, ROWS, MP), tl.float32)
+            for i in range(D):
+                v_i = tl.load(v_ptr + v_rows * D + i, mask=t_ok, other=0.0).to(tl.float32)
+                for j in range(D):
+                    hess_ij = tl.load(g2_ptr + (val_idx * D + i) * D + j, mask=val_ok,
+                                      other=0.0).to(tl.float32)  # fmt: skip
+                    v_j = tl.load(v_ptr + v_rows * D + j, mask=t_ok, other=0.0).to(tl.float32)
+                    vv = tl.reshape(v_i * v_j, (KP, ROWS))
+                    h3 += vv[:, :, None] * hess_ij[None, :, :]
+            rw -= _rows(h3, KP, ROWS)
+        rw = tl.where(tan_ok, rw, 0.0)
+        tl.store(rw_ptr + tan_idx, rw, mask=tan_ok)
+        tl.store(partial_ptr + pid * 3 + 2, tl.sum(tl.sum(rw * rw, axis=1), axis=0))
+    else:
+        tl.store(partial_ptr + pid * 3 + 2, 0.0)
 
 
 @triton.jit
-def _sobolev_loss_finish_kernel(partial_ptr, loss_ptr, P, coef_f, coef_u, BLOCK: tl.constexpr):
-    """loss = coef_f * sum(partials[:, 0]) + coef_u * sum(partials[:, 1]), in a fixed order."""
+def _sobolev_loss_finish_kernel(partial_ptr, loss_ptr, P, coef_f, coef_u, coef_w,
+                                BLOCK: tl.constexpr):  # fmt: skip
+    """loss = sum over programs of coef . partials[p, :], accumulated in a fixed order."""
     acc_f = tl.zeros((BLOCK,), tl.float32)
     acc_u = tl.zeros((BLOCK,), tl.float32)
+    acc_w = tl.zeros((BLOCK,), tl.float32)
     for start in range(0, P, BLOCK):
         idx = start + tl.arange(0, BLOCK)
         ok = idx < P
-        acc_f += tl.load(partial_ptr + idx * 2, mask=ok, other=0.0)
-        acc_u += tl.load(partial_ptr + idx * 2 + 1, mask=ok, other=0.0)
-    tl.store(loss_ptr, coef_f * tl.sum(acc_f, axis=0) + coef_u * tl.sum(acc_u, axis=0))
+        acc_f += tl.load(partial_ptr + idx * 3, mask=ok, other=0.0)
+        acc_u += tl.load(partial_ptr + idx * 3 + 1, mask=ok, other=0.0)
+        acc_w += tl.load(partial_ptr + idx * 3 + 2, mask=ok, other=0.0)
+    loss = coef_f * tl.sum(acc_f, axis=0) + coef_u * tl.sum(acc_u, axis=0)
+    tl.store(loss_ptr, loss + coef_w * tl.sum(acc_w, axis=0))
 
 
 # --------------------------------------------------------------------------- backward
@@ -232,22 +295,22 @@ def _sobolev_loss_finish_kernel(partial_ptr, loss_ptr, P, coef_f, coef_u, BLOCK:
 
 @triton.jit
 def _sobolev_bwd_kernel(
-    x_ptr, v_ptr, w_ptr, z_ptr, rf_ptr, ru_ptr,
-    gloss_ptr, gf_ptr, grf_ptr, gru_ptr,
+    x_ptr, v_ptr, w_ptr, z_ptr, rf_ptr, ru_ptr, rw_ptr,
+    gloss_ptr, gf_ptr, grf_ptr, gru_ptr, grw_ptr,
     a_ptr, s_ptr, dx_ptr, db_ptr,
-    B, slope, coef_f, coef_u,
+    B, slope, coef_f, coef_u, coef_w,
     WIDTHS: tl.constexpr, PADS: tl.constexpr, W_OFFS: tl.constexpr, B_OFFS: tl.constexpr,
     OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr,
-    K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, ACT: tl.constexpr,
-    SMOOTH: tl.constexpr, SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GF: tl.constexpr,
-    HAS_GRF: tl.constexpr, HAS_GRU: tl.constexpr, NEED_DX: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
+    ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_GF: tl.constexpr, HAS_GRF: tl.constexpr, HAS_GRU: tl.constexpr, HAS_GRW: tl.constexpr,
+    NEED_DX: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     D: tl.constexpr = WIDTHS[0]
     M: tl.constexpr = WIDTHS[NUM_LAYERS]
     MP: tl.constexpr = PADS[NUM_LAYERS]
-    S: tl.constexpr = 1 + K
+    S: tl.constexpr = 1 + ORDER * K
     NB: tl.constexpr = B_OFFS[NUM_LAYERS - 1] + WIDTHS[NUM_LAYERS]  # biases in all layers
 
     rows = pid * ROWS + tl.arange(0, ROWS)
@@ -256,11 +319,13 @@ def _sobolev_bwd_kernel(
     k_of_r = r // ROWS
     b_of_r = pid * ROWS + r % ROWS
     t_ok = (k_of_r < K) & (b_of_r < B)
-    tan_rows = (1 + k_of_r) * B + b_of_r  # row of tangent r in a (1 + K) B stack
+    t_rows = (1 + k_of_r) * B + b_of_r
+    tt_rows = (1 + K + k_of_r) * B + b_of_r
 
-    # Adjoints of the outputs:
-    #   a_f = dL/dloss * 2 alpha / (B m) * (f - y) + dL/df (user's own loss on f)
-    #   a_u = dL/dloss * 2 beta / (B K m) * (u - g)
+    # Adjoints of the outputs (dL/dloss times the loss gradient, plus the gradients a user's
+    # own loss sends to f and to the residual outputs):
+    #   a_f = gl 2 alpha / (B m) (f - y) + dL/df,  a_u = gl 2 beta / (B K m) (u - g),
+    #   a_w = gl 2 gamma / (B K m) (w - g2)
     gl = tl.load(gloss_ptr).to(tl.float32)
     cm = tl.arange(0, MP)
     val_ok = row_ok[:, None] & (cm[None, :] < M)
@@ -275,6 +340,10 @@ def _sobolev_bwd_kernel(
     at = (gl * coef_u) * tl.load(ru_ptr + tan_idx, mask=tan_ok, other=0.0)
     if HAS_GRU:
         at += tl.load(gru_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+    if ORDER == 2:
+        att = (gl * coef_w) * tl.load(rw_ptr + tan_idx, mask=tan_ok, other=0.0)
+        if HAS_GRW:
+            att += tl.load(grw_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
 
     for j in tl.static_range(NUM_LAYERS):
         l: tl.constexpr = NUM_LAYERS - 1 - j  # layer index, top down
@@ -287,44 +356,68 @@ def _sobolev_bwd_kernel(
         out_col = co[None, :] < N_OUT
         in_col = ci[None, :] < N_IN
 
-        # A_l = [a_z; a_tz] for dW_l = A_l^T S_{l-1}; bias partials of this program
+        # A_l = [a_z; a_tz; a_ttz] for dW_l = A_l^T S_{l-1}; bias partials of this program
         a_base = a_ptr + S * B * OUT_CUM[l]
-        tl.store(a_base + rows[:, None] * N_OUT + co[None, :],
-                 a.to(a_ptr.dtype.element_ty), mask=row_ok[:, None] & out_col)  # fmt: skip
-        tl.store(a_base + tan_rows[:, None] * N_OUT + co[None, :],
-                 at.to(a_ptr.dtype.element_ty), mask=t_ok[:, None] & out_col)  # fmt: skip
+        at_ty = a_ptr.dtype.element_ty
+        tl.store(a_base + rows[:, None] * N_OUT + co[None, :], a.to(at_ty),
+                 mask=row_ok[:, None] & out_col)  # fmt: skip
+        tl.store(a_base + t_rows[:, None] * N_OUT + co[None, :], at.to(at_ty),
+                 mask=t_ok[:, None] & out_col)  # fmt: skip
+        if ORDER == 2:
+            tl.store(a_base + tt_rows[:, None] * N_OUT + co[None, :], att.to(at_ty),
+                     mask=t_ok[:, None] & out_col)  # fmt: skip
         if HAS_BIAS:
             tl.store(db_ptr + pid * NB + B_OFFS[l] + co, tl.sum(a, axis=0), mask=co < N_OUT)
 
-        # W_l as an (OP, IP) tile: [a_h; a_t] = [a_z; a_tz] W_l
+        # W_l as an (OP, IP) tile: [a_h; a_t; a_tt] = [a_z; a_tz; a_ttz] W_l
         w = tl.load(w_ptr + W_OFFS[l] + co[:, None] * N_IN + ci[None, :],
                     mask=(co[:, None] < N_OUT) & in_col, other=0.0)  # fmt: skip
         s_base = s_ptr + S * B * IN_CUM[l]
+        st_ty = s_ptr.dtype.element_ty
         if l > 0:
             a_h = _dot(a, w, PRECISION, UPCAST)
-            a_t = _dot(at, w, PRECISION, UPCAST)
+            a_t3 = _by_direction(_dot(at, w, PRECISION, UPCAST), KP, ROWS)
             # saved pre-activations of hidden layer l (the input side of W_l)
-            z_base = z_ptr + S * B * (OUT_CUM[l - 1] - OUT_CUM[0])
+            z_base = z_ptr + S * B * OUT_CUM[l - 1]
             z = tl.load(z_base + rows[:, None] * N_IN + ci[None, :],
                         mask=row_ok[:, None] & in_col, other=0.0).to(tl.float32)  # fmt: skip
-            tz = tl.load(z_base + tan_rows[:, None] * N_IN + ci[None, :],
-                         mask=t_ok[:, None] & in_col, other=0.0).to(tl.float32)  # fmt: skip
-            s, s1, s2 = act_series(z, slope, ACT)
-            tz3 = tl.reshape(tz, (KP, ROWS, IP))
-            t_in = tl.reshape(tz3 * s1[None, :, :], (KP * ROWS, IP))
-            # S_{l-1} = [h; t] = [s(z); s'(z) tz], the inputs of layer l
-            tl.store(s_base + rows[:, None] * N_IN + ci[None, :],
-                     s.to(s_ptr.dtype.element_ty), mask=row_ok[:, None] & in_col)  # fmt: skip
-            tl.store(s_base + tan_rows[:, None] * N_IN + ci[None, :],
-                     t_in.to(s_ptr.dtype.element_ty), mask=t_ok[:, None] & in_col)  # fmt: skip
-            # a_z = a_h s'(z) + s''(z) sum_k a_t_k tz_k;  a_tz_k = a_t_k s'(z)
-            a_t3 = tl.reshape(a_t, (KP, ROWS, IP))
+            tz3 = _by_direction(
+                tl.load(z_base + t_rows[:, None] * N_IN + ci[None, :],
+                        mask=t_ok[:, None] & in_col, other=0.0).to(tl.float32),
+                KP, ROWS,
+            )  # fmt: skip
+            s, s1, s2, s3 = act_series(z, slope, ACT)
+            # S_{l-1} = [s(z); s'(z) tz; s'(z) ttz + s''(z) tz^2], the inputs of layer l
+            tl.store(s_base + rows[:, None] * N_IN + ci[None, :], s.to(st_ty),
+                     mask=row_ok[:, None] & in_col)  # fmt: skip
+            tl.store(s_base + t_rows[:, None] * N_IN + ci[None, :],
+                     _rows(tz3 * s1[None, :, :], KP, ROWS).to(st_ty),
+                     mask=t_ok[:, None] & in_col)  # fmt: skip
             a = a_h * s1
-            if SMOOTH:
-                a += s2 * tl.sum(a_t3 * tz3, axis=0)
-            at = tl.reshape(a_t3 * s1[None, :, :], (KP * ROWS, IP))
+            if ORDER == 2:
+                ttz3 = _by_direction(
+                    tl.load(z_base + tt_rows[:, None] * N_IN + ci[None, :],
+                            mask=t_ok[:, None] & in_col, other=0.0).to(tl.float32),
+                    KP, ROWS,
+                )  # fmt: skip
+                tt_in = ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :]
+                tl.store(s_base + tt_rows[:, None] * N_IN + ci[None, :],
+                         _rows(tt_in, KP, ROWS).to(st_ty), mask=t_ok[:, None] & in_col)  # fmt: skip
+                a_tt3 = _by_direction(_dot(att, w, PRECISION, UPCAST), KP, ROWS)
+                if SMOOTH:
+                    a += s2 * tl.sum(a_t3 * tz3 + a_tt3 * ttz3, axis=0)
+                    a += s3 * tl.sum(a_tt3 * tz3 * tz3, axis=0)
+                    at = _rows(a_t3 * s1[None, :, :] + 2.0 * s2[None, :, :] * a_tt3 * tz3,
+                               KP, ROWS)  # fmt: skip
+                else:
+                    at = _rows(a_t3 * s1[None, :, :], KP, ROWS)
+                att = _rows(a_tt3 * s1[None, :, :], KP, ROWS)
+            else:
+                if SMOOTH:
+                    a += s2 * tl.sum(a_t3 * tz3, axis=0)
+                at = _rows(a_t3 * s1[None, :, :], KP, ROWS)
         else:
-            # layer 1 reads x and the directions: S_0 = [x; v]
+            # layer 1 reads x and the directions: S_0 = [x; v] (tt_0 = 0 adds nothing to dW_1)
             x = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
                         mask=row_ok[:, None] & in_col, other=0.0)  # fmt: skip
             if SHARED:
@@ -333,10 +426,10 @@ def _sobolev_bwd_kernel(
                 v_rows = b_of_r * K + k_of_r
             v = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
                         mask=t_ok[:, None] & in_col, other=0.0)  # fmt: skip
-            tl.store(s_base + rows[:, None] * D + ci[None, :],
-                     x.to(s_ptr.dtype.element_ty), mask=row_ok[:, None] & in_col)  # fmt: skip
-            tl.store(s_base + tan_rows[:, None] * D + ci[None, :],
-                     v.to(s_ptr.dtype.element_ty), mask=t_ok[:, None] & in_col)  # fmt: skip
+            tl.store(s_base + rows[:, None] * D + ci[None, :], x.to(st_ty),
+                     mask=row_ok[:, None] & in_col)  # fmt: skip
+            tl.store(s_base + t_rows[:, None] * D + ci[None, :], v.to(st_ty),
+                     mask=t_ok[:, None] & in_col)  # fmt: skip
             if NEED_DX:
                 dx = _dot(a, w, PRECISION, UPCAST)
                 tl.store(dx_ptr + rows[:, None] * D + ci[None, :],
@@ -346,8 +439,8 @@ def _sobolev_bwd_kernel(
 # --------------------------------------------------------------------------- launchers
 
 
-def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
-    # fp32 stays exact by default (TF32 is opt-in); bf16/fp16 ignore it
+def _precision(allow_tf32: bool) -> str:
+    # fp32 stays exact by default (TF32 is opt-in); bf16/fp16 operands ignore it
     return "tf32" if allow_tf32 else "ieee"
 
 
@@ -356,29 +449,39 @@ def _upcast_dots(dtype: torch.dtype) -> bool:
     return interpreting() and dtype == torch.bfloat16
 
 
+def _layout(x: Tensor, v: Tensor, weights: list[Tensor], order: int) -> Layout:
+    return Layout(tuple([x.shape[1]] + [w.shape[0] for w in weights]), v.shape[-2], order)
+
+
 def sobolev_forward(
     x: Tensor,
     v: Tensor,
     y: Tensor | None,
     target: Tensor | None,
     target_kind: int,
+    target2: Tensor | None,
+    target2_kind: int,
     weights: list[Tensor],
     biases: list[Tensor],
     activation: int,
     slope: float,
     alpha: float,
     beta: float,
+    gamma: float,
+    order: int,
     save: bool,
     allow_tf32: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Launch the fused forward: (loss, f, rf = f - y, ru = u - g, saved [z; tz] stacks).
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Launch the fused forward: (loss, f, rf = f - y, ru = u - g, rw = w - g2, z).
 
     x: (B, d); v: (K, d) shared or (B, K, d); y: (B, m) or None; target: (B, K, m) jvp or
-    (B, m, d) grad or None (then ru = u); weights W_l: (n_l, n_{l-1}); biases b_l or [].
-    Shapes out: loss (), f (B, m), rf (B, m) fp32, ru (K, B, m) fp32, z (flat).
+    (B, m, d) grad or None (then ru = u); target2 (order 2): (B, K, m) hvp2 or (B, m, d, d)
+    Hessians or None (then rw = w); weights W_l: (n_l, n_{l-1}); biases b_l or [].
+    Out: loss (), f (B, m), rf (B, m) fp32, ru and rw (K, B, m) fp32 (rw empty for order 1),
+    z the saved hidden pre-activation stacks (empty unless ``save``).
     """
     batch = x.shape[0]
-    layout = Layout(tuple([x.shape[1]] + [w.shape[0] for w in weights]), v.shape[-2])
+    layout = _layout(x, v, weights, order)
     k, m = layout.k, layout.widths[-1]
     rows = layout.rows()
     programs = triton.cdiv(batch, rows)
@@ -388,24 +491,27 @@ def sobolev_forward(
     f = torch.empty(batch, m, device=dev, dtype=dtype)
     rf = torch.empty(batch, m, device=dev, dtype=torch.float32)
     ru = torch.empty(k, batch, m, device=dev, dtype=torch.float32)
+    rw = torch.empty(k if order == 2 else 0, batch, m, device=dev, dtype=torch.float32)
     hidden = sum(layout.widths[1:-1])
-    z = torch.empty((1 + k) * batch * hidden if save else 0, device=dev, dtype=dtype)
-    partial = torch.empty(programs, 2, device=dev, dtype=torch.float32)
+    z = torch.empty(layout.blocks * batch * hidden if save else 0, device=dev, dtype=dtype)
+    partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
     loss = torch.empty((), device=dev, dtype=torch.float32)
     _sobolev_fwd_kernel[(programs,)](
         x, v, y if y is not None else x, target if target is not None else x,
-        w_packed, b_packed, f, rf, ru, z if save else f, partial, batch, slope,
+        target2 if target2 is not None else x, w_packed, b_packed,
+        f, rf, ru, rw if order == 2 else ru, z if save else f, partial, batch, slope,
         WIDTHS=layout.widths, PADS=layout.pads, W_OFFS=layout.w_offsets,
         B_OFFS=layout.b_offsets, OUT_CUM=layout.out_cum, NUM_LAYERS=layout.num_layers,
-        K=k, KP=layout.kp, ROWS=rows, ACT=activation, SHARED=v.ndim == 2,
-        HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind, SAVE=save,
-        PRECISION=_precision(dtype, allow_tf32), UPCAST=_upcast_dots(dtype),
+        K=k, KP=layout.kp, ROWS=rows, ORDER=order, ACT=activation, SHARED=v.ndim == 2,
+        HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
+        SAVE=save, PRECISION=_precision(allow_tf32), UPCAST=_upcast_dots(dtype),
         num_warps=layout.num_warps(),
     )  # fmt: skip
     coef_f = alpha / (batch * m) if y is not None else 0.0
     coef_u = beta / (batch * k * m)
-    _sobolev_loss_finish_kernel[(1,)](partial, loss, programs, coef_f, coef_u, BLOCK=256)
-    return loss, f, rf, ru, z
+    coef_w = gamma / (batch * k * m) if order == 2 else 0.0
+    _sobolev_loss_finish_kernel[(1,)](partial, loss, programs, coef_f, coef_u, coef_w, BLOCK=256)
+    return loss, f, rf, ru, rw, z
 
 
 def sobolev_backward(
@@ -413,10 +519,12 @@ def sobolev_backward(
     grad_f: Tensor | None,
     grad_rf: Tensor | None,
     grad_ru: Tensor | None,
+    grad_rw: Tensor | None,
     x: Tensor,
     v: Tensor,
     rf: Tensor,
     ru: Tensor,
+    rw: Tensor,
     z: Tensor,
     weights: list[Tensor],
     has_bias: bool,
@@ -424,6 +532,8 @@ def sobolev_backward(
     slope: float,
     alpha: float,
     beta: float,
+    gamma: float,
+    order: int,
     has_y: bool,
     need_dx: bool,
     allow_tf32: bool = False,
@@ -433,12 +543,12 @@ def sobolev_backward(
     db is every layer's bias gradient concatenated (empty without biases).
     """
     batch = x.shape[0]
-    layout = Layout(tuple([x.shape[1]] + [w.shape[0] for w in weights]), v.shape[-2])
+    layout = _layout(x, v, weights, order)
     k, widths = layout.k, layout.widths
     rows = layout.rows()
     programs = triton.cdiv(batch, rows)
     dev, dtype = x.device, x.dtype
-    stack = (1 + k) * batch
+    stack = layout.blocks * batch
     w_packed = torch.cat([w.reshape(-1) for w in weights])
     adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
     inputs = torch.empty(stack * sum(widths[:-1]), device=dev, dtype=dtype)
@@ -448,22 +558,25 @@ def sobolev_backward(
     m = widths[-1]
     coef_f = 2.0 * alpha / (batch * m) if has_y else 0.0
     coef_u = 2.0 * beta / (batch * k * m)
+    coef_w = 2.0 * gamma / (batch * k * m) if order == 2 else 0.0
     _sobolev_bwd_kernel[(programs,)](
-        x, v, w_packed, z, rf, ru, grad_loss,
+        x, v, w_packed, z, rf, ru, rw if order == 2 else ru, grad_loss,
         grad_f if grad_f is not None else rf, grad_rf if grad_rf is not None else rf,
-        grad_ru if grad_ru is not None else ru,
-        adj, inputs, dx if need_dx else x, db_partial, batch, slope, coef_f, coef_u,
+        grad_ru if grad_ru is not None else ru, grad_rw if grad_rw is not None else ru,
+        adj, inputs, dx if need_dx else x, db_partial, batch, slope, coef_f, coef_u, coef_w,
         WIDTHS=widths, PADS=layout.pads, W_OFFS=layout.w_offsets, B_OFFS=layout.b_offsets,
         OUT_CUM=layout.out_cum, IN_CUM=layout.in_cum, NUM_LAYERS=layout.num_layers,
-        K=k, KP=layout.kp, ROWS=rows, ACT=activation, SMOOTH=activation in SMOOTH,
-        SHARED=v.ndim == 2, HAS_BIAS=has_bias, HAS_GF=grad_f is not None,
-        HAS_GRF=grad_rf is not None, HAS_GRU=grad_ru is not None, NEED_DX=need_dx,
-        PRECISION=_precision(dtype, allow_tf32), UPCAST=_upcast_dots(dtype),
-        num_warps=layout.num_warps(),
+        K=k, KP=layout.kp, ROWS=rows, ORDER=order, ACT=activation,
+        SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias,
+        HAS_GF=grad_f is not None, HAS_GRF=grad_rf is not None, HAS_GRU=grad_ru is not None,
+        HAS_GRW=grad_rw is not None, NEED_DX=need_dx, PRECISION=_precision(allow_tf32),
+        UPCAST=_upcast_dots(dtype), num_warps=layout.num_warps(),
     )  # fmt: skip
     grad_w = []
     for l in range(layout.num_layers):
-        a_l = adj[stack * layout.out_cum[l] :][: stack * widths[l + 1]].view(stack, -1)
-        s_l = inputs[stack * layout.in_cum[l] :][: stack * widths[l]].view(stack, -1)
+        # layer 1's inputs have no second-order rows (tt_0 = 0): use the first (1 + K) B rows
+        used = stack if l > 0 else (1 + k) * batch
+        a_l = adj[stack * layout.out_cum[l] :][: stack * widths[l + 1]].view(stack, -1)[:used]
+        s_l = inputs[stack * layout.in_cum[l] :][: stack * widths[l]].view(stack, -1)[:used]
         grad_w.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
     return dx, grad_w, db_partial.sum(0).to(dtype)
