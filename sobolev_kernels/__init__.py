@@ -7,7 +7,7 @@ loss = sk.sobolev_loss(model, x, y, target_grad=dy_dx, num_directions=2)
 
 from . import functions
 from .activations import ACTIVATIONS, Sin
-from .api import SobolevLoss, mlp_jvp, sobolev_loss
+from .api import SobolevLoss, SobolevObjective, mlp_jvp, sobolev_loss
 from .backends import SobolevFallbackWarning, available_backends
 from .directions import full_directions, sample_directions
 from .mlp import SobolevMLP
@@ -20,6 +20,7 @@ __all__ = [
     "SobolevFallbackWarning",
     "SobolevLoss",
     "SobolevMLP",
+    "SobolevObjective",
     "available_backends",
     "full_directions",
     "functions",

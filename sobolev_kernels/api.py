@@ -7,6 +7,7 @@ directions are detached, never written to).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from .directions import full_directions, sample_directions
 from .mlp import SobolevMLP
 from .problem import SobolevProblem
 
-__all__ = ["sobolev_loss", "SobolevLoss", "mlp_jvp"]
+__all__ = ["sobolev_loss", "SobolevLoss", "SobolevObjective", "mlp_jvp"]
 
 _FLOATS = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 Model = Callable[[Tensor], Tensor]
@@ -45,6 +46,7 @@ def sobolev_loss(
     gamma: float = 1.0,
     target_hess: Tensor | None = None,
     target_hvp2: Tensor | None = None,
+    check_finite: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Sobolev loss ``alpha * mse(f(x), y) + beta * mse(J_f(x) v, J_g(x) v)``.
 
@@ -71,11 +73,18 @@ def sobolev_loss(
         target_hess: ``(B, m, d, d)`` target Hessians (``(B, d, d)`` when m == 1), or
         target_hvp2: ``(B, K, m)`` target ``v_k^T H_g v_k`` along ``directions``; order 2 needs
             exactly one of them, or a ``teacher`` (which then gives both orders).
+        check_finite: raise a ``ValueError`` naming the first input (or parameter) holding a
+            NaN or inf. Off by default (it synchronises); non-finite values always propagate
+            to a non-finite loss, never to a silent 0.
+
+    Under ``torch.autocast`` an fp32 MLP runs its GEMMs in the autocast dtype (bf16/fp16),
+    accumulating in fp32; the loss is fp32 and the gradients reach the fp32 parameters.
 
     Returns:
         The 0-dim loss (fp32 for bf16/fp16 inputs), or ``(loss, f)``.
     """
     _check_flag("return_outputs", return_outputs)
+    _check_flag("check_finite", check_finite)
     problem = _build_problem(
         model, x, y,
         target_grad=target_grad, target_jvp=target_jvp, teacher=teacher,
@@ -83,7 +92,11 @@ def sobolev_loss(
         alpha=alpha, beta=beta, generator=generator, backend=backend,
         order=order, gamma=gamma, target_hess=target_hess, target_hvp2=target_hvp2,
     )  # fmt: skip
-    loss, f = backends.select(backend, problem).sobolev_loss(problem)
+    if check_finite:
+        _check_finite(problem)
+    module = backends.select(backend, problem)
+    with _precision_scope(problem, module):
+        loss, f = module.sobolev_loss(problem)
     return (loss, f) if return_outputs else loss
 
 
@@ -101,8 +114,12 @@ def mlp_jvp(
     model, mlp = _check_model(model, "model")
     x = _check_x(x, mlp, model)
     dirs = _resolve_directions(directions, 1, None, x, explicit=True)
-    problem = SobolevProblem(model=model, mlp=mlp, x=x, y=None, directions=dirs, order=order)
-    return backends.select(backend, problem).mlp_jvp(problem)
+    problem = _under_autocast(
+        SobolevProblem(model=model, mlp=mlp, x=x, y=None, directions=dirs, order=order)
+    )
+    module = backends.select(backend, problem)
+    with _precision_scope(problem, module):
+        return module.mlp_jvp(problem)
 
 
 class SobolevLoss(nn.Module):
@@ -124,8 +141,10 @@ class SobolevLoss(nn.Module):
         return_outputs: bool = False,
         order: int = 1,
         gamma: float = 1.0,
+        check_finite: bool = False,
     ) -> None:
         super().__init__()
+        self.check_finite = _check_flag("check_finite", check_finite)
         self.alpha = _check_weight("alpha", alpha)
         self.beta = _check_weight("beta", beta)
         self.gamma = _check_weight("gamma", gamma)
@@ -159,6 +178,7 @@ class SobolevLoss(nn.Module):
             num_directions=self.num_directions, alpha=self.alpha, beta=self.beta,
             gamma=self.gamma, order=self.order, generator=self.generator,
             backend=self.backend, return_outputs=self.return_outputs,
+            check_finite=self.check_finite,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -167,6 +187,33 @@ class SobolevLoss(nn.Module):
             f"alpha={self.alpha}, beta={self.beta}{second}, "
             f"num_directions={self.num_directions}, backend={self.backend!r}"
         )
+
+
+class SobolevObjective(nn.Module):
+    """A model and its Sobolev loss as one module: ``forward(x, y, **targets) -> loss``.
+
+    Wrap this (not the bare model) in ``DistributedDataParallel`` or FSDP: their gradient
+    synchronisation is armed by the wrapper's forward, which here computes the loss::
+
+        objective = DDP(sk.SobolevObjective(mlp, sk.SobolevLoss(beta=2.0, num_directions=4)))
+        loss = objective(x, y, target_grad=dy)
+        loss.backward()
+
+    Its parameters are the model's. ``forward`` takes the keyword arguments of
+    ``SobolevLoss.forward``.
+    """
+
+    def __init__(self, model: nn.Module, loss: SobolevLoss | None = None) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if loss is not None and not isinstance(loss, SobolevLoss):
+            raise TypeError(f"loss: expected a SobolevLoss, got {type(loss).__name__}")
+        self.model = model
+        self.loss = loss if loss is not None else SobolevLoss()
+
+    def forward(self, x: Tensor, y: Tensor | None = None, **targets: Any):
+        return self.loss(self.model, x, y, **targets)
 
 
 # --------------------------------------------------------------------------- validation
@@ -240,11 +287,50 @@ def _build_problem(
         jvp_t, *second = _teacher_jvp(teacher, x, dirs, m, backend, order)
         hvp2_t = second[0] if second else None
 
-    return SobolevProblem(
+    return _under_autocast(SobolevProblem(
         model=model, mlp=mlp, x=x, y=y, directions=dirs,
         target_jvp=jvp_t, target_grad=grad_t, alpha=alpha, beta=beta,
         order=order, target_hvp2=hvp2_t, target_hess=hess_t, gamma=gamma,
-    )  # fmt: skip
+    ))  # fmt: skip
+
+
+def _under_autocast(problem: SobolevProblem) -> SobolevProblem:
+    """Under torch.autocast, an fp32 MLP's fused path computes in the autocast dtype.
+
+    x, the directions and the parameters are cast (differentiably, so fp32 gradients flow
+    back); targets keep their dtype, the kernels read them into fp32 accumulators.
+    """
+    device = problem.device.type
+    if problem.mlp is None or problem.dtype != torch.float32:
+        return problem
+    if not torch.is_autocast_enabled(device):
+        return problem
+    amp = torch.get_autocast_dtype(device)
+    problem.x = problem.x.to(amp)
+    problem.directions = problem.directions.to(amp)
+    problem.weights = [w.to(amp) for w in problem.weights]
+    problem.biases = [b.to(amp) for b in problem.biases]
+    problem.autocast = True
+    return problem
+
+
+def _precision_scope(problem: SobolevProblem, module: Any):
+    """Fused backends run on the already-cast tensors with autocast off; the reference runs
+    the user's module, which autocast itself must cast."""
+    if problem.autocast and module.NAME != "reference":
+        return torch.autocast(problem.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _check_finite(problem: SobolevProblem) -> None:
+    named = [("x", problem.x), ("y", problem.y), ("target_grad", problem.target_grad),
+             ("target_jvp", problem.target_jvp), ("target_hess", problem.target_hess),
+             ("target_hvp2", problem.target_hvp2), ("directions", problem.directions)]  # fmt: skip
+    if isinstance(problem.model, nn.Module):
+        named += [(f"model parameter {n!r}", p) for n, p in problem.model.named_parameters()]
+    for name, t in named:
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or inf (check_finite=True)")
 
 
 def _check_target_forms(order, target_grad, target_jvp, teacher, target_hess, target_hvp2):
@@ -321,6 +407,12 @@ def _check_model(model: Any, name: str) -> tuple[Model, SobolevMLP | None]:
     """The callable to run and, when the fused path can take it, its SobolevMLP form."""
     if not callable(model):
         raise TypeError(f"{name}: expected an nn.Module or callable, got {type(model).__name__}")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        # its reducer only syncs gradients of losses computed inside its own forward
+        raise TypeError(
+            f"{name}: got a DistributedDataParallel wrapper; wrap "
+            "sobolev_kernels.SobolevObjective(model, loss) in DDP instead and call it"
+        )
     if isinstance(model, SobolevMLP):
         return model, model
     if isinstance(model, nn.Sequential):

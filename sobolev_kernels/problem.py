@@ -48,6 +48,16 @@ class SobolevProblem:
     target_hvp2: Tensor | None = None
     target_hess: Tensor | None = None
     gamma: float = 1.0
+    # The MLP's parameters as the fused backends should use them: the module's own tensors, or
+    # their differentiable casts to the autocast dtype (x and directions are cast alike).
+    weights: list[Tensor] | None = None
+    biases: list[Tensor] | None = None
+    autocast: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mlp is not None and self.weights is None:
+            self.weights = list(self.mlp.weights())
+            self.biases = list(self.mlp.biases() or [])
 
     @property
     def batch(self) -> int:
@@ -93,7 +103,8 @@ class SobolevProblem:
             return self.target_jvp
         assert self.target_grad is not None, "api guarantees one derivative target"
         eq = "bmd,kd->bkm" if self.shared_directions else "bmd,bkd->bkm"
-        return torch.einsum(eq, self.target_grad, self.directions)
+        # in the targets' dtype: under autocast the directions are cast down, targets are not
+        return torch.einsum(eq, self.target_grad, self.directions.to(self.target_grad.dtype))
 
     def projected_targets2(self) -> Tensor:
         """g2: (B, K, m), the target second directional derivatives v_k^T H_g v_k."""
@@ -101,7 +112,8 @@ class SobolevProblem:
             return self.target_hvp2
         assert self.target_hess is not None, "api guarantees one second-order target"
         eq = "bmij,ki,kj->bkm" if self.shared_directions else "bmij,bki,bkj->bkm"
-        return torch.einsum(eq, self.target_hess, self.directions, self.directions)
+        v = self.directions.to(self.target_hess.dtype)
+        return torch.einsum(eq, self.target_hess, v, v)
 
 
 def projected_mse_loss(

@@ -198,18 +198,13 @@ def _first_layer_weight_grad(a: Tensor, x: Tensor, directions: Tensor) -> Tensor
     return grad + rows.t() @ directions.transpose(0, 1).reshape(-1, directions.shape[-1])
 
 
-def _mlp_params(problem: SobolevProblem) -> tuple[Tensor, ...]:
-    mlp = problem.mlp
-    return (*mlp.weights(), *(mlp.biases() or []))
-
-
 def stacked_jvp(problem: SobolevProblem) -> Tensor:
     """(1 + order K, B, m): block 0 is f, then u_k = J_f v_k, then (order 2) w_k."""
     mlp = problem.mlp
     act = mlp.activation
     return MLPJvpFunction.apply(
         act.name, act.negative_slope, mlp.has_bias, problem.order, problem.x,
-        problem.directions, *_mlp_params(problem),
+        problem.directions, *problem.weights, *problem.biases,
     )  # fmt: skip
 
 

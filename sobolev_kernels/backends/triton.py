@@ -73,13 +73,13 @@ def _run(problem: SobolevProblem, *, with_targets: bool):
             target2, kind2 = problem.target_hess, k.TARGET_HESS
         elif problem.target_hvp2 is not None:
             target2, kind2 = problem.target_hvp2, k.TARGET_HVP2
-    params = [*mlp.weights(), *(mlp.biases() or [])]
+    params = [*problem.weights, *problem.biases]
     save = torch.is_grad_enabled() and (
         problem.x.requires_grad or any(p.requires_grad for p in params)
     )
     return sobolev_fwd(
         problem.x, problem.directions, problem.y if with_targets else None, target, target2,
-        mlp.weights(), mlp.biases() or [], kind, kind2, act.kernel_id, act.negative_slope,
+        problem.weights, problem.biases, kind, kind2, act.kernel_id, act.negative_slope,
         problem.alpha, problem.beta, problem.gamma, problem.order, save, False,
     )  # fmt: skip
 
