@@ -167,3 +167,68 @@ def test_errors_leave_inputs_untouched():
             args["model"], args["x"], torch.randn(B, 7), target_grad=args["target_grad"]
         )
     assert torch.equal(args["x"], x0)
+
+
+# ------------------------------------------------------------- every other public entry point
+
+
+def _mlp():
+    return sk.SobolevMLP(2, 4, 1, 2)
+
+
+ENTRY_POINT_CASES = [
+    ("mlp_jvp-x-1d", lambda: sk.mlp_jvp(_mlp(), torch.randn(2), "full"), ValueError, "x:"),
+    ("mlp_jvp-order", lambda: sk.mlp_jvp(_mlp(), torch.randn(3, 2), "full", order=3),
+     ValueError, "order"),
+    ("mlp_jvp-directions-shape", lambda: sk.mlp_jvp(_mlp(), torch.randn(3, 2), torch.randn(3)),
+     ValueError, "directions"),
+    ("loss-module-gamma", lambda: sk.SobolevLoss(gamma=-1.0), ValueError, "gamma"),
+    ("loss-module-order", lambda: sk.SobolevLoss(order=0), ValueError, "order"),
+    ("loss-module-backend", lambda: sk.SobolevLoss(backend="gpu"), ValueError, "backend"),
+    ("loss-module-generator", lambda: sk.SobolevLoss(generator=1), TypeError, "generator"),
+    ("loss-module-check-finite", lambda: sk.SobolevLoss(check_finite="yes"), TypeError,
+     "check_finite"),
+    ("loss-module-forward-y", lambda: sk.SobolevLoss()(_mlp(), torch.randn(3, 2),
+                                                      torch.randn(4, 1),
+                                                      target_grad=torch.randn(3, 2)),
+     ValueError, "y: expected shape"),
+    ("objective-model", lambda: sk.SobolevObjective("mlp"), TypeError, "model"),
+    ("objective-loss", lambda: sk.SobolevObjective(_mlp(), loss=2.0), TypeError, "loss"),
+    ("mlp-out-features", lambda: sk.SobolevMLP(2, 4, 0, 2), ValueError, "out_features"),
+    ("mlp-slope", lambda: sk.SobolevMLP(2, 4, 1, 2, activation="leaky_relu",
+                                        negative_slope=float("nan")),
+     ValueError, "negative_slope"),
+    ("sample-directions-k", lambda: sk.sample_directions(3, 0, 2), ValueError, "num_directions"),
+    ("sample-directions-dim", lambda: sk.sample_directions(3, 1, -1), ValueError, "dim"),
+    ("sample-directions-dtype", lambda: sk.sample_directions(3, 1, 2, dtype=torch.int32),
+     TypeError, "dtype"),
+    ("full-directions-dim", lambda: sk.full_directions(0), ValueError, "dim"),
+    ("function-x", lambda: sk.functions.ackley(torch.randn(3)), ValueError, "x"),
+    ("two-targets-explicit-backend", lambda: sk.sobolev_loss(
+        _mlp(), torch.randn(3, 2), None, target_grad=torch.randn(3, 2), backend="torch",
+        teacher=_mlp()), ValueError, "exactly one"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("call, exc, match", [c[1:] for c in ENTRY_POINT_CASES],
+                         ids=[c[0] for c in ENTRY_POINT_CASES])  # fmt: skip
+def test_bad_input_at_every_entry_point(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.parametrize("backend", [b for b in ("triton", "cuda") if b in sk.available_backends()])
+def test_fused_backends_refuse_what_they_cannot_take(backend):
+    """An explicit fused backend never computes a wrong answer: it names why it cannot run."""
+    x, tg = torch.randn(3, 2), torch.randn(3, 2)
+    odd = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ELU(), torch.nn.Linear(4, 1))
+    with pytest.raises(ValueError, match=f"backend: '{backend}' cannot run this problem"):
+        sk.sobolev_loss(odd, x, None, target_grad=tg, backend=backend)
+    if backend == "triton":
+        with pytest.raises(ValueError, match="dtype"):
+            sk.sobolev_loss(_mlp().double(), x.double(), None, target_grad=tg.double(),
+                            backend=backend)  # fmt: skip
+
+
+def test_the_suite_covers_at_least_25_cases():
+    assert len(CASES) + len(ENTRY_POINT_CASES) >= 25
