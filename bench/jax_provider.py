@@ -23,6 +23,8 @@ def jax_step_fn(p, mode: str) -> Callable[[], object]:
     import jax
     import jax.numpy as jnp
 
+    if p.order != 1:
+        raise ValueError("jax provider: order 2 is not mirrored in JAX")
     act_name = p.model.activation.name
     if act_name not in ACTIVATIONS:
         raise ValueError(f"jax provider: activation {act_name} not mirrored")

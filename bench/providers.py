@@ -29,19 +29,24 @@ class Problem:
     y: Tensor  # (B, m)
     directions: Tensor  # (B, K, d)
     target_jvp: Tensor  # (B, K, m)
+    target_hvp2: Tensor | None = None  # (B, K, m), order 2 only
+
+    @property
+    def order(self) -> int:
+        return 1 if self.target_hvp2 is None else 2
 
     @property
     def label(self) -> str:
         b, d = self.x.shape
         k, m = self.directions.shape[1], self.y.shape[1]
         w, layers = self.model.widths[1], self.model.num_layers
-        return f"B={b} d={d} width={w} layers={layers} m={m} K={k}"
+        return f"B={b} d={d} width={w} layers={layers} m={m} K={k} order={self.order}"
 
 
 def make_problem(
     batch: int, dim: int, width: int, layers: int, out: int, k: int,
     *, activation: str = "tanh", dtype: torch.dtype = torch.float32, device: str = "cpu",
-    seed: int = 0,
+    seed: int = 0, order: int = 1,
 ) -> Problem:  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -51,7 +56,8 @@ def make_problem(
     y = torch.randn(batch, out, generator=gen).to(device, dtype)
     dirs = sk.sample_directions(batch, k, dim, generator=gen, device=device, dtype=dtype)
     g = torch.randn(batch, k, out, generator=gen).to(device, dtype)
-    return Problem(model, x, y, dirs, g)
+    g2 = torch.randn(batch, k, out, generator=gen).to(device, dtype) if order == 2 else None
+    return Problem(model, x, y, dirs, g, g2)
 
 
 def _zero_grad(model: torch.nn.Module) -> None:
@@ -76,11 +82,15 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
     elif provider == "eager_autograd":
 
         def loss() -> Tensor:
-            return eager_autograd_loss(model, p.x, p.y, p.target_jvp, p.directions)[0]
+            return eager_autograd_loss(model, p.x, p.y, p.target_jvp, p.directions,
+                                       target_hvp2=p.target_hvp2)[0]  # fmt: skip
 
     elif provider == "plain_step":
-        stacked = torch.cat([p.x, p.directions.reshape(-1, p.x.shape[1])])
-        target = torch.cat([p.y, p.target_jvp.reshape(-1, p.y.shape[1])])
+        # the floor: a first-order step on as many rows as the stacked streams, (1 + order K) B
+        tangent_rows = p.directions.reshape(-1, p.x.shape[1])
+        stacked = torch.cat([p.x] + [tangent_rows] * p.order)
+        targets = [p.target_jvp] + ([p.target_hvp2] if p.order == 2 else [])
+        target = torch.cat([p.y] + [t.reshape(-1, p.y.shape[1]) for t in targets])
 
         def loss() -> Tensor:
             return torch.nn.functional.mse_loss(model(stacked), target)
@@ -88,9 +98,11 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
     else:
         backend = "reference" if provider == "torch_func" else provider
 
+        second = {} if p.order == 1 else {"order": 2, "target_hvp2": p.target_hvp2}
+
         def loss() -> Tensor:
             return sk.sobolev_loss(model, p.x, p.y, target_jvp=p.target_jvp,
-                                   directions=p.directions, backend=backend)  # fmt: skip
+                                   directions=p.directions, backend=backend, **second)  # fmt: skip
 
     if mode == "forward":
         if provider == "eager_autograd":
@@ -114,8 +126,9 @@ def _compiled_user_loss(p: Problem) -> Callable[[], Tensor]:
         return eager_autograd_loss(p.model, p.x, p.y, p.target_jvp, p.directions)[0]
 
     def func() -> Tensor:
-        f, u = model_jvp(p.model, p.x, p.directions)
-        return (f - p.y).square().mean() + (u - p.target_jvp).square().mean()
+        f, u, *w = model_jvp(p.model, p.x, p.directions, p.order)
+        loss = (f - p.y).square().mean() + (u - p.target_jvp).square().mean()
+        return loss + sum((wk - p.target_hvp2).square().mean() for wk in w)
 
     errors = []
     torch_logger = logging.getLogger("torch")
@@ -150,24 +163,34 @@ def providers_available(device: str) -> list[str]:
 
 
 def step_flops(p: Problem) -> float:
-    """GEMM FLOPs of one training step on the (1 + K) B stacked rows: forward 2 r n_in n_out
+    """GEMM FLOPs of one training step on the (1 + order K) B stacked rows: forward 2 r n_in n_out
     per layer, backward twice that (input adjoints and weight gradients)."""
-    rows = p.x.shape[0] * (1 + p.directions.shape[1])
+    rows = p.x.shape[0] * (1 + p.order * p.directions.shape[1])
     widths = p.model.widths
     return 6.0 * rows * sum(a * b for a, b in zip(widths, widths[1:]))
 
 
-def check_agreement(p: Problem, providers: list[str], rtol: float = 1e-3) -> None:
-    """Every Sobolev provider gives the reference loss and gradients before anything is timed."""
+def check_agreement(p: Problem, providers: list[str], rtol: float = 1e-3) -> dict[str, str]:
+    """Every Sobolev provider gives the reference loss and gradients before anything is timed.
+
+    Returns {provider: reason} for backends that refuse this problem (e.g. an order they do
+    not implement); raises if one runs and disagrees.
+    """
     expected = _loss_and_grads("torch_func", p)
+    refused = {}
     for provider in providers:
         if provider in ("plain_step", "torch_func", "torch_compile", "jax_jit"):
             continue
-        got = _loss_and_grads(provider, p)
+        try:
+            got = _loss_and_grads(provider, p)
+        except ValueError as exc:  # "backend: ... cannot run this problem: ..."
+            refused[provider] = str(exc)
+            continue
         for a, b in zip(got, expected):
             scale = b.abs().max().clamp_min(1e-12)
             if ((a - b).abs().max() / scale).item() > rtol:
                 raise AssertionError(f"{provider} disagrees with torch_func on {p.label}")
+    return refused
 
 
 def _loss_and_grads(provider: str, p: Problem) -> list[Tensor]:

@@ -50,6 +50,7 @@ SWEEPS = {
     "k": [1, 2, 4, 8],
     "dim": [2, 8, 16, 32, 64],
     "dtype": ["fp32", "bf16"],
+    "order": [1, 2],
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_BATCH_DIVISOR = 32  # CPU sizes: the GPU batch / 32 (at least 256)
@@ -125,29 +126,42 @@ def measure(args) -> list[dict]:
     for label, cfg in plan:
         dtype = DTYPES[cfg.pop("dtype", "fp32")]
         problem = make_problem(**cfg, dtype=dtype, device=device)
-        check_agreement(problem, providers, rtol=1e-3 if dtype == torch.float32 else 5e-2)
+        refused = check_agreement(problem, providers,
+                                  rtol=1e-3 if dtype == torch.float32 else 5e-2)  # fmt: skip
         flops = step_flops(problem)
         for provider in providers:
             done += 1
             print(f"[{done}/{total}] {label:<12} {provider:<15} {problem.label}",
                   file=sys.stderr, flush=True)  # fmt: skip
             for mode in args.modes:
+                if provider in refused:
+                    rows.append(_error_row(provider, label, mode, refused[provider], meta))
+                    continue
                 rows += _measure_one(provider, problem, mode, label, flops, device, args, meta)
     return rows
 
 
+def _row(provider, label, mode, metric, unit, values, meta) -> dict:
+    p20, p50, p80 = values
+    return {"provider": provider, "config": label, "mode": mode, "metric": metric,
+            "unit": unit, "p20": p20, "p50": p50, "p80": p80, **meta}  # fmt: skip
+
+
+def _error_row(provider, label, mode, message, meta) -> dict:
+    """A provider that cannot run a point is a result too: metric "error", the reason as unit."""
+    message = re.sub(r"\s+", " ", message)[:300].replace(",", ";")
+    return _row(provider, label, mode, "error", message, (math.nan,) * 3, meta)
+
+
 def _measure_one(provider, problem, mode, label, flops, device, args, meta) -> list[dict]:
     def row(metric, unit, values):
-        p20, p50, p80 = values
-        return {"provider": provider, "config": label, "mode": mode, "metric": metric,
-                "unit": unit, "p20": p20, "p50": p50, "p80": p80, **meta}  # fmt: skip
+        return _row(provider, label, mode, metric, unit, values, meta)
 
     try:
         fn = step_fn(provider, problem, mode)
         times = time_ms(fn, device, reps=args.reps, warmup=2 if args.quick else 3)
     except Exception as exc:  # noqa: BLE001 - a provider that cannot run is a result too
-        message = re.sub(r"\s+", " ", f"{type(exc).__name__}: {exc}")[:300]
-        return [row("error", message.replace(",", ";"), (math.nan,) * 3)]
+        return [_error_row(provider, label, mode, f"{type(exc).__name__}: {exc}", meta)]
     out = [row("time", "ms", times)]
     step_flop = flops if mode == "step" else flops / 3
     out.append(row("tflops", "TFLOP/s", tuple(step_flop / (t * 1e-3) / 1e12 for t in times[::-1])))

@@ -24,10 +24,14 @@ def eager_autograd_loss(
     directions: Tensor,
     alpha: float = 1.0,
     beta: float = 1.0,
+    target_hvp2: Tensor | None = None,
+    gamma: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """(loss, f) by double backward. target_jvp: (B, K, m); directions: (K, d) or (B, K, d).
 
-    Gradients reach ``x`` only if it requires grad (a detached leaf copy is differentiated).
+    With ``target_hvp2`` (B, K, m) it adds the order-2 term: ``H_i v_k`` by one more reverse
+    pass per output and direction (``create_graph=True`` again), so the training step is a
+    triple backward. Gradients reach ``x`` only if it requires grad.
     """
     x_in = x if x.requires_grad else x.detach().requires_grad_(True)
     f = model(x_in)
@@ -41,4 +45,14 @@ def eager_autograd_loss(
     loss = beta * (u - target_jvp).square().mean()
     if y is not None:
         loss = loss + alpha * (f - y.reshape(f.shape)).square().mean()
+    if target_hvp2 is not None:
+        per_row = directions if directions.ndim == 3 else directions.expand(x.shape[0], -1, -1)
+        w = torch.stack([
+            torch.stack([
+                (torch.autograd.grad((row * v).sum(), x_in, create_graph=True)[0] * v).sum(-1)
+                for row in rows
+            ], dim=-1)
+            for v in per_row.unbind(1)
+        ], dim=1)  # fmt: skip
+        loss = loss + gamma * (w - target_hvp2).square().mean()
     return loss, f

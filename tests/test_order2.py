@@ -243,3 +243,19 @@ def test_triton_mlp_jvp_order2_and_its_gradient():
         results[backend] = (f, u, w, *grads)
     for a, b in zip(results["triton"], results["reference"]):
         assert_close(a, b, RTOL_TRITON, "mlp_jvp order 2")
+
+
+@pytest.mark.parametrize("directions", ["shared", "per_row"])
+def test_eager_order2_baseline_matches_reference(directions):
+    """The benchmarks' eager baseline (triple backward) is an independent order-2 oracle."""
+    from sobolev_kernels.baselines import eager_autograd_loss
+
+    model, x, y, kw = order2_inputs("hvp2", first="jvp", directions=directions, out=2)
+    ref = sk.sobolev_loss(model, x, y, backend="reference", order=2, gamma=0.6, **kw)
+    dirs = kw["directions"]
+    eager, _ = eager_autograd_loss(model, x, y, kw["target_jvp"], dirs,
+                                   target_hvp2=kw["target_hvp2"], gamma=0.6)  # fmt: skip
+    assert_close(eager, ref, 1e-10, "loss")
+    params = [x, *model.parameters()]
+    for a, b in zip(torch.autograd.grad(eager, params), torch.autograd.grad(ref, params)):
+        assert_close(a, b, 1e-10, "gradient")
