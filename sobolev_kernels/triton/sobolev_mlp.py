@@ -134,6 +134,27 @@ def _rows(x3, KP: tl.constexpr, ROWS: tl.constexpr):
     return tl.reshape(x3, (KP * ROWS, x3.shape[2]))
 
 
+@triton.jit
+def _tile_rows(pid, B, K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr,
+               SHARED: tl.constexpr):  # fmt: skip
+    """Indices of one program's tiles. Value row i is sample ``pid * ROWS + i``; tangent row
+    r is direction ``r // ROWS`` of sample ``pid * ROWS + r % ROWS`` (k-major, so a tangent
+    tile reshapes to (KP, ROWS, n)). Also the rows of t and tt in the (1 + order K) B stacked
+    buffers, and each tangent row's direction in the directions tensor."""
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    r = tl.arange(0, KP * ROWS)
+    k_of_r = r // ROWS
+    b_of_r = pid * ROWS + r % ROWS
+    t_ok = (k_of_r < K) & (b_of_r < B)
+    t_rows = (1 + k_of_r) * B + b_of_r
+    tt_rows = (1 + K + k_of_r) * B + b_of_r
+    if SHARED:
+        v_rows = k_of_r
+    else:
+        v_rows = b_of_r * K + k_of_r
+    return rows, rows < B, k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -155,23 +176,12 @@ def _sobolev_fwd_kernel(
     MP: tl.constexpr = PADS[NUM_LAYERS]
     S: tl.constexpr = 1 + ORDER * K  # row blocks of the saved stacks
 
-    # value rows i -> sample b; tangent rows r -> (direction k, sample b), k-major
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < B
-    r = tl.arange(0, KP * ROWS)
-    k_of_r = r // ROWS
-    b_of_r = pid * ROWS + r % ROWS
-    t_ok = (k_of_r < K) & (b_of_r < B)
-    t_rows = (1 + k_of_r) * B + b_of_r  # rows of t / tz in a stacked buffer
-    tt_rows = (1 + K + k_of_r) * B + b_of_r  # rows of tt / ttz
+    rows, row_ok, k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows = _tile_rows(
+        pid, B, K, KP, ROWS, SHARED
+    )
     cd = tl.arange(0, DP)
-
     h = tl.load(x_ptr + rows[:, None] * D + cd[None, :],
                 mask=row_ok[:, None] & (cd[None, :] < D), other=0.0)  # fmt: skip
-    if SHARED:
-        v_rows = k_of_r
-    else:
-        v_rows = b_of_r * K + k_of_r
     t = tl.load(v_ptr + v_rows[:, None] * D + cd[None, :],
                 mask=t_ok[:, None] & (cd[None, :] < D), other=0.0)  # fmt: skip
     tt = tl.zeros((KP * ROWS, DP), tl.float32)  # the input moves linearly: tt_0 = 0
@@ -313,14 +323,9 @@ def _sobolev_bwd_kernel(
     S: tl.constexpr = 1 + ORDER * K
     NB: tl.constexpr = B_OFFS[NUM_LAYERS - 1] + WIDTHS[NUM_LAYERS]  # biases in all layers
 
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < B
-    r = tl.arange(0, KP * ROWS)
-    k_of_r = r // ROWS
-    b_of_r = pid * ROWS + r % ROWS
-    t_ok = (k_of_r < K) & (b_of_r < B)
-    t_rows = (1 + k_of_r) * B + b_of_r
-    tt_rows = (1 + K + k_of_r) * B + b_of_r
+    rows, row_ok, k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows = _tile_rows(
+        pid, B, K, KP, ROWS, SHARED
+    )
 
     # Adjoints of the outputs (dL/dloss times the loss gradient, plus the gradients a user's
     # own loss sends to f and to the residual outputs):
@@ -420,10 +425,6 @@ def _sobolev_bwd_kernel(
             # layer 1 reads x and the directions: S_0 = [x; v] (tt_0 = 0 adds nothing to dW_1)
             x = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
                         mask=row_ok[:, None] & in_col, other=0.0)  # fmt: skip
-            if SHARED:
-                v_rows = k_of_r
-            else:
-                v_rows = b_of_r * K + k_of_r
             v = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
                         mask=t_ok[:, None] & in_col, other=0.0)  # fmt: skip
             tl.store(s_base + rows[:, None] * D + ci[None, :], x.to(st_ty),
