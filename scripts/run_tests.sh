@@ -3,6 +3,7 @@
 # TRITON_INTERPRET=1 on small shapes and `gpu` tests skip. Arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/scripts/setup_env.sh" test
+# bench extras too: CI runs the paper reproductions' --quick modes and renders report plots
+source "$ROOT/scripts/setup_env.sh" test bench
 cd "$ROOT"
 exec "$PY" -m pytest -q "$@"

@@ -32,7 +32,10 @@ PY
 for extra in "$@"; do
   case "$extra" in
     test) has pytest || want+=(pytest); has hypothesis || want+=(hypothesis) ;;
-    bench) has matplotlib || want+=(matplotlib) ;;
+    bench)
+      has matplotlib || want+=(matplotlib)
+      has minatar || want+=(minatar)
+      has sklearn || want+=(scikit-learn) ;;
   esac
 done
 if [ "${#want[@]}" -gt 0 ]; then

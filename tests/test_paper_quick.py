@@ -1,0 +1,67 @@
+"""Smoke tests: each paper reproduction in bench/paper/ runs its --quick mode end to end.
+
+They keep the scripts from rotting as the library changes; the numbers are not checked, only
+that every script writes its CSV with the documented columns. A script whose optional
+dependency (minatar, scikit-learn) is missing is skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PAPER = Path(__file__).resolve().parents[1] / "bench" / "paper"
+
+
+def _script(name: str):
+    if str(PAPER) not in sys.path:
+        sys.path.insert(0, str(PAPER))
+    return importlib.import_module(name)
+
+
+def _columns(path: Path) -> list[str]:
+    with path.open() as fh:
+        return next(csv.reader(fh))
+
+
+def _args(tmp_path: Path) -> list[str]:
+    # The scripts default to one thread; keep the test process's own setting.
+    return ["--quick", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())]
+
+
+def _needs(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (pip install -e .[bench])")
+
+
+def test_regression_quick(tmp_path):
+    regression = _script("regression")
+    regression.main(_args(tmp_path))
+    path = tmp_path / "paper_regression.csv"
+    assert _columns(path) == [
+        "function", "n_train", "method", "seed", "test_value_mse", "test_grad_mse"
+    ]  # fmt: skip
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["method"] for r in rows} == {"regular", "sobolev", "sobolev_stochastic"}
+    assert (tmp_path / "paper_regression.md").exists()
+
+
+def test_distillation_quick(tmp_path):
+    _needs("minatar")
+    distillation = _script("distillation")
+    distillation.main(_args(tmp_path))
+    assert _columns(tmp_path / "paper_distillation.csv") == distillation.COLUMNS
+
+
+def test_synthetic_gradients_quick(tmp_path):
+    _needs("sklearn")
+    synthetic_gradients = _script("synthetic_gradients")
+    synthetic_gradients.main(_args(tmp_path))
+    assert _columns(tmp_path / "paper_synthetic_gradients.csv") == synthetic_gradients.COLUMNS
