@@ -63,7 +63,11 @@ def sobolev_loss(
         directions: None (sample ``num_directions`` per row, uniform on the unit sphere, from
             ``generator``), a ``(K, d)`` tensor shared by all rows, a ``(B, K, d)`` tensor, or
             ``"full"`` (the d basis vectors: full Jacobian matching).
-        alpha, beta: weights of the value and derivative terms (finite, >= 0).
+        alpha, beta: weights of the value and derivative terms (finite, >= 0). The derivative
+            term is a mean over rows, directions and outputs; for unit directions uniform on
+            the sphere, E[(v^T e)^2] = |e|^2 / d, so it estimates ||J_f - J_g||_F^2 / (d m),
+            exactly what ``directions="full"`` computes. To weigh the squared Frobenius
+            error of each row's Jacobian against the value error, use ``beta = d``.
         backend: ``"auto"`` or one of ``available_backends()``.
         return_outputs: also return ``f (B, m)``, differentiable, for a user's own value loss.
         order: 1, or 2 to add ``gamma * mse(v^T H_f v, v^T H_g v)``, the second directional
