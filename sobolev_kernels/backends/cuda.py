@@ -18,6 +18,7 @@ from torch import Tensor
 from ..problem import LOW_PRECISION, SobolevProblem, accumulation_dtype
 
 NAME = "cuda"
+ORDERS = (1,)  # second-order (Taylor-mode) Sobolev training: the torch and triton backends
 
 _BUILD_HINT = (
     "build it from the repository root with `pip install --no-build-isolation -e .` (a C++ "
@@ -72,10 +73,10 @@ def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
 def _forward(
     problem: SobolevProblem, y: Tensor | None, target_jvp: Tensor | None, target_grad: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    mlp = problem.mlp
-    act = mlp.activation
-    weights = list(mlp.weights())
-    biases = list(mlp.biases() or [])
+    act = problem.mlp.activation
+    # the module's parameters, or their casts under autocast (targets then stay fp32: the op
+    # takes them in x's dtype or in the accumulation dtype)
+    weights, biases = problem.weights, problem.biases
     # z/tz are only worth keeping when a backward will run
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (problem.x, *weights, *biases))
     return torch.ops.sobolev_kernels.sobolev_forward(

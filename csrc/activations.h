@@ -1,0 +1,108 @@
+// Activation functions and their first two derivatives, shared by the CPU and CUDA kernels.
+//
+// The same formulas as sobolev_kernels/activations.py (kernel_id 0..8), including torch's
+// conventions where a function is not smooth: relu'(0) = 0 and softplus is linear above
+// z > 20. The transcendental functions come from a Math policy (fast vectorisable versions on
+// the CPU, CUDA's own in device code), so each formula is written once. Torch-free: this
+// header is compiled by nvcc without any torch include.
+#pragma once
+
+#ifdef __CUDACC__
+#define SK_HD __host__ __device__ __forceinline__
+#else
+#define SK_HD inline
+#endif
+
+namespace sobolev {
+
+enum ActivationId : int {
+  kTanh = 0,
+  kSigmoid = 1,
+  kSoftplus = 2,
+  kSilu = 3,
+  kSin = 4,
+  kGelu = 5,
+  kRelu = 6,
+  kLeakyRelu = 7,
+  kIdentity = 8,
+};
+constexpr int kNumActivations = 9;
+
+// relu, leaky_relu and identity have s'' = 0: the backward skips the s''(z) * tz term.
+SK_HD constexpr bool is_smooth(int act) {
+  return act != kRelu && act != kLeakyRelu && act != kIdentity;
+}
+
+// torch.nn.functional.softplus(beta=1, threshold=20) returns z itself above the threshold.
+constexpr double kSoftplusThreshold = 20.0;
+// gelu with the tanh approximation: 0.5 z (1 + tanh(c (z + a z^3)))
+constexpr double kGeluC = 0.79788456080286535588;  // sqrt(2 / pi)
+constexpr double kGeluA = 0.044715;
+
+// s = s(z), s1 = s'(z), s2 = s''(z) for activation ACT. Math provides tanh, sigmoid,
+// log1p_exp (log(1 + e^z) for z <= 20), sin and cos of T. Unused outputs are removed by the
+// compiler once inlined.
+template <int ACT, typename Math, typename T>
+SK_HD void activation_series(T z, T slope, T& s, T& s1, T& s2) {
+  if constexpr (ACT == kTanh) {
+    const T t = Math::tanh(z);
+    s = t;
+    s1 = T(1) - t * t;
+    s2 = T(-2) * t * s1;
+  } else if constexpr (ACT == kSigmoid) {
+    const T p = Math::sigmoid(z);
+    s = p;
+    s1 = p * (T(1) - p);
+    s2 = s1 * (T(1) - T(2) * p);
+  } else if constexpr (ACT == kSoftplus) {
+    // linear above the threshold: s' = 1 and s'' = 0 there
+    const bool linear = z > T(kSoftplusThreshold);
+    const T p = Math::sigmoid(z);
+    s = linear ? z : Math::log1p_exp(z);
+    s1 = linear ? T(1) : p;
+    s2 = linear ? T(0) : p * (T(1) - p);
+  } else if constexpr (ACT == kSilu) {
+    // s = z p, s' = p (1 + z (1 - p)), s'' = p' (2 + z (1 - 2p)) with p = sigma(z), p' = p (1 - p)
+    const T p = Math::sigmoid(z);
+    const T dp = p * (T(1) - p);
+    s = z * p;
+    s1 = p * (T(1) + z * (T(1) - p));
+    s2 = dp * (T(2) + z * (T(1) - T(2) * p));
+  } else if constexpr (ACT == kSin) {
+    const T sn = Math::sin(z);
+    s = sn;
+    s1 = Math::cos(z);
+    s2 = -sn;
+  } else if constexpr (ACT == kGelu) {
+    // s = z (1 + T) / 2 with T = tanh(w), w = c (z + a z^3), S = 1 - T^2:
+    // s'  = (1 + T) / 2 + z S w' / 2,               w'  = c (1 + 3 a z^2)
+    // s'' = S (w' + z (w'' - 2 T w'^2) / 2),        w'' = 6 a c z
+    const T c = T(kGeluC), a = T(kGeluA);
+    const T z2 = z * z;
+    const T t = Math::tanh(c * (z + a * z2 * z));
+    const T sech2 = T(1) - t * t;
+    const T dw = c * (T(1) + T(3) * a * z2);
+    const T d2w = T(6) * c * a * z;
+    s = T(0.5) * z * (T(1) + t);
+    s1 = T(0.5) * (T(1) + t) + T(0.5) * z * sech2 * dw;
+    s2 = sech2 * (dw + T(0.5) * z * (d2w - T(2) * t * dw * dw));
+  } else if constexpr (ACT == kRelu) {
+    // relu'(0) = 0, as in torch
+    const bool pos = z > T(0);
+    s = pos ? z : T(0);
+    s1 = pos ? T(1) : T(0);
+    s2 = T(0);
+  } else if constexpr (ACT == kLeakyRelu) {
+    const bool pos = z > T(0);
+    s = pos ? z : z * slope;
+    s1 = pos ? T(1) : slope;
+    s2 = T(0);
+  } else {
+    static_assert(ACT == kIdentity, "unknown activation id");
+    s = z;
+    s1 = T(1);
+    s2 = T(0);
+  }
+}
+
+}  // namespace sobolev

@@ -1,0 +1,193 @@
+// The fused backward kernels: the adjoint recursion of DESIGN section 2 per tile (mirrors
+// backward_block in cpu/mlp_block.cpp), each block adding its weight gradients into its own
+// partial sums, and the kernel that adds the partials in block order (deterministic).
+// Launched by sobolev_backward.cu; also compiled on the host by emulation/.
+#pragma once
+
+#include "cuda/tile_gemm.cuh"
+#include "cuda/tile_plan.cuh"
+
+namespace sobolev::cuda {
+
+// One block's partial sums: dW_1..dW_L, then db_1..db_L. Offsets are recomputed by loops
+// rather than kept in per-thread arrays (which would live in local memory).
+SK_HD int64_t weight_offset(const SobolevLaunch& p, int layer) {  // layer 0-based
+  int64_t offset = 0;
+  for (int l = 0; l < layer; ++l) offset += int64_t(p.widths[l + 1]) * p.widths[l];
+  return offset;
+}
+
+SK_HD int64_t bias_offset(const SobolevLaunch& p, int layer) {
+  int64_t offset = weight_offset(p, p.num_layers);
+  for (int l = 0; l < layer; ++l) offset += p.widths[l + 1];
+  return offset;
+}
+
+SK_HD int64_t partial_size(const SobolevLaunch& p) {
+  return p.biases[0] != nullptr ? bias_offset(p, p.num_layers) : weight_offset(p, p.num_layers);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    sobolev_backward_kernel(const __grid_constant__ KernelArgs args) {
+  using acc_t = acc_type<scalar_t>;
+  const SobolevLaunch& p = args.p;
+  const TilePlan& plan = args.plan;
+  extern __shared__ __align__(16) unsigned char smem[];
+  acc_t* stage = reinterpret_cast<acc_t*>(smem);
+  acc_t* buffers = block_buffers(args, stage);
+  const int64_t tile_size = int64_t(plan.streams) * plan.rows * plan.max_width;
+  acc_t* a = buffers;                       // [a_z; a_tz] of the current layer's output
+  acc_t* a_in = buffers + tile_size;        // [a_h; a_t] of its input
+  acc_t* h = buffers + 2 * tile_size;       // the layer's input [h; t], recomputed
+  acc_t* s1 = buffers + 3 * tile_size;      // s'(z), (R, n)
+  acc_t* s2 = s1 + plan.rows * plan.max_width;  // s''(z)
+  const int K = p.num_directions, m = p.out_features, d = p.in_features, L = p.num_layers;
+  const acc_t slope = static_cast<acc_t>(p.negative_slope);
+  const bool smooth = is_smooth(p.activation);
+  const bool need_params = p.grad_weights[0] != nullptr;
+  const bool with_bias = p.biases[0] != nullptr;
+  acc_t* partial = static_cast<acc_t*>(args.grad_partials) + blockIdx.x * args.partial_size;
+  for (int64_t e = threadIdx.x; need_params && e < args.partial_size; e += blockDim.x)
+    partial[e] = acc_t(0);
+
+  // seeds: a_f = value_scale (f - y) + grad_f,  a_u = tangent_scale (u - g) + grad_u
+  const acc_t upstream =
+      p.grad_loss == nullptr ? acc_t(0) : *static_cast<const acc_t*>(p.grad_loss);
+  const acc_t value_scale = upstream * acc_t(2 * p.alpha / (double(p.batch) * m));
+  const acc_t tangent_scale = upstream * acc_t(2 * p.beta / (double(p.batch) * K * m));
+  const auto* f = static_cast<const scalar_t*>(p.f_in);
+  const auto* u = static_cast<const scalar_t*>(p.u_in);
+  const auto* y = static_cast<const acc_t*>(p.y);
+  const auto* grad_f = static_cast<const scalar_t*>(p.grad_f);
+  const auto* grad_u = static_cast<const scalar_t*>(p.grad_u);
+  __syncthreads();
+
+  for (int64_t tile = blockIdx.x; tile < plan.num_tiles; tile += gridDim.x) {
+    const int64_t r0 = tile * plan.rows;
+    const int R = tile_rows(plan, p.batch, r0);
+    const int M = plan.streams * R;
+    for (int e = threadIdx.x; e < R * m; e += blockDim.x) {
+      const int64_t idx = r0 * m + e;
+      acc_t seed = 0;
+      if (y != nullptr) seed = value_scale * (to_acc<acc_t>(f[idx]) - y[idx]);
+      if (grad_f != nullptr) seed += to_acc<acc_t>(grad_f[idx]);
+      a[e] = seed;
+    }
+    for (int e = threadIdx.x; e < K * R * m; e += blockDim.x) {
+      const int k = e / (R * m), r = (e / m) % R, j = e % m;
+      const int64_t idx = ((r0 + r) * K + k) * m + j;
+      acc_t seed = 0;
+      if (has_target(p))
+        seed = tangent_scale * (to_acc<acc_t>(u[idx]) -
+                                projected_target<scalar_t, acc_t>(p, r0 + r, k, j));
+      if (grad_u != nullptr) seed += to_acc<acc_t>(grad_u[idx]);
+      a[R * m + e] = seed;
+    }
+    // the tile's saved z/tz; layer l-1 sits after layers 1..l-2
+    const acc_t* saved =
+        static_cast<const acc_t*>(p.saved_in) + r0 * plan.streams * plan.hidden_total;
+    int64_t layer_offset = int64_t(plan.streams) * R * plan.hidden_total;
+    __syncthreads();
+
+    for (int l = L; l >= 2; --l) {
+      const int n_in = p.widths[l - 1], n_out = p.widths[l];
+      const int n = R * n_in;
+      layer_offset -= int64_t(plan.streams) * n;
+      const acc_t* z = saved + layer_offset;  // z_{l-1}; tz_{l-1, k} at z + k n
+      // recompute the layer's input [h; t] = [s(z); s'(z) tz_k], keep s' and s''
+      for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        acc_t s, d1, d2;
+        activation_at<acc_t>(p.activation, slope, z[e], s, d1, d2);
+        h[e] = s;
+        s1[e] = d1;
+        s2[e] = d2;
+        for (int k = 1; k <= K; ++k) h[k * n + e] = d1 * z[k * n + e];
+      }
+      __syncthreads();
+      if (need_params) {
+        // dW_l += a_z^T h_{l-1} + sum_k a_tz_k^T t_{l-1,k}: one product over the stacked rows
+        acc_t* dw = partial + weight_offset(p, l - 1);
+        tile_gemm_tn(n_out, n_in, M, a, n_out, h, n_in,
+                     [&](int i, int j, acc_t v) { dw[i * n_in + j] += v; });
+        // db_l += sum over rows of a_z
+        for (int j = threadIdx.x; with_bias && j < n_out; j += blockDim.x) {
+          acc_t sum = 0;
+          for (int r = 0; r < R; ++r) sum += a[r * n_out + j];
+          partial[bias_offset(p, l - 1) + j] += sum;
+        }
+      }
+      // [a_h; a_t_k] = [a_z; a_tz_k] W_l
+      tile_gemm_nn(M, n_in, n_out, a, n_out, static_cast<const scalar_t*>(p.weights[l - 1]),
+                   stage, plan.stage_elems,
+                   [&](int row, int col, acc_t v) { a_in[row * n_in + col] = v; });
+      // a_z = a_h s'(z) + s''(z) sum_k a_t_k tz_k,  a_tz_k = a_t_k s'(z)
+      for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        acc_t cross = 0;
+        for (int k = 1; smooth && k <= K; ++k) cross = fma(a_in[k * n + e], z[k * n + e], cross);
+        a_in[e] = a_in[e] * s1[e] + s2[e] * cross;
+        for (int k = 1; k <= K; ++k) a_in[k * n + e] *= s1[e];
+      }
+      __syncthreads();
+      acc_t* swap = a;
+      a = a_in;
+      a_in = swap;
+    }
+
+    // layer 1: its input is [x; v_k]
+    const int n_1 = p.widths[1];
+    load_input<scalar_t>(p, r0, R, h);
+    __syncthreads();
+    if (need_params) {
+      // dW_1 += a_z^T x + sum_k a_tz_k^T v_k,  db_1 += sum over rows of a_z
+      acc_t* dw = partial + weight_offset(p, 0);
+      tile_gemm_tn(n_1, d, M, a, n_1, h, d, [&](int i, int j, acc_t v) { dw[i * d + j] += v; });
+      for (int j = threadIdx.x; with_bias && j < n_1; j += blockDim.x) {
+        acc_t sum = 0;
+        for (int r = 0; r < R; ++r) sum += a[r * n_1 + j];
+        partial[bias_offset(p, 0) + j] += sum;
+      }
+    }
+    // dL/dx = a_z W_1 (the directions get no gradient)
+    if (p.grad_x != nullptr) {
+      auto* grad_x = static_cast<scalar_t*>(p.grad_x);
+      tile_gemm_nn(R, d, n_1, a, n_1, static_cast<const scalar_t*>(p.weights[0]), stage,
+                   plan.stage_elems, [&](int row, int col, acc_t v) {
+                     grad_x[(r0 + row) * d + col] = from_acc<scalar_t>(v);
+                   });
+    }
+    __syncthreads();  // the next tile overwrites the buffers
+  }
+}
+
+// dW and db: the blocks' partial sums added in block order.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    sum_partials_kernel(const __grid_constant__ KernelArgs args) {
+  using acc_t = acc_type<scalar_t>;
+  const SobolevLaunch& p = args.p;
+  const auto* partials = static_cast<const acc_t*>(args.grad_partials);
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < args.partial_size;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    acc_t sum = 0;
+    for (int b = 0; b < args.plan.grid; ++b) sum += partials[b * args.partial_size + e];
+    // which parameter e belongs to: walk the regions (weights, then biases) in order
+    scalar_t* dst = nullptr;
+    int64_t start = 0;
+    for (int l = 0; l < p.num_layers; ++l) {
+      const int64_t size = int64_t(p.widths[l + 1]) * p.widths[l];
+      if (e >= start && e < start + size) dst = static_cast<scalar_t*>(p.grad_weights[l]);
+      if (dst != nullptr) break;
+      start += size;
+    }
+    for (int l = 0; dst == nullptr && l < p.num_layers; ++l) {
+      const int64_t size = p.widths[l + 1];
+      if (e >= start && e < start + size) dst = static_cast<scalar_t*>(p.grad_biases[l]);
+      if (dst != nullptr) break;
+      start += size;
+    }
+    dst[e - start] = from_acc<scalar_t>(sum);
+  }
+}
+
+}  // namespace sobolev::cuda

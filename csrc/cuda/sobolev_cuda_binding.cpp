@@ -1,0 +1,173 @@
+// The thin ATen side of the CUDA kernels: checks, allocation, and a launch on the current
+// stream of x's device. Everything else is in the torch-free sobolev_*.cu files.
+#include "cuda/sobolev_cuda.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+#include "cuda/sobolev_kernels.cuh"
+#include "op_checks.h"
+
+namespace sobolev::cuda {
+namespace {
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return DType::kFloat64;
+    case at::kFloat: return DType::kFloat32;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kHalf: return DType::kFloat16;
+    default: TORCH_CHECK(false, "x: dtype ", t, " is not supported by the CUDA kernels");
+  }
+}
+
+// Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
+struct Inputs {
+  at::Tensor x, directions, y, target_jvp, target_grad;
+  std::vector<at::Tensor> weights, biases;
+};
+
+at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t ? t->contiguous() : at::Tensor();
+}
+
+const void* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
+
+SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, int64_t activation,
+                       double negative_slope, double alpha, double beta) {
+  TORCH_CHECK(dims.num_layers() <= kMaxLayers, "weights: the CUDA kernels take at most ",
+              kMaxLayers, " layers, got ", dims.num_layers());
+  const int64_t widest = *std::max_element(dims.widths.begin(), dims.widths.end());
+  TORCH_CHECK(widest <= kMaxWidth, "weights: the CUDA kernels take widths up to ", kMaxWidth,
+              ", got ", widest);
+  SobolevLaunch p;
+  p.dtype = dtype_of(in.x.scalar_type());
+  p.batch = dims.batch;
+  p.in_features = static_cast<int>(dims.in_features);
+  p.num_directions = static_cast<int>(dims.num_directions);
+  p.out_features = static_cast<int>(dims.out_features);
+  p.shared_directions = dims.shared_directions;
+  p.x = data_or_null(in.x);
+  p.directions = data_or_null(in.directions);
+  p.y = data_or_null(in.y);
+  p.target_jvp = data_or_null(in.target_jvp);
+  p.target_grad = data_or_null(in.target_grad);
+  p.alpha = alpha;
+  p.beta = beta;
+  p.num_layers = static_cast<int>(dims.num_layers());
+  for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
+  for (int64_t l = 0; l < dims.num_layers(); ++l) {
+    p.weights[l] = data_or_null(in.weights[l]);
+    p.biases[l] = in.biases.empty() ? nullptr : data_or_null(in.biases[l]);
+  }
+  p.activation = static_cast<int>(activation);
+  p.negative_slope = negative_slope;
+  return p;
+}
+
+Inputs contiguous_inputs(const at::Tensor& x, const at::Tensor& directions,
+                         const std::optional<at::Tensor>& y,
+                         const std::optional<at::Tensor>& target_jvp,
+                         const std::optional<at::Tensor>& target_grad, at::TensorList weights,
+                         at::TensorList biases) {
+  Inputs in{x.contiguous(),
+            directions.contiguous(),
+            target_in_accumulation_type(y),
+            target_in_accumulation_type(target_jvp),
+            target_in_accumulation_type(target_grad),
+            {},
+            {}};
+  for (const auto& w : weights) in.weights.push_back(w.contiguous());
+  for (const auto& b : biases) in.biases.push_back(b.contiguous());
+  return in;
+}
+
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(std::max<size_t>(bytes, 1))},
+                   like.options().dtype(at::kByte));
+}
+
+// forward outputs: loss, f, u, saved
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forward(
+    const SobolevDims& dims, SobolevLaunch p, const at::Tensor& x, bool save_activations) {
+  const auto acc_options = x.options().dtype(accumulation_type(x.scalar_type()));
+  auto f = at::empty({dims.batch, dims.out_features}, x.options());
+  auto u = at::empty({dims.batch, dims.num_directions, dims.out_features}, x.options());
+  auto saved = at::empty({dims.saved_numel(save_activations)}, acc_options);
+  auto loss = at::empty({}, acc_options);
+  p.f = f.data_ptr();
+  p.u = u.data_ptr();
+  p.saved = save_activations && saved.numel() > 0 ? saved.data_ptr() : nullptr;
+  p.loss = loss.data_ptr();
+  auto ws = workspace(forward_workspace_bytes(p), x);
+  C10_CUDA_CHECK(launch_forward(p, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
+  return {loss, f, u, saved};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sobolev_forward(
+    const at::Tensor& x, const at::Tensor& directions, const std::optional<at::Tensor>& y,
+    const std::optional<at::Tensor>& target_jvp, const std::optional<at::Tensor>& target_grad,
+    at::TensorList weights, at::TensorList biases, int64_t activation, double negative_slope,
+    double alpha, double beta, bool save_activations) {
+  const auto dims = check_forward_inputs(x, directions, y, target_jvp, target_grad, weights,
+                                         biases, activation);
+  TORCH_INTERNAL_ASSERT(x.is_cuda());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Inputs in = contiguous_inputs(x, directions, y, target_jvp, target_grad, weights, biases);
+  return run_forward(dims, describe(dims, in, activation, negative_slope, alpha, beta), x,
+                     save_activations);
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev_backward(
+    const std::optional<at::Tensor>& grad_loss, const std::optional<at::Tensor>& grad_f,
+    const std::optional<at::Tensor>& grad_u, const at::Tensor& x, const at::Tensor& directions,
+    const std::optional<at::Tensor>& y, const std::optional<at::Tensor>& target_jvp,
+    const std::optional<at::Tensor>& target_grad, at::TensorList weights, at::TensorList biases,
+    const at::Tensor& f, const at::Tensor& u, const at::Tensor& saved, int64_t activation,
+    double negative_slope, double alpha, double beta, bool need_grad_x, bool need_grad_params) {
+  const auto dims = check_forward_inputs(x, directions, y, target_jvp, target_grad, weights,
+                                         biases, activation);
+  check_backward_inputs(dims, x, grad_loss, grad_f, grad_u, f, u, saved);
+  TORCH_INTERNAL_ASSERT(x.is_cuda());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Inputs in = contiguous_inputs(x, directions, y, target_jvp, target_grad, weights, biases);
+  SobolevLaunch p = describe(dims, in, activation, negative_slope, alpha, beta);
+
+  // The CUDA backward reads z/tz from global memory: recompute them if the forward kept none.
+  at::Tensor z = saved.contiguous();
+  if (z.numel() == 0 && dims.hidden_total() > 0) z = std::get<3>(run_forward(dims, p, x, true));
+  const auto loss_grad = contiguous_or_undefined(grad_loss);
+  const auto f_grad = contiguous_or_undefined(grad_f), u_grad = contiguous_or_undefined(grad_u);
+  const auto fc = f.contiguous(), uc = u.contiguous();
+  p.grad_loss = data_or_null(loss_grad);
+  p.grad_f = data_or_null(f_grad);
+  p.grad_u = data_or_null(u_grad);
+  p.f_in = fc.const_data_ptr();
+  p.u_in = uc.const_data_ptr();
+  p.saved_in = data_or_null(z);
+
+  auto grad_x = need_grad_x ? at::empty({dims.batch, dims.in_features}, x.options())
+                            : at::empty({0}, x.options());
+  std::vector<at::Tensor> grad_weights, grad_biases;
+  for (int64_t l = 0; need_grad_params && l < dims.num_layers(); ++l) {
+    grad_weights.push_back(at::empty({dims.widths[l + 1], dims.widths[l]}, x.options()));
+    p.grad_weights[l] = grad_weights.back().data_ptr();
+    if (biases.empty()) continue;
+    grad_biases.push_back(at::empty({dims.widths[l + 1]}, x.options()));
+    p.grad_biases[l] = grad_biases.back().data_ptr();
+  }
+  p.grad_x = need_grad_x ? grad_x.data_ptr() : nullptr;
+  auto ws = workspace(backward_workspace_bytes(p), x);
+  C10_CUDA_CHECK(launch_backward(p, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
+  return {grad_x, grad_weights, grad_biases};
+}
+
+}  // namespace sobolev::cuda

@@ -1,0 +1,112 @@
+// How the CUDA kernels cut the batch into tiles and where each block keeps its tile buffers,
+// plus the per-tile loads shared by the forward and backward kernels (the counterparts of
+// cpu/rows_io.h).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/device_math.cuh"
+#include "cuda/sobolev_kernels.cuh"
+
+namespace sobolev::cuda {
+
+// Stacked rows (1 + K) R per tile, and the shared memory for one staged weight panel.
+constexpr int kTileStackedRows = 32;
+constexpr int kStageBytes = 32 * 1024;
+
+struct TilePlan {
+  int streams = 1;           // 1 + K
+  int rows = 1;              // R, rows per tile
+  int64_t num_tiles = 0;
+  int max_width = 1;
+  int hidden_total = 0;      // n_1 + ... + n_{L-1}
+  int grid = 1;              // persistent blocks, each walking tiles blockIdx.x, + gridDim.x, ...
+  int stage_elems = 0;       // accumulation-type elements of the weight panel
+  int64_t buffer_elems = 0;  // elements of all tile buffers of one block
+  bool buffers_in_smem = true;
+  size_t smem_bytes = 0;     // dynamic shared memory per block
+};
+
+// Everything a kernel needs, passed by value (kernel parameter space).
+struct KernelArgs {
+  SobolevLaunch p;
+  TilePlan plan;
+  void* scratch = nullptr;           // tile buffers in global memory when they do not fit
+  double* loss_partials = nullptr;   // forward: (value, tangent) squared errors per block
+  unsigned int* counter = nullptr;   // forward: blocks done, to find the last one
+  void* grad_partials = nullptr;     // backward: per block dW_1..dW_L, db_1..db_L
+  int64_t partial_size = 0;
+};
+
+// tile_buffers: (1 + K) R max_width buffers; row_buffers: R max_width buffers.
+inline TilePlan make_plan(const SobolevLaunch& p, int tile_buffers, int row_buffers,
+                          size_t acc_size, size_t smem_limit) {
+  TilePlan plan;
+  plan.streams = 1 + p.num_directions;
+  plan.rows = std::max(1, kTileStackedRows / plan.streams);
+  plan.num_tiles = (p.batch + plan.rows - 1) / plan.rows;
+  for (int l = 0; l <= p.num_layers; ++l) plan.max_width = std::max(plan.max_width, p.widths[l]);
+  for (int l = 1; l < p.num_layers; ++l) plan.hidden_total += p.widths[l];
+  plan.stage_elems = static_cast<int>(kStageBytes / acc_size);
+  const int64_t tile = static_cast<int64_t>(plan.streams) * plan.rows * plan.max_width;
+  plan.buffer_elems = tile_buffers * tile + row_buffers * int64_t(plan.rows) * plan.max_width;
+  const size_t with_buffers = (plan.stage_elems + plan.buffer_elems) * acc_size;
+  plan.buffers_in_smem = with_buffers <= smem_limit;
+  plan.smem_bytes = plan.buffers_in_smem ? with_buffers : plan.stage_elems * acc_size;
+  return plan;
+}
+
+// Rows of the tile starting at row r0 (the last tile may be short).
+__device__ __forceinline__ int tile_rows(const TilePlan& plan, int64_t batch, int64_t r0) {
+  return static_cast<int>(batch - r0 < plan.rows ? batch - r0 : plan.rows);
+}
+
+inline size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The block's tile buffers: after the weight stage in shared memory, or its slice of scratch.
+template <typename acc_t>
+__device__ __forceinline__ acc_t* block_buffers(const KernelArgs& args, acc_t* stage) {
+  if (args.plan.buffers_in_smem) return stage + args.plan.stage_elems;
+  return static_cast<acc_t*>(args.scratch) + blockIdx.x * args.plan.buffer_elems;
+}
+
+// Layer-1 input of rows r0..r0+R: [x; v_1..v_K] as (1 + K, R, d).
+template <typename scalar_t, typename acc_t>
+__device__ void load_input(const SobolevLaunch& p, int64_t r0, int R, acc_t* in) {
+  const int d = p.in_features, K = p.num_directions;
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto* dirs = static_cast<const scalar_t*>(p.directions);
+  for (int e = threadIdx.x; e < (1 + K) * R * d; e += blockDim.x) {
+    const int s = e / (R * d), r = (e / d) % R, i = e % d;
+    const int64_t row = r0 + r;
+    scalar_t v;
+    if (s == 0)
+      v = x[row * d + i];
+    else
+      v = p.shared_directions ? dirs[(s - 1) * d + i] : dirs[(row * K + s - 1) * d + i];
+    in[e] = to_acc<acc_t>(v);
+  }
+}
+
+// g_k of row `row`, output j: target_jvp, or target_grad contracted with v_k (targets in
+// acc_t, directions in scalar_t).
+template <typename scalar_t, typename acc_t>
+__device__ acc_t projected_target(const SobolevLaunch& p, int64_t row, int k, int j) {
+  const int d = p.in_features, K = p.num_directions, m = p.out_features;
+  if (p.target_jvp != nullptr)
+    return static_cast<const acc_t*>(p.target_jvp)[(row * K + k) * m + j];
+  const auto* jac = static_cast<const acc_t*>(p.target_grad) + (row * m + j) * d;
+  const auto* dirs = static_cast<const scalar_t*>(p.directions);
+  const scalar_t* v = p.shared_directions ? dirs + k * d : dirs + (row * K + k) * d;
+  acc_t acc = 0;
+  for (int i = 0; i < d; ++i) acc = fma(jac[i], to_acc<acc_t>(v[i]), acc);
+  return acc;
+}
+
+SK_HD bool has_target(const SobolevLaunch& p) {
+  return p.target_jvp != nullptr || p.target_grad != nullptr;
+}
+
+}  // namespace sobolev::cuda
