@@ -118,9 +118,18 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
     return step
 
 
+# The failure is structural (AOTAutograd has no double backward), not a property of the shape:
+# once one point has recorded it, the other points reuse it instead of recompiling for minutes.
+_compile_failure: str | None = None
+
+
 def _compiled_user_loss(p: Problem) -> Callable[[], Tensor]:
     """torch.compile of what users write: eager double backward, else torch.func."""
+    global _compile_failure
     from sobolev_kernels.backends.reference import model_jvp
+
+    if _compile_failure is not None:
+        raise RuntimeError(_compile_failure)
 
     def eager() -> Tensor:
         return eager_autograd_loss(p.model, p.x, p.y, p.target_jvp, p.directions)[0]
@@ -145,7 +154,8 @@ def _compiled_user_loss(p: Problem) -> Callable[[], Tensor]:
                 errors.append(f"{fn.__name__}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     finally:
         torch_logger.setLevel(level)
-    raise RuntimeError("; ".join(errors))
+    _compile_failure = "; ".join(errors)
+    raise RuntimeError(_compile_failure)
 
 
 def _no_grad(fn: Callable[[], Tensor]) -> Tensor:
