@@ -253,3 +253,38 @@ def test_a_ddp_wrapped_model_is_refused_with_guidance():
             sk.sobolev_loss(ddp, torch.randn(2, 3), None, target_grad=torch.randn(2, 3))
     finally:
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_FUSED if b != "triton"])
+def test_concurrent_python_threads_get_the_sequential_results(backend):
+    """Several Python threads calling the op at once (the C++ op releases the GIL): every call
+    returns exactly what the same call returns alone; nothing is shared between calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [
+        sample_inputs(
+            seed=s,
+            batch=40 + 7 * s,
+            width=16,
+            k=1 + s % 3,
+            directions="per_row",
+            dtype=torch.float32,
+        )  # fmt: skip
+        for s in range(6)
+    ]
+
+    def run(case):
+        model, x, y, kw = case
+        loss = sk.sobolev_loss(model, x, y, backend=backend, **kw)
+        return [loss.detach(), *torch.autograd.grad(loss, [x, *model.parameters()])]
+
+    expected = [run(c) for c in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            results = list(pool.map(run, cases))
+            for got, want in zip(results, expected):
+                for a, b in zip(got, want):
+                    assert torch.equal(a, b)
