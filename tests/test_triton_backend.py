@@ -184,3 +184,44 @@ def test_forward_is_one_kernel_launch():
     assert len(fused) == 1, kernels
     # the rest: packing the weights and biases, and the deterministic final reduce
     assert len(kernels) <= 4, kernels
+
+
+def test_kernels_compile_for_a_real_gpu_ahead_of_time():
+    """Compiled for sm_90 with no GPU (Triton's own ptxas): catches what the interpreter does
+    not check, e.g. a tl.constexpr name re-assigned inside a static loop."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("triton.backends.nvidia") is None:
+        pytest.skip("this triton has no NVIDIA backend")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_triton_compile.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "check_triton_compile: ok" in out.stdout
+
+
+def test_tf32_is_opt_in_through_the_torch_flag(monkeypatch):
+    from sobolev_kernels.triton import ops
+
+    seen = []
+    real = ops.sobolev_fwd
+
+    def spy(*args):
+        seen.append(args[-1])  # allow_tf32
+        return real(*args)
+
+    monkeypatch.setattr(ops, "sobolev_fwd", spy)
+    model, x, y, kw = sample_inputs(dtype=torch.float32, device=DEVICE)
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32  # monkeypatch cannot restore this module-like object
+    try:
+        matmul.allow_tf32 = False
+        sk.sobolev_loss(model, x, y, backend="triton", **kw)
+        matmul.allow_tf32 = True
+        sk.sobolev_loss(model, x, y, backend="triton", **kw)
+    finally:
+        matmul.allow_tf32 = before
+    assert seen == [False, True]

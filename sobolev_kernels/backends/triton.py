@@ -17,7 +17,7 @@ from ..problem import SobolevProblem
 NAME = "triton"
 ORDERS = (1, 2)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_WIDTH = {torch.float32: 128, torch.bfloat16: 256, torch.float16: 256}
+MAX_WIDTH = 256
 MAX_LAYERS = 16
 
 
@@ -42,17 +42,25 @@ def unsupported_reason(problem: SobolevProblem) -> str | None:
         return f"tensors on {device}; it needs CUDA tensors"
     if problem.dtype not in DTYPES:
         return f"dtype {problem.dtype} (it takes fp32, bf16 and fp16)"
-    # The widest layer's weight tile and the (1 + K) row tiles must fit on chip.
     widest = max(mlp.widths)
-    if widest > MAX_WIDTH[problem.dtype]:
-        return f"width {widest} > {MAX_WIDTH[problem.dtype]} for {problem.dtype}"
+    if widest > MAX_WIDTH:
+        return f"width {widest} > {MAX_WIDTH}"
     if mlp.num_layers > MAX_LAYERS:
         return f"{mlp.num_layers} layers > {MAX_LAYERS}"
-    from ..triton.sobolev_mlp import MAX_TILE_ROWS, MIN_PAD
+    from ..triton.sobolev_mlp import MAX_TILE_ROWS, MIN_PAD, Layout, shared_memory_limit
 
-    kp = 1 << (problem.num_directions - 1).bit_length()
-    if problem.order * kp * MIN_PAD > MAX_TILE_ROWS:
+    layout = Layout(tuple(mlp.widths), problem.num_directions, problem.order)
+    if problem.order * layout.kp * MIN_PAD > MAX_TILE_ROWS:
         return f"K = {problem.num_directions} directions do not fit on chip"
+    # The widest layer's weight tile and the row tiles of the smallest program must fit in
+    # the GPU's shared memory (16-bit dots need more on Hopper: see Layout.shared_bytes).
+    limit = shared_memory_limit(problem.device)
+    need = layout.shared_bytes(MIN_PAD, problem.x.element_size())
+    if limit is not None and need > limit:
+        return (
+            f"its tiles need about {need // 1024} KiB of shared memory (widths {mlp.widths}, "
+            f"K = {problem.num_directions}, {problem.dtype}), this GPU has {limit // 1024} KiB"
+        )
     return None
 
 
@@ -80,8 +88,15 @@ def _run(problem: SobolevProblem, *, with_targets: bool):
     return sobolev_fwd(
         problem.x, problem.directions, problem.y if with_targets else None, target, target2,
         problem.weights, problem.biases, kind, kind2, act.kernel_id, act.negative_slope,
-        problem.alpha, problem.beta, problem.gamma, problem.order, save, False,
+        problem.alpha, problem.beta, problem.gamma, problem.order, save, _allow_tf32(),
     )  # fmt: skip
+
+
+def _allow_tf32() -> bool:
+    # fp32 dots are exact unless the user opted into TF32 the torch way:
+    # torch.backends.cuda.matmul.allow_tf32 = True, which set_float32_matmul_precision("high")
+    # also sets (a flag read, so torch.compile traces it)
+    return torch.backends.cuda.matmul.allow_tf32
 
 
 def sobolev_loss(problem: SobolevProblem) -> tuple[Tensor, Tensor]:

@@ -102,11 +102,31 @@ class Layout:
         """Prefix sums of n_0..n_{L-1}: offset of layer l's inputs, in units of S B."""
         return _prefix(list(self.widths[:-1]))
 
-    def rows(self) -> int:
-        """Rows per program: the largest power of two (16..64) whose tiles fit the budget."""
+    def shared_bytes(self, rows: int, element_size: int) -> int:
+        """Estimated shared memory of one program: two weight tiles of the widest layer plus
+        the value and tangent operand tiles of its dot products.
+
+        Calibrated on ahead-of-time compiles with triton 3.6 and 3.9
+        (scripts/check_triton_compile.py): an upper bound for fp32 on sm_80 and sm_90 (the
+        backward keeps a second weight tile); 16-bit dots on sm_90 (wgmma) use up to 1.5x
+        more, hence the margin.
+        """
+        tangent_rows = self.order * self.kp * rows
+        per_layer = [
+            2 * a * b + (rows + tangent_rows) * max(a, b) for a, b in zip(self.pads, self.pads[1:])
+        ]
+        margin = 1.0 if element_size >= 4 else 1.6
+        return int(element_size * max(per_layer) * margin)
+
+    def rows(self, element_size: int = 4, shared_limit: int | None = None) -> int:
+        """Rows per program: the largest power of two (16..64) whose tiles fit the register
+        budget and, given a limit, the device's shared memory."""
         widest = max(self.pads[1:-1] or self.pads)
         rows = 64
-        while rows > MIN_PAD and (1 + self.order * self.kp) * rows * widest > TILE_BUDGET:
+        while rows > MIN_PAD and (
+            (1 + self.order * self.kp) * rows * widest > TILE_BUDGET
+            or (shared_limit is not None and self.shared_bytes(rows, element_size) > shared_limit)
+        ):
             rows //= 2
         return rows
 
@@ -187,36 +207,36 @@ def _sobolev_fwd_kernel(
     tt = tl.zeros((KP * ROWS, DP), tl.float32)  # the input moves linearly: tt_0 = 0
 
     for l in tl.static_range(NUM_LAYERS):
-        N_IN: tl.constexpr = WIDTHS[l]
-        N_OUT: tl.constexpr = WIDTHS[l + 1]
-        IP: tl.constexpr = PADS[l]
-        OP: tl.constexpr = PADS[l + 1]
-        ci = tl.arange(0, IP)
-        co = tl.arange(0, OP)
-        # W_l^T as an (IP, OP) tile: z = h W^T
-        wt = tl.load(w_ptr + W_OFFS[l] + co[None, :] * N_IN + ci[:, None],
-                     mask=(ci[:, None] < N_IN) & (co[None, :] < N_OUT), other=0.0)  # fmt: skip
+        # Per-layer sizes are read as WIDTHS[l] / PADS[l] in place: a tl.constexpr name bound
+        # inside the loop would be re-assigned, which the GPU compiler rejects (the interpreter
+        # does not check it).
+        ci = tl.arange(0, PADS[l])
+        co = tl.arange(0, PADS[l + 1])
+        # W_l^T as an (PADS[l], PADS[l + 1]) tile: z = h W^T
+        w_mask = (ci[:, None] < WIDTHS[l]) & (co[None, :] < WIDTHS[l + 1])
+        wt = tl.load(w_ptr + W_OFFS[l] + co[None, :] * WIDTHS[l] + ci[:, None], mask=w_mask,
+                     other=0.0)  # fmt: skip
         z = _dot(h, wt, PRECISION, UPCAST)
         tz = _dot(t, wt, PRECISION, UPCAST)
         if ORDER == 2:
-            if l == 0:
-                ttz = tl.zeros((KP * ROWS, OP), tl.float32)
+            if l == 0:  # tt_0 = 0 (zeros_like: triton 3.6 rejects a tuple-indexed shape here)
+                ttz = tl.zeros_like(tz)
             else:
                 ttz = _dot(tt, wt, PRECISION, UPCAST)
         if HAS_BIAS:
-            bias = tl.load(b_ptr + B_OFFS[l] + co, mask=co < N_OUT, other=0.0)
+            bias = tl.load(b_ptr + B_OFFS[l] + co, mask=co < WIDTHS[l + 1], other=0.0)
             z += bias.to(tl.float32)[None, :]
         if l < NUM_LAYERS - 1:
             if SAVE:  # [z; tz; ttz] of this hidden layer
                 base = z_ptr + S * B * OUT_CUM[l]
-                col_ok = co[None, :] < N_OUT
+                col_ok = co[None, :] < WIDTHS[l + 1]
                 zt = z_ptr.dtype.element_ty
-                tl.store(base + rows[:, None] * N_OUT + co[None, :], z.to(zt),
+                tl.store(base + rows[:, None] * WIDTHS[l + 1] + co[None, :], z.to(zt),
                          mask=row_ok[:, None] & col_ok)  # fmt: skip
-                tl.store(base + t_rows[:, None] * N_OUT + co[None, :], tz.to(zt),
+                tl.store(base + t_rows[:, None] * WIDTHS[l + 1] + co[None, :], tz.to(zt),
                          mask=t_ok[:, None] & col_ok)  # fmt: skip
                 if ORDER == 2:
-                    tl.store(base + tt_rows[:, None] * N_OUT + co[None, :], ttz.to(zt),
+                    tl.store(base + tt_rows[:, None] * WIDTHS[l + 1] + co[None, :], ttz.to(zt),
                              mask=t_ok[:, None] & col_ok)  # fmt: skip
             s, s1, s2, _ = act_series(z, slope, ACT)
             h = s
@@ -350,33 +370,28 @@ def _sobolev_bwd_kernel(
         if HAS_GRW:
             att += tl.load(grw_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
 
-    for j in tl.static_range(NUM_LAYERS):
-        l: tl.constexpr = NUM_LAYERS - 1 - j  # layer index, top down
-        N_IN: tl.constexpr = WIDTHS[l]
-        N_OUT: tl.constexpr = WIDTHS[l + 1]
-        IP: tl.constexpr = PADS[l]
-        OP: tl.constexpr = PADS[l + 1]
-        ci = tl.arange(0, IP)
-        co = tl.arange(0, OP)
-        out_col = co[None, :] < N_OUT
-        in_col = ci[None, :] < N_IN
+    for l in tl.static_range(NUM_LAYERS - 1, -1, -1):  # top down; sizes in place (see forward)
+        ci = tl.arange(0, PADS[l])
+        co = tl.arange(0, PADS[l + 1])
+        out_col = co[None, :] < WIDTHS[l + 1]
+        in_col = ci[None, :] < WIDTHS[l]
 
         # A_l = [a_z; a_tz; a_ttz] for dW_l = A_l^T S_{l-1}; bias partials of this program
         a_base = a_ptr + S * B * OUT_CUM[l]
         at_ty = a_ptr.dtype.element_ty
-        tl.store(a_base + rows[:, None] * N_OUT + co[None, :], a.to(at_ty),
+        tl.store(a_base + rows[:, None] * WIDTHS[l + 1] + co[None, :], a.to(at_ty),
                  mask=row_ok[:, None] & out_col)  # fmt: skip
-        tl.store(a_base + t_rows[:, None] * N_OUT + co[None, :], at.to(at_ty),
+        tl.store(a_base + t_rows[:, None] * WIDTHS[l + 1] + co[None, :], at.to(at_ty),
                  mask=t_ok[:, None] & out_col)  # fmt: skip
         if ORDER == 2:
-            tl.store(a_base + tt_rows[:, None] * N_OUT + co[None, :], att.to(at_ty),
+            tl.store(a_base + tt_rows[:, None] * WIDTHS[l + 1] + co[None, :], att.to(at_ty),
                      mask=t_ok[:, None] & out_col)  # fmt: skip
         if HAS_BIAS:
-            tl.store(db_ptr + pid * NB + B_OFFS[l] + co, tl.sum(a, axis=0), mask=co < N_OUT)
+            tl.store(db_ptr + pid * NB + B_OFFS[l] + co, tl.sum(a, axis=0), mask=co < WIDTHS[l + 1])
 
-        # W_l as an (OP, IP) tile: [a_h; a_t; a_tt] = [a_z; a_tz; a_ttz] W_l
-        w = tl.load(w_ptr + W_OFFS[l] + co[:, None] * N_IN + ci[None, :],
-                    mask=(co[:, None] < N_OUT) & in_col, other=0.0)  # fmt: skip
+        # W_l as an (PADS[l + 1], PADS[l]) tile: [a_h; a_t; a_tt] = [a_z; a_tz; a_ttz] W_l
+        w = tl.load(w_ptr + W_OFFS[l] + co[:, None] * WIDTHS[l] + ci[None, :],
+                    mask=(co[:, None] < WIDTHS[l + 1]) & in_col, other=0.0)  # fmt: skip
         s_base = s_ptr + S * B * IN_CUM[l]
         st_ty = s_ptr.dtype.element_ty
         if l > 0:
@@ -384,29 +399,29 @@ def _sobolev_bwd_kernel(
             a_t3 = _by_direction(_dot(at, w, PRECISION, UPCAST), KP, ROWS)
             # saved pre-activations of hidden layer l (the input side of W_l)
             z_base = z_ptr + S * B * OUT_CUM[l - 1]
-            z = tl.load(z_base + rows[:, None] * N_IN + ci[None, :],
+            z = tl.load(z_base + rows[:, None] * WIDTHS[l] + ci[None, :],
                         mask=row_ok[:, None] & in_col, other=0.0).to(tl.float32)  # fmt: skip
             tz3 = _by_direction(
-                tl.load(z_base + t_rows[:, None] * N_IN + ci[None, :],
+                tl.load(z_base + t_rows[:, None] * WIDTHS[l] + ci[None, :],
                         mask=t_ok[:, None] & in_col, other=0.0).to(tl.float32),
                 KP, ROWS,
             )  # fmt: skip
             s, s1, s2, s3 = act_series(z, slope, ACT)
             # S_{l-1} = [s(z); s'(z) tz; s'(z) ttz + s''(z) tz^2], the inputs of layer l
-            tl.store(s_base + rows[:, None] * N_IN + ci[None, :], s.to(st_ty),
+            tl.store(s_base + rows[:, None] * WIDTHS[l] + ci[None, :], s.to(st_ty),
                      mask=row_ok[:, None] & in_col)  # fmt: skip
-            tl.store(s_base + t_rows[:, None] * N_IN + ci[None, :],
+            tl.store(s_base + t_rows[:, None] * WIDTHS[l] + ci[None, :],
                      _rows(tz3 * s1[None, :, :], KP, ROWS).to(st_ty),
                      mask=t_ok[:, None] & in_col)  # fmt: skip
             a = a_h * s1
             if ORDER == 2:
                 ttz3 = _by_direction(
-                    tl.load(z_base + tt_rows[:, None] * N_IN + ci[None, :],
+                    tl.load(z_base + tt_rows[:, None] * WIDTHS[l] + ci[None, :],
                             mask=t_ok[:, None] & in_col, other=0.0).to(tl.float32),
                     KP, ROWS,
                 )  # fmt: skip
                 tt_in = ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :]
-                tl.store(s_base + tt_rows[:, None] * N_IN + ci[None, :],
+                tl.store(s_base + tt_rows[:, None] * WIDTHS[l] + ci[None, :],
                          _rows(tt_in, KP, ROWS).to(st_ty), mask=t_ok[:, None] & in_col)  # fmt: skip
                 a_tt3 = _by_direction(_dot(att, w, PRECISION, UPCAST), KP, ROWS)
                 if SMOOTH:
@@ -454,6 +469,18 @@ def _layout(x: Tensor, v: Tensor, weights: list[Tensor], order: int) -> Layout:
     return Layout(tuple([x.shape[1]] + [w.shape[0] for w in weights]), v.shape[-2], order)
 
 
+def shared_memory_limit(device: torch.device) -> int | None:
+    """Largest shared memory one program may use on ``device`` (None: no limit, the CPU
+    interpreter)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+
+def _rows_per_program(layout: Layout, x: Tensor) -> int:
+    return layout.rows(x.element_size(), shared_memory_limit(x.device))
+
+
 def sobolev_forward(
     x: Tensor,
     v: Tensor,
@@ -484,7 +511,7 @@ def sobolev_forward(
     batch = x.shape[0]
     layout = _layout(x, v, weights, order)
     k, m = layout.k, layout.widths[-1]
-    rows = layout.rows()
+    rows = _rows_per_program(layout, x)
     programs = triton.cdiv(batch, rows)
     dev, dtype = x.device, x.dtype
     w_packed = torch.cat([w.reshape(-1) for w in weights])
@@ -546,7 +573,7 @@ def sobolev_backward(
     batch = x.shape[0]
     layout = _layout(x, v, weights, order)
     k, widths = layout.k, layout.widths
-    rows = layout.rows()
+    rows = _rows_per_program(layout, x)
     programs = triton.cdiv(batch, rows)
     dev, dtype = x.device, x.dtype
     stack = layout.blocks * batch
