@@ -65,3 +65,14 @@ def test_synthetic_gradients_quick(tmp_path):
     synthetic_gradients = _script("synthetic_gradients")
     synthetic_gradients.main(_args(tmp_path))
     assert _columns(tmp_path / "paper_synthetic_gradients.csv") == synthetic_gradients.COLUMNS
+
+
+def test_regression_order2_quick(tmp_path):
+    order2 = _script("regression_order2")
+    order2.main(_args(tmp_path))
+    path = tmp_path / "paper_regression_order2.csv"
+    assert _columns(path) == order2.COLUMNS
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["method"] for r in rows} == {"regular", "sobolev", "sobolev_order2"}
+    assert all(float(r["test_hess_mse"]) >= 0 for r in rows)
