@@ -1,4 +1,4 @@
-// Activation functions and their first two derivatives, shared by the CPU and CUDA kernels.
+// Activation functions and their first three derivatives, shared by the CPU and CUDA kernels.
 //
 // The same formulas as sobolev_kernels/activations.py (kernel_id 0..8), including torch's
 // conventions where a function is not smooth: relu'(0) = 0 and softplus is linear above
@@ -28,7 +28,7 @@ enum ActivationId : int {
 };
 constexpr int kNumActivations = 9;
 
-// relu, leaky_relu and identity have s'' = 0: the backward skips the s''(z) * tz term.
+// relu, leaky_relu and identity have s'' = s''' = 0: the kernels skip the terms in them.
 SK_HD constexpr bool is_smooth(int act) {
   return act != kRelu && act != kLeakyRelu && act != kIdentity;
 }
@@ -39,69 +39,91 @@ constexpr double kSoftplusThreshold = 20.0;
 constexpr double kGeluC = 0.79788456080286535588;  // sqrt(2 / pi)
 constexpr double kGeluA = 0.044715;
 
-// s = s(z), s1 = s'(z), s2 = s''(z) for activation ACT. Math provides tanh, sigmoid,
-// log1p_exp (log(1 + e^z) for z <= 20), sin and cos of T. Unused outputs are removed by the
-// compiler once inlined.
+// s = s(z), s1 = s'(z), s2 = s''(z), s3 = s'''(z) for activation ACT (s''' is what the
+// backward of order 2 needs). Math provides tanh, sigmoid, log1p_exp (log(1 + e^z) for
+// z <= 20), sin and cos of T. Unused outputs are removed by the compiler once inlined.
 template <int ACT, typename Math, typename T>
-SK_HD void activation_series(T z, T slope, T& s, T& s1, T& s2) {
+SK_HD void activation_series(T z, T slope, T& s, T& s1, T& s2, T& s3) {
   if constexpr (ACT == kTanh) {
+    // s' = 1 - t^2,  s'' = -2 t s',  s''' = s' (6 t^2 - 2)
     const T t = Math::tanh(z);
     s = t;
     s1 = T(1) - t * t;
     s2 = T(-2) * t * s1;
+    s3 = s1 * (T(6) * t * t - T(2));
   } else if constexpr (ACT == kSigmoid) {
+    // s' = p (1 - p),  s'' = s' (1 - 2p),  s''' = s' (1 - 6p + 6p^2)
     const T p = Math::sigmoid(z);
     s = p;
     s1 = p * (T(1) - p);
     s2 = s1 * (T(1) - T(2) * p);
+    s3 = s1 * (T(1) - T(6) * p + T(6) * p * p);
   } else if constexpr (ACT == kSoftplus) {
-    // linear above the threshold: s' = 1 and s'' = 0 there
+    // s' = p,  s'' = p (1 - p),  s''' = p (1 - p) (1 - 2p); linear above the threshold:
+    // s' = 1 and s'' = s''' = 0 there
     const bool linear = z > T(kSoftplusThreshold);
     const T p = Math::sigmoid(z);
+    const T dp = p * (T(1) - p);
     s = linear ? z : Math::log1p_exp(z);
     s1 = linear ? T(1) : p;
-    s2 = linear ? T(0) : p * (T(1) - p);
+    s2 = linear ? T(0) : dp;
+    s3 = linear ? T(0) : dp * (T(1) - T(2) * p);
   } else if constexpr (ACT == kSilu) {
-    // s = z p, s' = p (1 + z (1 - p)), s'' = p' (2 + z (1 - 2p)) with p = sigma(z), p' = p (1 - p)
+    // s = z p, s' = p (1 + z (1 - p)), s'' = p' (2 + z q), s''' = p' (q (3 + z q) - 2 z p')
+    // with p = sigma(z), p' = p (1 - p), q = 1 - 2p (so p'' = p' q)
     const T p = Math::sigmoid(z);
     const T dp = p * (T(1) - p);
+    const T q = T(1) - T(2) * p;
     s = z * p;
     s1 = p * (T(1) + z * (T(1) - p));
-    s2 = dp * (T(2) + z * (T(1) - T(2) * p));
+    s2 = dp * (T(2) + z * q);
+    s3 = dp * (q * (T(3) + z * q) - T(2) * z * dp);
   } else if constexpr (ACT == kSin) {
     const T sn = Math::sin(z);
+    const T cs = Math::cos(z);
     s = sn;
-    s1 = Math::cos(z);
+    s1 = cs;
     s2 = -sn;
+    s3 = -cs;
   } else if constexpr (ACT == kGelu) {
-    // s = z (1 + T) / 2 with T = tanh(w), w = c (z + a z^3), S = 1 - T^2:
-    // s'  = (1 + T) / 2 + z S w' / 2,               w'  = c (1 + 3 a z^2)
-    // s'' = S (w' + z (w'' - 2 T w'^2) / 2),        w'' = 6 a c z
+    // s = z (1 + T) / 2 with T = tanh(w), w = c (z + a z^3), S = 1 - T^2, S' = -2 T S w':
+    // s'   = (1 + T) / 2 + z S w' / 2                w'   = c (1 + 3 a z^2)
+    // s''  = S P,  P = w' + z (w'' - 2 T w'^2) / 2    w''  = 6 a c z
+    // s''' = S (P' - 2 T w' P),                       w''' = 6 a c
+    //        P' = 3 w'' / 2 - T w'^2 + z (w''' - 2 S w'^3 - 4 T w' w'') / 2
     const T c = T(kGeluC), a = T(kGeluA);
     const T z2 = z * z;
     const T t = Math::tanh(c * (z + a * z2 * z));
     const T sech2 = T(1) - t * t;
     const T dw = c * (T(1) + T(3) * a * z2);
     const T d2w = T(6) * c * a * z;
+    const T d3w = T(6) * c * a;
+    const T poly = dw + T(0.5) * z * (d2w - T(2) * t * dw * dw);
+    const T dpoly = T(1.5) * d2w - t * dw * dw +
+                    T(0.5) * z * (d3w - T(2) * sech2 * dw * dw * dw - T(4) * t * dw * d2w);
     s = T(0.5) * z * (T(1) + t);
     s1 = T(0.5) * (T(1) + t) + T(0.5) * z * sech2 * dw;
-    s2 = sech2 * (dw + T(0.5) * z * (d2w - T(2) * t * dw * dw));
+    s2 = sech2 * poly;
+    s3 = sech2 * (dpoly - T(2) * t * dw * poly);
   } else if constexpr (ACT == kRelu) {
     // relu'(0) = 0, as in torch
     const bool pos = z > T(0);
     s = pos ? z : T(0);
     s1 = pos ? T(1) : T(0);
     s2 = T(0);
+    s3 = T(0);
   } else if constexpr (ACT == kLeakyRelu) {
     const bool pos = z > T(0);
     s = pos ? z : z * slope;
     s1 = pos ? T(1) : slope;
     s2 = T(0);
+    s3 = T(0);
   } else {
     static_assert(ACT == kIdentity, "unknown activation id");
     s = z;
     s1 = T(1);
     s2 = T(0);
+    s3 = T(0);
   }
 }
 

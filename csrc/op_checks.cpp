@@ -48,12 +48,12 @@ at::Tensor target_in_accumulation_type(const std::optional<at::Tensor>& t) {
 }
 
 SobolevDims check_forward_inputs(const at::Tensor& x, const at::Tensor& directions,
-                                 const std::optional<at::Tensor>& y,
-                                 const std::optional<at::Tensor>& target_jvp,
-                                 const std::optional<at::Tensor>& target_grad,
-                                 at::TensorList weights, at::TensorList biases,
-                                 int64_t activation) {
+                                 const TargetArgs& targets, at::TensorList weights,
+                                 at::TensorList biases, int64_t activation, int64_t order) {
+  const auto& [y, target_jvp, target_grad, target_hvp2, target_hess] = targets;
   SobolevDims dims;
+  TORCH_CHECK(order == 1 || order == 2, "order: expected 1 or 2, got ", order);
+  dims.order = order;
   TORCH_CHECK(x.dim() == 2 && x.size(0) >= 1 && x.size(1) >= 1,
               "x: expected shape (B, d) with B, d >= 1, got ", x.sizes());
   const auto dtype = x.scalar_type();
@@ -103,14 +103,29 @@ SobolevDims check_forward_inputs(const at::Tensor& x, const at::Tensor& directio
     check_target_like(*target_grad, x, "target_grad");
     check_shape(*target_grad, {dims.batch, dims.out_features, dims.in_features}, "target_grad");
   }
+  TORCH_CHECK(order == 2 || (!target_hvp2 && !target_hess),
+              "target_hvp2/target_hess: second-order targets need order 2");
+  TORCH_CHECK(!(target_hvp2 && target_hess), "target_hvp2/target_hess: expected at most one");
+  if (target_hvp2) {
+    check_target_like(*target_hvp2, x, "target_hvp2");
+    check_shape(*target_hvp2, {dims.batch, dims.num_directions, dims.out_features},
+                "target_hvp2");
+  }
+  if (target_hess) {
+    check_target_like(*target_hess, x, "target_hess");
+    check_shape(*target_hess,
+                {dims.batch, dims.out_features, dims.in_features, dims.in_features},
+                "target_hess");
+  }
   return dims;
 }
 
 void check_backward_inputs(const SobolevDims& dims, const at::Tensor& x,
                            const std::optional<at::Tensor>& grad_loss,
                            const std::optional<at::Tensor>& grad_f,
-                           const std::optional<at::Tensor>& grad_u, const at::Tensor& f,
-                           const at::Tensor& u, const at::Tensor& saved) {
+                           const std::optional<at::Tensor>& grad_u,
+                           const std::optional<at::Tensor>& grad_w, const at::Tensor& f,
+                           const at::Tensor& u, const at::Tensor& w, const at::Tensor& saved) {
   const auto acc = accumulation_type(x.scalar_type());
   TORCH_CHECK(!grad_loss || (grad_loss->dim() == 0 && grad_loss->device() == x.device()),
               "grad_loss: expected a 0-dim tensor on ", x.device());
@@ -127,6 +142,16 @@ void check_backward_inputs(const SobolevDims& dims, const at::Tensor& x,
   if (grad_u) {
     check_like(*grad_u, x, "grad_u");
     check_shape(*grad_u, u_shape, "grad_u");
+  }
+  // w has u's shape for order 2 and is empty for order 1
+  const std::vector<int64_t> w_shape =
+      dims.order == 2 ? u_shape : std::vector<int64_t>{0};
+  check_like(w, x, "w");
+  check_shape(w, w_shape, "w");
+  TORCH_CHECK(!grad_w || dims.order == 2, "grad_w: expected None for order 1");
+  if (grad_w) {
+    check_like(*grad_w, x, "grad_w");
+    check_shape(*grad_w, u_shape, "grad_w");
   }
   TORCH_CHECK(saved.scalar_type() == acc && saved.device() == x.device(),
               "saved: expected the forward's saved tensor (", acc, " on ", x.device(), ")");

@@ -1,17 +1,19 @@
 // The operator schemas of sobolev_kernels and their CPU/CUDA registrations, and the Python
 // module `sobolev_kernels._C` whose import loads them.
 //
-// sobolev_forward: f = MLP(x), u_k = J_f(x) v_k and the projected loss
-//   loss = alpha mean((f - y)^2) + beta mean((u - g)^2)     (DESIGN section 2)
-// with g = target_jvp, or target_grad contracted with the directions; a term is dropped when
-// its target is absent (y None; neither target: mlp_jvp). `saved` holds z and tz of the
-// hidden layers for the backward (device-specific layout), or is empty when
+// sobolev_forward: f = MLP(x), u_k = J_f(x) v_k, for order 2 also w_k = v_k^T H_f(x) v_k
+// (Taylor mode, docs/math.md), and the projected loss
+//   loss = alpha mean((f - y)^2) + beta mean((u - g)^2) [+ gamma mean((w - g2)^2)]
+// with g = target_jvp, or target_grad contracted with the directions, and g2 = target_hvp2,
+// or target_hess contracted twice with the directions; a term is dropped when its target is
+// absent (y None; no targets: mlp_jvp). w is empty for order 1. `saved` holds z, tz (and
+// ttz) of the hidden layers for the backward (device-specific layout), or is empty when
 // save_activations is false and the backward recomputes them. biases: one per layer, or [].
 //
-// sobolev_backward: gradients of a scalar function of (loss, f, u), given its upstream
-// gradients grad_loss (0-dim), grad_f and grad_u (each None: zero). grad_x is empty unless
-// need_grad_x; grad_weights/grad_biases are empty unless need_grad_params. Directions and
-// targets get no gradient.
+// sobolev_backward: gradients of a scalar function of (loss, f, u, w), given its upstream
+// gradients grad_loss (0-dim), grad_f, grad_u and grad_w (each None: zero). grad_x is empty
+// unless need_grad_x; grad_weights/grad_biases are empty unless need_grad_params. Directions
+// and targets get no gradient.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -43,16 +45,18 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(sobolev_kernels, m) {
   m.def(
       "sobolev_forward(Tensor x, Tensor directions, Tensor? y, Tensor? target_jvp, "
-      "Tensor? target_grad, Tensor[] weights, Tensor[] biases, int activation, "
-      "float negative_slope, float alpha, float beta, bool save_activations) "
-      "-> (Tensor loss, Tensor f, Tensor u, Tensor saved)");
+      "Tensor? target_grad, Tensor? target_hvp2, Tensor? target_hess, Tensor[] weights, "
+      "Tensor[] biases, int activation, float negative_slope, float alpha, float beta, "
+      "float gamma, int order, bool save_activations) "
+      "-> (Tensor loss, Tensor f, Tensor u, Tensor w, Tensor saved)");
   m.def(
-      "sobolev_backward(Tensor? grad_loss, Tensor? grad_f, Tensor? grad_u, Tensor x, "
-      "Tensor directions, Tensor? y, Tensor? target_jvp, Tensor? target_grad, "
-      "Tensor[] weights, Tensor[] biases, Tensor f, Tensor u, Tensor saved, int activation, "
-      "float negative_slope, float alpha, float beta, bool need_grad_x, bool need_grad_params) "
+      "sobolev_backward(Tensor? grad_loss, Tensor? grad_f, Tensor? grad_u, Tensor? grad_w, "
+      "Tensor x, Tensor directions, Tensor? y, Tensor? target_jvp, Tensor? target_grad, "
+      "Tensor? target_hvp2, Tensor? target_hess, Tensor[] weights, Tensor[] biases, Tensor f, "
+      "Tensor u, Tensor w, Tensor saved, int activation, float negative_slope, float alpha, "
+      "float beta, float gamma, int order, bool need_grad_x, bool need_grad_params) "
       "-> (Tensor grad_x, Tensor[] grad_weights, Tensor[] grad_biases)");
-  // (3, *z.shape): s, s', s'' as the CPU kernels compute them; lets tests check the formulas
+  // (4, *z.shape): s, s', s'', s''' as the CPU kernels compute them; lets tests check them
   m.def("activation_series(Tensor z, int activation, float negative_slope) -> Tensor");
 }
 

@@ -125,6 +125,25 @@ def sample_inputs(
     return model, x, y, kwargs
 
 
+def order2_inputs(target="hess", out=2, **kwargs):
+    """sample_inputs plus a second-order target: target_hess, target_hvp2 or a teacher."""
+    first = "teacher" if target == "teacher" else kwargs.pop("first", "grad")
+    model, x, y, kw = sample_inputs(out=out, target=first, **kwargs)
+    gen = torch.Generator().manual_seed(99)
+    dim, batch = x.shape[1], x.shape[0]
+    k = kw["directions"].shape[-2] if isinstance(kw.get("directions"), torch.Tensor) else (
+        dim if kw.get("directions") == "full" else kw.get("num_directions", 1)
+    )  # fmt: skip
+    if target == "hess":
+        h = torch.randn(batch, out, dim, dim, generator=gen, dtype=torch.float64)
+        kw["target_hess"] = (h + h.transpose(-1, -2)).to(x.device, x.dtype)
+    elif target == "hvp2":
+        kw["target_hvp2"] = torch.randn(batch, k, out, generator=gen, dtype=torch.float64).to(
+            x.device, x.dtype
+        )
+    return model, x, y, kw
+
+
 def loss_and_grads(model, x, y, kwargs, backend, **extra):
     """loss and d loss / d (x, parameters...) for one backend, with fresh generators."""
     kwargs = dict(kwargs)

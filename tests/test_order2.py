@@ -11,6 +11,7 @@ from conftest import (
     TOLERANCES,
     assert_backends_agree,
     assert_close,
+    order2_inputs,
     sample_inputs,
     upcast_model,
 )
@@ -21,25 +22,6 @@ from sobolev_kernels.backends.torch import MLPJvpFunction
 
 SMOOTH = sorted(n for n, a in ACTIVATIONS.items() if a.smooth)
 PIECEWISE_LINEAR = sorted(n for n, a in ACTIVATIONS.items() if not a.smooth)
-
-
-def order2_inputs(target="hess", out=2, **kwargs):
-    """sample_inputs plus a second-order target: target_hess, target_hvp2 or a teacher."""
-    first = "teacher" if target == "teacher" else kwargs.pop("first", "grad")
-    model, x, y, kw = sample_inputs(out=out, target=first, **kwargs)
-    gen = torch.Generator().manual_seed(99)
-    dim, batch = x.shape[1], x.shape[0]
-    k = kw["directions"].shape[-2] if isinstance(kw.get("directions"), torch.Tensor) else (
-        dim if kw.get("directions") == "full" else kw.get("num_directions", 1)
-    )  # fmt: skip
-    if target == "hess":
-        h = torch.randn(batch, out, dim, dim, generator=gen, dtype=torch.float64)
-        kw["target_hess"] = (h + h.transpose(-1, -2)).to(x.device, x.dtype)
-    elif target == "hvp2":
-        kw["target_hvp2"] = torch.randn(batch, k, out, generator=gen, dtype=torch.float64).to(
-            x.device, x.dtype
-        )
-    return model, x, y, kw
 
 
 def double_autograd_w(model, x, dirs):

@@ -75,21 +75,22 @@ struct CudaMath<double> {
   static __device__ __forceinline__ double cos(double z) { return ::cos(z); }
 };
 
-// s, s', s'' of activation `act`. The id is uniform across the grid, so the switch is a
-// uniform branch: one kernel per dtype instead of one per (dtype, activation).
+// s, s', s'', s''' of activation `act`. The id is uniform across the grid, so the switch is a
+// uniform branch: one kernel per dtype instead of one per (dtype, activation). Unused outputs
+// (s''' for order 1) are removed once inlined.
 template <typename T>
-__device__ __forceinline__ void activation_at(int act, T slope, T z, T& s, T& s1, T& s2) {
+__device__ __forceinline__ void activation_at(int act, T slope, T z, T& s, T& s1, T& s2, T& s3) {
   using M = CudaMath<T>;
   switch (act) {
-    case kTanh: activation_series<kTanh, M>(z, slope, s, s1, s2); break;
-    case kSigmoid: activation_series<kSigmoid, M>(z, slope, s, s1, s2); break;
-    case kSoftplus: activation_series<kSoftplus, M>(z, slope, s, s1, s2); break;
-    case kSilu: activation_series<kSilu, M>(z, slope, s, s1, s2); break;
-    case kSin: activation_series<kSin, M>(z, slope, s, s1, s2); break;
-    case kGelu: activation_series<kGelu, M>(z, slope, s, s1, s2); break;
-    case kRelu: activation_series<kRelu, M>(z, slope, s, s1, s2); break;
-    case kLeakyRelu: activation_series<kLeakyRelu, M>(z, slope, s, s1, s2); break;
-    default: activation_series<kIdentity, M>(z, slope, s, s1, s2); break;
+    case kTanh: activation_series<kTanh, M>(z, slope, s, s1, s2, s3); break;
+    case kSigmoid: activation_series<kSigmoid, M>(z, slope, s, s1, s2, s3); break;
+    case kSoftplus: activation_series<kSoftplus, M>(z, slope, s, s1, s2, s3); break;
+    case kSilu: activation_series<kSilu, M>(z, slope, s, s1, s2, s3); break;
+    case kSin: activation_series<kSin, M>(z, slope, s, s1, s2, s3); break;
+    case kGelu: activation_series<kGelu, M>(z, slope, s, s1, s2, s3); break;
+    case kRelu: activation_series<kRelu, M>(z, slope, s, s1, s2, s3); break;
+    case kLeakyRelu: activation_series<kLeakyRelu, M>(z, slope, s, s1, s2, s3); break;
+    default: activation_series<kIdentity, M>(z, slope, s, s1, s2, s3); break;
   }
 }
 

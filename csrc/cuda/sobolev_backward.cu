@@ -21,8 +21,9 @@ BackwardPlan plan_backward(const SobolevLaunch& p, size_t acc, int* num_sms_out)
   cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
   cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   // no partial sums when the parameter gradients are not needed
-  BackwardPlan plan{make_plan(p, 3, 2, acc, smem_limit),
-                    p.grad_weights[0] != nullptr ? partial_size(p) : 0};
+  BackwardPlan plan{
+      make_plan(p, kBackwardTileBuffers, backward_row_buffers(p), acc, smem_limit),
+      p.grad_weights[0] != nullptr ? partial_size(p) : 0};
   plan.tiles.grid = static_cast<int>(std::min<int64_t>(plan.tiles.num_tiles, 2 * num_sms));
   *num_sms_out = num_sms;
   return plan;
@@ -31,7 +32,8 @@ BackwardPlan plan_backward(const SobolevLaunch& p, size_t acc, int* num_sms_out)
 template <typename scalar_t>
 cudaError_t launch(const SobolevLaunch& p, void* workspace, cudaStream_t stream) {
   using acc_t = acc_type<scalar_t>;
-  const auto kernel = sobolev_backward_kernel<scalar_t>;
+  const auto kernel = p.order == 2 ? sobolev_backward_kernel<scalar_t, 2>
+                                   : sobolev_backward_kernel<scalar_t, 1>;
   int num_sms = 0;
   const BackwardPlan plan = plan_backward(p, sizeof(acc_t), &num_sms);
   KernelArgs args;

@@ -27,7 +27,7 @@ DType dtype_of(at::ScalarType t) {
 
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
 struct Inputs {
-  at::Tensor x, directions, y, target_jvp, target_grad;
+  at::Tensor x, directions, y, target_jvp, target_grad, target_hvp2, target_hess;
   std::vector<at::Tensor> weights, biases;
 };
 
@@ -39,8 +39,14 @@ const void* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
-SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, int64_t activation,
-                       double negative_slope, double alpha, double beta) {
+// The scalar arguments shared by both ops.
+struct Scalars {
+  int64_t activation;
+  double negative_slope, alpha, beta, gamma;
+  int64_t order;
+};
+
+SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars& scalars) {
   TORCH_CHECK(dims.num_layers() <= kMaxLayers, "weights: the CUDA kernels take at most ",
               kMaxLayers, " layers, got ", dims.num_layers());
   const int64_t widest = *std::max_element(dims.widths.begin(), dims.widths.end());
@@ -58,29 +64,33 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, int64_t activa
   p.y = data_or_null(in.y);
   p.target_jvp = data_or_null(in.target_jvp);
   p.target_grad = data_or_null(in.target_grad);
-  p.alpha = alpha;
-  p.beta = beta;
+  p.target_hvp2 = data_or_null(in.target_hvp2);
+  p.target_hess = data_or_null(in.target_hess);
+  p.alpha = scalars.alpha;
+  p.beta = scalars.beta;
+  p.gamma = scalars.gamma;
+  p.order = static_cast<int>(scalars.order);
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {
     p.weights[l] = data_or_null(in.weights[l]);
     p.biases[l] = in.biases.empty() ? nullptr : data_or_null(in.biases[l]);
   }
-  p.activation = static_cast<int>(activation);
-  p.negative_slope = negative_slope;
+  p.activation = static_cast<int>(scalars.activation);
+  p.negative_slope = scalars.negative_slope;
   return p;
 }
 
 Inputs contiguous_inputs(const at::Tensor& x, const at::Tensor& directions,
-                         const std::optional<at::Tensor>& y,
-                         const std::optional<at::Tensor>& target_jvp,
-                         const std::optional<at::Tensor>& target_grad, at::TensorList weights,
+                         const TargetArgs& targets, at::TensorList weights,
                          at::TensorList biases) {
   Inputs in{x.contiguous(),
             directions.contiguous(),
-            target_in_accumulation_type(y),
-            target_in_accumulation_type(target_jvp),
-            target_in_accumulation_type(target_grad),
+            target_in_accumulation_type(targets.y),
+            target_in_accumulation_type(targets.target_jvp),
+            target_in_accumulation_type(targets.target_grad),
+            target_in_accumulation_type(targets.target_hvp2),
+            target_in_accumulation_type(targets.target_hess),
             {},
             {}};
   for (const auto& w : weights) in.weights.push_back(w.contiguous());
@@ -93,65 +103,79 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
                    like.options().dtype(at::kByte));
 }
 
-// forward outputs: loss, f, u, saved
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forward(
+// forward outputs: loss, f, u, w (order 2; empty for order 1), saved
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forward(
     const SobolevDims& dims, SobolevLaunch p, const at::Tensor& x, bool save_activations) {
   const auto acc_options = x.options().dtype(accumulation_type(x.scalar_type()));
+  const std::vector<int64_t> u_shape = {dims.batch, dims.num_directions, dims.out_features};
   auto f = at::empty({dims.batch, dims.out_features}, x.options());
-  auto u = at::empty({dims.batch, dims.num_directions, dims.out_features}, x.options());
+  auto u = at::empty(u_shape, x.options());
+  auto w = dims.order == 2 ? at::empty(u_shape, x.options()) : at::empty({0}, x.options());
   auto saved = at::empty({dims.saved_numel(save_activations)}, acc_options);
   auto loss = at::empty({}, acc_options);
   p.f = f.data_ptr();
   p.u = u.data_ptr();
+  p.w = dims.order == 2 ? w.data_ptr() : nullptr;
   p.saved = save_activations && saved.numel() > 0 ? saved.data_ptr() : nullptr;
   p.loss = loss.data_ptr();
   auto ws = workspace(forward_workspace_bytes(p), x);
   C10_CUDA_CHECK(launch_forward(p, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
-  return {loss, f, u, saved};
+  return {loss, f, u, w, saved};
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sobolev_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sobolev_forward(
     const at::Tensor& x, const at::Tensor& directions, const std::optional<at::Tensor>& y,
     const std::optional<at::Tensor>& target_jvp, const std::optional<at::Tensor>& target_grad,
+    const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
     at::TensorList weights, at::TensorList biases, int64_t activation, double negative_slope,
-    double alpha, double beta, bool save_activations) {
-  const auto dims = check_forward_inputs(x, directions, y, target_jvp, target_grad, weights,
-                                         biases, activation);
+    double alpha, double beta, double gamma, int64_t order, bool save_activations) {
+  const TargetArgs targets{y, target_jvp, target_grad, target_hvp2, target_hess};
+  const auto dims =
+      check_forward_inputs(x, directions, targets, weights, biases, activation, order);
   TORCH_INTERNAL_ASSERT(x.is_cuda());
   const c10::cuda::CUDAGuard guard(x.device());
-  const Inputs in = contiguous_inputs(x, directions, y, target_jvp, target_grad, weights, biases);
-  return run_forward(dims, describe(dims, in, activation, negative_slope, alpha, beta), x,
-                     save_activations);
+  const Inputs in = contiguous_inputs(x, directions, targets, weights, biases);
+  const Scalars scalars{activation, negative_slope, alpha, beta, gamma, order};
+  return run_forward(dims, describe(dims, in, scalars), x, save_activations);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev_backward(
     const std::optional<at::Tensor>& grad_loss, const std::optional<at::Tensor>& grad_f,
-    const std::optional<at::Tensor>& grad_u, const at::Tensor& x, const at::Tensor& directions,
-    const std::optional<at::Tensor>& y, const std::optional<at::Tensor>& target_jvp,
-    const std::optional<at::Tensor>& target_grad, at::TensorList weights, at::TensorList biases,
-    const at::Tensor& f, const at::Tensor& u, const at::Tensor& saved, int64_t activation,
-    double negative_slope, double alpha, double beta, bool need_grad_x, bool need_grad_params) {
-  const auto dims = check_forward_inputs(x, directions, y, target_jvp, target_grad, weights,
-                                         biases, activation);
-  check_backward_inputs(dims, x, grad_loss, grad_f, grad_u, f, u, saved);
+    const std::optional<at::Tensor>& grad_u, const std::optional<at::Tensor>& grad_w,
+    const at::Tensor& x, const at::Tensor& directions, const std::optional<at::Tensor>& y,
+    const std::optional<at::Tensor>& target_jvp, const std::optional<at::Tensor>& target_grad,
+    const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
+    at::TensorList weights, at::TensorList biases, const at::Tensor& f, const at::Tensor& u,
+    const at::Tensor& w, const at::Tensor& saved, int64_t activation, double negative_slope,
+    double alpha, double beta, double gamma, int64_t order, bool need_grad_x,
+    bool need_grad_params) {
+  const TargetArgs targets{y, target_jvp, target_grad, target_hvp2, target_hess};
+  const auto dims =
+      check_forward_inputs(x, directions, targets, weights, biases, activation, order);
+  check_backward_inputs(dims, x, grad_loss, grad_f, grad_u, grad_w, f, u, w, saved);
   TORCH_INTERNAL_ASSERT(x.is_cuda());
   const c10::cuda::CUDAGuard guard(x.device());
-  const Inputs in = contiguous_inputs(x, directions, y, target_jvp, target_grad, weights, biases);
-  SobolevLaunch p = describe(dims, in, activation, negative_slope, alpha, beta);
+  const Inputs in = contiguous_inputs(x, directions, targets, weights, biases);
+  const Scalars scalars{activation, negative_slope, alpha, beta, gamma, order};
+  SobolevLaunch p = describe(dims, in, scalars);
 
-  // The CUDA backward reads z/tz from global memory: recompute them if the forward kept none.
+  // The CUDA backward reads z/tz(/ttz) from global memory: recompute them if the forward
+  // kept none.
   at::Tensor z = saved.contiguous();
-  if (z.numel() == 0 && dims.hidden_total() > 0) z = std::get<3>(run_forward(dims, p, x, true));
+  if (z.numel() == 0 && dims.hidden_total() > 0) z = std::get<4>(run_forward(dims, p, x, true));
   const auto loss_grad = contiguous_or_undefined(grad_loss);
-  const auto f_grad = contiguous_or_undefined(grad_f), u_grad = contiguous_or_undefined(grad_u);
-  const auto fc = f.contiguous(), uc = u.contiguous();
+  const auto f_grad = contiguous_or_undefined(grad_f), u_grad = contiguous_or_undefined(grad_u),
+             w_grad = contiguous_or_undefined(grad_w);
+  const auto fc = f.contiguous(), uc = u.contiguous(), wc = w.contiguous();
   p.grad_loss = data_or_null(loss_grad);
   p.grad_f = data_or_null(f_grad);
   p.grad_u = data_or_null(u_grad);
+  p.grad_w = data_or_null(w_grad);
   p.f_in = fc.const_data_ptr();
   p.u_in = uc.const_data_ptr();
+  p.w_in = dims.order == 2 ? wc.const_data_ptr() : nullptr;
   p.saved_in = data_or_null(z);
 
   auto grad_x = need_grad_x ? at::empty({dims.batch, dims.in_features}, x.options())

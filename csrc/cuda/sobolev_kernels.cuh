@@ -2,10 +2,11 @@
 // ATen binding (sobolev_cuda_binding.cpp), and the launchers, which run on a given stream.
 //
 // Structure (the same as the CPU kernel in csrc/cpu, which checks its logic on every CI run):
-// a persistent grid of thread blocks walks over tiles of rows; each tile holds its (1 + K) R
-// stacked rows [values; tangents] in shared memory and goes through all layers, the weights
-// staged through shared memory panel by panel.
-//   forward  (1 launch): layers, activation, tangent products, f/u stores, the loss sums per
+// a persistent grid of thread blocks walks over tiles of rows; each tile holds its S R
+// stacked rows [values; tangents] (S = 1 + K), or [values; tangents; second-order tangents]
+// (S = 1 + 2K, order 2, docs/math.md), in shared memory and goes through all layers, the
+// weights staged through shared memory panel by panel.
+//   forward  (1 launch): layers, activation, tangent products, f/u/w stores, the loss sums per
 //            block and, in the last block to finish, their sum in block order.
 //   backward (2 launches): the adjoint recursion per tile, each block adding its weight
 //            gradients into its own partial sums; then one kernel adds the partials in order.
@@ -30,7 +31,7 @@ constexpr int kMaxWidth = 256;
 
 enum class DType : int { kFloat64, kFloat32, kBFloat16, kFloat16 };
 
-// One problem as raw device pointers. x, directions, weights, biases, f, u and their
+// One problem as raw device pointers. x, directions, weights, biases, f, u, w and their
 // gradients in `dtype`; y, the targets, saved, loss and grad_loss in the accumulation type
 // (fp64 for fp64, else fp32). Optional pointers are null when absent.
 struct SobolevLaunch {
@@ -45,7 +46,10 @@ struct SobolevLaunch {
   const void* y = nullptr;            // (B, m)
   const void* target_jvp = nullptr;   // (B, K, m)
   const void* target_grad = nullptr;  // (B, m, d)
-  double alpha = 1, beta = 1;
+  const void* target_hvp2 = nullptr;  // (B, K, m), order 2
+  const void* target_hess = nullptr;  // (B, m, d, d), order 2
+  double alpha = 1, beta = 1, gamma = 1;
+  int order = 1;  // 2: also w_k = v_k^T H_f v_k, a third stream per direction (Taylor mode)
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m
@@ -57,15 +61,18 @@ struct SobolevLaunch {
   // forward outputs
   void* f = nullptr;      // (B, m)
   void* u = nullptr;      // (B, K, m)
-  void* saved = nullptr;  // z/tz of the hidden layers, (1 + K) B (n_1 + .. + n_{L-1}), or null
+  void* w = nullptr;      // (B, K, m), order 2
+  void* saved = nullptr;  // z/tz(/ttz) of the hidden layers, S B (n_1 + .. + n_{L-1}), or null
   void* loss = nullptr;   // 0-dim
 
   // backward inputs and outputs
   const void* grad_loss = nullptr;  // 0-dim, or null: no gradient on the loss
   const void* grad_f = nullptr;     // (B, m)
   const void* grad_u = nullptr;     // (B, K, m)
-  const void* f_in = nullptr;       // the forward's f and u
+  const void* grad_w = nullptr;     // (B, K, m), order 2
+  const void* f_in = nullptr;       // the forward's f, u and (order 2) w
   const void* u_in = nullptr;
+  const void* w_in = nullptr;
   const void* saved_in = nullptr;
   void* grad_x = nullptr;                 // (B, d), or null: not needed
   void* grad_weights[kMaxLayers] = {};    // all null: parameter gradients not needed

@@ -12,12 +12,20 @@
 
 namespace sobolev::cuda {
 
-// Stacked rows (1 + K) R per tile, and the shared memory for one staged weight panel.
+// Stacked rows S R per tile, and the shared memory for one staged weight panel.
 constexpr int kTileStackedRows = 32;
 constexpr int kStageBytes = 32 * 1024;
+// Loss terms summed per block: (f - y)^2, (u - g)^2, (w - g2)^2.
+constexpr int kLossTerms = 3;
+// Tile buffers (S R max_width each) and row buffers (R max_width each) of the kernels: the
+// forward's input and output tiles; the backward's a, a_in and [h; t; tt] tiles and s', s''
+// (and s''' for order 2) rows.
+constexpr int kForwardTileBuffers = 2, kForwardRowBuffers = 0;
+constexpr int kBackwardTileBuffers = 3;
+SK_HD int backward_row_buffers(const SobolevLaunch& p) { return p.order == 2 ? 3 : 2; }
 
 struct TilePlan {
-  int streams = 1;           // 1 + K
+  int streams = 1;           // S = 1 + order K
   int rows = 1;              // R, rows per tile
   int64_t num_tiles = 0;
   int max_width = 1;
@@ -34,7 +42,7 @@ struct KernelArgs {
   SobolevLaunch p;
   TilePlan plan;
   void* scratch = nullptr;           // tile buffers in global memory when they do not fit
-  double* loss_partials = nullptr;   // forward: (value, tangent) squared errors per block
+  double* loss_partials = nullptr;   // forward: kLossTerms squared-error sums per block
   unsigned int* counter = nullptr;   // forward: blocks done, to find the last one
   void* grad_partials = nullptr;     // backward: per block dW_1..dW_L, db_1..db_L
   int64_t partial_size = 0;
@@ -44,7 +52,7 @@ struct KernelArgs {
 inline TilePlan make_plan(const SobolevLaunch& p, int tile_buffers, int row_buffers,
                           size_t acc_size, size_t smem_limit) {
   TilePlan plan;
-  plan.streams = 1 + p.num_directions;
+  plan.streams = 1 + p.order * p.num_directions;
   plan.rows = std::max(1, kTileStackedRows / plan.streams);
   plan.num_tiles = (p.batch + plan.rows - 1) / plan.rows;
   for (int l = 0; l <= p.num_layers; ++l) plan.max_width = std::max(plan.max_width, p.widths[l]);
@@ -72,7 +80,8 @@ __device__ __forceinline__ acc_t* block_buffers(const KernelArgs& args, acc_t* s
   return static_cast<acc_t*>(args.scratch) + blockIdx.x * args.plan.buffer_elems;
 }
 
-// Layer-1 input of rows r0..r0+R: [x; v_1..v_K] as (1 + K, R, d).
+// Layer-1 input of rows r0..r0+R: [x; v_1..v_K] as (1 + K, R, d) (the second-order input
+// tangents are 0: order 2 leaves them out of the layer-1 products).
 template <typename scalar_t, typename acc_t>
 __device__ void load_input(const SobolevLaunch& p, int64_t r0, int R, acc_t* in) {
   const int d = p.in_features, K = p.num_directions;
@@ -105,8 +114,32 @@ __device__ acc_t projected_target(const SobolevLaunch& p, int64_t row, int k, in
   return acc;
 }
 
+// g2_k of row `row`, output j: target_hvp2, or v_k^T H_g v_k = sum_i v_i sum_l H_il v_l
+// contracted from target_hess.
+template <typename scalar_t, typename acc_t>
+__device__ acc_t projected_target2(const SobolevLaunch& p, int64_t row, int k, int j) {
+  const int d = p.in_features, K = p.num_directions, m = p.out_features;
+  if (p.target_hvp2 != nullptr)
+    return static_cast<const acc_t*>(p.target_hvp2)[(row * K + k) * m + j];
+  const auto* hess = static_cast<const acc_t*>(p.target_hess) + (row * m + j) * d * d;
+  const auto* dirs = static_cast<const scalar_t*>(p.directions);
+  const scalar_t* v = p.shared_directions ? dirs + k * d : dirs + (row * K + k) * d;
+  acc_t acc = 0;
+  for (int i = 0; i < d; ++i) {
+    acc_t hv = 0;
+    for (int l = 0; l < d; ++l) hv = fma(hess[i * d + l], to_acc<acc_t>(v[l]), hv);
+    acc = fma(to_acc<acc_t>(v[i]), hv, acc);
+  }
+  return acc;
+}
+
 SK_HD bool has_target(const SobolevLaunch& p) {
   return p.target_jvp != nullptr || p.target_grad != nullptr;
+}
+
+// The second-order term is there for order 2 with a second-order target.
+SK_HD bool has_target2(const SobolevLaunch& p) {
+  return p.order == 2 && (p.target_hvp2 != nullptr || p.target_hess != nullptr);
 }
 
 }  // namespace sobolev::cuda
