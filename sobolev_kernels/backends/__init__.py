@@ -1,9 +1,11 @@
 """Backend registry: what each implementation can run, and the one function that picks.
 
 Every backend module exposes ``unavailable_reason()`` (why it cannot run in this process at
-all, or None), ``unsupported_reason(problem)`` (why it cannot take this model, dtype or
-device, or None), ``sobolev_loss(problem) -> (loss, f)`` and ``mlp_jvp(problem) -> (f, u[, w])``,
-and may declare ``ORDERS``, the Sobolev orders it implements (default ``(1,)``).
+all, or None), ``unsupported_reason(problem)`` (why it cannot take this problem's device or
+sizes, or None), ``sobolev_loss(problem) -> (loss, f)`` and ``mlp_jvp(problem) -> (f, u[, w])``.
+It may declare what the registry checks for it: ``ORDERS``, the Sobolev orders it implements
+(default ``(1,)``); ``DTYPES`` (default fp64, fp32, bf16, fp16); ``NEEDS_MLP`` (default True:
+the model must be a SobolevMLP, or an nn.Sequential adopted as one).
 An explicitly requested backend that cannot run raises a ``ValueError`` naming the reason;
 ``"auto"`` walks a preference list and falls back to ``reference`` with a one-time warning.
 """
@@ -14,6 +16,8 @@ import importlib
 import sys
 import warnings
 from types import ModuleType
+
+import torch
 
 from ..problem import SobolevProblem
 
@@ -49,10 +53,20 @@ def _unavailable(name: str) -> str | None:
     return load(name).unavailable_reason()
 
 
+_ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
 def _unsupported(name: str, problem: SobolevProblem) -> str | None:
+    """The declared capabilities first (order, model, dtype), then the backend's own checks."""
     module = load(name)
     if problem.order not in getattr(module, "ORDERS", (1,)):
         return f"order {problem.order} is not implemented there"
+    if getattr(module, "NEEDS_MLP", True) and problem.mlp is None:
+        return "the model is not a SobolevMLP (or an nn.Sequential of Linear/activation)"
+    dtypes = getattr(module, "DTYPES", _ALL_DTYPES)
+    if problem.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        return f"dtype {problem.dtype} (it takes {names})"
     return module.unsupported_reason(problem)
 
 

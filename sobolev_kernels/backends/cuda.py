@@ -25,7 +25,7 @@ _BUILD_HINT = (
     "build it from the repository root with `pip install --no-build-isolation -e .` (a C++ "
     "compiler for the CPU kernel; nvcc and a CUDA build of torch for the CUDA kernels)"
 )
-_DTYPES = (torch.float64, torch.float32, *LOW_PRECISION)
+DTYPES = (torch.float64, torch.float32, *LOW_PRECISION)
 # The CUDA kernels keep the layer table in kernel arguments (csrc/cuda/sobolev_kernels.cuh).
 _CUDA_MAX_LAYERS = 32
 _CUDA_MAX_WIDTH = 256
@@ -41,10 +41,6 @@ def unavailable_reason() -> str | None:
 
 def unsupported_reason(problem: SobolevProblem) -> str | None:
     mlp = problem.mlp
-    if mlp is None:
-        return "the model is not a SobolevMLP (or an nn.Sequential of Linear/activation)"
-    if problem.dtype not in _DTYPES:
-        return f"dtype {problem.dtype} is not supported"
     device = problem.device.type
     if device == "cuda":
         if not _extension.WITH_CUDA:

@@ -25,6 +25,7 @@ from ..problem import SobolevProblem, projected_mse_loss
 
 NAME = "reference"
 ORDERS = (1, 2)
+NEEDS_MLP = False  # any module or callable
 
 
 def unavailable_reason() -> str | None:

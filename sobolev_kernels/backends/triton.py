@@ -35,13 +35,9 @@ def unavailable_reason() -> str | None:
 
 def unsupported_reason(problem: SobolevProblem) -> str | None:
     mlp = problem.mlp
-    if mlp is None:
-        return "the model is not a SobolevMLP (or an nn.Sequential of Linear/activation)"
     device = problem.device.type
     if device != "cuda" and not (device == "cpu" and _interpreting()):
         return f"tensors on {device}; it needs CUDA tensors"
-    if problem.dtype not in DTYPES:
-        return f"dtype {problem.dtype} (it takes fp32, bf16 and fp16)"
     widest = max(mlp.widths)
     if widest > MAX_WIDTH:
         return f"width {widest} > {MAX_WIDTH}"
