@@ -7,12 +7,12 @@ a correctness tool: it is slow and never chosen by ``backend="auto"`` on CPU).
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 from torch import Tensor
 
 from ..problem import SobolevProblem
+from ..triton import interpreting
 
 NAME = "triton"
 ORDERS = (1, 2)
@@ -21,14 +21,10 @@ MAX_WIDTH = 256
 MAX_LAYERS = 16
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def unavailable_reason() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
-    if not torch.cuda.is_available() and not _interpreting():
+    if not torch.cuda.is_available() and not interpreting():
         return "needs a CUDA GPU (or TRITON_INTERPRET=1 to run the kernels in the interpreter)"
     return None
 
@@ -36,7 +32,7 @@ def unavailable_reason() -> str | None:
 def unsupported_reason(problem: SobolevProblem) -> str | None:
     mlp = problem.mlp
     device = problem.device.type
-    if device != "cuda" and not (device == "cpu" and _interpreting()):
+    if device != "cuda" and not (device == "cpu" and interpreting()):
         return f"tensors on {device}; it needs CUDA tensors"
     widest = max(mlp.widths)
     if widest > MAX_WIDTH:

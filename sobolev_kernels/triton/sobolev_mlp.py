@@ -24,7 +24,6 @@ weights load as zeros, so padded units never reach a real output.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import interpreting
 from .activations import SMOOTH, act_series
 
 TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2  # first order: (B, K, m) or (B, m, d)
@@ -40,10 +40,6 @@ MIN_PAD = 16  # tl.dot needs every dimension >= 16
 # Register budget of one program: elements of the value + tangent tiles at the widest layer.
 TILE_BUDGET = 16384
 MAX_TILE_ROWS = 2048  # KP * ROWS beyond this does not fit on chip (large K, see supports)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _pad(n: int) -> int:
