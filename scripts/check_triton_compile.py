@@ -4,6 +4,9 @@ report registers, stack (spills) and shared memory of every variant.
 
     python scripts/check_triton_compile.py            # the default set, sm_80 and sm_90
     python scripts/check_triton_compile.py --quick    # two small variants, sm_90 (CI)
+    python scripts/check_triton_compile.py --survey bench/results/triton_resources_sm90.md
+        # config M on sm_90 over dot precisions, rows per program and warps: a table of
+        # registers, spills (stack) and shared memory, for choosing defaults without a GPU
 
 Exit status 1 if a variant fails to compile or needs more shared memory than the target has.
 """
@@ -11,6 +14,7 @@ Exit status 1 if a variant fails to compile or needs more shared memory than the
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -74,6 +78,64 @@ def _resources(compiled) -> dict[str, int]:
     return {key: int(value) for key, value in found.items()}
 
 
+def _constexprs(layout, rows, order, act, precision):
+    """(name, kernel, pointer names, scalar signature, constexprs) of both kernels, as the
+    launchers would compile them for a full training step."""
+    common = dict(WIDTHS=layout.widths, PADS=layout.pads, W_OFFS=layout.w_offsets,
+                  B_OFFS=layout.b_offsets, OUT_CUM=layout.out_cum, NUM_LAYERS=layout.num_layers,
+                  K=layout.k, KP=layout.kp, ROWS=rows, ORDER=order, ACT=act, SHARED=False,
+                  HAS_BIAS=True, PRECISION=precision, UPCAST=False)  # fmt: skip
+    fwd = dict(common, HAS_Y=True, TARGET=k.TARGET_GRAD,
+               TARGET2=k.TARGET_HESS if order == 2 else 0, SAVE=True)  # fmt: skip
+    bwd = dict(common, IN_CUM=layout.in_cum, SMOOTH=act in SMOOTH, HAS_GF=True, HAS_GRF=False,
+               HAS_GRU=False, HAS_GRW=False, NEED_DX=True)  # fmt: skip
+    return [
+        ("fwd", k._sobolev_fwd_kernel, FWD_PTRS, {"B": "i32", "slope": "fp32"}, fwd),
+        ("bwd", k._sobolev_bwd_kernel, BWD_PTRS,
+         {"B": "i32", "slope": "fp32", "coef_f": "fp32", "coef_u": "fp32", "coef_w": "fp32"},
+         bwd),
+    ]  # fmt: skip
+
+
+# config M (bench/step.py) in fp32 under each dot precision and in bf16, over launch configs
+SURVEY_WIDTHS, SURVEY_K = (16, 128, 128, 128, 8), 2
+# (tf32x3, three TF32 dots, was worse still: 32 registers and ~35 KB of stack at 16 rows)
+SURVEY = [("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")]
+SURVEY_LAUNCH = [(16, 4), (16, 8), (32, 8)]
+
+
+def survey(path: Path, arch: int = 90) -> None:
+    """Registers, stack (spills) and shared memory of config M's kernels for every dot
+    precision and launch config, as a markdown table at ``path``."""
+    layout = k.Layout(SURVEY_WIDTHS, SURVEY_K, 1)
+    lines = [
+        f"# Triton kernel resources, config M (widths {SURVEY_WIDTHS}, K={SURVEY_K}), "
+        f"sm_{arch}, triton {triton.__version__}",
+        "",
+        "From `python scripts/check_triton_compile.py --survey` (ahead-of-time compiles, no "
+        "GPU). REG: registers per thread (255 is the cap); STACK: bytes of local memory per "
+        "thread (spills); 32 registers with a large stack is ptxas giving up on register "
+        "allocation (ptxas -O1 on the same PTX gives 255 registers and half the stack).",
+        "",
+        "| dtype | precision | rows | warps | kernel | REG | STACK | shared | compile s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (dtype, precision), (rows, warps) in itertools.product(SURVEY, SURVEY_LAUNCH):
+        for name, kernel, ptrs, sig, constexprs in _constexprs(layout, rows, 1, 0, precision):
+            start = time.perf_counter()
+            try:
+                compiled = _compile(kernel, ptrs, sig, constexprs, dtype, arch, warps)
+                res, shared = _resources(compiled), compiled.metadata.shared
+            except Exception as exc:  # noqa: BLE001 - a failing variant is a result too
+                res, shared = {"REG": str(exc).strip().splitlines()[-1][:60]}, "-"
+            seconds = time.perf_counter() - start
+            row = (f"| {dtype} | {precision} | {rows} | {warps} | {name} | {res.get('REG')} | "
+                   f"{res.get('STACK', '-')} | {shared} | {seconds:.0f} |")  # fmt: skip
+            print(row, flush=True)
+            lines.append(row)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def check(variant, arch: int) -> list[str]:
     """Compile one variant as the launchers would on ``arch``; report, and list problems: a
     compile error, or more shared memory than Layout.shared_bytes estimated (the estimate is
@@ -87,20 +149,7 @@ def check(variant, arch: int) -> list[str]:
         print(f"sm_{arch} widths={widths} K={kk} order={order} {dtype}: does not fit, the "
               "backend refuses it (auto falls back)")  # fmt: skip
         return []
-    common = dict(WIDTHS=layout.widths, PADS=layout.pads, W_OFFS=layout.w_offsets,
-                  B_OFFS=layout.b_offsets, OUT_CUM=layout.out_cum, NUM_LAYERS=layout.num_layers,
-                  K=kk, KP=layout.kp, ROWS=rows, ORDER=order, ACT=act, SHARED=False,
-                  HAS_BIAS=True, PRECISION="ieee", UPCAST=False)  # fmt: skip
-    fwd = dict(common, HAS_Y=True, TARGET=k.TARGET_GRAD,
-               TARGET2=k.TARGET_HESS if order == 2 else 0, SAVE=True)  # fmt: skip
-    bwd = dict(common, IN_CUM=layout.in_cum, SMOOTH=act in SMOOTH, HAS_GF=True, HAS_GRF=False,
-               HAS_GRU=False, HAS_GRW=False, NEED_DX=True)  # fmt: skip
-    kernels = [
-        ("fwd", k._sobolev_fwd_kernel, FWD_PTRS, {"B": "i32", "slope": "fp32"}, fwd),
-        ("bwd", k._sobolev_bwd_kernel, BWD_PTRS,
-         {"B": "i32", "slope": "fp32", "coef_f": "fp32", "coef_u": "fp32", "coef_w": "fp32"},
-         bwd),
-    ]  # fmt: skip
+    kernels = _constexprs(layout, rows, order, act, "ieee")
     problems = []
     for name, kernel, ptrs, sig, constexprs in kernels:
         label = f"sm_{arch} {name} widths={widths} K={kk} order={order} {dtype} act={act}"
@@ -124,7 +173,11 @@ def check(variant, arch: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small variants on sm_90")
+    parser.add_argument("--survey", type=Path, metavar="MD", help="write the resource table")
     args = parser.parse_args(argv)
+    if args.survey:
+        survey(args.survey)
+        return 0
     variants, archs = (QUICK, [90]) if args.quick else (VARIANTS, [80, 90])
     problems = [p for arch in archs for v in variants for p in check(v, arch)]
     print("\n".join(["", *problems]) if problems else "check_triton_compile: ok")

@@ -5,7 +5,7 @@ model = sk.SobolevMLP(2, 64, 1, num_layers=3)
 loss = sk.sobolev_loss(model, x, y, target_grad=dy_dx, num_directions=2)
 """
 
-from . import functions
+from . import functions, tuning
 from .activations import ACTIVATIONS, Sin
 from .api import SobolevLoss, SobolevObjective, mlp_jvp, sobolev_loss
 from .backends import SobolevFallbackWarning, available_backends
@@ -27,4 +27,5 @@ __all__ = [
     "mlp_jvp",
     "sample_directions",
     "sobolev_loss",
+    "tuning",
 ]

@@ -40,6 +40,16 @@ def test_step_quick_writes_the_csv_and_report(tmp_path):
     assert (tmp_path / "BENCHMARKS.md").exists()
 
 
+def test_step_precompiles_in_worker_processes(tmp_path):
+    out = _run(str(BENCH / "step.py"), "--quick", "--configs", "S", "--modes", "forward",
+               "--providers", "plain_step", "torch_compile", "--precompile", "2",
+               "--out-dir", str(tmp_path))  # fmt: skip
+    assert "[precompile 1/1]" in out.stderr
+    (csv_path,) = tmp_path.glob("*.csv")
+    providers = {row["provider"] for row in csv.DictReader(csv_path.open())}
+    assert providers == {"plain_step", "torch_compile"}
+
+
 def test_main_job_quick():
     out = _run(str(BENCH / "run.py"), "--quick")
     assert "sobolev" in out.stdout and "torch_func" in out.stdout

@@ -7,7 +7,9 @@ It may declare what the registry checks for it: ``ORDERS``, the Sobolev orders i
 (default ``(1,)``); ``DTYPES`` (default fp64, fp32, bf16, fp16); ``NEEDS_MLP`` (default True:
 the model must be a SobolevMLP, or an nn.Sequential adopted as one).
 An explicitly requested backend that cannot run raises a ``ValueError`` naming the reason;
-``"auto"`` walks a preference list and falls back to ``reference`` with a one-time warning.
+``"auto"`` walks a preference list and falls back to ``reference`` with a one-time warning;
+on a GPU where both fused backends can run, it measures them once per shape and keeps the
+faster (``tuning``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from types import ModuleType
 
 import torch
 
+from .. import tuning
 from ..problem import SobolevProblem
+from .measured import choice_key, trial_step
 
 __all__ = ["BACKENDS", "SobolevFallbackWarning", "available_backends", "select", "load"]
 
@@ -86,6 +90,11 @@ def _auto_order(problem: SobolevProblem) -> list[str]:
     return [name for name in order if name in BACKENDS]
 
 
+# On a GPU both fused backends usually take a problem; which is faster depends on the shape
+# (rows per block, tensor cores, widths), so auto measures them once per shape (``tuning``).
+_MEASURED = ("cuda", "triton")
+
+
 def select(name: str, problem: SobolevProblem) -> ModuleType:
     """The backend module to run ``problem`` with (``name`` may be ``"auto"``)."""
     if name != "auto":
@@ -93,12 +102,22 @@ def select(name: str, problem: SobolevProblem) -> ModuleType:
         if reason is not None:
             raise ValueError(f"backend: {name!r} cannot run this problem: {reason}")
         return load(name)
-    reasons = []
+    reasons, runnable = [], []
     for candidate in _auto_order(problem):
         reason = _unavailable(candidate) or _unsupported(candidate, problem)
         if reason is None:
-            return load(candidate)
-        reasons.append(f"{candidate}: {reason}")
+            runnable.append(candidate)
+        else:
+            reasons.append(f"{candidate}: {reason}")
+    fused = [name for name in runnable if name in _MEASURED]
+    if len(fused) > 1:
+        key = choice_key(problem)
+        if tuning.can_measure(problem.device):
+            return load(tuning.fastest(key, fused, lambda n: trial_step(load(n), problem)))
+        # a choice measured before holds also where nothing can be measured (compiling)
+        return load(tuning.chosen(key) or fused[0])
+    if runnable:
+        return load(runnable[0])
     message = (
         "sobolev_kernels: no fused backend can take this problem, using the slow 'reference' "
         "backend (" + "; ".join(reasons) + ")"

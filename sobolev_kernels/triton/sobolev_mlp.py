@@ -24,13 +24,17 @@ weights load as zeros, so padded units never reach a real output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.compiler.errors import CompileTimeAssertionFailure
+from triton.runtime.errors import OutOfResources, PTXASError
 
+from .. import tuning
 from . import interpreting
 from .activations import SMOOTH, act_series
 
@@ -128,6 +132,21 @@ class Layout:
 
     def num_warps(self) -> int:
         return 4 if max(self.pads) <= 64 else 8
+
+    def launch_configs(
+        self, element_size: int = 4, shared_limit: int | None = None
+    ) -> list[tuple[int, int]]:
+        """(rows, num_warps) candidates for the autotuner, the static choice first: its
+        neighbours in warps and rows (half, and double within twice the register budget).
+        Few on purpose: each is a compile of several seconds the first time a shape runs."""
+        rows, warps = self.rows(element_size, shared_limit), self.num_warps()
+        widest = max(self.pads[1:-1] or self.pads)
+        configs = [(rows, warps), (rows, 12 - warps)]  # 4 <-> 8
+        if rows // 2 >= MIN_PAD:
+            configs.append((rows // 2, warps))
+        if rows < 128 and (1 + self.order * self.kp) * 2 * rows * widest <= 2 * TILE_BUDGET:
+            configs.append((2 * rows, warps))
+        return configs
 
 
 @triton.jit
@@ -452,7 +471,9 @@ def _sobolev_bwd_kernel(
 
 
 def _precision(allow_tf32: bool) -> str:
-    # fp32 stays exact by default (TF32 is opt-in); bf16/fp16 operands ignore it
+    # fp32 stays exact by default (TF32 is opt-in); bf16/fp16 operands ignore it. Three-TF32
+    # dots ("tf32x3") were tried: 3-6x the local-memory spills of "ieee" in these kernels
+    # (scripts/check_triton_compile.py --survey).
     return "tf32" if allow_tf32 else "ieee"
 
 
@@ -473,8 +494,29 @@ def shared_memory_limit(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
 
 
-def _rows_per_program(layout: Layout, x: Tensor) -> int:
-    return layout.rows(x.element_size(), shared_memory_limit(x.device))
+# A launch config that does not fit the GPU fails to compile or load; the tuner skips it.
+_DOES_NOT_FIT = (OutOfResources, PTXASError, CompileTimeAssertionFailure)
+
+
+def _launch_config(
+    kernel: str, layout: Layout, x: Tensor, constexprs: dict, launch: Callable[[tuple], object]
+) -> tuple[int, int]:
+    """(rows per program, num_warps) for one launch: measured once per shape on a GPU
+    (``tuning``), else the static choice of ``Layout``."""
+    limit = shared_memory_limit(x.device)
+    key = _tuning_key(kernel, x, constexprs)
+    if not tuning.can_measure(x.device):
+        return tuning.chosen(key) or (layout.rows(x.element_size(), limit), layout.num_warps())
+    configs = layout.launch_configs(x.element_size(), limit)
+    return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
+
+
+def _tuning_key(kernel: str, x: Tensor, constexprs: dict) -> tuple:
+    # every compile-time constant but the tuned ones, the dtype, the device and the batch
+    # rounded up to a power of two (the best rows per program depend on how many programs run)
+    batch = triton.next_power_of_2(max(1, x.shape[0]))
+    constants = tuple(sorted(constexprs.items()))
+    return ("triton", kernel, str(x.device), x.dtype, batch, constants)
 
 
 def sobolev_forward(
@@ -507,8 +549,6 @@ def sobolev_forward(
     batch = x.shape[0]
     layout = _layout(x, v, weights, order)
     k, m = layout.k, layout.widths[-1]
-    rows = _rows_per_program(layout, x)
-    programs = triton.cdiv(batch, rows)
     dev, dtype = x.device, x.dtype
     w_packed = torch.cat([w.reshape(-1) for w in weights])
     b_packed = torch.cat([b.reshape(-1) for b in biases]) if biases else w_packed
@@ -518,19 +558,30 @@ def sobolev_forward(
     rw = torch.empty(k if order == 2 else 0, batch, m, device=dev, dtype=torch.float32)
     hidden = sum(layout.widths[1:-1])
     z = torch.empty(layout.blocks * batch * hidden if save else 0, device=dev, dtype=dtype)
-    partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
-    loss = torch.empty((), device=dev, dtype=torch.float32)
-    _sobolev_fwd_kernel[(programs,)](
-        x, v, y if y is not None else x, target if target is not None else x,
-        target2 if target2 is not None else x, w_packed, b_packed,
-        f, rf, ru, rw if order == 2 else ru, z if save else f, partial, batch, slope,
+    constexprs = dict(
         WIDTHS=layout.widths, PADS=layout.pads, W_OFFS=layout.w_offsets,
         B_OFFS=layout.b_offsets, OUT_CUM=layout.out_cum, NUM_LAYERS=layout.num_layers,
-        K=k, KP=layout.kp, ROWS=rows, ORDER=order, ACT=activation, SHARED=v.ndim == 2,
+        K=k, KP=layout.kp, ORDER=order, ACT=activation, SHARED=v.ndim == 2,
         HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
         SAVE=save, PRECISION=_precision(allow_tf32), UPCAST=_upcast_dots(dtype),
-        num_warps=layout.num_warps(),
     )  # fmt: skip
+
+    def launch(config: tuple[int, int]) -> Tensor:
+        # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
+        rows, warps = config
+        programs = triton.cdiv(batch, rows)
+        partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
+        _sobolev_fwd_kernel[(programs,)](
+            x, v, y if y is not None else x, target if target is not None else x,
+            target2 if target2 is not None else x, w_packed, b_packed,
+            f, rf, ru, rw if order == 2 else ru, z if save else f, partial, batch, slope,
+            ROWS=rows, num_warps=warps, **constexprs,
+        )  # fmt: skip
+        return partial
+
+    partial = launch(_launch_config("fwd", layout, x, constexprs, launch))
+    programs = partial.shape[0]
+    loss = torch.empty((), device=dev, dtype=torch.float32)
     coef_f = alpha / (batch * m) if y is not None else 0.0
     coef_u = beta / (batch * k * m)
     coef_w = gamma / (batch * k * m) if order == 2 else 0.0
@@ -569,33 +620,42 @@ def sobolev_backward(
     batch = x.shape[0]
     layout = _layout(x, v, weights, order)
     k, widths = layout.k, layout.widths
-    rows = _rows_per_program(layout, x)
-    programs = triton.cdiv(batch, rows)
     dev, dtype = x.device, x.dtype
     stack = layout.blocks * batch
     w_packed = torch.cat([w.reshape(-1) for w in weights])
     adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
     inputs = torch.empty(stack * sum(widths[:-1]), device=dev, dtype=dtype)
     nb = sum(widths[1:])
-    db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
     dx = torch.empty_like(x) if need_dx else None
     m = widths[-1]
     coef_f = 2.0 * alpha / (batch * m) if has_y else 0.0
     coef_u = 2.0 * beta / (batch * k * m)
     coef_w = 2.0 * gamma / (batch * k * m) if order == 2 else 0.0
-    _sobolev_bwd_kernel[(programs,)](
-        x, v, w_packed, z, rf, ru, rw if order == 2 else ru, grad_loss,
-        grad_f if grad_f is not None else rf, grad_rf if grad_rf is not None else rf,
-        grad_ru if grad_ru is not None else ru, grad_rw if grad_rw is not None else ru,
-        adj, inputs, dx if need_dx else x, db_partial, batch, slope, coef_f, coef_u, coef_w,
+    constexprs = dict(
         WIDTHS=widths, PADS=layout.pads, W_OFFS=layout.w_offsets, B_OFFS=layout.b_offsets,
         OUT_CUM=layout.out_cum, IN_CUM=layout.in_cum, NUM_LAYERS=layout.num_layers,
-        K=k, KP=layout.kp, ROWS=rows, ORDER=order, ACT=activation,
+        K=k, KP=layout.kp, ORDER=order, ACT=activation,
         SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias,
         HAS_GF=grad_f is not None, HAS_GRF=grad_rf is not None, HAS_GRU=grad_ru is not None,
         HAS_GRW=grad_rw is not None, NEED_DX=need_dx, PRECISION=_precision(allow_tf32),
-        UPCAST=_upcast_dots(dtype), num_warps=layout.num_warps(),
+        UPCAST=_upcast_dots(dtype),
     )  # fmt: skip
+
+    def launch(config: tuple[int, int]) -> Tensor:
+        # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
+        rows, warps = config
+        programs = triton.cdiv(batch, rows)
+        db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
+        _sobolev_bwd_kernel[(programs,)](
+            x, v, w_packed, z, rf, ru, rw if order == 2 else ru, grad_loss,
+            grad_f if grad_f is not None else rf, grad_rf if grad_rf is not None else rf,
+            grad_ru if grad_ru is not None else ru, grad_rw if grad_rw is not None else ru,
+            adj, inputs, dx if need_dx else x, db_partial, batch, slope, coef_f, coef_u, coef_w,
+            ROWS=rows, num_warps=warps, **constexprs,
+        )  # fmt: skip
+        return db_partial
+
+    db_partial = launch(_launch_config("bwd", layout, x, constexprs, launch))
     grad_w = []
     for l in range(layout.num_layers):
         # layer 1's inputs have no second-order rows (tt_0 = 0): use the first (1 + K) B rows

@@ -1,0 +1,218 @@
+"""Measured choices (``sobolev_kernels.tuning``): the Triton launch configs and ``auto``'s pick
+between fused backends. Without a GPU nothing is measured, so these tests replace the GPU
+timer with a scripted one; the ``gpu`` cases run the real thing."""
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import HAS_CUDA, TOLERANCES, assert_backends_agree, sample_inputs, upcast_model
+
+import sobolev_kernels as sk
+from sobolev_kernels import backends, tuning
+from sobolev_kernels.problem import SobolevProblem
+
+
+@pytest.fixture(autouse=True)
+def _forget_choices():
+    tuning.clear()
+    yield
+    tuning.clear()
+
+
+class ScriptedTimer:
+    """Runs each candidate once (as the real timer does) and reports scripted times."""
+
+    def __init__(self, times):
+        self.times = list(times)
+        self.calls = 0
+
+    def __call__(self, fn):
+        fn()
+        self.calls += 1
+        return self.times[(self.calls - 1) % len(self.times)]
+
+
+def test_fastest_measures_once_per_key_and_keeps_the_fastest(monkeypatch):
+    timer = ScriptedTimer([3.0, 1.0, 2.0])
+    monkeypatch.setattr(tuning, "time_ms", timer)
+    ran = []
+    assert tuning.fastest("k", ["a", "b", "c"], ran.append) == "b"
+    assert ran == ["a", "b", "c"]
+    assert tuning.fastest("k", ["a", "b", "c"], ran.append) == "b"  # remembered: no runs
+    assert timer.calls == 3 and tuning.chosen("k") == "b"
+    assert tuning.choices() == {"k": "b"}
+    assert tuning.fastest("other", ["a", "b", "c"], ran.append) == "b"
+    assert timer.calls == 6
+
+
+def test_fastest_ties_go_to_the_first_candidate(monkeypatch):
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([1.0]))
+    assert tuning.fastest("tie", ["static", "other"], lambda c: None) == "static"
+
+
+def test_fastest_skips_candidates_that_do_not_fit(monkeypatch):
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([5.0]))
+
+    def run(candidate):
+        if candidate != "fits":
+            raise MemoryError(candidate)
+
+    assert tuning.fastest("skip", ["big", "fits", "bigger"], run, (MemoryError,)) == "fits"
+    with pytest.raises(MemoryError, match="bigger"):  # all fail: the last error
+        tuning.fastest("none", ["big", "bigger"], run, (MemoryError,))
+    assert tuning.chosen("none") is None
+    with pytest.raises(ValueError, match="candidates"):
+        tuning.fastest("empty", [], run)
+
+
+def test_other_errors_are_not_swallowed(monkeypatch):
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([1.0]))
+
+    def run(candidate):
+        raise RuntimeError("a real bug")
+
+    with pytest.raises(RuntimeError, match="a real bug"):
+        tuning.fastest("bug", ["a"], run, (MemoryError,))
+
+
+def test_nothing_is_measured_off_the_gpu_or_when_disabled(monkeypatch):
+    assert not tuning.can_measure(torch.device("cpu"))
+    monkeypatch.setenv("SOBOLEV_AUTOTUNE", "0")
+    assert not tuning.enabled()
+    assert not tuning.can_measure(torch.device("cuda"))
+    monkeypatch.setenv("SOBOLEV_AUTOTUNE", "1")
+    assert tuning.enabled()
+
+
+# ------------------------------------------------------------------ auto between backends
+
+
+@pytest.fixture
+def measured_auto(monkeypatch):
+    """``auto`` measuring between the C++ op and the torch backend on the CPU, as it does
+    between cuda and triton on a GPU."""
+    if "cuda" not in sk.available_backends():
+        pytest.skip("the C++ extension is not built")
+    monkeypatch.setattr(backends, "_MEASURED", ("cuda", "torch"))
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+
+
+@pytest.mark.parametrize("faster", ["cuda", "torch"])
+def test_auto_runs_the_backend_that_measured_faster(measured_auto, monkeypatch, faster):
+    timer = ScriptedTimer([1.0, 2.0] if faster == "cuda" else [2.0, 1.0])
+    monkeypatch.setattr(tuning, "time_ms", timer)
+    model, x, y, kw = sample_inputs(dtype=torch.float32, directions="shared")
+    problem = SobolevProblem(
+        model=model, mlp=model, x=x, y=y, directions=kw["directions"],
+        target_grad=kw["target_grad"],
+    )  # fmt: skip
+    assert backends.select("auto", problem).NAME == faster
+    assert backends.select("auto", problem).NAME == faster and timer.calls == 2
+    # remembered where nothing can be measured (torch.compile tracing, CUDA graph capture)
+    monkeypatch.setattr(tuning, "can_measure", lambda device: False)
+    assert backends.select("auto", problem).NAME == faster
+
+
+def test_the_trial_steps_touch_nothing_of_the_callers(measured_auto, monkeypatch):
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([2.0, 1.0]))
+    model, x, y, kw = sample_inputs(dtype=torch.float32)
+    before = [p.detach().clone() for p in model.parameters()] + [x.detach().clone()]
+    loss = sk.sobolev_loss(model, x, y, **kw)
+    assert [p.grad for p in model.parameters()] == [None] * len(before[:-1]) and x.grad is None
+    for p, old in zip([*model.parameters(), x], before):
+        assert torch.equal(p, old)
+    loss.backward()  # the caller's graph is intact and the result is the torch backend's
+    expected = sk.sobolev_loss(model, x, y, backend="torch", **kw)
+    assert torch.equal(loss, expected)
+    assert len(tuning.choices()) == 1
+
+
+def test_measured_auto_for_mlp_jvp_and_without_grad(measured_auto, monkeypatch):
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([2.0, 1.0]))
+    model, x, _, kw = sample_inputs(dtype=torch.float32, directions="shared")
+    f, u = sk.mlp_jvp(model, x, kw["directions"])
+    with torch.no_grad():
+        f2, u2 = sk.mlp_jvp(model, x, kw["directions"])
+    assert torch.equal(f, f2) and torch.equal(u, u2)
+    assert len(tuning.choices()) == 2  # with and without a graph are separate shapes
+
+
+# ------------------------------------------------------------------ Triton launch configs
+
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or "triton" not in sk.available_backends(),
+    reason="triton backend unavailable",
+)
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "widths, k, order",
+    [((2, 64, 64, 1), 1, 1), ((16, 128, 128, 8), 2, 1), ((16, 128, 128, 8), 2, 2),
+     ((3, 17, 5, 1), 3, 2), ((16, 256, 256, 4), 8, 1)],
+)  # fmt: skip
+def test_launch_configs_start_with_the_static_choice(widths, k, order):
+    from sobolev_kernels.triton.sobolev_mlp import MIN_PAD, Layout
+
+    layout = Layout(widths, k, order)
+    configs = layout.launch_configs(4, 227 * 1024)
+    assert configs[0] == (layout.rows(4, 227 * 1024), layout.num_warps())
+    assert len(set(configs)) == len(configs) <= 4
+    for rows, warps in configs:
+        assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8)
+
+
+@needs_triton
+@pytest.mark.skipif(HAS_CUDA, reason="the scripted timer stands in for a GPU")
+@pytest.mark.parametrize("order", [1, 2])
+def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order):
+    """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
+    the result must match the reference whichever rows per program and warps it chose."""
+    from sobolev_kernels.triton.sobolev_mlp import Layout
+
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    configs = Layout((3, 20, 20, 2), 3, order).launch_configs()
+    for pick in range(len(configs)):
+        tuning.clear()
+        monkeypatch.setattr(tuning, "time_ms", _timer_preferring(pick, len(configs)))
+        model, x, y, kw = sample_inputs(dtype=torch.float32, batch=70, width=20, seed=pick)
+        if order == 2:
+            kw["order"] = 2
+            kw["target_hvp2"] = torch.randn(70, 3, 2).float()
+            kw["directions"] = torch.randn(70, 3, 3).float()
+        assert_backends_agree(model, x, y, kw, "triton", TOLERANCES[torch.float32],
+                              expected_model=upcast_model(model))  # fmt: skip
+        chosen = {key[1]: config for key, config in tuning.choices().items()}
+        assert chosen == {"fwd": configs[pick], "bwd": configs[pick]}
+
+
+def _timer_preferring(pick, per_kernel):
+    """Reports 0 ms for candidate ``pick`` of each kernel (forward, then backward) and 1 ms
+    for the others."""
+    calls = []
+
+    def timer(fn):
+        fn()
+        calls.append(None)
+        return 0.0 if (len(calls) - 1) % per_kernel == pick else 1.0
+
+    return timer
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_measured_choices_on_the_gpu(monkeypatch):
+    """The real timer: auto measures once, remembers, and the tuned Triton kernels agree with
+    the reference."""
+    monkeypatch.setenv("SOBOLEV_AUTOTUNE", "1")  # scripts/gpu_session.sh turns it off
+    available = set(sk.available_backends())
+    model, x, y, kw = sample_inputs(dtype=torch.float32, device="cuda", batch=3000, width=64)
+    loss = sk.sobolev_loss(model, x, y, **kw)
+    if {"cuda", "triton"} <= available:
+        kinds = {key[0] for key in tuning.choices()}
+        assert "backend" in kinds
+    assert torch.isfinite(loss)
+    if "triton" in available:
+        assert_backends_agree(model, x, y, kw, "triton", 1e-4, expected_model=upcast_model(model))
+        assert any(key[:2] == ("triton", "fwd") for key in tuning.choices())
