@@ -2,7 +2,6 @@
 
 import copy
 import os
-import socket
 import sys
 
 import pytest
@@ -73,18 +72,14 @@ def test_what_users_write_today_fails_under_compile():
 # ----------------------------------------------------------------------------- DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, state, data, out_dir, backend):
+def _ddp_worker(rank, world, state, data, out_dir, backend):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous, not a TCP port picked in advance: another process may take the port
+    # between picking and binding (seen once in CI as an aborted rank).
+    store = os.path.join(out_dir, "rendezvous")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         model = sk.SobolevMLP(3, 16, 2, 3)
@@ -111,8 +106,8 @@ def test_ddp_matches_one_process(tmp_path, backend):
     loss = sk.sobolev_loss(model, data[0], data[1], target_grad=data[2], directions=data[3],
                            backend=backend)  # fmt: skip
     expected = torch.autograd.grad(loss, list(model.parameters()))
-    mp.spawn(_ddp_worker, args=(2, _free_port(), model.state_dict(), data, str(tmp_path),
-                                backend), nprocs=2, join=True)  # fmt: skip
+    mp.spawn(_ddp_worker, args=(2, model.state_dict(), data, str(tmp_path), backend), nprocs=2,
+             join=True)  # fmt: skip
     for rank in range(2):
         grads = torch.load(tmp_path / f"{rank}.pt")
         assert grads[0] is not None
@@ -239,14 +234,14 @@ def test_no_gpu_memory_growth():
     assert torch.cuda.memory_allocated() - before < 2**20
 
 
-def test_a_ddp_wrapped_model_is_refused_with_guidance():
+def test_a_ddp_wrapped_model_is_refused_with_guidance(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    store = tmp_path / "rendezvous"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     try:
         ddp = DDP(sk.SobolevMLP(3, 4, 1, 2))
         with pytest.raises(TypeError, match="SobolevObjective"):
