@@ -42,7 +42,7 @@ stage_tests() {
   "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "$JOBS")
   # static launch configs: the autotuner would compile every candidate of every test shape
   # (tests/test_tuning.py turns it on for its own GPU case)
-  SOBOLEV_AUTOTUNE=0 "$PY" -m pytest -q -m gpu "${parallel[@]}" tests 2>&1 \
+  SOBOLEV_AUTOTUNE=0 "$PY" -m pytest -q -m gpu ${parallel[@]+"${parallel[@]}"} tests 2>&1 \
     | tee "$WORK/gpu_tests.txt" | tail -30
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   cp "$WORK/gpu_tests.txt" "$OUT/"
