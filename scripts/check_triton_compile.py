@@ -78,15 +78,13 @@ def _resources(compiled) -> dict[str, int]:
     return {key: int(value) for key, value in found.items()}
 
 
-def _constexprs(layout, rows, order, act, precision):
+def _constexprs(layout, rows, act, precision):
     """(name, kernel, pointer names, scalar signature, constexprs) of both kernels, as the
     launchers would compile them for a full training step."""
-    common = dict(WIDTHS=layout.widths, PADS=layout.pads, W_OFFS=layout.w_offsets,
-                  B_OFFS=layout.b_offsets, OUT_CUM=layout.out_cum, NUM_LAYERS=layout.num_layers,
-                  K=layout.k, KP=layout.kp, ROWS=rows, ORDER=order, ACT=act, SHARED=False,
-                  HAS_BIAS=True, PRECISION=precision, UPCAST=False)  # fmt: skip
+    common = dict(layout.constexprs(), ROWS=rows, ACT=act, SHARED=False, HAS_BIAS=True,
+                  PRECISION=precision, UPCAST=False)  # fmt: skip
     fwd = dict(common, HAS_Y=True, TARGET=k.TARGET_GRAD,
-               TARGET2=k.TARGET_HESS if order == 2 else 0, SAVE=True)  # fmt: skip
+               TARGET2=k.TARGET_HESS if layout.order == 2 else 0, SAVE=True)  # fmt: skip
     bwd = dict(common, IN_CUM=layout.in_cum, SMOOTH=act in SMOOTH, HAS_GF=True, HAS_GRF=False,
                HAS_GRU=False, HAS_GRW=False, NEED_DX=True)  # fmt: skip
     return [
@@ -121,7 +119,7 @@ def survey(path: Path, arch: int = 90) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (dtype, precision), (rows, warps) in itertools.product(SURVEY, SURVEY_LAUNCH):
-        for name, kernel, ptrs, sig, constexprs in _constexprs(layout, rows, 1, 0, precision):
+        for name, kernel, ptrs, sig, constexprs in _constexprs(layout, rows, 0, precision):
             start = time.perf_counter()
             try:
                 compiled = _compile(kernel, ptrs, sig, constexprs, dtype, arch, warps)
@@ -149,7 +147,7 @@ def check(variant, arch: int) -> list[str]:
         print(f"sm_{arch} widths={widths} K={kk} order={order} {dtype}: does not fit, the "
               "backend refuses it (auto falls back)")  # fmt: skip
         return []
-    kernels = _constexprs(layout, rows, order, act, "ieee")
+    kernels = _constexprs(layout, rows, act, "ieee")
     problems = []
     for name, kernel, ptrs, sig, constexprs in kernels:
         label = f"sm_{arch} {name} widths={widths} K={kk} order={order} {dtype} act={act}"

@@ -102,22 +102,25 @@ def select(name: str, problem: SobolevProblem) -> ModuleType:
         if reason is not None:
             raise ValueError(f"backend: {name!r} cannot run this problem: {reason}")
         return load(name)
-    reasons, runnable = [], []
+    reasons, fused = [], []
     for candidate in _auto_order(problem):
+        if fused and candidate not in _MEASURED:
+            break  # a fused backend runs: the slower ones need no checking
         reason = _unavailable(candidate) or _unsupported(candidate, problem)
-        if reason is None:
-            runnable.append(candidate)
-        else:
+        if reason is not None:
             reasons.append(f"{candidate}: {reason}")
-    fused = [name for name in runnable if name in _MEASURED]
+        elif candidate in _MEASURED:
+            fused.append(candidate)
+        else:
+            return load(candidate)
     if len(fused) > 1:
         key = choice_key(problem)
         if tuning.can_measure(problem.device):
             return load(tuning.fastest(key, fused, lambda n: trial_step(load(n), problem)))
         # a choice measured before holds also where nothing can be measured (compiling)
         return load(tuning.chosen(key) or fused[0])
-    if runnable:
-        return load(runnable[0])
+    if fused:
+        return load(fused[0])
     message = (
         "sobolev_kernels: no fused backend can take this problem, using the slow 'reference' "
         "backend (" + "; ".join(reasons) + ")"

@@ -133,6 +133,13 @@ class Layout:
     def num_warps(self) -> int:
         return 4 if max(self.pads) <= 64 else 8
 
+    def constexprs(self) -> dict:
+        """The compile-time constants both kernels take from the layout (the backward also
+        takes ``IN_CUM=self.in_cum``)."""
+        return dict(WIDTHS=self.widths, PADS=self.pads, W_OFFS=self.w_offsets,
+                    B_OFFS=self.b_offsets, OUT_CUM=self.out_cum, NUM_LAYERS=self.num_layers,
+                    K=self.k, KP=self.kp, ORDER=self.order)  # fmt: skip
+
     def launch_configs(
         self, element_size: int = 4, shared_limit: int | None = None
     ) -> list[tuple[int, int]]:
@@ -559,9 +566,7 @@ def sobolev_forward(
     hidden = sum(layout.widths[1:-1])
     z = torch.empty(layout.blocks * batch * hidden if save else 0, device=dev, dtype=dtype)
     constexprs = dict(
-        WIDTHS=layout.widths, PADS=layout.pads, W_OFFS=layout.w_offsets,
-        B_OFFS=layout.b_offsets, OUT_CUM=layout.out_cum, NUM_LAYERS=layout.num_layers,
-        K=k, KP=layout.kp, ORDER=order, ACT=activation, SHARED=v.ndim == 2,
+        **layout.constexprs(), ACT=activation, SHARED=v.ndim == 2,
         HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
         SAVE=save, PRECISION=_precision(allow_tf32), UPCAST=_upcast_dots(dtype),
     )  # fmt: skip
@@ -632,9 +637,7 @@ def sobolev_backward(
     coef_u = 2.0 * beta / (batch * k * m)
     coef_w = 2.0 * gamma / (batch * k * m) if order == 2 else 0.0
     constexprs = dict(
-        WIDTHS=widths, PADS=layout.pads, W_OFFS=layout.w_offsets, B_OFFS=layout.b_offsets,
-        OUT_CUM=layout.out_cum, IN_CUM=layout.in_cum, NUM_LAYERS=layout.num_layers,
-        K=k, KP=layout.kp, ORDER=order, ACT=activation,
+        **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
         SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias,
         HAS_GF=grad_f is not None, HAS_GRF=grad_rf is not None, HAS_GRU=grad_ru is not None,
         HAS_GRW=grad_rw is not None, NEED_DX=need_dx, PRECISION=_precision(allow_tf32),
