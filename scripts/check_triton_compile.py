@@ -78,13 +78,14 @@ def _resources(compiled) -> dict[str, int]:
     return {key: int(value) for key, value in found.items()}
 
 
-def _constexprs(layout, rows, act, precision):
+def _constexprs(layout, rows, act, precision, chunk):
     """(name, kernel, pointer names, scalar signature, constexprs) of both kernels, as the
     launchers would compile them for a full training step."""
     common = dict(layout.constexprs(), ROWS=rows, ACT=act, SHARED=False, HAS_BIAS=True,
-                  PRECISION=precision, UPCAST=False)  # fmt: skip
+                  PRECISION=precision, EMULATE_BF16=False, CHUNKS=layout.chunks(chunk))  # fmt: skip
     fwd = dict(common, HAS_Y=True, TARGET=k.TARGET_GRAD,
-               TARGET2=k.TARGET_HESS if layout.order == 2 else 0, SAVE=True)  # fmt: skip
+               TARGET2=k.TARGET_HESS if layout.order == 2 else 0, SAVE=True,
+               Z_OFFS=layout.out_cum[:-1], Z_STRIDES=layout.widths[1:-1])  # fmt: skip
     bwd = dict(common, IN_CUM=layout.in_cum, SMOOTH=act in SMOOTH, HAS_GF=True, HAS_GRF=False,
                HAS_GRU=False, HAS_GRW=False, NEED_DX=True)  # fmt: skip
     return [
@@ -100,11 +101,12 @@ SURVEY_WIDTHS, SURVEY_K = (16, 128, 128, 128, 8), 2
 # (tf32x3, three TF32 dots, was worse still: 32 registers and ~35 KB of stack at 16 rows)
 SURVEY = [("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")]
 SURVEY_LAUNCH = [(16, 4), (16, 8), (32, 8)]
+SURVEY_CHUNKS = (k.CHUNK, 0)  # K loops over chunks reloaded from memory; whole-K dots
 
 
 def survey(path: Path, arch: int = 90) -> None:
     """Registers, stack (spills) and shared memory of config M's kernels for every dot
-    precision and launch config, as a markdown table at ``path``."""
+    precision, launch config and K chunk, as a markdown table at ``path``."""
     layout = k.Layout(SURVEY_WIDTHS, SURVEY_K, 1)
     lines = [
         f"# Triton kernel resources, config M (widths {SURVEY_WIDTHS}, K={SURVEY_K}), "
@@ -113,13 +115,16 @@ def survey(path: Path, arch: int = 90) -> None:
         "From `python scripts/check_triton_compile.py --survey` (ahead-of-time compiles, no "
         "GPU). REG: registers per thread (255 is the cap); STACK: bytes of local memory per "
         "thread (spills); 32 registers with a large stack is ptxas giving up on register "
-        "allocation (ptxas -O1 on the same PTX gives 255 registers and half the stack).",
+        "allocation (ptxas -O1 on the same PTX gives 255 registers and half the stack). "
+        f"chunk: the dots' K step ({k.CHUNK}: inputs reloaded from memory in K loops; 0: "
+        "whole-K dots on register tiles).",
         "",
-        "| dtype | precision | rows | warps | kernel | REG | STACK | shared | compile s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| dtype | precision | chunk | rows | warps | kernel | REG | STACK | shared | compile s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (dtype, precision), (rows, warps) in itertools.product(SURVEY, SURVEY_LAUNCH):
-        for name, kernel, ptrs, sig, constexprs in _constexprs(layout, rows, 0, precision):
+    configs = itertools.product(SURVEY, SURVEY_CHUNKS, SURVEY_LAUNCH)
+    for (dtype, precision), chunk, (rows, warps) in configs:
+        for name, kernel, ptrs, sig, constexprs in _constexprs(layout, rows, 0, precision, chunk):
             start = time.perf_counter()
             try:
                 compiled = _compile(kernel, ptrs, sig, constexprs, dtype, arch, warps)
@@ -127,8 +132,9 @@ def survey(path: Path, arch: int = 90) -> None:
             except Exception as exc:  # noqa: BLE001 - a failing variant is a result too
                 res, shared = {"REG": str(exc).strip().splitlines()[-1][:60]}, "-"
             seconds = time.perf_counter() - start
-            row = (f"| {dtype} | {precision} | {rows} | {warps} | {name} | {res.get('REG')} | "
-                   f"{res.get('STACK', '-')} | {shared} | {seconds:.0f} |")  # fmt: skip
+            row = (f"| {dtype} | {precision} | {chunk} | {rows} | {warps} | {name} | "
+                   f"{res.get('REG')} | {res.get('STACK', '-')} | {shared} | "
+                   f"{seconds:.0f} |")  # fmt: skip
             print(row, flush=True)
             lines.append(row)
     path.write_text("\n".join(lines) + "\n")
@@ -147,7 +153,7 @@ def check(variant, arch: int) -> list[str]:
         print(f"sm_{arch} widths={widths} K={kk} order={order} {dtype}: does not fit, the "
               "backend refuses it (auto falls back)")  # fmt: skip
         return []
-    kernels = _constexprs(layout, rows, act, "ieee")
+    kernels = _constexprs(layout, rows, act, "ieee", k.CHUNK)
     problems = []
     for name, kernel, ptrs, sig, constexprs in kernels:
         label = f"sm_{arch} {name} widths={widths} K={kk} order={order} {dtype} act={act}"

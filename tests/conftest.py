@@ -47,15 +47,23 @@ def _fresh_fallback_warnings():
     yield
 
 
-def assert_close(actual, expected, rtol: float, name: str = "tensor") -> None:
-    """allclose with atol = rtol * max|expected|, printing the first mismatches on failure."""
+def assert_close(
+    actual, expected, rtol: float, name: str = "tensor", kink_flips: float = 0.0
+) -> None:
+    """allclose with atol = rtol * max|expected|, printing the first mismatches on failure.
+
+    kink_flips: the fraction of elements allowed to differ more. With relu-like activations
+    in 16-bit, a pre-activation within rounding of 0 may land on the other side of the kink
+    than in the fp64 reference, and the rows through that unit differ by O(1): an error of
+    the precision, not of the kernel.
+    """
     actual = actual.detach().to(torch.float64).cpu()
     expected = expected.detach().to(torch.float64).cpu()
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     scale = expected.abs().max().item() if expected.numel() else 0.0
     atol = rtol * max(scale, 1e-30)
     bad = ~torch.isclose(actual, expected, rtol=rtol, atol=atol)
-    if bad.any():
+    if bad.sum() > kink_flips * bad.numel():
         idx = bad.nonzero()[:5].tolist()
         rows = [
             f"  at {tuple(i)}: got {actual[tuple(i)].item():.10g}, "
@@ -158,9 +166,12 @@ def loss_and_grads(model, x, y, kwargs, backend, **extra):
     return loss, grads
 
 
-def assert_backends_agree(model, x, y, kwargs, backend, rtol, expected_model=None, **extra):
+def assert_backends_agree(
+    model, x, y, kwargs, backend, rtol, expected_model=None, kink_flips=0.0, **extra
+):
     """Loss and every gradient of ``backend`` against ``reference`` (optionally on a model copy
-    in higher precision, ``expected_model`` with ``x``/``y``/``kwargs`` cast to its dtype)."""
+    in higher precision, ``expected_model`` with ``x``/``y``/``kwargs`` cast to its dtype;
+    ``kink_flips``: see assert_close)."""
     loss, grads = loss_and_grads(model, x, y, kwargs, backend, **extra)
     if expected_model is None:
         ref_loss, ref_grads = loss_and_grads(model, x, y, kwargs, "reference", **extra)
@@ -170,7 +181,7 @@ def assert_backends_agree(model, x, y, kwargs, backend, rtol, expected_model=Non
     assert_close(loss, ref_loss, rtol, "loss")
     names = (["x"] if x.requires_grad else []) + [n for n, _ in model.named_parameters()]
     for name, g, ref in zip(names, grads, ref_grads):
-        assert_close(g, ref, rtol, f"d loss / d {name}")
+        assert_close(g, ref, rtol, f"d loss / d {name}", kink_flips)
 
 
 def _cast(x, y, kwargs, dtype=torch.float64):

@@ -153,30 +153,35 @@ needs_triton = pytest.mark.skipif(
      ((3, 17, 5, 1), 3, 2), ((16, 256, 256, 4), 8, 1)],
 )  # fmt: skip
 def test_launch_configs_start_with_the_static_choice(widths, k, order):
-    from sobolev_kernels.triton.sobolev_mlp import MIN_PAD, Layout
+    from sobolev_kernels.triton.sobolev_mlp import CHUNK, MIN_PAD, Layout
 
     layout = Layout(widths, k, order)
     configs = layout.launch_configs(4, 227 * 1024)
-    assert configs[0] == (layout.rows(4, 227 * 1024), layout.num_warps())
-    assert len(set(configs)) == len(configs) <= 4
-    for rows, warps in configs:
+    assert configs[0] == (layout.rows(4, 227 * 1024), layout.num_warps(), CHUNK)
+    assert len(set(configs)) == len(configs) <= 5
+    for rows, warps, chunk in configs:
         assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8)
+        assert chunk in (0, MIN_PAD, CHUNK)
+        if chunk == 0:  # whole-K dots in registers only where no width exceeds a chunk
+            assert max(layout.pads) <= CHUNK
 
 
 @needs_triton
 @pytest.mark.skipif(HAS_CUDA, reason="the scripted timer stands in for a GPU")
 @pytest.mark.parametrize("order", [1, 2])
-def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order):
+@pytest.mark.parametrize("width", [20, 40])  # one K chunk (whole-K dots a candidate); several
+def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order, width):
     """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
-    the result must match the reference whichever rows per program and warps it chose."""
+    the result must match the reference whichever rows per program, warps and K chunk it
+    chose."""
     from sobolev_kernels.triton.sobolev_mlp import Layout
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
-    configs = Layout((3, 20, 20, 2), 3, order).launch_configs()
+    configs = Layout((3, width, width, 2), 3, order).launch_configs()
     for pick in range(len(configs)):
         tuning.clear()
         monkeypatch.setattr(tuning, "time_ms", _timer_preferring(pick, len(configs)))
-        model, x, y, kw = sample_inputs(dtype=torch.float32, batch=70, width=20, seed=pick)
+        model, x, y, kw = sample_inputs(dtype=torch.float32, batch=70, width=width, seed=pick)
         if order == 2:
             kw["order"] = 2
             kw["target_hvp2"] = torch.randn(70, 3, 2).float()

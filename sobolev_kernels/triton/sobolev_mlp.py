@@ -1,13 +1,21 @@
 """Fused Triton kernels for the Sobolev loss of an MLP (docs/math.md, DESIGN section 2).
 
 Forward, one launch: a program owns ROWS rows of the batch and carries them through every
-layer in registers: values ``h (ROWS, n)``, the K first-order tangent streams
-``t (KP * ROWS, n)`` (k-major, KP = K rounded up to a power of two) and, for order 2, the K
-second-order streams ``tt`` (Taylor mode). Weights are read straight from a packed buffer of
-all layers. It writes f, the residuals ``f - y``, ``u - g`` and ``w - g2`` (Jacobian and
-Hessian targets are contracted with the directions in the kernel), per-program partial sums
-of the squared errors, and, when a backward will follow, the hidden pre-activations
-``[z; tz; ttz]``. A one-program kernel then reduces the partials in a fixed order.
+layer: values ``h (ROWS, n)``, the K first-order tangent streams ``t (KP * ROWS, n)``
+(k-major, KP = K rounded up to a power of two) and, for order 2, the K second-order streams
+``tt`` (Taylor mode). Weights are read straight from a packed buffer of all layers. It writes
+f, the residuals ``f - y``, ``u - g`` and ``w - g2`` (Jacobian and Hessian targets are
+contracted with the directions in the kernel), per-program partial sums of the squared
+errors, and, when a backward will follow, the hidden pre-activations ``[z; tz; ttz]``. A
+one-program kernel then reduces the partials in a fixed order.
+
+Dots run as K loops (CHUNKS): each layer stores its ``[z; tz; ttz]`` (in the saved stacks, or
+without a backward in a scratch region) and the next layer reloads them CHUNK columns at a
+time, activating each chunk, so that no dot holds its whole K extent in registers (Triton's
+exact fp32 dot does; the kernels spilled kilobytes per thread). The rows a program reloads
+were written by its other threads: a barrier separates the store from the reloads (and,
+in the one scratch region, the last reload from the next store). CHUNKS of 0 keep the
+whole-K dots on register tiles, a tuning candidate for narrow layers.
 
 Backward, L + 2 launches: one fused kernel walks the layers top-down for its rows,
     a_z     = a_h s' + s'' sum_k (a_t_k tz_k + a_tt_k ttz_k) + s''' sum_k a_tt_k tz_k^2
@@ -15,8 +23,9 @@ Backward, L + 2 launches: one fused kernel walks the layers top-down for its row
     a_ttz_k = a_tt_k s'
 (order 1: no tt terms), writing each layer's stacked adjoints ``A_l = [a_z; a_tz; a_ttz]`` and
 inputs ``S_{l-1} = [h; t; tt]`` (recomputed from the saved pre-activations), per-program bias
-partials and dL/dx; then ``dW_l = A_l^T S_{l-1}`` is one GEMM per layer over the
-(1 + order K) B stacked rows, and one sum reduces the bias partials.
+partials and dL/dx (its dots reload ``A_l`` in K chunks from where it stored it); then
+``dW_l = A_l^T S_{l-1}`` is one GEMM per layer over the (1 + order K) B stacked rows, and
+one sum reduces the bias partials.
 
 Widths are padded inside the kernels to powers of two (at least 16, for ``tl.dot``); padded
 weights load as zeros, so padded units never reach a real output.
@@ -41,8 +50,14 @@ from .activations import SMOOTH, act_series
 TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2  # first order: (B, K, m) or (B, m, d)
 TARGET_HVP2, TARGET_HESS = 1, 2  # second order: (B, K, m) or (B, m, d, d)
 MIN_PAD = 16  # tl.dot needs every dimension >= 16
-# Register budget of one program: elements of the value + tangent tiles at the widest layer.
-TILE_BUDGET = 16384
+# Register budget: elements of the value + tangent accumulator tiles at the widest layer per
+# thread of a program. 32 kept config S, M and M order 2 (nearly) free of spills in
+# ahead-of-time compiles for sm_90 (bench/results/triton_resources_sm90.md).
+TILE_PER_THREAD = 32
+# K step of the dots: each layer's inputs come back from memory CHUNK columns at a time, so
+# no dot holds a whole K extent in registers. Whole-K dots in registers (chunk 0) spilled
+# kilobytes per thread at width 64 and 128 in every precision (same survey).
+CHUNK = 32
 MAX_TILE_ROWS = 2048  # KP * ROWS beyond this does not fit on chip (large K, see supports)
 
 
@@ -102,29 +117,35 @@ class Layout:
         """Prefix sums of n_0..n_{L-1}: offset of layer l's inputs, in units of S B."""
         return _prefix(list(self.widths[:-1]))
 
-    def shared_bytes(self, rows: int, element_size: int) -> int:
+    def shared_bytes(self, rows: int, element_size: int, chunk: int = CHUNK) -> int:
         """Estimated shared memory of one program: two weight tiles of the widest layer plus
-        the value and tangent operand tiles of its dot products.
+        the value and tangent operand tiles of its dot products, all cut to ``chunk`` along
+        K (0: whole K).
 
         Calibrated on ahead-of-time compiles with triton 3.6 and 3.9
         (scripts/check_triton_compile.py): an upper bound for fp32 on sm_80 and sm_90 (the
-        backward keeps a second weight tile); 16-bit dots on sm_90 (wgmma) use up to 1.5x
-        more, hence the margin.
+        backward keeps a second weight tile); 16-bit dots on sm_90 (wgmma) use up to 1.75x
+        more (config L's backward), hence the margin.
         """
         tangent_rows = self.order * self.kp * rows
-        per_layer = [
-            2 * a * b + (rows + tangent_rows) * max(a, b) for a, b in zip(self.pads, self.pads[1:])
-        ]
-        margin = 1.0 if element_size >= 4 else 1.6
+        per_layer = []
+        for a, b in zip(self.pads, self.pads[1:]):
+            k_a, k_b = (min(chunk, a), min(chunk, b)) if chunk else (a, b)
+            per_layer.append(2 * max(k_a * b, k_b * a) + (rows + tangent_rows) * max(k_a, k_b))
+        margin = 1.0 if element_size >= 4 else 2.0
         return int(element_size * max(per_layer) * margin)
+
+    def tile_elements(self, rows: int) -> int:
+        """Elements of the value and tangent tiles of one program at the widest layer."""
+        return (1 + self.order * self.kp) * rows * max(self.pads[1:-1] or self.pads)
 
     def rows(self, element_size: int = 4, shared_limit: int | None = None) -> int:
         """Rows per program: the largest power of two (16..64) whose tiles fit the register
-        budget and, given a limit, the device's shared memory."""
-        widest = max(self.pads[1:-1] or self.pads)
+        budget of ``num_warps()`` warps and, given a limit, the device's shared memory."""
+        budget = TILE_PER_THREAD * 32 * self.num_warps()
         rows = 64
         while rows > MIN_PAD and (
-            (1 + self.order * self.kp) * rows * widest > TILE_BUDGET
+            self.tile_elements(rows) > budget
             or (shared_limit is not None and self.shared_bytes(rows, element_size) > shared_limit)
         ):
             rows //= 2
@@ -142,26 +163,42 @@ class Layout:
 
     def launch_configs(
         self, element_size: int = 4, shared_limit: int | None = None
-    ) -> list[tuple[int, int]]:
-        """(rows, num_warps) candidates for the autotuner, the static choice first: its
-        neighbours in warps and rows (half, and double within twice the register budget).
+    ) -> list[tuple[int, int, int]]:
+        """(rows, num_warps, chunk) candidates for the autotuner, the static choice first: its
+        neighbours in warps, in rows (half, and double within twice the register budget) and
+        in the K step (16; or whole-K dots in registers where no width exceeds a chunk).
         Few on purpose: each is a compile of several seconds the first time a shape runs."""
         rows, warps = self.rows(element_size, shared_limit), self.num_warps()
-        widest = max(self.pads[1:-1] or self.pads)
-        configs = [(rows, warps), (rows, 12 - warps)]  # 4 <-> 8
+        configs = [(rows, warps, CHUNK), (rows, 12 - warps, CHUNK)]  # 4 <-> 8
+        configs.append((rows, warps, CHUNK // 2 if max(self.pads) > CHUNK else 0))
         if rows // 2 >= MIN_PAD:
-            configs.append((rows // 2, warps))
-        if rows < 128 and (1 + self.order * self.kp) * 2 * rows * widest <= 2 * TILE_BUDGET:
-            configs.append((2 * rows, warps))
+            configs.append((rows // 2, warps, CHUNK))
+        if rows < 128 and self.tile_elements(2 * rows) <= 2 * TILE_PER_THREAD * 32 * warps:
+            configs.append((2 * rows, warps, CHUNK))
         return configs
+
+    def chunks(self, chunk: int) -> tuple[int, ...]:
+        """K-loop step of the dots whose K extent is each padded width (0: whole K)."""
+        return tuple(min(chunk, p) if chunk else 0 for p in self.pads)
 
 
 @triton.jit
-def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """a @ b in b's dtype with fp32 accumulation (fp32 operands when UPCAST is set)."""
-    if UPCAST:
+def _dot(a, b, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """a @ b in b's dtype with fp32 accumulation (fp32 operands under EMULATE_BF16)."""
+    if EMULATE_BF16:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
     return tl.dot(a.to(b.dtype), b, input_precision=PRECISION)
+
+
+@triton.jit
+def _cast(x, ty: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """An fp32 tile in ``ty``, rounded to nearest even (under EMULATE_BF16 by hand: the
+    interpreter truncates fp32 to bf16, a GPU rounds)."""
+    if EMULATE_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits += 0x7FFF + ((bits >> 16) & 1)
+        x = (bits & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return x.to(ty)
 
 
 @triton.jit
@@ -209,7 +246,8 @@ def _sobolev_fwd_kernel(
     OUT_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
     ROWS: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr, SHARED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr, TARGET2: tl.constexpr,
-    SAVE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SAVE: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNKS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     D: tl.constexpr = WIDTHS[0]
@@ -221,45 +259,99 @@ def _sobolev_fwd_kernel(
     rows, row_ok, k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows = _tile_rows(
         pid, B, K, KP, ROWS, SHARED
     )
-    cd = tl.arange(0, DP)
-    h = tl.load(x_ptr + rows[:, None] * D + cd[None, :],
-                mask=row_ok[:, None] & (cd[None, :] < D), other=0.0)  # fmt: skip
-    t = tl.load(v_ptr + v_rows[:, None] * D + cd[None, :],
-                mask=t_ok[:, None] & (cd[None, :] < D), other=0.0)  # fmt: skip
-    tt = tl.zeros((KP * ROWS, DP), tl.float32)  # the input moves linearly: tt_0 = 0
+    if CHUNKS[0] == 0:  # whole-K dots: the layer inputs stay in registers
+        cd = tl.arange(0, DP)
+        h = tl.load(x_ptr + rows[:, None] * D + cd[None, :],
+                    mask=row_ok[:, None] & (cd[None, :] < D), other=0.0)  # fmt: skip
+        t = tl.load(v_ptr + v_rows[:, None] * D + cd[None, :],
+                    mask=t_ok[:, None] & (cd[None, :] < D), other=0.0)  # fmt: skip
+        tt = tl.zeros((KP * ROWS, DP), tl.float32)  # the input moves linearly: tt_0 = 0
 
     for l in tl.static_range(NUM_LAYERS):
         # Per-layer sizes are read as WIDTHS[l] / PADS[l] in place: a tl.constexpr name bound
         # inside the loop would be re-assigned, which the GPU compiler rejects (the interpreter
         # does not check it).
-        ci = tl.arange(0, PADS[l])
         co = tl.arange(0, PADS[l + 1])
-        # W_l^T as an (PADS[l], PADS[l + 1]) tile: z = h W^T
-        w_mask = (ci[:, None] < WIDTHS[l]) & (co[None, :] < WIDTHS[l + 1])
-        wt = tl.load(w_ptr + W_OFFS[l] + co[None, :] * WIDTHS[l] + ci[:, None], mask=w_mask,
-                     other=0.0)  # fmt: skip
-        z = _dot(h, wt, PRECISION, UPCAST)
-        tz = _dot(t, wt, PRECISION, UPCAST)
-        if ORDER == 2:
-            if l == 0:  # tt_0 = 0 (zeros_like: triton 3.6 rejects a tuple-indexed shape here)
-                ttz = tl.zeros_like(tz)
-            else:
-                ttz = _dot(tt, wt, PRECISION, UPCAST)
+        if CHUNKS[l] == 0:
+            ci = tl.arange(0, PADS[l])
+            # W_l^T as an (PADS[l], PADS[l + 1]) tile: z = h W^T
+            w_mask = (ci[:, None] < WIDTHS[l]) & (co[None, :] < WIDTHS[l + 1])
+            wt = tl.load(w_ptr + W_OFFS[l] + co[None, :] * WIDTHS[l] + ci[:, None],
+                         mask=w_mask, other=0.0)  # fmt: skip
+            z = _dot(h, wt, PRECISION, EMULATE_BF16)
+            tz = _dot(t, wt, PRECISION, EMULATE_BF16)
+            if ORDER == 2:
+                if l == 0:  # tt_0 = 0 (zeros_like: triton 3.6 rejects a tuple-indexed shape)
+                    ttz = tl.zeros_like(tz)
+                else:
+                    ttz = _dot(tt, wt, PRECISION, EMULATE_BF16)
+        else:
+            # K loop: the layer's inputs come back from memory CHUNKS[l] columns at a time (the
+            # previous layer's [z; tz; ttz], activated per chunk), so no dot holds a whole K
+            # extent in registers (exact fp32 dots spill otherwise).
+            # (tl.constexpr: triton 3.6 takes no tuple-indexed size in a shape otherwise)
+            z = tl.zeros((ROWS, tl.constexpr(PADS[l + 1])), tl.float32)
+            tz = tl.zeros((KP * ROWS, tl.constexpr(PADS[l + 1])), tl.float32)
+            ttz = tl.zeros((KP * ROWS, tl.constexpr(PADS[l + 1])), tl.float32)
+            for c0 in tl.range(0, PADS[l], CHUNKS[l], num_stages=1):
+                ci = c0 + tl.arange(0, CHUNKS[l])
+                in_ok = ci[None, :] < WIDTHS[l]
+                w_mask = (ci[:, None] < WIDTHS[l]) & (co[None, :] < WIDTHS[l + 1])
+                wt = tl.load(w_ptr + W_OFFS[l] + co[None, :] * WIDTHS[l] + ci[:, None],
+                             mask=w_mask, other=0.0)  # fmt: skip
+                # (names of their own: h, t, tt may be live register tiles of another shape)
+                if l == 0:
+                    hc = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
+                                 mask=row_ok[:, None] & in_ok, other=0.0)  # fmt: skip
+                    tc = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
+                                 mask=t_ok[:, None] & in_ok, other=0.0)  # fmt: skip
+                else:
+                    src = z_ptr + S * B * Z_OFFS[l - 1] + ci[None, :]
+                    zc = tl.load(src + rows[:, None] * Z_STRIDES[l - 1],
+                                 mask=row_ok[:, None] & in_ok, other=0.0)  # fmt: skip
+                    zc = zc.to(tl.float32)
+                    tz3 = _by_direction(
+                        tl.load(src + t_rows[:, None] * Z_STRIDES[l - 1],
+                                mask=t_ok[:, None] & in_ok, other=0.0).to(tl.float32),
+                        KP, ROWS,
+                    )  # fmt: skip
+                    sc, s1c, s2c, _ = act_series(zc, slope, ACT)
+                    hc = sc
+                    tc = _rows(tz3 * s1c[None, :, :], KP, ROWS)
+                    if ORDER == 2:  # tt = s' ttz + s'' tz^2
+                        ttz3 = _by_direction(
+                            tl.load(src + tt_rows[:, None] * Z_STRIDES[l - 1],
+                                    mask=t_ok[:, None] & in_ok, other=0.0).to(tl.float32),
+                            KP, ROWS,
+                        )  # fmt: skip
+                        ttc = _rows(ttz3 * s1c[None, :, :] + tz3 * tz3 * s2c[None, :, :],
+                                    KP, ROWS)  # fmt: skip
+                        ttz += _dot(ttc, wt, PRECISION, EMULATE_BF16)
+                z += _dot(hc, wt, PRECISION, EMULATE_BF16)
+                tz += _dot(tc, wt, PRECISION, EMULATE_BF16)
         if HAS_BIAS:
             bias = tl.load(b_ptr + B_OFFS[l] + co, mask=co < WIDTHS[l + 1], other=0.0)
             z += bias.to(tl.float32)[None, :]
         if l < NUM_LAYERS - 1:
-            if SAVE:  # [z; tz; ttz] of this hidden layer
-                base = z_ptr + S * B * OUT_CUM[l]
+            if SAVE or CHUNKS[l + 1] > 0:  # [z; tz; ttz] of this hidden layer
+                if CHUNKS[l + 1] > 0 and not SAVE:
+                    # one scratch region for every layer: the previous layer's chunks are
+                    # read by all threads of the program before any overwrites them
+                    tl.debug_barrier()
+                base = z_ptr + S * B * Z_OFFS[l] + co[None, :]
                 col_ok = co[None, :] < WIDTHS[l + 1]
                 zt = z_ptr.dtype.element_ty
-                tl.store(base + rows[:, None] * WIDTHS[l + 1] + co[None, :], z.to(zt),
+                tl.store(base + rows[:, None] * Z_STRIDES[l], _cast(z, zt, EMULATE_BF16),
                          mask=row_ok[:, None] & col_ok)  # fmt: skip
-                tl.store(base + t_rows[:, None] * WIDTHS[l + 1] + co[None, :], tz.to(zt),
+                tl.store(base + t_rows[:, None] * Z_STRIDES[l], _cast(tz, zt, EMULATE_BF16),
                          mask=t_ok[:, None] & col_ok)  # fmt: skip
                 if ORDER == 2:
-                    tl.store(base + tt_rows[:, None] * WIDTHS[l + 1] + co[None, :], ttz.to(zt),
+                    tl.store(base + tt_rows[:, None] * Z_STRIDES[l], _cast(ttz, zt, EMULATE_BF16),
                              mask=t_ok[:, None] & col_ok)  # fmt: skip
+                if CHUNKS[l + 1] > 0:
+                    # the next layer's chunks hold columns other threads wrote
+                    tl.debug_barrier()
+        if l < NUM_LAYERS - 1 and CHUNKS[l + 1] == 0:
             s, s1, s2, _ = act_series(z, slope, ACT)
             h = s
             tz3 = _by_direction(tz, KP, ROWS)
@@ -267,7 +359,7 @@ def _sobolev_fwd_kernel(
             if ORDER == 2:  # tt = s' ttz + s'' tz^2
                 ttz3 = _by_direction(ttz, KP, ROWS)
                 tt = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], KP, ROWS)
-        else:
+        elif l == NUM_LAYERS - 1:
             h = z
             t = tz
             if ORDER == 2:
@@ -279,7 +371,7 @@ def _sobolev_fwd_kernel(
     tan_ok = t_ok[:, None] & (cm[None, :] < M)
     val_idx = rows[:, None] * M + cm[None, :]
     tan_idx = (k_of_r * B + b_of_r)[:, None] * M + cm[None, :]  # (K, B, m) residual layout
-    tl.store(f_ptr + val_idx, h.to(f_ptr.dtype.element_ty), mask=val_ok)
+    tl.store(f_ptr + val_idx, _cast(h, f_ptr.dtype.element_ty, EMULATE_BF16), mask=val_ok)
     rf = h
     if HAS_Y:
         rf -= tl.load(y_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
@@ -356,7 +448,8 @@ def _sobolev_bwd_kernel(
     K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
     ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_GF: tl.constexpr, HAS_GRF: tl.constexpr, HAS_GRU: tl.constexpr, HAS_GRW: tl.constexpr,
-    NEED_DX: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    NEED_DX: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNKS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     D: tl.constexpr = WIDTHS[0]
@@ -401,24 +494,54 @@ def _sobolev_bwd_kernel(
         # A_l = [a_z; a_tz; a_ttz] for dW_l = A_l^T S_{l-1}; bias partials of this program
         a_base = a_ptr + S * B * OUT_CUM[l]
         at_ty = a_ptr.dtype.element_ty
-        tl.store(a_base + rows[:, None] * WIDTHS[l + 1] + co[None, :], a.to(at_ty),
+        a_cols = a_base + co[None, :]
+        tl.store(a_cols + rows[:, None] * WIDTHS[l + 1], _cast(a, at_ty, EMULATE_BF16),
                  mask=row_ok[:, None] & out_col)  # fmt: skip
-        tl.store(a_base + t_rows[:, None] * WIDTHS[l + 1] + co[None, :], at.to(at_ty),
+        tl.store(a_cols + t_rows[:, None] * WIDTHS[l + 1], _cast(at, at_ty, EMULATE_BF16),
                  mask=t_ok[:, None] & out_col)  # fmt: skip
         if ORDER == 2:
-            tl.store(a_base + tt_rows[:, None] * WIDTHS[l + 1] + co[None, :], att.to(at_ty),
+            tl.store(a_cols + tt_rows[:, None] * WIDTHS[l + 1], _cast(att, at_ty, EMULATE_BF16),
                      mask=t_ok[:, None] & out_col)  # fmt: skip
         if HAS_BIAS:
             tl.store(db_ptr + pid * NB + B_OFFS[l] + co, tl.sum(a, axis=0), mask=co < WIDTHS[l + 1])
 
-        # W_l as an (PADS[l + 1], PADS[l]) tile: [a_h; a_t; a_tt] = [a_z; a_tz; a_ttz] W_l
-        w = tl.load(w_ptr + W_OFFS[l] + co[:, None] * WIDTHS[l] + ci[None, :],
-                    mask=(co[:, None] < WIDTHS[l + 1]) & in_col, other=0.0)  # fmt: skip
+        # [a_h; a_t; a_tt] = [a_z; a_tz; a_ttz] W_l (a_h alone on layer 1: dL/dx)
+        if CHUNKS[l + 1] == 0:  # whole-K dots on the register tiles
+            w = tl.load(w_ptr + W_OFFS[l] + co[:, None] * WIDTHS[l] + ci[None, :],
+                        mask=(co[:, None] < WIDTHS[l + 1]) & in_col, other=0.0)  # fmt: skip
+            if l > 0 or NEED_DX:
+                a_h = _dot(a, w, PRECISION, EMULATE_BF16)
+            if l > 0:
+                a_t = _dot(at, w, PRECISION, EMULATE_BF16)
+                if ORDER == 2:
+                    a_tt = _dot(att, w, PRECISION, EMULATE_BF16)
+        elif l > 0 or NEED_DX:
+            # K loop over A_l as just stored, CHUNKS[l + 1] columns at a time (see forward)
+            tl.debug_barrier()  # every thread's part of A_l is written before any reload
+            a_h = tl.zeros((ROWS, tl.constexpr(PADS[l])), tl.float32)
+            a_t = tl.zeros((KP * ROWS, tl.constexpr(PADS[l])), tl.float32)
+            a_tt = tl.zeros((KP * ROWS, tl.constexpr(PADS[l])), tl.float32)
+            for c0 in tl.range(0, PADS[l + 1], CHUNKS[l + 1], num_stages=1):
+                cc = c0 + tl.arange(0, CHUNKS[l + 1])
+                cc_ok = cc[None, :] < WIDTHS[l + 1]
+                wc = tl.load(w_ptr + W_OFFS[l] + cc[:, None] * WIDTHS[l] + ci[None, :],
+                             mask=(cc[:, None] < WIDTHS[l + 1]) & in_col, other=0.0)  # fmt: skip
+                src = a_base + cc[None, :]
+                ac = tl.load(src + rows[:, None] * WIDTHS[l + 1], mask=row_ok[:, None] & cc_ok,
+                             other=0.0)  # fmt: skip
+                a_h += _dot(ac, wc, PRECISION, EMULATE_BF16)
+                if l > 0:
+                    atc = tl.load(src + t_rows[:, None] * WIDTHS[l + 1],
+                                  mask=t_ok[:, None] & cc_ok, other=0.0)  # fmt: skip
+                    a_t += _dot(atc, wc, PRECISION, EMULATE_BF16)
+                    if ORDER == 2:
+                        attc = tl.load(src + tt_rows[:, None] * WIDTHS[l + 1],
+                                       mask=t_ok[:, None] & cc_ok, other=0.0)  # fmt: skip
+                        a_tt += _dot(attc, wc, PRECISION, EMULATE_BF16)
         s_base = s_ptr + S * B * IN_CUM[l]
         st_ty = s_ptr.dtype.element_ty
         if l > 0:
-            a_h = _dot(a, w, PRECISION, UPCAST)
-            a_t3 = _by_direction(_dot(at, w, PRECISION, UPCAST), KP, ROWS)
+            a_t3 = _by_direction(a_t, KP, ROWS)
             # saved pre-activations of hidden layer l (the input side of W_l)
             z_base = z_ptr + S * B * OUT_CUM[l - 1]
             z = tl.load(z_base + rows[:, None] * WIDTHS[l] + ci[None, :],
@@ -430,10 +553,10 @@ def _sobolev_bwd_kernel(
             )  # fmt: skip
             s, s1, s2, s3 = act_series(z, slope, ACT)
             # S_{l-1} = [s(z); s'(z) tz; s'(z) ttz + s''(z) tz^2], the inputs of layer l
-            tl.store(s_base + rows[:, None] * WIDTHS[l] + ci[None, :], s.to(st_ty),
-                     mask=row_ok[:, None] & in_col)  # fmt: skip
+            tl.store(s_base + rows[:, None] * WIDTHS[l] + ci[None, :],
+                     _cast(s, st_ty, EMULATE_BF16), mask=row_ok[:, None] & in_col)  # fmt: skip
             tl.store(s_base + t_rows[:, None] * WIDTHS[l] + ci[None, :],
-                     _rows(tz3 * s1[None, :, :], KP, ROWS).to(st_ty),
+                     _cast(_rows(tz3 * s1[None, :, :], KP, ROWS), st_ty, EMULATE_BF16),
                      mask=t_ok[:, None] & in_col)  # fmt: skip
             a = a_h * s1
             if ORDER == 2:
@@ -444,8 +567,9 @@ def _sobolev_bwd_kernel(
                 )  # fmt: skip
                 tt_in = ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :]
                 tl.store(s_base + tt_rows[:, None] * WIDTHS[l] + ci[None, :],
-                         _rows(tt_in, KP, ROWS).to(st_ty), mask=t_ok[:, None] & in_col)  # fmt: skip
-                a_tt3 = _by_direction(_dot(att, w, PRECISION, UPCAST), KP, ROWS)
+                         _cast(_rows(tt_in, KP, ROWS), st_ty, EMULATE_BF16),
+                         mask=t_ok[:, None] & in_col)  # fmt: skip
+                a_tt3 = _by_direction(a_tt, KP, ROWS)
                 if SMOOTH:
                     a += s2 * tl.sum(a_t3 * tz3 + a_tt3 * ttz3, axis=0)
                     a += s3 * tl.sum(a_tt3 * tz3 * tz3, axis=0)
@@ -469,9 +593,9 @@ def _sobolev_bwd_kernel(
             tl.store(s_base + t_rows[:, None] * D + ci[None, :], v.to(st_ty),
                      mask=t_ok[:, None] & in_col)  # fmt: skip
             if NEED_DX:
-                dx = _dot(a, w, PRECISION, UPCAST)
                 tl.store(dx_ptr + rows[:, None] * D + ci[None, :],
-                         dx.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & in_col)  # fmt: skip
+                         _cast(a_h, dx_ptr.dtype.element_ty, EMULATE_BF16),
+                         mask=row_ok[:, None] & in_col)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- launchers
@@ -484,8 +608,10 @@ def _precision(allow_tf32: bool) -> str:
     return "tf32" if allow_tf32 else "ieee"
 
 
-def _upcast_dots(dtype: torch.dtype) -> bool:
-    # The interpreter's tl.dot misreads bf16 operands (triton 3.6 and 3.9); the GPU is fine.
+def _emulate_bf16(dtype: torch.dtype) -> bool:
+    # The interpreter's bf16 is not the GPU's (triton 3.6 and 3.9): its tl.dot misreads bf16
+    # operands and it converts fp32 to bf16 by truncation. Under this flag the kernels run
+    # their dots on fp32 operands and round their bf16 stores to nearest even by hand.
     return interpreting() and dtype == torch.bfloat16
 
 
@@ -507,13 +633,14 @@ _DOES_NOT_FIT = (OutOfResources, PTXASError, CompileTimeAssertionFailure)
 
 def _launch_config(
     kernel: str, layout: Layout, x: Tensor, constexprs: dict, launch: Callable[[tuple], object]
-) -> tuple[int, int]:
-    """(rows per program, num_warps) for one launch: measured once per shape on a GPU
-    (``tuning``), else the static choice of ``Layout``."""
+) -> tuple[int, int, int]:
+    """(rows per program, num_warps, K chunk) for one launch: measured once per shape on a GPU
+    (``tuning``), else the static choice (``Layout.rows``, ``Layout.num_warps``, CHUNK)."""
     limit = shared_memory_limit(x.device)
     key = _tuning_key(kernel, x, constexprs)
     if not tuning.can_measure(x.device):
-        return tuning.chosen(key) or (layout.rows(x.element_size(), limit), layout.num_warps())
+        static = (layout.rows(x.element_size(), limit), layout.num_warps(), CHUNK)
+        return tuning.chosen(key) or static
     configs = layout.launch_configs(x.element_size(), limit)
     return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
 
@@ -563,24 +690,34 @@ def sobolev_forward(
     rf = torch.empty(batch, m, device=dev, dtype=torch.float32)
     ru = torch.empty(k, batch, m, device=dev, dtype=torch.float32)
     rw = torch.empty(k if order == 2 else 0, batch, m, device=dev, dtype=torch.float32)
-    hidden = sum(layout.widths[1:-1])
-    z = torch.empty(layout.blocks * batch * hidden if save else 0, device=dev, dtype=dtype)
+    hidden = layout.widths[1:-1]
+    z = torch.empty(layout.blocks * batch * sum(hidden) if save else 0, device=dev, dtype=dtype)
+    # Where hidden layer l's [z; tz; ttz] go, as (offset in units of (1 + order K) B, row
+    # stride): the saved stacks, or without a backward to follow, one scratch region of the
+    # widest layer that K-looped dots reload their inputs from.
+    widest = max(hidden, default=0)
+    z_offs = layout.out_cum[:-1] if save else (0,) * len(hidden)
+    z_strides = hidden if save else (widest,) * len(hidden)
     constexprs = dict(
         **layout.constexprs(), ACT=activation, SHARED=v.ndim == 2,
         HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
-        SAVE=save, PRECISION=_precision(allow_tf32), UPCAST=_upcast_dots(dtype),
+        SAVE=save, PRECISION=_precision(allow_tf32), EMULATE_BF16=_emulate_bf16(dtype),
+        Z_OFFS=z_offs, Z_STRIDES=z_strides,
     )  # fmt: skip
 
-    def launch(config: tuple[int, int]) -> Tensor:
+    def launch(config: tuple[int, int, int]) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
-        rows, warps = config
+        rows, warps, chunk = config
         programs = triton.cdiv(batch, rows)
         partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
+        scratch = z if save else f
+        if chunk and hidden and not save:
+            scratch = torch.empty(layout.blocks * batch * widest, device=dev, dtype=dtype)
         _sobolev_fwd_kernel[(programs,)](
             x, v, y if y is not None else x, target if target is not None else x,
             target2 if target2 is not None else x, w_packed, b_packed,
-            f, rf, ru, rw if order == 2 else ru, z if save else f, partial, batch, slope,
-            ROWS=rows, num_warps=warps, **constexprs,
+            f, rf, ru, rw if order == 2 else ru, scratch, partial, batch, slope,
+            ROWS=rows, num_warps=warps, CHUNKS=layout.chunks(chunk), **constexprs,
         )  # fmt: skip
         return partial
 
@@ -641,12 +778,12 @@ def sobolev_backward(
         SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias,
         HAS_GF=grad_f is not None, HAS_GRF=grad_rf is not None, HAS_GRU=grad_ru is not None,
         HAS_GRW=grad_rw is not None, NEED_DX=need_dx, PRECISION=_precision(allow_tf32),
-        UPCAST=_upcast_dots(dtype),
+        EMULATE_BF16=_emulate_bf16(dtype),
     )  # fmt: skip
 
-    def launch(config: tuple[int, int]) -> Tensor:
+    def launch(config: tuple[int, int, int]) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
-        rows, warps = config
+        rows, warps, chunk = config
         programs = triton.cdiv(batch, rows)
         db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
         _sobolev_bwd_kernel[(programs,)](
@@ -654,7 +791,7 @@ def sobolev_backward(
             grad_f if grad_f is not None else rf, grad_rf if grad_rf is not None else rf,
             grad_ru if grad_ru is not None else ru, grad_rw if grad_rw is not None else ru,
             adj, inputs, dx if need_dx else x, db_partial, batch, slope, coef_f, coef_u, coef_w,
-            ROWS=rows, num_warps=warps, **constexprs,
+            ROWS=rows, num_warps=warps, CHUNKS=layout.chunks(chunk), **constexprs,
         )  # fmt: skip
         return db_partial
 
