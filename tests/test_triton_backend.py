@@ -5,6 +5,7 @@ the CPU cases keep shapes small; the ``gpu`` cases take the large shapes and low
 """
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -215,9 +216,16 @@ def test_forward_is_one_kernel_launch():
     assert len(kernels) <= 4, kernels
 
 
-def test_kernels_compile_for_a_real_gpu_ahead_of_time():
+# The GPU machines run another triton than CI (3.6 there, 3.9 here); scripts/setup_env.sh
+# installs the other one beside the venv (SOBOLEV_OTHER_TRITON) so both compile in CI.
+OTHER_TRITON = os.environ.get("SOBOLEV_OTHER_TRITON", "")
+
+
+@pytest.mark.parametrize("overlay", ["", OTHER_TRITON], ids=["this_triton", "other_triton"])
+def test_kernels_compile_for_a_real_gpu_ahead_of_time(overlay):
     """Compiled for sm_90 with no GPU (Triton's own ptxas): catches what the interpreter does
-    not check, e.g. a tl.constexpr name re-assigned inside a static loop."""
+    not check, e.g. a tl.constexpr name re-assigned inside a static loop, or a shape that
+    one triton version accepts and the other does not."""
     import importlib.util
     import subprocess
     import sys
@@ -225,32 +233,18 @@ def test_kernels_compile_for_a_real_gpu_ahead_of_time():
 
     if importlib.util.find_spec("triton.backends.nvidia") is None:
         pytest.skip("this triton has no NVIDIA backend")
+    env = dict(os.environ)
+    if overlay == OTHER_TRITON:
+        if not overlay or not Path(overlay, "triton").is_dir():
+            pytest.skip("no second triton installed (SOBOLEV_OTHER_TRITON)")
+        env["PYTHONPATH"] = os.pathsep.join([overlay, env.get("PYTHONPATH", "")])
+    env.pop("TRITON_INTERPRET", None)
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_triton_compile.py"
     out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True,
-                         text=True, timeout=600)  # fmt: skip
+                         text=True, timeout=600, env=env)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "check_triton_compile: ok" in out.stdout
-
-
-def test_tf32_is_opt_in_through_the_torch_flag(monkeypatch):
-    from sobolev_kernels.triton import ops
-
-    seen = []
-    real = ops.sobolev_fwd
-
-    def spy(*args):
-        seen.append(args[-1])  # allow_tf32
-        return real(*args)
-
-    monkeypatch.setattr(ops, "sobolev_fwd", spy)
-    model, x, y, kw = sample_inputs(dtype=torch.float32, device=DEVICE)
-    matmul = torch.backends.cuda.matmul
-    before = matmul.allow_tf32  # monkeypatch cannot restore this module-like object
-    try:
-        matmul.allow_tf32 = False
-        sk.sobolev_loss(model, x, y, backend="triton", **kw)
-        matmul.allow_tf32 = True
-        sk.sobolev_loss(model, x, y, backend="triton", **kw)
-    finally:
-        matmul.allow_tf32 = before
-    assert seen == [False, True]
+    version = subprocess.run([sys.executable, "-c", "import triton; print(triton.__version__)"],
+                             capture_output=True, text=True, env=env).stdout.strip()  # fmt: skip
+    if overlay:
+        assert version == Path(overlay).name.removeprefix("triton-"), version
