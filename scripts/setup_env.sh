@@ -57,3 +57,12 @@ for extra in "$@"; do
     fi
   fi
 done
+
+# Rebuild only when the sources changed (the editable install keeps the compiled module).
+stamp="$VENV/.sobolev_build_stamp"
+digest="$(cd "$ROOT" && cat setup.py pyproject.toml $(find csrc -type f 2>/dev/null | sort) | sha1sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+  echo "[setup] building sobolev_kernels (pip install --no-build-isolation -e .)"
+  (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-2}" pip_install --no-build-isolation --no-deps -e .)
+  echo "$digest" > "$stamp"
+fi

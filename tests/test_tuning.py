@@ -6,7 +6,14 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import HAS_CUDA, TOLERANCES, assert_backends_agree, sample_inputs, upcast_model
+from conftest import (
+    HAS_CUDA,
+    TOLERANCES,
+    assert_backends_agree,
+    assert_close,
+    sample_inputs,
+    upcast_model,
+)
 
 import sobolev_kernels as sk
 from sobolev_kernels import backends, tuning
@@ -167,29 +174,55 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
 
 
 @needs_triton
-@pytest.mark.skipif(HAS_CUDA, reason="the scripted timer stands in for a GPU")
+@pytest.mark.skipif(HAS_CUDA, reason="the gpu variant below runs on the GPU")
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("width", [20, 40])  # one K chunk (whole-K dots a candidate); several
 def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order, width):
     """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
     the result must match the reference whichever rows per program, warps and K chunk it
     chose."""
-    from sobolev_kernels.triton.sobolev_mlp import Layout
+    _every_launch_config_agrees(monkeypatch, "cpu", order, TOLERANCES[torch.float32],
+                                batch=70, dim=3, width=width, out=2, k=3)  # fmt: skip
+
+
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("order", [1, 2])
+def test_every_launch_config_is_correct_on_the_gpu(monkeypatch, order):
+    """Every candidate on the GPU, with and without a backward to follow: the K loops reload
+    columns other threads of the program stored, so a missing barrier shows here (the
+    interpreter runs one thread)."""
+    _every_launch_config_agrees(monkeypatch, "cuda", order, 1e-4,
+                                batch=4099, dim=16, width=128, out=8, k=2)  # fmt: skip
+
+
+def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
+    from sobolev_kernels.triton.sobolev_mlp import Layout, shared_memory_limit
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
-    configs = Layout((3, width, width, 2), 3, order).launch_configs()
+    widths = (shape["dim"], shape["width"], shape["width"], shape["out"])
+    limit = shared_memory_limit(torch.device(device))
+    configs = Layout(widths, shape["k"], order).launch_configs(4, limit)
     for pick in range(len(configs)):
         tuning.clear()
         monkeypatch.setattr(tuning, "time_ms", _timer_preferring(pick, len(configs)))
-        model, x, y, kw = sample_inputs(dtype=torch.float32, batch=70, width=width, seed=pick)
+        model, x, y, kw = sample_inputs(dtype=torch.float32, device=device, seed=pick, **shape)
         if order == 2:
             kw["order"] = 2
-            kw["target_hvp2"] = torch.randn(70, 3, 2).float()
-            kw["directions"] = torch.randn(70, 3, 3).float()
-        assert_backends_agree(model, x, y, kw, "triton", TOLERANCES[torch.float32],
-                              expected_model=upcast_model(model))  # fmt: skip
+            kw["target_hvp2"] = torch.randn(shape["batch"], shape["k"], shape["out"],
+                                            device=device)  # fmt: skip
+            kw["directions"] = torch.randn(shape["batch"], shape["k"], shape["dim"],
+                                           device=device)  # fmt: skip
+        expected = upcast_model(model)
+        assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
         chosen = {key[1]: config for key, config in tuning.choices().items()}
         assert chosen == {"fwd": configs[pick], "bwd": configs[pick]}
+        with torch.no_grad():  # the forward alone: one scratch region instead of the stacks
+            loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+        kw64 = {k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()}
+        ref = sk.sobolev_loss(expected, x.double(), y.double(), backend="reference", **kw64)
+        assert_close(loss, ref, rtol, f"loss without a backward, launch config {configs[pick]}")
 
 
 def _timer_preferring(pick, per_kernel):
