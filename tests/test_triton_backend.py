@@ -191,8 +191,6 @@ def test_unsupported_problems_are_refused_or_fall_back():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("width", [64, 128, 256])
 def test_large_shapes_on_gpu(dtype, width):
-    if dtype == torch.float32 and width > 128:
-        pytest.skip("fp32 widths above 128 run on the torch backend")
     rtol = RTOL_FP32 if dtype == torch.float32 else TOLERANCES[dtype]
     _agree(rtol, dtype=dtype, batch=2**14, dim=16, width=width, out=8, k=4, layers=4)
 
