@@ -219,8 +219,8 @@ def test_forward_is_one_kernel_launch():
 OTHER_TRITON = os.environ.get("SOBOLEV_OTHER_TRITON", "")
 
 
-@pytest.mark.parametrize("overlay", ["", OTHER_TRITON], ids=["this_triton", "other_triton"])
-def test_kernels_compile_for_a_real_gpu_ahead_of_time(overlay):
+@pytest.mark.parametrize("which", ["this_triton", "other_triton"])
+def test_kernels_compile_for_a_real_gpu_ahead_of_time(which):
     """Compiled for sm_90 with no GPU (Triton's own ptxas): catches what the interpreter does
     not check, e.g. a tl.constexpr name re-assigned inside a static loop, or a shape that
     one triton version accepts and the other does not."""
@@ -232,7 +232,8 @@ def test_kernels_compile_for_a_real_gpu_ahead_of_time(overlay):
     if importlib.util.find_spec("triton.backends.nvidia") is None:
         pytest.skip("this triton has no NVIDIA backend")
     env = dict(os.environ)
-    if overlay == OTHER_TRITON:
+    overlay = OTHER_TRITON if which == "other_triton" else ""
+    if which == "other_triton":
         if not overlay or not Path(overlay, "triton").is_dir():
             pytest.skip("no second triton installed (SOBOLEV_OTHER_TRITON)")
         env["PYTHONPATH"] = os.pathsep.join([overlay, env.get("PYTHONPATH", "")])
