@@ -214,6 +214,21 @@ def _rows(x3, KP: tl.constexpr, ROWS: tl.constexpr):
 
 
 @triton.jit
+def _activate(z, tz, ttz, slope, ACT: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr,
+              ORDER: tl.constexpr):  # fmt: skip
+    """A hidden layer's outputs, the next layer's inputs: [h; t; tt] = [s(z); s'(z) tz;
+    s'(z) ttz + s''(z) tz^2] in fp32 (tangent tiles (KP * ROWS, n); for order 1, tt is t)."""
+    s, s1, s2, _ = act_series(z.to(tl.float32), slope, ACT)
+    tz3 = _by_direction(tz.to(tl.float32), KP, ROWS)
+    t = _rows(tz3 * s1[None, :, :], KP, ROWS)
+    tt = t
+    if ORDER == 2:
+        ttz3 = _by_direction(ttz.to(tl.float32), KP, ROWS)
+        tt = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], KP, ROWS)
+    return s, t, tt
+
+
+@triton.jit
 def _tile_rows(pid, B, K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr,
                SHARED: tl.constexpr):  # fmt: skip
     """Indices of one program's tiles. Value row i is sample ``pid * ROWS + i``; tangent row
@@ -280,6 +295,7 @@ def _sobolev_fwd_kernel(
                          mask=w_mask, other=0.0)  # fmt: skip
             z = _dot(h, wt, PRECISION, EMULATE_BF16)
             tz = _dot(t, wt, PRECISION, EMULATE_BF16)
+            ttz = tz  # order 1 has no second-order stream (_activate ignores it)
             if ORDER == 2:
                 if l == 0:  # tt_0 = 0 (zeros_like: triton 3.6 rejects a tuple-indexed shape)
                     ttz = tl.zeros_like(tz)
@@ -309,23 +325,14 @@ def _sobolev_fwd_kernel(
                     src = z_ptr + S * B * Z_OFFS[l - 1] + ci[None, :]
                     zc = tl.load(src + rows[:, None] * Z_STRIDES[l - 1],
                                  mask=row_ok[:, None] & in_ok, other=0.0)  # fmt: skip
-                    zc = zc.to(tl.float32)
-                    tz3 = _by_direction(
-                        tl.load(src + t_rows[:, None] * Z_STRIDES[l - 1],
-                                mask=t_ok[:, None] & in_ok, other=0.0).to(tl.float32),
-                        KP, ROWS,
-                    )  # fmt: skip
-                    sc, s1c, s2c, _ = act_series(zc, slope, ACT)
-                    hc = sc
-                    tc = _rows(tz3 * s1c[None, :, :], KP, ROWS)
-                    if ORDER == 2:  # tt = s' ttz + s'' tz^2
-                        ttz3 = _by_direction(
-                            tl.load(src + tt_rows[:, None] * Z_STRIDES[l - 1],
-                                    mask=t_ok[:, None] & in_ok, other=0.0).to(tl.float32),
-                            KP, ROWS,
-                        )  # fmt: skip
-                        ttc = _rows(ttz3 * s1c[None, :, :] + tz3 * tz3 * s2c[None, :, :],
-                                    KP, ROWS)  # fmt: skip
+                    tzc = tl.load(src + t_rows[:, None] * Z_STRIDES[l - 1],
+                                  mask=t_ok[:, None] & in_ok, other=0.0)  # fmt: skip
+                    ttzc = tzc
+                    if ORDER == 2:
+                        ttzc = tl.load(src + tt_rows[:, None] * Z_STRIDES[l - 1],
+                                       mask=t_ok[:, None] & in_ok, other=0.0)  # fmt: skip
+                    hc, tc, ttc = _activate(zc, tzc, ttzc, slope, ACT, KP, ROWS, ORDER)
+                    if ORDER == 2:
                         ttz += _dot(ttc, wt, PRECISION, EMULATE_BF16)
                 z += _dot(hc, wt, PRECISION, EMULATE_BF16)
                 tz += _dot(tc, wt, PRECISION, EMULATE_BF16)
@@ -352,13 +359,7 @@ def _sobolev_fwd_kernel(
                     # the next layer's chunks hold columns other threads wrote
                     tl.debug_barrier()
         if l < NUM_LAYERS - 1 and CHUNKS[l + 1] == 0:
-            s, s1, s2, _ = act_series(z, slope, ACT)
-            h = s
-            tz3 = _by_direction(tz, KP, ROWS)
-            t = _rows(tz3 * s1[None, :, :], KP, ROWS)
-            if ORDER == 2:  # tt = s' ttz + s'' tz^2
-                ttz3 = _by_direction(ttz, KP, ROWS)
-                tt = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], KP, ROWS)
+            h, t, tt = _activate(z, tz, ttz, slope, ACT, KP, ROWS, ORDER)
         elif l == NUM_LAYERS - 1:
             h = z
             t = tz
@@ -494,14 +495,13 @@ def _sobolev_bwd_kernel(
         # A_l = [a_z; a_tz; a_ttz] for dW_l = A_l^T S_{l-1}; bias partials of this program
         a_base = a_ptr + S * B * OUT_CUM[l]
         at_ty = a_ptr.dtype.element_ty
-        a_cols = a_base + co[None, :]
-        tl.store(a_cols + rows[:, None] * WIDTHS[l + 1], _cast(a, at_ty, EMULATE_BF16),
-                 mask=row_ok[:, None] & out_col)  # fmt: skip
-        tl.store(a_cols + t_rows[:, None] * WIDTHS[l + 1], _cast(at, at_ty, EMULATE_BF16),
-                 mask=t_ok[:, None] & out_col)  # fmt: skip
+        tl.store(a_base + rows[:, None] * WIDTHS[l + 1] + co[None, :],
+                 _cast(a, at_ty, EMULATE_BF16), mask=row_ok[:, None] & out_col)  # fmt: skip
+        tl.store(a_base + t_rows[:, None] * WIDTHS[l + 1] + co[None, :],
+                 _cast(at, at_ty, EMULATE_BF16), mask=t_ok[:, None] & out_col)  # fmt: skip
         if ORDER == 2:
-            tl.store(a_cols + tt_rows[:, None] * WIDTHS[l + 1], _cast(att, at_ty, EMULATE_BF16),
-                     mask=t_ok[:, None] & out_col)  # fmt: skip
+            tl.store(a_base + tt_rows[:, None] * WIDTHS[l + 1] + co[None, :],
+                     _cast(att, at_ty, EMULATE_BF16), mask=t_ok[:, None] & out_col)  # fmt: skip
         if HAS_BIAS:
             tl.store(db_ptr + pid * NB + B_OFFS[l] + co, tl.sum(a, axis=0), mask=co < WIDTHS[l + 1])
 
