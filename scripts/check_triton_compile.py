@@ -85,7 +85,7 @@ def _constexprs(layout, rows, act, precision, chunk):
                   PRECISION=precision, EMULATE_BF16=False, CHUNKS=layout.chunks(chunk))  # fmt: skip
     fwd = dict(common, HAS_Y=True, TARGET=k.TARGET_GRAD,
                TARGET2=k.TARGET_HESS if layout.order == 2 else 0, SAVE=True,
-               Z_OFFS=layout.out_cum[:-1], Z_STRIDES=layout.widths[1:-1])  # fmt: skip
+               **layout.hidden_stacks(save=True))  # fmt: skip
     bwd = dict(common, IN_CUM=layout.in_cum, SMOOTH=act in SMOOTH, HAS_GF=True, HAS_GRF=False,
                HAS_GRU=False, HAS_GRW=False, NEED_DX=True)  # fmt: skip
     return [

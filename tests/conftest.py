@@ -184,6 +184,16 @@ def assert_backends_agree(
         assert_close(g, ref, rtol, f"d loss / d {name}", kink_flips)
 
 
+def assert_forward_only_agrees(model, x, y, kwargs, backend, rtol, expected_model, name="loss"):
+    """The loss under no_grad (a forward with no backward to follow) against ``reference`` on
+    ``expected_model`` (fp64)."""
+    with torch.no_grad():
+        loss = sk.sobolev_loss(model, x, y, backend=backend, **kwargs)
+    x64, y64, kwargs64 = _cast(x, y, kwargs)
+    ref = sk.sobolev_loss(expected_model, x64, y64, backend="reference", **kwargs64)
+    assert_close(loss, ref, rtol, f"{name} without a backward")
+
+
 def _cast(x, y, kwargs, dtype=torch.float64):
     def c(t):
         return t.detach().to(dtype) if isinstance(t, torch.Tensor) else t

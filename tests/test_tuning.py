@@ -10,7 +10,7 @@ from conftest import (
     HAS_CUDA,
     TOLERANCES,
     assert_backends_agree,
-    assert_close,
+    assert_forward_only_agrees,
     sample_inputs,
     upcast_model,
 )
@@ -218,11 +218,9 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
         assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
         chosen = {key[1]: config for key, config in tuning.choices().items()}
         assert chosen == {"fwd": configs[pick], "bwd": configs[pick]}
-        with torch.no_grad():  # the forward alone: one scratch region instead of the stacks
-            loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
-        kw64 = {k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()}
-        ref = sk.sobolev_loss(expected, x.double(), y.double(), backend="reference", **kw64)
-        assert_close(loss, ref, rtol, f"loss without a backward, launch config {configs[pick]}")
+        # the forward alone: one scratch region instead of the saved stacks
+        assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected,
+                                   name=f"loss, launch config {configs[pick]}")  # fmt: skip
 
 
 def _timer_preferring(pick, per_kernel):

@@ -177,6 +177,16 @@ class Layout:
             configs.append((2 * rows, warps, CHUNK))
         return configs
 
+    def hidden_stacks(self, save: bool) -> dict:
+        """Where the forward puts hidden layer l's [z; tz; ttz], as the kernel's Z_OFFS (offset
+        in units of (1 + order K) B) and Z_STRIDES (row stride): the saved stacks the backward
+        reads, or without a backward, one scratch region of the widest layer (of
+        ``blocks * B * max(hidden)`` elements) that K-looped dots reload their inputs from."""
+        hidden = self.widths[1:-1]
+        if save:
+            return dict(Z_OFFS=self.out_cum[:-1], Z_STRIDES=hidden)
+        return dict(Z_OFFS=(0,) * len(hidden), Z_STRIDES=(max(hidden, default=0),) * len(hidden))
+
     def chunks(self, chunk: int) -> tuple[int, ...]:
         """K-loop step of the dots whose K extent is each padded width (0: whole K)."""
         return tuple(min(chunk, p) if chunk else 0 for p in self.pads)
@@ -692,17 +702,11 @@ def sobolev_forward(
     rw = torch.empty(k if order == 2 else 0, batch, m, device=dev, dtype=torch.float32)
     hidden = layout.widths[1:-1]
     z = torch.empty(layout.blocks * batch * sum(hidden) if save else 0, device=dev, dtype=dtype)
-    # Where hidden layer l's [z; tz; ttz] go, as (offset in units of (1 + order K) B, row
-    # stride): the saved stacks, or without a backward to follow, one scratch region of the
-    # widest layer that K-looped dots reload their inputs from.
-    widest = max(hidden, default=0)
-    z_offs = layout.out_cum[:-1] if save else (0,) * len(hidden)
-    z_strides = hidden if save else (widest,) * len(hidden)
     constexprs = dict(
-        **layout.constexprs(), ACT=activation, SHARED=v.ndim == 2,
-        HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
-        SAVE=save, PRECISION=_precision(allow_tf32), EMULATE_BF16=_emulate_bf16(dtype),
-        Z_OFFS=z_offs, Z_STRIDES=z_strides,
+        **layout.constexprs(), **layout.hidden_stacks(save), ACT=activation,
+        SHARED=v.ndim == 2, HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind,
+        TARGET2=target2_kind, SAVE=save, PRECISION=_precision(allow_tf32),
+        EMULATE_BF16=_emulate_bf16(dtype),
     )  # fmt: skip
 
     def launch(config: tuple[int, int, int]) -> Tensor:
@@ -712,7 +716,7 @@ def sobolev_forward(
         partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
         scratch = z if save else f
         if chunk and hidden and not save:
-            scratch = torch.empty(layout.blocks * batch * widest, device=dev, dtype=dtype)
+            scratch = torch.empty(layout.blocks * batch * max(hidden), device=dev, dtype=dtype)
         _sobolev_fwd_kernel[(programs,)](
             x, v, y if y is not None else x, target if target is not None else x,
             target2 if target2 is not None else x, w_packed, b_packed,
