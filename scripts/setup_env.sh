@@ -29,6 +29,7 @@ if [ "$(uname -s)" = "Linux" ]; then has triton || want+=("triton==3.9.0"); fi
 import setuptools, sys
 sys.exit(0 if tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (70, 1) else 1)
 PY
+other_triton=""
 for extra in "$@"; do
   case "$extra" in
     test) has pytest || want+=(pytest); has hypothesis || want+=(hypothesis) ;;
@@ -36,6 +37,7 @@ for extra in "$@"; do
       has matplotlib || want+=(matplotlib)
       has minatar || want+=(minatar)
       has sklearn || want+=(scikit-learn) ;;
+    other_triton) other_triton=1 ;;
   esac
 done
 if [ "${#want[@]}" -gt 0 ]; then
@@ -46,17 +48,15 @@ fi
 # other_triton: the GPU machines' triton (3.6.0) beside the venv, only for the test that
 # compiles the kernels ahead of time with each version (the venv has 3.9.0). Installed in CI
 # (CI=true) or when SOBOLEV_OTHER_TRITON_INSTALL=1 (a 600 MB install); the test skips without.
-for extra in "$@"; do
-  if [ "$extra" = other_triton ] && [ "$(uname -sm)" = "Linux x86_64" ]; then
-    export SOBOLEV_OTHER_TRITON="$VENV/triton-3.6.0"
-    if [ ! -d "$SOBOLEV_OTHER_TRITON/triton" ] \
-        && { [ "${CI:-}" = true ] || [ "${SOBOLEV_OTHER_TRITON_INSTALL:-}" = 1 ]; }; then
-      echo "[setup] installing triton==3.6.0 into $SOBOLEV_OTHER_TRITON (compile check only)"
-      pip_install --no-deps --target "$SOBOLEV_OTHER_TRITON" "triton==3.6.0" \
-        || echo "[setup] could not install triton==3.6.0: its compile check will skip"
-    fi
+if [ -n "${other_triton:-}" ] && [ "$(uname -sm)" = "Linux x86_64" ]; then
+  export SOBOLEV_OTHER_TRITON="$VENV/triton-3.6.0"
+  if [ ! -d "$SOBOLEV_OTHER_TRITON/triton" ] \
+      && { [ "${CI:-}" = true ] || [ "${SOBOLEV_OTHER_TRITON_INSTALL:-}" = 1 ]; }; then
+    echo "[setup] installing triton==3.6.0 into $SOBOLEV_OTHER_TRITON (compile check only)"
+    pip_install --no-deps --target "$SOBOLEV_OTHER_TRITON" "triton==3.6.0" \
+      || echo "[setup] could not install triton==3.6.0: its compile check will skip"
   fi
-done
+fi
 
 # Rebuild only when the sources changed (the editable install keeps the compiled module).
 stamp="$VENV/.sobolev_build_stamp"

@@ -139,10 +139,14 @@ class Layout:
         """Elements of the value and tangent tiles of one program at the widest layer."""
         return (1 + self.order * self.kp) * rows * max(self.pads[1:-1] or self.pads)
 
+    def tile_budget(self, warps: int) -> int:
+        """Tile elements a program of ``warps`` warps may hold (TILE_PER_THREAD per thread)."""
+        return TILE_PER_THREAD * 32 * warps
+
     def rows(self, element_size: int = 4, shared_limit: int | None = None) -> int:
         """Rows per program: the largest power of two (16..64) whose tiles fit the register
         budget of ``num_warps()`` warps and, given a limit, the device's shared memory."""
-        budget = TILE_PER_THREAD * 32 * self.num_warps()
+        budget = self.tile_budget(self.num_warps())
         rows = 64
         while rows > MIN_PAD and (
             self.tile_elements(rows) > budget
@@ -173,7 +177,7 @@ class Layout:
         configs.append((rows, warps, CHUNK // 2 if max(self.pads) > CHUNK else 0))
         if rows // 2 >= MIN_PAD:
             configs.append((rows // 2, warps, CHUNK))
-        if rows < 128 and self.tile_elements(2 * rows) <= 2 * TILE_PER_THREAD * 32 * warps:
+        if rows < 128 and self.tile_elements(2 * rows) <= 2 * self.tile_budget(warps):
             configs.append((2 * rows, warps, CHUNK))
         return configs
 
