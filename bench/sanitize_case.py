@@ -22,7 +22,7 @@ def main() -> int:
     failures = 0
     for backend in [b for b in ("triton", "cuda") if b in sk.available_backends()]:
         for order in (1, 2):
-            for dtype in (torch.float32, torch.bfloat16):
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
                 model = sk.SobolevMLP(5, [37, 21], 3, 3, activation="tanh").to(device, dtype)
                 x = torch.randn(77, 5, device=device, dtype=dtype, requires_grad=True)
                 y = torch.randn(77, 3, device=device, dtype=dtype)

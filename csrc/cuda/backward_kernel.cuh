@@ -35,9 +35,8 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = acc_type<scalar_t>;
   const SobolevLaunch& p = args.p;
   const TilePlan& plan = args.plan;
-  extern __shared__ __align__(16) unsigned char smem[];
-  acc_t* stage = reinterpret_cast<acc_t*>(smem);
-  acc_t* buffers = block_buffers(args, stage);
+  extern __shared__ __align__(128) unsigned char smem[];  // 32-byte aligned for WMMA
+  acc_t* buffers = block_buffers(args, reinterpret_cast<acc_t*>(smem));
   const int64_t tile_size = int64_t(plan.streams) * plan.rows * plan.max_width;
   const int64_t row_size = int64_t(plan.rows) * plan.max_width;
   acc_t* a = buffers;                   // [a_z; a_tz (; a_ttz)] of the current layer's output
@@ -132,8 +131,8 @@ __global__ void __launch_bounds__(kThreads)
         // dW_l += a_z^T h_{l-1} + sum_k (a_tz_k^T t_{l-1,k} + a_ttz_k^T tt_{l-1,k}): one
         // product over the stacked rows
         acc_t* dw = partial + weight_offset(p, l - 1);
-        tile_gemm_tn(n_out, n_in, M, a, n_out, h, n_in,
-                     [&](int i, int j, acc_t v) { dw[i * n_in + j] += v; });
+        tile_gemm_tn<scalar_t>(n_out, n_in, M, a, n_out, h, n_in, smem, plan,
+                               [&](int i, int j, acc_t v) { dw[i * n_in + j] += v; });
         // db_l += sum over rows of a_z
         for (int j = threadIdx.x; with_bias && j < n_out; j += blockDim.x) {
           acc_t sum = 0;
@@ -142,9 +141,8 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       // [a_h; a_t_k (; a_tt_k)] = [a_z; a_tz_k (; a_ttz_k)] W_l
-      tile_gemm_nn(M, n_in, n_out, a, n_out, static_cast<const scalar_t*>(p.weights[l - 1]),
-                   stage, plan.stage_elems,
-                   [&](int row, int col, acc_t v) { a_in[row * n_in + col] = v; });
+      tile_gemm_nn(M, n_in, n_out, a, n_out, static_cast<const scalar_t*>(p.weights[l - 1]), smem,
+                   plan, [&](int row, int col, acc_t v) { a_in[row * n_in + col] = v; });
       for (int e = threadIdx.x; e < n; e += blockDim.x) {
         acc_t coupling = 0;
         if (!second_order) {
@@ -182,8 +180,8 @@ __global__ void __launch_bounds__(kThreads)
     if (need_params) {
       // dW_1 += a_z^T x + sum_k a_tz_k^T v_k,  db_1 += sum over rows of a_z
       acc_t* dw = partial + weight_offset(p, 0);
-      tile_gemm_tn(n_1, d, (1 + K) * R, a, n_1, h, d,
-                   [&](int i, int j, acc_t v) { dw[i * d + j] += v; });
+      tile_gemm_tn<scalar_t>(n_1, d, (1 + K) * R, a, n_1, h, d, smem, plan,
+                             [&](int i, int j, acc_t v) { dw[i * d + j] += v; });
       for (int j = threadIdx.x; with_bias && j < n_1; j += blockDim.x) {
         acc_t sum = 0;
         for (int r = 0; r < R; ++r) sum += a[r * n_1 + j];
@@ -193,8 +191,8 @@ __global__ void __launch_bounds__(kThreads)
     // dL/dx = a_z W_1 (the directions get no gradient)
     if (p.grad_x != nullptr) {
       auto* grad_x = static_cast<scalar_t*>(p.grad_x);
-      tile_gemm_nn(R, d, n_1, a, n_1, static_cast<const scalar_t*>(p.weights[0]), stage,
-                   plan.stage_elems, [&](int row, int col, acc_t v) {
+      tile_gemm_nn(R, d, n_1, a, n_1, static_cast<const scalar_t*>(p.weights[0]), smem, plan,
+                   [&](int row, int col, acc_t v) {
                      grad_x[(r0 + row) * d + col] = from_acc<scalar_t>(v);
                    });
     }

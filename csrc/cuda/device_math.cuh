@@ -3,7 +3,7 @@
 // --use_fast_math intrinsics): the fp32 results must match torch to rtol 1e-5.
 #pragma once
 
-#ifndef SK_HOST_EMULATION  // the host emulation (emulation/) runs fp32 and fp64 only
+#ifndef SK_HOST_EMULATION  // emulation/host_shim.h has its own bf16 and fp16
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #endif
@@ -28,7 +28,6 @@ template <typename acc_t, typename scalar_t>
 __device__ __forceinline__ acc_t to_acc(scalar_t v) {
   return static_cast<acc_t>(v);
 }
-#ifndef SK_HOST_EMULATION
 template <>
 __device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
   return __bfloat162float(v);
@@ -37,13 +36,11 @@ template <>
 __device__ __forceinline__ float to_acc<float, __half>(__half v) {
   return __half2float(v);
 }
-#endif
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ scalar_t from_acc(acc_t v) {
   return static_cast<scalar_t>(v);
 }
-#ifndef SK_HOST_EMULATION
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
   return __float2bfloat16(v);
@@ -52,7 +49,6 @@ template <>
 __device__ __forceinline__ __half from_acc<__half, float>(float v) {
   return __float2half(v);
 }
-#endif
 
 template <typename T>
 struct CudaMath;

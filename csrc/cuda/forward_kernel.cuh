@@ -17,9 +17,8 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = acc_type<scalar_t>;
   const SobolevLaunch& p = args.p;
   const TilePlan& plan = args.plan;
-  extern __shared__ __align__(16) unsigned char smem[];
-  acc_t* stage = reinterpret_cast<acc_t*>(smem);
-  acc_t* buffers = block_buffers(args, stage);
+  extern __shared__ __align__(128) unsigned char smem[];  // 32-byte aligned for WMMA
+  acc_t* buffers = block_buffers(args, reinterpret_cast<acc_t*>(smem));
   const int64_t tile_size = int64_t(plan.streams) * plan.rows * plan.max_width;
   acc_t* in = buffers;               // (S, R, n): the stacked input [h; t (; tt)] of a layer
   acc_t* out = buffers + tile_size;  // (S, R, n): its output [z; tz (; ttz)]
@@ -51,7 +50,7 @@ __global__ void __launch_bounds__(kThreads)
       // z_l = h_{l-1} W_l^T + b_l,  tz_l = t_{l-1} W_l^T,  ttz_l = tt_{l-1} W_l^T: one product
       // over the stacked rows (it ends with a barrier, so the zeros above are visible too)
       tile_gemm_nt(rows, n_out, n_in, in, n_in, static_cast<const scalar_t*>(p.weights[l - 1]),
-                   stage, plan.stage_elems, [&](int row, int col, acc_t v) {
+                   smem, plan, [&](int row, int col, acc_t v) {
                      if (bias != nullptr && row < R) v += to_acc<acc_t>(bias[col]);
                      out[row * n_out + col] = v;
                    });

@@ -13,8 +13,10 @@
 // Both are deterministic: no floating-point atomics, fixed tile-to-block assignment.
 // The kernels are in forward_kernel.cuh and backward_kernel.cuh, the launchers in the .cu
 // files; emulation/ runs the kernels on the host to test their logic without a GPU. Needs
-// sm_70 or newer (__grid_constant__ kernel arguments); fp32 FMA math for every dtype (bf16 and
-// fp16 are converted to fp32 on load, no tensor cores).
+// sm_70 or newer (__grid_constant__ kernel arguments). Products (tile_gemm.cuh): FMA for fp64
+// and fp32; bf16 and fp16 on tensor cores (WMMA, fp32 accumulation, mma_gemm.cuh) from sm_80,
+// their tile operands rounded to the storage type as torch's GEMMs see them. Everything else
+// (activations, tangent updates, sums) runs in the accumulation type.
 #pragma once
 
 #ifndef SK_HOST_EMULATION  // emulation/host_shim.h stands in for the CUDA runtime

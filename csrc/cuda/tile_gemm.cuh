@@ -1,6 +1,8 @@
-// Block-wide matrix products on a tile of stacked rows (the CUDA counterpart of cpu/gemm.h).
+// Block-wide matrix products on a tile of stacked rows (the CUDA counterpart of cpu/gemm.h):
+// FMA products here for fp32 and fp64 (and bf16/fp16 before sm_80), tensor-core products
+// (mma_gemm.cuh) for bf16/fp16 on sm_80 and newer; tile_gemm_* at the end picks one.
 //
-// Tiles live in shared memory (or a block's slice of global scratch when too large; the code
+// FMA products: tiles live in shared memory (or a block's slice of global scratch when too large; the code
 // only sees pointers). Weights are read from global memory in panels staged through shared
 // memory, Ws[k * nc + n], so a warp reads consecutive addresses. Each thread owns up to
 // kMicro x kMicro outputs at rows tm + i * tiles_m and columns tn + j * tiles_n: threads of a
@@ -9,10 +11,11 @@
 #pragma once
 
 #include "cuda/device_math.cuh"
+#include "cuda/mma_gemm.cuh"
+#include "cuda/tile_plan.cuh"
 
 namespace sobolev::cuda {
 
-constexpr int kThreads = 256;
 constexpr int kMicro = 4;
 
 // C (M x nc) = A (M x K, row stride lda) Ws (K x nc), Ws in shared memory; epi(m, n, value)
@@ -54,8 +57,8 @@ __device__ __forceinline__ void panel_product(int M, int nc, int K, const acc_t*
 // C (M x N) = A (M x K) W^T with W (N x K) row-major in global memory: z = [h; t] W_l^T.
 // Ws holds stage_capacity >= K elements.
 template <typename acc_t, typename scalar_t, typename Epilogue>
-__device__ void tile_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
-                             acc_t* Ws, int stage_capacity, Epilogue epi) {
+__device__ void fma_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
+                            acc_t* Ws, int stage_capacity, Epilogue epi) {
   const int panel = max(1, min(N, stage_capacity / K));
   for (int n0 = 0; n0 < N; n0 += panel) {
     const int nc = min(panel, N - n0);
@@ -72,8 +75,8 @@ __device__ void tile_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const
 
 // C (M x N) = A (M x K) W with W (K x N) row-major in global memory: [a_h; a_t] = [a_z; a_tz] W.
 template <typename acc_t, typename scalar_t, typename Epilogue>
-__device__ void tile_gemm_nn(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
-                             acc_t* Ws, int stage_capacity, Epilogue epi) {
+__device__ void fma_gemm_nn(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
+                            acc_t* Ws, int stage_capacity, Epilogue epi) {
   const int panel = max(1, min(N, stage_capacity / K));
   for (int n0 = 0; n0 < N; n0 += panel) {
     const int nc = min(panel, N - n0);
@@ -91,8 +94,8 @@ __device__ void tile_gemm_nn(int M, int N, int K, const acc_t* A, int lda, const
 // C (N1 x N2) = A^T H, A (M x N1) and H (M x N2) tiles: dW = [a_z; a_tz]^T [h; t] over the
 // tile's stacked rows, summed in row order. epi(i, j, value) receives each result once.
 template <typename acc_t, typename Epilogue>
-__device__ void tile_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, const acc_t* H,
-                             int ldh, Epilogue epi) {
+__device__ void fma_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, const acc_t* H,
+                            int ldh, Epilogue epi) {
   const int tiles_i = (N1 + kMicro - 1) / kMicro, tiles_j = (N2 + kMicro - 1) / kMicro;
   for (int t = threadIdx.x; t < tiles_i * tiles_j; t += blockDim.x) {
     const int ti = t / tiles_j, tj = t % tiles_j;
@@ -123,6 +126,36 @@ __device__ void tile_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, con
       }
   }
   __syncthreads();
+}
+
+// The products the kernels call. `stage` is the block's weight stage in shared memory
+// (plan.stage_elems accumulation-type elements); scalar_t, the storage type, picks the
+// tensor cores or FMA.
+template <typename scalar_t, typename acc_t, typename Epilogue>
+__device__ void tile_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
+                             unsigned char* stage, const TilePlan& plan, Epilogue epi) {
+  if constexpr (kTensorCores<scalar_t>)
+    mma_gemm_nt(M, N, K, A, lda, W, mma_stage<scalar_t>(stage, plan), epi);
+  else
+    fma_gemm_nt(M, N, K, A, lda, W, reinterpret_cast<acc_t*>(stage), plan.stage_elems, epi);
+}
+
+template <typename scalar_t, typename acc_t, typename Epilogue>
+__device__ void tile_gemm_nn(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
+                             unsigned char* stage, const TilePlan& plan, Epilogue epi) {
+  if constexpr (kTensorCores<scalar_t>)
+    mma_gemm_nn(M, N, K, A, lda, W, mma_stage<scalar_t>(stage, plan), epi);
+  else
+    fma_gemm_nn(M, N, K, A, lda, W, reinterpret_cast<acc_t*>(stage), plan.stage_elems, epi);
+}
+
+template <typename scalar_t, typename acc_t, typename Epilogue>
+__device__ void tile_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, const acc_t* H,
+                             int ldh, unsigned char* stage, const TilePlan& plan, Epilogue epi) {
+  if constexpr (kTensorCores<scalar_t>)
+    mma_gemm_tn(N1, N2, M, A, lda, H, ldh, mma_stage<scalar_t>(stage, plan), epi);
+  else
+    fma_gemm_tn(N1, N2, M, A, lda, H, ldh, epi);
 }
 
 }  // namespace sobolev::cuda

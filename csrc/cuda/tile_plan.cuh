@@ -12,9 +12,22 @@
 
 namespace sobolev::cuda {
 
-// Stacked rows S R per tile, and the shared memory for one staged weight panel.
+// Threads per block; stacked rows S R per tile, and the shared memory for one staged weight
+// panel of the FMA products.
+constexpr int kThreads = 256;
 constexpr int kTileStackedRows = 32;
 constexpr int kStageBytes = 32 * 1024;
+// The tensor-core products of bf16 and fp16 (mma_gemm.cuh) stage, in the same place, the
+// 16-bit copies of a tile operand and of a weight panel (or a second tile operand), padded
+// to multiples of 16, each warp's 16 x 16 fp32 result block and one word for a max |operand|.
+// A panel has 64 columns: with the tile's (up to) 2 x 16 rows, 8 result blocks, one per warp.
+constexpr int kMmaBlock = 16;
+constexpr int kMmaPanelColumns = 64;
+constexpr int kMmaResultBytes = kThreads / 32 * kMmaBlock * kMmaBlock * sizeof(float);
+SK_HD int pad16(int n) { return (n + kMmaBlock - 1) / kMmaBlock * kMmaBlock; }
+SK_HD bool uses_tensor_cores(DType dtype) {
+  return dtype == DType::kBFloat16 || dtype == DType::kFloat16;
+}
 // Loss terms summed per block: (f - y)^2, (u - g)^2, (w - g2)^2.
 constexpr int kLossTerms = 3;
 // Tile buffers (S R max_width each) and row buffers (R max_width each) of the kernels: the
@@ -31,7 +44,9 @@ struct TilePlan {
   int max_width = 1;
   int hidden_total = 0;      // n_1 + ... + n_{L-1}
   int grid = 1;              // persistent blocks, each walking tiles blockIdx.x, + gridDim.x, ...
-  int stage_elems = 0;       // accumulation-type elements of the weight panel
+  int stage_elems = 0;       // accumulation-type elements of the weight stage
+  int mma_tile_elems = 0;    // tensor cores: pad16(S R) pad16(max_width) 16-bit elements
+  int mma_panel_elems = 0;   // and the panel (>= mma_tile_elems)
   int64_t buffer_elems = 0;  // elements of all tile buffers of one block
   bool buffers_in_smem = true;
   size_t smem_bytes = 0;     // dynamic shared memory per block
@@ -58,6 +73,16 @@ inline TilePlan make_plan(const SobolevLaunch& p, int tile_buffers, int row_buff
   for (int l = 0; l <= p.num_layers; ++l) plan.max_width = std::max(plan.max_width, p.widths[l]);
   for (int l = 1; l < p.num_layers; ++l) plan.hidden_total += p.widths[l];
   plan.stage_elems = static_cast<int>(kStageBytes / acc_size);
+  if (uses_tensor_cores(p.dtype)) {
+    // the whole stage (a GPU older than sm_80 runs the FMA products in it: >= 5K elements, a
+    // panel of at least one column; the forward's final sums need 6 KB)
+    plan.mma_tile_elems = pad16(plan.streams * plan.rows) * pad16(plan.max_width);
+    plan.mma_panel_elems =
+        std::max(plan.mma_tile_elems, kMmaPanelColumns * pad16(plan.max_width));
+    const size_t bytes = sizeof(uint16_t) * (plan.mma_tile_elems + plan.mma_panel_elems) +
+                         kMmaResultBytes + 32;
+    plan.stage_elems = static_cast<int>((bytes + acc_size - 1) / acc_size);
+  }
   const int64_t tile = static_cast<int64_t>(plan.streams) * plan.rows * plan.max_width;
   plan.buffer_elems = tile_buffers * tile + row_buffers * int64_t(plan.rows) * plan.max_width;
   const size_t with_buffers = (plan.stage_elems + plan.buffer_elems) * acc_size;

@@ -1,8 +1,9 @@
 // Just enough of CUDA to run the kernels of csrc/cuda on the host: each block's threads are
-// std::threads meeting at a std::barrier for __syncthreads, blocks run one after another, and
-// shared memory is one static array. Slow, but it executes the kernels' real indexing,
-// synchronisation and reductions, so their logic is tested without a GPU
-// (see emulate_kernels.cpp). fp32 and fp64 only.
+// std::threads meeting at a std::barrier for __syncthreads (and one per warp for __syncwarp),
+// blocks run one after another, and shared memory is one static array. Slow, but it executes
+// the kernels' real indexing, synchronisation and reductions, so their logic is tested without
+// a GPU (see emulate_kernels.cpp). bf16 and fp16 are storage types that round to nearest even
+// as the GPU's conversions do; wmma_shim.h stands in for the tensor cores.
 #pragma once
 
 #define SK_HOST_EMULATION 1
@@ -10,8 +11,10 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -29,6 +32,7 @@
 using cudaError_t = int;
 using cudaStream_t = void*;
 using std::fma;
+using std::isfinite;
 using std::max;
 using std::min;
 
@@ -38,16 +42,49 @@ struct EmulatedDim3 {
 inline thread_local EmulatedDim3 threadIdx;
 inline EmulatedDim3 blockIdx, blockDim, gridDim;
 inline std::barrier<>* emulated_barrier = nullptr;
+inline std::deque<std::barrier<>>* emulated_warp_barriers = nullptr;
 // A block-scope `extern` array names the innermost enclosing namespace's: the kernels'.
 namespace sobolev::cuda {
-__attribute__((aligned(16))) inline unsigned char smem[1 << 20];
+__attribute__((aligned(128))) inline unsigned char smem[1 << 20];
 }
 
 inline void __syncthreads() { emulated_barrier->arrive_and_wait(); }
+// all 32 lanes must arrive, as for a full-mask __syncwarp in converged code
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  (*emulated_warp_barriers)[threadIdx.x / 32].arrive_and_wait();
+}
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned atomicAdd(unsigned* address, unsigned value) {
   return std::atomic_ref<unsigned>(*address).fetch_add(value);
 }
+inline unsigned atomicMax(unsigned* address, unsigned value) {
+  std::atomic_ref<unsigned> ref(*address);
+  unsigned old = ref.load();
+  while (old < value && !ref.compare_exchange_weak(old, value)) {
+  }
+  return old;
+}
+inline unsigned __float_as_uint(float v) { return std::bit_cast<unsigned>(v); }
+inline float __uint_as_float(unsigned v) { return std::bit_cast<float>(v); }
+
+// bf16: the upper half of an fp32, rounded to nearest even (NaN stays NaN).
+struct __nv_bfloat16 {
+  uint16_t bits = 0;
+};
+inline __nv_bfloat16 __float2bfloat16(float v) {
+  if (std::isnan(v)) return {0x7fc0};
+  const uint32_t u = std::bit_cast<uint32_t>(v);
+  return {static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+inline float __bfloat162float(__nv_bfloat16 v) {
+  return std::bit_cast<float>(static_cast<uint32_t>(v.bits) << 16);
+}
+// fp16: the compiler's _Float16 (IEEE binary16, round to nearest even).
+struct __half {
+  _Float16 value = 0;
+};
+inline __half __float2half(float v) { return {static_cast<_Float16>(v)}; }
+inline float __half2float(__half v) { return static_cast<float>(v.value); }
 
 // kernel<<<grid, threads>>>(args), one block at a time.
 template <typename Kernel, typename Args>
@@ -58,6 +95,9 @@ void emulate_launch(Kernel kernel, int grid, int threads, const Args& args) {
     blockIdx.x = b;
     std::barrier<> barrier(threads);
     emulated_barrier = &barrier;
+    std::deque<std::barrier<>> warp_barriers;
+    for (int w = 0; w < (threads + 31) / 32; ++w) warp_barriers.emplace_back(32);
+    emulated_warp_barriers = &warp_barriers;
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t)
       pool.emplace_back([&, t] {
@@ -67,3 +107,5 @@ void emulate_launch(Kernel kernel, int grid, int threads, const Args& args) {
     for (auto& th : pool) th.join();
   }
 }
+
+#include "cuda/emulation/wmma_shim.h"

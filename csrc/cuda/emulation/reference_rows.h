@@ -52,6 +52,7 @@ struct Case {
   bool grad_f = false, grad_u = false, grad_w = false, need_x = true, need_params = true;
   int grid = 2;
   size_t smem_limit = 200 * 1024;  // small values force the global-memory tile buffers
+  double grad_loss = 0.7;          // the upstream gradient of the loss
 };
 
 // Everything in double; the kernels run on copies in T.
@@ -74,6 +75,7 @@ inline Problem make_problem(const Case& c, unsigned seed) {
   };
   Problem p;
   p.c = c;
+  p.grad_loss = c.grad_loss;
   p.widths = {c.d};
   for (int n : c.hidden) p.widths.push_back(n);
   p.widths.push_back(c.m);

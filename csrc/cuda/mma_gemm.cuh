@@ -1,0 +1,197 @@
+// Tile products on tensor cores (WMMA 16 x 16 x 16, fp32 accumulation) for bf16 and fp16: the
+// counterparts of tile_gemm.cuh's FMA products, which dispatch here on sm_80 and newer.
+//
+// The fp32 tile operands are rounded to the storage type in shared memory (as torch's bf16 and
+// fp16 GEMMs see their inputs), zero-padded to multiples of 16; weights are staged panel by
+// panel. Each warp computes 16 x 16 blocks of the result and hands them, through its own
+// 16 x 16 fp32 block in shared memory, to the epilogue one element per call.
+// fp16 tile operands are scaled by a power of two per product (exact, undone in the
+// epilogue): the backward's adjoints are O(1/B) and would otherwise fall below fp16's range.
+#pragma once
+
+#include <type_traits>
+
+#ifndef SK_HOST_EMULATION  // emulation/wmma_shim.h stands in for <mma.h>
+#include <mma.h>
+#endif
+
+#include "cuda/device_math.cuh"
+#include "cuda/tile_plan.cuh"
+
+namespace sobolev::cuda {
+
+namespace wmma = nvcuda::wmma;
+
+// bf16 and fp16 run on tensor cores where WMMA has them both (sm_80: A100, H100); the host
+// pass sees the device code too and only needs it to parse.
+template <typename scalar_t>
+inline constexpr bool kTensorCores = false;
+#if defined(SK_HOST_EMULATION) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+template <>
+inline constexpr bool kTensorCores<__nv_bfloat16> = true;
+template <>
+inline constexpr bool kTensorCores<__half> = true;
+#endif
+
+// The block's tensor-core stage (sizes in TilePlan, see make_plan), in shared memory.
+template <typename mma_t>
+struct MmaStage {
+  mma_t* a;        // a tile operand, up to mma_tile_elems
+  mma_t* b;        // a weight panel or a second tile operand, up to b_elems
+  int b_elems;
+  float* results;  // a 16 x 16 block per warp
+  unsigned* amax;  // max |operand| of the product being staged (fp16 scaling)
+};
+
+template <typename mma_t>
+__device__ __forceinline__ MmaStage<mma_t> mma_stage(unsigned char* stage, const TilePlan& plan) {
+  auto* a = reinterpret_cast<mma_t*>(stage);
+  auto* results = reinterpret_cast<float*>(a + plan.mma_tile_elems + plan.mma_panel_elems);
+  return {a, a + plan.mma_tile_elems, plan.mma_panel_elems, results,
+          reinterpret_cast<unsigned*>(results + kMmaResultBytes / sizeof(float))};
+}
+
+// The power of two that brings max |src| into [2^13, 2^14) for fp16 (room for fp16's 65504),
+// 1 for bf16, which has fp32's range. Every thread of the block calls it.
+template <typename mma_t, typename acc_t>
+__device__ float operand_scale(const acc_t* src, int ld, int rows, int cols, unsigned* amax) {
+  if constexpr (!std::is_same_v<mma_t, __half>) {
+    return 1.0f;
+  } else {
+    __syncthreads();  // every thread has read the previous operand's max
+    if (threadIdx.x == 0) *amax = 0;
+    __syncthreads();
+    float local = 0;
+    for (int e = threadIdx.x; e < rows * cols; e += blockDim.x)
+      local = fmaxf(local, fabsf(static_cast<float>(src[(e / cols) * ld + e % cols])));
+    atomicMax(amax, __float_as_uint(local));  // non-negative floats order as their bits
+    __syncthreads();
+    const float largest = __uint_as_float(*amax);
+    if (!(largest > 0) || !isfinite(largest)) return 1.0f;
+    int exponent = 0;
+    frexpf(largest, &exponent);  // largest < 2^exponent
+    return ldexpf(1.0f, max(-100, min(100, 14 - exponent)));
+  }
+}
+
+// dst (rows_p x cols_p, row-major) = scale src (rows x cols, row stride ld), zeros around it.
+template <typename mma_t, typename acc_t>
+__device__ void stage_operand(const acc_t* src, int ld, int rows, int cols, float scale,
+                              mma_t* dst, int rows_p, int cols_p) {
+  for (int e = threadIdx.x; e < rows_p * cols_p; e += blockDim.x) {
+    const int r = e / cols_p, c = e % cols_p;
+    const float v = r < rows && c < cols ? static_cast<float>(src[r * ld + c]) * scale : 0.0f;
+    dst[e] = from_acc<mma_t>(v);
+  }
+}
+
+template <typename Layout>
+__device__ __forceinline__ int element_offset(int i, int j, int ld) {
+  return std::is_same_v<Layout, wmma::row_major> ? i * ld + j : i + j * ld;
+}
+
+// C (16 blocks_m x 16 blocks_n) = A B over 16 k_blocks, A and B in shared memory in the given
+// layouts. Warp w computes result blocks w, w + warps, ...; epi(i, j, value) receives every
+// element of the padded result once (the caller drops the padding).
+template <typename ALayout, typename BLayout, typename mma_t, typename Epilogue>
+__device__ void warp_products(int blocks_m, int blocks_n, int k_blocks, const mma_t* A, int lda,
+                              const mma_t* B, int ldb, float* results, Epilogue epi) {
+  constexpr int n = kMmaBlock;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  float* block = results + warp * n * n;
+  for (int t = warp; t < blocks_m * blocks_n; t += warps) {  // uniform across the warp
+    const int i0 = t / blocks_n * n, j0 = t % blocks_n * n;
+    wmma::fragment<wmma::accumulator, n, n, n, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int k0 = 0; k0 < k_blocks * n; k0 += n) {
+      wmma::fragment<wmma::matrix_a, n, n, n, mma_t, ALayout> a;
+      wmma::fragment<wmma::matrix_b, n, n, n, mma_t, BLayout> b;
+      wmma::load_matrix_sync(a, A + element_offset<ALayout>(i0, k0, lda), lda);
+      wmma::load_matrix_sync(b, B + element_offset<BLayout>(k0, j0, ldb), ldb);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(block, acc, n, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < n * n; e += 32) epi(i0 + e / n, j0 + e % n, block[e]);
+    __syncwarp();  // the warp's next result overwrites the block
+  }
+}
+
+// C (M x N) = A (M x K) W^T, W (N x K) row-major in global memory: z = [h; t] W_l^T.
+template <typename scalar_t, typename acc_t, typename Epilogue>
+__device__ void mma_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
+                            const MmaStage<scalar_t>& st, Epilogue epi) {
+  __syncthreads();  // A may have just been written (the FMA products allow that too)
+  const int Mp = pad16(M), Kp = pad16(K);
+  const float scale = operand_scale<scalar_t>(A, lda, M, K, st.amax), unscale = 1.0f / scale;
+  stage_operand(A, lda, M, K, scale, st.a, Mp, Kp);
+  const int panel = max(kMmaBlock, st.b_elems / Kp / kMmaBlock * kMmaBlock);
+  for (int n0 = 0; n0 < N; n0 += panel) {
+    const int nc = min(panel, N - n0), ncp = pad16(nc);
+    __syncthreads();  // the previous panel is no longer read
+    // the panel of W^T column-major, (k, n) at n Kp + k: read along W's rows (coalesced)
+    for (int e = threadIdx.x; e < ncp * Kp; e += blockDim.x) {
+      const int n = e / Kp, k = e % Kp;
+      st.b[e] = n < nc && k < K ? W[static_cast<int64_t>(n0 + n) * K + k]
+                                : from_acc<scalar_t>(0.0f);
+    }
+    __syncthreads();
+    warp_products<wmma::row_major, wmma::col_major>(
+        Mp / kMmaBlock, ncp / kMmaBlock, Kp / kMmaBlock, st.a, Kp, st.b, Kp, st.results,
+        [&](int m, int n, float v) {
+          if (m < M && n < nc) epi(m, n0 + n, static_cast<acc_t>(v * unscale));
+        });
+  }
+  __syncthreads();
+}
+
+// C (M x N) = A (M x K) W, W (K x N) row-major in global memory: [a_h; a_t] = [a_z; a_tz] W_l.
+template <typename scalar_t, typename acc_t, typename Epilogue>
+__device__ void mma_gemm_nn(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
+                            const MmaStage<scalar_t>& st, Epilogue epi) {
+  __syncthreads();  // A may have just been written (the FMA products allow that too)
+  const int Mp = pad16(M), Kp = pad16(K);
+  const float scale = operand_scale<scalar_t>(A, lda, M, K, st.amax), unscale = 1.0f / scale;
+  stage_operand(A, lda, M, K, scale, st.a, Mp, Kp);
+  const int panel = max(kMmaBlock, st.b_elems / Kp / kMmaBlock * kMmaBlock);
+  for (int n0 = 0; n0 < N; n0 += panel) {
+    const int nc = min(panel, N - n0), ncp = pad16(nc);
+    __syncthreads();
+    // the panel row-major, (k, n) at k ncp + n
+    for (int e = threadIdx.x; e < Kp * ncp; e += blockDim.x) {
+      const int k = e / ncp, n = e % ncp;
+      st.b[e] = k < K && n < nc ? W[static_cast<int64_t>(k) * N + n0 + n]
+                                : from_acc<scalar_t>(0.0f);
+    }
+    __syncthreads();
+    warp_products<wmma::row_major, wmma::row_major>(
+        Mp / kMmaBlock, ncp / kMmaBlock, Kp / kMmaBlock, st.a, Kp, st.b, ncp, st.results,
+        [&](int m, int n, float v) {
+          if (m < M && n < nc) epi(m, n0 + n, static_cast<acc_t>(v * unscale));
+        });
+  }
+  __syncthreads();
+}
+
+// C (N1 x N2) = A^T H over the tile's M stacked rows, A (M x N1) and H (M x N2) tiles:
+// dW = [a_z; a_tz]^T [h; t]. A is staged row-major and read as A^T column-major.
+template <typename scalar_t, typename acc_t, typename Epilogue>
+__device__ void mma_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, const acc_t* H,
+                            int ldh, const MmaStage<scalar_t>& st, Epilogue epi) {
+  __syncthreads();
+  const int Mp = pad16(M), N1p = pad16(N1), N2p = pad16(N2);
+  const float scale_a = operand_scale<scalar_t>(A, lda, M, N1, st.amax);
+  const float scale_h = operand_scale<scalar_t>(H, ldh, M, N2, st.amax);
+  const float unscale = 1.0f / scale_a / scale_h;  // powers of two: exact
+  stage_operand(A, lda, M, N1, scale_a, st.a, Mp, N1p);
+  stage_operand(H, ldh, M, N2, scale_h, st.b, Mp, N2p);
+  __syncthreads();
+  warp_products<wmma::col_major, wmma::row_major>(
+      N1p / kMmaBlock, N2p / kMmaBlock, Mp / kMmaBlock, st.a, N1p, st.b, N2p, st.results,
+      [&](int i, int j, float v) {
+        if (i < N1 && j < N2) epi(i, j, static_cast<acc_t>(v * unscale));
+      });
+  __syncthreads();
+}
+
+}  // namespace sobolev::cuda
