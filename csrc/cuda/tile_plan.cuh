@@ -13,7 +13,11 @@
 namespace sobolev::cuda {
 
 // Threads per block; stacked rows S R per tile, and the shared memory for one staged weight
-// panel of the FMA products.
+// panel of the FMA products. The forward and the backward must cut the batch alike: the saved
+// z/tz/ttz are laid out tile by tile. (Tensor cores might gain from 64 stacked rows: a tile
+// stages every weight panel once, and at 32 rows staging a 128 x 128 bf16 layer takes about
+// as long as its products, by L2 and tensor-core throughput. To be measured; at width 128 the
+// backward's buffers then leave room for one block per SM instead of two.)
 constexpr int kThreads = 256;
 constexpr int kTileStackedRows = 32;
 constexpr int kStageBytes = 32 * 1024;
