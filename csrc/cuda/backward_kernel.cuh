@@ -141,31 +141,32 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       // [a_h; a_t_k (; a_tt_k)] = [a_z; a_tz_k (; a_ttz_k)] W_l
-      tile_gemm_nn(M, n_in, n_out, a, n_out, static_cast<const scalar_t*>(p.weights[l - 1]), smem,
-                   plan, [&](int row, int col, acc_t v) { a_in[row * n_in + col] = v; });
+      tile_gemm_weights<WeightProduct::kPlain>(
+          M, n_in, n_out, a, n_out, static_cast<const scalar_t*>(p.weights[l - 1]), smem, plan,
+          [&](int row, int col, acc_t v) { a_in[row * n_in + col] = v; });
       for (int e = threadIdx.x; e < n; e += blockDim.x) {
         acc_t coupling = 0;
-        if (!second_order) {
+        if constexpr (!second_order) {
           // a_z = a_h s'(z) + s''(z) sum_k a_t_k tz_k,  a_tz_k = a_t_k s'(z)
           for (int k = 1; smooth && k <= K; ++k)
             coupling = fma(a_in[k * n + e], z[k * n + e], coupling);
           a_in[e] = a_in[e] * s1[e] + s2[e] * coupling;
           for (int k = 1; k <= K; ++k) a_in[k * n + e] *= s1[e];
-          continue;
-        }
-        // a_z     = a_h s' + s'' sum_k (a_t_k tz_k + a_tt_k ttz_k) + s''' sum_k a_tt_k tz_k^2
-        // a_tz_k  = a_t_k s' + 2 s'' a_tt_k tz_k,   a_ttz_k = a_tt_k s'
-        for (int k = 1; k <= K; ++k) {
-          const acc_t at = a_in[k * n + e], att = a_in[(K + k) * n + e], tz = z[k * n + e];
-          if (smooth) {
-            coupling += s2[e] * fma(at, tz, att * z[(K + k) * n + e]) + s3[e] * att * tz * tz;
-            a_in[k * n + e] = fma(at, s1[e], acc_t(2) * s2[e] * att * tz);
-          } else {
-            a_in[k * n + e] = at * s1[e];
+        } else {
+          // a_z    = a_h s' + s'' sum_k (a_t_k tz_k + a_tt_k ttz_k) + s''' sum_k a_tt_k tz_k^2
+          // a_tz_k = a_t_k s' + 2 s'' a_tt_k tz_k,   a_ttz_k = a_tt_k s'
+          for (int k = 1; k <= K; ++k) {
+            const acc_t at = a_in[k * n + e], att = a_in[(K + k) * n + e], tz = z[k * n + e];
+            if (smooth) {
+              coupling += s2[e] * fma(at, tz, att * z[(K + k) * n + e]) + s3[e] * att * tz * tz;
+              a_in[k * n + e] = fma(at, s1[e], acc_t(2) * s2[e] * att * tz);
+            } else {
+              a_in[k * n + e] = at * s1[e];
+            }
+            a_in[(K + k) * n + e] = att * s1[e];
           }
-          a_in[(K + k) * n + e] = att * s1[e];
+          a_in[e] = fma(a_in[e], s1[e], coupling);
         }
-        a_in[e] = fma(a_in[e], s1[e], coupling);
       }
       __syncthreads();
       acc_t* swap = a;
@@ -191,10 +192,9 @@ __global__ void __launch_bounds__(kThreads)
     // dL/dx = a_z W_1 (the directions get no gradient)
     if (p.grad_x != nullptr) {
       auto* grad_x = static_cast<scalar_t*>(p.grad_x);
-      tile_gemm_nn(R, d, n_1, a, n_1, static_cast<const scalar_t*>(p.weights[0]), smem, plan,
-                   [&](int row, int col, acc_t v) {
-                     grad_x[(r0 + row) * d + col] = from_acc<scalar_t>(v);
-                   });
+      tile_gemm_weights<WeightProduct::kPlain>(
+          R, d, n_1, a, n_1, static_cast<const scalar_t*>(p.weights[0]), smem, plan,
+          [&](int row, int col, acc_t v) { grad_x[(r0 + row) * d + col] = from_acc<scalar_t>(v); });
     }
     __syncthreads();  // the next tile overwrites the buffers
   }

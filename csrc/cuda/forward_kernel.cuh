@@ -49,11 +49,12 @@ __global__ void __launch_bounds__(kThreads)
           out[e] = acc_t(0);
       // z_l = h_{l-1} W_l^T + b_l,  tz_l = t_{l-1} W_l^T,  ttz_l = tt_{l-1} W_l^T: one product
       // over the stacked rows (it ends with a barrier, so the zeros above are visible too)
-      tile_gemm_nt(rows, n_out, n_in, in, n_in, static_cast<const scalar_t*>(p.weights[l - 1]),
-                   smem, plan, [&](int row, int col, acc_t v) {
-                     if (bias != nullptr && row < R) v += to_acc<acc_t>(bias[col]);
-                     out[row * n_out + col] = v;
-                   });
+      tile_gemm_weights<WeightProduct::kTransposed>(
+          rows, n_out, n_in, in, n_in, static_cast<const scalar_t*>(p.weights[l - 1]), smem, plan,
+          [&](int row, int col, acc_t v) {
+            if (bias != nullptr && row < R) v += to_acc<acc_t>(bias[col]);
+            out[row * n_out + col] = v;
+          });
       if (l == L) break;
       // h = s(z), t_k = s'(z) tz_k (, tt_k = s'(z) ttz_k + s''(z) tz_k^2): the next layer's
       // input; z, tz (, ttz) saved for the backward

@@ -117,10 +117,14 @@ __device__ void warp_products(int blocks_m, int blocks_n, int k_blocks, const mm
   }
 }
 
-// C (M x N) = A (M x K) W^T, W (N x K) row-major in global memory: z = [h; t] W_l^T.
-template <typename scalar_t, typename acc_t, typename Epilogue>
-__device__ void mma_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
-                            const MmaStage<scalar_t>& st, Epilogue epi) {
+// C (M x N) = A (M x K) W^T (W: N x K) or A W (W: K x N), W row-major in global memory. The
+// panel is staged as a K x nc operand: W^T column-major ((k, n) at n Kp + k) or W row-major
+// ((k, n) at k ncp + n), both read along W's rows (coalesced).
+template <WeightProduct op, typename scalar_t, typename acc_t, typename Epilogue>
+__device__ void mma_gemm_weights(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
+                                 const MmaStage<scalar_t>& st, Epilogue epi) {
+  constexpr bool transposed = op == WeightProduct::kTransposed;
+  using BLayout = std::conditional_t<transposed, wmma::col_major, wmma::row_major>;
   __syncthreads();  // A may have just been written (the FMA products allow that too)
   const int Mp = pad16(M), Kp = pad16(K);
   const float scale = operand_scale<scalar_t>(A, lda, M, K, st.amax), unscale = 1.0f / scale;
@@ -129,44 +133,15 @@ __device__ void mma_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const 
   for (int n0 = 0; n0 < N; n0 += panel) {
     const int nc = min(panel, N - n0), ncp = pad16(nc);
     __syncthreads();  // the previous panel is no longer read
-    // the panel of W^T column-major, (k, n) at n Kp + k: read along W's rows (coalesced)
     for (int e = threadIdx.x; e < ncp * Kp; e += blockDim.x) {
-      const int n = e / Kp, k = e % Kp;
-      st.b[e] = n < nc && k < K ? W[static_cast<int64_t>(n0 + n) * K + k]
-                                : from_acc<scalar_t>(0.0f);
+      const int k = transposed ? e % Kp : e / ncp, n = transposed ? e / Kp : e % ncp;
+      const int64_t at = transposed ? int64_t(n0 + n) * K + k : int64_t(k) * N + n0 + n;
+      st.b[e] = k < K && n < nc ? W[at] : from_acc<scalar_t>(0.0f);
     }
     __syncthreads();
-    warp_products<wmma::row_major, wmma::col_major>(
-        Mp / kMmaBlock, ncp / kMmaBlock, Kp / kMmaBlock, st.a, Kp, st.b, Kp, st.results,
-        [&](int m, int n, float v) {
-          if (m < M && n < nc) epi(m, n0 + n, static_cast<acc_t>(v * unscale));
-        });
-  }
-  __syncthreads();
-}
-
-// C (M x N) = A (M x K) W, W (K x N) row-major in global memory: [a_h; a_t] = [a_z; a_tz] W_l.
-template <typename scalar_t, typename acc_t, typename Epilogue>
-__device__ void mma_gemm_nn(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
-                            const MmaStage<scalar_t>& st, Epilogue epi) {
-  __syncthreads();  // A may have just been written (the FMA products allow that too)
-  const int Mp = pad16(M), Kp = pad16(K);
-  const float scale = operand_scale<scalar_t>(A, lda, M, K, st.amax), unscale = 1.0f / scale;
-  stage_operand(A, lda, M, K, scale, st.a, Mp, Kp);
-  const int panel = max(kMmaBlock, st.b_elems / Kp / kMmaBlock * kMmaBlock);
-  for (int n0 = 0; n0 < N; n0 += panel) {
-    const int nc = min(panel, N - n0), ncp = pad16(nc);
-    __syncthreads();
-    // the panel row-major, (k, n) at k ncp + n
-    for (int e = threadIdx.x; e < Kp * ncp; e += blockDim.x) {
-      const int k = e / ncp, n = e % ncp;
-      st.b[e] = k < K && n < nc ? W[static_cast<int64_t>(k) * N + n0 + n]
-                                : from_acc<scalar_t>(0.0f);
-    }
-    __syncthreads();
-    warp_products<wmma::row_major, wmma::row_major>(
-        Mp / kMmaBlock, ncp / kMmaBlock, Kp / kMmaBlock, st.a, Kp, st.b, ncp, st.results,
-        [&](int m, int n, float v) {
+    warp_products<wmma::row_major, BLayout>(
+        Mp / kMmaBlock, ncp / kMmaBlock, Kp / kMmaBlock, st.a, Kp, st.b, transposed ? Kp : ncp,
+        st.results, [&](int m, int n, float v) {
           if (m < M && n < nc) epi(m, n0 + n, static_cast<acc_t>(v * unscale));
         });
   }

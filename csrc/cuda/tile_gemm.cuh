@@ -1,13 +1,13 @@
 // Block-wide matrix products on a tile of stacked rows (the CUDA counterpart of cpu/gemm.h):
 // FMA products here for fp32 and fp64 (and bf16/fp16 before sm_80), tensor-core products
-// (mma_gemm.cuh) for bf16/fp16 on sm_80 and newer; tile_gemm_* at the end picks one.
+// (mma_gemm.cuh) for bf16/fp16 on sm_80 and newer; tile_gemm_* at the end pick one.
 //
-// FMA products: tiles live in shared memory (or a block's slice of global scratch when too large; the code
-// only sees pointers). Weights are read from global memory in panels staged through shared
-// memory, Ws[k * nc + n], so a warp reads consecutive addresses. Each thread owns up to
-// kMicro x kMicro outputs at rows tm + i * tiles_m and columns tn + j * tiles_n: threads of a
-// warp share tm (broadcast reads of A) and take consecutive columns (no bank conflicts).
-// Every thread of the block must call these functions (they synchronise).
+// FMA products: tiles live in shared memory (or a block's slice of global scratch when too
+// large; the code only sees pointers). Weights are read from global memory in panels staged
+// through shared memory, Ws[k * nc + n], so a warp reads consecutive addresses. Each thread
+// owns up to kMicro x kMicro outputs at rows tm + i * tiles_m and columns tn + j * tiles_n:
+// threads of a warp share tm (broadcast reads of A) and take consecutive columns (no bank
+// conflicts). Every thread of the block must call these functions (they synchronise).
 #pragma once
 
 #include "cuda/device_math.cuh"
@@ -54,36 +54,23 @@ __device__ __forceinline__ void panel_product(int M, int nc, int K, const acc_t*
   }
 }
 
-// C (M x N) = A (M x K) W^T with W (N x K) row-major in global memory: z = [h; t] W_l^T.
-// Ws holds stage_capacity >= K elements.
-template <typename acc_t, typename scalar_t, typename Epilogue>
-__device__ void fma_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
-                            acc_t* Ws, int stage_capacity, Epilogue epi) {
+// C (M x N) = A (M x K) W^T (W: N x K) or A W (W: K x N), W row-major in global memory and
+// staged panel by panel as Ws[k nc + n] (stage_capacity >= K elements).
+template <WeightProduct op, typename acc_t, typename scalar_t, typename Epilogue>
+__device__ void fma_gemm_weights(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
+                                 acc_t* Ws, int stage_capacity, Epilogue epi) {
   const int panel = max(1, min(N, stage_capacity / K));
   for (int n0 = 0; n0 < N; n0 += panel) {
     const int nc = min(panel, N - n0);
     __syncthreads();  // the previous panel is no longer read
-    for (int e = threadIdx.x; e < nc * K; e += blockDim.x) {
-      const int n = e / K, k = e % K;  // coalesced along the rows of W
-      Ws[k * nc + n] = to_acc<acc_t>(W[static_cast<int64_t>(n0 + n) * K + k]);
-    }
-    __syncthreads();
-    panel_product(M, nc, K, A, lda, Ws, [&](int m, int n, acc_t v) { epi(m, n0 + n, v); });
-  }
-  __syncthreads();
-}
-
-// C (M x N) = A (M x K) W with W (K x N) row-major in global memory: [a_h; a_t] = [a_z; a_tz] W.
-template <typename acc_t, typename scalar_t, typename Epilogue>
-__device__ void fma_gemm_nn(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
-                            acc_t* Ws, int stage_capacity, Epilogue epi) {
-  const int panel = max(1, min(N, stage_capacity / K));
-  for (int n0 = 0; n0 < N; n0 += panel) {
-    const int nc = min(panel, N - n0);
-    __syncthreads();
-    for (int e = threadIdx.x; e < nc * K; e += blockDim.x) {
-      const int k = e / nc, n = e % nc;
-      Ws[e] = to_acc<acc_t>(W[static_cast<int64_t>(k) * N + n0 + n]);
+    for (int e = threadIdx.x; e < nc * K; e += blockDim.x) {  // coalesced reads of W's rows
+      if constexpr (op == WeightProduct::kTransposed) {
+        const int n = e / K, k = e % K;
+        Ws[k * nc + n] = to_acc<acc_t>(W[static_cast<int64_t>(n0 + n) * K + k]);
+      } else {
+        const int k = e / nc, n = e % nc;
+        Ws[e] = to_acc<acc_t>(W[static_cast<int64_t>(k) * N + n0 + n]);
+      }
     }
     __syncthreads();
     panel_product(M, nc, K, A, lda, Ws, [&](int m, int n, acc_t v) { epi(m, n0 + n, v); });
@@ -131,22 +118,15 @@ __device__ void fma_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, cons
 // The products the kernels call. `stage` is the block's weight stage in shared memory
 // (plan.stage_elems accumulation-type elements); scalar_t, the storage type, picks the
 // tensor cores or FMA.
-template <typename scalar_t, typename acc_t, typename Epilogue>
-__device__ void tile_gemm_nt(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
-                             unsigned char* stage, const TilePlan& plan, Epilogue epi) {
+template <WeightProduct op, typename scalar_t, typename acc_t, typename Epilogue>
+__device__ void tile_gemm_weights(int M, int N, int K, const acc_t* A, int lda,
+                                  const scalar_t* W, unsigned char* stage, const TilePlan& plan,
+                                  Epilogue epi) {
   if constexpr (kTensorCores<scalar_t>)
-    mma_gemm_nt(M, N, K, A, lda, W, mma_stage<scalar_t>(stage, plan), epi);
+    mma_gemm_weights<op>(M, N, K, A, lda, W, mma_stage<scalar_t>(stage, plan), epi);
   else
-    fma_gemm_nt(M, N, K, A, lda, W, reinterpret_cast<acc_t*>(stage), plan.stage_elems, epi);
-}
-
-template <typename scalar_t, typename acc_t, typename Epilogue>
-__device__ void tile_gemm_nn(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
-                             unsigned char* stage, const TilePlan& plan, Epilogue epi) {
-  if constexpr (kTensorCores<scalar_t>)
-    mma_gemm_nn(M, N, K, A, lda, W, mma_stage<scalar_t>(stage, plan), epi);
-  else
-    fma_gemm_nn(M, N, K, A, lda, W, reinterpret_cast<acc_t*>(stage), plan.stage_elems, epi);
+    fma_gemm_weights<op>(M, N, K, A, lda, W, reinterpret_cast<acc_t*>(stage), plan.stage_elems,
+                         epi);
 }
 
 template <typename scalar_t, typename acc_t, typename Epilogue>
