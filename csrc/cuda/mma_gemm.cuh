@@ -74,14 +74,16 @@ __device__ float operand_scale(const acc_t* src, int ld, int rows, int cols, uns
   }
 }
 
-// dst (rows_p x cols_p, row-major) = scale src (rows x cols, row stride ld), zeros around it.
+// dst (pad16(rows) x pad16(cols), row stride mma_lead(cols)) = scale src (rows x cols, row
+// stride ld), zeros around it.
 template <typename mma_t, typename acc_t>
 __device__ void stage_operand(const acc_t* src, int ld, int rows, int cols, float scale,
-                              mma_t* dst, int rows_p, int cols_p) {
+                              mma_t* dst) {
+  const int rows_p = pad16(rows), cols_p = pad16(cols), ld_dst = mma_lead(cols);
   for (int e = threadIdx.x; e < rows_p * cols_p; e += blockDim.x) {
     const int r = e / cols_p, c = e % cols_p;
     const float v = r < rows && c < cols ? static_cast<float>(src[r * ld + c]) * scale : 0.0f;
-    dst[e] = from_acc<mma_t>(v);
+    dst[r * ld_dst + c] = from_acc<mma_t>(v);
   }
 }
 
@@ -118,29 +120,33 @@ __device__ void warp_products(int blocks_m, int blocks_n, int k_blocks, const mm
 }
 
 // C (M x N) = A (M x K) W^T (W: N x K) or A W (W: K x N), W row-major in global memory. The
-// panel is staged as a K x nc operand: W^T column-major ((k, n) at n Kp + k) or W row-major
-// ((k, n) at k ncp + n), both read along W's rows (coalesced).
+// panel is staged as a K x nc operand: W^T column-major ((k, n) at n mma_lead(K) + k) or W
+// row-major ((k, n) at k mma_lead(nc) + n), both read along W's rows (coalesced).
 template <WeightProduct op, typename scalar_t, typename acc_t, typename Epilogue>
 __device__ void mma_gemm_weights(int M, int N, int K, const acc_t* A, int lda, const scalar_t* W,
                                  const MmaStage<scalar_t>& st, Epilogue epi) {
   constexpr bool transposed = op == WeightProduct::kTransposed;
   using BLayout = std::conditional_t<transposed, wmma::col_major, wmma::row_major>;
   __syncthreads();  // A may have just been written (the FMA products allow that too)
-  const int Mp = pad16(M), Kp = pad16(K);
+  const int Kp = pad16(K), lda_st = mma_lead(K);
   const float scale = operand_scale<scalar_t>(A, lda, M, K, st.amax), unscale = 1.0f / scale;
-  stage_operand(A, lda, M, K, scale, st.a, Mp, Kp);
-  const int panel = max(kMmaBlock, st.b_elems / Kp / kMmaBlock * kMmaBlock);
+  stage_operand(A, lda, M, K, scale, st.a);
+  // columns per panel: ncp mma_lead(K) (W^T) and K mma_lead(ncp) (W) both within b_elems
+  const int fit = st.b_elems / lda_st - kMmaSkew;
+  const int panel = max(kMmaBlock, fit / kMmaBlock * kMmaBlock);
   for (int n0 = 0; n0 < N; n0 += panel) {
     const int nc = min(panel, N - n0), ncp = pad16(nc);
+    const int ldb = transposed ? lda_st : mma_lead(nc);
     __syncthreads();  // the previous panel is no longer read
     for (int e = threadIdx.x; e < ncp * Kp; e += blockDim.x) {
       const int k = transposed ? e % Kp : e / ncp, n = transposed ? e / Kp : e % ncp;
       const int64_t at = transposed ? int64_t(n0 + n) * K + k : int64_t(k) * N + n0 + n;
-      st.b[e] = k < K && n < nc ? W[at] : from_acc<scalar_t>(0.0f);
+      st.b[transposed ? n * ldb + k : k * ldb + n] =
+          k < K && n < nc ? W[at] : from_acc<scalar_t>(0.0f);
     }
     __syncthreads();
     warp_products<wmma::row_major, BLayout>(
-        Mp / kMmaBlock, ncp / kMmaBlock, Kp / kMmaBlock, st.a, Kp, st.b, transposed ? Kp : ncp,
+        pad16(M) / kMmaBlock, ncp / kMmaBlock, Kp / kMmaBlock, st.a, lda_st, st.b, ldb,
         st.results, [&](int m, int n, float v) {
           if (m < M && n < nc) epi(m, n0 + n, static_cast<acc_t>(v * unscale));
         });
@@ -154,15 +160,15 @@ template <typename scalar_t, typename acc_t, typename Epilogue>
 __device__ void mma_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, const acc_t* H,
                             int ldh, const MmaStage<scalar_t>& st, Epilogue epi) {
   __syncthreads();
-  const int Mp = pad16(M), N1p = pad16(N1), N2p = pad16(N2);
   const float scale_a = operand_scale<scalar_t>(A, lda, M, N1, st.amax);
   const float scale_h = operand_scale<scalar_t>(H, ldh, M, N2, st.amax);
   const float unscale = 1.0f / scale_a / scale_h;  // powers of two: exact
-  stage_operand(A, lda, M, N1, scale_a, st.a, Mp, N1p);
-  stage_operand(H, ldh, M, N2, scale_h, st.b, Mp, N2p);
+  stage_operand(A, lda, M, N1, scale_a, st.a);
+  stage_operand(H, ldh, M, N2, scale_h, st.b);
   __syncthreads();
   warp_products<wmma::col_major, wmma::row_major>(
-      N1p / kMmaBlock, N2p / kMmaBlock, Mp / kMmaBlock, st.a, N1p, st.b, N2p, st.results,
+      pad16(N1) / kMmaBlock, pad16(N2) / kMmaBlock, pad16(M) / kMmaBlock, st.a, mma_lead(N1),
+      st.b, mma_lead(N2), st.results,
       [&](int i, int j, float v) {
         if (i < N1 && j < N2) epi(i, j, static_cast<acc_t>(v * unscale));
       });

@@ -28,11 +28,16 @@ constexpr int kStageBytes = 32 * 1024;
 // The tensor-core products of bf16 and fp16 (mma_gemm.cuh) stage, in the same place, the
 // 16-bit copies of a tile operand and of a weight panel (or a second tile operand), padded
 // to multiples of 16, each warp's 16 x 16 fp32 result block and one word for a max |operand|.
-// A panel has 64 columns: with the tile's (up to) 2 x 16 rows, 8 result blocks, one per warp.
+// A panel has 64 columns: with 2 x 16 stacked rows, 8 result blocks, one per warp. Staged rows
+// are kMmaSkew elements longer than their padded width, so that the rows WMMA loads together
+// do not sit 2^n bytes apart, in the same shared-memory banks.
 constexpr int kMmaBlock = 16;
 constexpr int kMmaPanelColumns = 64;
+constexpr int kMmaSkew = 8;  // 16 bytes: keeps WMMA's 32-byte alignment of 16-row steps
 constexpr int kMmaResultBytes = kThreads / 32 * kMmaBlock * kMmaBlock * sizeof(float);
 SK_HD int pad16(int n) { return (n + kMmaBlock - 1) / kMmaBlock * kMmaBlock; }
+// Leading dimension of a staged 16-bit operand with n columns.
+SK_HD int mma_lead(int n) { return pad16(n) + kMmaSkew; }
 SK_HD bool uses_tensor_cores(DType dtype) {
   return dtype == DType::kBFloat16 || dtype == DType::kFloat16;
 }
@@ -53,7 +58,7 @@ struct TilePlan {
   int hidden_total = 0;      // n_1 + ... + n_{L-1}
   int grid = 1;              // persistent blocks, each walking tiles blockIdx.x, + gridDim.x, ...
   int stage_elems = 0;       // accumulation-type elements of the weight stage
-  int mma_tile_elems = 0;    // tensor cores: pad16(S R) pad16(max_width) 16-bit elements
+  int mma_tile_elems = 0;    // tensor cores: pad16(S R) mma_lead(max_width) 16-bit elements
   int mma_panel_elems = 0;   // and the panel (>= mma_tile_elems)
   int64_t buffer_elems = 0;  // elements of all tile buffers of one block
   bool buffers_in_smem = true;
@@ -84,9 +89,9 @@ inline TilePlan make_plan(const SobolevLaunch& p, int tile_buffers, int row_buff
   if (uses_tensor_cores(p.dtype)) {
     // the whole stage (a GPU older than sm_80 runs the FMA products in it: >= 5K elements, a
     // panel of at least one column; the forward's final sums need 6 KB)
-    plan.mma_tile_elems = pad16(plan.streams * plan.rows) * pad16(plan.max_width);
-    plan.mma_panel_elems =
-        std::max(plan.mma_tile_elems, kMmaPanelColumns * pad16(plan.max_width));
+    plan.mma_tile_elems = pad16(plan.streams * plan.rows) * mma_lead(plan.max_width);
+    plan.mma_panel_elems = std::max(plan.mma_tile_elems,
+                                    (kMmaPanelColumns + kMmaSkew) * mma_lead(plan.max_width));
     const size_t bytes = sizeof(uint16_t) * (plan.mma_tile_elems + plan.mma_panel_elems) +
                          kMmaResultBytes + 32;
     plan.stage_elems = static_cast<int>((bytes + acc_size - 1) / acc_size);
