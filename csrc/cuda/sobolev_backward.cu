@@ -13,8 +13,8 @@ struct BackwardPlan {
   int64_t partial_size;
 };
 
-// Tiles, and a grid of at most 2 blocks per SM: each block keeps a full set of partial
-// weight gradients, so more blocks cost memory and a longer final sum.
+// Tiles, and a grid of at most kBackwardBlocksPerSM (2) blocks per SM: each block keeps a
+// full set of partial weight gradients, so more blocks cost memory and a longer final sum.
 BackwardPlan plan_backward(const SobolevLaunch& p, size_t acc, int* num_sms_out) {
   int device = 0, num_sms = 0, smem_limit = 0;
   cudaGetDevice(&device);
@@ -24,7 +24,8 @@ BackwardPlan plan_backward(const SobolevLaunch& p, size_t acc, int* num_sms_out)
   BackwardPlan plan{
       make_plan(p, kBackwardTileBuffers, backward_row_buffers(p), acc, smem_limit),
       p.grad_weights[0] != nullptr ? partial_size(p) : 0};
-  plan.tiles.grid = static_cast<int>(std::min<int64_t>(plan.tiles.num_tiles, 2 * num_sms));
+  plan.tiles.grid = static_cast<int>(
+      std::min<int64_t>(plan.tiles.num_tiles, int64_t(kBackwardBlocksPerSM) * num_sms));
   *num_sms_out = num_sms;
   return plan;
 }

@@ -48,6 +48,8 @@ constexpr int kLossTerms = 3;
 // (and s''' for order 2) rows.
 constexpr int kForwardTileBuffers = 2, kForwardRowBuffers = 0;
 constexpr int kBackwardTileBuffers = 3;
+// The backward's grid: at most this many blocks per SM (each keeps its partial gradients).
+constexpr int kBackwardBlocksPerSM = 2;
 SK_HD int backward_row_buffers(const SobolevLaunch& p) { return p.order == 2 ? 3 : 2; }
 
 struct TilePlan {
