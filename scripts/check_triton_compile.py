@@ -102,6 +102,15 @@ SURVEY_WIDTHS, SURVEY_K = (16, 128, 128, 128, 8), 2
 SURVEY = [("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")]
 SURVEY_LAUNCH = [(16, 4), (16, 8), (32, 8)]
 SURVEY_CHUNKS = (k.CHUNK, 0)  # K loops over chunks reloaded from memory; whole-K dots
+# tiles too large for 4 (width <= 64) or 8 warps at MIN_PAD rows: (widths, K, order, dtype)
+WARPS_SURVEY = [
+    ((16, 64, 64, 64, 8), 8, 1, "fp32"),
+    ((2, 64, 64, 64, 1), 4, 2, "fp32"),
+    ((16, 128, 128, 128, 8), 2, 2, "fp32"),
+    ((16, 128, 128, 128, 8), 8, 1, "bf16"),
+    ((16, 128, 128, 8), 16, 1, "fp32"),
+    ((64, 256, 256, 256, 256, 256, 16), 4, 1, "bf16"),
+]
 
 
 def survey(path: Path, arch: int = 90) -> None:
@@ -124,20 +133,45 @@ def survey(path: Path, arch: int = 90) -> None:
     ]
     configs = itertools.product(SURVEY, SURVEY_CHUNKS, SURVEY_LAUNCH)
     for (dtype, precision), chunk, (rows, warps) in configs:
-        for name, kernel, ptrs, sig, constexprs in _constexprs(layout, rows, 0, precision, chunk):
-            start = time.perf_counter()
-            try:
-                compiled = _compile(kernel, ptrs, sig, constexprs, dtype, arch, warps)
-                res, shared = _resources(compiled), compiled.metadata.shared
-            except Exception as exc:  # noqa: BLE001 - a failing variant is a result too
-                res, shared = {"REG": str(exc).strip().splitlines()[-1][:60]}, "-"
-            seconds = time.perf_counter() - start
-            row = (f"| {dtype} | {precision} | {chunk} | {rows} | {warps} | {name} | "
-                   f"{res.get('REG')} | {res.get('STACK', '-')} | {shared} | "
-                   f"{seconds:.0f} |")  # fmt: skip
-            print(row, flush=True)
-            lines.append(row)
+        for name, *res in _survey_compiles(layout, rows, warps, dtype, precision, chunk, arch):
+            row = f"| {dtype} | {precision} | {chunk} | {rows} | {warps} | {name} | "
+            lines.append(row + " | ".join(map(str, res)) + " |")
+            print(lines[-1], flush=True)
+    lines += [
+        "",
+        "## Warps for large tiles",
+        "",
+        "Where even 16 rows (the least `tl.dot` takes) overflow the register budget of 4 warps "
+        "(width <= 64) or 8: many directions, order 2. Static rows, K chunk "
+        f"{k.CHUNK}, ieee dots; `*` marks `Layout.num_warps()`, the static choice (16 warps is "
+        "an autotuner candidate only).",
+        "",
+        "| widths | K | order | dtype | rows | warps | kernel | REG | STACK | shared | compile s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for widths, kk, order, dtype in WARPS_SURVEY:
+        big = k.Layout(widths, kk, order)
+        rows = big.rows(4 if dtype == "fp32" else 2, SHARED_LIMIT[arch])
+        for warps in (4, 8, 16) if max(big.pads) <= 64 else (8, 16):
+            mark = "*" if warps == big.num_warps() else ""
+            for name, *res in _survey_compiles(big, rows, warps, dtype, "ieee", k.CHUNK, arch):
+                row = f"| {widths} | {kk} | {order} | {dtype} | {rows} | {warps}{mark} | {name} | "
+                lines.append(row + " | ".join(map(str, res)) + " |")
+                print(lines[-1], flush=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _survey_compiles(layout, rows, warps, dtype, precision, chunk, arch):
+    """(kernel, REG, STACK, shared bytes, compile seconds) of both kernels."""
+    for name, kernel, ptrs, sig, constexprs in _constexprs(layout, rows, 0, precision, chunk):
+        start = time.perf_counter()
+        try:
+            compiled = _compile(kernel, ptrs, sig, constexprs, dtype, arch, warps)
+            res, shared = _resources(compiled), compiled.metadata.shared
+        except Exception as exc:  # noqa: BLE001 - a failing variant is a result too
+            res, shared = {"REG": str(exc).strip().splitlines()[-1][:60]}, "-"
+        seconds = f"{time.perf_counter() - start:.0f}"
+        yield name, res.get("REG"), res.get("STACK", "-"), shared, seconds
 
 
 def check(variant, arch: int) -> list[str]:

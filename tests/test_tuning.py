@@ -166,11 +166,23 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     configs = layout.launch_configs(4, 227 * 1024)
     assert configs[0] == (layout.rows(4, 227 * 1024), layout.num_warps(), CHUNK)
     assert len(set(configs)) == len(configs) <= 5
+    many_directions = layout.tile_elements(MIN_PAD) > layout.tile_budget(8)
+    assert any(warps == 16 for _, warps, _ in configs) == many_directions
     for rows, warps, chunk in configs:
-        assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8)
+        assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8, 16)
         assert chunk in (0, MIN_PAD, CHUNK)
         if chunk == 0:  # whole-K dots in registers only where no width exceeds a chunk
             assert max(layout.pads) <= CHUNK
+
+
+@needs_triton
+def test_num_warps_grow_with_the_tiles():
+    from sobolev_kernels.triton.sobolev_mlp import Layout
+
+    assert Layout((2, 64, 64, 64, 1), 1, 1).num_warps() == 4  # config S
+    assert Layout((16, 64, 64, 64, 8), 8, 1).num_warps() == 8  # width 64, many directions
+    assert Layout((2, 64, 64, 64, 1), 4, 2).num_warps() == 8  # width 64, order 2
+    assert Layout((16, 128, 128, 128, 8), 2, 1).num_warps() == 8  # config M
 
 
 @needs_triton

@@ -156,7 +156,13 @@ class Layout:
         return rows
 
     def num_warps(self) -> int:
-        return 4 if max(self.pads) <= 64 else 8
+        """8 warps above width 64, and at width 64 where 4 warps' register budget cannot hold
+        even MIN_PAD rows (many directions, order 2): there 4 warps spilled 0.4-2.3 KB per
+        thread in ahead-of-time compiles for sm_90, 8 warps 0-0.4 KB
+        (bench/results/triton_resources_sm90.md); else 4."""
+        if max(self.pads) > 64 or self.tile_elements(MIN_PAD) > self.tile_budget(4):
+            return 8
+        return 4
 
     def constexprs(self) -> dict:
         """The compile-time constants both kernels take from the layout (the backward also
@@ -169,9 +175,10 @@ class Layout:
         self, element_size: int = 4, shared_limit: int | None = None
     ) -> list[tuple[int, int, int]]:
         """(rows, num_warps, chunk) candidates for the autotuner, the static choice first: its
-        neighbours in warps, in rows (half, and double within twice the register budget) and
-        in the K step (16; or whole-K dots in registers where no width exceeds a chunk).
-        Few on purpose: each is a compile of several seconds the first time a shape runs."""
+        neighbours in warps (and 16 warps where MIN_PAD rows overflow 8 warps' budget), in rows
+        (half, and double within twice the register budget) and in the K step (16; or whole-K
+        dots in registers where no width exceeds a chunk). Few on purpose: each is a compile
+        of several seconds the first time a shape runs."""
         rows, warps = self.rows(element_size, shared_limit), self.num_warps()
         configs = [(rows, warps, CHUNK), (rows, 12 - warps, CHUNK)]  # 4 <-> 8
         configs.append((rows, warps, CHUNK // 2 if max(self.pads) > CHUNK else 0))
@@ -179,6 +186,8 @@ class Layout:
             configs.append((rows // 2, warps, CHUNK))
         if rows < 128 and self.tile_elements(2 * rows) <= 2 * self.tile_budget(warps):
             configs.append((2 * rows, warps, CHUNK))
+        if self.tile_elements(MIN_PAD) > self.tile_budget(8):  # many directions: fewer spills
+            configs.append((rows, 16, CHUNK))
         return configs
 
     def hidden_stacks(self, save: bool) -> dict:
