@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -297,5 +298,10 @@ at::Tensor activation_series(const at::Tensor& z, int64_t activation, double neg
   });
   return out;
 }
+
+// the definitions above are the declared ops (another signature would be an overload, and
+// decltype of an overloaded name does not compile)
+static_assert(std::is_same_v<decltype(sobolev_forward), ForwardOp>);
+static_assert(std::is_same_v<decltype(sobolev_backward), BackwardOp>);
 
 }  // namespace sobolev::cpu

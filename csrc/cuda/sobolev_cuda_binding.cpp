@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/sobolev_kernels.cuh"
 #include "op_checks.h"
@@ -193,5 +194,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev
   C10_CUDA_CHECK(launch_backward(p, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
   return {grad_x, grad_weights, grad_biases};
 }
+
+// the definitions above are the declared ops (another signature would be an overload, and
+// decltype of an overloaded name does not compile)
+static_assert(std::is_same_v<decltype(sobolev_forward), ForwardOp>);
+static_assert(std::is_same_v<decltype(sobolev_backward), BackwardOp>);
 
 }  // namespace sobolev::cuda
