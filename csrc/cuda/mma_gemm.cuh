@@ -2,9 +2,10 @@
 // counterparts of tile_gemm.cuh's FMA products, which dispatch here on sm_80 and newer.
 //
 // The fp32 tile operands are rounded to the storage type in shared memory (as torch's bf16 and
-// fp16 GEMMs see their inputs), zero-padded to multiples of 16; weights are staged panel by
-// panel. Each warp computes 16 x 16 blocks of the result and hands them, through its own
-// 16 x 16 fp32 block in shared memory, to the epilogue one element per call.
+// fp16 GEMMs see their inputs), zero-padded to multiples of 16 (rows kMmaSkew longer, see
+// tile_plan.cuh); weights are staged panel by panel. Each warp computes 16 x 16 blocks of the
+// result and hands them, through its own 16 x 16 fp32 block in shared memory, to the epilogue
+// one element per call.
 // fp16 tile operands are scaled by a power of two per product (exact, undone in the
 // epilogue): the backward's adjoints are O(1/B) and would otherwise fall below fp16's range.
 #pragma once

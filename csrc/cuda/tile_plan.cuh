@@ -20,10 +20,6 @@ namespace sobolev::cuda {
 // backward's buffers then leave room for one block per SM instead of two.)
 constexpr int kThreads = 256;
 constexpr int kTileStackedRows = 32;
-// The two products of a tile with a layer's weights W_l (n_l x n_{l-1}, row-major in global
-// memory): C = A W^T (the forward's z = [h; t] W^T) and C = A W (the backward's
-// [a_h; a_t] = [a_z; a_tz] W).
-enum class WeightProduct { kTransposed, kPlain };
 constexpr int kStageBytes = 32 * 1024;
 // The tensor-core products of bf16 and fp16 (mma_gemm.cuh) stage, in the same place, the
 // 16-bit copies of a tile operand and of a weight panel (or a second tile operand), padded
@@ -41,6 +37,10 @@ SK_HD int mma_lead(int n) { return pad16(n) + kMmaSkew; }
 SK_HD bool uses_tensor_cores(DType dtype) {
   return dtype == DType::kBFloat16 || dtype == DType::kFloat16;
 }
+// The two products of a tile with a layer's weights W_l (n_l x n_{l-1}, row-major in global
+// memory): C = A W^T (the forward's z = [h; t] W^T) and C = A W (the backward's
+// [a_h; a_t] = [a_z; a_tz] W).
+enum class WeightProduct { kTransposed, kPlain };
 // Loss terms summed per block: (f - y)^2, (u - g)^2, (w - g2)^2.
 constexpr int kLossTerms = 3;
 // Tile buffers (S R max_width each) and row buffers (R max_width each) of the kernels: the
