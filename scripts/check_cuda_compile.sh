@@ -2,9 +2,9 @@
 # Compiles every CUDA source under csrc/cuda with nvcc for sm_80 and sm_90 (no GPU needed), so
 # a CUDA compile error fails CI on machines without a GPU, with the flags torch's extension
 # build adds, and checks that the PTX of each kernel file has tensor-core products (WMMA, the
-# bf16/fp16 kernels). When torch is importable, also
-# syntax-checks the ATen binding and ops.cpp with WITH_CUDA against torch's headers (a CPU
-# torch ships the c10/cuda and ATen/cuda headers; one generated header is stubbed).
+# bf16/fp16 kernels). When torch is importable, also syntax-checks the ATen binding and ops.cpp
+# with WITH_CUDA against torch's headers (a CPU torch ships the c10/cuda and ATen/cuda
+# headers; one generated header is stubbed).
 # Objects go to a temporary directory. Exit status: 0 ok, 1 a compile error, 2 no nvcc.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -454,7 +454,7 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     assert proc.returncode == 0, proc.stderr
     cases = ["tanh, per-row", "3 blocks", "widths 256"]
     proc = subprocess.run([str(exe), *cases], capture_output=True, text=True, timeout=900)
-    if "FATAL: ThreadSanitizer" in proc.stderr:  # e.g. a kernel's memory layout it cannot run on
+    if "FATAL: ThreadSanitizer" in proc.stderr:  # e.g. an address-space layout it rejects
         pytest.skip(f"ThreadSanitizer cannot run here: {proc.stderr[-300:]}")
     assert "WARNING: ThreadSanitizer" not in proc.stderr, proc.stderr[-6000:]
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
