@@ -3,11 +3,11 @@
 #   bash scripts/gpu_session.sh                        # every stage, in order
 #   bash scripts/gpu_session.sh build tests            # then, on the same (warm) machine:
 #   bash scripts/gpu_session.sh sanitize bench         # and
-#   bash scripts/gpu_session.sh sweeps report
+#   bash scripts/gpu_session.sh profile sweeps report
 # Stages: build (the CUDA extension against the machine's torch), tests (gpu-marked, in
 # parallel processes when pytest-xdist is there), sanitize (compute-sanitizer memcheck and
-# racecheck of every fused kernel), bench (configs S, M, L), sweeps (every sweep of config M),
-# report (tables and plots). Works offline (no downloads: the machine's torch and triton).
+# racecheck of every fused kernel), bench (configs S, M, L), profile (which kernels their steps
+# spend time in), sweeps (every sweep of config M), report (tables and plots). Works offline (no downloads: the machine's torch and triton).
 # Results accumulate in .gpu_work/ (ignored, kept while the machine is warm); each stage also
 # copies what it produced to $OUT (default bench/results/gpu), at most 8 files per call.
 set -uo pipefail
@@ -72,6 +72,16 @@ stage_bench() {
   bench step_configs.log --sweeps
 }
 
+stage_profile() {
+  step "kernel profiles: configs S, M, L (where each step's time goes)"
+  for dtype in fp32 bf16; do
+    "$PY" bench/kernel_profile.py --dtype "$dtype" --out "$WORK/kernels_$dtype.md" \
+      > /dev/null 2> "$WORK/kernels_$dtype.log" || { status=1; tail -5 "$WORK/kernels_$dtype.log"; }
+    grep -F "**total**" "$WORK/kernels_$dtype.md" 2>/dev/null
+    cp "$WORK/kernels_$dtype.md" "$OUT/" 2>/dev/null
+  done
+}
+
 stage_sweeps() {
   step "benchmarks: sweeps of config M"
   bench step_sweeps.log --configs
@@ -84,11 +94,11 @@ stage_report() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build tests sanitize bench sweeps report)
+[ ${#stages[@]} -eq 0 ] && stages=(build tests sanitize bench profile sweeps report)
 for s in "${stages[@]}"; do
   case "$s" in
-    build | tests | sanitize | bench | sweeps | report) "stage_$s" ;;
-    *) echo "unknown stage $s (build tests sanitize bench sweeps report)"; exit 2 ;;
+    build | tests | sanitize | bench | profile | sweeps | report) "stage_$s" ;;
+    *) echo "unknown stage $s (build tests sanitize bench profile sweeps report)"; exit 2 ;;
   esac
 done
 ls -la "$OUT"

@@ -50,6 +50,19 @@ def test_step_precompiles_in_worker_processes(tmp_path):
     assert providers == {"plain_step", "torch_compile"}
 
 
+def test_kernel_profile_quick(tmp_path):
+    import sobolev_kernels as sk
+
+    out = tmp_path / "kernels.md"
+    providers = ["plain_step", "torch", "cuda"]
+    _run(str(BENCH / "kernel_profile.py"), "--quick", "--device", "cpu", "--configs", "S",
+         "--providers", *providers, "--steps", "1", "--out", str(out))  # fmt: skip
+    text = out.read_text()
+    assert "| S | plain_step | `aten::" in text and "| S | torch | **total** |" in text
+    if "cuda" in sk.available_backends():  # the extension's fused ops are rows of their own
+        assert "`sobolev_kernels::sobolev_backward`" in text
+
+
 def test_main_job_quick():
     out = _run(str(BENCH / "run.py"), "--quick")
     assert "sobolev" in out.stdout and "torch_func" in out.stdout

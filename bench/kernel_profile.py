@@ -1,0 +1,134 @@
+"""Where a training step's time goes: each kernel's time per step, per backend and config.
+
+The step times of ``bench/step.py`` say how fast a backend is; this says which of its kernels to
+work on (for instance the CUDA backward, whose blocks add every tile's weight gradients into
+their partial sums in global memory). From torch.profiler, over a few steps after a warm-up:
+
+    python bench/kernel_profile.py                          # configs S, M, L; fused backends
+    python bench/kernel_profile.py --configs M --dtype bf16 --providers cuda triton
+
+On a GPU the rows are CUDA kernels (device time); on the CPU they are operators (aten and
+the extension's fused ops, self CPU time): a smoke test there more than a profile. Prints a
+markdown table, also written to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from providers import make_problem, providers_available, step_fn  # noqa: E402
+from step import CONFIGS, DTYPES, device_label  # noqa: E402
+
+FUSED = ("triton", "cuda")
+
+
+def kernel_times(fn, device: str, steps: int) -> tuple[dict[str, float], dict[str, int]]:
+    """{name: microseconds per step}, {name: calls per step} of the kernels (GPU) or operators
+    (CPU, their self time) one call of ``fn`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):  # compiles, autotuning and caches stay out of the profile
+        fn()
+    on_gpu = device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        if on_gpu:
+            torch.cuda.synchronize()
+    micros: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for e in prof.events():
+        if on_gpu:
+            if e.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            spent = e.time_range.elapsed_us()
+        else:  # self time: an operator's own, without the operators it calls
+            if not e.name.startswith(("aten::", "sobolev_kernels::")):
+                continue
+            spent = e.self_cpu_time_total
+        micros[e.name] += spent / steps
+        calls[e.name] += 1
+    return micros, {name: round(n / steps) for name, n in calls.items()}
+
+
+def table_rows(label: str, provider: str, micros, calls, top: int) -> list[str]:
+    total = sum(micros.values()) or 1.0
+    ranked = sorted(micros.items(), key=lambda item: -item[1])
+    rows = []
+    for name, us in ranked[:top]:
+        short = name if len(name) <= 70 else name[:67] + "..."
+        rows.append(f"| {label} | {provider} | `{short}` | {calls[name]} | {us:.1f} | "
+                    f"{100 * us / total:.0f}% |")  # fmt: skip
+    rest = total - sum(us for _, us in ranked[:top])
+    if len(ranked) > top:
+        rows.append(f"| {label} | {provider} | ({len(ranked) - top} more) | | {rest:.1f} | "
+                    f"{100 * rest / total:.0f}% |")  # fmt: skip
+    rows.append(f"| {label} | {provider} | **total** | {sum(calls.values())} | {total:.1f} | |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--providers",
+        nargs="*",
+        default=None,
+        help="default: the fused backends there are, and plain_step (the floor)",
+    )
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--order", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--top", type=int, default=8, help="kernels listed per row group")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    available = providers_available(args.device)
+    wanted = args.providers or ["plain_step", *[p for p in FUSED if p in available]]
+    providers = [p for p in wanted if p in available]
+    what = "device time of CUDA kernels" if args.device == "cuda" else "self CPU time of ops"
+    lines = [
+        f"# Kernels of one training step, {device_label(args.device)}, {args.dtype}, "
+        f"order {args.order}",
+        "",
+        f"From `python bench/kernel_profile.py` ({what}, mean of {args.steps} steps after "
+        "two warm-up steps). us: microseconds per step; calls: launches per step.",
+        "",
+        "| config | provider | kernel | calls | us | share |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in args.configs:
+        cfg = dict(CONFIGS[name])
+        if args.quick or args.device == "cpu":
+            cfg.update(batch=min(cfg["batch"], 512), width=min(cfg["width"], 64),
+                       layers=min(cfg["layers"], 3))  # fmt: skip
+        p = make_problem(**cfg, dtype=DTYPES[args.dtype], device=args.device, order=args.order)
+        for provider in providers:
+            try:
+                fn = step_fn(provider, p, "step")
+                micros, calls = kernel_times(fn, args.device, args.steps)
+            except (RuntimeError, ValueError) as exc:  # e.g. a backend that refuses the shape
+                lines.append(f"| {name} | {provider} | error: {str(exc).splitlines()[0][:80]} "
+                             "| | | |")  # fmt: skip
+                continue
+            lines += table_rows(name, provider, micros, calls, args.top)
+            print(f"[profile] {name} {provider}: {sum(micros.values()):.1f} us per step",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
