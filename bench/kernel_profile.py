@@ -17,12 +17,13 @@ import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from providers import make_problem, providers_available, step_fn  # noqa: E402
-from step import CONFIGS, DTYPES, device_label  # noqa: E402
+from step import CONFIGS, DTYPES, device_label, points  # noqa: E402
 
 FUSED = ("triton", "cuda")
 
@@ -104,11 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         "| config | provider | kernel | calls | us | share |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name in args.configs:
-        cfg = dict(CONFIGS[name])
-        if args.quick or args.device == "cpu":
-            cfg.update(batch=min(cfg["batch"], 512), width=min(cfg["width"], 64),
-                       layers=min(cfg["layers"], 3))  # fmt: skip
+    # the sizes bench/step.py measures (scaled down on CPU and with --quick)
+    sizes = points(SimpleNamespace(configs=args.configs, sweeps=[], quick=args.quick), args.device)
+    for name, cfg in sizes:
         p = make_problem(**cfg, dtype=DTYPES[args.dtype], device=args.device, order=args.order)
         for provider in providers:
             try:

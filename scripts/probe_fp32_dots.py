@@ -16,10 +16,7 @@ sm_90, with no GPU.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -29,6 +26,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_triton_compile import _resources  # noqa: E402  (cuobjdump's REG and STACK)
 
 
 @triton.jit
@@ -87,16 +87,6 @@ def scratch_k_loop(x_ptr, w_ptr, s_ptr, o_ptr, N: tl.constexpr, R: tl.constexpr,
         tl.debug_barrier()  # every chunk is read before the next layer overwrites the tile
         h = _activation(z)
     tl.store(o_ptr + r[:, None] * N + c[None, :], h)
-
-
-def _resources(compiled) -> dict[str, str]:
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
-        fh.write(compiled.asm["cubin"])
-        fh.flush()
-        out = subprocess.run([str(tool), "--dump-resource-usage", fh.name],
-                             capture_output=True, text=True).stdout  # fmt: skip
-    return dict(re.findall(r"(REG|STACK):(\d+)", out))
 
 
 def main(precision: str = "ieee") -> None:

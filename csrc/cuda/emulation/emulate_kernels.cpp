@@ -27,19 +27,17 @@ using sobolev::emulation::Second;
 using sobolev::emulation::make_problem;
 using sobolev::emulation::reference;
 
-// double <-> storage type T; bf16 and fp16 through fp32, as the GPU converts them
+// double <-> storage type T through its accumulation type, with the kernels' own conversions
+// (bf16 and fp16 through fp32, as the GPU converts them)
 template <typename T>
 T to_storage(double v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16(float(v));
-  else if constexpr (std::is_same_v<T, __half>) return __float2half(float(v));
-  else return T(v);
+  using A = sobolev::cuda::acc_type<T>;
+  return sobolev::cuda::from_acc<T>(static_cast<A>(v));
 }
 
 template <typename T>
 double to_double(T v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else return double(v);
+  return static_cast<double>(sobolev::cuda::to_acc<sobolev::cuda::acc_type<T>>(v));
 }
 
 template <typename T>
