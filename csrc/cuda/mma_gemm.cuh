@@ -41,7 +41,7 @@ struct MmaStage {
   mma_t* b;        // a weight panel or a second tile operand, up to b_elems
   int b_elems;
   float* results;  // a 16 x 16 block per warp
-  unsigned* amax;  // max |operand| of the product being staged (fp16 scaling)
+  unsigned* amax;  // two words: max |operand| of a product's first and second tile operand
 };
 
 template <typename mma_t>
@@ -53,13 +53,14 @@ __device__ __forceinline__ MmaStage<mma_t> mma_stage(unsigned char* stage, const
 }
 
 // The power of two that brings max |src| into [2^13, 2^14) for fp16 (room for fp16's 65504),
-// 1 for bf16, which has fp32's range. Every thread of the block calls it.
+// 1 for bf16, which has fp32's range. Every thread of the block calls it, after the product's
+// first barrier: the previous product's reads of *amax are behind it, and a product's two
+// operands use different words.
 template <typename mma_t, typename acc_t>
 __device__ float operand_scale(const acc_t* src, int ld, int rows, int cols, unsigned* amax) {
   if constexpr (!std::is_same_v<mma_t, __half>) {
     return 1.0f;
   } else {
-    __syncthreads();  // every thread has read the previous operand's max
     if (threadIdx.x == 0) *amax = 0;
     __syncthreads();
     float local = 0;
@@ -162,7 +163,7 @@ __device__ void mma_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, cons
                             int ldh, const MmaStage<scalar_t>& st, Epilogue epi) {
   __syncthreads();
   const float scale_a = operand_scale<scalar_t>(A, lda, M, N1, st.amax);
-  const float scale_h = operand_scale<scalar_t>(H, ldh, M, N2, st.amax);
+  const float scale_h = operand_scale<scalar_t>(H, ldh, M, N2, st.amax + 1);
   const float unscale = 1.0f / scale_a / scale_h;  // powers of two: exact
   stage_operand(A, lda, M, N1, scale_a, st.a);
   stage_operand(H, ldh, M, N2, scale_h, st.b);

@@ -23,7 +23,7 @@ constexpr int kTileStackedRows = 32;
 constexpr int kStageBytes = 32 * 1024;
 // The tensor-core products of bf16 and fp16 (mma_gemm.cuh) stage, in the same place, the
 // 16-bit copies of a tile operand and of a weight panel (or a second tile operand), padded
-// to multiples of 16, each warp's 16 x 16 fp32 result block and one word for a max |operand|.
+// to multiples of 16, each warp's 16 x 16 fp32 result block and two words for max |operand|.
 // A panel has 64 columns: with 2 x 16 stacked rows, 8 result blocks, one per warp. Staged rows
 // are kMmaSkew elements longer than their padded width, so that the rows WMMA loads together
 // do not sit 2^n bytes apart, in the same shared-memory banks.
