@@ -78,11 +78,13 @@ def _resources(compiled) -> dict[str, int]:
     return {key: int(value) for key, value in found.items()}
 
 
-def _constexprs(layout, rows, act, precision, chunk):
+def _constexprs(layout, rows, warps, act, precision, chunk, group=None):
     """(name, kernel, pointer names, scalar signature, constexprs) of both kernels, as the
-    launchers would compile them for a full training step."""
-    common = dict(layout.constexprs(), ROWS=rows, ACT=act, SHARED=False, HAS_BIAS=True,
-                  PRECISION=precision, EMULATE_BF16=False, CHUNKS=layout.chunks(chunk))  # fmt: skip
+    launchers would compile them for a full training step (``group``: directions per pass,
+    default the launchers' choice)."""
+    common = dict(layout.constexprs(), ROWS=rows, GROUP=group or layout.group(rows, warps),
+                  ACT=act, SHARED=False, HAS_BIAS=True, PRECISION=precision,
+                  EMULATE_BF16=False, CHUNKS=layout.chunks(chunk))  # fmt: skip
     fwd = dict(common, HAS_Y=True, TARGET=k.TARGET_GRAD,
                TARGET2=k.TARGET_HESS if layout.order == 2 else 0, SAVE=True,
                **layout.hidden_stacks(save=True))  # fmt: skip
@@ -101,7 +103,7 @@ SURVEY_WIDTHS, SURVEY_K = (16, 128, 128, 128, 8), 2
 # (tf32x3, three TF32 dots, was worse still: 32 registers and ~35 KB of stack at 16 rows)
 SURVEY = [("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee")]
 SURVEY_LAUNCH = [(16, 4), (16, 8), (32, 8)]
-SURVEY_CHUNKS = (k.CHUNK, 0)  # K loops over chunks reloaded from memory; whole-K dots
+SURVEY_CHUNKS = (k.CHUNK, k.CHUNK // 2)  # the dots' K step: the static one, the tuner's other
 # tiles too large for 4 (width <= 64) or 8 warps at MIN_PAD rows: (widths, K, order, dtype)
 WARPS_SURVEY = [
     ((16, 64, 64, 64, 8), 8, 1, "fp32"),
@@ -110,6 +112,13 @@ WARPS_SURVEY = [
     ((16, 128, 128, 128, 8), 8, 1, "bf16"),
     ((16, 128, 128, 8), 16, 1, "fp32"),
     ((64, 256, 256, 256, 256, 256, 16), 4, 1, "bf16"),
+]
+# more directions than fit one pass (and config M order 2 and 1 for the pass it keeps)
+GROUP_SURVEY = [
+    ((16, 128, 128, 128, 8), 2, 1, "fp32"),
+    ((16, 128, 128, 128, 8), 8, 1, "fp32"),
+    ((16, 128, 128, 128, 8), 4, 2, "bf16"),
+    ((16, 128, 128, 8), 32, 1, "bf16"),
 ]
 
 
@@ -125,8 +134,7 @@ def survey(path: Path, arch: int = 90) -> None:
         "GPU). REG: registers per thread (255 is the cap); STACK: bytes of local memory per "
         "thread (spills); 32 registers with a large stack is ptxas giving up on register "
         "allocation (ptxas -O1 on the same PTX gives 255 registers and half the stack). "
-        f"chunk: the dots' K step ({k.CHUNK}: inputs reloaded from memory in K loops; 0: "
-        "whole-K dots on register tiles).",
+        "chunk: the dots' K step (inputs reloaded from memory in K loops).",
         "",
         "| dtype | precision | chunk | rows | warps | kernel | REG | STACK | shared | compile s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -158,12 +166,39 @@ def survey(path: Path, arch: int = 90) -> None:
                 row = f"| {widths} | {kk} | {order} | {dtype} | {rows} | {warps}{mark} | {name} | "
                 lines.append(row + " | ".join(map(str, res)) + " |")
                 print(lines[-1], flush=True)
+    lines += [
+        "",
+        "## Direction groups",
+        "",
+        "Tangent streams run GROUP directions per pass over a layer's weights. Static rows and "
+        f"warps, K chunk {k.CHUNK}, ieee dots; `*` marks `Layout.group()`, the static choice "
+        f"(tiles of at most {k.TILE_PER_THREAD} elements per thread; the tuner also tries "
+        "all K in one pass, or else half as many).",
+        "",
+        "| widths | K | order | dtype | rows | warps | group | kernel | REG | STACK | shared "
+        "| compile s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for widths, kk, order, dtype in WARPS_SURVEY + GROUP_SURVEY:
+        big = k.Layout(widths, kk, order)
+        rows, warps = big.rows(4 if dtype == "fp32" else 2, SHARED_LIMIT[arch]), big.num_warps()
+        group = big.kp
+        while group >= 1:
+            mark = "*" if group == big.group(rows, warps) else ""
+            compiles = _survey_compiles(big, rows, warps, dtype, "ieee", k.CHUNK, arch, group)
+            for name, *res in compiles:
+                row = (f"| {widths} | {kk} | {order} | {dtype} | {rows} | {warps} | {group}{mark} "
+                       f"| {name} | ")  # fmt: skip
+                lines.append(row + " | ".join(map(str, res)) + " |")
+                print(lines[-1], flush=True)
+            group //= 2
     path.write_text("\n".join(lines) + "\n")
 
 
-def _survey_compiles(layout, rows, warps, dtype, precision, chunk, arch):
+def _survey_compiles(layout, rows, warps, dtype, precision, chunk, arch, group=None):
     """(kernel, REG, STACK, shared bytes, compile seconds) of both kernels."""
-    for name, kernel, ptrs, sig, constexprs in _constexprs(layout, rows, 0, precision, chunk):
+    kernels = _constexprs(layout, rows, warps, 0, precision, chunk, group)
+    for name, kernel, ptrs, sig, constexprs in kernels:
         start = time.perf_counter()
         try:
             compiled = _compile(kernel, ptrs, sig, constexprs, dtype, arch, warps)
@@ -182,12 +217,12 @@ def check(variant, arch: int) -> list[str]:
     layout = k.Layout(widths, kk, order)
     size = 4 if dtype == "fp32" else 2
     rows = layout.rows(size, SHARED_LIMIT[arch])
-    estimate = layout.shared_bytes(rows, size)
-    if layout.shared_bytes(k.MIN_PAD, size) > SHARED_LIMIT[arch]:
+    estimate = layout.shared_bytes_at(rows, layout.num_warps(), size)
+    if layout.shared_bytes_at(k.MIN_PAD, layout.num_warps(), size) > SHARED_LIMIT[arch]:
         print(f"sm_{arch} widths={widths} K={kk} order={order} {dtype}: does not fit, the "
               "backend refuses it (auto falls back)")  # fmt: skip
         return []
-    kernels = _constexprs(layout, rows, act, "ieee", k.CHUNK)
+    kernels = _constexprs(layout, rows, layout.num_warps(), act, "ieee", k.CHUNK)
     problems = []
     for name, kernel, ptrs, sig, constexprs in kernels:
         label = f"sm_{arch} {name} widths={widths} K={kk} order={order} {dtype} act={act}"

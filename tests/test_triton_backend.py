@@ -15,6 +15,7 @@ from conftest import (
     assert_backends_agree,
     assert_close,
     assert_forward_only_agrees,
+    order2_inputs,
     sample_inputs,
     upcast_model,
 )
@@ -108,12 +109,8 @@ def test_mlp_jvp_and_its_gradient():
         assert_close(a, b, RTOL_FP32, "mlp_jvp")
 
 
-@pytest.mark.parametrize("order", [1, 2])
-def test_unequal_hidden_widths_with_and_without_a_backward(order):
-    """Hidden layers of different widths, some over one K chunk: the forward keeps each
-    layer's [z; tz; ttz] in the saved stacks when a backward follows, and in one scratch
-    region of the widest layer when none does (no_grad)."""
-    torch.manual_seed(order)
+def _unequal_widths_agree(order, k, target2="target_hvp2"):
+    torch.manual_seed(order + k)
     seq = torch.nn.Sequential(
         torch.nn.Linear(3, 40), torch.nn.Tanh(), torch.nn.Linear(40, 20), torch.nn.Tanh(),
         torch.nn.Linear(20, 70), torch.nn.Tanh(), torch.nn.Linear(70, 2),
@@ -122,11 +119,32 @@ def test_unequal_hidden_widths_with_and_without_a_backward(order):
     x = torch.randn(37, 3, device=DEVICE, requires_grad=True)
     y = torch.randn(37, 2, device=DEVICE)
     kw = dict(target_grad=torch.randn(37, 2, 3, device=DEVICE),
-              directions=torch.randn(37, 2, 3, device=DEVICE), order=order)  # fmt: skip
+              directions=torch.randn(37, k, 3, device=DEVICE), order=order)  # fmt: skip
     if order == 2:
-        kw["target_hvp2"] = torch.randn(37, 2, 2, device=DEVICE)
+        shape = (37, k, 2) if target2 == "target_hvp2" else (37, 2, 3, 3)
+        kw[target2] = torch.randn(*shape, device=DEVICE)
     assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, expected_model=upcast_model(model))
     assert_forward_only_agrees(model, x, y, kw, "triton", RTOL_FP32, upcast_model(model))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_unequal_hidden_widths_with_and_without_a_backward(order):
+    """Hidden layers of different widths, some over one K chunk: the forward keeps each
+    layer's [z; tz; ttz] in the saved stacks when a backward follows, and in two scratch
+    regions of the widest layer, taken in turn, when none does (no_grad)."""
+    _unequal_widths_agree(order, k=2)
+
+
+@pytest.mark.parametrize("order, target2", [(1, None), (2, "target_hvp2"), (2, "target_hess")])
+@pytest.mark.parametrize("group", [1, 2])
+def test_directions_in_groups(monkeypatch, order, target2, group):
+    """Many directions run a few per pass (Layout.group): forced here to 1 or 2 of K = 5
+    (the last group padded), with the per-group residuals and target contractions, and the
+    scratch regions of a no_grad forward reused across the passes of three hidden layers."""
+    from sobolev_kernels.triton.sobolev_mlp import Layout
+
+    monkeypatch.setattr(Layout, "group", lambda self, rows, warps: min(group, self.kp))
+    _unequal_widths_agree(order, k=5, target2=target2)
 
 
 def test_deterministic():
@@ -189,6 +207,19 @@ def test_unsupported_problems_are_refused_or_fall_back():
 def test_large_shapes_on_gpu(dtype, width):
     rtol = RTOL_FP32 if dtype == torch.float32 else TOLERANCES[dtype]
     _agree(rtol, dtype=dtype, batch=2**14, dim=16, width=width, out=8, k=4, layers=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_many_directions_in_groups_on_gpu(dtype, order):
+    """K = 16 at width 128 runs a few directions per pass (Layout.group): on a GPU, with every
+    thread of a program reloading rows its other threads stored."""
+    rtol = RTOL_FP32 if dtype == torch.float32 else TOLERANCES[dtype]
+    shape = dict(batch=4099, dim=16, width=128, out=8, k=16, layers=3, dtype=dtype, device=DEVICE)
+    model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
+    assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=upcast_model(model),
+                          order=order)  # fmt: skip
 
 
 @pytest.mark.gpu

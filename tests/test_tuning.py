@@ -157,22 +157,30 @@ needs_triton = pytest.mark.skipif(
 @pytest.mark.parametrize(
     "widths, k, order",
     [((2, 64, 64, 1), 1, 1), ((16, 128, 128, 8), 2, 1), ((16, 128, 128, 8), 2, 2),
-     ((3, 17, 5, 1), 3, 2), ((16, 256, 256, 4), 8, 1)],
+     ((3, 17, 5, 1), 3, 2), ((16, 256, 256, 4), 8, 1), ((16, 128, 128, 8), 16, 1)],
 )  # fmt: skip
 def test_launch_configs_start_with_the_static_choice(widths, k, order):
     from sobolev_kernels.triton.sobolev_mlp import CHUNK, MIN_PAD, Layout
 
     layout = Layout(widths, k, order)
     configs = layout.launch_configs(4, 227 * 1024)
-    assert configs[0] == (layout.rows(4, 227 * 1024), layout.num_warps(), CHUNK)
-    assert len(set(configs)) == len(configs) <= 5
+    rows, warps = layout.rows(4, 227 * 1024), layout.num_warps()
+    assert configs[0] == (rows, warps, CHUNK, layout.group(rows, warps))
+    assert len(set(configs)) == len(configs) <= 6
     many_directions = layout.tile_elements(MIN_PAD) > layout.tile_budget(8)
-    assert any(warps == 16 for _, warps, _ in configs) == many_directions
-    for rows, warps, chunk in configs:
+    assert any(c[1] == 16 for c in configs) == many_directions
+    # one candidate differs from the static choice in directions per pass alone
+    other_group = [c for c in configs[1:] if c[:3] == configs[0][:3]]
+    assert len(other_group) == (layout.kp > 1)
+    for rows, warps, chunk, group in configs:
         assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8, 16)
-        assert chunk in (0, MIN_PAD, CHUNK)
-        if chunk == 0:  # whole-K dots in registers only where no width exceeds a chunk
-            assert max(layout.pads) <= CHUNK
+        assert chunk in (MIN_PAD, CHUNK)
+        assert 1 <= group <= layout.kp and group & (group - 1) == 0
+    for rows, warps, _, group in configs[:1] + [c for c in configs if c[:3] != configs[0][:3]]:
+        # directions split only where the tiles of all K overflow the budget, and then fit it
+        fits = layout.tile_elements(rows) <= layout.tile_budget(warps)
+        assert group == layout.kp if fits else group < layout.kp or layout.kp == 1
+        assert group == 1 or layout.tile_elements(rows, group) <= layout.tile_budget(warps)
 
 
 @needs_triton
@@ -186,9 +194,21 @@ def test_num_warps_grow_with_the_tiles():
 
 
 @needs_triton
+def test_direction_groups_where_all_directions_overflow_the_registers():
+    from sobolev_kernels.triton.sobolev_mlp import Layout
+
+    # config M keeps both directions in one pass; K = 16 at width 128 runs 2 per pass, which
+    # spilled nothing where all 16 spilled 1.7 and 5.2 KB per thread (forward, backward;
+    # bench/results/triton_resources_sm90.md, "Direction groups")
+    assert Layout((16, 128, 128, 128, 8), 2, 1).group(16, 8) == 2
+    assert Layout((16, 128, 128, 8), 16, 1).group(16, 8) == 2
+    assert Layout((16, 128, 128, 8), 16, 1).group(16, 16) == 4  # twice the registers
+
+
+@needs_triton
 @pytest.mark.skipif(HAS_CUDA, reason="the gpu variant below runs on the GPU")
 @pytest.mark.parametrize("order", [1, 2])
-@pytest.mark.parametrize("width", [20, 40])  # one K chunk (whole-K dots a candidate); several
+@pytest.mark.parametrize("width", [20, 40])  # one K chunk of 32 (or two of 16); several
 def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order, width):
     """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
     the result must match the reference whichever rows per program, warps and K chunk it
@@ -230,7 +250,7 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
         assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
         chosen = {key[1]: config for key, config in tuning.choices().items()}
         assert chosen == {"fwd": configs[pick], "bwd": configs[pick]}
-        # the forward alone: one scratch region instead of the saved stacks
+        # the forward alone: scratch regions instead of the saved stacks
         assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected,
                                    name=f"loss, launch config {configs[pick]}")  # fmt: skip
 
