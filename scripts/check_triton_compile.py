@@ -141,10 +141,8 @@ def survey(path: Path, arch: int = 90) -> None:
     ]
     configs = itertools.product(SURVEY, SURVEY_CHUNKS, SURVEY_LAUNCH)
     for (dtype, precision), chunk, (rows, warps) in configs:
-        for name, *res in _survey_compiles(layout, rows, warps, dtype, precision, chunk, arch):
-            row = f"| {dtype} | {precision} | {chunk} | {rows} | {warps} | {name} | "
-            lines.append(row + " | ".join(map(str, res)) + " |")
-            print(lines[-1], flush=True)
+        compiles = _survey_compiles(layout, rows, warps, dtype, precision, chunk, arch)
+        _table_rows(lines, f"| {dtype} | {precision} | {chunk} | {rows} | {warps} | ", compiles)
     lines += [
         "",
         "## Warps for large tiles",
@@ -162,10 +160,9 @@ def survey(path: Path, arch: int = 90) -> None:
         rows = big.rows(4 if dtype == "fp32" else 2, SHARED_LIMIT[arch])
         for warps in (4, 8, 16) if max(big.pads) <= 64 else (8, 16):
             mark = "*" if warps == big.num_warps() else ""
-            for name, *res in _survey_compiles(big, rows, warps, dtype, "ieee", k.CHUNK, arch):
-                row = f"| {widths} | {kk} | {order} | {dtype} | {rows} | {warps}{mark} | {name} | "
-                lines.append(row + " | ".join(map(str, res)) + " |")
-                print(lines[-1], flush=True)
+            compiles = _survey_compiles(big, rows, warps, dtype, "ieee", k.CHUNK, arch)
+            _table_rows(lines, f"| {widths} | {kk} | {order} | {dtype} | {rows} | {warps}{mark} | ",
+                        compiles)  # fmt: skip
     lines += [
         "",
         "## Direction groups",
@@ -186,13 +183,18 @@ def survey(path: Path, arch: int = 90) -> None:
         while group >= 1:
             mark = "*" if group == big.group(rows, warps) else ""
             compiles = _survey_compiles(big, rows, warps, dtype, "ieee", k.CHUNK, arch, group)
-            for name, *res in compiles:
-                row = (f"| {widths} | {kk} | {order} | {dtype} | {rows} | {warps} | {group}{mark} "
-                       f"| {name} | ")  # fmt: skip
-                lines.append(row + " | ".join(map(str, res)) + " |")
-                print(lines[-1], flush=True)
+            prefix = f"| {widths} | {kk} | {order} | {dtype} | {rows} | {warps} | {group}{mark} | "
+            _table_rows(lines, prefix, compiles)
             group //= 2
     path.write_text("\n".join(lines) + "\n")
+
+
+def _table_rows(lines: list[str], prefix: str, compiles) -> None:
+    """Append (and print) one table row per compiled kernel: ``prefix``, then its name and
+    resources."""
+    for name, *res in compiles:
+        lines.append(f"{prefix}{name} | " + " | ".join(map(str, res)) + " |")
+        print(lines[-1], flush=True)
 
 
 def _survey_compiles(layout, rows, warps, dtype, precision, chunk, arch, group=None):
@@ -217,8 +219,8 @@ def check(variant, arch: int) -> list[str]:
     layout = k.Layout(widths, kk, order)
     size = 4 if dtype == "fp32" else 2
     rows = layout.rows(size, SHARED_LIMIT[arch])
-    estimate = layout.shared_bytes_at(rows, layout.num_warps(), size)
-    if layout.shared_bytes_at(k.MIN_PAD, layout.num_warps(), size) > SHARED_LIMIT[arch]:
+    estimate = layout.shared_bytes(rows, size)
+    if layout.shared_bytes(k.MIN_PAD, size) > SHARED_LIMIT[arch]:
         print(f"sm_{arch} widths={widths} K={kk} order={order} {dtype}: does not fit, the "
               "backend refuses it (auto falls back)")  # fmt: skip
         return []

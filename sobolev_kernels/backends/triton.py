@@ -47,7 +47,7 @@ def unsupported_reason(problem: SobolevProblem) -> str | None:
     # The widest layer's weight tile and the row tiles of the smallest program must fit in
     # the GPU's shared memory (16-bit dots need more on Hopper: see Layout.shared_bytes).
     limit = shared_memory_limit(problem.device)
-    need = layout.shared_bytes_at(MIN_PAD, layout.num_warps(), problem.x.element_size())
+    need = layout.shared_bytes(MIN_PAD, problem.x.element_size())
     if limit is not None and need > limit:
         return (
             f"its tiles need about {need // 1024} KiB of shared memory (widths {mlp.widths}, "

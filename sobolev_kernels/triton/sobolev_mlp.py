@@ -120,15 +120,16 @@ class Layout:
     def shared_bytes(self, rows: int, element_size: int, chunk: int = CHUNK,
                      group: int | None = None) -> int:  # fmt: skip
         """Estimated shared memory of one program: two weight tiles of the widest layer plus
-        the value and tangent operand tiles (``group`` directions, default K) of its dot
-        products, all cut to ``chunk`` along K.
+        the value and tangent operand tiles (``group`` directions, default the static
+        launch's ``group(rows, num_warps())``) of its dot products, all cut to ``chunk`` along
+        K.
 
         Calibrated on ahead-of-time compiles with triton 3.6 and 3.9
         (scripts/check_triton_compile.py): an upper bound for fp32 on sm_80 and sm_90 (the
         backward keeps a second weight tile); 16-bit dots on sm_90 (wgmma) use up to 1.75x
         more (config L's backward), hence the margin.
         """
-        tangent_rows = self.order * (group or self.kp) * rows
+        tangent_rows = self.order * (group or self.group(rows, self.num_warps())) * rows
         per_layer = []
         for a, b in zip(self.pads, self.pads[1:]):
             k_a, k_b = min(chunk, a), min(chunk, b)
@@ -152,17 +153,10 @@ class Layout:
         rows = 64
         while rows > MIN_PAD and (
             self.tile_elements(rows) > self.tile_budget(warps)
-            or (
-                shared_limit is not None
-                and self.shared_bytes_at(rows, warps, element_size) > shared_limit
-            )
+            or (shared_limit is not None and self.shared_bytes(rows, element_size) > shared_limit)
         ):
             rows //= 2
         return rows
-
-    def shared_bytes_at(self, rows: int, warps: int, element_size: int) -> int:
-        """shared_bytes of the static launch at ``rows`` and ``warps`` (its group)."""
-        return self.shared_bytes(rows, element_size, group=self.group(rows, warps))
 
     def group(self, rows: int, warps: int) -> int:
         """Directions per pass over a layer's weights: the largest power of two up to KP
