@@ -18,7 +18,8 @@ using ForwardOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at:
     const std::optional<at::Tensor>& target_jvp, const std::optional<at::Tensor>& target_grad,
     const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
     at::TensorList weights, at::TensorList biases, int64_t activation, double negative_slope,
-    double alpha, double beta, double gamma, int64_t order, bool save_activations);
+    double alpha, double beta, double gamma, int64_t order, bool allow_tf32,
+    bool save_activations);
 
 // (grad_x, grad_weights, grad_biases)
 using BackwardOp = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
@@ -29,7 +30,7 @@ using BackwardOp = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<a
     const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
     at::TensorList weights, at::TensorList biases, const at::Tensor& f, const at::Tensor& u,
     const at::Tensor& w, const at::Tensor& saved, int64_t activation, double negative_slope,
-    double alpha, double beta, double gamma, int64_t order, bool need_grad_x,
-    bool need_grad_params);
+    double alpha, double beta, double gamma, int64_t order, bool allow_tf32,
+    bool need_grad_x, bool need_grad_params);
 
 }  // namespace sobolev

@@ -20,21 +20,25 @@
 #include "cpu/sobolev_cpu.h"
 #ifdef WITH_CUDA
 #include "cuda/sobolev_cuda.h"
+#include "cuda/sobolev_kernels.cuh"
 #endif
 
 extern "C" {
 // `import sobolev_kernels._C` runs the static registrations below; the module itself only
-// says whether the CUDA kernels were compiled in.
+// says whether the CUDA kernels were compiled in and, if so, their size limits (read by
+// sobolev_kernels/backends/cuda.py, so the limits live in one place).
 PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
 #ifdef WITH_CUDA
-  const long with_cuda = 1;
+  const bool ok = PyModule_AddIntConstant(m, "WITH_CUDA", 1) == 0 &&
+                  PyModule_AddIntConstant(m, "CUDA_MAX_LAYERS", sobolev::cuda::kMaxLayers) == 0 &&
+                  PyModule_AddIntConstant(m, "CUDA_MAX_WIDTH", sobolev::cuda::kMaxWidth) == 0;
 #else
-  const long with_cuda = 0;
+  const bool ok = PyModule_AddIntConstant(m, "WITH_CUDA", 0) == 0;
 #endif
-  if (PyModule_AddIntConstant(m, "WITH_CUDA", with_cuda) != 0) {
+  if (!ok) {
     Py_DECREF(m);
     return nullptr;
   }
@@ -47,14 +51,15 @@ TORCH_LIBRARY(sobolev_kernels, m) {
       "sobolev_forward(Tensor x, Tensor directions, Tensor? y, Tensor? target_jvp, "
       "Tensor? target_grad, Tensor? target_hvp2, Tensor? target_hess, Tensor[] weights, "
       "Tensor[] biases, int activation, float negative_slope, float alpha, float beta, "
-      "float gamma, int order, bool save_activations) "
+      "float gamma, int order, bool allow_tf32, bool save_activations) "
       "-> (Tensor loss, Tensor f, Tensor u, Tensor w, Tensor saved)");
   m.def(
       "sobolev_backward(Tensor? grad_loss, Tensor? grad_f, Tensor? grad_u, Tensor? grad_w, "
       "Tensor x, Tensor directions, Tensor? y, Tensor? target_jvp, Tensor? target_grad, "
       "Tensor? target_hvp2, Tensor? target_hess, Tensor[] weights, Tensor[] biases, Tensor f, "
       "Tensor u, Tensor w, Tensor saved, int activation, float negative_slope, float alpha, "
-      "float beta, float gamma, int order, bool need_grad_x, bool need_grad_params) "
+      "float beta, float gamma, int order, bool allow_tf32, bool need_grad_x, "
+      "bool need_grad_params) "
       "-> (Tensor grad_x, Tensor[] grad_weights, Tensor[] grad_biases)");
   // (4, *z.shape): s, s', s'', s''' as the CPU kernels compute them; lets tests check them
   m.def("activation_series(Tensor z, int activation, float negative_slope) -> Tensor");

@@ -204,7 +204,7 @@ def _forward_op(x, dirs, weights, biases, *, y=None, target_jvp=None, target_gra
     """sobolev_forward with keyword arguments: (loss, f, u, w, saved)."""
     return OPS.sobolev_forward(x, dirs, y, target_jvp, target_grad, target_hvp2, target_hess,
                                weights, biases, activation, negative_slope, alpha, beta, gamma,
-                               order, save)  # fmt: skip
+                               order, False, save)  # fmt: skip
 
 
 def _backward_args(grads, x, dirs, weights, biases, outputs, *, y=None, target_jvp=None,
@@ -216,7 +216,7 @@ def _backward_args(grads, x, dirs, weights, biases, outputs, *, y=None, target_j
     _, f, u, w, saved = outputs
     return (*grads, x, dirs, y, target_jvp, target_grad, target_hvp2, target_hess, weights,
             biases, f, u, w, saved, activation, negative_slope, alpha, beta, gamma, order,
-            need_x, need_params)  # fmt: skip
+            False, need_x, need_params)  # fmt: skip
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -259,7 +259,7 @@ def test_opcheck(order, shared):
     kw = dict(activation=3, order=order, **targets)
     hess = targets.get("target_hess")
     args = (x, dirs, targets["y"], None, targets["target_grad"], None, hess, weights, biases,
-            3, 0.0, 0.6, 1.7, 0.8, order, True)  # fmt: skip
+            3, 0.0, 0.6, 1.7, 0.8, order, False, True)  # fmt: skip
     torch.library.opcheck(OPS.sobolev_forward, args)
     detached = [t.detach() for t in (x, *weights, *biases)]
     x0, w0, b0 = detached[0], detached[1:4], detached[4:]

@@ -189,7 +189,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sobolev_f
     const std::optional<at::Tensor>& target_jvp, const std::optional<at::Tensor>& target_grad,
     const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
     at::TensorList weights, at::TensorList biases, int64_t activation, double negative_slope,
-    double alpha, double beta, double gamma, int64_t order, bool save_activations) {
+    double alpha, double beta, double gamma, int64_t order, bool allow_tf32,
+    bool save_activations) {
+  (void)allow_tf32;  // the CPU kernel's products are exact
   const TargetArgs target_args{y, target_jvp, target_grad, target_hvp2, target_hess};
   const auto dims =
       check_forward_inputs(x, directions, target_args, weights, biases, activation, order);
@@ -227,12 +229,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev
     const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
     at::TensorList weights, at::TensorList biases, const at::Tensor& f, const at::Tensor& u,
     const at::Tensor& w, const at::Tensor& saved, int64_t activation, double negative_slope,
-    double alpha, double beta, double gamma, int64_t order, bool need_grad_x,
-    bool need_grad_params) {
+    double alpha, double beta, double gamma, int64_t order, bool allow_tf32,
+    bool need_grad_x, bool need_grad_params) {
   const TargetArgs target_args{y, target_jvp, target_grad, target_hvp2, target_hess};
   const auto dims =
       check_forward_inputs(x, directions, target_args, weights, biases, activation, order);
   check_backward_inputs(dims, x, grad_loss, grad_f, grad_u, grad_w, f, u, w, saved);
+  (void)allow_tf32;  // the CPU kernel's products are exact
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
   auto grad_x = need_grad_x ? at::empty({dims.batch, dims.in_features}, x.options())
                             : at::empty({0}, x.options());

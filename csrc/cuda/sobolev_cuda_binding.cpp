@@ -45,6 +45,7 @@ struct Scalars {
   int64_t activation;
   double negative_slope, alpha, beta, gamma;
   int64_t order;
+  bool allow_tf32;
 };
 
 SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars& scalars) {
@@ -71,6 +72,7 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars&
   p.beta = scalars.beta;
   p.gamma = scalars.gamma;
   p.order = static_cast<int>(scalars.order);
+  p.allow_tf32 = scalars.allow_tf32;
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {
@@ -131,14 +133,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sobolev_f
     const std::optional<at::Tensor>& target_jvp, const std::optional<at::Tensor>& target_grad,
     const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
     at::TensorList weights, at::TensorList biases, int64_t activation, double negative_slope,
-    double alpha, double beta, double gamma, int64_t order, bool save_activations) {
+    double alpha, double beta, double gamma, int64_t order, bool allow_tf32,
+    bool save_activations) {
   const TargetArgs targets{y, target_jvp, target_grad, target_hvp2, target_hess};
   const auto dims =
       check_forward_inputs(x, directions, targets, weights, biases, activation, order);
   TORCH_INTERNAL_ASSERT(x.is_cuda());
   const c10::cuda::CUDAGuard guard(x.device());
   const Inputs in = contiguous_inputs(x, directions, targets, weights, biases);
-  const Scalars scalars{activation, negative_slope, alpha, beta, gamma, order};
+  const Scalars scalars{activation, negative_slope, alpha, beta, gamma, order, allow_tf32};
   return run_forward(dims, describe(dims, in, scalars), x, save_activations);
 }
 
@@ -150,8 +153,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev
     const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
     at::TensorList weights, at::TensorList biases, const at::Tensor& f, const at::Tensor& u,
     const at::Tensor& w, const at::Tensor& saved, int64_t activation, double negative_slope,
-    double alpha, double beta, double gamma, int64_t order, bool need_grad_x,
-    bool need_grad_params) {
+    double alpha, double beta, double gamma, int64_t order, bool allow_tf32,
+    bool need_grad_x, bool need_grad_params) {
   const TargetArgs targets{y, target_jvp, target_grad, target_hvp2, target_hess};
   const auto dims =
       check_forward_inputs(x, directions, targets, weights, biases, activation, order);
@@ -159,7 +162,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev
   TORCH_INTERNAL_ASSERT(x.is_cuda());
   const c10::cuda::CUDAGuard guard(x.device());
   const Inputs in = contiguous_inputs(x, directions, targets, weights, biases);
-  const Scalars scalars{activation, negative_slope, alpha, beta, gamma, order};
+  const Scalars scalars{activation, negative_slope, alpha, beta, gamma, order, allow_tf32};
   SobolevLaunch p = describe(dims, in, scalars);
 
   // The CUDA backward reads z/tz(/ttz) from global memory: recompute them if the forward

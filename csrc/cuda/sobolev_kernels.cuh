@@ -52,6 +52,9 @@ struct SobolevLaunch {
   const void* target_hess = nullptr;  // (B, m, d, d), order 2
   double alpha = 1, beta = 1, gamma = 1;
   int order = 1;  // 2: also w_k = v_k^T H_f v_k, a third stream per direction (Taylor mode)
+  // fp32 products may run in plain TF32 (the user allowed it, as torch.backends.cuda.matmul
+  // .allow_tf32); otherwise they must be fp32-accurate
+  bool allow_tf32 = false;
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m

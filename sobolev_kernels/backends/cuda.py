@@ -26,9 +26,6 @@ _BUILD_HINT = (
     "compiler for the CPU kernel; nvcc and a CUDA build of torch for the CUDA kernels)"
 )
 DTYPES = (torch.float64, torch.float32, *LOW_PRECISION)
-# The CUDA kernels keep the layer table in kernel arguments (csrc/cuda/sobolev_kernels.cuh).
-_CUDA_MAX_LAYERS = 32
-_CUDA_MAX_WIDTH = 256
 
 
 def unavailable_reason() -> str | None:
@@ -48,10 +45,12 @@ def unsupported_reason(problem: SobolevProblem) -> str | None:
                 "sobolev_kernels._C was built without its CUDA kernels; rebuild on a machine "
                 "with nvcc and a CUDA build of torch (FORCE_CUDA=1 forces them), " + _BUILD_HINT
             )
-        if mlp.num_layers > _CUDA_MAX_LAYERS:
-            return f"the CUDA kernels take at most {_CUDA_MAX_LAYERS} layers, got {mlp.num_layers}"
-        if max(mlp.widths) > _CUDA_MAX_WIDTH:
-            return f"the CUDA kernels take widths up to {_CUDA_MAX_WIDTH}, got {max(mlp.widths)}"
+        # the kernels' own limits (csrc/cuda/sobolev_kernels.cuh), as the extension reports them
+        max_layers, max_width = _extension.CUDA_MAX_LAYERS, _extension.CUDA_MAX_WIDTH
+        if mlp.num_layers > max_layers:
+            return f"the CUDA kernels take at most {max_layers} layers, got {mlp.num_layers}"
+        if max(mlp.widths) > max_width:
+            return f"the CUDA kernels take widths up to {max_width}, got {max(mlp.widths)}"
     elif device != "cpu":
         return f"device {problem.device} is not supported (CPU, or CUDA when compiled with it)"
     return None
@@ -83,7 +82,7 @@ def _forward(problem: SobolevProblem, *, with_targets: bool) -> tuple[Tensor, ..
     return torch.ops.sobolev_kernels.sobolev_forward(
         problem.x, problem.directions, *targets, weights, biases, act.kernel_id,
         float(act.negative_slope), problem.alpha, problem.beta, problem.gamma, problem.order,
-        save,
+        torch.backends.cuda.matmul.allow_tf32, save,
     )  # fmt: skip
 
 
@@ -101,7 +100,7 @@ def _register() -> None:
 
 def _forward_fake(
     x, directions, y, target_jvp, target_grad, target_hvp2, target_hess, weights, biases,
-    activation, negative_slope, alpha, beta, gamma, order, save_activations,
+    activation, negative_slope, alpha, beta, gamma, order, allow_tf32, save_activations,
 ):  # fmt: skip
     torch._check(x.dim() == 2, lambda: f"x: expected (B, d), got {tuple(x.shape)}")
     torch._check(len(weights) >= 1, lambda: "weights: expected at least one layer")
@@ -120,7 +119,7 @@ def _forward_fake(
 def _backward_fake(
     grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad, target_hvp2,
     target_hess, weights, biases, f, u, w, saved, activation, negative_slope, alpha, beta, gamma,
-    order, need_grad_x, need_grad_params,
+    order, allow_tf32, need_grad_x, need_grad_params,
 ):  # fmt: skip
     grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty(0)
     grad_weights = [p.new_empty(p.shape) for p in weights] if need_grad_params else []
@@ -145,7 +144,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, directions, *targets, f, u, w, saved, *weights, *biases)
     ctx.num_layers = len(weights)
-    ctx.scalars = scalars[:6]  # activation, negative_slope, alpha, beta, gamma, order
+    ctx.scalars = scalars[:7]  # activation, negative_slope, alpha, beta, gamma, order, allow_tf32
 
 
 def _backward(ctx, grad_loss, grad_f, grad_u, grad_w, grad_saved):
@@ -167,7 +166,7 @@ def _backward(ctx, grad_loss, grad_f, grad_u, grad_w, grad_saved):
     )  # fmt: skip
     if not need_params:
         grad_weights, grad_biases = [None] * len(weights), [None] * len(biases)
-    num_scalars = 7  # activation, negative_slope, alpha, beta, gamma, order, save_activations
+    num_scalars = 8  # activation, negative_slope, alpha, beta, gamma, order, allow_tf32, save
     return (
         grad_x if need_x else None, None, *([None] * _NUM_TARGETS), list(grad_weights),
         list(grad_biases), *([None] * num_scalars),
