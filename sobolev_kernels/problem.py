@@ -7,6 +7,7 @@ backends lives here too, so ``reference`` and ``torch`` cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,6 +83,33 @@ class SobolevProblem:
     @property
     def device(self) -> torch.device:
         return self.x.device
+
+    def cast_for_autocast(self) -> SobolevProblem:
+        """Under torch.autocast, an fp32 MLP's fused path computes in the autocast dtype.
+
+        x, the directions and the parameters are cast (differentiably, so fp32 gradients flow
+        back); targets keep their dtype, the kernels read them into fp32 accumulators. In
+        place; returns the problem.
+        """
+        device = self.device.type
+        if self.mlp is None or self.dtype != torch.float32:
+            return self
+        if not torch.is_autocast_enabled(device):
+            return self
+        amp = torch.get_autocast_dtype(device)
+        self.x = self.x.to(amp)
+        self.directions = self.directions.to(amp)
+        self.weights = [w.to(amp) for w in self.weights]
+        self.biases = [b.to(amp) for b in self.biases]
+        self.autocast = True
+        return self
+
+    def precision_scope(self, backend: str):
+        """The context a backend runs in: the MLP backends run on the already-cast tensors
+        with autocast off; the reference runs the user's module, which autocast must cast."""
+        if self.autocast and backend != "reference":
+            return torch.autocast(self.device.type, enabled=False)
+        return contextlib.nullcontext()
 
     def check_model_output(self, f: Tensor, u: Tensor) -> None:
         """For models only known by running them: f (B, m) and u (B, K, m) must fit the targets."""

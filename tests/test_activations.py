@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from conftest import assert_close
@@ -64,3 +66,29 @@ def test_modules_with_other_parameters_are_not_recognised():
     assert activation_from_module(torch.nn.Softplus(beta=2.0)) is None
     assert activation_from_module(torch.nn.GELU()) is None  # exact erf gelu
     assert activation_from_module(torch.nn.Dropout()) is None
+
+
+def test_kernel_tables_are_the_python_table():
+    """One table per fact: the C++ enum and smoothness in csrc/activations.h, and the Triton
+    kernels' ids and SMOOTH, are those of sobolev_kernels.activations. Renumbering, adding or
+    renaming an activation on one side only fails here."""
+    from pathlib import Path
+
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "activations.h").read_text()
+    enum = re.search(r"enum ActivationId : int \{(.*?)\};", header, re.S).group(1)
+    cpp = {_snake(name): int(value) for name, value in re.findall(r"k(\w+) = (\d+)", enum)}
+    python = {name: act.kernel_id for name, act in ACTIVATIONS.items()}
+    assert cpp == python
+    assert int(re.search(r"kNumActivations = (\d+);", header).group(1)) == len(python)
+    # is_smooth lists the activations with s'' = 0 (act != kX && ...)
+    smooth_fn = re.search(r"is_smooth\(int act\) \{(.*?)\}", header, re.S).group(1)
+    not_smooth = {_snake(name) for name in re.findall(r"act != k(\w+)", smooth_fn)}
+    assert not_smooth == {name for name, act in ACTIVATIONS.items() if not act.smooth}
+
+    triton_acts = pytest.importorskip("sobolev_kernels.triton.activations")
+    assert {name: int(v.value) for name, v in triton_acts._ID.items()} == python
+    assert set(triton_acts.SMOOTH) == {a.kernel_id for a in ACTIVATIONS.values() if a.smooth}
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()

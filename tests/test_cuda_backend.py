@@ -28,8 +28,8 @@ from sobolev_kernels.activations import ACTIVATIONS
 from sobolev_kernels.backends import cuda as cuda_backend
 from sobolev_kernels.problem import SobolevProblem
 
-if cuda_backend.unavailable_reason() is not None:
-    pytest.skip(cuda_backend.unavailable_reason(), allow_module_level=True)
+if cuda_backend.BACKEND.unavailable_reason() is not None:
+    pytest.skip(cuda_backend.BACKEND.unavailable_reason(), allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = torch.ops.sobolev_kernels
@@ -370,7 +370,7 @@ def test_compile_fullgraph_matches_eager(order):
 def test_missing_extension_says_how_to_build(monkeypatch):
     monkeypatch.setattr(cuda_backend, "_extension", None)
     monkeypatch.setattr(cuda_backend, "_import_error", "No module named 'sobolev_kernels._C'")
-    reason = cuda_backend.unavailable_reason()
+    reason = cuda_backend.BACKEND.unavailable_reason()
     assert "sobolev_kernels._C" in reason and "pip install --no-build-isolation -e ." in reason
     model, x, y, kw = sample_inputs()
     with pytest.raises(ValueError, match="no-build-isolation"):
@@ -381,7 +381,7 @@ def test_unsupported_device_is_named():
     model, x, _, _ = sample_inputs()
     meta = x.detach().to("meta")
     problem = SobolevProblem(model=model, mlp=model, x=meta, y=None, directions=meta)
-    assert "device meta" in cuda_backend.unsupported_reason(problem)
+    assert "tensors on meta" in cuda_backend.BACKEND.reason(problem)
 
 
 def test_op_rejects_inconsistent_tensors():

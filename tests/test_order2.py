@@ -13,6 +13,7 @@ from conftest import (
     assert_close,
     order2_inputs,
     sample_inputs,
+    tolerance,
     upcast_model,
 )
 
@@ -169,7 +170,7 @@ def test_backend_without_order2_is_refused():
     for name in sk.available_backends():
         from sobolev_kernels import backends
 
-        if 2 not in getattr(backends.load(name), "ORDERS", (1,)):
+        if 2 not in backends.load(name).orders:
             with pytest.raises(ValueError, match="order 2 is not implemented"):
                 sk.sobolev_loss(model, x, y, backend=name, order=2, **kw)
 
@@ -180,7 +181,7 @@ needs_triton = pytest.mark.skipif(
     "triton" not in sk.available_backends(), reason="triton backend unavailable"
 )
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-RTOL_TRITON = 1e-4 if HAS_CUDA else TOLERANCES[torch.float32]
+RTOL_TRITON = tolerance("triton", torch.float32, "cuda" if HAS_CUDA else "cpu")
 
 
 def _triton_agrees(rtol=RTOL_TRITON, dtype=torch.float32, target="hess", **kwargs):

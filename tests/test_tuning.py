@@ -114,11 +114,11 @@ def test_auto_runs_the_backend_that_measured_faster(measured_auto, monkeypatch, 
         model=model, mlp=model, x=x, y=y, directions=kw["directions"],
         target_grad=kw["target_grad"],
     )  # fmt: skip
-    assert backends.select("auto", problem).NAME == faster
-    assert backends.select("auto", problem).NAME == faster and timer.calls == 2
+    assert backends.select("auto", problem).name == faster
+    assert backends.select("auto", problem).name == faster and timer.calls == 2
     # remembered where nothing can be measured (torch.compile tracing, CUDA graph capture)
     monkeypatch.setattr(tuning, "can_measure", lambda device: False)
-    assert backends.select("auto", problem).NAME == faster
+    assert backends.select("auto", problem).name == faster
 
 
 def test_the_trial_steps_touch_nothing_of_the_callers(measured_auto, monkeypatch):
@@ -160,7 +160,7 @@ needs_triton = pytest.mark.skipif(
      ((3, 17, 5, 1), 3, 2), ((16, 256, 256, 4), 8, 1), ((16, 128, 128, 8), 16, 1)],
 )  # fmt: skip
 def test_launch_configs_start_with_the_static_choice(widths, k, order):
-    from sobolev_kernels.triton.sobolev_mlp import CHUNK, MIN_PAD, Layout
+    from sobolev_kernels.triton.layout import CHUNK, MIN_PAD, Layout
 
     layout = Layout(widths, k, order)
     configs = layout.launch_configs(4, 227 * 1024)
@@ -185,7 +185,7 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
 
 @needs_triton
 def test_num_warps_grow_with_the_tiles():
-    from sobolev_kernels.triton.sobolev_mlp import Layout
+    from sobolev_kernels.triton.layout import Layout
 
     assert Layout((2, 64, 64, 64, 1), 1, 1).num_warps() == 4  # config S
     assert Layout((16, 64, 64, 64, 8), 8, 1).num_warps() == 8  # width 64, many directions
@@ -195,7 +195,7 @@ def test_num_warps_grow_with_the_tiles():
 
 @needs_triton
 def test_direction_groups_where_all_directions_overflow_the_registers():
-    from sobolev_kernels.triton.sobolev_mlp import Layout
+    from sobolev_kernels.triton.layout import Layout
 
     # config M keeps both directions in one pass; K = 16 at width 128 runs 2 per pass, which
     # spilled nothing where all 16 spilled 1.7 and 5.2 KB per thread (forward, backward;
@@ -230,7 +230,7 @@ def test_every_launch_config_is_correct_on_the_gpu(monkeypatch, order):
 
 
 def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
-    from sobolev_kernels.triton.sobolev_mlp import Layout, shared_memory_limit
+    from sobolev_kernels.triton.layout import Layout, shared_memory_limit
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     widths = (shape["dim"], shape["width"], shape["width"], shape["out"])

@@ -1,11 +1,8 @@
 """Backend registry: what each implementation can run, and the one function that picks.
 
-Every backend module exposes ``unavailable_reason()`` (why it cannot run in this process at
-all, or None), ``unsupported_reason(problem)`` (why it cannot take this problem's device or
-sizes, or None), ``sobolev_loss(problem) -> (loss, f)`` and ``mlp_jvp(problem) -> (f, u[, w])``.
-It may declare what the registry checks for it: ``ORDERS``, the Sobolev orders it implements
-(default ``(1,)``); ``DTYPES`` (default fp64, fp32, bf16, fp16); ``NEEDS_MLP`` (default True:
-the model must be a SobolevMLP, or an nn.Sequential adopted as one).
+Each backend module defines a ``Backend`` (``backends/base.py``) that declares what it takes:
+``orders``, ``dtypes``, ``devices()`` and whether it ``needs_mlp``; the registry checks those
+for every backend alike, then the backend's own ``unsupported_reason`` (sizes, shared memory).
 An explicitly requested backend that cannot run raises a ``ValueError`` naming the reason;
 ``"auto"`` walks a preference list and falls back to ``reference`` with a one-time warning;
 on a GPU where both fused backends can run, it measures them once per shape and keeps the
@@ -14,25 +11,28 @@ faster (``tuning``).
 
 from __future__ import annotations
 
-import importlib
-import sys
 import warnings
-from types import ModuleType
-
-import torch
 
 from .. import tuning
 from ..problem import SobolevProblem
+from . import cuda, reference, torch, triton
+from .base import Backend, FusedBackend
 from .measured import choice_key, trial_step
 
-__all__ = ["BACKENDS", "SobolevFallbackWarning", "available_backends", "select", "load"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "FusedBackend",
+    "SobolevFallbackWarning",
+    "available_backends",
+    "can_run",
+    "load",
+    "select",
+]
 
-# Import paths, in no particular order; preference lives in _auto_order.
-BACKENDS: dict[str, str] = {
-    "reference": "sobolev_kernels.backends.reference",
-    "torch": "sobolev_kernels.backends.torch",
-    "triton": "sobolev_kernels.backends.triton",
-    "cuda": "sobolev_kernels.backends.cuda",
+# In no particular order; preference lives in _auto_order.
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (reference.BACKEND, torch.BACKEND, triton.BACKEND, cuda.BACKEND)
 }
 
 
@@ -43,51 +43,27 @@ class SobolevFallbackWarning(UserWarning):
 _warned: set[str] = set()
 
 
-def load(name: str) -> ModuleType:
+def load(name: str) -> Backend:
     if name not in BACKENDS:
         raise ValueError(
             f"backend: unknown backend {name!r}; expected 'auto' or one of {list(BACKENDS)}"
         )
-    # A dict lookup, not importlib, so torch.compile can trace the dispatch (the modules are
-    # imported below; they are thin and import their kernels lazily).
-    return sys.modules[BACKENDS[name]]
-
-
-def _unavailable(name: str) -> str | None:
-    return load(name).unavailable_reason()
-
-
-_ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-
-
-def _unsupported(name: str, problem: SobolevProblem) -> str | None:
-    """The declared capabilities first (order, model, dtype), then the backend's own checks."""
-    module = load(name)
-    if problem.order not in getattr(module, "ORDERS", (1,)):
-        return f"order {problem.order} is not implemented there"
-    if getattr(module, "NEEDS_MLP", True) and problem.mlp is None:
-        return "the model is not a SobolevMLP (or an nn.Sequential of Linear/activation)"
-    dtypes = getattr(module, "DTYPES", _ALL_DTYPES)
-    if problem.dtype not in dtypes:
-        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        return f"dtype {problem.dtype} (it takes {names})"
-    return module.unsupported_reason(problem)
+    return BACKENDS[name]  # a dict lookup, which torch.compile traces
 
 
 def can_run(name: str, problem: SobolevProblem) -> bool:
-    return _unavailable(name) is None and _unsupported(name, problem) is None
+    return load(name).reason(problem) is None
 
 
 def available_backends() -> list[str]:
     """Names of the backends that can run in this process (on some device and dtype)."""
-    return [name for name in BACKENDS if _unavailable(name) is None]
+    return [name for name, b in BACKENDS.items() if b.unavailable_reason() is None]
 
 
 def _auto_order(problem: SobolevProblem) -> list[str]:
     # On CPU the fused C++ kernel measured 2x the torch backend (README, bench/results); the
     # Triton interpreter is a correctness tool, never a speed choice.
-    order = ["cuda", "triton", "torch"] if problem.device.type == "cuda" else ["cuda", "torch"]
-    return [name for name in order if name in BACKENDS]
+    return ["cuda", "triton", "torch"] if problem.device.type == "cuda" else ["cuda", "torch"]
 
 
 # On a GPU both fused backends usually take a problem; which is faster depends on the shape
@@ -95,10 +71,10 @@ def _auto_order(problem: SobolevProblem) -> list[str]:
 _MEASURED = ("cuda", "triton")
 
 
-def select(name: str, problem: SobolevProblem) -> ModuleType:
-    """The backend module to run ``problem`` with (``name`` may be ``"auto"``)."""
+def select(name: str, problem: SobolevProblem) -> Backend:
+    """The backend to run ``problem`` with (``name`` may be ``"auto"``)."""
     if name != "auto":
-        reason = _unavailable(name) or _unsupported(name, problem)
+        reason = load(name).reason(problem)
         if reason is not None:
             raise ValueError(f"backend: {name!r} cannot run this problem: {reason}")
         return load(name)
@@ -106,7 +82,7 @@ def select(name: str, problem: SobolevProblem) -> ModuleType:
     for candidate in _auto_order(problem):
         if fused and candidate not in _MEASURED:
             break  # a fused backend runs: the slower ones need no checking
-        reason = _unavailable(candidate) or _unsupported(candidate, problem)
+        reason = load(candidate).reason(problem)
         if reason is not None:
             reasons.append(f"{candidate}: {reason}")
         elif candidate in _MEASURED:
@@ -129,7 +105,3 @@ def select(name: str, problem: SobolevProblem) -> ModuleType:
         _warned.add(message)
         warnings.warn(message, SobolevFallbackWarning, stacklevel=4)
     return load("reference")
-
-
-for _path in BACKENDS.values():
-    importlib.import_module(_path)

@@ -4,12 +4,15 @@ training step per backend, keyed by everything that makes steps differ in cost."
 from __future__ import annotations
 
 import dataclasses
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..problem import SobolevProblem
+
+if TYPE_CHECKING:
+    from .base import Backend
 
 
 def choice_key(problem: SobolevProblem) -> tuple:
@@ -29,8 +32,8 @@ def choice_key(problem: SobolevProblem) -> tuple:
             torch.is_grad_enabled())  # fmt: skip
 
 
-def trial_step(module: ModuleType, problem: SobolevProblem) -> None:
-    """One training step of ``problem`` on backend ``module`` that touches nothing of the
+def trial_step(backend: Backend, problem: SobolevProblem) -> None:
+    """One training step of ``problem`` on ``backend`` that touches nothing of the
     caller's: parameters and x are detached copies (the same storage, no ``.grad`` written)."""
 
     def fresh(t: Tensor) -> Tensor:
@@ -40,12 +43,11 @@ def trial_step(module: ModuleType, problem: SobolevProblem) -> None:
         problem, x=fresh(problem.x), weights=[fresh(w) for w in problem.weights],
         biases=[fresh(b) for b in problem.biases],
     )  # fmt: skip
-    # fused backends run on the already-cast tensors with autocast off (api._precision_scope)
-    with torch.autocast(problem.device.type, enabled=False):
+    with problem.precision_scope(backend.name):  # as the real step runs
         if problem.target_jvp is not None or problem.target_grad is not None:
-            outputs = module.sobolev_loss(trial)[:1]
+            outputs = backend.sobolev_loss(trial)[:1]
         else:
-            outputs = module.mlp_jvp(trial)
+            outputs = backend.mlp_jvp(trial)
         wrt = [t for t in (trial.x, *trial.weights, *trial.biases) if t.requires_grad]
         if wrt:
             total = sum(o.float().sum() for o in outputs)

@@ -22,18 +22,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vmap
 
 from ..problem import SobolevProblem, projected_mse_loss
-
-NAME = "reference"
-ORDERS = (1, 2)
-NEEDS_MLP = False  # any module or callable
-
-
-def unavailable_reason() -> str | None:
-    return None
-
-
-def unsupported_reason(problem: SobolevProblem) -> str | None:
-    return None
+from .base import Backend
 
 
 def model_jvp(
@@ -102,12 +91,18 @@ def _jvp_by_reverse_mode(
     return tuple(out)
 
 
-def sobolev_loss(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
-    f, *derivatives = mlp_jvp(problem)
-    return projected_mse_loss(problem, f, *derivatives), f
+class ReferenceBackend(Backend):
+    name = "reference"
+    needs_mlp = False  # any module or callable
+
+    def sobolev_loss(self, problem: SobolevProblem) -> tuple[Tensor, Tensor]:
+        f, *derivatives = self.mlp_jvp(problem)
+        return projected_mse_loss(problem, f, *derivatives), f
+
+    def mlp_jvp(self, problem: SobolevProblem) -> tuple[Tensor, ...]:
+        f, u, *w = model_jvp(problem.model, problem.x, problem.directions, problem.order)
+        problem.check_model_output(f, u)
+        return (f, u, *w)
 
 
-def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, ...]:
-    f, u, *w = model_jvp(problem.model, problem.x, problem.directions, problem.order)
-    problem.check_model_output(f, u)
-    return (f, u, *w)
+BACKEND = ReferenceBackend()

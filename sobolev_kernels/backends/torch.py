@@ -20,17 +20,7 @@ from torch import Tensor
 
 from ..activations import Activation, get_activation
 from ..problem import LOW_PRECISION, SobolevProblem, projected_mse_loss
-
-NAME = "torch"
-ORDERS = (1, 2)
-
-
-def unavailable_reason() -> str | None:
-    return None
-
-
-def unsupported_reason(problem: SobolevProblem) -> str | None:
-    return None  # any SobolevMLP, dtype and device (checked by the registry)
+from .base import Backend
 
 
 def _series(act: Activation, z: Tensor, n: int) -> list[Tensor]:
@@ -204,15 +194,22 @@ def stacked_jvp(problem: SobolevProblem) -> Tensor:
     )  # fmt: skip
 
 
-def mlp_jvp(problem: SobolevProblem) -> tuple[Tensor, ...]:
-    out = stacked_jvp(problem)
-    k = problem.num_directions
-    derivatives = [out[1 : 1 + k].transpose(0, 1)]
-    if problem.order == 2:
-        derivatives.append(out[1 + k :].transpose(0, 1))
-    return (out[0], *derivatives)
+class TorchBackend(Backend):
+    """Any SobolevMLP, dtype and device."""
+
+    name = "torch"
+
+    def mlp_jvp(self, problem: SobolevProblem) -> tuple[Tensor, ...]:
+        out = stacked_jvp(problem)
+        k = problem.num_directions
+        derivatives = [out[1 : 1 + k].transpose(0, 1)]
+        if problem.order == 2:
+            derivatives.append(out[1 + k :].transpose(0, 1))
+        return (out[0], *derivatives)
+
+    def sobolev_loss(self, problem: SobolevProblem) -> tuple[Tensor, Tensor]:
+        f, *derivatives = self.mlp_jvp(problem)
+        return projected_mse_loss(problem, f, *derivatives), f
 
 
-def sobolev_loss(problem: SobolevProblem) -> tuple[Tensor, Tensor]:
-    f, *derivatives = mlp_jvp(problem)
-    return projected_mse_loss(problem, f, *derivatives), f
+BACKEND = TorchBackend()

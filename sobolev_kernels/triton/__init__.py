@@ -1,8 +1,17 @@
 """Triton kernels of the fused Sobolev loss (imported lazily by ``backends/triton.py``).
 
+    layout.py     launch geometry and fit estimates (no triton import)
+    tiles.py      jit helpers shared by the kernels
+    forward.py    the fused forward kernel, its derivation above it
+    backward.py   the fused backward kernel, its derivation above it
+    launch.py     check, allocate, choose a launch config, launch
+    ops.py        the launchers as the triton_sobolev_* ops (sobolev_kernels/fused.py)
+    aot.py        ahead-of-time compiles for a GPU target (tooling, not imported by the library)
+
 Import the kernel modules only after deciding on ``TRITON_INTERPRET``: Triton picks the
-interpreter when a kernel is decorated, i.e. when ``sobolev_mlp`` is first imported. This
-package module itself imports nothing heavy, so the backend can ask ``interpreting()`` early.
+interpreter when a kernel is decorated, i.e. when ``forward``/``backward`` are first
+imported. This package module and ``layout`` import nothing heavy, so the backend can ask
+``interpreting()`` and check fit early.
 """
 
 import os

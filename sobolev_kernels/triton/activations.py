@@ -6,15 +6,22 @@ kernel does not use are removed by the compiler). The formulas are the torch tab
 including torch's conventions (relu'(0) = 0, softplus linear above 20); the tests compare
 every backend with the reference to hold them to it.
 
-Kernels cannot read module-level floats, so constants appear as literals: gelu's
-c = sqrt(2 / pi) = 0.7978845608028654 and a = 0.044715, softplus's threshold 20.
+The ids and smoothness come from the Python table (one table: ``tests/test_activations.py``
+also ties ``csrc/activations.h`` to it). Kernels read module-level values only as
+``tl.constexpr``; float constants appear as literals: gelu's c = sqrt(2 / pi) =
+0.7978845608028654 and a = 0.044715, softplus's threshold 20.
 """
 
 import triton
 import triton.language as tl
 
-TANH, SIGMOID, SOFTPLUS, SILU, SIN, GELU, RELU, LEAKY_RELU, IDENTITY = range(9)
-SMOOTH = (TANH, SIGMOID, SOFTPLUS, SILU, SIN, GELU)  # s'' is not identically zero
+from ..activations import ACTIVATIONS
+
+_ID = {name: tl.constexpr(a.kernel_id) for name, a in ACTIVATIONS.items()}
+_TANH, _SIGMOID, _SOFTPLUS, _SILU = _ID["tanh"], _ID["sigmoid"], _ID["softplus"], _ID["silu"]
+_SIN, _GELU, _RELU, _LEAKY_RELU = _ID["sin"], _ID["gelu"], _ID["relu"], _ID["leaky_relu"]
+# kernel ids whose s'' is not identically zero
+SMOOTH = tuple(a.kernel_id for a in ACTIVATIONS.values() if a.smooth)
 
 
 @triton.jit
@@ -28,17 +35,17 @@ def _tanh(z):
 @triton.jit
 def act_series(z, slope, ACT: tl.constexpr):
     """(s, s', s'', s''') of z (fp32)."""
-    if ACT == 0:  # tanh
+    if ACT == _TANH:
         s = _tanh(z)
         s1 = 1.0 - s * s
         s2 = -2.0 * s * s1
         s3 = s1 * (6.0 * s * s - 2.0)
-    elif ACT == 1:  # sigmoid
+    elif ACT == _SIGMOID:
         s = tl.sigmoid(z)
         s1 = s * (1.0 - s)
         s2 = s1 * (1.0 - 2.0 * s)
         s3 = s1 * (1.0 - 6.0 * s + 6.0 * s * s)
-    elif ACT == 2:  # softplus, linear above the threshold like torch's
+    elif ACT == _SOFTPLUS:  # softplus, linear above the threshold like torch's
         linear = z > 20.0
         # max(z, 0) + log(1 + exp(-|z|)): no overflow for large |z|
         s = tl.where(linear, z, tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))))
@@ -46,7 +53,7 @@ def act_series(z, slope, ACT: tl.constexpr):
         s1 = tl.where(linear, 1.0, p)
         s2 = tl.where(linear, 0.0, p * (1.0 - p))
         s3 = tl.where(linear, 0.0, p * (1.0 - p) * (1.0 - 2.0 * p))
-    elif ACT == 3:  # silu
+    elif ACT == _SILU:
         p = tl.sigmoid(z)
         dp = p * (1.0 - p)
         q = 1.0 - 2.0 * p
@@ -54,12 +61,12 @@ def act_series(z, slope, ACT: tl.constexpr):
         s1 = p * (1.0 + z * (1.0 - p))
         s2 = dp * (2.0 + z * q)
         s3 = dp * (q * (3.0 + z * q) - 2.0 * z * dp)
-    elif ACT == 4:  # sin
+    elif ACT == _SIN:
         s = tl.sin(z)
         s1 = tl.cos(z)
         s2 = -s
         s3 = -s1
-    elif ACT == 5:  # gelu, tanh approximation: s = z (1 + T) / 2, T = tanh(w), w = c (z + a z^3)
+    elif ACT == _GELU:  # tanh approximation: s = z (1 + T) / 2, T = tanh(w), w = c (z + a z^3)
         z2 = z * z
         t = _tanh(0.7978845608028654 * (z + 0.044715 * z2 * z))
         sech2 = 1.0 - t * t
@@ -78,12 +85,12 @@ def act_series(z, slope, ACT: tl.constexpr):
             + 0.5 * z * (d3w - 2.0 * sech2 * dw * dw * dw - 4.0 * t * dw * d2w)
         )
         s3 = sech2 * (dp - 2.0 * t * dw * p)
-    elif ACT == 6:  # relu (relu'(0) = 0 as in torch)
+    elif ACT == _RELU:  # relu (relu'(0) = 0 as in torch)
         s = tl.maximum(z, 0.0)
         s1 = tl.where(z > 0, 1.0, 0.0)
         s2 = tl.zeros_like(z)
         s3 = s2
-    elif ACT == 7:  # leaky_relu
+    elif ACT == _LEAKY_RELU:
         s = tl.where(z > 0, z, slope * z)
         s1 = tl.where(z > 0, 1.0, slope)
         s2 = tl.zeros_like(z)

@@ -2,10 +2,10 @@
 bare MLP forward (a (R, 128) fp32 tile through 4 layers of 128) compiled ahead of time for
 sm_90, with no GPU.
 
-    python scripts/probe_fp32_dots.py [ieee|tf32]
+    python investigations/probe_fp32_dots.py [ieee|tf32]
 
 - ``in_registers``: the tile stays in registers and each layer is one dot over K = 128, as in
-  ``triton/sobolev_mlp.py``. With exact fp32 dots ("ieee": FMA, no tensor cores) ptxas ends
+  the first Triton kernels. With exact fp32 dots ("ieee": FMA, no tensor cores) ptxas ends
   at 32 registers and ~9 KB of stack per thread: Triton's FMA dot holds its operands' whole
   K extent in registers.
 - ``split_in_registers``: the same tile cut into four K-chunks with reshape/permute/split.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 os.environ.pop("TRITON_INTERPRET", None)
@@ -27,8 +26,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_triton_compile import _resources  # noqa: E402  (cuobjdump's REG and STACK)
+from sobolev_kernels.triton.aot import resources  # noqa: E402  (cuobjdump's REG and STACK)
 
 
 @triton.jit
@@ -105,7 +103,7 @@ def main(precision: str = "ieee") -> None:
                 ASTSource(fn=fn, signature=signature, constexprs=constexprs),
                 target=GPUTarget("cuda", 90, 32), options={"num_warps": warps},
             )  # fmt: skip
-            res = _resources(compiled)
+            res = resources(compiled)
             print(f"| {fn.__name__} | {rows} | {warps} | {res.get('REG')} | "
                   f"{res.get('STACK')} | {compiled.metadata.shared} | |", flush=True)  # fmt: skip
 

@@ -1,0 +1,99 @@
+"""Ahead-of-time compiles of the fused kernels for a GPU architecture, with no GPU: what the
+launchers would compile for a training step, and the registers, spills and shared memory
+the result uses. For the compile check (``scripts/check_triton_compile.py``) and resource
+surveys (``investigations/``); never imported by the library itself.
+
+Import this with ``TRITON_INTERPRET`` unset: the kernels are built for the GPU then.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from .activations import SMOOTH
+from .backward import _sobolev_bwd_kernel
+from .forward import _sobolev_fwd_kernel
+from .launch import TARGET_GRAD, TARGET_HESS, TARGET_NONE
+from .layout import Layout
+
+__all__ = ["SHARED_LIMIT", "compile_step", "resources", "sass", "step_constexprs"]
+
+# Largest dynamic shared memory per block (bytes): A100 (sm_80) and H100/H200 (sm_90).
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+# Pointer arguments of the two kernels, in order; the saved stacks, the loss partials and
+# the upstream loss gradient are fp32 whatever the model's dtype (sobolev_kernels/fused.py).
+_FWD_PTRS = [f"{p}_ptr" for p in "x v y g g2 w b f u w2 z partial".split()]
+_BWD_PTRS = [f"{p}_ptr" for p in "x v y g g2 w z f u w2 gloss gf gu gw a s dx db".split()]
+_FP32_PTRS = {"z_ptr", "partial_ptr", "gloss_ptr", "db_ptr"}
+_FWD_SCALARS = {"B": "i32", "slope": "fp32"}
+_BWD_SCALARS = dict(_FWD_SCALARS, coef_f="fp32", coef_u="fp32", coef_w="fp32")
+
+
+def step_constexprs(layout: Layout, rows: int, warps: int, act: int, precision: str,
+                    chunk: int, group: int | None = None) -> dict[str, dict]:  # fmt: skip
+    """The constexprs of both kernels as the launchers set them for a training step with a
+    Jacobian (and, for order 2, Hessian) target, biases and y (``group``: directions per
+    pass, default the static choice)."""
+    common = dict(layout.constexprs(), ROWS=rows, GROUP=group or layout.group(rows, warps),
+                  ACT=act, SHARED=False, HAS_BIAS=True, HAS_Y=True, TARGET=TARGET_GRAD,
+                  TARGET2=TARGET_HESS if layout.order == 2 else TARGET_NONE,
+                  PRECISION=precision, EMULATE_BF16=False,
+                  CHUNKS=layout.chunks(chunk))  # fmt: skip
+    return {
+        "fwd": dict(common, **layout.hidden_stacks(save=True)),
+        "bwd": dict(
+            common,
+            IN_CUM=layout.in_cum,
+            SMOOTH=act in SMOOTH,
+            HAS_GL=True,
+            HAS_GF=True,
+            HAS_GU=False,
+            HAS_GW=False,
+            NEED_DX=True,
+        ),  # fmt: skip
+    }
+
+
+def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
+                 dtype: str, arch: int, group: int | None = None) -> Iterator[tuple]:  # fmt: skip
+    """(name, compiled kernel) of the forward and backward for ``arch`` (80, 90, ...);
+    ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile raises."""
+    constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group)
+    kernels = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
+               ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS)]  # fmt: skip
+    for name, kernel, ptrs, scalars in kernels:
+        sig = {p: "*" + ("fp32" if p in _FP32_PTRS else dtype) for p in ptrs}
+        sig.update(scalars)
+        sig.update({c: "constexpr" for c in constexprs[name]})
+        src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs[name])
+        target = GPUTarget("cuda", arch, 32)
+        yield name, triton.compile(src, target=target, options={"num_warps": warps})
+
+
+def _cuobjdump(compiled, *flags: str) -> str:
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(compiled.asm["cubin"])
+        fh.flush()
+        return subprocess.run([str(tool), *flags, fh.name], capture_output=True,
+                              text=True).stdout  # fmt: skip
+
+
+def resources(compiled) -> dict[str, int]:
+    """REG and STACK (bytes of local memory per thread: spills) from cuobjdump."""
+    found = dict(re.findall(r"(REG|STACK):(\d+)", _cuobjdump(compiled, "--dump-resource-usage")))
+    return {key: int(value) for key, value in found.items()}
+
+
+def sass(compiled) -> str:
+    """The kernel's SASS (cuobjdump -sass), e.g. to look for tensor-core instructions."""
+    return _cuobjdump(compiled, "-sass")

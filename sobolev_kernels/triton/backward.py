@@ -1,0 +1,263 @@
+"""The fused backward kernel: the adjoint recursion of the MLP's values and tangent streams
+for one program's rows, top down (docs/math.md, DESIGN section 2).
+
+Seeds, with gl = dL/dloss and the gradients a user's own loss sends to f, u and w:
+
+    a_f = gl 2 alpha / (B m) (f - y) + dL/df,   a_u_k = gl 2 beta / (B K m) (u_k - g_k) + dL/du_k,
+    a_w_k = gl 2 gamma / (B K m) (w_k - g2_k) + dL/dw_k
+
+(the residuals are formed again here from the forward's outputs and the targets). Then for
+every layer l, top down, A_l = [a_z; a_tz; a_ttz] and, through the activation below,
+
+    a_z     = a_h s' + s'' sum_k (a_t_k tz_k + a_tt_k ttz_k) + s''' sum_k a_tt_k tz_k^2
+    a_tz_k  = a_t_k s' + 2 s'' a_tt_k tz_k
+    a_ttz_k = a_tt_k s'
+
+with [a_h; a_t; a_tt] = A_l W_l (order 1: no tt terms). The kernel writes each layer's
+stacked adjoints A_l and inputs S_{l-1} = [h; t; tt] (recomputed from the saved
+pre-activations), per-program bias partials and dL/dx (its dots reload A_l in K chunks from
+where it stored it); the launcher then forms dW_l = A_l^T S_{l-1}, one GEMM per layer over
+the (1 + order K) B stacked rows, and sums the bias partials.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .activations import act_series
+from .tiles import (
+    _by_direction,
+    _cast,
+    _dot,
+    _rows,
+    _target_second,
+    _target_tangents,
+    _tile_rows,
+    _weight_rows,
+)
+
+
+@triton.jit
+def _bwd_layer(
+    a_ptr, w_ptr, pid, g, rows, row_ok, B, l: tl.constexpr, WIDTHS: tl.constexpr,
+    PADS: tl.constexpr, W_OFFS: tl.constexpr, OUT_CUM: tl.constexpr, K: tl.constexpr,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SHARED: tl.constexpr,
+    VALUES: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNKS: tl.constexpr,
+):  # fmt: skip
+    """[a_t; a_tt] = [a_tz; a_ttz] W_l for direction group g (on layer 1: none), and with
+    VALUES also a_h = a_z W_l: a K loop over A_l as stored, CHUNKS[l + 1] columns at a time."""
+    S: tl.constexpr = 1 + ORDER * K
+    ci = tl.arange(0, PADS[l])
+    k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
+        pid, g, B, K, GROUP, ROWS, SHARED
+    )
+    a_h = tl.zeros((ROWS, tl.constexpr(PADS[l])), tl.float32)
+    a_t = tl.zeros((GROUP * ROWS, tl.constexpr(PADS[l])), tl.float32)
+    a_tt = tl.zeros((GROUP * ROWS, tl.constexpr(PADS[l])), tl.float32)
+    for c0 in tl.range(0, PADS[l + 1], CHUNKS[l + 1], num_stages=1):
+        cc = c0 + tl.arange(0, CHUNKS[l + 1])
+        cc_ok = cc[None, :] < WIDTHS[l + 1]
+        wc = _weight_rows(w_ptr + W_OFFS[l], cc, ci, WIDTHS[l + 1], WIDTHS[l], False)
+        src = a_ptr + S * B * OUT_CUM[l] + cc[None, :]
+        if VALUES:
+            ac = tl.load(src + rows[:, None] * WIDTHS[l + 1], mask=row_ok[:, None] & cc_ok,
+                         other=0.0)  # fmt: skip
+            a_h += _dot(ac, wc, PRECISION, EMULATE_BF16)
+        if l > 0:
+            atc = tl.load(src + t_rows[:, None] * WIDTHS[l + 1], mask=t_ok[:, None] & cc_ok,
+                          other=0.0)  # fmt: skip
+            a_t += _dot(atc, wc, PRECISION, EMULATE_BF16)
+            if ORDER == 2:
+                attc = tl.load(src + tt_rows[:, None] * WIDTHS[l + 1],
+                               mask=t_ok[:, None] & cc_ok, other=0.0)  # fmt: skip
+                a_tt += _dot(attc, wc, PRECISION, EMULATE_BF16)
+    return a_h, a_t, a_tt
+
+
+@triton.jit
+def _bwd_tangents(
+    a_z, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, g, B, l: tl.constexpr,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr,
+    K: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
+    SMOOTH: tl.constexpr, SHARED: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """Hidden layer l (the input side of W_l), direction group g: stores the tangent rows of
+    S_{l-1} = [h; t; tt] (recomputed from the saved pre-activations) and of A_{l-1} =
+    [a_z; a_tz; a_ttz]; returns a_z plus the group's term (its sum over directions)."""
+    S: tl.constexpr = 1 + ORDER * K
+    k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
+        pid, g, B, K, GROUP, ROWS, SHARED
+    )
+    ok = t_ok[:, None] & (ci[None, :] < WIDTHS[l])
+    t_off = t_rows[:, None] * WIDTHS[l] + ci[None, :]
+    tt_off = tt_rows[:, None] * WIDTHS[l] + ci[None, :]
+    z_base = z_ptr + S * B * OUT_CUM[l - 1]
+    s_base = s_ptr + S * B * IN_CUM[l]
+    a_base = a_ptr + S * B * OUT_CUM[l - 1]
+    st_ty = s_ptr.dtype.element_ty
+    at_ty = a_ptr.dtype.element_ty
+    # (a_t reshaped before the loads: after them, config M took 255 registers and spilled)
+    a_t3 = _by_direction(a_t, GROUP, ROWS)
+    tz3 = _by_direction(tl.load(z_base + t_off, mask=ok, other=0.0).to(tl.float32), GROUP, ROWS)
+    t_in = _rows(tz3 * s1[None, :, :], GROUP, ROWS)
+    tl.store(s_base + t_off, _cast(t_in, st_ty, EMULATE_BF16), mask=ok)
+    if ORDER == 2:
+        ttz = tl.load(z_base + tt_off, mask=ok, other=0.0).to(tl.float32)
+        ttz3 = _by_direction(ttz, GROUP, ROWS)
+        tt_in = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], GROUP, ROWS)
+        tl.store(s_base + tt_off, _cast(tt_in, st_ty, EMULATE_BF16), mask=ok)
+        a_tt3 = _by_direction(a_tt, GROUP, ROWS)
+        if SMOOTH:
+            a_z += s2 * tl.sum(a_t3 * tz3 + a_tt3 * ttz3, axis=0)
+            a_z += s3 * tl.sum(a_tt3 * tz3 * tz3, axis=0)
+            at = _rows(a_t3 * s1[None, :, :] + 2.0 * s2[None, :, :] * a_tt3 * tz3, GROUP, ROWS)
+        else:
+            at = _rows(a_t3 * s1[None, :, :], GROUP, ROWS)
+        att = _rows(a_tt3 * s1[None, :, :], GROUP, ROWS)
+        tl.store(a_base + tt_off, _cast(att, at_ty, EMULATE_BF16), mask=ok)
+    else:
+        if SMOOTH:
+            a_z += s2 * tl.sum(a_t3 * tz3, axis=0)
+        at = _rows(a_t3 * s1[None, :, :], GROUP, ROWS)
+    tl.store(a_base + t_off, _cast(at, at_ty, EMULATE_BF16), mask=ok)
+    return a_z
+
+
+@triton.jit
+def _sobolev_bwd_kernel(
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptr, z_ptr, f_ptr, u_ptr, w2_ptr,
+    gloss_ptr, gf_ptr, gu_ptr, gw_ptr,
+    a_ptr, s_ptr, dx_ptr, db_ptr,
+    B, slope, coef_f, coef_u, coef_w,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, W_OFFS: tl.constexpr, B_OFFS: tl.constexpr,
+    OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, GROUP: tl.constexpr,
+    ORDER: tl.constexpr, ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr, TARGET2: tl.constexpr,
+    HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
+    NEED_DX: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNKS: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
+    D: tl.constexpr = WIDTHS[0]
+    M: tl.constexpr = WIDTHS[NUM_LAYERS]
+    MP: tl.constexpr = PADS[NUM_LAYERS]
+    S: tl.constexpr = 1 + ORDER * K
+    NB: tl.constexpr = B_OFFS[NUM_LAYERS - 1] + WIDTHS[NUM_LAYERS]  # biases in all layers
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < B
+    at_ty = a_ptr.dtype.element_ty
+
+    # Seeds (see the top of this file); coef_* are 0 for a term without its target. The
+    # tangent ones go straight to A_L's tangent rows, a direction group at a time.
+    gl = 0.0
+    if HAS_GL:
+        gl = tl.load(gloss_ptr).to(tl.float32)
+    cm = tl.arange(0, MP)
+    val_ok = row_ok[:, None] & (cm[None, :] < M)
+    val_idx = rows[:, None] * M + cm[None, :]
+    rf = tl.load(f_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
+    if HAS_Y:
+        rf -= tl.load(y_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
+    a = (gl * coef_f) * rf
+    if HAS_GF:
+        a += tl.load(gf_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
+    top = a_ptr + S * B * OUT_CUM[NUM_LAYERS - 1]
+    for g in tl.range(0, KP // GROUP):
+        k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
+            pid, g, B, K, GROUP, ROWS, SHARED
+        )
+        tan_ok = t_ok[:, None] & (cm[None, :] < M)
+        tan_idx = bk_rows[:, None] * M + cm[None, :]
+        ru = tl.load(u_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+        ru -= _target_tangents(v_ptr, g_ptr, pid, g, rows, row_ok, B, D, M, MP, K, GROUP, ROWS,
+                               SHARED, TARGET)  # fmt: skip
+        at = (gl * coef_u) * ru
+        if HAS_GU:
+            at += tl.load(gu_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+        tl.store(
+            top + t_rows[:, None] * M + cm[None, :], _cast(at, at_ty, EMULATE_BF16), mask=tan_ok
+        )
+        if ORDER == 2:
+            rw = tl.load(w2_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+            rw -= _target_second(v_ptr, g2_ptr, pid, g, rows, row_ok, B, D, M, MP, K, GROUP,
+                                 ROWS, SHARED, TARGET2)  # fmt: skip
+            att = (gl * coef_w) * rw
+            if HAS_GW:
+                att += tl.load(gw_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+            tl.store(
+                top + tt_rows[:, None] * M + cm[None, :],
+                _cast(att, at_ty, EMULATE_BF16),
+                mask=tan_ok,
+            )
+
+    for l in tl.static_range(NUM_LAYERS - 1, -1, -1):  # top down; sizes in place (see forward)
+        ci = tl.arange(0, PADS[l])
+        co = tl.arange(0, PADS[l + 1])
+        in_col = ci[None, :] < WIDTHS[l]
+
+        # A_l = [a_z; a_tz; a_ttz] for dW_l = A_l^T S_{l-1} (the tangent rows are stored
+        # already, by the layer above); bias partials of this program
+        tl.store(a_ptr + S * B * OUT_CUM[l] + rows[:, None] * WIDTHS[l + 1] + co[None, :],
+                 _cast(a, at_ty, EMULATE_BF16),
+                 mask=row_ok[:, None] & (co[None, :] < WIDTHS[l + 1]))  # fmt: skip
+        if HAS_BIAS:
+            tl.store(db_ptr + pid * NB + B_OFFS[l] + co, tl.sum(a, axis=0), mask=co < WIDTHS[l + 1])
+
+        # [a_h; a_t; a_tt] = [a_z; a_tz; a_ttz] W_l (a_h alone on layer 1: dL/dx), the values
+        # along with the first direction group (one pass over W_l for both)
+        if l > 0 or NEED_DX:
+            tl.debug_barrier()  # every thread's part of A_l is written before any reload
+            a_h, a_t, a_tt = _bwd_layer(
+                a_ptr, w_ptr, pid, 0, rows, row_ok, B, l, WIDTHS, PADS, W_OFFS, OUT_CUM, K, GROUP,
+                ROWS, ORDER, SHARED, True, PRECISION, EMULATE_BF16, CHUNKS,
+            )  # fmt: skip
+        s_base = s_ptr + S * B * IN_CUM[l]
+        st_ty = s_ptr.dtype.element_ty
+        if l > 0:
+            # saved pre-activations of hidden layer l (the input side of W_l)
+            z = tl.load(z_ptr + S * B * OUT_CUM[l - 1] + rows[:, None] * WIDTHS[l] + ci[None, :],
+                        mask=row_ok[:, None] & in_col, other=0.0).to(tl.float32)  # fmt: skip
+            s, s1, s2, s3 = act_series(z, slope, ACT)
+            tl.store(s_base + rows[:, None] * WIDTHS[l] + ci[None, :],
+                     _cast(s, st_ty, EMULATE_BF16), mask=row_ok[:, None] & in_col)  # fmt: skip
+            a_next = _bwd_tangents(
+                a_h * s1, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, 0, B, l, WIDTHS,
+                PADS, OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, EMULATE_BF16,
+            )  # fmt: skip
+            if KP // GROUP > 1:
+                for g in tl.range(1, KP // GROUP):
+                    a_h_unused, a_t, a_tt = _bwd_layer(
+                        a_ptr, w_ptr, pid, g, rows, row_ok, B, l, WIDTHS, PADS, W_OFFS, OUT_CUM,
+                        K, GROUP, ROWS, ORDER, SHARED, False, PRECISION, EMULATE_BF16, CHUNKS,
+                    )  # fmt: skip
+                    a_next = _bwd_tangents(
+                        a_next, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, g, B, l,
+                        WIDTHS, PADS, OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED,
+                        EMULATE_BF16,
+                    )  # fmt: skip
+            a = a_next
+        else:
+            # layer 1 reads x and the directions: S_0 = [x; v] (tt_0 = 0 adds nothing to dW_1)
+            x = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
+                        mask=row_ok[:, None] & in_col, other=0.0)  # fmt: skip
+            tl.store(
+                s_base + rows[:, None] * D + ci[None, :], x.to(st_ty), mask=row_ok[:, None] & in_col
+            )
+            for g in tl.range(0, KP // GROUP):
+                k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
+                    pid, g, B, K, GROUP, ROWS, SHARED
+                )
+                v = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
+                            mask=t_ok[:, None] & in_col, other=0.0)  # fmt: skip
+                tl.store(
+                    s_base + t_rows[:, None] * D + ci[None, :],
+                    v.to(st_ty),
+                    mask=t_ok[:, None] & in_col,
+                )
+            if NEED_DX:
+                tl.store(dx_ptr + rows[:, None] * D + ci[None, :],
+                         _cast(a_h, dx_ptr.dtype.element_ty, EMULATE_BF16),
+                         mask=row_ok[:, None] & in_col)  # fmt: skip

@@ -1,0 +1,267 @@
+"""Launchers of the fused Triton kernels: check, allocate, choose a launch config, launch.
+
+Both follow the fused op contract (``sobolev_kernels/fused.py``): the same arguments, in the
+same order, as the C++ ops ``sobolev_forward`` / ``sobolev_backward``, and the same outputs:
+f (B, m), u and w (B, K, m) in x's dtype, the loss and the saved hidden pre-activations in
+the accumulation dtype (fp32). No autograd here: ``triton/ops.py`` registers these as the
+``triton_sobolev_forward`` / ``triton_sobolev_backward`` ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import triton
+from torch import Tensor
+from triton.compiler.errors import CompileTimeAssertionFailure
+from triton.runtime.errors import OutOfResources, PTXASError
+
+from .. import tuning
+from . import interpreting
+from .activations import SMOOTH
+from .backward import _sobolev_bwd_kernel
+from .forward import _sobolev_fwd_kernel, _sobolev_loss_finish_kernel
+from .layout import Layout, shared_memory_limit
+
+# The kernels' TARGET / TARGET2 constexprs: which derivative target they contract.
+TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2  # first order: (B, K, m) or (B, m, d)
+TARGET_HVP2, TARGET_HESS = 1, 2  # second order: (B, K, m) or (B, m, d, d)
+
+# A launch config that does not fit the GPU fails to compile or load; the tuner skips it.
+_DOES_NOT_FIT = (OutOfResources, PTXASError, CompileTimeAssertionFailure)
+
+
+def _precision(allow_tf32: bool) -> str:
+    # fp32 stays exact by default (TF32 is opt-in); bf16/fp16 operands ignore it. Three-TF32
+    # dots ("tf32x3") were tried: 3-6x the local-memory spills of "ieee" in these kernels
+    # (investigations/triton_resource_survey.py).
+    return "tf32" if allow_tf32 else "ieee"
+
+
+def _emulate_bf16(dtype: torch.dtype) -> bool:
+    # The interpreter's bf16 is not the GPU's (triton 3.6 and 3.9): its tl.dot misreads bf16
+    # operands and it converts fp32 to bf16 by truncation. Under this flag the kernels run
+    # their dots on fp32 operands (rounded to bf16 first) and round their bf16 stores to
+    # nearest even by hand.
+    return interpreting() and dtype == torch.bfloat16
+
+
+def layout_of(x: Tensor, directions: Tensor, weights: list[Tensor], order: int) -> Layout:
+    return Layout.of(tuple([x.shape[1]] + [w.shape[0] for w in weights]), directions.shape[-2],
+                     order)  # fmt: skip
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32  # fp32 for fp32, bf16 and fp16: the kernels take no fp64
+
+
+def _target_kinds(target_jvp, target_grad, target_hvp2, target_hess) -> tuple[int, int]:
+    first = TARGET_JVP if target_jvp is not None else (
+        TARGET_GRAD if target_grad is not None else TARGET_NONE
+    )  # fmt: skip
+    second = TARGET_HVP2 if target_hvp2 is not None else (
+        TARGET_HESS if target_hess is not None else TARGET_NONE
+    )  # fmt: skip
+    return first, second
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return t.contiguous() if t is not None else None
+
+
+def _launch_config(
+    kernel: str, layout: Layout, x: Tensor, constexprs: dict, launch: Callable[[tuple], object]
+) -> tuple[int, int, int, int]:
+    """(rows per program, num_warps, K chunk, directions per pass) for one launch: measured
+    once per shape on a GPU (``tuning``), else the static choice (``Layout.static_config``)."""
+    limit = shared_memory_limit(x.device)
+    key = _tuning_key(kernel, x, constexprs)
+    if not tuning.can_measure(x.device):
+        return tuning.chosen(key) or layout.static_config(x.element_size(), limit)
+    configs = layout.launch_configs(x.element_size(), limit)
+    return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
+
+
+def _tuning_key(kernel: str, x: Tensor, constexprs: dict) -> tuple:
+    # every compile-time constant but the tuned ones, the dtype, the device and the batch
+    # rounded up to a power of two (the best rows per program depend on how many programs run)
+    batch = triton.next_power_of_2(max(1, x.shape[0]))
+    constants = tuple(sorted(constexprs.items()))
+    return ("triton", kernel, str(x.device), x.dtype, batch, constants)
+
+
+def sobolev_forward(
+    x: Tensor,
+    directions: Tensor,
+    y: Tensor | None,
+    target_jvp: Tensor | None,
+    target_grad: Tensor | None,
+    target_hvp2: Tensor | None,
+    target_hess: Tensor | None,
+    weights: list[Tensor],
+    biases: list[Tensor],
+    activation: int,
+    negative_slope: float,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    order: int,
+    allow_tf32: bool,
+    save_activations: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused forward: (loss, f, u, w, saved); see ``sobolev_kernels/fused.py``."""
+    batch = x.shape[0]
+    layout = layout_of(x, directions, weights, order)
+    k, m = layout.k, layout.widths[-1]
+    dev, dtype = x.device, x.dtype
+    acc = _accumulation_dtype(dtype)
+    x, v = x.contiguous(), directions.contiguous()
+    y, target_jvp, target_grad, target_hvp2, target_hess = map(
+        _contiguous, (y, target_jvp, target_grad, target_hvp2, target_hess)
+    )
+    target_kind, target2_kind = _target_kinds(target_jvp, target_grad, target_hvp2, target_hess)
+    target = target_jvp if target_jvp is not None else target_grad
+    target2 = target_hvp2 if target_hvp2 is not None else target_hess
+    w_packed = torch.cat([w.reshape(-1) for w in weights])
+    b_packed = torch.cat([b.reshape(-1) for b in biases]) if biases else w_packed
+    f = torch.empty(batch, m, device=dev, dtype=dtype)
+    u = torch.empty(batch, k, m, device=dev, dtype=dtype)
+    w = torch.empty((batch, k, m) if order == 2 else (0,), device=dev, dtype=dtype)
+    hidden = layout.widths[1:-1]
+    saved = torch.empty(layout.saved_elements(batch) if save_activations else 0, device=dev,
+                        dtype=acc)  # fmt: skip
+    constexprs = dict(
+        **layout.constexprs(), **layout.hidden_stacks(save_activations), ACT=activation,
+        SHARED=v.ndim == 2, HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind,
+        TARGET2=target2_kind, PRECISION=_precision(allow_tf32),
+        EMULATE_BF16=_emulate_bf16(dtype),
+    )  # fmt: skip
+
+    def launch(config: tuple[int, int, int, int]) -> Tensor:
+        # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
+        rows, warps, chunk, group = config
+        programs = triton.cdiv(batch, rows)
+        partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
+        stacks = saved if save_activations else f
+        if hidden and not save_activations:
+            stacks = torch.empty(layout.scratch_elements(batch), device=dev, dtype=acc)
+        _sobolev_fwd_kernel[(programs,)](
+            x, v, y if y is not None else x, target if target is not None else x,
+            target2 if target2 is not None else x, w_packed, b_packed,
+            f, u, w if order == 2 else u, stacks, partial, batch, negative_slope,
+            ROWS=rows, GROUP=group, num_warps=warps,
+            CHUNKS=layout.chunks(chunk), **constexprs,
+        )  # fmt: skip
+        return partial
+
+    partial = launch(_launch_config("fwd", layout, x, constexprs, launch))
+    programs = partial.shape[0]
+    loss = torch.empty((), device=dev, dtype=acc)
+    # a term without its target is dropped (mlp_jvp runs with none)
+    coef_f = alpha / (batch * m) if y is not None else 0.0
+    coef_u = beta / (batch * k * m) if target_kind != TARGET_NONE else 0.0
+    coef_w = gamma / (batch * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0
+    _sobolev_loss_finish_kernel[(1,)](partial, loss, programs, coef_f, coef_u, coef_w, BLOCK=256)
+    return loss, f, u, w, saved
+
+
+def sobolev_backward(
+    grad_loss: Tensor | None,
+    grad_f: Tensor | None,
+    grad_u: Tensor | None,
+    grad_w: Tensor | None,
+    x: Tensor,
+    directions: Tensor,
+    y: Tensor | None,
+    target_jvp: Tensor | None,
+    target_grad: Tensor | None,
+    target_hvp2: Tensor | None,
+    target_hess: Tensor | None,
+    weights: list[Tensor],
+    biases: list[Tensor],
+    f: Tensor,
+    u: Tensor,
+    w: Tensor,
+    saved: Tensor,
+    activation: int,
+    negative_slope: float,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    order: int,
+    allow_tf32: bool,
+    need_grad_x: bool,
+    need_grad_params: bool,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """The fused backward and the weight-gradient GEMMs: (grad_x, [dW_l], [db_l]); see
+    ``sobolev_kernels/fused.py``. grad_x is empty unless ``need_grad_x``, the lists are empty
+    unless ``need_grad_params``."""
+    batch = x.shape[0]
+    layout = layout_of(x, directions, weights, order)
+    k, widths = layout.k, layout.widths
+    dev, dtype = x.device, x.dtype
+    if saved.numel() == 0 and len(widths) > 2:  # the forward kept nothing: recompute
+        saved = sobolev_forward(
+            x, directions, y, target_jvp, target_grad, target_hvp2, target_hess, weights,
+            biases, activation, negative_slope, alpha, beta, gamma, order, allow_tf32, True,
+        )[4]  # fmt: skip
+    x, v = x.contiguous(), directions.contiguous()
+    y, target_jvp, target_grad, target_hvp2, target_hess = map(
+        _contiguous, (y, target_jvp, target_grad, target_hvp2, target_hess)
+    )
+    target_kind, target2_kind = _target_kinds(target_jvp, target_grad, target_hvp2, target_hess)
+    target = target_jvp if target_jvp is not None else target_grad
+    target2 = target_hvp2 if target_hvp2 is not None else target_hess
+    grad_loss, grad_f, grad_u, grad_w = map(_contiguous, (grad_loss, grad_f, grad_u, grad_w))
+    f, u, w = f.contiguous(), u.contiguous(), w.contiguous()
+    stack = layout.blocks * batch
+    w_packed = torch.cat([p.reshape(-1) for p in weights])
+    adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
+    inputs = torch.empty(stack * sum(widths[:-1]), device=dev, dtype=dtype)
+    nb = sum(widths[1:])
+    has_bias = bool(biases)
+    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
+    m = widths[-1]
+    coef_f = 2.0 * alpha / (batch * m) if y is not None else 0.0
+    coef_u = 2.0 * beta / (batch * k * m) if target_kind != TARGET_NONE else 0.0
+    coef_w = 2.0 * gamma / (batch * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0
+    constexprs = dict(
+        **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
+        SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias,
+        HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
+        HAS_GL=grad_loss is not None, HAS_GF=grad_f is not None, HAS_GU=grad_u is not None,
+        HAS_GW=grad_w is not None and order == 2, NEED_DX=need_grad_x,
+        PRECISION=_precision(allow_tf32), EMULATE_BF16=_emulate_bf16(dtype),
+    )  # fmt: skip
+
+    def launch(config: tuple[int, int, int, int]) -> Tensor:
+        # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
+        rows, warps, chunk, group = config
+        programs = triton.cdiv(batch, rows)
+        db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
+        _sobolev_bwd_kernel[(programs,)](
+            x, v, y if y is not None else x, target if target is not None else x,
+            target2 if target2 is not None else x, w_packed, saved, f, u,
+            w if order == 2 else u, grad_loss if grad_loss is not None else f,
+            grad_f if grad_f is not None else f, grad_u if grad_u is not None else u,
+            grad_w if grad_w is not None and order == 2 else u,
+            adj, inputs, grad_x if need_grad_x else x, db_partial, batch, negative_slope,
+            coef_f, coef_u, coef_w, ROWS=rows, GROUP=group, num_warps=warps,
+            CHUNKS=layout.chunks(chunk), **constexprs,
+        )  # fmt: skip
+        return db_partial
+
+    db_partial = launch(_launch_config("bwd", layout, x, constexprs, launch))
+    grad_weights, grad_biases = [], []
+    if need_grad_params:
+        for l in range(layout.num_layers):
+            # layer 1's inputs have no second-order rows (tt_0 = 0): the first (1 + K) B rows
+            used = stack if l > 0 else (1 + k) * batch
+            a_l = adj[stack * layout.out_cum[l] :][: stack * widths[l + 1]].view(stack, -1)[:used]
+            s_l = inputs[stack * layout.in_cum[l] :][: stack * widths[l]].view(stack, -1)[:used]
+            grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
+            if has_bias:
+                start = layout.b_offsets[l]
+                grad_biases.append(db_partial[:, start : start + widths[l + 1]].sum(0).to(dtype))
+    return grad_x, grad_weights, grad_biases

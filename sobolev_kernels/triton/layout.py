@@ -1,0 +1,257 @@
+"""Launch geometry of the fused Triton kernels, and whether a problem fits a GPU.
+
+Imports no ``triton.jit`` (nor triton at all), so the backend can ask whether a problem fits
+before any kernel is built, and the ahead-of-time compile check can size its launches.
+A ``Layout`` is built once per (widths, K, order) and shared by the fit check and the
+launchers (``Layout.of``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "CHUNK",
+    "Layout",
+    "MAX_TILE_ROWS",
+    "MIN_PAD",
+    "TILE_PER_THREAD",
+    "next_power_of_2",
+    "shared_memory_limit",
+]
+
+MIN_PAD = 16  # tl.dot needs every dimension >= 16
+# Register budget: elements of the value + tangent accumulator tiles at the widest layer per
+# thread of a program. 32 kept config S, M and M order 2 (nearly) free of spills in
+# ahead-of-time compiles for sm_90 (bench/results/triton_resources_sm90.md).
+TILE_PER_THREAD = 32
+# K step of the dots: each layer's inputs come back from memory CHUNK columns at a time, so
+# no dot holds a whole K extent in registers. Whole-K dots in registers spilled kilobytes per
+# thread at width 64 and 128 in every precision (same survey), and are gone.
+CHUNK = 32
+MAX_TILE_ROWS = 2048  # KP * MIN_PAD beyond this is not offered (large K, see fits)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _pad(n: int) -> int:
+    return max(MIN_PAD, next_power_of_2(n))
+
+
+def _prefix(values: list[int]) -> tuple[int, ...]:
+    out, total = [], 0
+    for v in values:
+        out.append(total)
+        total += v
+    return tuple(out)
+
+
+def shared_memory_limit(device: torch.device) -> int | None:
+    """Largest shared memory one program may use on ``device`` (None: no limit, the CPU
+    interpreter)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Compile-time shape of one MLP, direction count and order, and its buffer offsets."""
+
+    widths: tuple[int, ...]  # (d, n_1, ..., n_{L-1}, m)
+    k: int
+    order: int = 1
+
+    @staticmethod
+    def of(widths: tuple[int, ...], k: int, order: int) -> Layout:
+        """The layout of a shape, built once per process (a plain dict, which torch.compile
+        traces: the fit check runs while it traces a step)."""
+        key = (tuple(widths), k, order)
+        layout = _LAYOUTS.get(key)
+        if layout is None:
+            layout = _LAYOUTS[key] = Layout(*key)
+        return layout
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.widths) - 1
+
+    @property
+    def pads(self) -> tuple[int, ...]:
+        return tuple(_pad(n) for n in self.widths)
+
+    @property
+    def kp(self) -> int:
+        return next_power_of_2(self.k)
+
+    @property
+    def blocks(self) -> int:
+        """Row blocks of a stacked (S B, n) buffer: values, then order K tangent blocks."""
+        return 1 + self.order * self.k
+
+    @property
+    def w_offsets(self) -> tuple[int, ...]:  # of W_l (n_l x n_{l-1}) in the packed weights
+        w = self.widths
+        return _prefix([w[i] * w[i + 1] for i in range(self.num_layers)])
+
+    @property
+    def b_offsets(self) -> tuple[int, ...]:  # of b_l in the packed biases
+        return _prefix(list(self.widths[1:]))
+
+    @property
+    def out_cum(self) -> tuple[int, ...]:
+        """Prefix sums of n_1..n_L: offset of layer l's rows, in units of S B."""
+        return _prefix(list(self.widths[1:]))
+
+    @property
+    def in_cum(self) -> tuple[int, ...]:
+        """Prefix sums of n_0..n_{L-1}: offset of layer l's inputs, in units of S B."""
+        return _prefix(list(self.widths[:-1]))
+
+    def saved_elements(self, batch: int) -> int:
+        """Size of the saved hidden pre-activations [z; tz; ttz] of every hidden layer."""
+        return self.blocks * batch * sum(self.widths[1:-1])
+
+    def fits(self, device: torch.device, element_size: int) -> str | None:
+        """Why this shape cannot run on ``device`` (None: it fits)."""
+        if self.order * self.kp * MIN_PAD > MAX_TILE_ROWS:
+            return f"K = {self.k} directions do not fit on chip"
+        # The widest layer's weight tile and the row tiles of the smallest program must fit
+        # in the GPU's shared memory (16-bit dots need more on Hopper: see shared_bytes).
+        limit = shared_memory_limit(device)
+        need = self.shared_bytes(MIN_PAD, element_size)
+        if limit is not None and need > limit:
+            return (
+                f"its tiles need about {need // 1024} KiB of shared memory (widths "
+                f"{list(self.widths)}, K = {self.k}), this GPU has {limit // 1024} KiB"
+            )
+        return None
+
+    def shared_bytes(self, rows: int, element_size: int, chunk: int = CHUNK,
+                     group: int | None = None) -> int:  # fmt: skip
+        """Estimated shared memory of one program: two weight tiles of the widest layer plus
+        the value and tangent operand tiles (``group`` directions, default the static
+        launch's ``group(rows, num_warps())``) of its dot products, all cut to ``chunk`` along
+        K.
+
+        Calibrated on ahead-of-time compiles with triton 3.6 and 3.9
+        (scripts/check_triton_compile.py): an upper bound for fp32 on sm_80 and sm_90 (the
+        backward keeps a second weight tile); 16-bit dots on sm_90 (wgmma) use up to 1.75x
+        more (config L's backward), hence the margin.
+        """
+        tangent_rows = self.order * (group or self.group(rows, self.num_warps())) * rows
+        per_layer = []
+        for a, b in zip(self.pads, self.pads[1:]):
+            k_a, k_b = min(chunk, a), min(chunk, b)
+            per_layer.append(2 * max(k_a * b, k_b * a) + (rows + tangent_rows) * max(k_a, k_b))
+        margin = 1.0 if element_size >= 4 else 2.0
+        return int(element_size * max(per_layer) * margin)
+
+    def tile_elements(self, rows: int, group: int | None = None) -> int:
+        """Elements of the value and tangent tiles (``group`` directions, default K) of one
+        program at the widest layer."""
+        return (1 + self.order * (group or self.kp)) * rows * max(self.pads[1:-1] or self.pads)
+
+    def tile_budget(self, warps: int) -> int:
+        """Tile elements a program of ``warps`` warps may hold (TILE_PER_THREAD per thread)."""
+        return TILE_PER_THREAD * 32 * warps
+
+    def rows(self, element_size: int = 4, shared_limit: int | None = None) -> int:
+        """Rows per program: the largest power of two (16..64) whose tiles fit the register
+        budget of ``num_warps()`` warps and, given a limit, the device's shared memory."""
+        warps = self.num_warps()
+        rows = 64
+        while rows > MIN_PAD and (
+            self.tile_elements(rows) > self.tile_budget(warps)
+            or (shared_limit is not None and self.shared_bytes(rows, element_size) > shared_limit)
+        ):
+            rows //= 2
+        return rows
+
+    def group(self, rows: int, warps: int) -> int:
+        """Directions per pass over a layer's weights: the largest power of two up to KP
+        whose tiles fit the register budget of ``warps`` warps (at least one). Where 16 rows
+        of all K directions overflow it, fewer per pass removed most spills in ahead-of-time
+        compiles for sm_90 (bench/results/triton_resources_sm90.md, "Direction groups")."""
+        group = self.kp
+        while group > 1 and self.tile_elements(rows, group) > self.tile_budget(warps):
+            group //= 2
+        return group
+
+    def num_warps(self) -> int:
+        """8 warps above width 64, and at width 64 where 4 warps' register budget cannot hold
+        even MIN_PAD rows (many directions, order 2): there 4 warps spilled 0.4-2.3 KB per
+        thread in ahead-of-time compiles for sm_90, 8 warps 0-0.4 KB
+        (bench/results/triton_resources_sm90.md); else 4."""
+        if max(self.pads) > 64 or self.tile_elements(MIN_PAD) > self.tile_budget(4):
+            return 8
+        return 4
+
+    def static_config(
+        self, element_size: int = 4, shared_limit: int | None = None
+    ) -> tuple[int, int, int, int]:
+        """(rows, num_warps, chunk, group) of the static launch (no autotuning)."""
+        rows, warps = self.rows(element_size, shared_limit), self.num_warps()
+        return rows, warps, CHUNK, self.group(rows, warps)
+
+    def constexprs(self) -> dict:
+        """The compile-time constants both kernels take from the layout (the backward also
+        takes ``IN_CUM=self.in_cum``)."""
+        return dict(WIDTHS=self.widths, PADS=self.pads, W_OFFS=self.w_offsets,
+                    B_OFFS=self.b_offsets, OUT_CUM=self.out_cum, NUM_LAYERS=self.num_layers,
+                    K=self.k, KP=self.kp, ORDER=self.order)  # fmt: skip
+
+    def launch_configs(
+        self, element_size: int = 4, shared_limit: int | None = None
+    ) -> list[tuple[int, int, int, int]]:
+        """(rows, num_warps, chunk, group) candidates for the autotuner, the static choice
+        first: its neighbours in warps (and 16 warps where MIN_PAD rows overflow 8 warps'
+        budget), in rows (half, and double within twice the register budget), in the K step
+        (half) and in directions per pass (all K in one pass where the static choice splits
+        them, else half: passes over the weights against registers; config L spilled nothing
+        either way), the group of the others following from their rows and warps. Few on
+        purpose: each is a compile of several seconds the first time a shape runs."""
+        rows, warps = self.rows(element_size, shared_limit), self.num_warps()
+        configs = [(rows, warps, CHUNK), (rows, 12 - warps, CHUNK)]  # 4 <-> 8
+        if max(self.pads) > CHUNK // 2:
+            configs.append((rows, warps, CHUNK // 2))
+        if rows // 2 >= MIN_PAD:
+            configs.append((rows // 2, warps, CHUNK))
+        if rows < 128 and self.tile_elements(2 * rows) <= 2 * self.tile_budget(warps):
+            configs.append((2 * rows, warps, CHUNK))
+        if self.tile_elements(MIN_PAD) > self.tile_budget(8):  # many directions: fewer spills
+            configs.append((rows, 16, CHUNK))
+        out = [(r, w, c, self.group(r, w)) for r, w, c in configs]
+        group = out[0][3]
+        if self.kp > 1:
+            out.append((rows, warps, CHUNK, self.kp if group < self.kp else group // 2))
+        return out
+
+    def hidden_stacks(self, save: bool) -> dict:
+        """Where the forward puts hidden layer l's [z; tz; ttz], as the kernel's Z_OFFS (offset
+        in units of (1 + order K) B) and Z_STRIDES (row stride): the saved stacks the backward
+        reads, or without a backward, two scratch regions of the widest layer taken in turn
+        (``scratch_elements``), since a layer reloads its inputs from the one before while it
+        writes its own outputs."""
+        hidden = self.widths[1:-1]
+        if save:
+            return dict(Z_OFFS=self.out_cum[:-1], Z_STRIDES=hidden)
+        widest = max(hidden, default=0)
+        return dict(Z_OFFS=tuple(widest * (l % 2) for l in range(len(hidden))),
+                    Z_STRIDES=(widest,) * len(hidden))  # fmt: skip
+
+    def scratch_elements(self, batch: int) -> int:
+        """Size of the forward's scratch regions without a backward (see hidden_stacks)."""
+        hidden = self.widths[1:-1]
+        return self.blocks * batch * max(hidden, default=0) * min(2, len(hidden))
+
+    def chunks(self, chunk: int) -> tuple[int, ...]:
+        """K-loop step of the dots whose K extent is each padded width."""
+        return tuple(min(chunk, p) for p in self.pads)
+
+
+_LAYOUTS: dict[tuple, Layout] = {}
