@@ -139,12 +139,19 @@ def measure(args, sink) -> int:
     for i, (label, sizes, precision) in enumerate(todo, 1):
         start = time.perf_counter()
         set_precision(precision)
-        problem = make_problem(**sizes, precision=precision, device=device)
         point = {**meta, "precision": precision, **sizes,
-                 "dtype": DTYPE_NAMES[problem.x.dtype]}  # fmt: skip
-        rejected = check_agreement(problem, providers)
+                 "dtype": DTYPE_NAMES[PRECISIONS[precision][0]]}  # fmt: skip
         rows: list[dict] = []
-        for provider in providers:
+        try:
+            problem = make_problem(**sizes, precision=precision, device=device)
+            rejected = check_agreement(problem, providers)
+        except Exception as exc:  # noqa: BLE001 - out of memory, say: the point's result
+            reason = f"the point failed: {type(exc).__name__}: {exc}"
+            rows = [_error_row(p, label, m, reason, point) for p in providers for m in args.modes]
+            providers_here = []
+        else:
+            providers_here = providers
+        for provider in providers_here:
             done += 1
             print(f"[{done}/{total}] {label:<12} {precision:<5} {provider:<15} {problem.label}",
                   file=sys.stderr, flush=True)  # fmt: skip
@@ -154,6 +161,7 @@ def measure(args, sink) -> int:
                     continue
                 named = label in CONFIGS
                 rows += _measure_one(provider, problem, mode, label, device, args, point, named)
+        problem = None  # freed before the next point's is built
         sink(rows)
         written += len(rows)
         print(f"[point {i}/{len(todo)}] {label} {precision}: {len(rows)} rows in "

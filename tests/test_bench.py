@@ -77,6 +77,23 @@ def test_step_runs_each_precision_class(tmp_path):
     assert got == {(p, c, c) for p in ("plain_step", "torch") for c in ("fp32", "bf16")}
 
 
+def test_a_failing_point_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    from bench import step
+
+    def out_of_memory_at_s(**kwargs):
+        if kwargs["dim"] == step.CONFIGS["S"]["dim"]:
+            raise RuntimeError("CUDA out of memory")
+        return make_problem(**kwargs)
+
+    make_problem = step.make_problem
+    monkeypatch.setattr(step, "make_problem", out_of_memory_at_s)
+    step.main(["--quick", "--configs", "S", "M", "--modes", "step", "--providers", "plain_step",
+               "--out-dir", str(tmp_path)])  # fmt: skip
+    (csv_path,) = tmp_path.glob("*.csv")
+    rows = {(r["config"], r["metric"]): r for r in csv.DictReader(csv_path.open())}
+    assert "CUDA out of memory" in rows["S", "error"]["unit"] and ("M", "time") in rows
+
+
 def test_step_precompiles_in_worker_processes(tmp_path):
     out = _module("bench.step", "--quick", "--configs", "S", "--modes", "forward",
                   "--providers", "plain_step", "torch_compile", "--precompile", "2",
