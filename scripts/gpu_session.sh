@@ -89,15 +89,17 @@ stage_env() {
   {
     echo "date: $(date -u +%FT%TZ)"
     echo "commit: ${SOBOLEV_COMMIT}"
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
-    "$PY" - <<'PY' 2>&1
-import importlib, torch
-print("python torch", torch.__version__, "cuda", torch.version.cuda,
+    timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
+      --format=csv 2>&1
+    timeout -k 5 "$1" "$PY" - <<'PY' 2>&1
+from importlib import metadata
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda,
       "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
-for name in ("triton", "jax", "xdist", "pytest"):
+for name in ("triton", "jax", "jaxlib", "pytest", "pytest-xdist"):  # versions, no imports
     try:
-        print(name, getattr(importlib.import_module(name), "__version__", "?"))
-    except ImportError:
+        print(name, metadata.version(name))
+    except metadata.PackageNotFoundError:
         print(name, "not installed")
 PY
     echo "compute-sanitizer: $(sanitizer || echo not found)"
@@ -204,9 +206,11 @@ pack() {  # at most 8 files in $OUT: session.log (written as we go) and these
   mkdir -p "$OUT"
   cp "$WORK/env.txt" "$WORK"/bench/*.csv "$WORK/report/BENCHMARKS.md" "$WORK/gpu_tests.txt" \
     "$WORK/kernels_M.md" "$OUT/" 2>/dev/null
-  for tool in memcheck racecheck; do
-    [ -f "$WORK/sanitizer_$tool.txt" ] && { echo "==== $tool"; tail -200 "$WORK/sanitizer_$tool.txt"; }
-  done > "$OUT/sanitizer.txt"
+  if ls "$WORK"/sanitizer_*.txt > /dev/null 2>&1; then
+    for tool in memcheck racecheck; do
+      [ -f "$WORK/sanitizer_$tool.txt" ] && { echo "==== $tool"; tail -200 "$WORK/sanitizer_$tool.txt"; }
+    done > "$OUT/sanitizer.txt"
+  fi
   tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" --exclude=./triton_cache --exclude=./out . 2>/dev/null
   # a file over 16 MiB would not come back: without the full sanitizer logs (their tails are
   # in sanitizer.txt), which are what can grow
