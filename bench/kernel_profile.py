@@ -4,8 +4,8 @@ The step times of ``bench/step.py`` say how fast a backend is; this says which o
 work on (for instance the CUDA backward, whose blocks add every tile's weight gradients into
 their partial sums in global memory). From torch.profiler, over a few steps after a warm-up:
 
-    python bench/kernel_profile.py                          # configs S, M, L; fused backends
-    python bench/kernel_profile.py --configs M --dtype bf16 --providers cuda triton
+    python -m bench.kernel_profile                        # configs S, M, L; fused backends
+    python -m bench.kernel_profile --configs M --precisions fp32 bf16 --providers cuda triton
 
 On a GPU the rows are CUDA kernels (device time); on the CPU they are the profiler's events
 (operators, autograd nodes; self CPU time). Prints a markdown table, also written to --out.
@@ -21,9 +21,8 @@ from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from providers import make_problem, providers_available, step_fn  # noqa: E402
-from step import CONFIGS, DTYPES, device_label, points  # noqa: E402
+from bench.providers import PRECISIONS, make_problem, providers_available, set_precision, step_fn
+from bench.step import CONFIGS, device_label, points
 
 FUSED = ("triton", "cuda")
 
@@ -82,44 +81,52 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="default: the fused backends there are, and plain_step (the floor)",
     )
-    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(PRECISIONS))
     parser.add_argument("--order", type=int, default=1, choices=(1, 2))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=8, help="kernels listed per row group")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, profile nothing")
     args = parser.parse_args(argv)
 
     available = providers_available(args.device)
     wanted = args.providers or ["plain_step", *[p for p in FUSED if p in available]]
     providers = [p for p in wanted if p in available]
     what = "device time of CUDA kernels" if args.device == "cuda" else "self CPU time of ops"
-    lines = [
-        f"# Kernels of one training step, {device_label(args.device)}, {args.dtype}, "
-        f"order {args.order}",
-        "",
-        f"From `python bench/kernel_profile.py` ({what}, mean of {args.steps} steps after "
-        "two warm-up steps). us: microseconds per step; calls: launches per step.",
-        "",
-        "| config | provider | kernel | calls | us | share |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
     # the sizes bench/step.py measures (scaled down on CPU and with --quick)
     sizes = points(SimpleNamespace(configs=args.configs, sweeps=[], quick=args.quick), args.device)
-    for name, cfg in sizes:
-        p = make_problem(**cfg, dtype=DTYPES[args.dtype], device=args.device, order=args.order)
-        for provider in providers:
-            try:
-                fn = step_fn(provider, p, "step")
-                micros, calls = kernel_times(fn, args.device, args.steps)
-            except (RuntimeError, ValueError) as exc:  # e.g. a backend that refuses the shape
-                lines.append(f"| {name} | {provider} | error: {str(exc).splitlines()[0][:80]} "
-                             "| | | |")  # fmt: skip
-                continue
-            lines += table_rows(name, provider, micros, calls, args.top)
-            print(f"[profile] {name} {provider}: {sum(micros.values()):.1f} us per step",
-                  file=sys.stderr, flush=True)  # fmt: skip
+    if args.dry_run:
+        print(f"profile: configs {' '.join(args.configs)}, precisions "
+              f"{' '.join(args.precisions)}, order {args.order}, providers "
+              f"{' '.join(providers)} on {args.device}")  # fmt: skip
+        return 0
+    lines = [
+        f"# Kernels of one training step, {device_label(args.device)}, order {args.order}",
+        "",
+        f"From `python -m bench.kernel_profile` ({what}, mean of {args.steps} steps after "
+        "two warm-up steps). us: microseconds per step; calls: launches per step. Precision "
+        "classes as in bench/step.py (fp32: no TF32 anywhere).",
+    ]
+    for precision in args.precisions:
+        set_precision(precision)
+        lines += ["", f"## {precision}", "", "| config | provider | kernel | calls | us | share |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for name, cfg in sizes:
+            p = make_problem(**{**cfg, "order": args.order}, precision=precision,
+                             device=args.device)  # fmt: skip
+            for provider in providers:
+                try:
+                    fn = step_fn(provider, p, "step")
+                    micros, calls = kernel_times(fn, args.device, args.steps)
+                except Exception as exc:  # noqa: BLE001 - e.g. a backend refusing the shape
+                    lines.append(f"| {name} | {provider} | error: "
+                                 f"{str(exc).splitlines()[0][:80]} | | | |")  # fmt: skip
+                    continue
+                lines += table_rows(name, provider, micros, calls, args.top)
+                print(f"[profile] {name} {precision} {provider}: {sum(micros.values()):.1f} us "
+                      "per step", file=sys.stderr, flush=True)  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:

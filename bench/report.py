@@ -1,12 +1,16 @@
-"""Render benchmark CSVs (bench/results/<device>.csv) as markdown tables and PNG plots.
+"""Render benchmark CSVs (from bench/step.py) as markdown tables and PNG plots.
 
-    python bench/report.py                         # every CSV in bench/results
-    python bench/report.py --update-readme         # also refresh README's performance section
+    python -m bench.report                      # the CSVs in bench/results and its folders
+    python -m bench.report --update-readme      # also refresh README's performance section
+    python -m bench.report run/NVIDIA_H200.csv --out-dir run
 
-For each device and config: median time per provider, speedup against eager_autograd and
-torch_func, peak memory, launches, FLOP efficiency; errors (e.g. torch_compile) as text.
-Plots (with matplotlib): step time against batch and against width, one line per provider.
-When a CSV holds several runs of the same point, the newest row wins.
+One table per config, sizes, precision and mode: median time per provider, speedup against
+eager_autograd and torch_func, host time to issue a step, peak memory, launches, TFLOP/s and
+the fraction of the limit (bench/limits.py: the step's FLOPs at the device's peak for that
+precision, or its bytes at the memory bandwidth, whichever takes longer; blank for unknown
+devices). Errors (e.g. torch_compile) as text. Plots (with matplotlib): step time and host
+time against batch, step time against width, one line per provider. Rows of one config name
+at different sizes never share a table; among rows of the same point, the newest wins.
 """
 
 from __future__ import annotations
@@ -19,19 +23,31 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from bench import limits
+
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 PROVIDER_ORDER = ["eager_autograd", "torch_func", "torch_compile", "jax_jit", "plain_step",
                   "reference", "torch", "triton", "cuda"]  # fmt: skip
+PRECISION_ORDER = ["fp32", "tf32", "bf16", "fp16", ""]
+SIZE_COLUMNS = limits.SIZE_COLUMNS
+SIZE_LABELS = ["B", "d", "width", "layers", "m", "K", "order"]
+
+
+def _sizes(row: dict) -> tuple[int, ...]:
+    """The row's shape (empty for CSVs from before the size columns)."""
+    return tuple(int(row[c]) for c in SIZE_COLUMNS) if row.get("batch") else ()
 
 
 def load(path: Path) -> dict:
-    """{(provider, config, mode, metric): row}, the newest row per key."""
+    """{(provider, config, sizes, precision, mode, metric): row}, the newest row per key."""
     table = {}
     with path.open() as fh:
         for row in csv.DictReader(fh):
-            table[(row["provider"], row["config"], row["mode"], row["metric"])] = row
+            key = (row["provider"], row["config"], _sizes(row), row.get("precision", ""),
+                   row["mode"], row["metric"])  # fmt: skip
+            table[key] = row
     return table
 
 
@@ -43,58 +59,90 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def config_table(table: dict, config: str, mode: str = "step") -> str:
-    providers = [p for p in PROVIDER_ORDER if any(k[0] == p and k[1] == config for k in table)]
-    ref = {base: _num(table.get((base, config, mode, "time"))) for base in
-           ("eager_autograd", "torch_func")}  # fmt: skip
+def _groups(table: dict) -> list[tuple[str, tuple, str]]:
+    """(config, sizes, precision) of every table, named configs first, then sweeps."""
+    found = {(k[1], k[2], k[3]) for k in table}
+    return sorted(found, key=lambda g: (_config_key(g[0]), g[1], PRECISION_ORDER.index(g[2])))
+
+
+def _limit(device: str, group: tuple, mode: str) -> tuple[float, str]:
+    _, sizes, precision = group
+    if not sizes or not precision:
+        return math.nan, ""
+    return limits.limit_ms(device, precision, dict(zip(SIZE_COLUMNS, sizes)), mode)
+
+
+def config_table(table: dict, group: tuple, mode: str, device: str) -> str:
+    config, sizes, precision = group
+
+    def get(provider, metric):
+        return table.get((provider, config, sizes, precision, mode, metric))
+
+    providers = [p for p in PROVIDER_ORDER if any(k[0] == p and k[1:4] == group for k in table)]
+    ref = [_num(get(base, "time")) for base in ("eager_autograd", "torch_func")]
+    limit, _ = _limit(device, group, mode)
     lines = [
-        "| provider | median ms | p20-p80 ms | vs eager | vs torch.func | peak MiB | launches "
-        "| TFLOP/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| provider | median ms | p20-p80 ms | vs eager | vs torch.func | host ms | peak MiB "
+        "| launches | TFLOP/s | of limit |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in providers:
-        t = table.get((p, config, mode, "time"))
-        err = table.get((p, config, mode, "error"))
+        t, err = get(p, "time"), get(p, "error")
         if t is None:
             if err is not None:
-                lines.append(f"| {p} | fails: {err['unit'][:120]} | | | | | | |")
+                lines.append(f"| {p} | fails: {err['unit'][:120]} | | | | | | | | |")
             continue
         p50 = _num(t)
-        speed = [_fmt(r / p50) + "x" if not math.isnan(r) else "" for r in ref.values()]
+        speed = [_fmt(r / p50) + "x" if not math.isnan(r) else "" for r in ref]
         lines.append(
             f"| {p} | {_fmt(p50)} | {_fmt(_num(t, 'p20'))}-{_fmt(_num(t, 'p80'))} | "
-            f"{speed[0]} | {speed[1]} | {_fmt(_num(table.get((p, config, mode, 'memory'))), 1)} | "
-            f"{_fmt(_num(table.get((p, config, mode, 'launches'))), 0)} | "
-            f"{_fmt(_num(table.get((p, config, mode, 'tflops'))), 3)} |"
+            f"{speed[0]} | {speed[1]} | {_fmt(_num(get(p, 'host')))} | "
+            f"{_fmt(_num(get(p, 'memory')), 1)} | {_fmt(_num(get(p, 'launches')), 0)} | "
+            f"{_fmt(_num(get(p, 'tflops')), 3)} | {_fmt(limit / p50)} |"
         )
     return "\n".join(lines)
+
+
+def _heading(group: tuple, mode: str, device: str) -> str:
+    config, sizes, precision = group
+    parts = [f"**{config}**"] + ([precision] if precision else []) + [mode]
+    text = ", ".join(parts)
+    if sizes:
+        text += ": " + " ".join(f"{k}={v}" for k, v in zip(SIZE_LABELS, sizes))
+    limit, bound = _limit(device, group, mode)
+    if not math.isnan(limit):
+        text += f"; limit {limit:.3f} ms ({bound})"
+    return text
 
 
 def render(path: Path, configs: list[str] | None = None, modes=("step", "forward")) -> str:
     """Markdown tables of one CSV (all its configs, or ``configs``)."""
     table = load(path)
     rows = next(iter(table.values()))
-    found = sorted({k[1] for k in table}, key=_config_key)
-    configs = [c for c in found if configs is None or c in configs]
+    device = rows["device"]
     try:
         where = path.resolve().relative_to(README.parent)
     except ValueError:
         where = path
-    out = [f"### {rows['device']}",
+    out = [f"### {device}",
            f"torch {rows['torch']}, triton {rows['triton'] or '-'}, commit {rows['commit']}, "
            f"{rows['date']}; `{where}`"]  # fmt: skip
-    for config in configs:
+    for group in _groups(table):
+        if configs is not None and group[0] not in configs:
+            continue
         for mode in modes:
-            if any(k[1] == config and k[2] == mode for k in table):
-                out += ["", f"**{config}**, {mode}", "", config_table(table, config, mode)]
+            if any(k[1:4] == group and k[4] == mode for k in table):
+                out += ["", _heading(group, mode, device), "",
+                        config_table(table, group, mode, device)]  # fmt: skip
     return "\n".join(out)
 
 
 def _config_key(config: str) -> tuple:
     if "=" not in config:  # the named configs first, smallest first
-        return (0, "SML".find(config) if config in ("S", "M", "L") else 9, config)
+        return (0, "SML".find(config) if config in ("S", "M", "L") else 9, config, 0.0)
     name, value = config.split("=", 1)
-    return (1, name, float(value) if re.fullmatch(r"[\d.]+", value) else value)
+    number = float(value) if re.fullmatch(r"[\d.]+", value) else 0.0
+    return (1, 0, name, number)
 
 
 def plot(path: Path, out_dir: Path) -> list[Path]:
@@ -108,29 +156,37 @@ def plot(path: Path, out_dir: Path) -> list[Path]:
               file=sys.stderr)  # fmt: skip
         return []
     table = load(path)
+    device = next(iter(table.values()))["device"]
     written = []
-    for sweep in ("batch", "width"):
-        series = defaultdict(list)
-        for (provider, config, mode, metric), row in table.items():
-            if config.startswith(f"{sweep}=") and mode == "step" and metric == "time":
-                series[provider].append((float(config.split("=")[1]), _num(row)))
-        if not series:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for provider in [p for p in PROVIDER_ORDER if p in series]:
-            xs, ys = zip(*sorted(series[provider]))
-            ax.plot(xs, ys, marker="o", label=provider)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel(sweep)
-        ax.set_ylabel("training step, median ms")
-        ax.set_title(f"{next(iter(table.values()))['device']}: step time vs {sweep}")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        target = out_dir / f"{path.stem}_{sweep}.png"
-        fig.savefig(target, dpi=120)
-        plt.close(fig)
-        written.append(target)
+    for sweep, metrics in (("batch", ("time", "host")), ("width", ("time",))):
+        # {precision: {metric: {provider: [(x, ms)]}}}
+        series = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        for (provider, config, sizes, precision, mode, metric), row in table.items():
+            if config.startswith(f"{sweep}=") and mode == "step" and metric in metrics:
+                # the size that ran (the CPU's batch is the GPU's / 32), else the label's
+                x = sizes[SIZE_COLUMNS.index(sweep)] if sizes else float(config.split("=")[1])
+                series[precision][metric][provider].append((x, _num(row)))
+        for precision, by_metric in series.items():
+            shown = [m for m in metrics if by_metric[m]]  # older CSVs have no host rows
+            fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4),
+                                     squeeze=False)  # fmt: skip
+            for ax, metric in zip(axes[0], shown):
+                lines = by_metric[metric]
+                for provider in [p for p in PROVIDER_ORDER if p in lines]:
+                    xs, ys = zip(*sorted(lines[provider]))
+                    ax.plot(xs, ys, marker="o", label=provider)
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xlabel(sweep)
+                what = "" if metric == "time" else ", host time to issue"
+                ax.set_ylabel(f"training step{what}, median ms")
+                ax.set_title(f"{device}, {precision or 'fp32'}: {metric} vs {sweep}")
+                ax.legend(fontsize=8)
+            fig.tight_layout()
+            target = out_dir / f"{path.stem}_{sweep}_{precision or 'fp32'}.png"
+            fig.savefig(target, dpi=120)
+            plt.close(fig)
+            written.append(target)
     return written
 
 
@@ -143,13 +199,20 @@ def update_readme(markdown: str, readme: Path = README) -> None:
     readme.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
 
 
+def committed_csvs() -> list[Path]:
+    """The step CSVs in bench/results and its folders (not tmp/, not the paper's): GPUs first."""
+    paths = [*RESULTS.glob("*.csv"), *RESULTS.glob("*/*.csv")]
+    paths = [p for p in paths if not p.name.startswith("paper_") and p.parent.name != "tmp"]
+    return sorted(paths, key=lambda p: (p.name.startswith("cpu-"), str(p)))
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("csv", nargs="*", type=Path, help="default: bench/results/*.csv")
+    parser.add_argument("csv", nargs="*", type=Path, help="default: bench/results/**.csv")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args(argv)
-    paths = args.csv or sorted(p for p in RESULTS.glob("*.csv") if not p.name.startswith("paper_"))
+    paths = args.csv or committed_csvs()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     for path in paths:

@@ -1,14 +1,21 @@
 """Microbenchmarks: a full training step and the forward alone, for every provider.
 
-    python bench/step.py                 # configs S, M, L and all sweeps (GPU sizes; CPU scaled)
-    python bench/step.py --quick         # tiny sizes, under a minute on CPU (run in CI)
-    python bench/step.py --configs M --sweeps width
+    python -m bench.step                    # configs S, M, L and all sweeps (GPU sizes; CPU scaled)
+    python -m bench.step --quick            # tiny sizes, under a minute on CPU (run in CI)
+    python -m bench.step --configs M --sweeps width --precisions fp32 bf16
+    python -m bench.step --dry-run ...      # the plan, measuring nothing
 
 Providers (bench/providers.py): eager_autograd, torch_func, torch_compile (records its error
 where it fails), plain_step (first-order step on (1 + K) B rows: the floor), jax_jit (when jax
 is installed) and every available backend of ours. All share weights, inputs, directions and
-targets, and are checked against torch_func before timing. Rows are appended to
-bench/results/<device>.csv; bench/report.py renders tables and plots from them.
+targets, run in one precision class (fp32-accurate, tf32, bf16, fp16: providers.PRECISIONS),
+and are checked against torch_func before timing. Metrics per provider and point: time,
+tflops, host (the CPU time to issue a step), memory (GPU), launches (named configs).
+
+Rows go to <out-dir>/<device>.csv, a new temporary folder unless --out-dir names one: a run
+never writes into committed results by accident. Appending to a CSV that holds a config name
+at other sizes is refused, and --quick never writes under bench/results (but its tmp/).
+bench/report.py renders tables and plots from the CSVs.
 """
 
 from __future__ import annotations
@@ -17,52 +24,50 @@ import argparse
 import csv
 import datetime
 import math
+import os
 import re
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from sobolev_kernels import tuning as sk_tuning
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from providers import (  # noqa: E402
+from bench.limits import SIZE_COLUMNS
+from bench.providers import (
+    PRECISIONS,
     check_agreement,
     make_problem,
     providers_available,
+    set_precision,
     step_flops,
     step_fn,
 )
-from timing import count_launches, peak_memory_mb, time_ms  # noqa: E402
+from bench.timing import count_launches, host_ms, peak_memory_mb, time_ms
+from sobolev_kernels import tuning as sk_tuning
 
 COLUMNS = ["provider", "config", "mode", "metric", "unit", "p20", "p50", "p80",
-           "device", "torch", "triton", "commit", "date"]  # fmt: skip
+           "device", "torch", "triton", "commit", "date",
+           "precision", *SIZE_COLUMNS, "dtype"]  # fmt: skip
 
 CONFIGS = {
-    "S": dict(batch=2**18, dim=2, width=64, layers=4, out=1, k=1),
-    "M": dict(batch=2**16, dim=16, width=128, layers=4, out=8, k=2),
-    "L": dict(batch=2**14, dim=64, width=256, layers=6, out=16, k=4),
+    "S": dict(batch=2**18, dim=2, width=64, layers=4, out=1, k=1, order=1),
+    "M": dict(batch=2**16, dim=16, width=128, layers=4, out=8, k=2, order=1),
+    "L": dict(batch=2**14, dim=64, width=256, layers=6, out=16, k=4, order=1),
 }
-# Each sweep varies one knob of config M.
+# Each sweep varies one knob of config M (precision is an axis of its own: --precisions).
 SWEEPS = {
     "batch": [2**e for e in range(10, 21, 2)],
     "width": [16, 32, 64, 128, 256],
     "k": [1, 2, 4, 8],
     "dim": [2, 8, 16, 32, 64],
-    "dtype": ["fp32", "bf16"],
     "order": [1, 2],
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 CPU_BATCH_DIVISOR = 32  # CPU sizes: the GPU batch / 32 (at least 256)
 CPU_MAX_BATCH = 2**15
-# Device peaks in TFLOP/s (dense) for the FLOP-efficiency column of the report.
-PEAK_TFLOPS = {
-    ("H100", "fp32"): 67.0, ("H100", "bf16"): 989.0,
-    ("H200", "fp32"): 67.0, ("H200", "bf16"): 989.0,
-    ("A100", "fp32"): 19.5, ("A100", "bf16"): 312.0,
-}  # fmt: skip
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_label(device: str) -> str:
@@ -79,27 +84,26 @@ def results_path(device: str, out_dir: Path) -> Path:
 
 
 def git_commit() -> str:
+    """Short hash of HEAD, "+dirty" when tracked files differ from it; $SOBOLEV_COMMIT where
+    there is no git (a copied tree)."""
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, check=True)  # fmt: skip
-        return out.stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=here, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=here).returncode
+        return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("SOBOLEV_COMMIT", "unknown")
 
 
 def points(args, device: str) -> list[tuple[str, dict]]:
-    """(config label, problem kwargs) for every config and sweep point asked for."""
+    """(config label, sizes: make_problem's shape arguments) for every config and sweep point."""
     out = []
     for name in args.configs:
         out.append((name, dict(CONFIGS[name])))
     for sweep in args.sweeps:
         for value in SWEEPS[sweep]:
-            cfg = dict(CONFIGS["M"])
-            if sweep == "dtype":
-                cfg["dtype"] = value
-            else:
-                cfg[sweep] = value
-            out.append((f"{sweep}={value}", cfg))
+            out.append((f"{sweep}={value}", {**CONFIGS["M"], sweep: value}))
     for _, cfg in out:
         if device == "cpu":
             cfg["batch"] = min(CPU_MAX_BATCH, max(256, cfg["batch"] // CPU_BATCH_DIVISOR))
@@ -110,7 +114,15 @@ def points(args, device: str) -> list[tuple[str, dict]]:
     return out
 
 
-def measure(args) -> list[dict]:
+def plan(args) -> list[tuple[str, dict, str]]:
+    """(label, sizes, precision), point by point with its precisions together, so a run cut
+    short by a time limit has measured whole points."""
+    return [(label, sizes, precision) for label, sizes in points(args, args.device)
+            for precision in args.precisions]  # fmt: skip
+
+
+def measure(args, sink) -> int:
+    """Measures the plan, handing each point's rows to ``sink`` as soon as they exist."""
     device = args.device
     meta = {
         "device": device_label(device),
@@ -119,30 +131,48 @@ def measure(args) -> list[dict]:
         "commit": git_commit(),
         "date": datetime.date.today().isoformat(),
     }
-    wanted = set(args.providers)
-    providers = [p for p in providers_available(device) if not wanted or p in wanted]
+    providers = _providers(args)
     if args.precompile:
         precompile(args, providers, args.precompile)
-    rows: list[dict] = []
-    plan = points(args, device)
-    total = len(plan) * len(providers)
-    done = 0
-    for label, cfg in plan:
-        dtype = DTYPES[cfg.pop("dtype", "fp32")]
-        problem = make_problem(**cfg, dtype=dtype, device=device)
-        refused = check_agreement(problem, providers,
-                                  rtol=1e-3 if dtype == torch.float32 else 5e-2)  # fmt: skip
-        flops = step_flops(problem)
-        for provider in providers:
+    todo = plan(args)
+    total, done, written = len(todo) * len(providers), 0, 0
+    for i, (label, sizes, precision) in enumerate(todo, 1):
+        start = time.perf_counter()
+        set_precision(precision)
+        point = {**meta, "precision": precision, **sizes,
+                 "dtype": DTYPE_NAMES[PRECISIONS[precision][0]]}  # fmt: skip
+        rows: list[dict] = []
+        try:
+            problem = make_problem(**sizes, precision=precision, device=device)
+            rejected = check_agreement(problem, providers)
+        except Exception as exc:  # noqa: BLE001 - out of memory, say: the point's result
+            reason = f"the point failed: {type(exc).__name__}: {exc}"
+            rows = [_error_row(p, label, m, reason, point) for p in providers for m in args.modes]
+            providers_here = []
+        else:
+            providers_here = providers
+        for provider in providers_here:
             done += 1
-            print(f"[{done}/{total}] {label:<12} {provider:<15} {problem.label}",
+            print(f"[{done}/{total}] {label:<12} {precision:<5} {provider:<15} {problem.label}",
                   file=sys.stderr, flush=True)  # fmt: skip
             for mode in args.modes:
-                if provider in refused:
-                    rows.append(_error_row(provider, label, mode, refused[provider], meta))
+                if provider in rejected:
+                    rows.append(_error_row(provider, label, mode, rejected[provider], point))
                     continue
-                rows += _measure_one(provider, problem, mode, label, flops, device, args, meta)
-    return rows
+                named = label in CONFIGS
+                rows += _measure_one(provider, problem, mode, label, device, args, point, named)
+        problem = None  # freed before the next point's is built
+        sink(rows)
+        written += len(rows)
+        print(f"[point {i}/{len(todo)}] {label} {precision}: {len(rows)} rows in "
+              f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+    return written
+
+
+def _providers(args) -> list[str]:
+    wanted, unwanted = set(args.providers), set(args.exclude)
+    available = providers_available(args.device)
+    return [p for p in available if (not wanted or p in wanted) and p not in unwanted]
 
 
 # Providers that compile kernels the first time a shape runs (Triton, with its autotuner's
@@ -156,7 +186,8 @@ def precompile(args, providers: list[str], workers: int) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     wanted = [p for p in providers if p in COMPILING]
-    jobs = [(cfg, wanted, args.modes, args.device) for _, cfg in points(args, args.device)]
+    jobs = [(sizes, precision, wanted, args.modes, args.device)
+            for _, sizes, precision in plan(args)]  # fmt: skip
     if not wanted or not jobs:
         return
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
@@ -167,9 +198,9 @@ def precompile(args, providers: list[str], workers: int) -> None:
 
 def _warm_point(job) -> str:
     """Run each compiling provider once on one point (in a worker process)."""
-    cfg, wanted, modes, device = job
-    cfg = dict(cfg)
-    problem = make_problem(**cfg, dtype=DTYPES[cfg.pop("dtype", "fp32")], device=device)
+    sizes, precision, wanted, modes, device = job
+    set_precision(precision)
+    problem = make_problem(**sizes, precision=precision, device=device)
     problems = []
     for provider in wanted:
         for mode in modes:
@@ -182,36 +213,40 @@ def _warm_point(job) -> str:
     return "; ".join(problems)
 
 
-def _row(provider, label, mode, metric, unit, values, meta) -> dict:
+def _row(provider, label, mode, metric, unit, values, point) -> dict:
     p20, p50, p80 = values
     return {"provider": provider, "config": label, "mode": mode, "metric": metric,
-            "unit": unit, "p20": p20, "p50": p50, "p80": p80, **meta}  # fmt: skip
+            "unit": unit, "p20": p20, "p50": p50, "p80": p80, **point}  # fmt: skip
 
 
-def _error_row(provider, label, mode, message, meta) -> dict:
+def _error_row(provider, label, mode, message, point) -> dict:
     """A provider that cannot run a point is a result too: metric "error", the reason as unit."""
     message = re.sub(r"\s+", " ", message)[:300].replace(",", ";")
-    return _row(provider, label, mode, "error", message, (math.nan,) * 3, meta)
+    return _row(provider, label, mode, "error", message, (math.nan,) * 3, point)
 
 
-def _measure_one(provider, problem, mode, label, flops, device, args, meta) -> list[dict]:
+def _measure_one(provider, problem, mode, label, device, args, point, named) -> list[dict]:
     def row(metric, unit, values):
-        return _row(provider, label, mode, metric, unit, values, meta)
+        return _row(provider, label, mode, metric, unit, values, point)
 
     try:
         fn = step_fn(provider, problem, mode)
         times = time_ms(fn, device, reps=args.reps, warmup=2 if args.quick else 3)
+        host = host_ms(fn, device, reps=args.reps)
     except Exception as exc:  # noqa: BLE001 - a provider that cannot run is a result too
-        return [_error_row(provider, label, mode, f"{type(exc).__name__}: {exc}", meta)]
-    out = [row("time", "ms", times)]
-    step_flop = flops if mode == "step" else flops / 3
-    out.append(row("tflops", "TFLOP/s", tuple(step_flop / (t * 1e-3) / 1e12 for t in times[::-1])))
-    memory = peak_memory_mb(fn, device)
-    if memory is not None:
-        out.append(row("memory", "MiB", (memory,) * 3))
-    if not args.quick and provider != "jax_jit":  # the profiler sees no JAX kernels
-        launches = count_launches(fn, device)
-        out.append(row("launches", "kernels" if device == "cuda" else "aten ops", (launches,) * 3))
+        return [_error_row(provider, label, mode, f"{type(exc).__name__}: {exc}", point)]
+    flops = step_flops(problem, mode)
+    out = [row("time", "ms", times), row("host", "ms", host)]
+    out.append(row("tflops", "TFLOP/s", tuple(flops / (t * 1e-3) / 1e12 for t in times[::-1])))
+    if provider != "jax_jit":  # torch's allocator and profiler see nothing of JAX
+        memory = peak_memory_mb(fn, device)
+        if memory is not None:
+            out.append(row("memory", "MiB", (memory,) * 3))
+        # kernels per step do not change along a sweep: counted at the named configs only
+        if named and mode == "step" and not args.quick:
+            launches = count_launches(fn, device)
+            unit = "kernels" if device == "cuda" else "aten ops"
+            out.append(row("launches", unit, (launches,) * 3))
     return out
 
 
@@ -224,6 +259,28 @@ def _triton_version() -> str:
         return ""
 
 
+def sizes_key(row: dict) -> tuple:
+    return tuple(int(row[c]) for c in SIZE_COLUMNS)
+
+
+def check_target(path: Path, todo: list[tuple[str, dict, str]]) -> None:
+    """Refuses, before anything is measured, to append to a CSV of another format or one
+    where a planned config name was measured at other sizes."""
+    if not path.exists():
+        return
+    with path.open() as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != COLUMNS:
+            raise SystemExit(f"{path}: written by another version of bench/step.py (other "
+                             "columns); give another --out-dir")  # fmt: skip
+        known = {row["config"]: sizes_key(row) for row in reader}
+    for label, sizes, _ in todo:
+        planned = tuple(sizes[c] for c in SIZE_COLUMNS)
+        if known.get(label, planned) != planned:
+            raise SystemExit(f"{path}: config {label} is there at sizes {known[label]}, this "
+                             f"run's are {planned}; give another --out-dir")  # fmt: skip
+
+
 def write(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
@@ -234,18 +291,31 @@ def write(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def _committed(out_dir: Path) -> bool:
+    """Whether out_dir is the committed results (bench/results and below, but its tmp/)."""
+    out = out_dir.resolve()
+    return out.is_relative_to(RESULTS) and not out.is_relative_to(RESULTS / "tmp")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--configs", nargs="*", default=None, choices=list(CONFIGS))
     parser.add_argument("--sweeps", nargs="*", default=None, choices=list(SWEEPS))
-    parser.add_argument("--providers", nargs="*", default=[])
-    parser.add_argument("--modes", nargs="*", default=["step", "forward"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(PRECISIONS))
+    parser.add_argument("--providers", nargs="*", default=[], help="default: all there are")
+    parser.add_argument("--exclude", nargs="*", default=[], metavar="PROVIDER")
+    parser.add_argument("--modes", nargs="*", default=["step", "forward"],
+                        choices=["step", "forward"])  # fmt: skip
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--precompile", type=int, default=0, metavar="N",
                         help="compile the kernels of every point in N processes first")  # fmt: skip
-    parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="with --precompile N: compile, measure nothing")  # fmt: skip
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="default: a new temporary folder")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, measure nothing")
     args = parser.parse_args(argv)
     if args.configs is None:
         args.configs = ["S", "M"] if args.quick else list(CONFIGS)
@@ -253,12 +323,38 @@ def main(argv: list[str] | None = None) -> Path:
         args.sweeps = [] if args.quick else list(SWEEPS)
     if args.reps is None:
         args.reps = 3 if args.quick else 10
-    rows = measure(args)
+    if args.quick and args.out_dir is not None and _committed(args.out_dir):
+        parser.error("--quick never writes into bench/results: give a folder elsewhere")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    args = parse(argv)
+    todo, providers = plan(args), _providers(args)
+    if args.out_dir is None and not (args.dry_run or args.compile_only):
+        args.out_dir = Path(tempfile.mkdtemp(prefix="sobolev-bench-"))
+    path = results_path(args.device, args.out_dir) if args.out_dir else None
+    if path is not None:
+        check_target(path, todo)
+    if args.dry_run:
+        print(f"plan: {len(todo)} points x {len(providers)} providers x modes "
+              f"{' '.join(args.modes)} on {args.device} ({device_label(args.device)})")  # fmt: skip
+        for label, sizes, precision in todo:
+            print(f"  {label:<14} {precision:<5} " + " ".join(f"{k}={v}" for k, v in sizes.items()))
+        print(f"providers: {' '.join(providers)}")
+        print(
+            f"rows to: {path or 'a new temporary folder'}"
+            + (f"; precompile in {args.precompile} processes" if args.precompile else "")
+        )
+        return path
+    if args.compile_only:
+        precompile(args, providers, max(1, args.precompile))
+        return None
+    print(f"writing to {path}", file=sys.stderr, flush=True)
+    written = measure(args, lambda rows: write(rows, path))
     for key, choice in sk_tuning.choices().items():  # which launch configs / backend won
         print(f"tuned {key}: {choice}", file=sys.stderr)
-    path = results_path(args.device, args.out_dir)
-    write(rows, path)
-    print(f"wrote {len(rows)} rows to {path}", file=sys.stderr)
+    print(f"wrote {written} rows to {path}", file=sys.stderr)
     return path
 
 

@@ -1,4 +1,5 @@
-"""Timing and memory measurement: ``triton.testing.do_bench`` on GPU, wall clock on CPU."""
+"""Timing and memory measurement: ``triton.testing.do_bench`` on GPU, wall clock on CPU, and
+the host's time to issue a step."""
 
 from __future__ import annotations
 
@@ -30,6 +31,31 @@ def time_ms(
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
+    return quantiles(samples)
+
+
+def host_ms(
+    fn: Callable[[], object], device: str, *, reps: int = 10, max_seconds: float = 0.5
+) -> tuple[float, ...]:
+    """(p20, p50, p80) milliseconds the host takes to issue one call of ``fn``, the device idle
+    when it starts and not waited for. Near the GPU time, the step is host-bound (launches,
+    Python, or a sync inside the step); on the CPU it is the whole step.
+
+    ``fn.issue`` (JAX) is the call without waiting, ``fn.wait`` waits for what it returned.
+    At least 3 calls, then up to ``reps`` while under ``max_seconds`` (large steps).
+    """
+    issue, wait = getattr(fn, "issue", fn), getattr(fn, "wait", lambda out: out)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    wait(issue())  # anything first-call (autotuning, compiles) stays out
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < reps and (len(samples) < 3 or time.perf_counter() - start < max_seconds):
+        sync()
+        t0 = time.perf_counter()
+        out = issue()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        wait(out)
+    sync()
     return quantiles(samples)
 
 

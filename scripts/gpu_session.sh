@@ -1,105 +1,331 @@
 #!/usr/bin/env bash
-# Everything a session with a CUDA GPU should run, in stages that each fit a 10-minute call:
-#   bash scripts/gpu_session.sh                        # every stage, in order
-#   bash scripts/gpu_session.sh build tests            # then, on the same (warm) machine:
-#   bash scripts/gpu_session.sh sanitize bench         # and
-#   bash scripts/gpu_session.sh profile sweeps report
-# Stages: build (the CUDA extension against the machine's torch), tests (gpu-marked, in
-# parallel processes when pytest-xdist is there), sanitize (compute-sanitizer memcheck and
-# racecheck of every fused kernel), bench (configs S, M, L), profile (which kernels their steps
-# spend time in), sweeps (every sweep of config M), report (tables and plots). Works offline (no downloads: the machine's torch and triton).
-# Results accumulate in .gpu_work/ (ignored, kept while the machine is warm); each stage also
-# copies what it produced to $OUT (default bench/results/gpu), at most 8 files per call.
+# The whole GPU check in one run of under 9 minutes on one H100 or H200 (16 cores), offline
+# (the machine's torch and triton; nothing downloaded):
+#   bash scripts/gpu_session.sh                 # every stage: what a GPU session runs first
+#   bash scripts/gpu_session.sh bench report    # named stages again, on the same warm machine
+#   bash scripts/gpu_session.sh --dry-run       # the plan, every entry point checked (CI)
+# Stages, each under its own time limit in seconds (LIMIT below):
+#   env      15  the device, versions, commit (or a digest of the sources where git is absent)
+#   build    60  the CUDA extension against the machine's torch; when it fails, the rest
+#                still runs (the Triton backend needs no build)
+#   checks  140  at once: the gpu tests (part "tests"; pytest-xdist when installed),
+#                compute-sanitizer memcheck and racecheck of every fused kernel ("sanitize"),
+#                and compiling the benchmark's Triton kernels in parallel ("compile")
+#   bench   170  configs S, M, L in fp32 and bf16, training step and forward
+#   sweep    75  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
+#   profile  35  config M's GPU time per kernel, fp32 and bf16
+#   report   15  tables and plots of bench and sweep
+# The limits add up to 510 s, and no stage runs past 525 s from the start of a call.
+# A stage that fails or runs out of time does not stop the others; the exit status says.
+# Work in .gpu_work/ (ignored; kept while the machine stays warm). $OUT (default
+# .gpu_work/out) gets at most 8 files: session.log (this output), env.txt, the CSV,
+# BENCHMARKS.md, gpu_tests.txt, sanitizer.txt, kernels_M.md and gpu_session.tar.gz (the rest).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-OUT="${OUT:-$ROOT/bench/results/gpu}"
-WORK="$ROOT/.gpu_work"
-mkdir -p "$OUT" "$WORK"
 PY="${PYTHON:-python3}"
-JOBS="${JOBS:-12}"  # parallel processes for compiling (16 cores on our GPU machines)
+WORK="$ROOT/.gpu_work"
+OUT="${OUT:-$WORK/out}"
+TOTAL="${GPU_SESSION_SECONDS:-525}"
+STAGES=(env build checks bench sweep profile report)
+declare -A LIMIT=([env]=15 [build]=60 [checks]=140 [bench]=170 [sweep]=75 [profile]=35 [report]=15)
+NCPU="$(nproc 2>/dev/null || echo 4)"
+TEST_JOBS=$(( NCPU / 2 > 1 ? NCPU / 2 : 1 ))
+COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
+# Every entry point's arguments, shared by the run and the dry run.
+BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward)
+# torch_compile's failure (no double backward) is structural: recorded by bench, not again
+SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step --exclude torch_compile)
+COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
+              --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)
+PROFILE_ARGS=(--configs M --precisions fp32 bf16)
+TEST_ARGS=(-q -m gpu -p no:cacheprovider tests)
+# the source tree, built or not: a failed build still leaves the Triton backend importable
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$WORK/triton_cache}"  # shared by the stages
-status=0
-step() { echo; echo "=== $* ($(date +%T))"; }
+export SOBOLEV_AUTOTUNE="${SOBOLEV_AUTOTUNE:-1}"
+export PYTHONUNBUFFERED=1  # a log cut by a time limit keeps what was printed
+
+say() { echo "[$(printf '%3d' "$SECONDS") s] $*"; }
+STATUS=()  # "stage status seconds limit" per stage or part, for the summary
+record() { STATUS+=("$(printf '%-10s %-8s %5s s  (limit %s s)' "$@")"); }
+failed=0
+
+limit_for() {  # the stage's limit, cut to what is left of TOTAL
+  local left=$(( TOTAL - SECONDS ))
+  local limit="${LIMIT[$1]}"
+  echo $(( limit < left ? limit : left ))
+}
+
+# limited <seconds> <log> <command...>: output to log; status 124 when it ran out of time
+limited() {
+  local t="$1" log="$2"
+  shift 2
+  timeout -k 10 "$t" "$@" > "$log" 2>&1
+}
+
+# run_part <name> <seconds> <command...>: runs a limited command, records how it went
+run_part() {
+  local name="$1" t="$2" start=$SECONDS rc
+  shift 2
+  "$@"
+  rc=$?
+  finish "$name" "$rc" $(( SECONDS - start )) "$t"
+}
+
+finish() {  # finish <name> <rc> <seconds> <limit>
+  local how=ok
+  if [ "$2" -eq 124 ] || [ "$2" -eq 137 ]; then how=TIMEOUT; elif [ "$2" -ne 0 ]; then how="FAILED:$2"; fi
+  [ "$how" = ok ] || failed=1
+  say "$1: $how after $3 s"
+  record "$1" "$how" "$3" "$4"
+}
+
+sanitizer() {
+  command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1
+}
+
+stage_env() {
+  {
+    echo "date: $(date -u +%FT%TZ)"
+    echo "commit: ${SOBOLEV_COMMIT}"
+    timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm \
+      --format=csv 2>&1
+    timeout -k 5 "$1" "$PY" - <<'PY' 2>&1
+from importlib import metadata
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+for name in ("triton", "jax", "jaxlib", "pytest", "pytest-xdist"):  # versions, no imports
+    try:
+        print(name, metadata.version(name))
+    except metadata.PackageNotFoundError:
+        print(name, "not installed")
+PY
+    echo "compute-sanitizer: $(sanitizer || echo not found)"
+    echo "cores: $NCPU (tests $TEST_JOBS, compile $COMPILE_JOBS)"
+  } > "$WORK/env.txt"
+  cat "$WORK/env.txt"
+}
 
 stage_build() {
-  step "environment"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$WORK/device.txt"
-  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$WORK/device.txt"
-  step "build (FORCE_CUDA=1)"
   local arch
-  arch="$("$PY" -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capability())))")"
-  FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-$JOBS}" \
-    "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . > "$WORK/build.log" 2>&1 \
-    || { echo "build failed: see build.log"; tail -40 "$WORK/build.log"; status=1; }
+  arch="$("$PY" -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capability())))")" \
+    || { echo "no CUDA device visible to torch"; return 1; }
+  FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$NCPU" limited "$1" "$WORK/build.log" \
+    "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+  local rc=$?
+  [ $rc -eq 0 ] || tail -20 "$WORK/build.log"
   "$PY" -c "import sobolev_kernels as sk; print('backends:', sk.available_backends())"
-  cp "$WORK/device.txt" "$WORK/build.log" "$OUT/"
+  return $rc
 }
 
-stage_tests() {
-  step "gpu tests"
+part_tests() {
   local parallel=()
-  "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "$JOBS")
-  # static launch configs: the autotuner would compile every candidate of every test shape
-  # (tests/test_tuning.py turns it on for its own GPU case)
-  SOBOLEV_AUTOTUNE=0 "$PY" -m pytest -q -m gpu ${parallel[@]+"${parallel[@]}"} tests 2>&1 \
-    | tee "$WORK/gpu_tests.txt" | tail -30
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-  cp "$WORK/gpu_tests.txt" "$OUT/"
+  "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "$TEST_JOBS")
+  # static launch configs: the autotuner would time every candidate of every test shape
+  SOBOLEV_AUTOTUNE=0 limited "$1" "$WORK/gpu_tests.txt" \
+    "$PY" -m pytest ${parallel[@]+"${parallel[@]}"} "${TEST_ARGS[@]}"
 }
 
-stage_sanitize() {
-  step "compute-sanitizer"
-  for tool in memcheck racecheck; do
-    SOBOLEV_AUTOTUNE=0 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-      "$PY" bench/sanitize_case.py > "$WORK/sanitizer_$tool.txt" 2>&1 || status=1
-    tail -8 "$WORK/sanitizer_$tool.txt"
-    cp "$WORK/sanitizer_$tool.txt" "$OUT/"
-  done
+part_sanitize() {  # part_sanitize <tool> <seconds>
+  local tool
+  tool="$(sanitizer)" || { echo "compute-sanitizer not found" > "$WORK/sanitizer_$1.txt"; return 1; }
+  SOBOLEV_AUTOTUNE=0 limited "$2" "$WORK/sanitizer_$1.txt" \
+    "$tool" --tool "$1" --error-exitcode 3 "$PY" scripts/sanitize_case.py
 }
 
-bench() {  # bench <log name> <step.py arguments...>
-  local log="$1"
+part_compile() {
+  limited "$1" "$WORK/compile.log" "$PY" -m bench.step "${COMPILE_ARGS[@]}"
+}
+
+stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [compile]: the parts at once
+  local t="$1" jobs=() part
   shift
-  "$PY" bench/step.py --out-dir "$WORK" --precompile "$JOBS" "$@" 2> "$WORK/$log" || status=1
-  grep -v '^\[' "$WORK/$log" | tail -20
-  cp "$WORK/$log" "$OUT/"
-  cp "$WORK"/*.csv "$OUT/" 2>/dev/null
+  local parts=("$@")
+  [ ${#parts[@]} -gt 0 ] || parts=(tests sanitize compile)
+  for part in "${parts[@]}"; do
+    case "$part" in
+      tests) jobs+=(tests) ;;
+      sanitize) jobs+=(memcheck racecheck) ;;
+      compile) jobs+=(compile) ;;
+    esac
+  done
+  declare -A pid
+  for job in "${jobs[@]}"; do
+    case "$job" in
+      tests) run_part tests "$t" part_tests "$t" > "$WORK/.part_tests" 2>&1 & ;;
+      memcheck | racecheck) run_part "$job" "$t" part_sanitize "$job" "$t" > "$WORK/.part_$job" 2>&1 & ;;
+      compile) run_part compile "$t" part_compile "$t" > "$WORK/.part_compile" 2>&1 & ;;
+    esac
+    pid[$job]=$!
+  done
+  for job in "${jobs[@]}"; do
+    wait "${pid[$job]}"
+    # the part ran in a subshell: its verdict line is in its file
+    cat "$WORK/.part_$job"
+    line="$(grep -E "^\[ *[0-9]+ s\] $job: " "$WORK/.part_$job" | tail -1)"
+    how="$(echo "$line" | sed -E 's/.*: ([^ ]+) after ([0-9]+) s/\1 \2/')"
+    record "$job" ${how:-FAILED ?} "$t"
+    case "$how" in ok*) ;; *) failed=1 ;; esac
+  done
+  [ -f "$WORK/gpu_tests.txt" ] && tail -3 "$WORK/gpu_tests.txt"
+  for tool in memcheck racecheck; do
+    [ -f "$WORK/sanitizer_$tool.txt" ] && grep -E "ERROR SUMMARY|MISMATCH|not found" "$WORK/sanitizer_$tool.txt" | sed "s/^/$tool: /"
+  done
+  grep -c "^\[precompile" "$WORK/compile.log" 2>/dev/null | sed 's/^/compiled points: /'
 }
 
-stage_bench() {
-  step "benchmarks: configs S, M, L"
-  bench step_configs.log --sweeps
+stage_bench() {  # stage_bench <seconds> <log> <step.py arguments...>
+  local t="$1" log="$2"
+  shift 2
+  timeout -k 10 "$t" "$PY" -m bench.step --out-dir "$WORK/bench" "$@" 2>&1 \
+    | tee "$WORK/$log" | grep --line-buffered -E '^\[point|^wrote|Error|error:'
+  return "${PIPESTATUS[0]}"
 }
 
 stage_profile() {
-  step "kernel profiles: configs S, M, L (where each step's time goes)"
-  for dtype in fp32 bf16; do
-    "$PY" bench/kernel_profile.py --dtype "$dtype" --out "$WORK/kernels_$dtype.md" \
-      > /dev/null 2> "$WORK/kernels_$dtype.log" || { status=1; tail -5 "$WORK/kernels_$dtype.log"; }
-    grep -F "**total**" "$WORK/kernels_$dtype.md" 2>/dev/null
-    cp "$WORK/kernels_$dtype.md" "$OUT/" 2>/dev/null
-  done
-}
-
-stage_sweeps() {
-  step "benchmarks: sweeps of config M"
-  bench step_sweeps.log --configs
+  limited "$1" "$WORK/profile.log" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" \
+    --out "$WORK/kernels_M.md"
+  local rc=$?
+  grep -E "^## |\*\*total\*\*" "$WORK/kernels_M.md" 2>/dev/null || tail -5 "$WORK/profile.log"
+  return $rc
 }
 
 stage_report() {
-  step "report"
-  "$PY" bench/report.py --out-dir "$WORK" "$WORK"/*.csv | tail -40 || status=1
-  cp "$WORK"/*.csv "$WORK"/BENCHMARKS.md "$WORK"/*.png "$OUT/" 2>/dev/null
+  mkdir -p "$WORK/report"
+  limited "$1" "$WORK/report.log" "$PY" -m bench.report --out-dir "$WORK/report" "$WORK"/bench/*.csv
+  local rc=$?
+  # the training step at config M, the point the issues are about
+  grep -A 12 -E '^\*\*M\*\*, (fp32|bf16), step' "$WORK/report/BENCHMARKS.md" 2>/dev/null \
+    || tail -5 "$WORK/report.log"
+  return $rc
 }
 
-stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build tests sanitize bench profile sweeps report)
-for s in "${stages[@]}"; do
-  case "$s" in
-    build | tests | sanitize | bench | profile | sweeps | report) "stage_$s" ;;
-    *) echo "unknown stage $s (build tests sanitize bench profile sweeps report)"; exit 2 ;;
-  esac
-done
-ls -la "$OUT"
-exit $status
+pack() {  # at most 8 files in $OUT: session.log (written as we go) and these
+  mkdir -p "$OUT"
+  cp "$WORK/env.txt" "$WORK"/bench/*.csv "$WORK/report/BENCHMARKS.md" "$WORK/gpu_tests.txt" \
+    "$WORK/kernels_M.md" "$OUT/" 2>/dev/null
+  if ls "$WORK"/sanitizer_*.txt > /dev/null 2>&1; then
+    for tool in memcheck racecheck; do
+      [ -f "$WORK/sanitizer_$tool.txt" ] && { echo "==== $tool"; tail -200 "$WORK/sanitizer_$tool.txt"; }
+    done > "$OUT/sanitizer.txt"
+  fi
+  tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" --exclude=./triton_cache --exclude=./out . 2>/dev/null
+  # a file over 16 MiB would not come back: without the full sanitizer logs (their tails are
+  # in sanitizer.txt), which are what can grow
+  if [ "$(stat -c %s "$OUT/gpu_session.tar.gz")" -gt 15000000 ]; then
+    tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" --exclude=./triton_cache --exclude=./out \
+      --exclude='./sanitizer_*' . 2>/dev/null
+  fi
+  say "results in $OUT:"
+  ls -la "$OUT"
+}
+
+source_digest() {  # identifies the sources where there is no git (a copied tree)
+  find sobolev_kernels csrc bench scripts tests setup.py pyproject.toml -type f \
+    \( -name '*.py' -o -name '*.sh' -o -name '*.cu' -o -name '*.cpp' -o -name '*.h' -o -name '*.cuh' -o -name '*.toml' \) \
+    2>/dev/null | LC_ALL=C sort | xargs cat | sha1sum | cut -c1-8
+}
+
+dry_run() {
+  local bad=0 sum=0 s
+  echo "plan ($TOTAL s at most; $NCPU cores: tests -n $TEST_JOBS, compile $COMPILE_JOBS processes):"
+  for s in "${STAGES[@]}"; do
+    printf '  %-8s %4s s\n' "$s" "${LIMIT[$s]}"
+    sum=$(( sum + ${LIMIT[$s]} ))
+  done
+  echo "  limits add up to $sum s"
+  [ "$sum" -le "$TOTAL" ] || { echo "the limits exceed $TOTAL s"; bad=1; }
+  # every entry point with the arguments the run gives it, all at once (each imports torch)
+  local tmp whats=() n=0 i rc
+  tmp="$(mktemp -d)"
+  check() {  # check <what> <command...>
+    whats+=("$1")
+    n=$(( n + 1 ))
+    shift
+    ( "$@" > "$tmp/$n.out" 2>&1; echo $? > "$tmp/$n.rc" ) &
+  }
+  check "bench: python -m bench.step ${BENCH_ARGS[*]}" "$PY" -m bench.step "${BENCH_ARGS[@]}" --dry-run
+  check "sweep: python -m bench.step ${SWEEP_ARGS[*]}" "$PY" -m bench.step "${SWEEP_ARGS[@]}" --dry-run
+  check "compile: python -m bench.step ${COMPILE_ARGS[*]}" "$PY" -m bench.step "${COMPILE_ARGS[@]}" --dry-run
+  check "profile: python -m bench.kernel_profile ${PROFILE_ARGS[*]}" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" --dry-run
+  check "report: python -m bench.report" "$PY" -m bench.report --help
+  check "sanitize: python scripts/sanitize_case.py" "$PY" scripts/sanitize_case.py --dry-run
+  check "tests: python -m pytest ${TEST_ARGS[*]}" "$PY" -m pytest --version
+  wait
+  for i in $(seq 1 "$n"); do
+    rc="$(cat "$tmp/$i.rc")"
+    if [ "$rc" = 0 ]; then
+      echo "ok   ${whats[$((i - 1))]}"
+      sed 's/^/       /' "$tmp/$i.out" | head -12
+    else
+      echo "FAIL ${whats[$((i - 1))]} (exit $rc)"
+      tail -8 "$tmp/$i.out"
+      bad=1
+    fi
+  done
+  rm -rf "$tmp"
+  "$PY" -c "import xdist" 2>/dev/null && echo "note pytest-xdist here: tests -n $TEST_JOBS" \
+    || echo "note no pytest-xdist here: the tests run in one process"
+  for tool in nvidia-smi timeout tar; do
+    command -v "$tool" > /dev/null && echo "ok   $tool" || echo "note $tool not found here"
+  done
+  sanitizer > /dev/null && echo "ok   compute-sanitizer" || echo "note compute-sanitizer not found here"
+  return $bad
+}
+
+main() {
+  local stages=() part_args=() s
+  for s in "$@"; do
+    case "$s" in
+      env | build | checks | bench | sweep | profile | report) stages+=("$s") ;;
+      tests | sanitize | compile) part_args+=("$s") ;;
+      *) echo "unknown stage $s (${STAGES[*]}, or the checks' parts: tests sanitize compile)"; return 2 ;;
+    esac
+  done
+  [ ${#part_args[@]} -gt 0 ] && stages+=(checks)
+  [ ${#stages[@]} -gt 0 ] || stages=("${STAGES[@]}")
+  [[ " ${stages[*]} " == *" env "* ]] || stages=(env "${stages[@]}")  # always: what ran where
+  say "gpu_session: ${stages[*]} ${part_args[*]}"
+  for s in "${STAGES[@]}"; do
+    [[ " ${stages[*]} " == *" $s "* ]] || continue
+    local t
+    t="$(limit_for "$s")"
+    if [ "$t" -lt 5 ]; then
+      say "=== $s: skipped, no time left"
+      record "$s" skipped 0 "${LIMIT[$s]}"
+      failed=1
+      continue
+    fi
+    say "=== $s (limit $t s)"
+    case "$s" in
+      checks) stage_checks "$t" ${part_args[@]+"${part_args[@]}"} ;;
+      bench) run_part bench "$t" stage_bench "$t" bench.log "${BENCH_ARGS[@]}" ;;
+      sweep) run_part sweep "$t" stage_bench "$t" sweep.log "${SWEEP_ARGS[@]}" ;;
+      *) run_part "$s" "$t" "stage_$s" "$t" ;;
+    esac
+  done
+  pack
+  say "summary:"
+  printf '  %s\n' "${STATUS[@]}"
+  return $failed
+}
+
+if [ "${1:-}" = "--dry-run" ]; then
+  dry_run
+  exit $?
+fi
+# what ran: the commit (+dirty for local changes), or without git (a copied tree) a digest
+# of the sources, which bench/step.py then writes into the CSV's commit column
+if [ -z "${SOBOLEV_COMMIT:-}" ]; then
+  if git rev-parse HEAD > /dev/null 2>&1; then
+    SOBOLEV_COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- || echo +dirty)"
+  else
+    SOBOLEV_COMMIT="src-$(source_digest)"
+  fi
+fi
+export SOBOLEV_COMMIT
+mkdir -p "$WORK" "$OUT"
+main "$@" 2>&1 | tee "$OUT/session.log"
+exit "${PIPESTATUS[0]}"

@@ -1,53 +1,208 @@
-"""Smoke tests: the benchmarks and the main job run end to end on tiny sizes (never timed)."""
+"""Smoke tests: the benchmarks, the main job and the GPU session's plan run end to end on tiny
+sizes (never timed), and the guards that keep results comparable hold."""
 
 import csv
+import importlib.util
+import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
+BASELINE = ROOT / "bench" / "results" / "h200-2026-11-26" / "NVIDIA_H200.csv"
+COLUMNS = ["provider", "config", "mode", "metric", "unit", "p20", "p50", "p80", "device", "torch",
+           "triton", "commit", "date", "precision", "batch", "dim", "width", "layers", "out",
+           "k", "order", "dtype"]  # fmt: skip
 
 
-def _run(*args, timeout=300):
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout)  # fmt: skip
+def _run(*args, timeout=300, env=None):
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                         env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
+def _module(name, *args, **kwargs):
+    return _run(sys.executable, "-m", name, *args, **kwargs)
+
+
 def test_step_quick_writes_the_csv_and_report(tmp_path):
-    _run(str(BENCH / "step.py"), "--quick", "--out-dir", str(tmp_path))
+    _module("bench.step", "--quick", "--out-dir", str(tmp_path))
     (csv_path,) = tmp_path.glob("*.csv")
     with csv_path.open() as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert reader.fieldnames == ["provider", "config", "mode", "metric", "unit", "p20", "p50",
-                                 "p80", "device", "torch", "triton", "commit", "date"]  # fmt: skip
+    assert reader.fieldnames == COLUMNS
     measured = {(r["provider"], r["config"], r["mode"]) for r in rows if r["metric"] == "time"}
     for provider in ("eager_autograd", "torch_func", "plain_step", "torch"):
         assert (provider, "M", "step") in measured
+    # the CPU time to issue a step, for every provider and point that ran
+    hosts = {(r["provider"], r["config"], r["mode"]) for r in rows if r["metric"] == "host"}
+    assert hosts == measured
     # every Sobolev formulation users write today fails under torch.compile: recorded, not hidden
     errors = [r for r in rows if r["provider"] == "torch_compile"]
     assert errors and all(r["metric"] == "error" for r in errors)
+    assert not [r for r in rows if "disagrees" in r["unit"]]
     times = [float(r["p50"]) for r in rows if r["metric"] == "time"]
     assert all(t > 0 for t in times)
+    # the sizes that ran, not the config's nominal ones: --quick caps batch and width
+    m = next(r for r in rows if r["config"] == "M")
+    assert (m["precision"], m["dtype"], m["batch"], m["dim"], m["width"], m["k"]) == (
+        "fp32", "fp32", "512", "16", "64", "2")  # fmt: skip
 
-    report = _run(str(BENCH / "report.py"), str(csv_path), "--out-dir", str(tmp_path))
+    report = _module("bench.report", str(csv_path), "--out-dir", str(tmp_path))
     assert "| torch |" in report.stdout and "vs torch.func" in report.stdout
+    assert "host ms" in report.stdout and "of limit" in report.stdout
+    assert "**M**, fp32, step: B=512 d=16 width=64 layers=3 m=8 K=2 order=1" in report.stdout
     assert (tmp_path / "BENCHMARKS.md").exists()
 
 
+def test_step_runs_each_precision_class(tmp_path):
+    from bench import step
+
+    try:
+        step.main(["--quick", "--configs", "S", "--modes", "step", "--providers",
+                   "plain_step", "torch", "--precisions", "fp32", "bf16",
+                   "--out-dir", str(tmp_path)])  # fmt: skip
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False  # the test process's default again
+    (csv_path,) = tmp_path.glob("*.csv")
+    rows = [r for r in csv.DictReader(csv_path.open()) if r["metric"] == "time"]
+    got = {(r["provider"], r["precision"], r["dtype"]) for r in rows}
+    assert got == {(p, c, c) for p in ("plain_step", "torch") for c in ("fp32", "bf16")}
+
+
+def test_a_failing_point_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    from bench import step
+
+    def out_of_memory_at_s(**kwargs):
+        if kwargs["dim"] == step.CONFIGS["S"]["dim"]:
+            raise RuntimeError("CUDA out of memory")
+        return make_problem(**kwargs)
+
+    make_problem = step.make_problem
+    monkeypatch.setattr(step, "make_problem", out_of_memory_at_s)
+    step.main(["--quick", "--configs", "S", "M", "--modes", "step", "--providers", "plain_step",
+               "--out-dir", str(tmp_path)])  # fmt: skip
+    (csv_path,) = tmp_path.glob("*.csv")
+    rows = {(r["config"], r["metric"]): r for r in csv.DictReader(csv_path.open())}
+    assert "CUDA out of memory" in rows["S", "error"]["unit"] and ("M", "time") in rows
+
+
 def test_step_precompiles_in_worker_processes(tmp_path):
-    out = _run(str(BENCH / "step.py"), "--quick", "--configs", "S", "--modes", "forward",
-               "--providers", "plain_step", "torch_compile", "--precompile", "2",
-               "--out-dir", str(tmp_path))  # fmt: skip
+    out = _module("bench.step", "--quick", "--configs", "S", "--modes", "forward",
+                  "--providers", "plain_step", "torch_compile", "--precompile", "2",
+                  "--out-dir", str(tmp_path))  # fmt: skip
     assert "[precompile 1/1]" in out.stderr
     (csv_path,) = tmp_path.glob("*.csv")
     providers = {row["provider"] for row in csv.DictReader(csv_path.open())}
     assert providers == {"plain_step", "torch_compile"}
+
+
+def test_quick_runs_never_write_committed_results(capsys):
+    from bench import step
+
+    for committed in ("bench/results", "bench/results/h200-2026-11-26"):
+        with pytest.raises(SystemExit):
+            step.parse(["--quick", "--out-dir", str(ROOT / committed)])
+        assert "never writes into bench/results" in capsys.readouterr().err
+    step.parse(["--quick", "--out-dir", str(ROOT / "bench/results/tmp/x")])  # ignored by git
+    # with no --out-dir, a run writes to a new temporary folder
+    step.main(["--quick", "--dry-run"])
+    assert "rows to: a new temporary folder" in capsys.readouterr().out
+
+
+def test_a_config_name_never_holds_two_sizes(tmp_path):
+    from bench import step
+
+    args = step.parse(["--quick", "--configs", "M", "--sweeps", "--device", "cpu"])
+    (label, sizes, precision), *_ = step.plan(args)
+    row = dict.fromkeys(step.COLUMNS, "")
+    path = tmp_path / "device.csv"
+    step.write([{**row, "config": label, **sizes, "batch": sizes["batch"] * 2}], path)
+    with pytest.raises(SystemExit, match="config M is there at sizes"):
+        step.check_target(path, step.plan(args))
+    path.write_text("provider,config\n")  # a CSV of another version
+    with pytest.raises(SystemExit, match="other columns"):
+        step.check_target(path, step.plan(args))
+
+
+def test_disagreeing_provider_is_not_timed(monkeypatch):
+    from bench import providers
+
+    problem = providers.make_problem(batch=64, dim=3, width=16, layers=2, out=2, k=2)
+    real = providers._loss_and_grads
+
+    def off_by_one_percent(provider, p):
+        got = real(provider, p)
+        return [g * 1.01 for g in got] if provider == "torch" else got
+
+    monkeypatch.setattr(providers, "_loss_and_grads", off_by_one_percent)
+    rejected = providers.check_agreement(problem, ["torch_func", "eager_autograd", "torch"])
+    assert list(rejected) == ["torch"] and "disagrees with torch_func" in rejected["torch"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_jax_agrees_with_torch_func(precision):
+    from bench import providers
+
+    providers.set_precision(precision)
+    problem = providers.make_problem(batch=64, dim=3, width=16, layers=3, out=2, k=2,
+                                     precision=precision)  # fmt: skip
+    assert providers.check_agreement(problem, ["torch_func", "jax_jit"]) == {}
+
+
+def test_limit_of_a_step():
+    from bench import limits
+
+    m = dict(batch=2**16, dim=16, width=128, layers=4, out=8, k=2, order=1)
+    flops = limits.step_flops(**m)  # 6 * 3B rows * (16*128 + 2*128*128 + 128*8)
+    assert flops == 6 * 3 * 2**16 * 35840
+    ms, bound = limits.limit_ms("NVIDIA H200", "fp32", m)
+    assert bound == "FLOPs" and ms == pytest.approx(1e3 * flops / 67e12)
+    ms_bf16, _ = limits.limit_ms("NVIDIA H200", "bf16", m)
+    assert ms_bf16 == pytest.approx(ms * 67 / 989)
+    # one input row per step, nothing to compute: the bandwidth bound
+    assert limits.limit_ms("NVIDIA H100 80GB HBM3", "fp32", {**m, "width": 1})[1] == "bytes"
+    assert math.isnan(limits.limit_ms("cpu-x86_64-2t", "fp32", m)[0])
+
+
+def test_report_of_the_h200_baseline(tmp_path):
+    """The committed GPU baseline renders with the new columns; the fraction of the limit is
+    the limit over the median time."""
+    from bench import limits, report
+
+    text = report.render(BASELINE)
+    m_fp32 = text.split("**M**, fp32, step")[1].split("\n\n")[1]
+    triton = next(line for line in m_fp32.splitlines() if line.startswith("| triton |"))
+    cells = [c.strip() for c in triton.split("|")[1:-1]]
+    sizes = dict(batch=2**16, dim=16, width=128, layers=4, out=8, k=2, order=1)
+    limit, _ = limits.limit_ms("NVIDIA H200", "fp32", sizes)
+    assert float(cells[-1]) == pytest.approx(limit / float(cells[1]), abs=0.006)
+    # JAX ran at its default precision, TF32 class: a table of its own, never beside fp32 rows
+    assert "| jax_jit |" not in m_fp32 and "**M**, tf32, step" in text
+
+
+def test_report_keeps_sizes_apart(tmp_path):
+    from bench import report
+
+    base = dict(provider="torch", config="M", mode="step", metric="time", unit="ms", p20=1,
+                p50=1, p80=1, device="cpu", torch="", triton="", commit="", date="",
+                precision="fp32", batch=512, dim=16, width=64, layers=3, out=8, k=2, order=1,
+                dtype="fp32")  # fmt: skip
+    path = tmp_path / "mixed.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows([base, {**base, "batch": 2048, "p50": 4}])
+    text = report.render(path)
+    assert len(re.findall(r"\*\*M\*\*, fp32, step", text)) == 2
 
 
 def test_kernel_profile_quick(tmp_path):
@@ -55,19 +210,40 @@ def test_kernel_profile_quick(tmp_path):
 
     out = tmp_path / "kernels.md"
     providers = ["plain_step", "torch", "cuda"]
-    _run(str(BENCH / "kernel_profile.py"), "--quick", "--device", "cpu", "--configs", "S",
-         "--providers", *providers, "--steps", "1", "--out", str(out))  # fmt: skip
+    _module("bench.kernel_profile", "--quick", "--device", "cpu", "--configs", "S",
+            "--providers", *providers, "--steps", "1", "--out", str(out))  # fmt: skip
     text = out.read_text()
+    assert "## fp32" in text
     assert "| S | plain_step | `aten::" in text and "| S | torch | **total** |" in text
     if "cuda" in sk.available_backends():  # the extension's fused ops are rows of their own
         assert "`sobolev_kernels::sobolev_backward`" in text
 
 
 def test_main_job_quick():
-    out = _run(str(BENCH / "run.py"), "--quick")
+    out = _module("bench.run", "--quick")
     assert "sobolev" in out.stdout and "torch_func" in out.stdout
+
+
+def test_gpu_session_dry_run():
+    """What CI can check of the one-run GPU script: its stage limits fit 9 minutes and every
+    entry point it calls accepts the arguments it is given."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = _run("bash", "scripts/gpu_session.sh", "--dry-run", env=env, timeout=240)
+    total = int(re.search(r"limits add up to (\d+) s", out.stdout).group(1))
+    assert total <= 540
+    for stage in ("env", "build", "checks", "bench", "sweep", "profile", "report"):
+        assert re.search(rf"^  {stage} +\d+ s$", out.stdout, re.M), stage
+    for entry in ("bench", "sweep", "compile", "profile", "report", "sanitize", "tests"):
+        assert re.search(rf"^ok   {entry}: ", out.stdout, re.M), entry
+    assert "FAIL" not in out.stdout
 
 
 @pytest.mark.gpu
 def test_step_quick_on_gpu(tmp_path):
-    _run(str(BENCH / "step.py"), "--quick", "--device", "cuda", "--out-dir", str(tmp_path))
+    _module("bench.step", "--quick", "--device", "cuda", "--precisions", "fp32", "tf32", "bf16",
+            "--out-dir", str(tmp_path))  # fmt: skip
+    (csv_path,) = tmp_path.glob("*.csv")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert not [r for r in rows if "disagrees" in r["unit"]]
+    assert {r["precision"] for r in rows} == {"fp32", "tf32", "bf16"}
+    torch.cuda.empty_cache()
