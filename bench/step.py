@@ -45,6 +45,7 @@ from bench.providers import (
     step_fn,
 )
 from bench.timing import count_launches, host_ms, peak_memory_mb, time_ms
+from bench.tuning_table import write_tuning_table
 from sobolev_kernels import tuning as sk_tuning
 
 COLUMNS = ["provider", "config", "mode", "metric", "unit", "p20", "p50", "p80",
@@ -351,7 +352,13 @@ def main(argv: list[str] | None = None) -> Path | None:
         precompile(args, providers, max(1, args.precompile))
         return None
     print(f"writing to {path}", file=sys.stderr, flush=True)
-    written = measure(args, lambda rows: write(rows, path))
+    tuned = path.with_name(f"{path.stem}_tuning_{os.getpid()}.md")  # one per run
+
+    def sink(rows: list[dict]) -> None:
+        write(rows, path)
+        write_tuning_table(tuned)  # after every point: a run cut short keeps what it tuned
+
+    written = measure(args, sink)
     for key, choice in sk_tuning.choices().items():  # which launch configs / backend won
         print(f"tuned {key}: {choice}", file=sys.stderr)
     print(f"wrote {written} rows to {path}", file=sys.stderr)

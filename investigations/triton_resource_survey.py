@@ -2,9 +2,13 @@
 ahead-of-time compiles (no GPU): clues for choosing defaults, not speed.
 
     python investigations/triton_resource_survey.py bench/results/triton_resources_sm90.md
+    python investigations/triton_resource_survey.py --tensor-cores \
+        bench/results/triton_tensor_cores.md
 
 Config M on sm_90 over dot precisions, rows per program, warps and K chunks; then large
-tiles over warps, and many directions over directions per pass.
+tiles over warps, and many directions over directions per pass. ``--tensor-cores``: the
+autotuner's candidates of configs S, M, M order 2 and L in fp32 and bf16, on sm_80 and sm_90,
+with their tensor-core (HMMA: mma.sync, HGMMA: wgmma) and FMA instruction counts in the SASS.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import time
 from pathlib import Path
 
@@ -20,7 +25,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import triton  # noqa: E402
 
-from sobolev_kernels.triton.aot import SHARED_LIMIT, compile_step, resources  # noqa: E402
+from sobolev_kernels.triton.aot import SHARED_LIMIT, compile_step, resources, sass  # noqa: E402
 from sobolev_kernels.triton.layout import CHUNK, TILE_PER_THREAD, Layout  # noqa: E402
 
 # config M (bench/step.py) in fp32 under each dot precision and in bf16, over launch configs
@@ -112,6 +117,62 @@ def survey(path: Path, arch: int = 90) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+# the benchmark's configs (bench/step.py): (name, widths, K, order)
+TC_CONFIGS = [
+    ("S", (2, 64, 64, 64, 1), 1, 1),
+    ("M", (16, 128, 128, 128, 8), 2, 1),
+    ("M order 2", (16, 128, 128, 128, 8), 2, 2),
+    ("L", (64, 256, 256, 256, 256, 256, 16), 4, 1),
+]
+
+
+def tensor_core_survey(path: Path) -> None:
+    """Every candidate of the autotuner (Layout.launch_configs) for the configs above, fp32
+    (exact "ieee" dots, the static choice, and "tf32x3") and bf16, on sm_80 and sm_90."""
+    lines = [
+        f"# Triton kernels on tensor cores: the autotuner's candidates, triton "
+        f"{triton.__version__}",
+        "",
+        "From `python investigations/triton_resource_survey.py --tensor-cores` (ahead-of-time "
+        "compiles, no GPU: clues, not speed). Instructions counted in the SASS: HMMA "
+        "(mma.sync tensor-core products), HGMMA (wgmma, sm_90), FFMA (fp32 fused multiply-"
+        "adds). REG per thread (255: the cap), STACK bytes per thread (spills). The first row "
+        "of each config and dtype is the static choice (no autotuning).",
+        "",
+        "| config | dtype | arch | rows | warps | chunk | group | precision | cols | kernel "
+        "| REG | STACK | HMMA | HGMMA | FFMA |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- |",
+    ]
+    for (name, widths, k, order), dtype, arch in itertools.product(
+        TC_CONFIGS, ("fp32", "bf16"), (80, 90)
+    ):
+        layout = Layout(widths, k, order)
+        size = 4 if dtype == "fp32" else 2
+        if arch == 80 and name != "M":
+            continue  # sm_80 (no wgmma) for config M only: the compiles take long
+        tensor_core = "tf32x3" if dtype == "fp32" else "ieee"
+        configs = layout.launch_configs(size, SHARED_LIMIT[arch], "ieee", tensor_core)
+        picked = [configs[0]] + [c for c in configs[1:] if c.precision == tensor_core or
+                                 (dtype == "bf16" and c.cols)]  # fmt: skip
+        for c in dict.fromkeys(picked):
+            prefix = (f"| {name} | {dtype} | sm_{arch} | {c.rows} | {c.warps} | {c.chunk} | "
+                      f"{c.group} | {c.precision} | {c.cols or 'all'} | ")  # fmt: skip
+            try:
+                compiles = compile_step(layout, c.rows, c.warps, 0, c.precision, c.chunk, dtype,
+                                        arch, c.group, c.cols)  # fmt: skip
+                for kernel, compiled in compiles:
+                    res, code = resources(compiled), sass(compiled)
+                    ops = [len(re.findall(op + r"\b", code)) for op in ("HMMA", "HGMMA", "FFMA")]
+                    lines.append(prefix + f"{kernel} | {res.get('REG')} | {res.get('STACK', 0)} | "
+                                 + " | ".join(map(str, ops)) + " |")  # fmt: skip
+                    print(lines[-1], flush=True)
+            except Exception as exc:  # noqa: BLE001 - a failing variant is a result too
+                lines.append(prefix + f"- | {str(exc).strip().splitlines()[-1][:60]} | | | | |")
+                print(lines[-1], flush=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _table_rows(lines: list[str], prefix: str, compiles) -> None:
     """Append (and print) one table row per compiled kernel: ``prefix``, then its name and
     resources."""
@@ -138,8 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="markdown file to write")
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--tensor-cores", action="store_true", help="the tensor-core table")
     args = parser.parse_args(argv)
-    survey(args.out, args.arch)
+    if args.tensor_cores:
+        tensor_core_survey(args.out)
+    else:
+        survey(args.out, args.arch)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@
 # A stage that fails or runs out of time does not stop the others; the exit status says.
 # Work in .gpu_work/ (ignored; kept while the machine stays warm). $OUT (default
 # .gpu_work/out) gets at most 8 files: session.log (this output), env.txt, the CSV,
-# BENCHMARKS.md, gpu_tests.txt, sanitizer.txt, kernels_M.md and gpu_session.tar.gz (the rest).
+# BENCHMARKS.md (with the autotuners' measurements of every candidate at its end),
+# gpu_tests.txt, sanitizer.txt, kernels_M.md and gpu_session.tar.gz (the rest).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -206,6 +207,8 @@ pack() {  # at most 8 files in $OUT: session.log (written as we go) and these
   mkdir -p "$OUT"
   cp "$WORK/env.txt" "$WORK"/bench/*.csv "$WORK/report/BENCHMARKS.md" "$WORK/gpu_tests.txt" \
     "$WORK/kernels_M.md" "$OUT/" 2>/dev/null
+  # what the autotuners measured (every candidate of every choice), after the tables
+  cat "$WORK"/bench/*_tuning_*.md >> "$OUT/BENCHMARKS.md" 2>/dev/null
   if ls "$WORK"/sanitizer_*.txt > /dev/null 2>&1; then
     for tool in memcheck racecheck; do
       [ -f "$WORK/sanitizer_$tool.txt" ] && { echo "==== $tool"; tail -200 "$WORK/sanitizer_$tool.txt"; }

@@ -22,10 +22,20 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["enabled", "can_measure", "chosen", "fastest", "choices", "clear", "time_ms"]
+__all__ = [
+    "can_measure",
+    "choices",
+    "chosen",
+    "clear",
+    "enabled",
+    "fastest",
+    "measurements",
+    "time_ms",
+]
 
 C = TypeVar("C")
 _chosen: dict[Hashable, object] = {}
+_measured: dict[Hashable, list[tuple[object, float | None]]] = {}
 _BUDGET_MS = 25.0  # timed runs per candidate: about this long in all, 3 to 20 runs
 
 
@@ -59,11 +69,14 @@ def fastest(
         return _chosen[key]  # type: ignore[return-value]
     timings: list[tuple[float, int]] = []
     error: BaseException | None = None
+    record = _measured[key] = []
     for i, candidate in enumerate(candidates):
         try:
             timings.append((time_ms(lambda c=candidate: run(c)), i))
+            record.append((candidate, timings[-1][0]))
         except skip as e:
             error = e
+            record.append((candidate, None))
     if not timings:
         if error is None:
             raise ValueError("candidates: nothing to choose from")
@@ -78,9 +91,16 @@ def choices() -> dict[Hashable, object]:
     return dict(_chosen)
 
 
+def measurements() -> dict[Hashable, list[tuple[object, float | None]]]:
+    """Every candidate measured by this process, by key: (candidate, median ms, or None where
+    it did not fit). What the GPU benchmark reports, so one run settles every variant."""
+    return {key: list(record) for key, record in _measured.items()}
+
+
 def clear() -> None:
     """Forget every measured choice (the next call with each shape measures again)."""
     _chosen.clear()
+    _measured.clear()
 
 
 def time_ms(fn: Callable[[], object]) -> float:

@@ -247,3 +247,24 @@ def test_step_quick_on_gpu(tmp_path):
     assert not [r for r in rows if "disagrees" in r["unit"]]
     assert {r["precision"] for r in rows} == {"fp32", "tf32", "bf16"}
     torch.cuda.empty_cache()
+
+
+def test_tuning_table_lists_every_candidate_and_marks_the_winner(monkeypatch):
+    from bench.tuning_table import tuning_markdown
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton.layout import LaunchConfig
+
+    tuning.clear()
+    assert "Nothing was measured" in tuning_markdown()
+    times = iter([2.0, 1.0])
+    monkeypatch.setattr(tuning, "time_ms", lambda fn: next(times))
+    key = ("triton", "fwd", "cuda:0", torch.float32, False, 1024, (("K", 2), ("ORDER", 1),
+                                                                    ("WIDTHS", (16, 128, 8))))
+    static = LaunchConfig(16, 8, 32, 2, "ieee")
+    wide = LaunchConfig(64, 8, 32, 2, "tf32x3", 32)
+    assert tuning.fastest(key, [static, wide], lambda c: None) == wide
+    text = tuning_markdown()
+    tuning.clear()
+    assert "triton fwd, widths (16, 128, 8), K 2, order 1, float32, B <= 1024" in text
+    assert "precision ieee" in text and "| 2.0000 |  |" in text
+    assert "precision tf32x3, cols 32 | 1.0000 | **chosen** |" in text

@@ -49,8 +49,22 @@ def test_fastest_measures_once_per_key_and_keeps_the_fastest(monkeypatch):
     assert tuning.fastest("k", ["a", "b", "c"], ran.append) == "b"  # remembered: no runs
     assert timer.calls == 3 and tuning.chosen("k") == "b"
     assert tuning.choices() == {"k": "b"}
+    assert tuning.measurements() == {"k": [("a", 3.0), ("b", 1.0), ("c", 2.0)]}
     assert tuning.fastest("other", ["a", "b", "c"], ran.append) == "b"
     assert timer.calls == 6
+
+
+def test_candidates_that_do_not_fit_are_recorded_and_skipped(monkeypatch):
+    monkeypatch.setattr(tuning, "time_ms", lambda fn: fn() or 1.0)
+
+    def run(candidate):
+        if candidate == "big":
+            raise MemoryError("does not fit")
+
+    assert tuning.fastest("k", ["big", "small"], run, (MemoryError,)) == "small"
+    assert tuning.measurements()["k"] == [("big", None), ("small", 1.0)]
+    with pytest.raises(MemoryError):
+        tuning.fastest("k2", ["big"], run, (MemoryError,))
 
 
 def test_fastest_ties_go_to_the_first_candidate(monkeypatch):
@@ -160,27 +174,37 @@ needs_triton = pytest.mark.skipif(
      ((3, 17, 5, 1), 3, 2), ((16, 256, 256, 4), 8, 1), ((16, 128, 128, 8), 16, 1)],
 )  # fmt: skip
 def test_launch_configs_start_with_the_static_choice(widths, k, order):
-    from sobolev_kernels.triton.layout import CHUNK, MIN_PAD, Layout
+    from sobolev_kernels.triton.layout import CHUNK, MIN_PAD, LaunchConfig, Layout
 
     layout = Layout(widths, k, order)
-    configs = layout.launch_configs(4, 227 * 1024)
+    configs = layout.launch_configs(4, 227 * 1024, "ieee", "tf32x3")
     rows, warps = layout.rows(4, 227 * 1024), layout.num_warps()
-    assert configs[0] == (rows, warps, CHUNK, layout.group(rows, warps))
+    assert configs[0] == LaunchConfig(rows, warps, CHUNK, layout.group(rows, warps), "ieee", 0)
+    assert configs[0] == layout.static_config(4, 227 * 1024)
     assert len(set(configs)) == len(configs) <= 6
+    exact = [c for c in configs if c.precision == "ieee"]
     many_directions = layout.tile_elements(MIN_PAD) > layout.tile_budget(8)
-    assert any(c[1] == 16 for c in configs) == many_directions
+    assert any(c.warps == 16 for c in exact) == many_directions
     # one candidate differs from the static choice in directions per pass alone
-    other_group = [c for c in configs[1:] if c[:3] == configs[0][:3]]
+    other_group = [c for c in exact[1:] if c[:3] == configs[0][:3]]
     assert len(other_group) == (layout.kp > 1)
-    for rows, warps, chunk, group in configs:
+    for rows, warps, chunk, group, _, cols in configs:
         assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8, 16)
-        assert chunk in (MIN_PAD, CHUNK)
+        assert chunk in (MIN_PAD, CHUNK) and cols in (0, 16, 32, 64, 128, 256)
         assert 1 <= group <= layout.kp and group & (group - 1) == 0
-    for rows, warps, _, group in configs[:1] + [c for c in configs if c[:3] != configs[0][:3]]:
+    for rows, warps, _, group, *_ in configs[:1] + [c for c in exact if c[:3] != configs[0][:3]]:
         # directions split only where the tiles of all K overflow the budget, and then fit it
         fits = layout.tile_elements(rows) <= layout.tile_budget(warps)
         assert group == layout.kp if fits else group < layout.kp or layout.kp == 1
         assert group == 1 or layout.tile_elements(rows, group) <= layout.tile_budget(warps)
+    # tensor cores: the static launch in tf32x3, and 64 rows a column block at a time whose
+    # tiles fit the register budget
+    tensor_core = [c for c in configs if c.precision == "tf32x3"]
+    assert tensor_core[0] == configs[0]._replace(precision="tf32x3")
+    wide = tensor_core[-1]
+    assert wide.rows == 64 and wide.cols >= MIN_PAD
+    assert layout.tile_elements(64, wide.group, wide.cols) <= layout.tile_budget(wide.warps)
+    assert "tf32x3" not in {c.precision for c in layout.launch_configs(4, None, "tf32", "tf32")}
 
 
 @needs_triton
@@ -235,7 +259,7 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     widths = (shape["dim"], shape["width"], shape["width"], shape["out"])
     limit = shared_memory_limit(torch.device(device))
-    configs = Layout(widths, shape["k"], order).launch_configs(4, limit)
+    configs = Layout(widths, shape["k"], order).launch_configs(4, limit, "ieee", "tf32x3")
     for pick in range(len(configs)):
         tuning.clear()
         monkeypatch.setattr(tuning, "time_ms", _timer_preferring(pick, len(configs)))

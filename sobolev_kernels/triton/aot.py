@@ -31,25 +31,29 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 # Pointer arguments of the two kernels, in order; the saved stacks, the loss partials and
 # the upstream loss gradient are fp32 whatever the model's dtype (sobolev_kernels/fused.py).
-_FWD_PTRS = [f"{p}_ptr" for p in "x v y g g2 w b f u w2 z partial".split()]
-_BWD_PTRS = [f"{p}_ptr" for p in "x v y g g2 w z f u w2 gloss gf gu gw a s dx db".split()]
+# (w_ptrs, b_ptrs: a tuple of one pointer per layer)
+_FWD_PTRS = "x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs b_ptrs f_ptr u_ptr w2_ptr z_ptr partial_ptr"
+_BWD_PTRS = ("x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs z_ptr f_ptr u_ptr w2_ptr gloss_ptr gf_ptr "
+             "gu_ptr gw_ptr a_ptr s_ptr dx_ptr db_ptr")  # fmt: skip
 _FP32_PTRS = {"z_ptr", "partial_ptr", "gloss_ptr", "db_ptr"}
 _FWD_SCALARS = {"B": "i32", "slope": "fp32"}
 _BWD_SCALARS = dict(_FWD_SCALARS, coef_f="fp32", coef_u="fp32", coef_w="fp32")
 
 
-def step_constexprs(layout: Layout, rows: int, warps: int, act: int, precision: str,
-                    chunk: int, group: int | None = None) -> dict[str, dict]:  # fmt: skip
+def step_constexprs(
+    layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
+    group: int | None = None, cols: int = 0,
+) -> dict[str, dict]:  # fmt: skip
     """The constexprs of both kernels as the launchers set them for a training step with a
     Jacobian (and, for order 2, Hessian) target, biases and y (``group``: directions per
-    pass, default the static choice)."""
+    pass, default the static choice; ``cols``: output columns per pass, 0 for all)."""
     common = dict(layout.constexprs(), ROWS=rows, GROUP=group or layout.group(rows, warps),
                   ACT=act, SHARED=False, HAS_BIAS=True, HAS_Y=True, TARGET=TARGET_GRAD,
                   TARGET2=TARGET_HESS if layout.order == 2 else TARGET_NONE,
                   PRECISION=precision, EMULATE_BF16=False,
                   CHUNKS=layout.chunks(chunk))  # fmt: skip
     return {
-        "fwd": dict(common, **layout.hidden_stacks(save=True)),
+        "fwd": dict(common, **layout.hidden_stacks(save=True), COLS=layout.col_blocks(cols, "fwd")),
         "bwd": dict(
             common,
             IN_CUM=layout.in_cum,
@@ -59,19 +63,24 @@ def step_constexprs(layout: Layout, rows: int, warps: int, act: int, precision: 
             HAS_GU=False,
             HAS_GW=False,
             NEED_DX=True,
+            COLS=layout.col_blocks(cols, "bwd"),
         ),  # fmt: skip
     }
 
 
 def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
-                 dtype: str, arch: int, group: int | None = None) -> Iterator[tuple]:  # fmt: skip
+                 dtype: str, arch: int, group: int | None = None,
+                 cols: int = 0) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward and backward for ``arch`` (80, 90, ...);
     ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile raises."""
-    constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group)
+    constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols)
     kernels = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
                ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS)]  # fmt: skip
     for name, kernel, ptrs, scalars in kernels:
-        sig = {p: "*" + ("fp32" if p in _FP32_PTRS else dtype) for p in ptrs}
+        sig = {}
+        for p in ptrs.split():
+            ty = "*" + ("fp32" if p in _FP32_PTRS else dtype)
+            sig[p] = (ty,) * layout.num_layers if p.endswith("_ptrs") else ty
         sig.update(scalars)
         sig.update({c: "constexpr" for c in constexprs[name]})
         src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs[name])

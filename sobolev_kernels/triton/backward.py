@@ -40,26 +40,26 @@ from .tiles import (
 
 @triton.jit
 def _bwd_layer(
-    a_ptr, w_ptr, pid, g, rows, row_ok, B, l: tl.constexpr, WIDTHS: tl.constexpr,
-    PADS: tl.constexpr, W_OFFS: tl.constexpr, OUT_CUM: tl.constexpr, K: tl.constexpr,
-    GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SHARED: tl.constexpr,
-    VALUES: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    CHUNKS: tl.constexpr,
+    a_ptr, w_ptrs, pid, g, ci, rows, row_ok, B, l: tl.constexpr, NB: tl.constexpr,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, OUT_CUM: tl.constexpr,
+    K: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
+    SHARED: tl.constexpr, VALUES: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr,
 ):  # fmt: skip
-    """[a_t; a_tt] = [a_tz; a_ttz] W_l for direction group g (on layer 1: none), and with
-    VALUES also a_h = a_z W_l: a K loop over A_l as stored, CHUNKS[l + 1] columns at a time."""
+    """Columns ci (NB of them) of [a_t; a_tt] = [a_tz; a_ttz] W_l for direction group g (on
+    layer 1: none), and with VALUES also of a_h = a_z W_l: a K loop over A_l as stored,
+    CHUNKS[l + 1] columns at a time."""
     S: tl.constexpr = 1 + ORDER * K
-    ci = tl.arange(0, PADS[l])
     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
         pid, g, B, K, GROUP, ROWS, SHARED
     )
-    a_h = tl.zeros((ROWS, tl.constexpr(PADS[l])), tl.float32)
-    a_t = tl.zeros((GROUP * ROWS, tl.constexpr(PADS[l])), tl.float32)
-    a_tt = tl.zeros((GROUP * ROWS, tl.constexpr(PADS[l])), tl.float32)
+    a_h = tl.zeros((ROWS, NB), tl.float32)
+    a_t = tl.zeros((GROUP * ROWS, NB), tl.float32)
+    a_tt = tl.zeros((GROUP * ROWS, NB), tl.float32)
     for c0 in tl.range(0, PADS[l + 1], CHUNKS[l + 1], num_stages=1):
         cc = c0 + tl.arange(0, CHUNKS[l + 1])
         cc_ok = cc[None, :] < WIDTHS[l + 1]
-        wc = _weight_rows(w_ptr + W_OFFS[l], cc, ci, WIDTHS[l + 1], WIDTHS[l], False)
+        wc = _weight_rows(w_ptrs[l], cc, ci, WIDTHS[l + 1], WIDTHS[l], False)
         src = a_ptr + S * B * OUT_CUM[l] + cc[None, :]
         if VALUES:
             ac = tl.load(src + rows[:, None] * WIDTHS[l + 1], mask=row_ok[:, None] & cc_ok,
@@ -79,13 +79,14 @@ def _bwd_layer(
 @triton.jit
 def _bwd_tangents(
     a_z, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, g, B, l: tl.constexpr,
-    WIDTHS: tl.constexpr, PADS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr,
-    K: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
-    SMOOTH: tl.constexpr, SHARED: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    WIDTHS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, K: tl.constexpr,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SMOOTH: tl.constexpr,
+    SHARED: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
-    """Hidden layer l (the input side of W_l), direction group g: stores the tangent rows of
-    S_{l-1} = [h; t; tt] (recomputed from the saved pre-activations) and of A_{l-1} =
-    [a_z; a_tz; a_ttz]; returns a_z plus the group's term (its sum over directions)."""
+    """Columns ci of hidden layer l (the input side of W_l), direction group g: stores the
+    tangent rows of S_{l-1} = [h; t; tt] (recomputed from the saved pre-activations) and of
+    A_{l-1} = [a_z; a_tz; a_ttz]; returns a_z plus the group's term (its sum over
+    directions)."""
     S: tl.constexpr = 1 + ORDER * K
     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
         pid, g, B, K, GROUP, ROWS, SHARED
@@ -126,19 +127,87 @@ def _bwd_tangents(
 
 
 @triton.jit
+def _bwd_hidden_block(
+    a_ptr, s_ptr, z_ptr, w_ptrs, db_ptr, pid, n0, rows, row_ok, B, slope, l: tl.constexpr,
+    NB: tl.constexpr, WIDTHS: tl.constexpr, PADS: tl.constexpr,
+    B_OFFS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, K: tl.constexpr,
+    KP: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
+    ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    NUM_BIASES: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNKS: tl.constexpr,
+):  # fmt: skip
+    """Columns n0 .. n0 + NB of hidden layer l (the input side of W_l): [a_h; a_t; a_tt] =
+    A_l W_l for every direction group, through the activation into A_{l-1}, and S_{l-1}
+    recomputed from the saved pre-activations; this program's bias partials of layer l - 1."""
+    S: tl.constexpr = 1 + ORDER * K
+    ci = n0 + tl.arange(0, NB)
+    in_col = ci[None, :] < WIDTHS[l]
+    a_h, a_t, a_tt = _bwd_layer(
+        a_ptr, w_ptrs, pid, 0, ci, rows, row_ok, B, l, NB, WIDTHS, PADS, OUT_CUM, K,
+        GROUP, ROWS, ORDER, SHARED, True, PRECISION, EMULATE_BF16, CHUNKS,
+    )  # fmt: skip
+    # saved pre-activations of hidden layer l (the input side of W_l)
+    z = tl.load(z_ptr + S * B * OUT_CUM[l - 1] + rows[:, None] * WIDTHS[l] + ci[None, :],
+                mask=row_ok[:, None] & in_col, other=0.0).to(tl.float32)  # fmt: skip
+    s, s1, s2, s3 = act_series(z, slope, ACT)
+    tl.store(s_ptr + S * B * IN_CUM[l] + rows[:, None] * WIDTHS[l] + ci[None, :],
+             _cast(s, s_ptr.dtype.element_ty, EMULATE_BF16),
+             mask=row_ok[:, None] & in_col)  # fmt: skip
+    a_z = _bwd_tangents(
+        a_h * s1, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, 0, B, l, WIDTHS,
+        OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, EMULATE_BF16,
+    )  # fmt: skip
+    if KP // GROUP > 1:
+        for g in tl.range(1, KP // GROUP):
+            a_h_unused, a_t, a_tt = _bwd_layer(
+                a_ptr, w_ptrs, pid, g, ci, rows, row_ok, B, l, NB, WIDTHS, PADS,
+                OUT_CUM, K, GROUP, ROWS, ORDER, SHARED, False, PRECISION, EMULATE_BF16, CHUNKS,
+            )  # fmt: skip
+            a_z = _bwd_tangents(
+                a_z, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, g, B, l, WIDTHS,
+                OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, EMULATE_BF16,
+            )  # fmt: skip
+    # A_{l-1}'s value rows (its tangent rows are stored), for dW_{l-1} = A^T S
+    tl.store(a_ptr + S * B * OUT_CUM[l - 1] + rows[:, None] * WIDTHS[l] + ci[None, :],
+             _cast(a_z, a_ptr.dtype.element_ty, EMULATE_BF16),
+             mask=row_ok[:, None] & in_col)  # fmt: skip
+    if HAS_BIAS:
+        tl.store(db_ptr + pid * NUM_BIASES + B_OFFS[l - 1] + ci, tl.sum(a_z, axis=0),
+                 mask=ci < WIDTHS[l])  # fmt: skip
+
+
+@triton.jit
+def _bwd_input_block(
+    a_ptr, w_ptrs, dx_ptr, pid, n0, rows, row_ok, B, NB: tl.constexpr, WIDTHS: tl.constexpr,
+    PADS: tl.constexpr, OUT_CUM: tl.constexpr, K: tl.constexpr,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SHARED: tl.constexpr,
+    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr,
+):  # fmt: skip
+    """Columns n0 .. n0 + NB of dL/dx = a_z W_1 (the value rows of A_1)."""
+    ci = n0 + tl.arange(0, NB)
+    a_h, a_t_unused, a_tt_unused = _bwd_layer(
+        a_ptr, w_ptrs, pid, 0, ci, rows, row_ok, B, 0, NB, WIDTHS, PADS, OUT_CUM, K,
+        GROUP, ROWS, ORDER, SHARED, True, PRECISION, EMULATE_BF16, CHUNKS,
+    )  # fmt: skip
+    tl.store(dx_ptr + rows[:, None] * WIDTHS[0] + ci[None, :],
+             _cast(a_h, dx_ptr.dtype.element_ty, EMULATE_BF16),
+             mask=row_ok[:, None] & (ci[None, :] < WIDTHS[0]))  # fmt: skip
+
+
+@triton.jit
 def _sobolev_bwd_kernel(
-    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptr, z_ptr, f_ptr, u_ptr, w2_ptr,
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, z_ptr, f_ptr, u_ptr, w2_ptr,
     gloss_ptr, gf_ptr, gu_ptr, gw_ptr,
     a_ptr, s_ptr, dx_ptr, db_ptr,
     B, slope, coef_f, coef_u, coef_w,
-    WIDTHS: tl.constexpr, PADS: tl.constexpr, W_OFFS: tl.constexpr, B_OFFS: tl.constexpr,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
     OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr,
     K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, GROUP: tl.constexpr,
     ORDER: tl.constexpr, ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr, TARGET2: tl.constexpr,
     HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
     NEED_DX: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    CHUNKS: tl.constexpr,
+    CHUNKS: tl.constexpr, COLS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     D: tl.constexpr = WIDTHS[0]
@@ -193,54 +262,30 @@ def _sobolev_bwd_kernel(
                 mask=tan_ok,
             )
 
+    # A_L's value rows, and the output layer's bias partials
+    tl.store(top + rows[:, None] * M + cm[None, :], _cast(a, at_ty, EMULATE_BF16), mask=val_ok)
+    if HAS_BIAS:
+        tl.store(db_ptr + pid * NB + B_OFFS[NUM_LAYERS - 1] + cm, tl.sum(a, axis=0), mask=cm < M)
+
+    st_ty = s_ptr.dtype.element_ty
     for l in tl.static_range(NUM_LAYERS - 1, -1, -1):  # top down; sizes in place (see forward)
-        ci = tl.arange(0, PADS[l])
-        co = tl.arange(0, PADS[l + 1])
-        in_col = ci[None, :] < WIDTHS[l]
-
-        # A_l = [a_z; a_tz; a_ttz] for dW_l = A_l^T S_{l-1} (the tangent rows are stored
-        # already, by the layer above); bias partials of this program
-        tl.store(a_ptr + S * B * OUT_CUM[l] + rows[:, None] * WIDTHS[l + 1] + co[None, :],
-                 _cast(a, at_ty, EMULATE_BF16),
-                 mask=row_ok[:, None] & (co[None, :] < WIDTHS[l + 1]))  # fmt: skip
-        if HAS_BIAS:
-            tl.store(db_ptr + pid * NB + B_OFFS[l] + co, tl.sum(a, axis=0), mask=co < WIDTHS[l + 1])
-
         # [a_h; a_t; a_tt] = [a_z; a_tz; a_ttz] W_l (a_h alone on layer 1: dL/dx), the values
-        # along with the first direction group (one pass over W_l for both)
+        # along with the first direction group (one pass over W_l for both), COLS[l] columns
+        # of layer l's inputs at a time
         if l > 0 or NEED_DX:
             tl.debug_barrier()  # every thread's part of A_l is written before any reload
-            a_h, a_t, a_tt = _bwd_layer(
-                a_ptr, w_ptr, pid, 0, rows, row_ok, B, l, WIDTHS, PADS, W_OFFS, OUT_CUM, K, GROUP,
-                ROWS, ORDER, SHARED, True, PRECISION, EMULATE_BF16, CHUNKS,
-            )  # fmt: skip
         s_base = s_ptr + S * B * IN_CUM[l]
-        st_ty = s_ptr.dtype.element_ty
         if l > 0:
-            # saved pre-activations of hidden layer l (the input side of W_l)
-            z = tl.load(z_ptr + S * B * OUT_CUM[l - 1] + rows[:, None] * WIDTHS[l] + ci[None, :],
-                        mask=row_ok[:, None] & in_col, other=0.0).to(tl.float32)  # fmt: skip
-            s, s1, s2, s3 = act_series(z, slope, ACT)
-            tl.store(s_base + rows[:, None] * WIDTHS[l] + ci[None, :],
-                     _cast(s, st_ty, EMULATE_BF16), mask=row_ok[:, None] & in_col)  # fmt: skip
-            a_next = _bwd_tangents(
-                a_h * s1, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, 0, B, l, WIDTHS,
-                PADS, OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, EMULATE_BF16,
-            )  # fmt: skip
-            if KP // GROUP > 1:
-                for g in tl.range(1, KP // GROUP):
-                    a_h_unused, a_t, a_tt = _bwd_layer(
-                        a_ptr, w_ptr, pid, g, rows, row_ok, B, l, WIDTHS, PADS, W_OFFS, OUT_CUM,
-                        K, GROUP, ROWS, ORDER, SHARED, False, PRECISION, EMULATE_BF16, CHUNKS,
-                    )  # fmt: skip
-                    a_next = _bwd_tangents(
-                        a_next, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, g, B, l,
-                        WIDTHS, PADS, OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED,
-                        EMULATE_BF16,
-                    )  # fmt: skip
-            a = a_next
+            for n0 in tl.range(0, PADS[l], COLS[l], num_stages=1):
+                _bwd_hidden_block(
+                    a_ptr, s_ptr, z_ptr, w_ptrs, db_ptr, pid, n0, rows, row_ok, B, slope, l,
+                    COLS[l], WIDTHS, PADS, B_OFFS, OUT_CUM, IN_CUM, K, KP, GROUP, ROWS,
+                    ORDER, ACT, SMOOTH, SHARED, HAS_BIAS, NB, PRECISION, EMULATE_BF16, CHUNKS,
+                )  # fmt: skip
         else:
             # layer 1 reads x and the directions: S_0 = [x; v] (tt_0 = 0 adds nothing to dW_1)
+            ci = tl.arange(0, PADS[0])
+            in_col = ci[None, :] < D
             x = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
                         mask=row_ok[:, None] & in_col, other=0.0)  # fmt: skip
             tl.store(
@@ -258,6 +303,33 @@ def _sobolev_bwd_kernel(
                     mask=t_ok[:, None] & in_col,
                 )
             if NEED_DX:
-                tl.store(dx_ptr + rows[:, None] * D + ci[None, :],
-                         _cast(a_h, dx_ptr.dtype.element_ty, EMULATE_BF16),
-                         mask=row_ok[:, None] & in_col)  # fmt: skip
+                for n0 in tl.range(0, PADS[0], COLS[0], num_stages=1):
+                    _bwd_input_block(
+                        a_ptr, w_ptrs, dx_ptr, pid, n0, rows, row_ok, B, COLS[0], WIDTHS, PADS,
+                        OUT_CUM, K, GROUP, ROWS, ORDER, SHARED, PRECISION, EMULATE_BF16,
+                        CHUNKS,
+                    )  # fmt: skip
+
+
+@triton.jit
+def _bias_grad_kernel(
+    db_partial_ptr, db_ptrs, P, WIDTHS: tl.constexpr, B_OFFS: tl.constexpr,
+    NUM_LAYERS: tl.constexpr, NUM_BIASES: tl.constexpr, PROGRAMS: tl.constexpr,
+    BLOCK: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """db_l = the sum over the P programs of their bias partials (P, NUM_BIASES), in a fixed
+    order (PROGRAMS rows at a time, then a tree), into each layer's own output: one launch
+    for every layer's bias gradient."""
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = c < NUM_BIASES
+    acc = tl.zeros((PROGRAMS, BLOCK), tl.float32)
+    for p0 in range(0, P, PROGRAMS):
+        p = p0 + tl.arange(0, PROGRAMS)
+        acc += tl.load(db_partial_ptr + p[:, None] * NUM_BIASES + c[None, :],
+                       mask=(p[:, None] < P) & ok[None, :], other=0.0)  # fmt: skip
+    total = tl.sum(acc, axis=0)
+    for l in tl.static_range(NUM_LAYERS):
+        mine = ok & (c >= B_OFFS[l]) & (c < B_OFFS[l] + WIDTHS[l + 1])
+        out = db_ptrs[l]
+        tl.store(out + (c - B_OFFS[l]), _cast(total, out.dtype.element_ty, EMULATE_BF16),
+                 mask=mine)  # fmt: skip

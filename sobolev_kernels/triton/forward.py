@@ -48,31 +48,31 @@ from .tiles import (
 
 @triton.jit
 def _fwd_layer(
-    x_ptr, v_ptr, w_ptr, z_ptr, pid, g, rows, row_ok, B, slope, l: tl.constexpr,
-    WIDTHS: tl.constexpr, PADS: tl.constexpr, W_OFFS: tl.constexpr, K: tl.constexpr,
-    GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr,
-    SHARED: tl.constexpr, VALUES: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr, v_ptr, w_ptrs, z_ptr, pid, g, n0, rows, row_ok, B, slope, l: tl.constexpr,
+    NB: tl.constexpr, WIDTHS: tl.constexpr, PADS: tl.constexpr,
+    K: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
+    ACT: tl.constexpr, SHARED: tl.constexpr, VALUES: tl.constexpr, PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, Z_OFFS: tl.constexpr,
     Z_STRIDES: tl.constexpr,
 ):  # fmt: skip
-    """Layer l's pre-activations [tz; ttz] of direction group g, and with VALUES also z (no
-    bias): a K loop over the layer's inputs, CHUNKS[l] columns at a time. They come back from
-    memory (x and the directions, or the previous layer's stored [z; tz; ttz], activated per
-    chunk), so no dot holds a whole K extent in registers."""
+    """Columns n0 .. n0 + NB of layer l's pre-activations [tz; ttz] of direction group g, and
+    with VALUES also z (no bias): a K loop over the layer's inputs, CHUNKS[l] columns at a
+    time. They come back from memory (x and the directions, or the previous layer's stored
+    [z; tz; ttz], activated per chunk), so no dot holds a whole K extent in registers, and no
+    accumulator more than NB columns."""
     D: tl.constexpr = WIDTHS[0]
     S: tl.constexpr = 1 + ORDER * K
-    co = tl.arange(0, PADS[l + 1])
+    co = n0 + tl.arange(0, NB)
     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
         pid, g, B, K, GROUP, ROWS, SHARED
     )
-    # (tl.constexpr: triton 3.6 takes no tuple-indexed size in a shape otherwise)
-    z = tl.zeros((ROWS, tl.constexpr(PADS[l + 1])), tl.float32)
-    tz = tl.zeros((GROUP * ROWS, tl.constexpr(PADS[l + 1])), tl.float32)
-    ttz = tl.zeros((GROUP * ROWS, tl.constexpr(PADS[l + 1])), tl.float32)  # tt_0 = 0
+    z = tl.zeros((ROWS, NB), tl.float32)
+    tz = tl.zeros((GROUP * ROWS, NB), tl.float32)
+    ttz = tl.zeros((GROUP * ROWS, NB), tl.float32)  # tt_0 = 0
     for c0 in tl.range(0, PADS[l], CHUNKS[l], num_stages=1):
         ci = c0 + tl.arange(0, CHUNKS[l])
         in_ok = ci[None, :] < WIDTHS[l]
-        wt = _weight_rows(w_ptr + W_OFFS[l], ci, co, WIDTHS[l], WIDTHS[l + 1], True)
+        wt = _weight_rows(w_ptrs[l], ci, co, WIDTHS[l], WIDTHS[l + 1], True)
         if l == 0:
             tc = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
                          mask=t_ok[:, None] & in_ok, other=0.0)  # fmt: skip
@@ -101,17 +101,16 @@ def _fwd_layer(
 
 @triton.jit
 def _fwd_store_tangents(
-    z_ptr, tz, ttz, pid, g, B, l: tl.constexpr, WIDTHS: tl.constexpr, PADS: tl.constexpr,
-    K: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
-    SHARED: tl.constexpr, EMULATE_BF16: tl.constexpr, Z_OFFS: tl.constexpr,
-    Z_STRIDES: tl.constexpr,
+    z_ptr, tz, ttz, pid, g, co, B, l: tl.constexpr, WIDTHS: tl.constexpr, K: tl.constexpr,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SHARED: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
 ):  # fmt: skip
-    """Hidden layer l's [tz; ttz] of direction group g into its stack (see hidden_stacks)."""
+    """Columns co of hidden layer l's [tz; ttz] of direction group g into its stack (see
+    hidden_stacks)."""
     S: tl.constexpr = 1 + ORDER * K
     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
         pid, g, B, K, GROUP, ROWS, SHARED
     )
-    co = tl.arange(0, PADS[l + 1])
     ok = t_ok[:, None] & (co[None, :] < WIDTHS[l + 1])
     base = z_ptr + S * B * Z_OFFS[l] + co[None, :]
     zt = z_ptr.dtype.element_ty
@@ -151,22 +150,59 @@ def _fwd_tangent_outputs(
 
 
 @triton.jit
+def _fwd_hidden_block(
+    x_ptr, v_ptr, w_ptrs, b_ptrs, z_ptr, pid, n0, rows, row_ok, B, slope, l: tl.constexpr,
+    NB: tl.constexpr, WIDTHS: tl.constexpr, PADS: tl.constexpr,
+    B_OFFS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, GROUP: tl.constexpr,
+    ROWS: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr, SHARED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNKS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
+):  # fmt: skip
+    """Columns n0 .. n0 + NB of hidden layer l's [z; tz; ttz], every direction group, into
+    its stack (the saved stacks, or without a backward one of two scratch regions taken in
+    turn: the next layer reloads from this one)."""
+    S: tl.constexpr = 1 + ORDER * K
+    co = n0 + tl.arange(0, NB)
+    z, tz, ttz = _fwd_layer(
+        x_ptr, v_ptr, w_ptrs, z_ptr, pid, 0, n0, rows, row_ok, B, slope, l, NB, WIDTHS, PADS,
+        K, GROUP, ROWS, ORDER, ACT, SHARED, True, PRECISION, EMULATE_BF16, CHUNKS,
+        Z_OFFS, Z_STRIDES,
+    )  # fmt: skip
+    if HAS_BIAS:
+        bias = tl.load(b_ptrs[l] + co, mask=co < WIDTHS[l + 1], other=0.0)
+        z += bias.to(tl.float32)[None, :]
+    tl.store(z_ptr + S * B * Z_OFFS[l] + rows[:, None] * Z_STRIDES[l] + co[None, :],
+             _cast(z, z_ptr.dtype.element_ty, EMULATE_BF16),
+             mask=row_ok[:, None] & (co[None, :] < WIDTHS[l + 1]))  # fmt: skip
+    _fwd_store_tangents(z_ptr, tz, ttz, pid, 0, co, B, l, WIDTHS, K, GROUP, ROWS, ORDER, SHARED,
+                        EMULATE_BF16, Z_OFFS, Z_STRIDES)  # fmt: skip
+    if KP // GROUP > 1:
+        for g in tl.range(1, KP // GROUP):
+            z_unused, tz, ttz = _fwd_layer(
+                x_ptr, v_ptr, w_ptrs, z_ptr, pid, g, n0, rows, row_ok, B, slope, l, NB, WIDTHS,
+                PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, False, PRECISION,
+                EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES,
+            )  # fmt: skip
+            _fwd_store_tangents(z_ptr, tz, ttz, pid, g, co, B, l, WIDTHS, K, GROUP, ROWS, ORDER,
+                                SHARED, EMULATE_BF16, Z_OFFS, Z_STRIDES)  # fmt: skip
+
+
+@triton.jit
 def _sobolev_fwd_kernel(
-    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptr, b_ptr,
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs,
     f_ptr, u_ptr, w2_ptr, z_ptr, partial_ptr,
     B, slope,
-    WIDTHS: tl.constexpr, PADS: tl.constexpr, W_OFFS: tl.constexpr, B_OFFS: tl.constexpr,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
     OUT_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
     ROWS: tl.constexpr, GROUP: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr,
     SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr,
     TARGET2: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    CHUNKS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
+    CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     D: tl.constexpr = WIDTHS[0]
     M: tl.constexpr = WIDTHS[NUM_LAYERS]
     MP: tl.constexpr = PADS[NUM_LAYERS]
-    S: tl.constexpr = 1 + ORDER * K  # row blocks of the saved stacks
     rows = pid * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
 
@@ -177,51 +213,47 @@ def _sobolev_fwd_kernel(
         # The values ride along with the first direction group (one pass over W_l for both);
         # each further group of GROUP directions is another pass (register tiles of GROUP
         # directions, not K: many directions no longer spill).
-        z, tz, ttz = _fwd_layer(
-            x_ptr, v_ptr, w_ptr, z_ptr, pid, 0, rows, row_ok, B, slope, l, WIDTHS, PADS, W_OFFS,
-            K, GROUP, ROWS, ORDER, ACT, SHARED, True, PRECISION, EMULATE_BF16, CHUNKS, Z_OFFS,
-            Z_STRIDES,
-        )  # fmt: skip
-        co = tl.arange(0, PADS[l + 1])
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + B_OFFS[l] + co, mask=co < WIDTHS[l + 1], other=0.0)
-            z += bias.to(tl.float32)[None, :]
         if l < NUM_LAYERS - 1:
-            # this hidden layer's [z; tz; ttz]: the saved stacks, or without a backward one of
-            # two scratch regions taken in turn (the next layer reloads from this one)
-            zt = z_ptr.dtype.element_ty
-            tl.store(z_ptr + S * B * Z_OFFS[l] + rows[:, None] * Z_STRIDES[l] + co[None, :],
-                     _cast(z, zt, EMULATE_BF16),
-                     mask=row_ok[:, None] & (co[None, :] < WIDTHS[l + 1]))  # fmt: skip
-            _fwd_store_tangents(z_ptr, tz, ttz, pid, 0, B, l, WIDTHS, PADS, K, GROUP, ROWS, ORDER,
-                                SHARED, EMULATE_BF16, Z_OFFS, Z_STRIDES)  # fmt: skip
+            # hidden layer: COLS[l] output columns at a time into its [z; tz; ttz] stack (the
+            # saved stacks, or without a backward one of two scratch regions taken in turn:
+            # the next layer reloads from this one)
+            for n0 in tl.range(0, PADS[l + 1], COLS[l], num_stages=1):
+                _fwd_hidden_block(
+                    x_ptr, v_ptr, w_ptrs, b_ptrs, z_ptr, pid, n0, rows, row_ok, B, slope, l,
+                    COLS[l], WIDTHS, PADS, B_OFFS, K, KP, GROUP, ROWS, ORDER, ACT,
+                    SHARED, HAS_BIAS, PRECISION, EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES,
+                )  # fmt: skip
+            # the next layer's chunks hold columns other threads wrote; and it writes the
+            # other scratch region, whose last reads (this layer's) all happened before here
+            tl.debug_barrier()
         else:
+            # output layer, all MP columns at once: f, u, w and the loss partials
+            z, tz, ttz = _fwd_layer(
+                x_ptr, v_ptr, w_ptrs, z_ptr, pid, 0, 0, rows, row_ok, B, slope, l, MP, WIDTHS,
+                PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, True, PRECISION, EMULATE_BF16,
+                CHUNKS, Z_OFFS, Z_STRIDES,
+            )  # fmt: skip
+            if HAS_BIAS:
+                co = tl.arange(0, MP)
+                bias = tl.load(b_ptrs[l] + co, mask=co < M, other=0.0)
+                z += bias.to(tl.float32)[None, :]
             sum_u, sum_w = _fwd_tangent_outputs(
                 tz, ttz, v_ptr, g_ptr, g2_ptr, u_ptr, w2_ptr, pid, 0, rows, row_ok, B, D, M, MP,
                 K, GROUP, ROWS, ORDER, SHARED, TARGET, TARGET2, EMULATE_BF16,
             )  # fmt: skip
-        if KP // GROUP > 1:
-            for g in tl.range(1, KP // GROUP):
-                z_unused, tz, ttz = _fwd_layer(
-                    x_ptr, v_ptr, w_ptr, z_ptr, pid, g, rows, row_ok, B, slope, l, WIDTHS, PADS,
-                    W_OFFS, K, GROUP, ROWS, ORDER, ACT, SHARED, False, PRECISION, EMULATE_BF16,
-                    CHUNKS, Z_OFFS, Z_STRIDES,
-                )  # fmt: skip
-                if l < NUM_LAYERS - 1:
-                    _fwd_store_tangents(z_ptr, tz, ttz, pid, g, B, l, WIDTHS, PADS, K, GROUP,
-                                        ROWS, ORDER, SHARED, EMULATE_BF16, Z_OFFS,
-                                        Z_STRIDES)  # fmt: skip
-                else:
+            if KP // GROUP > 1:
+                for g in tl.range(1, KP // GROUP):
+                    z_unused, tz, ttz = _fwd_layer(
+                        x_ptr, v_ptr, w_ptrs, z_ptr, pid, g, 0, rows, row_ok, B, slope, l, MP,
+                        WIDTHS, PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, False,
+                        PRECISION, EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES,
+                    )  # fmt: skip
                     group_u, group_w = _fwd_tangent_outputs(
                         tz, ttz, v_ptr, g_ptr, g2_ptr, u_ptr, w2_ptr, pid, g, rows, row_ok, B,
                         D, M, MP, K, GROUP, ROWS, ORDER, SHARED, TARGET, TARGET2, EMULATE_BF16,
                     )  # fmt: skip
                     sum_u += group_u
                     sum_w += group_w
-        if l < NUM_LAYERS - 1:
-            # the next layer's chunks hold columns other threads wrote; and it writes the
-            # other scratch region, whose last reads (this layer's) all happened before here
-            tl.debug_barrier()
 
     # value outputs and the per-program loss partials
     cm = tl.arange(0, MP)

@@ -20,9 +20,9 @@ from triton.runtime.errors import OutOfResources, PTXASError
 from .. import tuning
 from . import interpreting
 from .activations import SMOOTH
-from .backward import _sobolev_bwd_kernel
+from .backward import _bias_grad_kernel, _sobolev_bwd_kernel
 from .forward import _sobolev_fwd_kernel, _sobolev_loss_finish_kernel
-from .layout import Layout, shared_memory_limit
+from .layout import LaunchConfig, Layout, shared_memory_limit
 
 # The kernels' TARGET / TARGET2 constexprs: which derivative target they contract.
 TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2  # first order: (B, K, m) or (B, m, d)
@@ -32,11 +32,15 @@ TARGET_HVP2, TARGET_HESS = 1, 2  # second order: (B, K, m) or (B, m, d, d)
 _DOES_NOT_FIT = (OutOfResources, PTXASError, CompileTimeAssertionFailure)
 
 
-def _precision(allow_tf32: bool) -> str:
-    # fp32 stays exact by default (TF32 is opt-in); bf16/fp16 operands ignore it. Three-TF32
-    # dots ("tf32x3") were tried: 3-6x the local-memory spills of "ieee" in these kernels
-    # (investigations/triton_resource_survey.py).
-    return "tf32" if allow_tf32 else "ieee"
+def _precisions(dtype: torch.dtype, allow_tf32: bool) -> tuple[str, str]:
+    """(static, tensor-core) dot precisions of fp32 operands. fp32 stays fp32-accurate unless
+    the user allows TF32: exact FMA dots ("ieee") statically, the GPU measured them on the
+    H200 (2026-11-26); three-TF32 dots ("tf32x3", fp32-accurate, tensor cores) are an
+    autotuner candidate. bf16/fp16 operands ignore the precision: their dots are tensor-core
+    dots either way."""
+    if dtype != torch.float32:
+        return "ieee", "ieee"
+    return ("tf32", "tf32") if allow_tf32 else ("ieee", "tf32x3")
 
 
 def _emulate_bf16(dtype: torch.dtype) -> bool:
@@ -71,24 +75,34 @@ def _contiguous(t: Tensor | None) -> Tensor | None:
 
 
 def _launch_config(
-    kernel: str, layout: Layout, x: Tensor, constexprs: dict, launch: Callable[[tuple], object]
-) -> tuple[int, int, int, int]:
-    """(rows per program, num_warps, K chunk, directions per pass) for one launch: measured
-    once per shape on a GPU (``tuning``), else the static choice (``Layout.static_config``)."""
+    kernel: str, layout: Layout, x: Tensor, constexprs: dict, allow_tf32: bool,
+    launch: Callable[[LaunchConfig], object],
+) -> LaunchConfig:  # fmt: skip
+    """The launch config of one kernel: measured once per shape on a GPU (``tuning``), else
+    the static choice (``Layout.static_config``)."""
     limit = shared_memory_limit(x.device)
-    key = _tuning_key(kernel, x, constexprs)
+    key = _tuning_key(kernel, x, constexprs, allow_tf32)
+    static, tensor_core = _precisions(x.dtype, allow_tf32)
     if not tuning.can_measure(x.device):
-        return tuning.chosen(key) or layout.static_config(x.element_size(), limit)
-    configs = layout.launch_configs(x.element_size(), limit)
+        return tuning.chosen(key) or layout.static_config(x.element_size(), limit, static)
+    configs = layout.launch_configs(x.element_size(), limit, static, tensor_core)
     return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
 
 
-def _tuning_key(kernel: str, x: Tensor, constexprs: dict) -> tuple:
-    # every compile-time constant but the tuned ones, the dtype, the device and the batch
-    # rounded up to a power of two (the best rows per program depend on how many programs run)
+def _tuning_key(kernel: str, x: Tensor, constexprs: dict, allow_tf32: bool) -> tuple:
+    # every compile-time constant but the tuned ones, the dtype, the precision allowed, the
+    # device and the batch rounded up to a power of two (the best rows per program depend on
+    # how many programs run)
     batch = triton.next_power_of_2(max(1, x.shape[0]))
     constants = tuple(sorted(constexprs.items()))
-    return ("triton", kernel, str(x.device), x.dtype, batch, constants)
+    return ("triton", kernel, str(x.device), x.dtype, allow_tf32, batch, constants)
+
+
+def _tuned(layout: Layout, config: LaunchConfig, kernel: str) -> dict:
+    """A kernel's launch arguments that the config sets."""
+    return dict(ROWS=config.rows, GROUP=config.group, num_warps=config.warps,
+                CHUNKS=layout.chunks(config.chunk), PRECISION=config.precision,
+                COLS=layout.col_blocks(config.cols, kernel))  # fmt: skip
 
 
 def sobolev_forward(
@@ -123,8 +137,9 @@ def sobolev_forward(
     target_kind, target2_kind = _target_kinds(target_jvp, target_grad, target_hvp2, target_hess)
     target = target_jvp if target_jvp is not None else target_grad
     target2 = target_hvp2 if target_hvp2 is not None else target_hess
-    w_packed = torch.cat([w.reshape(-1) for w in weights])
-    b_packed = torch.cat([b.reshape(-1) for b in biases]) if biases else w_packed
+    # one pointer per layer (a tuple argument): no packing copy
+    w_ptrs = tuple(p.contiguous() for p in weights)
+    b_ptrs = tuple(p.contiguous() for p in biases) if biases else w_ptrs
     f = torch.empty(batch, m, device=dev, dtype=dtype)
     u = torch.empty(batch, k, m, device=dev, dtype=dtype)
     w = torch.empty((batch, k, m) if order == 2 else (0,), device=dev, dtype=dtype)
@@ -134,28 +149,25 @@ def sobolev_forward(
     constexprs = dict(
         **layout.constexprs(), **layout.hidden_stacks(save_activations), ACT=activation,
         SHARED=v.ndim == 2, HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind,
-        TARGET2=target2_kind, PRECISION=_precision(allow_tf32),
-        EMULATE_BF16=_emulate_bf16(dtype),
+        TARGET2=target2_kind, EMULATE_BF16=_emulate_bf16(dtype),
     )  # fmt: skip
 
-    def launch(config: tuple[int, int, int, int]) -> Tensor:
+    def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
-        rows, warps, chunk, group = config
-        programs = triton.cdiv(batch, rows)
+        programs = triton.cdiv(batch, config.rows)
         partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
         stacks = saved if save_activations else f
         if hidden and not save_activations:
             stacks = torch.empty(layout.scratch_elements(batch), device=dev, dtype=acc)
         _sobolev_fwd_kernel[(programs,)](
             x, v, y if y is not None else x, target if target is not None else x,
-            target2 if target2 is not None else x, w_packed, b_packed,
+            target2 if target2 is not None else x, w_ptrs, b_ptrs,
             f, u, w if order == 2 else u, stacks, partial, batch, negative_slope,
-            ROWS=rows, GROUP=group, num_warps=warps,
-            CHUNKS=layout.chunks(chunk), **constexprs,
+            **_tuned(layout, config, "fwd"), **constexprs,
         )  # fmt: skip
         return partial
 
-    partial = launch(_launch_config("fwd", layout, x, constexprs, launch))
+    partial = launch(_launch_config("fwd", layout, x, constexprs, allow_tf32, launch))
     programs = partial.shape[0]
     loss = torch.empty((), device=dev, dtype=acc)
     # a term without its target is dropped (mlp_jvp runs with none)
@@ -216,7 +228,7 @@ def sobolev_backward(
     grad_loss, grad_f, grad_u, grad_w = map(_contiguous, (grad_loss, grad_f, grad_u, grad_w))
     f, u, w = f.contiguous(), u.contiguous(), w.contiguous()
     stack = layout.blocks * batch
-    w_packed = torch.cat([p.reshape(-1) for p in weights])
+    w_ptrs = tuple(p.contiguous() for p in weights)
     adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
     inputs = torch.empty(stack * sum(widths[:-1]), device=dev, dtype=dtype)
     nb = sum(widths[1:])
@@ -232,27 +244,25 @@ def sobolev_backward(
         HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
         HAS_GL=grad_loss is not None, HAS_GF=grad_f is not None, HAS_GU=grad_u is not None,
         HAS_GW=grad_w is not None and order == 2, NEED_DX=need_grad_x,
-        PRECISION=_precision(allow_tf32), EMULATE_BF16=_emulate_bf16(dtype),
+        EMULATE_BF16=_emulate_bf16(dtype),
     )  # fmt: skip
 
-    def launch(config: tuple[int, int, int, int]) -> Tensor:
+    def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
-        rows, warps, chunk, group = config
-        programs = triton.cdiv(batch, rows)
+        programs = triton.cdiv(batch, config.rows)
         db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
         _sobolev_bwd_kernel[(programs,)](
             x, v, y if y is not None else x, target if target is not None else x,
-            target2 if target2 is not None else x, w_packed, saved, f, u,
+            target2 if target2 is not None else x, w_ptrs, saved, f, u,
             w if order == 2 else u, grad_loss if grad_loss is not None else f,
             grad_f if grad_f is not None else f, grad_u if grad_u is not None else u,
             grad_w if grad_w is not None and order == 2 else u,
             adj, inputs, grad_x if need_grad_x else x, db_partial, batch, negative_slope,
-            coef_f, coef_u, coef_w, ROWS=rows, GROUP=group, num_warps=warps,
-            CHUNKS=layout.chunks(chunk), **constexprs,
+            coef_f, coef_u, coef_w, **_tuned(layout, config, "bwd"), **constexprs,
         )  # fmt: skip
         return db_partial
 
-    db_partial = launch(_launch_config("bwd", layout, x, constexprs, launch))
+    db_partial = launch(_launch_config("bwd", layout, x, constexprs, allow_tf32, launch))
     grad_weights, grad_biases = [], []
     if need_grad_params:
         for l in range(layout.num_layers):
@@ -261,7 +271,12 @@ def sobolev_backward(
             a_l = adj[stack * layout.out_cum[l] :][: stack * widths[l + 1]].view(stack, -1)[:used]
             s_l = inputs[stack * layout.in_cum[l] :][: stack * widths[l]].view(stack, -1)[:used]
             grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
-            if has_bias:
-                start = layout.b_offsets[l]
-                grad_biases.append(db_partial[:, start : start + widths[l + 1]].sum(0).to(dtype))
+        if has_bias:
+            grad_biases = [torch.empty_like(b) for b in biases]
+            block = 64
+            _bias_grad_kernel[(triton.cdiv(nb, block),)](
+                db_partial, tuple(grad_biases), db_partial.shape[0], WIDTHS=widths,
+                B_OFFS=layout.b_offsets, NUM_LAYERS=layout.num_layers, NUM_BIASES=nb,
+                PROGRAMS=32, BLOCK=block, EMULATE_BF16=_emulate_bf16(dtype),
+            )  # fmt: skip
     return grad_x, grad_weights, grad_biases

@@ -9,11 +9,13 @@ launchers (``Layout.of``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 __all__ = [
     "CHUNK",
+    "LaunchConfig",
     "Layout",
     "MAX_TILE_ROWS",
     "MIN_PAD",
@@ -32,6 +34,17 @@ TILE_PER_THREAD = 32
 # thread at width 64 and 128 in every precision (same survey), and are gone.
 CHUNK = 32
 MAX_TILE_ROWS = 2048  # KP * MIN_PAD beyond this is not offered (large K, see fits)
+
+
+class LaunchConfig(NamedTuple):
+    """One launch of a fused kernel: what the autotuner chooses between."""
+
+    rows: int  # batch rows per program
+    warps: int
+    chunk: int  # K step of the dots
+    group: int  # directions per pass over a layer's weights
+    precision: str  # tl.dot input_precision of fp32 operands: "ieee", "tf32x3" or "tf32"
+    cols: int = 0  # output columns per pass of a layer (0: all of them)
 
 
 def next_power_of_2(n: int) -> int:
@@ -94,11 +107,6 @@ class Layout:
         return 1 + self.order * self.k
 
     @property
-    def w_offsets(self) -> tuple[int, ...]:  # of W_l (n_l x n_{l-1}) in the packed weights
-        w = self.widths
-        return _prefix([w[i] * w[i + 1] for i in range(self.num_layers)])
-
-    @property
     def b_offsets(self) -> tuple[int, ...]:  # of b_l in the packed biases
         return _prefix(list(self.widths[1:]))
 
@@ -151,10 +159,11 @@ class Layout:
         margin = 1.0 if element_size >= 4 else 2.0
         return int(element_size * max(per_layer) * margin)
 
-    def tile_elements(self, rows: int, group: int | None = None) -> int:
+    def tile_elements(self, rows: int, group: int | None = None, cols: int = 0) -> int:
         """Elements of the value and tangent tiles (``group`` directions, default K) of one
-        program at the widest layer."""
-        return (1 + self.order * (group or self.kp)) * rows * max(self.pads[1:-1] or self.pads)
+        program at the widest layer (``cols`` columns of it per pass; 0: all)."""
+        widest = max(self.pads[1:-1] or self.pads)
+        return (1 + self.order * (group or self.kp)) * rows * min(cols or widest, widest)
 
     def tile_budget(self, warps: int) -> int:
         """Tile elements a program of ``warps`` warps may hold (TILE_PER_THREAD per thread)."""
@@ -172,13 +181,15 @@ class Layout:
             rows //= 2
         return rows
 
-    def group(self, rows: int, warps: int) -> int:
+    def group(self, rows: int, warps: int, cols: int = 0, budget: int = 1) -> int:
         """Directions per pass over a layer's weights: the largest power of two up to KP
-        whose tiles fit the register budget of ``warps`` warps (at least one). Where 16 rows
-        of all K directions overflow it, fewer per pass removed most spills in ahead-of-time
-        compiles for sm_90 (bench/results/triton_resources_sm90.md, "Direction groups")."""
+        whose tiles (``cols`` columns per pass) fit ``budget`` times the register budget of
+        ``warps`` warps (at least one). Where 16 rows of all K directions overflow it, fewer
+        per pass removed most spills in ahead-of-time compiles for sm_90
+        (bench/results/triton_resources_sm90.md, "Direction groups")."""
         group = self.kp
-        while group > 1 and self.tile_elements(rows, group) > self.tile_budget(warps):
+        limit = budget * self.tile_budget(warps)
+        while group > 1 and self.tile_elements(rows, group, cols) > limit:
             group //= 2
         return group
 
@@ -192,44 +203,88 @@ class Layout:
         return 4
 
     def static_config(
-        self, element_size: int = 4, shared_limit: int | None = None
-    ) -> tuple[int, int, int, int]:
-        """(rows, num_warps, chunk, group) of the static launch (no autotuning)."""
+        self, element_size: int = 4, shared_limit: int | None = None, precision: str = "ieee"
+    ) -> LaunchConfig:
+        """The static launch (no autotuning): ``rows()``, ``num_warps()``, CHUNK, ``group()``,
+        all columns of a layer per pass, and the given dot precision."""
         rows, warps = self.rows(element_size, shared_limit), self.num_warps()
-        return rows, warps, CHUNK, self.group(rows, warps)
+        return LaunchConfig(rows, warps, CHUNK, self.group(rows, warps), precision)
 
     def constexprs(self) -> dict:
         """The compile-time constants both kernels take from the layout (the backward also
         takes ``IN_CUM=self.in_cum``)."""
-        return dict(WIDTHS=self.widths, PADS=self.pads, W_OFFS=self.w_offsets,
+        return dict(WIDTHS=self.widths, PADS=self.pads,
                     B_OFFS=self.b_offsets, OUT_CUM=self.out_cum, NUM_LAYERS=self.num_layers,
                     K=self.k, KP=self.kp, ORDER=self.order)  # fmt: skip
 
     def launch_configs(
-        self, element_size: int = 4, shared_limit: int | None = None
-    ) -> list[tuple[int, int, int, int]]:
-        """(rows, num_warps, chunk, group) candidates for the autotuner, the static choice
-        first: its neighbours in warps (and 16 warps where MIN_PAD rows overflow 8 warps'
-        budget), in rows (half, and double within twice the register budget), in the K step
-        (half) and in directions per pass (all K in one pass where the static choice splits
+        self,
+        element_size: int = 4,
+        shared_limit: int | None = None,
+        precision: str = "ieee",
+        tensor_core_precision: str | None = None,
+    ) -> list[LaunchConfig]:
+        """Candidates for the autotuner, the static choice first.
+
+        Its neighbours in warps (4 <-> 8, and 16 where MIN_PAD rows overflow 8 warps'
+        budget) and in directions per pass (all K in one pass where the static choice splits
         them, else half: passes over the weights against registers; config L spilled nothing
-        either way), the group of the others following from their rows and warps. Few on
-        purpose: each is a compile of several seconds the first time a shape runs."""
+        either way). With ``tensor_core_precision`` (fp32: "tf32x3", fp32-accurate, or
+        "tf32" where the user allows it; 16-bit: their own dots), tensor-core candidates too:
+        the static launch in that precision, and ``tensor_core_config``. The H200 profile
+        (2026-11-26) had fp32 dots on FMA units at 9 TFLOP/s; which of these wins is for the
+        GPU to say.
+
+        Few on purpose: each is a compile of several seconds the first time a shape runs
+        (the rows and K-step neighbours of earlier rounds are gone for the tensor-core ones:
+        the benchmark's compile stage must fit its minutes)."""
         rows, warps = self.rows(element_size, shared_limit), self.num_warps()
-        configs = [(rows, warps, CHUNK), (rows, 12 - warps, CHUNK)]  # 4 <-> 8
-        if max(self.pads) > CHUNK // 2:
-            configs.append((rows, warps, CHUNK // 2))
-        if rows // 2 >= MIN_PAD:
-            configs.append((rows // 2, warps, CHUNK))
-        if rows < 128 and self.tile_elements(2 * rows) <= 2 * self.tile_budget(warps):
-            configs.append((2 * rows, warps, CHUNK))
+        configs = [(rows, warps), (rows, 12 - warps)]  # 4 <-> 8
         if self.tile_elements(MIN_PAD) > self.tile_budget(8):  # many directions: fewer spills
-            configs.append((rows, 16, CHUNK))
-        out = [(r, w, c, self.group(r, w)) for r, w, c in configs]
-        group = out[0][3]
+            configs.append((rows, 16))
+        out = [LaunchConfig(r, w, CHUNK, self.group(r, w), precision) for r, w in configs]
+        static = out[0]
         if self.kp > 1:
-            out.append((rows, warps, CHUNK, self.kp if group < self.kp else group // 2))
+            group = self.kp if static.group < self.kp else static.group // 2
+            out.append(static._replace(group=group))
+        if tensor_core_precision is not None:
+            if tensor_core_precision != precision:
+                out.append(static._replace(precision=tensor_core_precision))
+            wide = self.tensor_core_config(tensor_core_precision)
+            if shared_limit is None or (
+                self.shared_bytes(wide.rows, element_size, group=wide.group) <= shared_limit
+            ):
+                out.append(wide)
         return out
+
+    def tensor_core_config(self, precision: str) -> LaunchConfig:
+        """64 batch rows on 8 warps, a layer's output columns a block at a time: wgmma tiles
+        on sm_90 (16-row programs get mma.sync). Columns are halved down to 32, then the
+        directions per pass, then columns down to 16, until the tiles fit the register
+        budget. In ahead-of-time compiles for sm_90 at config M, 32 columns and both
+        directions in one pass spilled 0 / 96 B (fwd / bwd, tf32x3) and 0 / 80 B (bf16);
+        64 columns, or 4 warps, spilled 0.3-3 KB (bench/results/triton_resources_sm90.md)."""
+        rows, warps = 64, 8
+        group, cols = self.kp, max(self.pads[1:-1] or self.pads)
+        while self.tile_elements(rows, group, cols) > self.tile_budget(warps):
+            if cols > 32:
+                cols //= 2
+            elif group > 1:
+                group //= 2
+            elif cols > MIN_PAD:
+                cols //= 2
+            else:
+                break
+        return LaunchConfig(rows, warps, CHUNK, group, precision, cols)
+
+    def col_blocks(self, cols: int, kernel: str) -> tuple[int, ...]:
+        """COLS of a kernel: per layer l, the columns one pass computes (0: all of them) —
+        of layer l's outputs in the forward (the output layer always whole), of its inputs
+        in the backward."""
+        if kernel == "fwd":
+            hidden = [min(cols or p, p) for p in self.pads[1:-1]]
+            return (*hidden, self.pads[-1])
+        return tuple(min(cols or p, p) for p in self.pads[:-1])
 
     def hidden_stacks(self, save: bool) -> dict:
         """Where the forward puts hidden layer l's [z; tz; ttz], as the kernel's Z_OFFS (offset
