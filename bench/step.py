@@ -182,14 +182,28 @@ def _providers(args) -> list[str]:
 COMPILING = ("triton", "torch_compile")
 
 
+# The Triton autotuner's candidates per kernel (Layout.launch_configs: at most 6).
+TRITON_CANDIDATES = 6
+
+
 def precompile(args, providers: list[str], workers: int) -> None:
+    """Compile what the timed pass will need, in parallel processes: one job per distinct
+    shape and precision (the batch changes no kernel) and, for Triton, per autotuner
+    candidate, so a shape's candidates compile side by side instead of one after another."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     wanted = [p for p in providers if p in COMPILING]
-    jobs = [(sizes, precision, wanted, args.modes, args.device)
-            for _, sizes, precision in plan(args)]  # fmt: skip
-    if not wanted or not jobs:
+    distinct = {}
+    for _, sizes, precision in plan(args):
+        shape = tuple(sorted((k, v) for k, v in sizes.items() if k != "batch"))
+        distinct.setdefault((shape, precision), (sizes, precision))
+    jobs = []
+    for sizes, precision in distinct.values():
+        for provider in wanted:
+            candidates = range(TRITON_CANDIDATES) if provider == "triton" else [None]
+            jobs += [(sizes, precision, provider, args.modes, args.device, c) for c in candidates]
+    if not jobs:
         return
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -198,20 +212,40 @@ def precompile(args, providers: list[str], workers: int) -> None:
 
 
 def _warm_point(job) -> str:
-    """Run each compiling provider once on one point (in a worker process)."""
-    sizes, precision, wanted, modes, device = job
+    """Run one compiling provider once on one point (in a worker process); for Triton, only
+    its autotuner's candidate ``candidate`` of each kernel."""
+    sizes, precision, provider, modes, device, candidate = job
+    if candidate is not None:
+        _only_candidate(candidate)
     set_precision(precision)
     problem = make_problem(**sizes, precision=precision, device=device)
     problems = []
-    for provider in wanted:
-        for mode in modes:
-            try:
-                step_fn(provider, problem, mode)()
-            except Exception as exc:  # noqa: BLE001 - the timed pass records the error
-                problems.append(f"{provider}/{mode}: {type(exc).__name__}")
+    for mode in modes:
+        try:
+            step_fn(provider, problem, mode)()
+        except _NoSuchCandidate:
+            pass  # this kernel has fewer candidates
+        except Exception as exc:  # noqa: BLE001 - the timed pass records the error
+            problems.append(f"{provider}/{mode}: {type(exc).__name__}")
     if device == "cuda":
         torch.cuda.synchronize()
     return "; ".join(problems)
+
+
+class _NoSuchCandidate(Exception):
+    pass
+
+
+def _only_candidate(index: int) -> None:
+    """Make the autotuner run (and so compile) only its candidate ``index`` of each choice."""
+
+    def fastest(key, candidates, run, skip=()):
+        if index >= len(candidates):
+            raise _NoSuchCandidate
+        run(candidates[index])
+        return candidates[index]
+
+    sk_tuning.fastest = fastest
 
 
 def _row(provider, label, mode, metric, unit, values, point) -> dict:
