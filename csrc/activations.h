@@ -1,6 +1,6 @@
 // Activation functions and their first three derivatives, shared by the CPU and CUDA kernels.
 //
-// The same formulas as sobolev_kernels/activations.py (kernel_id 0..8), including torch's
+// The same formulas as sobolev_kernels/activations.py (kernel_id 0..9), including torch's
 // conventions where a function is not smooth: relu'(0) = 0 and softplus is linear above
 // z > 20. The transcendental functions come from a Math policy (fast vectorisable versions on
 // the CPU, CUDA's own in device code), so each formula is written once. Torch-free: this
@@ -25,8 +25,9 @@ enum ActivationId : int {
   kRelu = 6,
   kLeakyRelu = 7,
   kIdentity = 8,
+  kGeluTanh = 9,
 };
-constexpr int kNumActivations = 9;
+constexpr int kNumActivations = 10;
 
 // relu, leaky_relu and identity have s'' = s''' = 0: the kernels skip the terms in them.
 SK_HD constexpr bool is_smooth(int act) {
@@ -35,13 +36,16 @@ SK_HD constexpr bool is_smooth(int act) {
 
 // torch.nn.functional.softplus(beta=1, threshold=20) returns z itself above the threshold.
 constexpr double kSoftplusThreshold = 20.0;
-// gelu with the tanh approximation: 0.5 z (1 + tanh(c (z + a z^3)))
+// gelu_tanh, the tanh approximation of gelu: 0.5 z (1 + tanh(c (z + a z^3)))
 constexpr double kGeluC = 0.79788456080286535588;  // sqrt(2 / pi)
 constexpr double kGeluA = 0.044715;
+constexpr double kSqrt1_2 = 0.70710678118654752440;      // sqrt(1 / 2), for gelu's erf
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1 / sqrt(2 pi)
 
 // s = s(z), s1 = s'(z), s2 = s''(z), s3 = s'''(z) for activation ACT (s''' is what the
 // backward of order 2 needs). Math provides tanh, sigmoid, log1p_exp (log(1 + e^z) for
-// z <= 20), sin and cos of T. Unused outputs are removed by the compiler once inlined.
+// z <= 20), sin, cos, erf and exp of T. Unused outputs are removed by the compiler once
+// inlined.
 template <int ACT, typename Math, typename T>
 SK_HD void activation_series(T z, T slope, T& s, T& s1, T& s2, T& s3) {
   if constexpr (ACT == kTanh) {
@@ -86,6 +90,16 @@ SK_HD void activation_series(T z, T slope, T& s, T& s1, T& s2, T& s3) {
     s2 = -sn;
     s3 = -cs;
   } else if constexpr (ACT == kGelu) {
+    // exact (erf) gelu: s = z Phi(z), Phi the standard normal cdf (torch's formula
+    // (1 + erf(z / sqrt 2)) / 2), phi its pdf, phi' = -z phi:
+    // s' = Phi + z phi,  s'' = phi (2 - z^2),  s''' = phi z (z^2 - 4)
+    const T cdf = T(0.5) * (T(1) + Math::erf(z * T(kSqrt1_2)));
+    const T pdf = T(kInvSqrt2Pi) * Math::exp(T(-0.5) * z * z);
+    s = z * cdf;
+    s1 = cdf + z * pdf;
+    s2 = pdf * (T(2) - z * z);
+    s3 = pdf * z * (z * z - T(4));
+  } else if constexpr (ACT == kGeluTanh) {
     // s = z (1 + T) / 2 with T = tanh(w), w = c (z + a z^3), S = 1 - T^2, S' = -2 T S w':
     // s'   = (1 + T) / 2 + z S w' / 2                w'   = c (1 + 3 a z^2)
     // s''  = S P,  P = w' + z (w'' - 2 T w'^2) / 2    w''  = 6 a c z

@@ -1,5 +1,8 @@
 """Activation functions and their first three derivatives: the one table every backend uses.
 
+``gelu`` is the exact (erf) gelu of ``nn.GELU()``; ``gelu_tanh`` its tanh approximation,
+``nn.GELU(approximate="tanh")``.
+
 Each activation gives ``s``, ``s'``, ``s''`` and ``s'''`` of the pre-activation ``z``,
 computed together by ``series`` so the transcendental (tanh, sigmoid, ...) runs once. The
 torch backend calls them directly; the Triton and C++ kernels implement the same formulas and
@@ -26,9 +29,11 @@ SeriesFn = Callable[[Tensor, int], list[Tensor]]
 
 # torch.nn.functional.softplus(beta=1, threshold=20) returns x itself above the threshold.
 SOFTPLUS_THRESHOLD = 20.0
-# gelu with the tanh approximation: 0.5 x (1 + tanh(c (x + a x^3)))
+# gelu_tanh, the tanh approximation of gelu: 0.5 x (1 + tanh(c (x + a x^3)))
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
+_SQRT1_2 = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -125,11 +130,27 @@ def _sin(z: Tensor, n: int) -> list[Tensor]:
     return [s, c, -s, -c][: n + 1]
 
 
-def _gelu_fn(z: Tensor) -> Tensor:
+def _gelu(z: Tensor, n: int) -> list[Tensor]:
+    # exact (erf) gelu, torch's default: s = z Phi(z), Phi the standard normal cdf, phi its
+    # pdf, phi' = -z phi:  s' = Phi + z phi,  s'' = phi (2 - z^2),  s''' = phi z (z^2 - 4)
+    cdf = 0.5 * (1 + torch.erf(z * _SQRT1_2))  # torch's own formula for F.gelu
+    out = [z * cdf]
+    if n == 0:
+        return out
+    pdf = _INV_SQRT_2PI * torch.exp(-0.5 * z * z)
+    out.append(cdf + z * pdf)
+    if n >= 2:
+        out.append(pdf * (2 - z * z))
+    if n >= 3:
+        out.append(pdf * z * (z * z - 4))
+    return out
+
+
+def _gelu_tanh_fn(z: Tensor) -> Tensor:
     return F.gelu(z, approximate="tanh")
 
 
-def _gelu(z: Tensor, n: int) -> list[Tensor]:
+def _gelu_tanh(z: Tensor, n: int) -> list[Tensor]:
     # s = z (1 + T) / 2, T = tanh(w), w = c (z + a z^3), S = 1 - T^2, w''' = 6 a c
     z2 = z * z
     t = torch.tanh(_GELU_C * (z + _GELU_A * z2 * z))
@@ -201,10 +222,11 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("softplus", 2, F.softplus, _softplus),
         Activation("silu", 3, F.silu, _silu),
         Activation("sin", 4, torch.sin, _sin),
-        Activation("gelu", 5, _gelu_fn, _gelu),
+        Activation("gelu", 5, F.gelu, _gelu),
         Activation("relu", 6, F.relu, _relu, smooth=False),
         _leaky_relu(0.01),
         Activation("identity", 8, _identity_fn, _identity, smooth=False),
+        Activation("gelu_tanh", 9, _gelu_tanh_fn, _gelu_tanh),
     )
 }
 
@@ -214,21 +236,48 @@ _MODULES: dict[str, Callable[[Activation], nn.Module]] = {
     "softplus": lambda a: nn.Softplus(),
     "silu": lambda a: nn.SiLU(),
     "sin": lambda a: Sin(),
-    "gelu": lambda a: nn.GELU(approximate="tanh"),
+    "gelu": lambda a: nn.GELU(),
+    "gelu_tanh": lambda a: nn.GELU(approximate="tanh"),
     "relu": lambda a: nn.ReLU(),
     "leaky_relu": lambda a: nn.LeakyReLU(a.negative_slope),
     "identity": lambda a: nn.Identity(),
 }
 
 
-def get_activation(name: str | Activation, negative_slope: float | None = None) -> Activation:
-    """Look up an activation by name (``negative_slope`` applies to ``leaky_relu`` only)."""
+def _key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+# "GELU", "LeakyReLU", "leaky-relu", "Gelu_Tanh" all name a table entry
+_BY_KEY = {_key(name): name for name in ACTIVATIONS}
+
+
+def get_activation(
+    name: str | nn.Module | Activation, negative_slope: float | None = None
+) -> Activation:
+    """The table entry for ``name``: a table name in any case, with or without underscores
+    (``"tanh"``, ``"GELU"``, ``"LeakyReLU"``, ``"gelu_tanh"``), an ``nn.Module`` computing a
+    table function (``nn.GELU()``, ``nn.LeakyReLU(0.2)``), or an ``Activation``.
+    ``negative_slope`` applies to ``leaky_relu`` given by name (a module carries its own).
+    """
     if isinstance(name, Activation):
         return name
-    if not isinstance(name, str) or name not in ACTIVATIONS:
+    if isinstance(name, nn.Module):
+        if negative_slope is not None:
+            raise ValueError("negative_slope: only for a name; the module carries its own")
+        act = activation_from_module(name)
+        if act is None:
+            raise ValueError(
+                f"activation: unsupported activation module {name!r}; expected one computing "
+                f"one of {sorted(ACTIVATIONS)}"
+            )
+        return act
+    if not isinstance(name, str) or _key(name) not in _BY_KEY:
         raise ValueError(
-            f"activation: unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
+            f"activation: unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)} "
+            "(any case) or an nn.Module computing one"
         )
+    name = _BY_KEY[_key(name)]
     if name == "leaky_relu" and negative_slope is not None:
         slope = float(negative_slope)
         if not math.isfinite(slope):
@@ -246,7 +295,7 @@ def activation_from_module(module: nn.Module) -> Activation | None:
         ok = module.beta == 1 and module.threshold == SOFTPLUS_THRESHOLD
         return ACTIVATIONS["softplus"] if ok else None
     if isinstance(module, nn.GELU):
-        return ACTIVATIONS["gelu"] if module.approximate == "tanh" else None
+        return ACTIVATIONS["gelu_tanh" if module.approximate == "tanh" else "gelu"]
     simple = {
         nn.Tanh: "tanh",
         nn.Sigmoid: "sigmoid",

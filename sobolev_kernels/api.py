@@ -106,12 +106,15 @@ def mlp_jvp(
     """
     validation.check_backend(backend)
     order = validation.check_order(order)
-    model, mlp = validation.check_model(model, "model")
+    model, mlp, why_unfused = validation.check_model(model, "model")
     x = validation.check_x(x, mlp, model)
-    dirs = validation.resolve_directions(directions, 1, None, x, explicit=True)
+    dirs = validation.resolve_directions(
+        directions, 1, None, x, explicit=True, mlp=mlp, order=order
+    )
     problem = SobolevProblem(
-        model=model, mlp=mlp, x=x, y=None, directions=dirs, order=order
-    ).cast_for_autocast()
+        model=model, mlp=mlp, x=x, y=None, directions=dirs, order=order,
+        model_reason=why_unfused,
+    ).cast_for_autocast()  # fmt: skip
     chosen = backends.select(backend, problem)
     with problem.precision_scope(chosen.name):
         return chosen.mlp_jvp(problem)
@@ -122,7 +125,9 @@ class SobolevLoss(nn.Module):
 
     ``forward(model, x, y, target_grad=..., target_jvp=..., teacher=..., target_hess=...,
     target_hvp2=..., directions=...)`` with the same meaning as ``sobolev_loss``;
-    ``directions`` given to forward overrides the one given here.
+    ``directions`` given to forward overrides the one given here. A directions tensor given
+    here is a (non-persistent) buffer, so it follows ``.to()``, ``.double()`` and
+    ``.cuda()`` of this module (or of a ``SobolevObjective`` holding it).
     """
 
     def __init__(
@@ -145,9 +150,17 @@ class SobolevLoss(nn.Module):
         self.gamma = validation.check_weight("gamma", gamma)
         self.order = validation.check_order(order)
         self.num_directions = validation.check_num_directions(num_directions)
-        if directions is not None and not isinstance(directions, Tensor) and directions != "full":
+        if isinstance(directions, Tensor):
+            if directions.ndim not in (2, 3):
+                raise ValueError(
+                    f"directions: expected a (K, d) or (B, K, d) tensor, got shape "
+                    f"{tuple(directions.shape)}"
+                )
+            self.register_buffer("directions", directions.detach(), persistent=False)
+        elif directions is None or (isinstance(directions, str) and directions == "full"):
+            self.directions = directions
+        else:
             raise ValueError(f"directions: expected None, a tensor or 'full', got {directions!r}")
-        self.directions = directions
         self.backend = validation.check_backend(backend)
         self.generator = validation.check_generator(generator)
         self.return_outputs = validation.check_flag("return_outputs", return_outputs)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .activations import Activation, activation_from_module, get_activation
+from .activations import ACTIVATIONS, Activation, activation_from_module, get_activation
 
 __all__ = ["SobolevMLP"]
 
@@ -20,6 +20,11 @@ class SobolevMLP(nn.Module):
     ``nn.Linear`` modules in ``self.layers``, so state dicts, optimisers and initialisation
     behave exactly as for an ``nn.Sequential``.
 
+    ``activation`` is a name of ``activations.ACTIVATIONS`` in any case (``"tanh"``,
+    ``"GELU"``, ``"gelu_tanh"``, ``"LeakyReLU"``) or a torch module computing one
+    (``nn.GELU()``, ``nn.LeakyReLU(0.2)``); ``negative_slope`` goes with the name
+    ``"leaky_relu"``.
+
     ``forward(x)``: ``x (B, in_features) -> (B, out_features)``, the plain MLP.
     """
 
@@ -29,7 +34,7 @@ class SobolevMLP(nn.Module):
         hidden_features: int | Sequence[int],
         out_features: int,
         num_layers: int,
-        activation: str = "tanh",
+        activation: str | nn.Module | Activation = "tanh",
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -72,21 +77,31 @@ class SobolevMLP(nn.Module):
 
         Every activation must be the same function (see ``activations.ACTIVATIONS``), the last
         module must be a Linear, and either all or none of the Linear layers have a bias.
-        Raises ``TypeError`` for a module the fused path cannot take.
+        Raises ``TypeError`` for a module the fused path cannot take, naming it ("ELU at index
+        1 of the Sequential"): ``backend="auto"`` repeats that in its fallback warning.
         """
         if not isinstance(sequential, nn.Sequential):
             raise TypeError(f"sequential: expected nn.Sequential, got {type(sequential).__name__}")
         modules = list(sequential)
-        linears = modules[0::2]
-        acts = modules[1::2]
+        for i, module in enumerate(modules):
+            where = f"sequential[{i}]: {type(module).__name__} at index {i} of the Sequential"
+            if i % 2 == 0 and type(module) is not nn.Linear:
+                raise TypeError(
+                    f"{where} is not an nn.Linear (the fused backends take Linear, activation, "
+                    "Linear, ..., Linear)"
+                )
+            if i % 2 == 1 and activation_from_module(module) is None:
+                raise TypeError(
+                    f"{where} is an unsupported activation; the fused backends take "
+                    f"{', '.join(sorted(ACTIVATIONS))} (sobolev_kernels.ACTIVATIONS)"
+                )
         if not modules or len(modules) % 2 == 0:
             raise TypeError(
                 "sequential: expected Linear, activation, Linear, ..., Linear "
                 f"(an odd number of modules), got {len(modules)} modules"
             )
-        for i, layer in zip(range(0, len(modules), 2), linears):
-            if type(layer) is not nn.Linear:
-                raise TypeError(f"sequential[{i}]: expected nn.Linear, got {type(layer).__name__}")
+        linears = modules[0::2]
+        acts = modules[1::2]
         for a, b in zip(linears, linears[1:]):
             if a.out_features != b.in_features:
                 raise TypeError(
@@ -94,15 +109,7 @@ class SobolevMLP(nn.Module):
                 )
         if len({layer.bias is None for layer in linears}) > 1:
             raise TypeError("sequential: either all or none of the Linear layers need a bias")
-        found = []
-        for i, module in zip(range(1, len(modules), 2), acts):
-            act = activation_from_module(module)
-            if act is None:
-                raise TypeError(
-                    f"sequential[{i}]: unsupported activation module {module!r} "
-                    "(see sobolev_kernels.activations.ACTIVATIONS)"
-                )
-            found.append(act)
+        found = [activation_from_module(module) for module in acts]
         if len(set(found)) > 1:
             raise TypeError(
                 "sequential: all activations must be the same, got "

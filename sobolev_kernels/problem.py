@@ -54,6 +54,9 @@ class SobolevProblem:
     weights: list[Tensor] | None = None
     biases: list[Tensor] | None = None
     autocast: bool = False
+    # why the fused backends cannot take ``model`` (when ``mlp`` is None), for the fallback
+    # warning: "ELU at index 1 of the Sequential is an unsupported activation; ..."
+    model_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.mlp is not None and self.weights is None:

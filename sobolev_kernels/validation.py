@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import backends
+from . import backends, memory
 from .directions import full_directions, sample_directions
 from .mlp import SobolevMLP
 from .problem import SobolevProblem
@@ -24,6 +24,7 @@ __all__ = [
     "check_finite",
     "check_flag",
     "check_generator",
+    "check_memory",
     "check_model",
     "check_num_directions",
     "check_order",
@@ -61,7 +62,7 @@ def build_problem(
     beta = check_weight("beta", beta)
     gamma = check_weight("gamma", gamma)
     generator = check_generator(generator)
-    model, mlp = check_model(model, "model")
+    model, mlp, why_unfused = check_model(model, "model")
     x = check_x(x, mlp, model)
     batch, dim = x.shape
 
@@ -72,7 +73,9 @@ def build_problem(
                 f"{name}: targets projected on directions need those directions; pass "
                 "directions=(K, d) or (B, K, d) tensor or 'full'"
             )
-    dirs = resolve_directions(directions, num_directions, generator, x, explicit=False)
+    dirs = resolve_directions(
+        directions, num_directions, generator, x, explicit=False, mlp=mlp, order=order
+    )
     k = dirs.shape[-2]
 
     # m, the number of outputs: from the MLP, else from the targets given.
@@ -108,6 +111,7 @@ def build_problem(
         model=model, mlp=mlp, x=x, y=y, directions=dirs,
         target_jvp=jvp_t, target_grad=grad_t, alpha=alpha, beta=beta,
         order=order, target_hvp2=hvp2_t, target_hess=hess_t, gamma=gamma,
+        model_reason=why_unfused,
     ).cast_for_autocast()  # fmt: skip
 
 
@@ -192,24 +196,45 @@ def check_generator(generator: Any) -> torch.Generator | None:
     return generator
 
 
-def check_model(model: Any, name: str) -> tuple[Model, SobolevMLP | None]:
-    """The callable to run and, when the fused path can take it, its SobolevMLP form."""
+def check_model(model: Any, name: str) -> tuple[Model, SobolevMLP | None, str | None]:
+    """The callable to run; its SobolevMLP form when the fused path can take it, else None
+    and why not (a sentence naming the module at fault, for the fallback warning).
+
+    ``torch.compile``'d modules and ``nn.DataParallel`` are unwrapped: the module inside
+    shares their parameters, and the fused kernels replace both the compiled graph and the
+    scatter (the loss runs on the device of the module's parameters).
+    """
     if not callable(model):
         raise TypeError(f"{name}: expected an nn.Module or callable, got {type(model).__name__}")
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        # its reducer only syncs gradients of losses computed inside its own forward
-        raise TypeError(
-            f"{name}: got a DistributedDataParallel wrapper; wrap "
-            "sobolev_kernels.SobolevObjective(model, loss) in DDP instead and call it"
-        )
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            # its reducer only syncs gradients of losses computed inside its own forward
+            raise TypeError(
+                f"{name}: got a DistributedDataParallel wrapper; wrap "
+                "sobolev_kernels.SobolevObjective(model, loss) in DDP instead and call it"
+            )
+        if isinstance(model, nn.DataParallel):
+            model = model.module
+        elif isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None),
+                                                          nn.Module):  # fmt: skip
+            model = model._orig_mod  # torch.compile's OptimizedModule
+        else:
+            break
     if isinstance(model, SobolevMLP):
-        return model, model
+        return model, model, None
     if isinstance(model, nn.Sequential):
         try:
-            return model, SobolevMLP.from_sequential(model)
-        except TypeError:
-            return model, None  # not an MLP stack: only the reference backend takes it
-    return model, None
+            return model, SobolevMLP.from_sequential(model), None
+        except TypeError as error:  # not an MLP stack: only the reference backend takes it
+            where, _, why = str(error).partition(": ")
+            return model, None, why if where != "sequential" else f"the Sequential: {why}"
+    if isinstance(model, nn.Module):
+        return model, None, (
+            f"{type(model).__name__} is neither a SobolevMLP nor an nn.Sequential of Linear "
+            "and activation layers"
+        )  # fmt: skip
+    what = getattr(model, "__qualname__", type(model).__name__)
+    return model, None, f"{what} is a plain callable, not a SobolevMLP or an nn.Sequential"
 
 
 def _param_of(model: Model) -> Tensor | None:
@@ -276,17 +301,21 @@ def _infer_outputs(y: Any, *targets: Any) -> int:
 
 def resolve_directions(
     directions: Any, num_directions: Any, generator: torch.Generator | None, x: Tensor,
-    *, explicit: bool,
+    *, explicit: bool, mlp: SobolevMLP | None = None, order: int = 1,
 ) -> Tensor:  # fmt: skip
+    """The directions tensor, (K, d) or (B, K, d); raises before drawing or running anything
+    whose buffers cannot fit (``check_memory``), and for a zero direction."""
     batch, dim = x.shape
     k = check_num_directions(num_directions)
     if directions is None and not explicit:
+        check_memory(mlp, x, k, order, new_directions=True)
         return sample_directions(batch, k, dim, generator=generator, device=x.device, dtype=x.dtype)
     if isinstance(directions, str) and directions == "full":
         if k not in (1, dim):
             raise ValueError(
                 f"num_directions: directions='full' uses K = d = {dim}, got num_directions={k}"
             )
+        check_memory(mlp, x, dim, order, new_directions=False)
         return full_directions(dim, device=x.device, dtype=x.dtype)
     if not isinstance(directions, Tensor):
         raise ValueError(
@@ -304,7 +333,59 @@ def resolve_directions(
         )
     if k not in (1, shape[-2]):
         raise ValueError(f"num_directions: {k} does not match the {shape[-2]} directions given")
-    return _check_tensor("directions", directions, x, [shape])
+    directions = _check_tensor("directions", directions, x, [shape])
+    _check_nonzero(directions)
+    check_memory(mlp, x, shape[-2], order, new_directions=False)
+    return directions
+
+
+def _can_synchronise(device: torch.device) -> bool:
+    """Whether a check may read values back here: not while torch.compile traces or a CUDA
+    graph is captured, and not for meta tensors (which have none)."""
+    if device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    return device.type != "cuda" or not torch.cuda.is_current_stream_capturing()
+
+
+def _check_nonzero(directions: Tensor) -> None:
+    """A zero direction has a zero derivative on both sides: its term would silently vanish.
+    (One reduction, and on a GPU a synchronisation; skipped where ``_can_synchronise`` says.)"""
+    if not _can_synchronise(directions.device):
+        return
+    zero = (directions == 0).all(-1)  # (K,) or (B, K)
+    if bool(zero.any()):
+        where = "directions[" + ", ".join(str(int(i)) for i in zero.nonzero()[0]) + "]"
+        raise ValueError(
+            f"directions: {where} is the zero vector, which would make its derivative term "
+            f"vanish ({int(zero.sum())} zero directions in all); give nonzero directions (they "
+            "need not be unit vectors), or directions=None to sample unit ones"
+        )
+
+
+# Below this, a failed allocation costs little and the check (which synchronises a GPU) more.
+MEMORY_CHECK_BYTES = 1 << 30
+
+
+def check_memory(
+    mlp: SobolevMLP | None, x: Tensor, k: int, order: int, *, new_directions: bool
+) -> None:
+    """Raise a ValueError naming ``num_directions`` when the least this evaluation needs
+    (``memory.required_bytes``) exceeds what x's device can give, before allocating it."""
+    saves = torch.is_grad_enabled() and (
+        x.requires_grad or (mlp is not None and any(p.requires_grad for p in mlp.parameters()))
+    )
+    need = memory.required_bytes(mlp, x, k, order, new_directions=new_directions, saves=saves)
+    if need < MEMORY_CHECK_BYTES or not _can_synchronise(x.device):
+        return
+    available = memory.available_bytes(x.device)
+    if available is not None and need > available:
+        batch, dim = x.shape
+        raise ValueError(
+            f"num_directions: K = {k} directions for B = {batch} rows of d = {dim} need at "
+            f"least {need} bytes ({need / 2**30:.1f} GiB) on {x.device}, but {available} bytes "
+            f"({available / 2**30:.1f} GiB) are available; use fewer directions or a smaller "
+            "batch"
+        )
 
 
 def _teacher_jvp(
@@ -312,7 +393,7 @@ def _teacher_jvp(
 ) -> tuple[Tensor, ...]:
     """The teacher's directional derivatives along ``dirs``: u (B, K, m), and w for order 2,
     computed without a graph."""
-    teacher, teacher_mlp = check_model(teacher, "teacher")
+    teacher, teacher_mlp, _ = check_model(teacher, "teacher")
     param = _param_of(teacher)
     if param is not None and (param.device != x.device or param.dtype != x.dtype):
         raise ValueError(

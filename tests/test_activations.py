@@ -64,8 +64,31 @@ def test_unknown_activation_names_the_argument():
 
 def test_modules_with_other_parameters_are_not_recognised():
     assert activation_from_module(torch.nn.Softplus(beta=2.0)) is None
-    assert activation_from_module(torch.nn.GELU()) is None  # exact erf gelu
     assert activation_from_module(torch.nn.Dropout()) is None
+
+
+def test_both_gelus_are_in_the_table():
+    """nn.GELU() is the exact (erf) gelu, "gelu"; the tanh approximation is "gelu_tanh"."""
+    assert activation_from_module(torch.nn.GELU()) == ACTIVATIONS["gelu"]
+    assert activation_from_module(torch.nn.GELU(approximate="tanh")) == ACTIVATIONS["gelu_tanh"]
+    z = _points()
+    assert_close(ACTIVATIONS["gelu"].fn(z), torch.nn.functional.gelu(z), 0.0, "gelu")
+    # the two differ by up to ~5e-4: a test that mixed them up would see it
+    gap = (ACTIVATIONS["gelu"].fn(z) - ACTIVATIONS["gelu_tanh"].fn(z)).abs().max()
+    assert 1e-4 < gap < 1e-3
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("TANH", "tanh"), ("GELU", "gelu"), ("gelu-tanh", "gelu_tanh"), ("LeakyReLU", "leaky_relu"),
+     ("SiLU", "silu"), ("Identity", "identity")],
+)  # fmt: skip
+def test_names_are_case_insensitive(name, expected):
+    assert get_activation(name) == ACTIVATIONS[expected]
+
+
+def test_leaky_relu_by_name_keeps_its_slope_in_any_case():
+    assert get_activation("LeakyReLU", 0.3).negative_slope == 0.3
 
 
 def test_kernel_tables_are_the_python_table():

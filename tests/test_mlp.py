@@ -60,7 +60,12 @@ def test_single_linear_layer():
         ),
         (nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1, bias=False)), "bias"),
         (nn.Sequential(nn.Conv1d(3, 4, 1), nn.Tanh(), nn.Linear(4, 1)), r"sequential\[0\]"),
-        (nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 1)), "unsupported activation"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 1)), "unsupported activation"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 1)), "ELU at index 1 of the"),
+        (
+            nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(), nn.Linear(4, 1)),
+            r"Dropout at index 2 of the Sequential is not an nn.Linear",
+        ),
     ],
 )
 def test_from_sequential_rejects_what_it_cannot_take(seq, match):

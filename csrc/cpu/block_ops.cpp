@@ -60,6 +60,7 @@ void dispatch_activation(int act, Fn&& fn) {
     case kGelu: return fn(std::integral_constant<int, kGelu>{});
     case kRelu: return fn(std::integral_constant<int, kRelu>{});
     case kLeakyRelu: return fn(std::integral_constant<int, kLeakyRelu>{});
+    case kGeluTanh: return fn(std::integral_constant<int, kGeluTanh>{});
     default: return fn(std::integral_constant<int, kIdentity>{});
   }
 }

@@ -5,7 +5,8 @@
 // no calls), so the compiler vectorises the activation loops around them. They use only
 // exact series coefficients (Taylor, atanh series) on reduced ranges, and stay within a few
 // ulp of the correctly rounded results. Double uses the C library, since fp64 is the accuracy
-// reference (rtol 1e-10 against torch), not a speed target.
+// reference (rtol 1e-10 against torch), not a speed target. erf is the C library's in both:
+// only the exact gelu uses it, and its loops stay scalar.
 #pragma once
 
 #include <algorithm>
@@ -128,6 +129,8 @@ struct CpuMath<float> {
     fast_sincos(z, s, c);
     return c;
   }
+  static float erf(float z) { return std::erf(z); }
+  static float exp(float z) { return fast_exp(z); }
 };
 
 template <>
@@ -137,6 +140,8 @@ struct CpuMath<double> {
   static double log1p_exp(double z) { return std::log1p(std::exp(z)); }  // as torch's softplus
   static double sin(double z) { return std::sin(z); }
   static double cos(double z) { return std::cos(z); }
+  static double erf(double z) { return std::erf(z); }
+  static double exp(double z) { return std::exp(z); }
 };
 
 }  // namespace sobolev::cpu

@@ -60,6 +60,8 @@ struct CudaMath<float> {
   static __device__ __forceinline__ float log1p_exp(float z) { return log1pf(expf(z)); }
   static __device__ __forceinline__ float sin(float z) { return sinf(z); }
   static __device__ __forceinline__ float cos(float z) { return cosf(z); }
+  static __device__ __forceinline__ float erf(float z) { return erff(z); }
+  static __device__ __forceinline__ float exp(float z) { return expf(z); }
 };
 
 template <>
@@ -69,6 +71,8 @@ struct CudaMath<double> {
   static __device__ __forceinline__ double log1p_exp(double z) { return ::log1p(::exp(z)); }
   static __device__ __forceinline__ double sin(double z) { return ::sin(z); }
   static __device__ __forceinline__ double cos(double z) { return ::cos(z); }
+  static __device__ __forceinline__ double erf(double z) { return ::erf(z); }
+  static __device__ __forceinline__ double exp(double z) { return ::exp(z); }
 };
 
 // s, s', s'', s''' of activation `act`. The id is uniform across the grid, so the switch is a
@@ -86,6 +90,7 @@ __device__ __forceinline__ void activation_at(int act, T slope, T z, T& s, T& s1
     case kGelu: activation_series<kGelu, M>(z, slope, s, s1, s2, s3); break;
     case kRelu: activation_series<kRelu, M>(z, slope, s, s1, s2, s3); break;
     case kLeakyRelu: activation_series<kLeakyRelu, M>(z, slope, s, s1, s2, s3); break;
+    case kGeluTanh: activation_series<kGeluTanh, M>(z, slope, s, s1, s2, s3); break;
     default: activation_series<kIdentity, M>(z, slope, s, s1, s2, s3); break;
   }
 }

@@ -4,14 +4,19 @@ Each backend module defines a ``Backend`` (``backends/base.py``) that declares w
 ``orders``, ``dtypes``, ``devices()`` and whether it ``needs_mlp``; the registry checks those
 for every backend alike, then the backend's own ``unsupported_reason`` (sizes, shared memory).
 An explicitly requested backend that cannot run raises a ``ValueError`` naming the reason;
-``"auto"`` walks a preference list and falls back to ``reference`` with a one-time warning;
+``"auto"`` walks a preference list and falls back to ``reference`` with a warning that names
+the module at fault and points at the caller's line, once per model class and reason;
 on a GPU where both fused backends can run, it measures them once per shape and keeps the
 faster (``tuning``).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
+
+from torch import nn as _nn
 
 from .. import tuning
 from ..problem import SobolevProblem
@@ -40,7 +45,13 @@ class SobolevFallbackWarning(UserWarning):
     """``backend="auto"`` could not use a fused path and fell back to a slower one."""
 
 
-_warned: set[str] = set()
+# (model class, reason) pairs already warned about
+_warned: set[tuple[str, str]] = set()
+# Frames in these directories are ours, or torch's module call machinery between a
+# SobolevLoss (or a DDP-wrapped SobolevObjective) and the line that called it.
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(os.path.dirname(os.path.abspath(f))) + os.sep for f in (__file__, _nn.__file__)
+)
 
 
 def load(name: str) -> Backend:
@@ -97,11 +108,31 @@ def select(name: str, problem: SobolevProblem) -> Backend:
         return load(tuning.chosen(key) or fused[0])
     if fused:
         return load(fused[0])
-    message = (
-        "sobolev_kernels: no fused backend can take this problem, using the slow 'reference' "
-        "backend (" + "; ".join(reasons) + ")"
-    )
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, SobolevFallbackWarning, stacklevel=4)
+    _warn_fallback(problem, reasons)
     return load("reference")
+
+
+def _warn_fallback(problem: SobolevProblem, reasons: list[str]) -> None:
+    """Once per model class and reason: why, and at the line of the user's call."""
+    why = problem.model_reason if problem.mlp is None else None
+    why = why or "no fused backend can take this problem (" + "; ".join(reasons) + ")"
+    key = (type(problem.model).__qualname__, why)
+    if key in _warned:
+        return
+    _warned.add(key)
+    message = (
+        f"sobolev_kernels: {why}. This loss runs on the slow 'reference' backend; pass "
+        "backend='reference' to choose it without this warning."
+    )
+    warnings.warn(message, SobolevFallbackWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package and torch (the user's line),
+    counted from the function that calls ``warnings.warn``."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _INTERNAL_DIRS
+    ):
+        frame, level = frame.f_back, level + 1
+    return level

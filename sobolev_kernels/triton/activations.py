@@ -8,8 +8,9 @@ every backend with the reference to hold them to it.
 
 The ids and smoothness come from the Python table (one table: ``tests/test_activations.py``
 also ties ``csrc/activations.h`` to it). Kernels read module-level values only as
-``tl.constexpr``; float constants appear as literals: gelu's c = sqrt(2 / pi) =
-0.7978845608028654 and a = 0.044715, softplus's threshold 20.
+``tl.constexpr``; float constants appear as literals: gelu_tanh's c = sqrt(2 / pi) =
+0.7978845608028654 and a = 0.044715, gelu's sqrt(1 / 2) = 0.7071067811865476 and
+1 / sqrt(2 pi) = 0.3989422804014327, softplus's threshold 20.
 """
 
 import triton
@@ -20,6 +21,7 @@ from ..activations import ACTIVATIONS
 _ID = {name: tl.constexpr(a.kernel_id) for name, a in ACTIVATIONS.items()}
 _TANH, _SIGMOID, _SOFTPLUS, _SILU = _ID["tanh"], _ID["sigmoid"], _ID["softplus"], _ID["silu"]
 _SIN, _GELU, _RELU, _LEAKY_RELU = _ID["sin"], _ID["gelu"], _ID["relu"], _ID["leaky_relu"]
+_GELU_TANH = _ID["gelu_tanh"]
 # kernel ids whose s'' is not identically zero
 SMOOTH = tuple(a.kernel_id for a in ACTIVATIONS.values() if a.smooth)
 
@@ -66,7 +68,14 @@ def act_series(z, slope, ACT: tl.constexpr):
         s1 = tl.cos(z)
         s2 = -s
         s3 = -s1
-    elif ACT == _GELU:  # tanh approximation: s = z (1 + T) / 2, T = tanh(w), w = c (z + a z^3)
+    elif ACT == _GELU:  # exact: s = z Phi(z), Phi' = phi, phi' = -z phi (phi: normal pdf)
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
+        s = z * cdf
+        s1 = cdf + z * pdf
+        s2 = pdf * (2.0 - z * z)
+        s3 = pdf * z * (z * z - 4.0)
+    elif ACT == _GELU_TANH:  # s = z (1 + T) / 2, T = tanh(w), w = c (z + a z^3)
         z2 = z * z
         t = _tanh(0.7978845608028654 * (z + 0.044715 * z2 * z))
         sech2 = 1.0 - t * t

@@ -19,6 +19,8 @@ struct HostMath {
   static double log1p_exp(double z) { return std::log1p(std::exp(z)); }
   static double sin(double z) { return std::sin(z); }
   static double cos(double z) { return std::cos(z); }
+  static double erf(double z) { return std::erf(z); }
+  static double exp(double z) { return std::exp(z); }
 };
 
 // s and its first three derivatives at z: d[0..3]
@@ -35,6 +37,8 @@ inline void series(int act, double slope, double z, double (&d)[4]) {
     case kRelu: return activation_series<kRelu, HostMath>(z, slope, d[0], d[1], d[2], d[3]);
     case kLeakyRelu:
       return activation_series<kLeakyRelu, HostMath>(z, slope, d[0], d[1], d[2], d[3]);
+    case kGeluTanh:
+      return activation_series<kGeluTanh, HostMath>(z, slope, d[0], d[1], d[2], d[3]);
     default: return activation_series<kIdentity, HostMath>(z, slope, d[0], d[1], d[2], d[3]);
   }
 }
