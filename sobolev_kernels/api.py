@@ -69,8 +69,9 @@ def sobolev_loss(
         target_hvp2: ``(B, K, m)`` target ``v_k^T H_g v_k`` along ``directions``; order 2 needs
             exactly one of them, or a ``teacher`` (which then gives both orders).
         check_finite: raise a ``ValueError`` naming the first input (or parameter) holding a
-            NaN or inf. Off by default (it synchronises); non-finite values always propagate
-            to a non-finite loss, never to a silent 0.
+            NaN or inf, or a zero direction on a GPU (on the CPU that is always checked). Off
+            by default (it synchronises); non-finite values always propagate to a non-finite
+            loss, never to a silent 0.
 
     Under ``torch.autocast`` an fp32 MLP runs its GEMMs in the autocast dtype (bf16/fp16),
     accumulating in fp32; the loss is fp32 and the gradients reach the fp32 parameters.

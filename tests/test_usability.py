@@ -199,6 +199,18 @@ def test_a_zero_per_row_direction_raises_and_nonunit_ones_are_fine():
         sk.sobolev_loss(model, x, None, target_grad=tg, directions=dirs)
 
 
+@pytest.mark.gpu
+def test_on_a_gpu_zero_directions_are_checked_with_check_finite_only():
+    """No synchronisation per step on a GPU: the check runs with check_finite=True."""
+    model, (x, tg) = _seq(nn.Tanh()), _data()
+    model, x, tg = model.cuda(), x.cuda(), tg.cuda()
+    dirs = torch.randn(3, 3, dtype=torch.float64, device="cuda")
+    dirs[1] = 0
+    sk.sobolev_loss(model, x, None, target_grad=tg, directions=dirs)  # not checked
+    with pytest.raises(ValueError, match=r"directions\[1\] is the zero vector"):
+        sk.sobolev_loss(model, x, None, target_grad=tg, directions=dirs, check_finite=True)
+
+
 # --- direction counts whose buffers cannot fit ----------------------------------------------
 
 
