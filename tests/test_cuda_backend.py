@@ -169,6 +169,7 @@ def test_order2_piecewise_linear_networks_have_no_second_derivative():
     _, _, w = sk.mlp_jvp(model, x, kw["directions"], backend="cuda", order=2)
     assert torch.equal(w, torch.zeros_like(w))
 
+
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("bias", [True, False])

@@ -12,7 +12,7 @@ from conftest import (
     sample_inputs,
     upcast_model,
 )
-from cuda_op_args import ORDER2, OPS, TARGETS, TARGETS2, backward_args, forward_op, order2_case
+from cuda_op_args import OPS, ORDER2, TARGETS, TARGETS2, backward_args, forward_op, order2_case
 
 import sobolev_kernels as sk
 from sobolev_kernels.activations import ACTIVATIONS
@@ -161,3 +161,71 @@ def test_cuda_compile_fullgraph(order):
         results.append([loss, *torch.autograd.grad(loss, [xi, *model.parameters()])])
     for a, b in zip(*results):
         assert_close(a, b, TOLERANCES[torch.float32], "compiled vs eager on CUDA")
+
+
+# --------------------------------------------------------------------------- kernel variants
+# SOBOLEV_CUDA_KERNEL (read by the extension on every call): tiled (default), tiled_tc (the
+# tiled kernels with fp32 on tensor cores, 3xTF32) and fused (the fully fused tensor-core MLP;
+# fp64, and more streams than a tile has rows, run the tiled kernels).
+
+VARIANTS = ["tiled_tc", "fused"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("width", [16, 48, 128, 256])
+def test_cuda_variants_agree(monkeypatch, variant, order, dtype, width):
+    """fp32 at fp32's rtol 1e-5 (3xTF32 on tensor cores), bf16 and fp16 at theirs; every
+    width template of the fused kernels (16..256; 48 pads to 64)."""
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", variant)
+    model, x, y, kw, extra = _cuda_case(order, batch=1000, width=width, k=3, dtype=dtype,
+                                        directions="per_row")  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
+# the last two run the tiled kernels under "fused": more streams than a tile of 64 rows has
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("batch, dim, width, k, layers",
+                         [(1, 1, 5, 1, 1), (7, 3, 256, 3, 3), (1000, 3, 48, 3, 5),
+                          (333, 40, 256, 40, 2), (65, 2, 256, 100, 3)])  # fmt: skip
+def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
+    model, x, y, kw, extra = _cuda_case(order, batch=batch, dim=dim, width=width, k=k,
+                                        layers=layers, dtype=torch.float32)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[torch.float32],
+                          expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, variant, dtype):
+    """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
+    product), the weight gradients in row splits; bitwise identical across runs."""
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", variant)
+    model, x, y, kw = sample_inputs(batch=2**16, dim=8, width=128, k=2, dtype=dtype,
+                                    device="cuda", x_grad=False)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model))  # fmt: skip
+
+    def step():
+        loss = sk.sobolev_loss(model, x, y, backend="cuda", **kw)
+        return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    assert all(torch.equal(a, b) for a, b in zip(step(), step()))
+
+
+@pytest.mark.gpu
+def test_cuda_unknown_variant_is_named(monkeypatch):
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fastest")
+    model, x, y, kw = sample_inputs(device="cuda")
+    with pytest.raises(RuntimeError, match="SOBOLEV_CUDA_KERNEL: expected tiled, tiled_tc"):
+        sk.sobolev_loss(model, x, y, backend="cuda", **kw)
