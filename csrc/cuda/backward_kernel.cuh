@@ -28,11 +28,11 @@ SK_HD int64_t partial_size(const SobolevLaunch& p) {
   return p.biases[0] != nullptr ? bias_offset(p, p.num_layers) : weight_offset(p, p.num_layers);
 }
 
-// ORDER (1 or 2, = p.order): a template parameter, as for the forward kernel. The launcher
+// ORDER (1 or 2, = p.order) and TF32: template parameters, as for the forward kernel. The launcher
 // puts at most kBackwardBlocksPerSM blocks on an SM (each keeps its own partial gradients), so
 // ptxas may give each thread that share of the registers: without the bound it kept to 64 and
 // spilled (44 bytes, bf16 on sm_90); with it, 90-122 registers and no spills.
-template <typename scalar_t, int ORDER>
+template <typename scalar_t, int ORDER, bool TF32 = false>
 __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM)
     sobolev_backward_kernel(const __grid_constant__ KernelArgs args) {
   using acc_t = acc_type<scalar_t>;
@@ -102,18 +102,15 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM)
       if (grad_w != nullptr) seed2 += to_acc<acc_t>(grad_w[idx]);
       a[(1 + K) * R * m + e] = seed2;
     }
-    // the tile's saved z/tz/ttz; layer l-1 sits after layers 1..l-2
-    const acc_t* saved =
-        static_cast<const acc_t*>(p.saved_in) + r0 * plan.streams * plan.hidden_total;
-    int64_t layer_offset = int64_t(plan.streams) * R * plan.hidden_total;
     __syncthreads();
 
     for (int l = L; l >= 2; --l) {
       const int n_in = p.widths[l - 1], n_out = p.widths[l];
       const int n = R * n_in;
-      layer_offset -= int64_t(plan.streams) * n;
-      // z_{l-1}; tz_{l-1, k} at z + k n; ttz_{l-1, k} at z + (K + k) n
-      const acc_t* z = saved + layer_offset;
+      // this tile's z_{l-1}; tz_{l-1, k} at z + k B n_in; ttz_{l-1, k} at z + (K + k) B n_in
+      const acc_t* z = static_cast<const acc_t*>(p.saved_in) +
+                       saved_offset(p, plan.streams, l - 1) + r0 * n_in;
+      const int64_t next = int64_t(p.batch) * n_in;
       // recompute the layer's input [h; t (; tt)] = [s(z); s'(z) tz_k (; s'(z) ttz_k +
       // s''(z) tz_k^2)], keep s', s'' (and s''')
       for (int e = threadIdx.x; e < n; e += blockDim.x) {
@@ -124,9 +121,9 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM)
         s2[e] = d2;
         if (second_order) s3[e] = d3;
         for (int k = 1; k <= K; ++k) {
-          const acc_t tz = z[k * n + e];
+          const acc_t tz = z[k * next + e];
           h[k * n + e] = d1 * tz;
-          if (second_order) h[(K + k) * n + e] = fma(d1, z[(K + k) * n + e], d2 * tz * tz);
+          if (second_order) h[(K + k) * n + e] = fma(d1, z[(K + k) * next + e], d2 * tz * tz);
         }
       }
       __syncthreads();
@@ -134,7 +131,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM)
         // dW_l += a_z^T h_{l-1} + sum_k (a_tz_k^T t_{l-1,k} + a_ttz_k^T tt_{l-1,k}): one
         // product over the stacked rows
         acc_t* dw = partial + weight_offset(p, l - 1);
-        tile_gemm_tn<scalar_t>(n_out, n_in, M, a, n_out, h, n_in, smem, plan,
+        tile_gemm_tn<scalar_t, TF32>(n_out, n_in, M, a, n_out, h, n_in, smem, plan,
                                [&](int i, int j, acc_t v) { dw[i * n_in + j] += v; });
         // db_l += sum over rows of a_z
         for (int j = threadIdx.x; with_bias && j < n_out; j += blockDim.x) {
@@ -144,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM)
         }
       }
       // [a_h; a_t_k (; a_tt_k)] = [a_z; a_tz_k (; a_ttz_k)] W_l
-      tile_gemm_weights<WeightProduct::kPlain>(
+      tile_gemm_weights<WeightProduct::kPlain, TF32>(
           M, n_in, n_out, a, n_out, static_cast<const scalar_t*>(p.weights[l - 1]), smem, plan,
           [&](int row, int col, acc_t v) { a_in[row * n_in + col] = v; });
       for (int e = threadIdx.x; e < n; e += blockDim.x) {
@@ -152,16 +149,17 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM)
         if constexpr (!second_order) {
           // a_z = a_h s'(z) + s''(z) sum_k a_t_k tz_k,  a_tz_k = a_t_k s'(z)
           for (int k = 1; smooth && k <= K; ++k)
-            coupling = fma(a_in[k * n + e], z[k * n + e], coupling);
+            coupling = fma(a_in[k * n + e], z[k * next + e], coupling);
           a_in[e] = a_in[e] * s1[e] + s2[e] * coupling;
           for (int k = 1; k <= K; ++k) a_in[k * n + e] *= s1[e];
         } else {
           // a_z    = a_h s' + s'' sum_k (a_t_k tz_k + a_tt_k ttz_k) + s''' sum_k a_tt_k tz_k^2
           // a_tz_k = a_t_k s' + 2 s'' a_tt_k tz_k,   a_ttz_k = a_tt_k s'
           for (int k = 1; k <= K; ++k) {
-            const acc_t at = a_in[k * n + e], att = a_in[(K + k) * n + e], tz = z[k * n + e];
+            const acc_t at = a_in[k * n + e], att = a_in[(K + k) * n + e], tz = z[k * next + e];
             if (smooth) {
-              coupling += s2[e] * fma(at, tz, att * z[(K + k) * n + e]) + s3[e] * att * tz * tz;
+              coupling +=
+                  s2[e] * fma(at, tz, att * z[(K + k) * next + e]) + s3[e] * att * tz * tz;
               a_in[k * n + e] = fma(at, s1[e], acc_t(2) * s2[e] * att * tz);
             } else {
               a_in[k * n + e] = at * s1[e];
@@ -184,7 +182,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM)
     if (need_params) {
       // dW_1 += a_z^T x + sum_k a_tz_k^T v_k,  db_1 += sum over rows of a_z
       acc_t* dw = partial + weight_offset(p, 0);
-      tile_gemm_tn<scalar_t>(n_1, d, (1 + K) * R, a, n_1, h, d, smem, plan,
+      tile_gemm_tn<scalar_t, TF32>(n_1, d, (1 + K) * R, a, n_1, h, d, smem, plan,
                              [&](int i, int j, acc_t v) { dw[i * d + j] += v; });
       for (int j = threadIdx.x; with_bias && j < n_1; j += blockDim.x) {
         acc_t sum = 0;
@@ -195,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM)
     // dL/dx = a_z W_1 (the directions get no gradient)
     if (p.grad_x != nullptr) {
       auto* grad_x = static_cast<scalar_t*>(p.grad_x);
-      tile_gemm_weights<WeightProduct::kPlain>(
+      tile_gemm_weights<WeightProduct::kPlain, TF32>(
           R, d, n_1, a, n_1, static_cast<const scalar_t*>(p.weights[0]), smem, plan,
           [&](int row, int col, acc_t v) { grad_x[(r0 + row) * d + col] = from_acc<scalar_t>(v); });
     }

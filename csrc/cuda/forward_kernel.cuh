@@ -10,8 +10,9 @@
 namespace sobolev::cuda {
 
 // ORDER (1 or 2, = p.order) is a template parameter, so order 1 compiles to the first-order
-// kernel alone: no registers or branches of the second-order streams.
-template <typename scalar_t, int ORDER>
+// kernel alone: no registers or branches of the second-order streams. TF32: fp32 products on
+// tensor cores (the variant kTiledTensorCores; only fp32 instantiates it).
+template <typename scalar_t, int ORDER, bool TF32 = false>
 __global__ void __launch_bounds__(kThreads)
     sobolev_forward_kernel(const __grid_constant__ KernelArgs args) {
   using acc_t = acc_type<scalar_t>;
@@ -34,10 +35,8 @@ __global__ void __launch_bounds__(kThreads)
     const int R = tile_rows(plan, p.batch, r0);
     const int M = plan.streams * R;
     load_input<scalar_t>(p, r0, R, in);
-    // z/tz/ttz of this tile: layer l at S R (n_1 + .. + n_{l-1}) from r0 S hidden
-    acc_t* saved = p.saved == nullptr
-                       ? nullptr
-                       : static_cast<acc_t*>(p.saved) + r0 * plan.streams * plan.hidden_total;
+    // z/tz/ttz of this tile's rows in layer l: (s B + r0 + r) n_l from saved_offset
+    acc_t* saved = static_cast<acc_t*>(p.saved);
     for (int l = 1; l <= L; ++l) {
       const int n_in = p.widths[l - 1], n_out = p.widths[l];
       const auto* bias = static_cast<const scalar_t*>(p.biases[l - 1]);
@@ -49,7 +48,7 @@ __global__ void __launch_bounds__(kThreads)
           out[e] = acc_t(0);
       // z_l = h_{l-1} W_l^T + b_l,  tz_l = t_{l-1} W_l^T,  ttz_l = tt_{l-1} W_l^T: one product
       // over the stacked rows (it ends with a barrier, so the zeros above are visible too)
-      tile_gemm_weights<WeightProduct::kTransposed>(
+      tile_gemm_weights<WeightProduct::kTransposed, TF32>(
           rows, n_out, n_in, in, n_in, static_cast<const scalar_t*>(p.weights[l - 1]), smem, plan,
           [&](int row, int col, acc_t v) {
             if (bias != nullptr && row < R) v += to_acc<acc_t>(bias[col]);
@@ -59,23 +58,25 @@ __global__ void __launch_bounds__(kThreads)
       // h = s(z), t_k = s'(z) tz_k (, tt_k = s'(z) ttz_k + s''(z) tz_k^2): the next layer's
       // input; z, tz (, ttz) saved for the backward
       const int n = R * n_out;
+      acc_t* z_saved = saved == nullptr ? nullptr
+                                        : saved + saved_offset(p, plan.streams, l) + r0 * n_out;
+      const int64_t next_stream = int64_t(p.batch) * n_out;  // of z_saved
       for (int e = threadIdx.x; e < n; e += blockDim.x) {
         acc_t s, s1, s2, s3;
         const acc_t z = out[e];
         activation_at<acc_t>(p.activation, slope, z, s, s1, s2, s3);
         in[e] = s;
-        if (saved) saved[e] = z;
+        if (z_saved) z_saved[e] = z;
         for (int k = 1; k <= K; ++k) {
           const acc_t tz = out[k * n + e];
           in[k * n + e] = s1 * tz;
-          if (saved) saved[k * n + e] = tz;
+          if (z_saved) z_saved[k * next_stream + e] = tz;
           if (!second_order) continue;
           const acc_t ttz = out[(K + k) * n + e];
           in[(K + k) * n + e] = fma(s1, ttz, s2 * tz * tz);
-          if (saved) saved[(K + k) * n + e] = ttz;
+          if (z_saved) z_saved[(K + k) * next_stream + e] = ttz;
         }
       }
-      if (saved) saved += int64_t(plan.streams) * n;
       __syncthreads();
     }
     // out = [f; u_1..u_K (; w_1..w_K)]: store them and add up the squared errors

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "cuda/sobolev_kernels.cuh"
@@ -24,6 +26,17 @@ DType dtype_of(at::ScalarType t) {
     case at::kHalf: return DType::kFloat16;
     default: TORCH_CHECK(false, "x: dtype ", t, " is not supported by the CUDA kernels");
   }
+}
+
+// SOBOLEV_CUDA_KERNEL, read on every call (so one process can time every variant): "tiled"
+// (or unset: the default), "tiled_tc" or "fused" (see KernelVariant).
+KernelVariant requested_variant() {
+  const char* env = std::getenv("SOBOLEV_CUDA_KERNEL");
+  const std::string name = env == nullptr ? "" : env;
+  if (name.empty() || name == "tiled") return KernelVariant::kTiled;
+  if (name == "tiled_tc") return KernelVariant::kTiledTensorCores;
+  if (name == "fused") return KernelVariant::kFused;
+  TORCH_CHECK(false, "SOBOLEV_CUDA_KERNEL: expected tiled, tiled_tc or fused, got '", name, "'");
 }
 
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
@@ -73,6 +86,7 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars&
   p.gamma = scalars.gamma;
   p.order = static_cast<int>(scalars.order);
   p.allow_tf32 = scalars.allow_tf32;
+  p.variant = requested_variant();
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {
@@ -121,8 +135,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
   p.w = dims.order == 2 ? w.data_ptr() : nullptr;
   p.saved = save_activations && saved.numel() > 0 ? saved.data_ptr() : nullptr;
   p.loss = loss.data_ptr();
-  auto ws = workspace(forward_workspace_bytes(p), x);
-  C10_CUDA_CHECK(launch_forward(p, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
+  LaunchPlan plan;
+  C10_CUDA_CHECK(plan_forward(p, device_limits(), &plan));
+  auto ws = workspace(plan.workspace_bytes, x);
+  C10_CUDA_CHECK(
+      launch_forward(p, plan, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
   return {loss, f, u, w, saved};
 }
 
@@ -193,8 +210,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev
     p.grad_biases[l] = grad_biases.back().data_ptr();
   }
   p.grad_x = need_grad_x ? grad_x.data_ptr() : nullptr;
-  auto ws = workspace(backward_workspace_bytes(p), x);
-  C10_CUDA_CHECK(launch_backward(p, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
+  LaunchPlan plan;
+  C10_CUDA_CHECK(plan_backward(p, device_limits(), &plan));
+  auto ws = workspace(plan.workspace_bytes, x);
+  C10_CUDA_CHECK(
+      launch_backward(p, plan, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
   return {grad_x, grad_weights, grad_biases};
 }
 

@@ -1,22 +1,29 @@
 // The fused CUDA kernels' interface: a torch-free description of one problem, filled by the
-// ATen binding (sobolev_cuda_binding.cpp), and the launchers, which run on a given stream.
+// ATen binding (sobolev_cuda_binding.cpp), the plans and the launchers, which run on a given
+// stream. The binding makes one plan per call (plan_forward/plan_backward: which kernels, grid,
+// shared memory, workspace), allocates the workspace it asks for and launches with it.
 //
-// Structure (the same as the CPU kernel in csrc/cpu, which checks its logic on every CI run):
-// a persistent grid of thread blocks walks over tiles of rows; each tile holds its S R
-// stacked rows [values; tangents] (S = 1 + K), or [values; tangents; second-order tangents]
-// (S = 1 + 2K, order 2, docs/math.md), in shared memory and goes through all layers, the
-// weights staged through shared memory panel by panel.
-//   forward  (1 launch): layers, activation, tangent products, f/u/w stores, the loss sums per
-//            block and, in the last block to finish, their sum in block order.
-//   backward (2 launches): the adjoint recursion per tile, each block adding its weight
-//            gradients into its own partial sums; then one kernel adds the partials in order.
-// Both are deterministic: no floating-point atomics, fixed tile-to-block assignment.
-// The kernels are in forward_kernel.cuh and backward_kernel.cuh, the launchers in the .cu
-// files; emulation/ runs the kernels on the host to test their logic without a GPU. Needs
-// sm_70 or newer (__grid_constant__ kernel arguments). Products (tile_gemm.cuh): FMA for fp64
-// and fp32; bf16 and fp16 on tensor cores (WMMA, fp32 accumulation, mma_gemm.cuh) from sm_80,
-// their tile operands rounded to the storage type as torch's GEMMs see them. Everything else
-// (activations, tangent updates, sums) runs in the accumulation type.
+// Two families of kernels, chosen per call by SobolevLaunch::variant (KernelVariant):
+// - tiled (the default; forward_kernel.cuh, backward_kernel.cuh; the same structure as the CPU
+//   kernel in csrc/cpu, which checks its logic on every CI run): a persistent grid of thread
+//   blocks walks over tiles of 32 stacked rows, S R rows [values; tangents] (S = 1 + K), or
+//   [values; tangents; second-order tangents] (S = 1 + 2K, order 2, docs/math.md), in shared
+//   memory, through all layers, the weights staged through shared memory panel by panel.
+//     forward  (1 launch): layers, activation, tangent products, f/u/w stores, the loss sums
+//              per block and, in the last block to finish, their sum in block order.
+//     backward (2 launches): the adjoint recursion per tile, each block adding its weight
+//              gradients into its own partial sums; then one kernel adds the partials in order.
+//   Products (tile_gemm.cuh): FMA for fp64 and fp32; bf16 and fp16 on tensor cores (WMMA, fp32
+//   accumulation, mma_gemm.cuh) from sm_80, their tile operands rounded to the storage type as
+//   torch's GEMMs see them; fp32 on tensor cores too in the variant tiled_tc (3xTF32).
+// - fused (fused_common.cuh): tiny-cuda-nn's fully fused MLP with the tangent streams as extra
+//   16-row fragments, every product on tensor cores (mma.sync; fp32 as 3xTF32), 128 stacked
+//   rows per block; its backward stores the layers' adjoints and forms dW in one product per
+//   layer over all rows (fused_weight_grads.cuh). fp64 runs the tiled kernels.
+// Everything else (activations, tangent updates, sums) runs in the accumulation type. All
+// kernels are deterministic: no floating-point atomics, fixed tile-to-block assignment and
+// summation orders. emulation/ runs them on the host to test their logic without a GPU. Needs
+// sm_70 or newer (__grid_constant__ kernel arguments); the fused kernels sm_80.
 #pragma once
 
 #ifndef SK_HOST_EMULATION  // emulation/host_shim.h stands in for the CUDA runtime
@@ -32,6 +39,16 @@ constexpr int kMaxLayers = 32;
 constexpr int kMaxWidth = 256;
 
 enum class DType : int { kFloat64, kFloat32, kBFloat16, kFloat16 };
+
+// Which kernels run; the binding reads it from SOBOLEV_CUDA_KERNEL on every call.
+enum class KernelVariant : int {
+  kTiled,             // "tiled" (default): today's tile kernels (forward_kernel.cuh,
+                      // backward_kernel.cuh), fp32 and fp64 products on FMA
+  kTiledTensorCores,  // "tiled_tc": the same kernels, fp32 products on tensor cores (3xTF32,
+                      // or TF32 where allow_tf32)
+  kFused,             // "fused": the fully fused tensor-core MLP (fused_*.cuh); fp64, and
+                      // problems it cannot take, run kTiled
+};
 
 // One problem as raw device pointers. x, directions, weights, biases, f, u, w and their
 // gradients in `dtype`; y, the targets, saved, loss and grad_loss in the accumulation type
@@ -55,6 +72,7 @@ struct SobolevLaunch {
   // fp32 products may run in plain TF32 (the user allowed it, as torch.backends.cuda.matmul
   // .allow_tf32); otherwise they must be fp32-accurate
   bool allow_tf32 = false;
+  KernelVariant variant = KernelVariant::kTiled;  // the kernels asked for (the plan says which run)
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m
@@ -67,7 +85,10 @@ struct SobolevLaunch {
   void* f = nullptr;      // (B, m)
   void* u = nullptr;      // (B, K, m)
   void* w = nullptr;      // (B, K, m), order 2
-  void* saved = nullptr;  // z/tz(/ttz) of the hidden layers, S B (n_1 + .. + n_{L-1}), or null
+  // z/tz(/ttz) of the hidden layers, or null: layer l (1..L-1) at S B (n_1 + .. + n_{l-1}), as
+  // (S, B, n_l) (saved_offset). Every variant uses this layout, so a backward may run other
+  // kernels than its forward did.
+  void* saved = nullptr;
   void* loss = nullptr;   // 0-dim
 
   // backward inputs and outputs
@@ -84,12 +105,66 @@ struct SobolevLaunch {
   void* grad_biases[kMaxLayers] = {};
 };
 
-// Bytes of device workspace each launcher needs (no alignment demands beyond 256 bytes).
-size_t forward_workspace_bytes(const SobolevLaunch& p);
-size_t backward_workspace_bytes(const SobolevLaunch& p);
+// The device's limits the plans depend on.
+struct DeviceLimits {
+  int num_sms = 1;
+  size_t smem_per_block = 48 * 1024;  // opt-in maximum of dynamic shared memory per block
+  int major = 8;                      // compute capability
+};
+
+// How the tiled kernels cut the batch (tile_plan.cuh's make_plan).
+struct TilePlan {
+  int streams = 1;           // S = 1 + order K
+  int rows = 1;              // R, rows per tile
+  int64_t num_tiles = 0;
+  int max_width = 1;
+  int hidden_total = 0;      // n_1 + ... + n_{L-1}
+  int grid = 1;              // persistent blocks, each walking tiles blockIdx.x, + gridDim.x, ...
+  int stage_elems = 0;       // accumulation-type elements of the weight stage
+  int mma_tile_elems = 0;    // tensor cores: pad16(S R) mma_lead(max_width) operand elements
+  int mma_panel_elems = 0;   // and the panel (>= mma_tile_elems)
+  bool plain_tf32 = false;   // fp32 tensor-core products in one TF32 product (allow_tf32)
+  int64_t buffer_elems = 0;  // elements of all tile buffers of one block
+  bool buffers_in_smem = true;
+  size_t smem_bytes = 0;     // dynamic shared memory per block
+};
+
+// How the fused kernels cut the batch (fused_plan.cuh's make_fused_plan).
+struct FusedPlan {
+  int width = 0;          // the kernels' WIDTH: the widest layer (d, n_l, m) rounded up to 16..256
+  int tile_rows = 0;      // stacked rows per tile, 16 per warp (128, or 64 at width 256)
+  int rows = 0;           // R samples per tile: S R <= tile_rows
+  int64_t num_tiles = 0;
+  int grid = 1;
+  size_t smem_bytes = 0;
+  // backward: the weight-gradient products (fused_weight_grads.cuh)
+  int64_t adjoint_elems = 0;  // the layers' output adjoints [a_z; a_tz (; a_ttz)], S B sum n_l
+  int grad_splits = 1;        // row ranges whose partial dW are added in order
+  int64_t grad_blocks = 0;    // blocks of one split: (layer, 64 x 64 block of dW_l) pairs
+  int64_t partial_size = 0;   // dW_1..dW_L, db_1..db_L
+};
+
+// One call's launch plan: made once (plan_*), sizes the workspace, then launches (launch_*).
+struct LaunchPlan {
+  KernelVariant variant = KernelVariant::kTiled;  // the kernels that run
+  TilePlan tiles;                                 // kTiled, kTiledTensorCores
+  FusedPlan fused;                                // kFused
+  int64_t partial_size = 0;                       // tiled backward: per-block dW, db
+  int num_sms = 1;                                // the device's, for grids sized by it
+  size_t workspace_bytes = 0;  // device workspace (no alignment demands beyond 256 bytes)
+};
+
+// The current device's limits, queried once per device and cached.
+DeviceLimits device_limits();
+
+// Plans for p on a device with these limits (sets the kernels' shared-memory attributes).
+cudaError_t plan_forward(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan);
+cudaError_t plan_backward(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan);
 
 // Launch on `stream` (the caller's current stream). Returns the launch error, if any.
-cudaError_t launch_forward(const SobolevLaunch& p, void* workspace, cudaStream_t stream);
-cudaError_t launch_backward(const SobolevLaunch& p, void* workspace, cudaStream_t stream);
+cudaError_t launch_forward(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                           cudaStream_t stream);
+cudaError_t launch_backward(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                            cudaStream_t stream);
 
 }  // namespace sobolev::cuda

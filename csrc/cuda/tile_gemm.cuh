@@ -1,6 +1,7 @@
 // Block-wide matrix products on a tile of stacked rows (the CUDA counterpart of cpu/gemm.h):
 // FMA products here for fp32 and fp64 (and bf16/fp16 before sm_80), tensor-core products
-// (mma_gemm.cuh) for bf16/fp16 on sm_80 and newer; tile_gemm_* at the end pick one.
+// (mma_gemm.cuh) for bf16/fp16 on sm_80 and newer, and for fp32 where the kernel asks (TF32);
+// tile_gemm_* at the end pick one.
 //
 // FMA products: tiles live in shared memory (or a block's slice of global scratch when too
 // large; the code only sees pointers). Weights are read from global memory in panels staged
@@ -116,23 +117,23 @@ __device__ void fma_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, cons
 }
 
 // The products the kernels call. `stage` is the block's weight stage in shared memory
-// (plan.stage_elems accumulation-type elements); scalar_t, the storage type, picks the
-// tensor cores or FMA.
-template <WeightProduct op, typename scalar_t, typename acc_t, typename Epilogue>
+// (plan.stage_elems accumulation-type elements); scalar_t, the storage type, and TF32 (fp32 on
+// tensor cores, the variant kTiledTensorCores) pick the tensor cores or FMA.
+template <WeightProduct op, bool TF32, typename scalar_t, typename acc_t, typename Epilogue>
 __device__ void tile_gemm_weights(int M, int N, int K, const acc_t* A, int lda,
                                   const scalar_t* W, unsigned char* stage, const TilePlan& plan,
                                   Epilogue epi) {
-  if constexpr (kTensorCores<scalar_t>)
+  if constexpr (kTensorCores<scalar_t, TF32>)
     mma_gemm_weights<op>(M, N, K, A, lda, W, mma_stage<scalar_t>(stage, plan), epi);
   else
     fma_gemm_weights<op>(M, N, K, A, lda, W, reinterpret_cast<acc_t*>(stage), plan.stage_elems,
                          epi);
 }
 
-template <typename scalar_t, typename acc_t, typename Epilogue>
+template <typename scalar_t, bool TF32, typename acc_t, typename Epilogue>
 __device__ void tile_gemm_tn(int N1, int N2, int M, const acc_t* A, int lda, const acc_t* H,
                              int ldh, unsigned char* stage, const TilePlan& plan, Epilogue epi) {
-  if constexpr (kTensorCores<scalar_t>)
+  if constexpr (kTensorCores<scalar_t, TF32>)
     mma_gemm_tn(N1, N2, M, A, lda, H, ldh, mma_stage<scalar_t>(stage, plan), epi);
   else
     fma_gemm_tn(N1, N2, M, A, lda, H, ldh, epi);

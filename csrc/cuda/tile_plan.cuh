@@ -13,30 +13,32 @@
 namespace sobolev::cuda {
 
 // Threads per block; stacked rows S R per tile, and the shared memory for one staged weight
-// panel of the FMA products. The forward and the backward must cut the batch alike: the saved
-// z/tz/ttz are laid out tile by tile. (Tensor cores might gain from 64 stacked rows: a tile
-// stages every weight panel once, and at 32 rows staging a 128 x 128 bf16 layer takes about
-// as long as its products, by L2 and tensor-core throughput. To be measured; at width 128 the
-// backward's buffers then leave room for one block per SM instead of two.)
+// panel of the FMA products. (Tensor cores might gain from 64 stacked rows: a tile stages
+// every weight panel once, and at 32 rows staging a 128 x 128 bf16 layer takes about as long
+// as its products, by L2 and tensor-core throughput. The fused kernels, fused_*.cuh, take 128.)
 constexpr int kThreads = 256;
 constexpr int kTileStackedRows = 32;
 constexpr int kStageBytes = 32 * 1024;
-// The tensor-core products of bf16 and fp16 (mma_gemm.cuh) stage, in the same place, the
-// 16-bit copies of a tile operand and of a weight panel (or a second tile operand), padded
-// to multiples of 16, each warp's 16 x 16 fp32 result block and two words for max |operand|.
-// A panel has 64 columns: with 2 x 16 stacked rows, 8 result blocks, one per warp. Staged rows
-// are kMmaSkew elements longer than their padded width, so that the rows WMMA loads together
-// do not sit 2^n bytes apart, in the same shared-memory banks.
+// The tensor-core products (mma_gemm.cuh) stage, in the same place, the copies of a tile
+// operand and of a weight panel (or a second tile operand) in the operand type (16-bit, or
+// fp32 for TF32), padded to multiples of 16, each warp's 16 x 16 fp32 result block and two
+// words for max |operand|. A panel has 64 columns: with 2 x 16 stacked rows, 8 result blocks,
+// one per warp. Staged rows are kMmaSkew elements longer than their padded width, so that the
+// rows WMMA loads together do not sit 2^n bytes apart, in the same shared-memory banks.
 constexpr int kMmaBlock = 16;
 constexpr int kMmaPanelColumns = 64;
 constexpr int kMmaSkew = 8;  // 16 bytes: keeps WMMA's 32-byte alignment of 16-row steps
 constexpr int kMmaResultBytes = kThreads / 32 * kMmaBlock * kMmaBlock * sizeof(float);
 SK_HD int pad16(int n) { return (n + kMmaBlock - 1) / kMmaBlock * kMmaBlock; }
-// Leading dimension of a staged 16-bit operand with n columns.
+// Leading dimension of a staged operand with n columns.
 SK_HD int mma_lead(int n) { return pad16(n) + kMmaSkew; }
-SK_HD bool uses_tensor_cores(DType dtype) {
-  return dtype == DType::kBFloat16 || dtype == DType::kFloat16;
+// Whether the tiled kernels' products run on tensor cores (from sm_80): bf16 and fp16 always,
+// fp32 in the variant kTiledTensorCores. Their operands then take this many bytes.
+SK_HD bool uses_tensor_cores(const SobolevLaunch& p) {
+  return p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16 ||
+         (p.dtype == DType::kFloat32 && p.variant == KernelVariant::kTiledTensorCores);
 }
+SK_HD int operand_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 // The two products of a tile with a layer's weights W_l (n_l x n_{l-1}, row-major in global
 // memory): C = A W^T (the forward's z = [h; t] W^T) and C = A W (the backward's
 // [a_h; a_t] = [a_z; a_tz] W).
@@ -51,21 +53,6 @@ constexpr int kBackwardTileBuffers = 3;
 // The backward's grid: at most this many blocks per SM (each keeps its partial gradients).
 constexpr int kBackwardBlocksPerSM = 2;
 SK_HD int backward_row_buffers(const SobolevLaunch& p) { return p.order == 2 ? 3 : 2; }
-
-struct TilePlan {
-  int streams = 1;           // S = 1 + order K
-  int rows = 1;              // R, rows per tile
-  int64_t num_tiles = 0;
-  int max_width = 1;
-  int hidden_total = 0;      // n_1 + ... + n_{L-1}
-  int grid = 1;              // persistent blocks, each walking tiles blockIdx.x, + gridDim.x, ...
-  int stage_elems = 0;       // accumulation-type elements of the weight stage
-  int mma_tile_elems = 0;    // tensor cores: pad16(S R) mma_lead(max_width) 16-bit elements
-  int mma_panel_elems = 0;   // and the panel (>= mma_tile_elems)
-  int64_t buffer_elems = 0;  // elements of all tile buffers of one block
-  bool buffers_in_smem = true;
-  size_t smem_bytes = 0;     // dynamic shared memory per block
-};
 
 // Everything a kernel needs, passed by value (kernel parameter space).
 struct KernelArgs {
@@ -88,14 +75,16 @@ inline TilePlan make_plan(const SobolevLaunch& p, int tile_buffers, int row_buff
   for (int l = 0; l <= p.num_layers; ++l) plan.max_width = std::max(plan.max_width, p.widths[l]);
   for (int l = 1; l < p.num_layers; ++l) plan.hidden_total += p.widths[l];
   plan.stage_elems = static_cast<int>(kStageBytes / acc_size);
-  if (uses_tensor_cores(p.dtype)) {
+  plan.plain_tf32 = p.allow_tf32;
+  if (uses_tensor_cores(p)) {
     // the whole stage (a GPU older than sm_80 runs the FMA products in it: >= 5K elements, a
     // panel of at least one column; the forward's final sums need 6 KB)
     plan.mma_tile_elems = pad16(plan.streams * plan.rows) * mma_lead(plan.max_width);
     plan.mma_panel_elems = std::max(plan.mma_tile_elems,
                                     (kMmaPanelColumns + kMmaSkew) * mma_lead(plan.max_width));
-    const size_t bytes = sizeof(uint16_t) * (plan.mma_tile_elems + plan.mma_panel_elems) +
-                         kMmaResultBytes + 32;
+    const size_t bytes =
+        operand_bytes(p.dtype) * size_t(plan.mma_tile_elems + plan.mma_panel_elems) +
+        kMmaResultBytes + 32;
     plan.stage_elems = static_cast<int>((bytes + acc_size - 1) / acc_size);
   }
   const int64_t tile = static_cast<int64_t>(plan.streams) * plan.rows * plan.max_width;
@@ -104,6 +93,14 @@ inline TilePlan make_plan(const SobolevLaunch& p, int tile_buffers, int row_buff
   plan.buffers_in_smem = with_buffers <= smem_limit;
   plan.smem_bytes = plan.buffers_in_smem ? with_buffers : plan.stage_elems * acc_size;
   return plan;
+}
+
+// Start of hidden layer `layer`'s z/tz(/ttz) in `saved` (layer 1..L-1): the layers before it,
+// each (S, B, n_l); stream s of row r at offset (s B + r) n_l within the layer.
+SK_HD int64_t saved_offset(const SobolevLaunch& p, int streams, int layer) {
+  int64_t before = 0;
+  for (int l = 1; l < layer; ++l) before += p.widths[l];
+  return int64_t(streams) * p.batch * before;
 }
 
 // Rows of the tile starting at row r0 (the last tile may be short).

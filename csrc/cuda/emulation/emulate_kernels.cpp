@@ -15,6 +15,9 @@
 #include "cuda/backward_kernel.cuh"
 #include "cuda/emulation/reference_rows.h"
 #include "cuda/forward_kernel.cuh"
+#include "cuda/fused_backward.cuh"
+#include "cuda/fused_forward.cuh"
+#include "cuda/fused_weight_grads.cuh"
 
 namespace {
 
@@ -85,8 +88,139 @@ const void* data_or_null(const std::vector<T>& v) {
   return v.empty() ? nullptr : v.data();
 }
 
+// The tiled kernels (today's; TF32: their fp32 products on tensor cores), as the launchers
+// run them, with the case's grid and shared-memory limit.
+template <typename T, bool TF32>
+void run_tiled_forward(const SobolevLaunch& s, const Case& c) {
+  namespace sc = sobolev::cuda;
+  using A = sc::acc_type<T>;
+  KernelArgs fa;
+  fa.p = s;
+  fa.plan = sc::make_plan(s, sc::kForwardTileBuffers, sc::kForwardRowBuffers, sizeof(A),
+                          c.smem_limit);
+  fa.plan.grid = int(std::min<int64_t>(fa.plan.num_tiles, c.grid));
+  std::vector<A> fwd_scratch(fa.plan.buffers_in_smem ? 0 : fa.plan.grid * fa.plan.buffer_elems);
+  std::vector<double> loss_partials(sc::kLossTerms * fa.plan.grid);
+  unsigned counter = 0;
+  fa.scratch = fwd_scratch.data();
+  fa.loss_partials = loss_partials.data();
+  fa.counter = &counter;
+  emulate_launch(s.order == 2 ? sc::sobolev_forward_kernel<T, 2, TF32>
+                              : sc::sobolev_forward_kernel<T, 1, TF32>,
+                 fa.plan.grid, sc::kThreads, fa);
+}
+
+template <typename T, bool TF32>
+void run_tiled_backward(const SobolevLaunch& s, const Case& c) {
+  namespace sc = sobolev::cuda;
+  using A = sc::acc_type<T>;
+  KernelArgs ba;
+  ba.p = s;
+  ba.plan = sc::make_plan(s, sc::kBackwardTileBuffers, sc::backward_row_buffers(s), sizeof(A),
+                          c.smem_limit);
+  ba.plan.grid = int(std::min<int64_t>(ba.plan.num_tiles, c.grid));
+  ba.partial_size = c.need_params ? sc::partial_size(s) : 0;
+  std::vector<A> bwd_scratch(ba.plan.buffers_in_smem ? 0 : ba.plan.grid * ba.plan.buffer_elems);
+  std::vector<A> partials(ba.plan.grid * ba.partial_size + 1);
+  ba.scratch = bwd_scratch.data();
+  ba.grad_partials = partials.data();
+  emulate_launch(s.order == 2 ? sc::sobolev_backward_kernel<T, 2, TF32>
+                              : sc::sobolev_backward_kernel<T, 1, TF32>,
+                 ba.plan.grid, sc::kThreads, ba);
+  if (c.need_params) emulate_launch(sc::sum_partials_kernel<T>, 2, sc::kThreads, ba);
+}
+
+// Which kernels run: the variant, and (fp32 on tensor cores) whether plain TF32 is allowed.
+struct Mode {
+  sobolev::cuda::KernelVariant variant = sobolev::cuda::KernelVariant::kTiled;
+  bool allow_tf32 = false;
+};
+
+// The fused kernels (fp32, bf16, fp16), as fused_forward.cu and fused_backward.cu plan and run
+// them on an sm_90 device with 227 KB of shared memory per block, with the case's grid; the
+// weight gradients in up to three row splits. False where the plan leaves p to the tiled ones.
+const sobolev::cuda::DeviceLimits kEmulatedDevice{1, 227 * 1024, 9};
+
 template <typename T>
-Result emulate(const Problem& p) {
+bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
+  namespace sc = sobolev::cuda;
+  sc::FusedArgs a;
+  if (!sc::make_fused_plan<T>(s, kEmulatedDevice, &a.plan)) return false;
+  a.p = s;
+  a.plan.grid = int(std::min<int64_t>(a.plan.num_tiles, c.grid));
+  std::vector<double> loss_partials(sc::kLossTerms * a.plan.grid);
+  unsigned counter = 0;
+  a.loss_partials = loss_partials.data();
+  a.counter = &counter;
+  sc::with_fused_width(a.plan.width, [&](auto w) {
+    constexpr int W = decltype(w)::value;
+    emulate_launch(s.order == 2 ? sc::fused_forward_kernel<T, 2, W>
+                                : sc::fused_forward_kernel<T, 1, W>,
+                   a.plan.grid, 2 * a.plan.tile_rows, a);
+  });
+  return true;
+}
+
+template <typename T>
+bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
+  namespace sc = sobolev::cuda;
+  sc::FusedArgs a;
+  if (!sc::make_fused_plan<T>(s, kEmulatedDevice, &a.plan)) return false;
+  a.p = s;
+  a.plan.grid = int(std::min<int64_t>(a.plan.num_tiles, c.grid));
+  const int streams = 1 + s.order * s.num_directions;
+  const bool params = s.grad_weights[0] != nullptr;
+  if (params) {
+    a.plan.adjoint_elems = sc::adjoint_offset(s, streams, s.num_layers + 1);
+    a.plan.grad_blocks = sc::grad_blocks(s);
+    a.plan.partial_size = sc::partial_size(s);
+    const int64_t chunks = (s.batch + sc::kGradChunk / streams - 1) / (sc::kGradChunk / streams);
+    a.plan.grad_splits = int(std::min<int64_t>(3, chunks));
+  }
+  std::vector<float> adjoints(a.plan.adjoint_elems + 1);
+  std::vector<float> partials(a.plan.grad_splits * a.plan.partial_size + 1);
+  a.adjoints = adjoints.data();
+  a.grad_partials = partials.data();
+  sc::with_fused_width(a.plan.width, [&](auto w) {
+    constexpr int W = decltype(w)::value;
+    emulate_launch(s.order == 2 ? sc::fused_backward_kernel<T, 2, W>
+                                : sc::fused_backward_kernel<T, 1, W>,
+                   a.plan.grid, 2 * a.plan.tile_rows, a);
+  });
+  if (!params) return true;
+  emulate_launch_2d(sc::fused_weight_grad_kernel<T>, int(a.plan.grad_blocks),
+                    a.plan.grad_splits, sc::kGradThreads, a);
+  KernelArgs sums;
+  sums.p = s;
+  sums.plan.grid = a.plan.grad_splits;
+  sums.partial_size = a.plan.partial_size;
+  sums.grad_partials = partials.data();
+  emulate_launch(sc::sum_partials_kernel<T>, 2, sc::kThreads, sums);
+  return true;
+}
+
+template <typename T>
+void run_forward(const SobolevLaunch& s, const Case& c) {
+  if constexpr (!std::is_same_v<T, double>)
+    if (s.variant == sobolev::cuda::KernelVariant::kFused && run_fused_forward<T>(s, c)) return;
+  if constexpr (std::is_same_v<T, float>)
+    if (s.variant == sobolev::cuda::KernelVariant::kTiledTensorCores)
+      return run_tiled_forward<T, true>(s, c);
+  run_tiled_forward<T, false>(s, c);
+}
+
+template <typename T>
+void run_backward(const SobolevLaunch& s, const Case& c) {
+  if constexpr (!std::is_same_v<T, double>)
+    if (s.variant == sobolev::cuda::KernelVariant::kFused && run_fused_backward<T>(s, c)) return;
+  if constexpr (std::is_same_v<T, float>)
+    if (s.variant == sobolev::cuda::KernelVariant::kTiledTensorCores)
+      return run_tiled_backward<T, true>(s, c);
+  run_tiled_backward<T, false>(s, c);
+}
+
+template <typename T>
+Result emulate(const Problem& p, Mode mode) {
   namespace sc = sobolev::cuda;
   const Case& c = p.c;
   const int L = int(p.W.size());
@@ -127,6 +261,8 @@ Result emulate(const Problem& p) {
   }
   s.activation = c.act;
   s.negative_slope = p.slope;
+  s.variant = mode.variant;
+  s.allow_tf32 = mode.allow_tf32;
 
   // forward
   std::vector<T> f(B * c.m), u(B * c.K * c.m), w(second ? B * c.K * c.m : 0);
@@ -139,19 +275,7 @@ Result emulate(const Problem& p) {
   s.w = second ? w.data() : nullptr;
   s.saved = saved.data();
   s.loss = loss.data();
-  KernelArgs fa;
-  fa.p = s;
-  fa.plan = sc::make_plan(s, sc::kForwardTileBuffers, sc::kForwardRowBuffers, sizeof(A),
-                          c.smem_limit);
-  fa.plan.grid = int(std::min<int64_t>(fa.plan.num_tiles, c.grid));
-  std::vector<A> fwd_scratch(fa.plan.buffers_in_smem ? 0 : fa.plan.grid * fa.plan.buffer_elems);
-  std::vector<double> loss_partials(sc::kLossTerms * fa.plan.grid);
-  unsigned counter = 0;
-  fa.scratch = fwd_scratch.data();
-  fa.loss_partials = loss_partials.data();
-  fa.counter = &counter;
-  emulate_launch(second ? sc::sobolev_forward_kernel<T, 2> : sc::sobolev_forward_kernel<T, 1>,
-                 fa.plan.grid, sc::kThreads, fa);
+  run_forward<T>(s, c);
 
   // backward
   Result r;
@@ -175,19 +299,7 @@ Result emulate(const Problem& p) {
     s.grad_weights[l] = grad_W[l].data();
     s.grad_biases[l] = c.bias ? grad_b[l].data() : nullptr;
   }
-  KernelArgs ba;
-  ba.p = s;
-  ba.plan = sc::make_plan(s, sc::kBackwardTileBuffers, sc::backward_row_buffers(s), sizeof(A),
-                          c.smem_limit);
-  ba.plan.grid = int(std::min<int64_t>(ba.plan.num_tiles, c.grid));
-  ba.partial_size = c.need_params ? sc::partial_size(s) : 0;
-  std::vector<A> bwd_scratch(ba.plan.buffers_in_smem ? 0 : ba.plan.grid * ba.plan.buffer_elems);
-  std::vector<A> partials(ba.plan.grid * ba.partial_size + 1);
-  ba.scratch = bwd_scratch.data();
-  ba.grad_partials = partials.data();
-  emulate_launch(second ? sc::sobolev_backward_kernel<T, 2> : sc::sobolev_backward_kernel<T, 1>,
-                 ba.plan.grid, sc::kThreads, ba);
-  if (c.need_params) emulate_launch(sc::sum_partials_kernel<T>, 2, sc::kThreads, ba);
+  run_backward<T>(s, c);
 
   r.loss = loss[0];
   r.f = to_doubles(f);
@@ -213,10 +325,41 @@ bool close(const std::vector<double>& got, const std::vector<double>& expected, 
   return false;
 }
 
+// max over every output and gradient of max |got - expected| / max |expected|
+double worst_error(const Result& got, const Result& want, const Case& c) {
+  double worst = 0;
+  const auto add = [&](const std::vector<double>& g, const std::vector<double>& e) {
+    double scale = 1e-30, err = 0;
+    for (double v : e) scale = std::max(scale, std::fabs(v));
+    for (size_t i = 0; i < g.size() && i < e.size(); ++i)
+      err = std::max(err, std::fabs(g[i] - e[i]));
+    worst = std::max(worst, err / scale);
+  };
+  add({got.loss}, {want.loss});
+  add(got.f, want.f);
+  add(got.u, want.u);
+  add(got.w, want.w);
+  if (c.need_x) add(got.grad_x, want.grad_x);
+  for (size_t l = 0; c.need_params && l < want.grad_W.size(); ++l) {
+    add(got.grad_W[l], want.grad_W[l]);
+    if (c.bias) add(got.grad_b[l], want.grad_b[l]);
+  }
+  return worst;
+}
+
 template <typename T>
-bool check(const Case& c, unsigned seed) {
+bool check(const Case& c, unsigned seed, Mode mode) {
   const Problem p = rounded<T>(make_problem(c, seed));
-  const Result want = reference(p), got = emulate<T>(p);
+  const Result want = reference(p), got = emulate<T>(p, mode);
+  if (mode.allow_tf32) {
+    // plain TF32 keeps 10 of fp32's 23 mantissa bits: errors near 1e-4, above the 1e-5 that
+    // fp32 (and 3xTF32) must meet. A check that fp32 accuracy is not reached by accident.
+    const double err = worst_error(got, want, c);
+    const bool ok = err > 1e-5 && err <= 1e-2;
+    std::printf("%s %s (tf32: worst error %.2g, %s fp32's 1e-5)\n", ok ? "ok  " : "FAIL",
+                c.name.c_str(), err, err > 1e-5 ? "above" : "within");
+    return ok;
+  }
   // bf16/fp16 round every product's operands (8 and 11 significant bits). On these few-row
   // problems the errors seen are 0.2-2.6% (bf16; 2.6%: a bias gradient summed over 7 rows
   // with cancellation) and 0.03-0.12% (fp16), so the bounds are above tests/conftest.py's 2%
@@ -323,21 +466,40 @@ std::vector<Case> cases() {
 
 }  // namespace
 
-// Arguments: run only the cases whose names contain one of them (all cases without any).
+// Arguments: --variant=tiled (default), tiled_tc or fused, and --dtypes=fp32,fp16,... (the
+// labels of the lines below; all by default) first, then, optionally, parts of case names:
+// only those cases run (all without any).
+//   tiled:    fp64, fp32, bf16 and fp16 (today's kernels)
+//   tiled_tc: fp32 on tensor cores, as 3xTF32 and as plain TF32 (bf16/fp16 are tiled's)
+//   fused:    fp32 as 3xTF32 and as plain TF32, bf16, fp16 (fp64 runs the tiled kernels)
 int main(int argc, char** argv) {
-  const std::vector<std::string> only(argv + 1, argv + argc);
+  std::vector<std::string> only(argv + 1, argv + argc);
+  std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
+  while (!only.empty() && only[0].rfind("--", 0) == 0) {
+    if (only[0].rfind("--variant=", 0) == 0) variant = only[0].substr(10);
+    if (only[0].rfind("--dtypes=", 0) == 0) dtypes = only[0].substr(9);
+    only.erase(only.begin());
+  }
+  const auto wanted = [&](const char* label) { return dtypes.find(label) != dtypes.npos; };
+  using sobolev::cuda::KernelVariant;
+  const KernelVariant v = variant == "fused"      ? KernelVariant::kFused
+                          : variant == "tiled_tc" ? KernelVariant::kTiledTensorCores
+                                                  : KernelVariant::kTiled;
   bool ok = true;
   unsigned seed = 0;
   for (const Case& c : cases()) {
     ++seed;
     const auto named = [&](const std::string& part) { return c.name.find(part) != c.name.npos; };
     if (!only.empty() && std::none_of(only.begin(), only.end(), named)) continue;
-    ok = check<double>(c, seed) && ok;
-    ok = check<float>(c, seed) && ok;
-    // the tensor-core path; a kink (relu) can flip under 16-bit rounding, as in the torch tests
-    if (c.act == sobolev::kRelu || c.act == sobolev::kLeakyRelu) continue;
-    ok = check<__nv_bfloat16>(c, seed) && ok;
-    ok = check<__half>(c, seed) && ok;
+    // a kink (relu) can flip under 16-bit or TF32 rounding, as in the torch tests
+    const bool kink = c.act == sobolev::kRelu || c.act == sobolev::kLeakyRelu;
+    if (v == KernelVariant::kTiled && wanted("fp64")) ok = check<double>(c, seed, {v, false}) && ok;
+    if (wanted("fp32")) ok = check<float>(c, seed, {v, false}) && ok;
+    if (v != KernelVariant::kTiled && !kink && wanted("tf32"))
+      ok = check<float>(c, seed, {v, true}) && ok;
+    if (v == KernelVariant::kTiledTensorCores || kink) continue;
+    if (wanted("bf16")) ok = check<__nv_bfloat16>(c, seed, {v, false}) && ok;
+    if (wanted("fp16")) ok = check<__half>(c, seed, {v, false}) && ok;
   }
   std::printf("%s\n", ok ? "all cases agree" : "MISMATCH");
   return ok ? 0 : 1;

@@ -43,6 +43,12 @@ inline thread_local EmulatedDim3 threadIdx;
 inline EmulatedDim3 blockIdx, blockDim, gridDim;
 inline std::barrier<>* emulated_barrier = nullptr;
 inline std::deque<std::barrier<>>* emulated_warp_barriers = nullptr;
+// Each warp's registers of an mma.sync operand, gathered so that every lane can read the
+// others' (the tensor core's view of the warp's fragments).
+struct EmulatedWarpRegisters {
+  uint32_t a[32][4], b[32][2];
+};
+inline std::deque<EmulatedWarpRegisters>* emulated_warp_registers = nullptr;
 // A block-scope `extern` array names the innermost enclosing namespace's: the kernels'.
 namespace sobolev::cuda {
 __attribute__((aligned(128))) inline unsigned char smem[1 << 20];
@@ -86,26 +92,76 @@ struct __half {
 inline __half __float2half(float v) { return {static_cast<_Float16>(v)}; }
 inline float __half2float(__half v) { return static_cast<float>(v.value); }
 
-// kernel<<<grid, threads>>>(args), one block at a time.
+// mma.sync d += a b of one lane, with the fragment layouts of cuda/mma_fragments.cuh: m16n8k8
+// for TF32 (an operand's upper 19 bits, as the tensor core reads them), m16n8k16 for bf16 and
+// fp16; products in fp32 (exact for these operands), summed in k order.
+enum class EmulatedMma { kTf32, kBf16, kFp16 };
+
+inline float emulated_operand(EmulatedMma kind, uint32_t reg, int half) {
+  if (kind == EmulatedMma::kTf32) return std::bit_cast<float>(reg & 0xffffe000u);
+  const uint16_t bits = static_cast<uint16_t>(reg >> (16 * half));
+  if (kind == EmulatedMma::kBf16) return __bfloat162float(__nv_bfloat16{bits});
+  return static_cast<float>(std::bit_cast<_Float16>(bits));
+}
+
+inline void emulated_mma_sync(EmulatedMma kind, float (&d)[4], const uint32_t (&a)[4],
+                              const uint32_t (&b)[2]) {
+  __syncwarp();  // the previous product's reads of the registers are done
+  EmulatedWarpRegisters& regs = (*emulated_warp_registers)[threadIdx.x / 32];
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 4; ++r) regs.a[lane][r] = a[r];
+  for (int r = 0; r < 2; ++r) regs.b[lane][r] = b[r];
+  __syncwarp();
+  const bool tf32 = kind == EmulatedMma::kTf32;
+  const int K = tf32 ? 8 : 16;
+  const auto A = [&](int row, int k) {  // A(row, k)
+    const int r = row / 8 + 2 * (tf32 ? k / 4 : k / 8);
+    if (tf32) return emulated_operand(kind, regs.a[4 * (row % 8) + k % 4][r], 0);
+    return emulated_operand(kind, regs.a[4 * (row % 8) + k % 8 / 2][r], k % 2);
+  };
+  const auto B = [&](int k, int col) {  // B(k, col)
+    if (tf32) return emulated_operand(kind, regs.b[4 * col + k % 4][k / 4], 0);
+    return emulated_operand(kind, regs.b[4 * col + k % 8 / 2][k / 8], k % 2);
+  };
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    float sum = d[i];
+    for (int k = 0; k < K; ++k) sum += A(row, k) * B(k, col);
+    d[i] = sum;
+  }
+}
+
+// kernel<<<dim3(grid_x, grid_y), threads>>>(args), one block at a time.
+template <typename Kernel, typename Args>
+void emulate_launch_2d(Kernel kernel, int grid_x, int grid_y, int threads, const Args& args) {
+  gridDim.x = grid_x;
+  gridDim.y = grid_y;
+  blockDim.x = threads;
+  for (int by = 0; by < grid_y; ++by)
+    for (int bx = 0; bx < grid_x; ++bx) {
+      blockIdx.x = bx;
+      blockIdx.y = by;
+      std::barrier<> barrier(threads);
+      emulated_barrier = &barrier;
+      std::deque<std::barrier<>> warp_barriers;
+      for (int w = 0; w < (threads + 31) / 32; ++w) warp_barriers.emplace_back(32);
+      emulated_warp_barriers = &warp_barriers;
+      std::deque<EmulatedWarpRegisters> warp_registers((threads + 31) / 32);
+      emulated_warp_registers = &warp_registers;
+      std::vector<std::thread> pool;
+      for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+          threadIdx.x = t;
+          kernel(args);
+        });
+      for (auto& th : pool) th.join();
+    }
+}
+
+// kernel<<<grid, threads>>>(args)
 template <typename Kernel, typename Args>
 void emulate_launch(Kernel kernel, int grid, int threads, const Args& args) {
-  gridDim.x = grid;
-  blockDim.x = threads;
-  for (int b = 0; b < grid; ++b) {
-    blockIdx.x = b;
-    std::barrier<> barrier(threads);
-    emulated_barrier = &barrier;
-    std::deque<std::barrier<>> warp_barriers;
-    for (int w = 0; w < (threads + 31) / 32; ++w) warp_barriers.emplace_back(32);
-    emulated_warp_barriers = &warp_barriers;
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        threadIdx.x = t;
-        kernel(args);
-      });
-    for (auto& th : pool) th.join();
-  }
+  emulate_launch_2d(kernel, grid, 1, threads, args);
 }
 
 #include "cuda/emulation/wmma_shim.h"

@@ -1,0 +1,114 @@
+// Plan and launches of the fused backward: the tile kernel (fused_backward.cuh), then, for the
+// parameter gradients, one product per layer over all stacked rows in row splits
+// (fused_weight_grads.cuh) and the sum of the splits in order (sum_partials_kernel).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cuda/fused_backward.cuh"
+#include "cuda/fused_launch.h"
+#include "cuda/fused_weight_grads.cuh"
+
+namespace sobolev::cuda {
+namespace {
+
+template <typename scalar_t>
+auto backward_kernel(const SobolevLaunch& p, int width) {
+  return with_fused_width(width, [&](auto w) {
+    constexpr int W = decltype(w)::value;
+    return p.order == 2 ? fused_backward_kernel<scalar_t, 2, W>
+                        : fused_backward_kernel<scalar_t, 1, W>;
+  });
+}
+
+template <typename scalar_t>
+bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
+              cudaError_t* err) {
+  if (!make_fused_plan<scalar_t>(p, device, &plan->fused)) return false;
+  FusedPlan& fused = plan->fused;
+  const auto kernel = backward_kernel<scalar_t>(p, fused.width);
+  int per_sm = 0;
+  *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(fused.smem_bytes));
+  if (*err == cudaSuccess)
+    *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 2 * fused.tile_rows,
+                                                         fused.smem_bytes);
+  fused.grid = static_cast<int>(
+      std::min<int64_t>(fused.num_tiles, int64_t(std::max(per_sm, 1)) * device.num_sms));
+  plan->variant = KernelVariant::kFused;
+  if (p.grad_weights[0] != nullptr) {
+    const int streams = 1 + p.order * p.num_directions;
+    fused.adjoint_elems = adjoint_offset(p, streams, p.num_layers + 1);
+    fused.grad_blocks = grad_blocks(p);
+    fused.partial_size = partial_size(p);
+    // about four blocks per SM in all; a split has at least one chunk of samples
+    const int64_t chunks = (p.batch + kGradChunk / streams - 1) / (kGradChunk / streams);
+    const int64_t want = (4 * int64_t(device.num_sms) + fused.grad_blocks - 1) / fused.grad_blocks;
+    fused.grad_splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, chunks,
+                                                                                 1024})));
+    if (*err == cudaSuccess)
+      *err = cudaFuncSetAttribute(fused_weight_grad_kernel<scalar_t>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(GradShape<scalar_t>::kSmemBytes));
+  }
+  // adjoints | partial dW, db per split
+  plan->workspace_bytes = align_up(sizeof(float) * fused.adjoint_elems) +
+                          sizeof(float) * fused.partial_size * fused.grad_splits;
+  return true;
+}
+
+template <typename scalar_t>
+cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                       cudaStream_t stream) {
+  const FusedPlan& fused = plan.fused;
+  FusedArgs args;
+  args.p = p;
+  args.plan = fused;
+  auto* base = static_cast<unsigned char*>(workspace);
+  args.adjoints = reinterpret_cast<float*>(base);
+  args.grad_partials =
+      reinterpret_cast<float*>(base + align_up(sizeof(float) * fused.adjoint_elems));
+  backward_kernel<scalar_t>(p, fused.width)<<<fused.grid, 2 * fused.tile_rows, fused.smem_bytes,
+                                              stream>>>(args);
+  if (cudaError_t err = cudaGetLastError()) return err;
+  if (p.grad_weights[0] == nullptr) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(fused.grad_blocks), fused.grad_splits);
+  fused_weight_grad_kernel<scalar_t>
+      <<<grid, kGradThreads, GradShape<scalar_t>::kSmemBytes, stream>>>(args);
+  if (cudaError_t err = cudaGetLastError()) return err;
+  // the splits' partial sums, added in order (sum_partials_kernel's layout)
+  KernelArgs sums;
+  sums.p = p;
+  sums.plan.grid = fused.grad_splits;
+  sums.partial_size = fused.partial_size;
+  sums.grad_partials = args.grad_partials;
+  const int64_t blocks = std::min<int64_t>((fused.partial_size + kThreads - 1) / kThreads,
+                                           int64_t(plan.num_sms) * 8);
+  sum_partials_kernel<scalar_t><<<static_cast<int>(blocks), kThreads, 0, stream>>>(sums);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool plan_fused_backward(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
+                         cudaError_t* err) {
+  *err = cudaSuccess;
+  switch (p.dtype) {
+    case DType::kFloat32: return plan_for<float>(p, device, plan, err);
+    case DType::kBFloat16: return plan_for<__nv_bfloat16>(p, device, plan, err);
+    case DType::kFloat16: return plan_for<__half>(p, device, plan, err);
+    default: return false;  // fp64 stays on the tiled kernels' FMA products
+  }
+}
+
+cudaError_t launch_fused_backward(const SobolevLaunch& p, const LaunchPlan& plan,
+                                  void* workspace, cudaStream_t stream) {
+  switch (p.dtype) {
+    case DType::kFloat32: return launch_for<float>(p, plan, workspace, stream);
+    case DType::kBFloat16: return launch_for<__nv_bfloat16>(p, plan, workspace, stream);
+    case DType::kFloat16: return launch_for<__half>(p, plan, workspace, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace sobolev::cuda

@@ -1,0 +1,174 @@
+// The fully fused backward kernel (fused_common.cuh): the adjoint recursion of DESIGN section 2
+// (order 2: docs/math.md) per tile, mirroring the forward: each layer's input adjoints
+// [a_h; a_t (; a_tt)] = [a_z; a_tz (; a_ttz)] W_l on tensor cores through the staged weights,
+// then through the activation in place. It stores every layer's output adjoints, from which
+// fused_weight_grads.cuh forms dW and db in one product per layer over all stacked rows.
+// Launched by fused_backward.cu; also compiled on the host by emulation/.
+#pragma once
+
+#include "cuda/fused_common.cuh"
+
+namespace sobolev::cuda {
+
+template <typename scalar_t, int ORDER, int WIDTH>
+__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
+                                  FusedShape<scalar_t, WIDTH>::kMinBlocks)
+    fused_backward_kernel(const __grid_constant__ FusedArgs args) {
+  using Shape = FusedShape<scalar_t, WIDTH>;
+  constexpr int ld = Shape::kLead;
+  constexpr bool second_order = ORDER == 2;
+  const SobolevLaunch& p = args.p;
+  const int K = p.num_directions, m = p.out_features, d = p.in_features, L = p.num_layers;
+  const int S = 1 + ORDER * K, R = args.plan.rows;
+  const bool split = !p.allow_tf32;
+  const float slope = static_cast<float>(p.negative_slope);
+  const bool smooth = is_smooth(p.activation);
+  float* adjoints = p.grad_weights[0] != nullptr ? args.adjoints : nullptr;
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* X = reinterpret_cast<float*>(smem);  // the tile: (tile_rows, WIDTH), row s R + r
+  auto* staged = reinterpret_cast<scalar_t*>(X + Shape::kTileRows * ld);
+  auto* amax = reinterpret_cast<unsigned*>(staged + Shape::kPanel * ld);  // fp16 scales
+  const auto weights = [&](int l) { return static_cast<const scalar_t*>(p.weights[l - 1]); };
+  for (int e = threadIdx.x; e < Shape::kTileRows * ld; e += blockDim.x) X[e] = 0;
+  if (threadIdx.x < 2) amax[threadIdx.x] = 0;
+  int step = 0;  // products so far; the fp16 scale of product `step` is in amax[step % 2]
+
+  // seeds: a_f = value_scale (f - y) + grad_f,  a_u = tangent_scale (u - g) + grad_u,
+  //        a_w = second_scale (w - g2) + grad_w (order 2)
+  const float upstream = p.grad_loss == nullptr ? 0.0f : *static_cast<const float*>(p.grad_loss);
+  const float value_scale = upstream * float(2 * p.alpha / (double(p.batch) * m));
+  const float tangent_scale = upstream * float(2 * p.beta / (double(p.batch) * K * m));
+  const float second_scale = upstream * float(2 * p.gamma / (double(p.batch) * K * m));
+  const auto* f = static_cast<const scalar_t*>(p.f_in);
+  const auto* u = static_cast<const scalar_t*>(p.u_in);
+  const auto* w = static_cast<const scalar_t*>(p.w_in);
+  const auto* y = static_cast<const float*>(p.y);
+  const auto* grad_f = static_cast<const scalar_t*>(p.grad_f);
+  const auto* grad_u = static_cast<const scalar_t*>(p.grad_u);
+  const auto* grad_w = static_cast<const scalar_t*>(p.grad_w);
+  __syncthreads();
+
+  for (int64_t tile = blockIdx.x; tile < args.plan.num_tiles; tile += gridDim.x) {
+    const int64_t r0 = tile * R;
+    const int valid = static_cast<int>(p.batch - r0 < R ? p.batch - r0 : R);
+    {
+      float* a_out = adjoints == nullptr ? nullptr : adjoints + adjoint_offset(p, S, L);
+      const int cols = pad16(m);
+      float largest = 0;
+      for (int e = threadIdx.x; e < R * cols; e += blockDim.x) {
+        const int r = e / cols, j = e % cols;
+        float* x = X + r * ld + j;
+        if (r >= valid || j >= m) {
+          for (int s = 0; s < S; ++s) x[s * R * ld] = 0.0f;
+          continue;
+        }
+        const int64_t row = r0 + r;
+        float seed = 0;
+        if (y != nullptr) seed = value_scale * (to_acc<float>(f[row * m + j]) - y[row * m + j]);
+        if (grad_f != nullptr) seed += to_acc<float>(grad_f[row * m + j]);
+        x[0] = seed;
+        largest = fmaxf(largest, fabsf(seed));
+        if (a_out) a_out[row * m + j] = seed;
+        for (int k = 0; k < K; ++k) {
+          const int64_t idx = (row * K + k) * m + j;
+          float a_u = 0;
+          if (has_target(p))
+            a_u = tangent_scale *
+                  (to_acc<float>(u[idx]) - projected_target<scalar_t, float>(p, row, k, j));
+          if (grad_u != nullptr) a_u += to_acc<float>(grad_u[idx]);
+          x[(1 + k) * R * ld] = a_u;
+          largest = fmaxf(largest, fabsf(a_u));
+          if (a_out) a_out[((1 + k) * p.batch + row) * m + j] = a_u;
+          if constexpr (second_order) {
+            float a_w = 0;
+            if (has_target2(p))
+              a_w = second_scale *
+                    (to_acc<float>(w[idx]) - projected_target2<scalar_t, float>(p, row, k, j));
+            if (grad_w != nullptr) a_w += to_acc<float>(grad_w[idx]);
+            x[(1 + K + k) * R * ld] = a_w;
+            largest = fmaxf(largest, fabsf(a_w));
+            if (a_out) a_out[((1 + K + k) * p.batch + row) * m + j] = a_w;
+          }
+        }
+      }
+      note_max<scalar_t>(amax + step % 2, largest);
+    }
+    stage_panel<true, scalar_t, WIDTH>(weights(L), m, p.widths[L - 1], 0, staged);
+    __syncthreads();
+
+    for (int l = L; l >= 1; --l) {
+      // layer 1's input adjoint is dL/dx, only when asked for (the directions get none)
+      if (l == 1 && p.grad_x == nullptr) break;
+      const int n_in = p.widths[l - 1], n_out = p.widths[l];
+      // [a_h; a_t_k (; a_tt_k)] = [a_z; a_tz_k (; a_ttz_k)] W_l in place
+      const float scale = scale_from<scalar_t>(amax + step % 2);
+      if (threadIdx.x == 0) amax[(step + 1) % 2] = 0;  // its last reader was product step - 1
+      fused_product<scalar_t, WIDTH>(X, staged, pad16(n_out), pad16(n_in), scale, split,
+                                     [&](int panel) {
+                                       stage_panel<true, scalar_t, WIDTH>(weights(l), n_out,
+                                                                          n_in, panel, staged);
+                                     });
+      ++step;
+      __syncthreads();
+      if (l == 1) {  // dL/dx = a_h of the value rows
+        auto* grad_x = static_cast<scalar_t*>(p.grad_x);
+        for (int e = threadIdx.x; e < valid * d; e += blockDim.x)
+          grad_x[r0 * d + e] = from_acc<scalar_t>(X[e / d * ld + e % d]);
+        break;
+      }
+      stage_panel<true, scalar_t, WIDTH>(weights(l - 1), n_in, p.widths[l - 2], 0, staged);
+      // through the activation of layer l - 1 (z = z_{l-1}, from the forward):
+      //   a_z = a_h s'(z) + s''(z) sum_k a_t_k tz_k,  a_tz_k = a_t_k s'(z)
+      // order 2:
+      //   a_z    = a_h s' + s'' sum_k (a_t_k tz_k + a_tt_k ttz_k) + s''' sum_k a_tt_k tz_k^2
+      //   a_tz_k = a_t_k s' + 2 s'' a_tt_k tz_k,   a_ttz_k = a_tt_k s'
+      const float* z_saved = static_cast<const float*>(p.saved_in) + saved_offset(p, S, l - 1);
+      float* a_out = adjoints == nullptr ? nullptr : adjoints + adjoint_offset(p, S, l - 1);
+      const int64_t next = p.batch * n_in;  // from one stream of z_saved (or a_out) to the next
+      const int cols = pad16(n_in);
+      float largest = 0;
+      for (int e = threadIdx.x; e < R * cols; e += blockDim.x) {
+        const int r = e / cols, c = e % cols;
+        float* x = X + r * ld + c;
+        if (r >= valid || c >= n_in) {
+          for (int s = 0; s < S; ++s) x[s * R * ld] = 0.0f;
+          continue;
+        }
+        const int64_t at = (r0 + r) * n_in + c;
+        float a, s1, s2, s3;
+        activation_at<float>(p.activation, slope, z_saved[at], a, s1, s2, s3);
+        float coupling = 0;
+        for (int k = 1; k <= K; ++k) {
+          const float a_t = x[k * R * ld], tz = z_saved[k * next + at];
+          float a_tz = a_t * s1;
+          if constexpr (second_order) {
+            const float a_tt = x[(K + k) * R * ld];
+            if (smooth) {
+              coupling += s2 * fmaf(a_t, tz, a_tt * z_saved[(K + k) * next + at]) +
+                          s3 * a_tt * tz * tz;
+              a_tz = fmaf(a_t, s1, 2.0f * s2 * a_tt * tz);
+            }
+            const float a_ttz = a_tt * s1;
+            x[(K + k) * R * ld] = a_ttz;
+            largest = fmaxf(largest, fabsf(a_ttz));
+            if (a_out) a_out[(K + k) * next + at] = a_ttz;
+          } else if (smooth) {
+            coupling = fmaf(a_t, tz, coupling);
+          }
+          x[k * R * ld] = a_tz;
+          largest = fmaxf(largest, fabsf(a_tz));
+          if (a_out) a_out[k * next + at] = a_tz;
+        }
+        const float a_z = second_order ? fmaf(x[0], s1, coupling) : fmaf(x[0], s1, s2 * coupling);
+        x[0] = a_z;
+        largest = fmaxf(largest, fabsf(a_z));
+        if (a_out) a_out[at] = a_z;
+      }
+      note_max<scalar_t>(amax + step % 2, largest);
+      __syncthreads();
+    }
+    __syncthreads();  // the next tile overwrites X
+  }
+}
+
+}  // namespace sobolev::cuda

@@ -1,0 +1,219 @@
+// The fully fused kernels (SOBOLEV_CUDA_KERNEL=fused), after tiny-cuda-nn's fully fused MLP: a
+// block takes a tile of 16 stacked rows per warp (128 rows, 8 warps; 64 rows, 4 warps at width
+// 256) and carries it through every layer on chip. The tile's rows are [h; t_1..t_K] (order 2:
+// also tt_1..tt_K) of R = tile_rows / S samples, stream-major: row s R + r. Per layer:
+//   - the block stages the layer's weights in shared memory, once for all 1 + K (1 + 2K) streams
+//     (in 64-column panels at width 256), in the operand type (fp32 for TF32, else 16-bit);
+//   - each warp multiplies its own 16 rows on tensor cores (mma_fragments.cuh), the whole
+//     output row block in registers (WIDTH / 2 accumulators per thread), then writes it over
+//     its rows: one fp32 tile X of tile_rows x WIDTH holds a layer's input and then its output;
+//   - the block applies the activation (and its derivatives to the tangent streams) in place.
+// WIDTH, the widest layer (d, n_l, m) rounded up to 16, 32, 64, 128 or 256, is a template
+// parameter: it sizes the tile, the panels and the accumulators. Columns past a layer's width
+// are zero up to the next multiple of 16, the products' k and n padding.
+// fp16 operands are scaled per product by a power of two from the largest |operand| of the
+// tile (the backward's adjoints are O(1/B)), undone on the accumulators.
+#pragma once
+
+#include <type_traits>
+#include <utility>
+
+#include "cuda/mma_fragments.cuh"
+#include "cuda/sobolev_kernels.cuh"
+#include "cuda/tile_plan.cuh"
+
+namespace sobolev::cuda {
+
+// The widths the fused kernels are compiled for.
+SK_HD int fused_width(const SobolevLaunch& p) {
+  int widest = 1;
+  for (int l = 0; l <= p.num_layers; ++l) widest = widest > p.widths[l] ? widest : p.widths[l];
+  for (int w = 16; w <= 256; w *= 2)
+    if (widest <= w) return w;
+  return 0;
+}
+
+// Shape of the fused kernels at WIDTH for operands op_t (float: TF32). Rows of X and of the
+// staged weights are 4 (fp32) or 8 (16-bit) elements longer than WIDTH, so the fragment loads
+// of a warp hit 32 different banks (mma_fragments.cuh's layouts).
+template <typename op_t, int WIDTH>
+struct FusedShape {
+  static constexpr int kWarps = WIDTH <= 128 ? 8 : 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kTileRows = 16 * kWarps;
+  // at width <= 64 two blocks share an SM: they then have 128 registers per thread
+  static constexpr int kMinBlocks = WIDTH <= 64 ? 2 : 1;
+  static constexpr int kPanel = WIDTH <= 128 ? WIDTH : 64;  // weight rows staged at once
+  static constexpr int kLead = WIDTH + (std::is_same_v<op_t, float> ? 4 : 8);
+  static constexpr size_t kSmemBytes = sizeof(float) * kTileRows * kLead +
+                                       sizeof(op_t) * kPanel * kLead + 2 * sizeof(unsigned);
+};
+
+// f(std::integral_constant<int, WIDTH>) for the width the fused kernels take p at.
+template <typename F>
+auto with_fused_width(int width, F f) {
+  switch (width) {
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return f(std::integral_constant<int, 256>{});
+  }
+}
+
+// The fused kernels' cut of the batch for p, or false where they cannot take it: fp64 (its
+// products stay on FMA, in the tiled kernels), a GPU older than sm_80, more streams than a
+// tile has rows (S > tile_rows), or a tile larger than the device's shared memory.
+template <typename scalar_t>
+bool make_fused_plan(const SobolevLaunch& p, const DeviceLimits& device, FusedPlan* plan) {
+  if (std::is_same_v<scalar_t, double> || device.major < 8 || p.num_layers < 1) return false;
+  using op_t = std::conditional_t<std::is_same_v<scalar_t, double>, float, scalar_t>;
+  const int width = fused_width(p);
+  const auto [tile_rows, smem] = with_fused_width(width, [](auto w) {
+    using Shape = FusedShape<op_t, decltype(w)::value>;
+    return std::pair<int, size_t>{Shape::kTileRows, Shape::kSmemBytes};
+  });
+  const int streams = 1 + p.order * p.num_directions;
+  if (width == 0 || streams > tile_rows || smem > device.smem_per_block) return false;
+  plan->width = width;
+  plan->tile_rows = tile_rows;
+  plan->rows = tile_rows / streams;
+  plan->num_tiles = (p.batch + plan->rows - 1) / plan->rows;
+  plan->smem_bytes = smem;
+  return true;
+}
+
+// Everything the fused kernels need, by value (kernel parameter space).
+struct FusedArgs {
+  SobolevLaunch p;
+  FusedPlan plan;
+  double* loss_partials = nullptr;  // forward: kLossTerms squared-error sums per block
+  unsigned int* counter = nullptr;  // forward: blocks done, to find the last one
+  float* adjoints = nullptr;        // backward: every layer's output adjoints (adjoint_offset)
+  float* grad_partials = nullptr;   // backward: per row split, dW_1..dW_L, db_1..db_L
+};
+
+// Layer l's (1..L) output adjoints [a_z; a_tz (; a_ttz)] in FusedArgs::adjoints, as (S, B, n_l)
+// after the layers before it: what the weight-gradient products read.
+SK_HD int64_t adjoint_offset(const SobolevLaunch& p, int streams, int layer) {
+  int64_t before = 0;
+  for (int l = 1; l < layer; ++l) before += p.widths[l];
+  return int64_t(streams) * p.batch * before;
+}
+
+// max |v| of a pass over the tile, for the fp16 scale of the product that reads it: the
+// block's largest in *word (non-negative floats order as their bits).
+template <typename op_t>
+__device__ __forceinline__ void note_max(unsigned* word, float local) {
+  if constexpr (std::is_same_v<op_t, __half>) atomicMax(word, __float_as_uint(local));
+}
+
+// The power of two that brings the largest |operand| into [2^13, 2^14) for fp16 (room for
+// fp16's 65504); 1 for bf16 and TF32, which have fp32's range.
+template <typename op_t>
+__device__ __forceinline__ float scale_from(const unsigned* word) {
+  if constexpr (!std::is_same_v<op_t, __half>) {
+    return 1.0f;
+  } else {
+    const float largest = __uint_as_float(*word);
+    if (!(largest > 0) || !isfinite(largest)) return 1.0f;
+    int exponent = 0;
+    frexpf(largest, &exponent);  // largest < 2^exponent
+    return ldexpf(1.0f, max(-100, min(100, 14 - exponent)));
+  }
+}
+
+// Rows of weight panel `panel` in shared memory, B(k, n) = staged[n][k]: the forward's W_l
+// (staged[n][k] = W[n0 + n][k], W: n_out x n_in) or, TRANSPOSE, the backward's W_l^T
+// (staged[n][k] = W[k][n0 + n]). Rows up to the product's padded n, columns up to its padded
+// k; zeros past the layer.
+template <bool TRANSPOSE, typename op_t, int WIDTH, typename scalar_t>
+__device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel, op_t* staged) {
+  using Shape = FusedShape<op_t, WIDTH>;
+  const int n_size = TRANSPOSE ? n_in : n_out, k_size = TRANSPOSE ? n_out : n_in;
+  const int n0 = panel * Shape::kPanel;
+  const int rows = min(Shape::kPanel, pad16(n_size) - n0), cols = pad16(k_size);
+  for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
+    // consecutive threads read consecutive weights
+    const int n = TRANSPOSE ? e % rows : e / cols, k = TRANSPOSE ? e / rows : e % cols;
+    float v = 0;
+    if (n0 + n < n_size && k < k_size)
+      v = to_acc<float>(TRANSPOSE ? W[int64_t(k) * n_in + n0 + n] : W[int64_t(n0 + n) * n_in + k]);
+    staged[n * Shape::kLead + k] = from_acc<op_t>(v);  // 16-bit weights convert exactly
+  }
+}
+
+// A layer's product for the warp's 16 rows of X: the rows (columns < k_pad) times the staged
+// weights, B(k, n) = staged[n][k] for n < n_pad, written over the rows (columns < n_pad), times
+// 1 / scale. Panel 0 is staged by the caller before a barrier; later panels are staged here by
+// stage(panel) between barriers, so every thread of the block calls this.
+template <typename op_t, int WIDTH, typename Stage>
+__device__ void fused_product(float* X, const op_t* staged, int k_pad, int n_pad, float scale,
+                              bool split, Stage stage) {
+  using Shape = FusedShape<op_t, WIDTH>;
+  constexpr int ld = Shape::kLead, panel_tiles = Shape::kPanel / 8;
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  float* rows = X + threadIdx.x / 32 * 16 * ld;
+  float acc[WIDTH / 8][4];
+#pragma unroll
+  for (int j = 0; j < WIDTH / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+#pragma unroll
+  for (int p = 0; p < WIDTH / Shape::kPanel; ++p) {
+    if (p * Shape::kPanel >= n_pad) break;  // uniform
+    if (p > 0) {
+      __syncthreads();  // every warp is done with the previous panel
+      stage(p);
+      __syncthreads();
+    }
+    const int tiles = min(Shape::kPanel, n_pad - p * Shape::kPanel) / 8;
+    for (int k0 = 0; k0 < k_pad; k0 += kMmaK<op_t>) {
+      const FragmentA a = load_a<op_t>(rows, ld, k0, scale, split);
+#pragma unroll
+      for (int j = 0; j < panel_tiles; ++j) {
+        if (j >= tiles) break;
+        const FragmentB b = load_b_staged<op_t>(staged + j * 8 * ld, ld, k0, split);
+        mma<op_t>(acc[p * panel_tiles + j], a, b, split);
+      }
+    }
+  }
+  __syncwarp();  // all of the warp's reads of its rows are done
+  const float unscale = 1.0f / scale;
+#pragma unroll
+  for (int j = 0; j < WIDTH / 8; ++j) {
+    if (j * 8 >= n_pad) break;
+    float* out = rows + g * ld + j * 8 + 2 * t;
+    out[0] = acc[j][0] * unscale;
+    out[1] = acc[j][1] * unscale;
+    out[8 * ld] = acc[j][2] * unscale;
+    out[8 * ld + 1] = acc[j][3] * unscale;
+  }
+}
+
+// Layer-1 input of samples r0..r0+R into X: row s R + r holds x (s = 0), v_s (1 <= s <= K) or
+// zeros (tt_0, order 2), columns < pad16(d), zeros past d and for samples past the batch
+// (r >= valid). Returns the thread's largest |value|.
+template <typename scalar_t>
+__device__ float load_fused_input(const SobolevLaunch& p, int64_t r0, int R, int valid,
+                                  int streams, float* X, int ld) {
+  const int d = p.in_features, K = p.num_directions, cols = pad16(d);
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto* dirs = static_cast<const scalar_t*>(p.directions);
+  float largest = 0;
+  for (int e = threadIdx.x; e < streams * R * cols; e += blockDim.x) {
+    const int s = e / (R * cols), r = e / cols % R, i = e % cols;
+    const int64_t row = r0 + r;
+    float v = 0;
+    if (r < valid && i < d && s <= K) {
+      if (s == 0)
+        v = to_acc<float>(x[row * d + i]);
+      else
+        v = to_acc<float>(p.shared_directions ? dirs[(s - 1) * d + i]
+                                              : dirs[(row * K + s - 1) * d + i]);
+    }
+    X[(s * R + r) * ld + i] = v;
+    largest = fmaxf(largest, fabsf(v));
+  }
+  return largest;
+}
+
+}  // namespace sobolev::cuda

@@ -1,0 +1,81 @@
+// Plan and launch of the fused forward kernel (fused_forward.cuh).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cuda/fused_forward.cuh"
+#include "cuda/fused_launch.h"
+
+namespace sobolev::cuda {
+namespace {
+
+template <typename scalar_t>
+auto forward_kernel(const SobolevLaunch& p, int width) {
+  return with_fused_width(width, [&](auto w) {
+    constexpr int W = decltype(w)::value;
+    return p.order == 2 ? fused_forward_kernel<scalar_t, 2, W>
+                        : fused_forward_kernel<scalar_t, 1, W>;
+  });
+}
+
+template <typename scalar_t>
+bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
+              cudaError_t* err) {
+  if (!make_fused_plan<scalar_t>(p, device, &plan->fused)) return false;
+  FusedPlan& fused = plan->fused;
+  const auto kernel = forward_kernel<scalar_t>(p, fused.width);
+  const int threads = 2 * fused.tile_rows;  // a warp per 16 rows
+  int per_sm = 0;
+  *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(fused.smem_bytes));
+  if (*err == cudaSuccess)
+    *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads,
+                                                         fused.smem_bytes);
+  fused.grid = static_cast<int>(
+      std::min<int64_t>(fused.num_tiles, int64_t(std::max(per_sm, 1)) * device.num_sms));
+  plan->variant = KernelVariant::kFused;
+  // counter | loss partials
+  plan->workspace_bytes = 256 + align_up(kLossTerms * sizeof(double) * fused.grid);
+  return true;
+}
+
+template <typename scalar_t>
+cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                       cudaStream_t stream) {
+  FusedArgs args;
+  args.p = p;
+  args.plan = plan.fused;
+  auto* base = static_cast<unsigned char*>(workspace);
+  args.counter = reinterpret_cast<unsigned int*>(base);
+  args.loss_partials = reinterpret_cast<double*>(base + 256);
+  if (cudaError_t err = cudaMemsetAsync(args.counter, 0, sizeof(unsigned int), stream)) return err;
+  const int threads = 2 * plan.fused.tile_rows;
+  forward_kernel<scalar_t>(p, plan.fused.width)<<<plan.fused.grid, threads,
+                                                  plan.fused.smem_bytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool plan_fused_forward(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
+                        cudaError_t* err) {
+  *err = cudaSuccess;
+  switch (p.dtype) {
+    case DType::kFloat32: return plan_for<float>(p, device, plan, err);
+    case DType::kBFloat16: return plan_for<__nv_bfloat16>(p, device, plan, err);
+    case DType::kFloat16: return plan_for<__half>(p, device, plan, err);
+    default: return false;  // fp64 stays on the tiled kernels' FMA products
+  }
+}
+
+cudaError_t launch_fused_forward(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                                 cudaStream_t stream) {
+  switch (p.dtype) {
+    case DType::kFloat32: return launch_for<float>(p, plan, workspace, stream);
+    case DType::kBFloat16: return launch_for<__nv_bfloat16>(p, plan, workspace, stream);
+    case DType::kFloat16: return launch_for<__half>(p, plan, workspace, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace sobolev::cuda

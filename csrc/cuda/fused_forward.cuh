@@ -1,0 +1,139 @@
+// The fully fused forward kernel (fused_common.cuh): values, K tangents (order 2: and K
+// second-order tangents), saved z/tz/ttz and the projected loss in one launch, each tile of
+// stacked rows carried through every layer on chip. Launched by fused_forward.cu; also
+// compiled on the host by emulation/.
+#pragma once
+
+#include "cuda/fused_common.cuh"
+#include "cuda/loss_sums.cuh"
+
+namespace sobolev::cuda {
+
+template <typename scalar_t, int ORDER, int WIDTH>
+__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
+                                  FusedShape<scalar_t, WIDTH>::kMinBlocks)
+    fused_forward_kernel(const __grid_constant__ FusedArgs args) {
+  using Shape = FusedShape<scalar_t, WIDTH>;
+  constexpr int ld = Shape::kLead;
+  constexpr bool second_order = ORDER == 2;
+  const SobolevLaunch& p = args.p;
+  const int K = p.num_directions, m = p.out_features, L = p.num_layers;
+  const int S = 1 + ORDER * K, R = args.plan.rows;
+  const bool split = !p.allow_tf32;  // fp32: 3xTF32 unless plain TF32 is allowed
+  const float slope = static_cast<float>(p.negative_slope);
+  const bool with_target = has_target(p), with_target2 = has_target2(p);
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* X = reinterpret_cast<float*>(smem);  // the tile: (tile_rows, WIDTH), row s R + r
+  auto* staged = reinterpret_cast<scalar_t*>(X + Shape::kTileRows * ld);
+  auto* amax = reinterpret_cast<unsigned*>(staged + Shape::kPanel * ld);  // fp16 scales
+  const auto weights = [&](int l) { return static_cast<const scalar_t*>(p.weights[l - 1]); };
+  // rows past S R (and columns past a layer) stay zero: 0 W = 0 keeps them so
+  for (int e = threadIdx.x; e < Shape::kTileRows * ld; e += blockDim.x) X[e] = 0;
+  if (threadIdx.x < 2) amax[threadIdx.x] = 0;
+  double value_sq = 0, tangent_sq = 0, second_sq = 0;  // this thread's squared errors
+  int step = 0;  // products so far; the fp16 scale of product `step` is in amax[step % 2]
+  __syncthreads();
+
+  for (int64_t tile = blockIdx.x; tile < args.plan.num_tiles; tile += gridDim.x) {
+    const int64_t r0 = tile * R;
+    const int valid = static_cast<int>(p.batch - r0 < R ? p.batch - r0 : R);
+    note_max<scalar_t>(amax + step % 2, load_fused_input<scalar_t>(p, r0, R, valid, S, X, ld));
+    stage_panel<false, scalar_t, WIDTH>(weights(1), p.widths[1], p.widths[0], 0, staged);
+    __syncthreads();
+    for (int l = 1; l <= L; ++l) {
+      const int n_in = p.widths[l - 1], n_out = p.widths[l];
+      // z_l = h_{l-1} W_l^T,  tz_l = t_{l-1} W_l^T (, ttz_l = tt_{l-1} W_l^T): every stream
+      // through the same staged weights (the bias is added below)
+      const float scale = scale_from<scalar_t>(amax + step % 2);
+      if (threadIdx.x == 0) amax[(step + 1) % 2] = 0;  // its last reader was product step - 1
+      fused_product<scalar_t, WIDTH>(X, staged, pad16(n_in), pad16(n_out), scale, split,
+                                     [&](int panel) {
+                                       stage_panel<false, scalar_t, WIDTH>(weights(l), n_out,
+                                                                           n_in, panel, staged);
+                                     });
+      ++step;
+      __syncthreads();
+      if (l == L) break;
+      stage_panel<false, scalar_t, WIDTH>(weights(l + 1), p.widths[l + 1], n_out, 0, staged);
+      // h = s(z), t_k = s'(z) tz_k (, tt_k = s'(z) ttz_k + s''(z) tz_k^2) in place: the next
+      // layer's input; z, tz (, ttz) saved for the backward. Padding stays zero.
+      const auto* bias = static_cast<const scalar_t*>(p.biases[l - 1]);
+      float* saved = p.saved == nullptr ? nullptr
+                                        : static_cast<float*>(p.saved) + saved_offset(p, S, l);
+      const int64_t next = p.batch * n_out;  // from one stream of `saved` to the next
+      const int cols = pad16(n_out);
+      float largest = 0;
+      for (int e = threadIdx.x; e < R * cols; e += blockDim.x) {
+        const int r = e / cols, c = e % cols;
+        float* x = X + r * ld + c;  // stream s at x[s R ld]
+        if (r >= valid || c >= n_out) {
+          for (int s = 0; s < S; ++s) x[s * R * ld] = 0.0f;
+          continue;
+        }
+        const float z = bias == nullptr ? x[0] : x[0] + to_acc<float>(bias[c]);
+        float a, s1, s2, s3;
+        activation_at<float>(p.activation, slope, z, a, s1, s2, s3);
+        x[0] = a;
+        largest = fmaxf(largest, fabsf(a));
+        float* z_saved = saved == nullptr ? nullptr : saved + (r0 + r) * n_out + c;
+        if (z_saved) z_saved[0] = z;
+        for (int k = 1; k <= K; ++k) {
+          const float tz = x[k * R * ld], t = s1 * tz;
+          x[k * R * ld] = t;
+          largest = fmaxf(largest, fabsf(t));
+          if (z_saved) z_saved[k * next] = tz;
+          if constexpr (second_order) {
+            const float ttz = x[(K + k) * R * ld], tt = fmaf(s1, ttz, s2 * tz * tz);
+            x[(K + k) * R * ld] = tt;
+            largest = fmaxf(largest, fabsf(tt));
+            if (z_saved) z_saved[(K + k) * next] = ttz;
+          }
+        }
+      }
+      note_max<scalar_t>(amax + step % 2, largest);
+      __syncthreads();
+    }
+    // the tile's rows are [f; u_1..u_K (; w_1..w_K)] (f without its bias): store them and add
+    // up the squared errors
+    const auto* bias = static_cast<const scalar_t*>(p.biases[L - 1]);
+    auto* f = static_cast<scalar_t*>(p.f);
+    auto* u = static_cast<scalar_t*>(p.u);
+    auto* w = static_cast<scalar_t*>(p.w);
+    const auto* y = static_cast<const float*>(p.y);
+    for (int e = threadIdx.x; e < valid * m; e += blockDim.x) {
+      const int r = e / m, j = e % m;
+      const float fv = X[r * ld + j] + (bias == nullptr ? 0.0f : to_acc<float>(bias[j]));
+      f[r0 * m + e] = from_acc<scalar_t>(fv);
+      if (y != nullptr) {
+        const double diff = double(fv) - double(y[r0 * m + e]);
+        value_sq += diff * diff;
+      }
+    }
+    for (int e = threadIdx.x; e < K * valid * m; e += blockDim.x) {
+      const int k = e / (valid * m), r = e / m % valid, j = e % m;
+      const int64_t row = r0 + r, idx = (row * K + k) * m + j;
+      const float uk = X[((1 + k) * R + r) * ld + j];
+      u[idx] = from_acc<scalar_t>(uk);
+      if (with_target) {
+        const double diff = double(uk) - double(projected_target<scalar_t, float>(p, row, k, j));
+        tangent_sq += diff * diff;
+      }
+      if constexpr (second_order) {
+        const float wk = X[((1 + K + k) * R + r) * ld + j];
+        w[idx] = from_acc<scalar_t>(wk);
+        if (with_target2) {
+          const double diff =
+              double(wk) - double(projected_target2<scalar_t, float>(p, row, k, j));
+          second_sq += diff * diff;
+        }
+      }
+    }
+    __syncthreads();  // the next tile overwrites X
+  }
+  // the tile is free now: the block's sums go through it
+  add_up_loss<float>(p, second_order ? kLossTerms : kLossTerms - 1,
+                     {value_sq, tangent_sq, second_sq}, reinterpret_cast<double*>(smem),
+                     args.loss_partials, args.counter);
+}
+
+}  // namespace sobolev::cuda

@@ -1,0 +1,166 @@
+// The weight gradients of the fused backward: one product per layer over all S B stacked rows,
+//   dW_l = [a_z; a_tz (; a_ttz)]^T [h; t (; tt)]_{l-1},   db_l = sum over rows of a_z,
+// the adjoints from fused_backward.cuh, the layer inputs recomputed from the saved z/tz/ttz as
+// they are loaded (layer 1's are [x; v_k; 0]). A block computes a 64 x 64 block of one dW_l
+// over one range of samples (split-K); sum_partials_kernel then adds the splits in order, so
+// the sums are deterministic. 4 warps, each 16 rows of the block, on tensor cores
+// (mma_fragments.cuh); the operands are staged in fp32, transposed, 128 stacked rows at a time.
+#pragma once
+
+#include "cuda/backward_kernel.cuh"
+#include "cuda/fused_common.cuh"
+
+namespace sobolev::cuda {
+
+constexpr int kGradBlock = 64;    // rows and columns of a dW block
+constexpr int kGradThreads = 128;
+constexpr int kGradChunk = 128;   // stacked rows staged at once
+
+template <typename scalar_t>
+struct GradShape {
+  static constexpr int kLead = kGradChunk + (std::is_same_v<scalar_t, float> ? 4 : 8);
+  static constexpr size_t kSmemBytes =
+      sizeof(float) * 2 * kGradBlock * kLead + 2 * sizeof(unsigned);
+};
+
+// Blocks of one split: the 64 x 64 blocks of dW_1, then dW_2, ...
+SK_HD int64_t grad_blocks(const SobolevLaunch& p) {
+  int64_t blocks = 0;
+  for (int l = 1; l <= p.num_layers; ++l)
+    blocks += int64_t((p.widths[l] + kGradBlock - 1) / kGradBlock) *
+              ((p.widths[l - 1] + kGradBlock - 1) / kGradBlock);
+  return blocks;
+}
+
+// grid (grad_blocks, grad_splits): block (b, split) takes dW block b over split's samples and
+// writes it to the split's partial sums (the layout of backward_kernel.cuh's partial_size).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kGradThreads)
+    fused_weight_grad_kernel(const __grid_constant__ FusedArgs args) {
+  using Shape = GradShape<scalar_t>;
+  constexpr int ld = Shape::kLead;
+  const SobolevLaunch& p = args.p;
+  const int K = p.num_directions, S = 1 + p.order * K;
+  const bool split = !p.allow_tf32;
+  const float slope = static_cast<float>(p.negative_slope);
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* A = reinterpret_cast<float*>(smem);  // a^T: A[i][s Q + q]
+  float* H = A + kGradBlock * ld;             // h^T: H[j][s Q + q]
+  auto* amax = reinterpret_cast<unsigned*>(H + kGradBlock * ld);
+  // which layer and block
+  int layer = 1;
+  int64_t b = blockIdx.x;
+  for (;; ++layer) {
+    const int64_t here = int64_t((p.widths[layer] + kGradBlock - 1) / kGradBlock) *
+                         ((p.widths[layer - 1] + kGradBlock - 1) / kGradBlock);
+    if (b < here) break;
+    b -= here;
+  }
+  const int n_out = p.widths[layer], n_in = p.widths[layer - 1];
+  const int j_blocks = (n_in + kGradBlock - 1) / kGradBlock;
+  const int i0 = static_cast<int>(b / j_blocks) * kGradBlock;
+  const int j0 = static_cast<int>(b % j_blocks) * kGradBlock;
+  // the split's samples, Q per chunk (S Q <= 128 stacked rows)
+  const int Q = kGradChunk / S;
+  const int64_t per_split = (p.batch + gridDim.y - 1) / gridDim.y;
+  const int64_t first = blockIdx.y * per_split;
+  const int64_t last = first + per_split < p.batch ? first + per_split : p.batch;
+  const int k_pad = pad16(S * Q);
+  const float* a_l = args.adjoints + adjoint_offset(p, S, layer);
+  const float* z_saved =
+      layer > 1 ? static_cast<const float*>(p.saved_in) + saved_offset(p, S, layer - 1) : nullptr;
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto* dirs = static_cast<const scalar_t*>(p.directions);
+  for (int e = threadIdx.x; e < 2 * kGradBlock * ld; e += blockDim.x) A[e] = 0;  // k padding
+  if (threadIdx.x < 2) amax[threadIdx.x] = 0;
+
+  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  float acc[kGradBlock / 8][4] = {};
+  for (int64_t b0 = first; b0 < last; b0 += Q) {
+    __syncthreads();  // the previous chunk is no longer read; amax is reset
+    // a^T and h^T of samples b0..b0+Q (zeros past `last` and past the layer's widths)
+    float largest_a = 0, largest_h = 0;
+    for (int e = threadIdx.x; e < Q * kGradBlock; e += blockDim.x) {
+      const int q = e / kGradBlock, c = e % kGradBlock;
+      const int64_t row = b0 + q;
+      const bool in_rows = row < last;
+      const int i = i0 + c;
+      for (int s = 0; s < S; ++s) {
+        const float v = in_rows && i < n_out ? a_l[(s * p.batch + row) * n_out + i] : 0.0f;
+        A[c * ld + s * Q + q] = v;
+        largest_a = fmaxf(largest_a, fabsf(v));
+      }
+      const int j = j0 + c;
+      if (!in_rows || j >= n_in) {
+        for (int s = 0; s < S; ++s) H[c * ld + s * Q + q] = 0.0f;
+      } else if (layer == 1) {  // [x; v_k; 0]
+        const int d = p.in_features;
+        for (int s = 0; s < S; ++s) {
+          float v = 0;
+          if (s == 0)
+            v = to_acc<float>(x[row * d + j]);
+          else if (s <= K)
+            v = to_acc<float>(p.shared_directions ? dirs[(s - 1) * d + j]
+                                                  : dirs[(row * K + s - 1) * d + j]);
+          H[c * ld + s * Q + q] = v;
+          largest_h = fmaxf(largest_h, fabsf(v));
+        }
+      } else {  // [s(z); s'(z) tz_k (; s'(z) ttz_k + s''(z) tz_k^2)]
+        const int64_t at = row * n_in + j, next = p.batch * n_in;
+        float h, s1, s2, s3;
+        activation_at<float>(p.activation, slope, z_saved[at], h, s1, s2, s3);
+        H[c * ld + q] = h;
+        largest_h = fmaxf(largest_h, fabsf(h));
+        for (int k = 1; k <= K; ++k) {
+          const float tz = z_saved[k * next + at], tk = s1 * tz;
+          H[c * ld + k * Q + q] = tk;
+          largest_h = fmaxf(largest_h, fabsf(tk));
+          if (p.order == 2) {
+            const float tt = fmaf(s1, z_saved[(K + k) * next + at], s2 * tz * tz);
+            H[c * ld + (K + k) * Q + q] = tt;
+            largest_h = fmaxf(largest_h, fabsf(tt));
+          }
+        }
+      }
+    }
+    note_max<scalar_t>(amax, largest_a);
+    note_max<scalar_t>(amax + 1, largest_h);
+    __syncthreads();
+    const float scale_a = scale_from<scalar_t>(amax), scale_h = scale_from<scalar_t>(amax + 1);
+    const float unscale = 1.0f / scale_a / scale_h;  // powers of two: exact
+    // dW block (16 rows of this warp) += a^T h over the chunk's stacked rows
+    float part[kGradBlock / 8][4] = {};
+    for (int k0 = 0; k0 < k_pad; k0 += kMmaK<scalar_t>) {
+      const FragmentA fa = load_a<scalar_t>(A + warp * 16 * ld, ld, k0, scale_a, split);
+#pragma unroll
+      for (int jt = 0; jt < kGradBlock / 8; ++jt) {
+        if (j0 + jt * 8 >= n_in) break;
+        const FragmentB fb = load_b<scalar_t>(H + jt * 8 * ld, ld, k0, scale_h, split);
+        mma<scalar_t>(part[jt], fa, fb, split);
+      }
+    }
+#pragma unroll
+    for (int jt = 0; jt < kGradBlock / 8; ++jt)
+      for (int v = 0; v < 4; ++v) acc[jt][v] += part[jt][v] * unscale;
+    __syncthreads();  // every thread has read amax
+    if (threadIdx.x < 2) amax[threadIdx.x] = 0;
+  }
+
+  // the block's dW and (first column block) db into this split's partial sums
+  float* partial = args.grad_partials + blockIdx.y * args.plan.partial_size;
+  float* dw = partial + weight_offset(p, layer - 1);
+#pragma unroll
+  for (int jt = 0; jt < kGradBlock / 8; ++jt)
+    for (int v = 0; v < 4; ++v) {
+      const int i = i0 + warp * 16 + g + 8 * (v / 2), j = j0 + jt * 8 + 2 * t + v % 2;
+      if (i < n_out && j < n_in) dw[int64_t(i) * n_in + j] = acc[jt][v];
+    }
+  if (p.biases[0] != nullptr && j0 == 0)
+    for (int c = threadIdx.x; c < kGradBlock && i0 + c < n_out; c += blockDim.x) {
+      float sum = 0;
+      for (int64_t row = first; row < last; ++row) sum += a_l[row * n_out + i0 + c];
+      partial[bias_offset(p, layer - 1) + i0 + c] = sum;
+    }
+}
+
+}  // namespace sobolev::cuda

@@ -1,0 +1,118 @@
+"""The CUDA kernels without a GPU and without the built extension: nvcc compiles every .cu for
+sm_80 and sm_90 (scripts/check_cuda_compile.sh), and the kernels run on the host in emulation
+(csrc/cuda/emulation), also under ThreadSanitizer. Needs only nvcc or a C++ compiler, so these
+never hide behind the skip of a missing ``sobolev_kernels._C``."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("NVCC", "nvcc")) is None, reason="no nvcc")
+def test_cuda_sources_compile_for_sm80_and_sm90():
+    script = ROOT / "scripts" / "check_cuda_compile.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+EMULATION = ROOT / "csrc" / "cuda" / "emulation" / "emulate_kernels.cpp"
+NO_CXX = shutil.which(os.environ.get("CXX", "g++")) is None
+
+
+def _build_emulation(exe, *flags):
+    build = [os.environ.get("CXX", "g++"), "-std=c++20", "-O1", "-pthread", *flags,
+             f"-I{ROOT / 'csrc'}", str(EMULATION), "-o", str(exe)]  # fmt: skip
+    return subprocess.run(build, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory):
+    """The emulation, built once for the tests below (~1 min on 2 cores)."""
+    if NO_CXX:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path_factory.mktemp("emulation") / "emulate_kernels"
+    proc = _build_emulation(exe)
+    assert proc.returncode == 0, proc.stderr
+    return exe
+
+
+def test_cuda_kernels_in_host_emulation(emulation):
+    """The CUDA kernels run on the host (std::threads and barriers for a block's threads,
+    csrc/cuda/emulation/host_shim.h) against a direct implementation of DESIGN section 2 and
+    docs/math.md: their indexing, synchronisation and reductions at order 1 and order 2, every
+    activation, fp64 and fp32, and the tensor-core path of bf16 and fp16 (emulation/wmma_shim.h,
+    with the GPU's rounding), without a GPU."""
+    proc = subprocess.run([str(emulation)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # every order-2 case in fp64 and fp32; in bf16 and fp16 all but relu and leaky_relu
+    assert proc.stdout.count("order 2") == 2 * 10 + 2 * 8, proc.stdout
+    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") > 0, proc.stdout
+
+
+def _assert_tf32_lines(stdout):
+    """3xTF32 meets fp32's 1e-5 on every case, and plain TF32 misses it on every case (the
+    check can fail: TF32 keeps 10 of fp32's 23 mantissa bits)."""
+    fp32, tf32 = stdout.count("(fp32)"), stdout.count("(tf32:")
+    assert fp32 > 0 and tf32 > 0, stdout
+    assert stdout.count("above fp32's 1e-5") == tf32, stdout
+
+
+def test_tiled_kernels_fp32_on_tensor_cores_in_host_emulation(emulation):
+    """SOBOLEV_CUDA_KERNEL=tiled_tc: the tiled kernels' fp32 products on tensor cores (WMMA
+    TF32). 3xTF32 (each operand a TF32 high part and remainder, three products) meets fp32's
+    1e-5 against the double-precision reference; plain TF32 (allow_tf32) misses it by ~1e-3."""
+    cases = ["tanh, per-row", "softplus, one layer", "widths 256", "1024 rows",
+             "order 2, sigmoid", "order 2, gelu"]  # fmt: skip
+    proc = subprocess.run([str(emulation), "--variant=tiled_tc", *cases], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _assert_tf32_lines(proc.stdout)
+
+
+def test_fused_kernels_in_host_emulation(emulation):
+    """SOBOLEV_CUDA_KERNEL=fused: the fully fused kernels (mma.sync fragments, emulated lane by
+    lane from the PTX ISA's layouts) on every case: fp32 as 3xTF32 within 1e-5 and as plain
+    TF32 above it, bf16 and fp16 (scaled operands) within their bounds; widths 16 to 256 (one
+    and four weight panels), K up to 40 (one sample per tile), several tiles and blocks, the
+    weight gradients in three row splits."""
+    proc = subprocess.run([str(emulation), "--variant=fused"], capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _assert_tf32_lines(proc.stdout)
+    assert proc.stdout.count("(fp32)") == 21, proc.stdout  # every case
+    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 21 - 4, proc.stdout
+    assert "(fp64)" not in proc.stdout  # fp64 stays on the tiled kernels
+
+
+@pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
+def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
+    """The emulation under ThreadSanitizer: two threads of a block touching the same word
+    without a barrier between them (a missing __syncthreads or __syncwarp) is a report and a
+    failure, however the threads happened to interleave. The tiled kernels on five cases (both
+    orders, tile buffers in global memory, several weight panels), the fused kernels on four
+    (both orders, four weight panels at width 256, fp16 scales over several tiles)."""
+    exe = tmp_path / "emulate_kernels_tsan"
+    proc = _build_emulation(exe, "-g", "-fsanitize=thread", "-Wno-tsan")
+    if proc.returncode != 0 and "tsan" in proc.stderr.lower():
+        pytest.skip(f"no ThreadSanitizer here: {proc.stderr[-300:]}")
+    assert proc.returncode == 0, proc.stderr
+    runs = [
+        ([], ["tanh, per-row", "3 blocks", "widths 256"], 5 * 4),  # five cases, four dtypes
+        # fused: fp32 (3xTF32) with four weight panels, fp16 with its scale words over several
+        # tiles; bf16 and TF32 synchronise as these do
+        (["--variant=fused", "--dtypes=fp32"], ["tanh, per-row", "widths 256"], 3),
+        (["--variant=fused", "--dtypes=fp16"], ["tanh, per-row", "1024 rows"], 3),
+    ]
+    for variant, cases, lines in runs:
+        proc = subprocess.run([str(exe), *variant, *cases], capture_output=True, text=True,
+                              timeout=1200)  # fmt: skip
+        if "FATAL: ThreadSanitizer" in proc.stderr:  # e.g. an address-space layout it rejects
+            pytest.skip(f"ThreadSanitizer cannot run here: {proc.stderr[-300:]}")
+        assert "WARNING: ThreadSanitizer" not in proc.stderr, proc.stderr[-6000:]
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        assert proc.stdout.count("ok  ") == lines, proc.stdout

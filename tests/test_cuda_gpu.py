@@ -1,0 +1,231 @@
+"""The CUDA kernels of backend ``cuda`` on a GPU, against ``reference`` (every test is marked
+``gpu`` and skips without one)."""
+
+import pytest
+import torch
+from conftest import (
+    HAS_CUDA,
+    TOLERANCES,
+    assert_backends_agree,
+    assert_close,
+    order2_inputs,
+    sample_inputs,
+    upcast_model,
+)
+from cuda_op_args import OPS, ORDER2, TARGETS, TARGETS2, backward_args, forward_op, order2_case
+
+import sobolev_kernels as sk
+from sobolev_kernels.activations import ACTIVATIONS
+from sobolev_kernels.backends import cuda as cuda_backend
+
+if cuda_backend.unavailable_reason() is not None:
+    pytest.skip(cuda_backend.unavailable_reason(), allow_module_level=True)
+
+F64 = TOLERANCES[torch.float64]
+
+
+def _needs_cuda_kernels():
+    if HAS_CUDA and not cuda_backend._extension.WITH_CUDA:
+        pytest.skip("sobolev_kernels._C was built without its CUDA kernels")
+
+
+def _cuda_case(order, **kwargs):
+    """sample_inputs (order 1) or order2_inputs (order 2) on the GPU, and the extra loss
+    arguments of that order."""
+    if order == 1:
+        return (*sample_inputs(device="cuda", **kwargs), {})
+    return (*order2_inputs(device="cuda", **kwargs), ORDER2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("directions", ["shared", "per_row"])
+def test_cuda_dtypes(order, dtype, directions):
+    _needs_cuda_kernels()
+    model, x, y, kw, extra = _cuda_case(order, batch=1000, width=64, k=3, dtype=dtype,
+                                        directions=directions)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_16bit_weight_gradients_at_a_large_batch(dtype):
+    """B = 2^16 on tensor cores: the backward's adjoints are O(1/B), below fp16's normal range;
+    fp16 operands are scaled per product, so dW keeps its precision (the host emulation checks
+    the same at 1024 rows). dL/dx is O(1/B) itself, which an fp16 output cannot hold: left out."""
+    _needs_cuda_kernels()
+    model, x, y, kw = sample_inputs(batch=2**16, dim=8, width=128, k=2, dtype=dtype,
+                                    device="cuda", x_grad=False)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model))  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("target", TARGETS)
+def test_cuda_activations_and_targets(activation, target):
+    _needs_cuda_kernels()
+    model, x, y, kw = sample_inputs(activation=activation, target=target, device="cuda")
+    assert_backends_agree(model, x, y, kw, "cuda", F64, alpha=0.6, beta=1.7)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("target", TARGETS2)
+@pytest.mark.parametrize("directions", ["shared", "per_row"])
+def test_cuda_order2_activations_and_targets(activation, target, directions):
+    _needs_cuda_kernels()
+    model, x, y, kw = order2_case(target, directions, activation=activation, device="cuda")
+    assert_backends_agree(model, x, y, kw, "cuda", F64, **ORDER2)
+
+
+# the last two take the global-memory fallback for tile buffers (K too large for shared memory)
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("batch, dim, width, k, layers",
+                         [(1, 1, 5, 1, 1), (7, 3, 256, 3, 3), (1000, 3, 48, 3, 5),
+                          (333, 40, 256, 40, 2), (65, 2, 256, 100, 3)])  # fmt: skip
+def test_cuda_shapes(order, batch, dim, width, k, layers):
+    _needs_cuda_kernels()
+    model, x, y, kw, extra = _cuda_case(order, batch=batch, dim=dim, width=width, k=k,
+                                        layers=layers)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", F64, **extra)
+
+
+def _grads_with_user_loss(model, x, kw, backend, extra):
+    loss, f = sk.sobolev_loss(model, x, None, backend=backend, return_outputs=True, **kw, **extra)
+    return torch.autograd.grad(loss + f.square().mean(), [x, *model.parameters()])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+def test_cuda_outputs_determinism_and_recompute(order):
+    _needs_cuda_kernels()
+    model, x, _, kw, extra = _cuda_case(order, out=3, batch=777, width=48, bias=False)
+    first = _grads_with_user_loss(model, x, kw, "cuda", extra)
+    for a, b in zip(first, _grads_with_user_loss(model, x, kw, "reference", extra)):
+        assert_close(a, b, F64, "CUDA gradients with a user loss on f")
+    assert all(
+        torch.equal(a, b) for a, b in zip(first, _grads_with_user_loss(model, x, kw, "cuda", extra))
+    )
+    # the op without saved activations recomputes them
+    x0, dirs = x.detach(), kw["directions"]
+    weights = [w.detach() for w in model.weights()]
+    targets = dict(target_grad=kw["target_grad"], target_hess=kw.get("target_hess"))
+    op_kw = dict(order=order, alpha=1.0, beta=1.0, gamma=0.8, **targets)
+    outputs = forward_op(x0, dirs, weights, [], save=False, **op_kw)
+    assert outputs[4].numel() == 0
+    one = torch.ones((), dtype=torch.float64, device="cuda")
+    args = backward_args((one, None, None, None), x0, dirs, weights, [], outputs, **op_kw)
+    grad_x, grad_w, _ = OPS.sobolev_backward(*args)
+    second = {"gamma": 0.8} if order == 2 else {}
+    expected = torch.autograd.grad(sk.sobolev_loss(model, x, None, backend="reference", **kw,
+                                                   order=order, **second),
+                                   [x, *model.parameters()])  # fmt: skip
+    for a, b in zip([grad_x, *grad_w], expected):
+        assert_close(a, b, F64, "recomputed CUDA backward")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("directions", ["shared", "per_row"])
+def test_cuda_order2_mlp_jvp_and_its_gradient(directions):
+    _needs_cuda_kernels()
+    model, x, _, kw = sample_inputs(out=2, k=2, directions=directions, device="cuda")
+    results = {}
+    for backend in ("cuda", "reference"):
+        f, u, w = sk.mlp_jvp(model, x, kw["directions"], backend=backend, order=2)
+        grads = torch.autograd.grad(f.sum() + (u * 0.5).sum() + w.square().sum(),
+                                    [x, *model.parameters()])  # fmt: skip
+        results[backend] = (f, u, w, *grads)
+    for a, b in zip(results["cuda"], results["reference"]):
+        assert_close(a, b, F64, "mlp_jvp order 2 on CUDA")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+def test_cuda_compile_fullgraph(order):
+    _needs_cuda_kernels()
+    model, x, y, kw, extra = _cuda_case(order, directions="per_row", dtype=torch.float32)
+    second = {"target_hess": kw["target_hess"]} if order == 2 else {}
+
+    def loss_fn(x, y, directions, target_grad):
+        return sk.sobolev_loss(model, x, y, target_grad=target_grad, directions=directions,
+                               backend="cuda", **second, **extra)  # fmt: skip
+
+    results = []
+    for fn in (torch.compile(loss_fn, fullgraph=True), loss_fn):
+        xi = x.detach().requires_grad_(True)
+        loss = fn(xi, y, kw["directions"], kw["target_grad"])
+        results.append([loss, *torch.autograd.grad(loss, [xi, *model.parameters()])])
+    for a, b in zip(*results):
+        assert_close(a, b, TOLERANCES[torch.float32], "compiled vs eager on CUDA")
+
+
+# --------------------------------------------------------------------------- kernel variants
+# SOBOLEV_CUDA_KERNEL (read by the extension on every call): tiled (default), tiled_tc (the
+# tiled kernels with fp32 on tensor cores, 3xTF32) and fused (the fully fused tensor-core MLP;
+# fp64, and more streams than a tile has rows, run the tiled kernels).
+
+VARIANTS = ["tiled_tc", "fused"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("width", [16, 48, 128, 256])
+def test_cuda_variants_agree(monkeypatch, variant, order, dtype, width):
+    """fp32 at fp32's rtol 1e-5 (3xTF32 on tensor cores), bf16 and fp16 at theirs; every
+    width template of the fused kernels (16..256; 48 pads to 64)."""
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", variant)
+    model, x, y, kw, extra = _cuda_case(order, batch=1000, width=width, k=3, dtype=dtype,
+                                        directions="per_row")  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
+# the last two run the tiled kernels under "fused": more streams than a tile of 64 rows has
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("batch, dim, width, k, layers",
+                         [(1, 1, 5, 1, 1), (7, 3, 256, 3, 3), (1000, 3, 48, 3, 5),
+                          (333, 40, 256, 40, 2), (65, 2, 256, 100, 3)])  # fmt: skip
+def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
+    model, x, y, kw, extra = _cuda_case(order, batch=batch, dim=dim, width=width, k=k,
+                                        layers=layers, dtype=torch.float32)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[torch.float32],
+                          expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, variant, dtype):
+    """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
+    product), the weight gradients in row splits; bitwise identical across runs."""
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", variant)
+    model, x, y, kw = sample_inputs(batch=2**16, dim=8, width=128, k=2, dtype=dtype,
+                                    device="cuda", x_grad=False)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model))  # fmt: skip
+
+    def step():
+        loss = sk.sobolev_loss(model, x, y, backend="cuda", **kw)
+        return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    assert all(torch.equal(a, b) for a, b in zip(step(), step()))
+
+
+@pytest.mark.gpu
+def test_cuda_unknown_variant_is_named(monkeypatch):
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fastest")
+    model, x, y, kw = sample_inputs(device="cuda")
+    with pytest.raises(RuntimeError, match="SOBOLEV_CUDA_KERNEL: expected tiled, tiled_tc"):
+        sk.sobolev_loss(model, x, y, backend="cuda", **kw)
