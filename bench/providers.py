@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from bench import limits
 from sobolev_kernels.baselines import eager_autograd_loss
 
 BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
+# The CUDA backend's kernel variants besides its default ("tiled"), timed side by side on a
+# GPU until one has measured faster: SOBOLEV_CUDA_KERNEL, read by the extension per call.
+CUDA_VARIANTS = {"cuda_tiled_tc": "tiled_tc", "cuda_fused": "fused"}
 
 # Precision classes, so that every provider of a row computes its products alike:
 # (storage dtype, TF32 allowed). fp32 is fp32-accurate (IEEE or 3xTF32): torch with TF32 off
@@ -102,6 +106,8 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
     Raises whatever the provider raises on this problem (``torch_compile`` raises for every
     Sobolev formulation users write today: that error is the measurement).
     """
+    if provider in CUDA_VARIANTS:
+        return _with_cuda_kernel(CUDA_VARIANTS[provider], step_fn("cuda", p, mode))
     model = p.model
     if provider == "jax_jit":
         from bench.jax_provider import jax_step_fn
@@ -189,6 +195,23 @@ def _compiled_user_loss(p: Problem) -> Callable[[], Tensor]:
     raise RuntimeError(_compile_failure)
 
 
+def _with_cuda_kernel(variant: str, fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``fn`` with the CUDA backend's kernels set to ``variant`` for its forward and backward."""
+
+    def run() -> Tensor:
+        before = os.environ.get("SOBOLEV_CUDA_KERNEL")
+        os.environ["SOBOLEV_CUDA_KERNEL"] = variant
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ["SOBOLEV_CUDA_KERNEL"]
+            else:
+                os.environ["SOBOLEV_CUDA_KERNEL"] = before
+
+    return run
+
+
 def _no_grad(fn: Callable[[], Tensor]) -> Tensor:
     with torch.no_grad():
         return fn()
@@ -199,8 +222,16 @@ def providers_available(device: str) -> list[str]:
     ours = [b for b in sk.available_backends() if b != "reference"]
     if device == "cpu":
         ours = [b for b in ours if b != "triton"]  # the interpreter is no speed contender
+    elif "cuda" in ours and _cuda_kernels_built():
+        ours += list(CUDA_VARIANTS)
     jax = [] if importlib.util.find_spec("jax") is None else ["jax_jit"]
     return [*BASELINES, *jax, *ours]
+
+
+def _cuda_kernels_built() -> bool:
+    from sobolev_kernels.backends import cuda
+
+    return cuda._extension is not None and bool(cuda._extension.WITH_CUDA)
 
 
 def step_flops(p: Problem, mode: str = "step") -> float:

@@ -18,8 +18,8 @@ import sobolev_kernels as sk
 from sobolev_kernels.activations import ACTIVATIONS
 from sobolev_kernels.backends import cuda as cuda_backend
 
-if cuda_backend.unavailable_reason() is not None:
-    pytest.skip(cuda_backend.unavailable_reason(), allow_module_level=True)
+if cuda_backend.BACKEND.unavailable_reason() is not None:
+    pytest.skip(cuda_backend.BACKEND.unavailable_reason(), allow_module_level=True)
 
 F64 = TOLERANCES[torch.float64]
 
