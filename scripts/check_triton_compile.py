@@ -5,8 +5,10 @@ report registers, stack (spills) and shared memory of every variant.
     python scripts/check_triton_compile.py            # the default set, sm_80 and sm_90
     python scripts/check_triton_compile.py --quick    # two small variants, sm_90 (CI)
 
-Exit status 1 if a variant fails to compile or needs more shared memory than the backend
-estimated (the estimate decides whether a problem fits). Resource surveys over launch
+Each variant compiles as the static launch and as the autotuner's tensor-core candidate
+(fp32: 3xTF32 dots). Exit status 1 if one fails to compile, needs more shared memory than the
+backend estimated (the estimate decides whether a problem fits), or, as a tensor-core
+launch, has no tensor-core instruction in its SASS. Resource surveys over launch
 configs live in investigations/triton_resource_survey.py.
 """
 
@@ -14,14 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences a 3.9 notice; same default
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU even when tests interpret
 
-from sobolev_kernels.triton.aot import SHARED_LIMIT, compile_step, resources  # noqa: E402
-from sobolev_kernels.triton.layout import CHUNK, MIN_PAD, Layout  # noqa: E402
+from sobolev_kernels.triton.aot import SHARED_LIMIT, compile_step, resources, sass  # noqa: E402
+from sobolev_kernels.triton.layout import MIN_PAD, Layout  # noqa: E402
 
 # (widths, K, order, dtype, activation id): the configs of bench/step.py and the edges
 VARIANTS = [
@@ -38,29 +41,50 @@ QUICK = [((4, 32, 24, 2), 3, 2, "fp32", 3), ((3, 17, 5, 1), 3, 1, "bf16", 7)]
 
 
 def check(variant, arch: int) -> list[str]:
-    """Compile one variant as the launchers would on ``arch``; report, and list problems: a
-    compile error, or more shared memory than Layout.shared_bytes estimated."""
+    """Compile one variant as the launchers would on ``arch`` (the static launch, and the
+    autotuner's tensor-core candidate); report, and list problems: a compile error, more
+    shared memory than Layout.shared_bytes estimated, or a tensor-core candidate whose SASS
+    holds no tensor-core instruction (HMMA: mma.sync; HGMMA: wgmma on sm_90)."""
     widths, k, order, dtype, act = variant
     layout = Layout(widths, k, order)
     size = 4 if dtype == "fp32" else 2
-    rows, warps = layout.rows(size, SHARED_LIMIT[arch]), layout.num_warps()
-    estimate = layout.shared_bytes(rows, size)
     if layout.shared_bytes(MIN_PAD, size) > SHARED_LIMIT[arch]:
         print(f"sm_{arch} widths={widths} K={k} order={order} {dtype}: does not fit, the "
               "backend refuses it (auto falls back)")  # fmt: skip
         return []
+    static = layout.static_config(size, SHARED_LIMIT[arch])
+    tensor_core = layout.tensor_core_config("tf32x3" if dtype == "fp32" else "ieee")
     problems = []
-    label = f"sm_{arch} widths={widths} K={k} order={order} {dtype} act={act}"
+    for config, needs_tensor_cores in ((static, dtype != "fp32"), (tensor_core, True)):
+        problems += _check_config(layout, config, variant, arch, needs_tensor_cores)
+    return problems
+
+
+def _check_config(layout, config, variant, arch, needs_tensor_cores) -> list[str]:
+    widths, k, order, dtype, act = variant
+    size = 4 if dtype == "fp32" else 2
+    estimate = layout.shared_bytes(config.rows, size, config.chunk, config.group,
+                                   config.precision, config.cols)  # fmt: skip
+    label = (
+        f"sm_{arch} widths={widths} K={k} order={order} {dtype} act={act} rows="
+        f"{config.rows} warps={config.warps} {config.precision} cols={config.cols or 'all'}"
+    )
+    problems = []
     start = time.perf_counter()
     try:
-        for name, compiled in compile_step(layout, rows, warps, act, "ieee", CHUNK, dtype, arch):
+        for name, compiled in compile_step(layout, config.rows, config.warps, act,
+                                           config.precision, config.chunk, dtype, arch,
+                                           config.group, config.cols):  # fmt: skip
             shared, res = compiled.metadata.shared, resources(compiled)
-            print(f"{label} {name}: rows={rows} warps={warps} shared={shared} (estimated "
-                  f"{estimate}) reg={res.get('REG')} stack={res.get('STACK')} "
+            tensor_ops = len(re.findall(r"\bH(?:G)?MMA\b", sass(compiled)))
+            print(f"{label} {name}: shared={shared} (estimated {estimate}) reg={res.get('REG')} "
+                  f"stack={res.get('STACK')} tensor-core instructions={tensor_ops} "
                   f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
             if shared > estimate:
                 problems.append(f"{label} {name}: {shared} bytes of shared memory > estimate "
                                 f"{estimate}")  # fmt: skip
+            if needs_tensor_cores and tensor_ops == 0:
+                problems.append(f"{label} {name}: no tensor-core instruction in the SASS")
             start = time.perf_counter()
     except Exception as exc:  # noqa: BLE001 - report every failing variant
         problems.append(f"{label}: compile error: {str(exc).strip().splitlines()[-1]}")

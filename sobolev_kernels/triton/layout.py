@@ -140,23 +140,30 @@ class Layout:
         return None
 
     def shared_bytes(self, rows: int, element_size: int, chunk: int = CHUNK,
-                     group: int | None = None) -> int:  # fmt: skip
+                     group: int | None = None, precision: str = "ieee",
+                     cols: int = 0) -> int:  # fmt: skip
         """Estimated shared memory of one program: two weight tiles of the widest layer plus
         the value and tangent operand tiles (``group`` directions, default the static
         launch's ``group(rows, num_warps())``) of its dot products, all cut to ``chunk`` along
-        K.
+        K (and the weight tiles to ``cols`` output columns; 0: all).
 
         Calibrated on ahead-of-time compiles with triton 3.6 and 3.9
-        (scripts/check_triton_compile.py): an upper bound for fp32 on sm_80 and sm_90 (the
-        backward keeps a second weight tile); 16-bit dots on sm_90 (wgmma) use up to 1.75x
-        more (config L's backward), hence the margin.
+        (scripts/check_triton_compile.py): an upper bound for exact fp32 dots on sm_80 and
+        sm_90 (the backward keeps a second weight tile); 16-bit dots on sm_90 (wgmma) use up
+        to 1.75x more (config L's backward), and fp32 operands on tensor cores ("tf32x3",
+        "tf32": TF32 copies, and for tf32x3 their remainders) 2.1x more (64 rows at width
+        32), hence the margins.
         """
         tangent_rows = self.order * (group or self.group(rows, self.num_warps())) * rows
         per_layer = []
         for a, b in zip(self.pads, self.pads[1:]):
             k_a, k_b = min(chunk, a), min(chunk, b)
-            per_layer.append(2 * max(k_a * b, k_b * a) + (rows + tangent_rows) * max(k_a, k_b))
-        margin = 1.0 if element_size >= 4 else 2.0
+            n_a, n_b = min(cols or a, a), min(cols or b, b)
+            per_layer.append(2 * max(k_a * n_b, k_b * n_a) + (rows + tangent_rows) * max(k_a, k_b))
+        if element_size < 4:
+            margin = 2.0
+        else:
+            margin = 1.0 if precision == "ieee" else 2.5
         return int(element_size * max(per_layer) * margin)
 
     def tile_elements(self, rows: int, group: int | None = None, cols: int = 0) -> int:
@@ -251,9 +258,10 @@ class Layout:
             if tensor_core_precision != precision:
                 out.append(static._replace(precision=tensor_core_precision))
             wide = self.tensor_core_config(tensor_core_precision)
-            if shared_limit is None or (
-                self.shared_bytes(wide.rows, element_size, group=wide.group) <= shared_limit
-            ):
+            need = self.shared_bytes(
+                wide.rows, element_size, wide.chunk, wide.group, wide.precision
+            )
+            if shared_limit is None or need <= shared_limit:
                 out.append(wide)
         return out
 
