@@ -30,7 +30,8 @@ stage_build() {
   local arch
   arch="$("$PY" -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capability())))")"
   FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-$JOBS}" \
-    "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . > "$WORK/build.log" 2>&1 \
+    SOBOLEV_REQUIRE_EXTENSION=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . \
+    > "$WORK/build.log" 2>&1 \
     || { echo "build failed: see build.log"; tail -40 "$WORK/build.log"; status=1; }
   "$PY" -c "import sobolev_kernels as sk; print('backends:', sk.available_backends())"
   cp "$WORK/device.txt" "$WORK/build.log" "$OUT/"

@@ -13,6 +13,8 @@ first use, so ``torch.compile`` does not trace the registration.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -22,8 +24,9 @@ NAME = "cuda"
 ORDERS = (1, 2)
 
 _BUILD_HINT = (
-    "build it from the repository root with `pip install --no-build-isolation -e .` (a C++ "
-    "compiler for the CPU kernel; nvcc and a CUDA build of torch for the CUDA kernels)"
+    "reinstall with `pip install --no-build-isolation .` (`-e .` in a checkout) where torch is "
+    "installed (a C++ compiler for the CPU kernel; nvcc and a CUDA build of torch for the CUDA "
+    "kernels)"
 )
 DTYPES = (torch.float64, torch.float32, *LOW_PRECISION)
 # The CUDA kernels keep the layer table in kernel arguments (csrc/cuda/sobolev_kernels.cuh).
@@ -176,9 +179,10 @@ def _backward(ctx, grad_loss, grad_f, grad_u, grad_w, grad_saved):
 
 try:
     from .. import _C as _extension
-except ImportError as exc:  # not built (or built against another torch)
+except ImportError as exc:  # not built (setup.py then leaves a note why), or another torch
     _extension = None
-    _import_error = str(exc)
+    _note = Path(__file__).parents[1] / "_C_unavailable.txt"
+    _import_error = _note.read_text().strip() if _note.exists() else str(exc)
 else:
     _import_error = None
     _register()
