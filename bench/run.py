@@ -1,7 +1,7 @@
 """The main job: a Sobolev-vs-regular training demo and a quick step-time benchmark.
 
-    python bench/run.py            # CPU: a minute or two
-    python bench/run.py --quick    # smaller: seconds
+    python bench/run.py            # CPU: a few minutes
+    python bench/run.py --quick    # fewer steps, smaller sizes
     python bench/run.py --out DIR --update-readme
 
 1. Trains the same MLP on 100 points of Styblinski-Tang twice, on values only ("regular") and
@@ -14,8 +14,8 @@
 
 Progress goes to stderr (a tqdm bar in a terminal, plain lines in logs), the tables to stdout.
 Writes to --out (default results/main/, not committed): main_job.md (the tables as in the
-README; --update-readme copies them there), training.csv (test errors during training),
-step_times.csv and main_job.png (error curves and step times; needs matplotlib).
+README; --update-readme copies them and the plot there), training.csv (test errors during
+training), step_times.csv and main_job.png (error curves and step times; needs matplotlib).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nWrote to {args.out}: {written}")
     if args.update_readme:
         update_readme((args.out / "main_job.md").read_text().strip())
+        if (args.out / "main_job.png").exists():
+            shutil.copyfile(args.out / "main_job.png", ROOT / "docs" / "main_job.png")
 
 
 if __name__ == "__main__":
