@@ -61,7 +61,7 @@ class Progress:
         self.total, self.desc, self.unit, self.done = total, desc, unit, 0
         self.stream = stream or sys.stderr
         self.start = time.perf_counter()
-        self.bar = None
+        self.bar, self.announced = None, False
         if self.stream.isatty():
             try:
                 from tqdm import tqdm
@@ -76,20 +76,25 @@ class Progress:
             if info:
                 self.bar.set_postfix(info, refresh=False)
             self.bar.update(n)
-        elif self.done * 10 // self.total > before * 10 // self.total:
-            extra = "".join(f", {key} {value}" for key, value in info.items())
-            elapsed = time.perf_counter() - self.start
-            print(f"[{self.desc}] {self.done}/{self.total} {self.unit}, {elapsed:.1f} s{extra}",
-                  file=self.stream, flush=True)  # fmt: skip
+        elif self.done == self.total or (
+            not self.announced and self.done * 10 // self.total > before * 10 // self.total
+        ):
+            self._line(info)
+
+    def _line(self, info: dict) -> None:
+        extra = "".join(f", {key} {value}" for key, value in info.items())
+        elapsed = time.perf_counter() - self.start
+        print(f"[{self.desc}] {self.done}/{self.total} {self.unit}, {elapsed:.1f} s{extra}",
+              file=self.stream, flush=True)  # fmt: skip
 
     def status(self, **info: object) -> None:
-        """What runs now (for steps long enough to want saying)."""
-        text = ", ".join(f"{key} {value}" for key, value in info.items())
+        """What starts now, for items long enough to be worth a line each (those lines then
+        replace the tenths)."""
+        self.announced = True
         if self.bar is not None:
-            self.bar.set_postfix_str(text)
+            self.bar.set_postfix(info)
         else:
-            print(f"[{self.desc}] {self.done}/{self.total} {self.unit} done, {text}",
-                  file=self.stream, flush=True)  # fmt: skip
+            self._line(info)
 
     def __enter__(self) -> Progress:
         return self
