@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import os
 import shutil
 import sys
 import time
@@ -259,11 +260,22 @@ def render_steps(steps: dict, *, device: str, markdown: bool) -> str:
     ])  # fmt: skip
 
 
-def write_results(out: Path, train: dict, steps: dict, *, n_steps: int, device: str) -> None:
+def load_average() -> str:
+    """The machine's 1-minute load average: step times on a busy CPU are not its speed."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not on every platform
+        return "unknown"
+
+
+def write_results(
+    out: Path, train: dict, steps: dict, *, n_steps: int, device: str, load: str
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     header = (
         f"From `bench/run.py` at commit `{git_commit()}`, {datetime.date.today()}, "
-        f"{device_name(device)}, sobolev_kernels {sk.__version__}, torch {torch.__version__}, "
+        f"{device_name(device)} (load average {load} at the start, {load_average()} at the end, "
+        f"{os.cpu_count()} cores), sobolev_kernels {sk.__version__}, torch {torch.__version__}, "
         f"backends {', '.join(sk.available_backends())}."
     )
     training = render_training(train, n_steps=n_steps, markdown=True)
@@ -336,12 +348,13 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"sobolev_kernels {sk.__version__}, torch {torch.__version__}, "
           f"backends: {', '.join(sk.available_backends())}", flush=True)  # fmt: skip
+    load = load_average()
     n_steps = 300 if args.quick else 2000
     train = train_demo(steps=n_steps, device=args.device)
     print("\n" + render_training(train, n_steps=n_steps, markdown=False), flush=True)
     steps = benchmark_steps(args.device, args.quick)
     print("\n" + render_steps(steps, device=args.device, markdown=False))
-    write_results(args.out, train, steps, n_steps=n_steps, device=args.device)
+    write_results(args.out, train, steps, n_steps=n_steps, device=args.device, load=load)
     written = ", ".join(sorted(p.name for p in args.out.iterdir() if p.is_file()))
     print(f"\nWrote to {args.out}: {written}")
     if args.update_readme:
