@@ -274,9 +274,9 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     header = (
         f"From `bench/run.py` at commit `{git_commit()}`, {datetime.date.today()}, "
-        f"{device_name(device)} (load average {load} at the start, {load_average()} at the end, "
-        f"{os.cpu_count()} cores), sobolev_kernels {sk.__version__}, torch {torch.__version__}, "
-        f"backends {', '.join(sk.available_backends())}."
+        f"{device_name(device)}, sobolev_kernels {sk.__version__}, torch {torch.__version__}, "
+        f"backends {', '.join(sk.available_backends())}; load average {load} at the start and "
+        f"{load_average()} at the end, on {os.cpu_count()} cores."
     )
     training = render_training(train, n_steps=n_steps, markdown=True)
     timing = render_steps(steps, device=device, markdown=True)
