@@ -24,9 +24,9 @@ NAME = "cuda"
 ORDERS = (1, 2)
 
 _BUILD_HINT = (
-    "reinstall with `pip install --no-build-isolation .` (`-e .` in a checkout) where torch is "
-    "installed (a C++ compiler for the CPU kernel; nvcc and a CUDA build of torch for the CUDA "
-    "kernels)"
+    "reinstall with `pip install --no-build-isolation .` where torch is installed (in a "
+    "checkout: `pip install --no-build-isolation -e .`), with a C++ compiler for the CPU kernel "
+    "(nvcc and a CUDA build of torch for the CUDA kernels)"
 )
 DTYPES = (torch.float64, torch.float32, *LOW_PRECISION)
 # The CUDA kernels keep the layer table in kernel arguments (csrc/cuda/sobolev_kernels.cuh).
