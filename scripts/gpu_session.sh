@@ -113,7 +113,7 @@ stage_build() {
   local arch
   arch="$("$PY" -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capability())))")" \
     || { echo "no CUDA device visible to torch"; return 1; }
-  FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$NCPU" limited "$1" "$WORK/build.log" \
+  FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$NCPU" SOBOLEV_REQUIRE_EXTENSION=1 limited "$1" "$WORK/build.log" \
     "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
   local rc=$?
   [ $rc -eq 0 ] || tail -20 "$WORK/build.log"

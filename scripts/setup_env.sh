@@ -36,7 +36,9 @@ for extra in "$@"; do
     bench)
       has matplotlib || want+=(matplotlib)
       has minatar || want+=(minatar)
-      has sklearn || want+=(scikit-learn) ;;
+      has sklearn || want+=(scikit-learn)
+      has tqdm || want+=(tqdm) ;;
+    main) has tqdm || want+=(tqdm); has matplotlib || want+=(matplotlib) ;;
     other_triton) other_triton=1 ;;
   esac
 done
@@ -63,6 +65,9 @@ stamp="$VENV/.sobolev_build_stamp"
 digest="$(cd "$ROOT" && cat setup.py pyproject.toml $(find csrc -type f 2>/dev/null | sort) | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   echo "[setup] building sobolev_kernels (pip install --no-build-isolation -e .)"
-  (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-2}" pip_install --no-build-isolation --no-deps -e .)
+  # the extension is optional for users, not here: a failed build stops instead of installing
+  # pure Python (SOBOLEV_REQUIRE_EXTENSION=0 allows it)
+  (cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-2}" SOBOLEV_REQUIRE_EXTENSION="${SOBOLEV_REQUIRE_EXTENSION:-1}" \
+    pip_install --no-build-isolation --no-deps -e .)
   echo "$digest" > "$stamp"
 fi

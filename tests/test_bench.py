@@ -3,6 +3,7 @@ sizes (never timed), and the guards that keep results comparable hold."""
 
 import csv
 import importlib.util
+import io
 import math
 import os
 import re
@@ -219,9 +220,69 @@ def test_kernel_profile_quick(tmp_path):
         assert "`sobolev_kernels::sobolev_backward`" in text
 
 
-def test_main_job_quick():
-    out = _module("bench.run", "--quick")
+def test_main_job_quick(tmp_path):
+    out = _module("bench.run", "--quick", "--out", str(tmp_path))
     assert "sobolev" in out.stdout and "torch_func" in out.stdout
+    # units: the MSEs' and the spread they compare with; the step times'
+    assert "value MSE (f^2)" in out.stdout and "var(f) = " in out.stdout
+    assert "wall-clock ms per step" in out.stdout and "median ms" in out.stdout
+    # progress of the long phases, on stderr (plain lines: stderr is not a terminal here)
+    assert "[train sobolev] 300/300 steps" in out.stderr and "now torch_func" in out.stderr
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {"main_job.md", "training.csv", "step_times.csv"} <= written
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert "main_job.png" in written
+    curves = list(csv.DictReader((tmp_path / "training.csv").open()))
+    for method in ("regular", "sobolev"):
+        final = [r for r in curves if r["method"] == method][-1]
+        assert final["step"] == "300" and float(final["value_mse"]) > 0
+    times = {r["provider"]: r for r in csv.DictReader((tmp_path / "step_times.csv").open())}
+    assert float(times["torch_func"]["p50"]) > 0 and times["torch_func"]["unit"] == "ms"
+    # README shows this file's tables (--update-readme): the same columns
+    table = (tmp_path / "main_job.md").read_text()
+    readme = (ROOT / "README.md").read_text().split("<!-- main:begin -->")[1]
+    readme = readme.split("<!-- main:end -->")[0]
+    headers = [line for line in table.splitlines() if line.startswith(("| method", "| provider"))]
+    assert len(headers) == 2 and all(line in readme for line in headers)
+
+
+def _main_job():
+    from bench import run
+
+    return run
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_main_job_progress_lines_in_logs_and_a_bar_in_a_terminal():
+    run = _main_job()
+    log = _Stream(tty=False)
+    with run.Progress(20, "phase", "steps", stream=log) as progress:
+        for _ in range(20):
+            progress.update(1, loss=0.5)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("[phase] 20/20 steps")
+    assert "loss 0.5" in lines[-1]
+    pytest.importorskip("tqdm")
+    terminal = _Stream(tty=True)
+    with run.Progress(20, "phase", "steps", stream=terminal) as progress:
+        for _ in range(20):
+            progress.update(1)
+    assert progress.bar is not None and "20/20" in terminal.getvalue()
+
+
+def test_main_job_updates_only_its_readme_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- main:begin -->\nold\n<!-- main:end -->\nrest\n")
+    _main_job().update_readme("| new |", readme)
+    assert readme.read_text() == "intro\n<!-- main:begin -->\n| new |\n<!-- main:end -->\nrest\n"
 
 
 def test_gpu_session_dry_run():

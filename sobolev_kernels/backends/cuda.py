@@ -9,6 +9,8 @@ module still imports; ``unavailable_reason()`` then says how to build it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..fused import CUDA_OPS, FusedOps
@@ -16,8 +18,9 @@ from ..problem import SobolevProblem
 from .base import FusedBackend
 
 _BUILD_HINT = (
-    "build it from the repository root with `pip install --no-build-isolation -e .` (a C++ "
-    "compiler for the CPU kernel; nvcc and a CUDA build of torch for the CUDA kernels)"
+    "reinstall with `pip install --no-build-isolation .` where torch is installed (in a "
+    "checkout: `pip install --no-build-isolation -e .`), with a C++ compiler for the CPU kernel "
+    "(nvcc and a CUDA build of torch for the CUDA kernels)"
 )
 
 
@@ -65,9 +68,10 @@ def _series_fake(z, activation, negative_slope):
 
 try:
     from .. import _C as _extension
-except ImportError as exc:  # not built (or built against another torch)
+except ImportError as exc:  # not built (setup.py then leaves a note why), or another torch
     _extension = None
-    _import_error = str(exc)
+    _note = Path(__file__).parents[1] / "_C_unavailable.txt"
+    _import_error = _note.read_text().strip() if _note.exists() else str(exc)
 else:
     _import_error = None
     _register()
