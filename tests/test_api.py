@@ -12,6 +12,10 @@ from sobolev_kernels import backends
 def test_available_backends_always_has_the_cpu_ones():
     names = sk.available_backends()
     assert {"reference", "torch"} <= set(names)
+    reasons = sk.available_backends(with_reasons=True)
+    assert list(reasons) == ["reference", "torch", "triton", "cuda"]
+    assert [name for name, why in reasons.items() if why is None] == names
+    assert all(isinstance(why, str) and why for name, why in reasons.items() if name not in names)
 
 
 def test_auto_picks_the_fastest_fused_backend_on_cpu(monkeypatch):

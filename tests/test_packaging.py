@@ -84,7 +84,6 @@ def _pip_install(python: Path, sdist: Path, *flags: str, **env: str):
 
 PROBE = """
 import json, torch, sobolev_kernels as sk
-from sobolev_kernels.backends import cuda
 from importlib.resources import files
 model = sk.SobolevMLP(3, 8, 2, num_layers=2, activation="tanh", dtype=torch.float64)
 x = torch.randn(16, 3, dtype=torch.float64)
@@ -93,7 +92,7 @@ v = torch.randn(2, 3, dtype=torch.float64)
 losses = {b: sk.sobolev_loss(model, x, y, target_jvp=jvp, directions=v, backend=b).item()
           for b in sk.available_backends() if b in ("reference", "torch", "cuda")}
 print(json.dumps(dict(file=sk.__file__, backends=sk.available_backends(), losses=losses,
-                      reason=cuda.unavailable_reason(),
+                      reason=sk.available_backends(with_reasons=True)["cuda"],
                       typed=files("sobolev_kernels").joinpath("py.typed").is_file())))
 """
 

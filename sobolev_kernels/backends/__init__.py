@@ -66,8 +66,12 @@ def can_run(name: str, problem: SobolevProblem) -> bool:
     return load(name).reason(problem) is None
 
 
-def available_backends() -> list[str]:
-    """Names of the backends that can run in this process (on some device and dtype)."""
+def available_backends(with_reasons: bool = False) -> list[str] | dict[str, str | None]:
+    """Names of the backends that can run in this process (on some device and dtype); with
+    ``with_reasons``, every backend and why it cannot run here (None where it can), e.g. the
+    C++ extension that was not built and how to build it."""
+    if with_reasons:
+        return {name: b.unavailable_reason() for name, b in BACKENDS.items()}
     return [name for name, b in BACKENDS.items() if b.unavailable_reason() is None]
 
 
