@@ -60,14 +60,19 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32  # fp32 for fp32, bf16 and fp16: the kernels take no fp64
 
 
-def _target_kinds(target_jvp, target_grad, target_hvp2, target_hess) -> tuple[int, int]:
-    first = TARGET_JVP if target_jvp is not None else (
-        TARGET_GRAD if target_grad is not None else TARGET_NONE
-    )  # fmt: skip
-    second = TARGET_HVP2 if target_hvp2 is not None else (
-        TARGET_HESS if target_hess is not None else TARGET_NONE
-    )  # fmt: skip
-    return first, second
+def _targets(y, target_jvp, target_grad, target_hvp2, target_hess) -> tuple:
+    """y, and the first- and second-order target with the kernels' TARGET / TARGET2 kind,
+    contiguous (None and TARGET_NONE where absent)."""
+
+    def one_of(*pairs):
+        return next(((_contiguous(t), kind) for t, kind in pairs if t is not None),
+                    (None, TARGET_NONE))  # fmt: skip
+
+    return (
+        _contiguous(y),
+        one_of((target_jvp, TARGET_JVP), (target_grad, TARGET_GRAD)),
+        one_of((target_hvp2, TARGET_HVP2), (target_hess, TARGET_HESS)),
+    )
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:
@@ -131,12 +136,9 @@ def sobolev_forward(
     dev, dtype = x.device, x.dtype
     acc = _accumulation_dtype(dtype)
     x, v = x.contiguous(), directions.contiguous()
-    y, target_jvp, target_grad, target_hvp2, target_hess = map(
-        _contiguous, (y, target_jvp, target_grad, target_hvp2, target_hess)
+    y, (target, target_kind), (target2, target2_kind) = _targets(
+        y, target_jvp, target_grad, target_hvp2, target_hess
     )
-    target_kind, target2_kind = _target_kinds(target_jvp, target_grad, target_hvp2, target_hess)
-    target = target_jvp if target_jvp is not None else target_grad
-    target2 = target_hvp2 if target_hvp2 is not None else target_hess
     # one pointer per layer (a tuple argument): no packing copy
     w_ptrs = tuple(p.contiguous() for p in weights)
     b_ptrs = tuple(p.contiguous() for p in biases) if biases else w_ptrs
@@ -219,12 +221,9 @@ def sobolev_backward(
             biases, activation, negative_slope, alpha, beta, gamma, order, allow_tf32, True,
         )[4]  # fmt: skip
     x, v = x.contiguous(), directions.contiguous()
-    y, target_jvp, target_grad, target_hvp2, target_hess = map(
-        _contiguous, (y, target_jvp, target_grad, target_hvp2, target_hess)
+    y, (target, target_kind), (target2, target2_kind) = _targets(
+        y, target_jvp, target_grad, target_hvp2, target_hess
     )
-    target_kind, target2_kind = _target_kinds(target_jvp, target_grad, target_hvp2, target_hess)
-    target = target_jvp if target_jvp is not None else target_grad
-    target2 = target_hvp2 if target_hvp2 is not None else target_hess
     grad_loss, grad_f, grad_u, grad_w = map(_contiguous, (grad_loss, grad_f, grad_u, grad_w))
     f, u, w = f.contiguous(), u.contiguous(), w.contiguous()
     stack = layout.blocks * batch
