@@ -164,7 +164,13 @@ class Layout:
             margin = 2.0
         else:
             margin = 1.0 if precision == "ieee" else 2.5
-        return int(element_size * max(per_layer) * margin)
+        extra = 0
+        if cols:
+            # column-block launches (64 rows): the output layer's fp32 tiles of every stream
+            # pass through shared memory (the target contractions' reshapes), with room: an
+            # order-2 fp16 forward needed 1.9x the rest (check_triton_compile's full set)
+            extra = 3 * 4 * (rows + tangent_rows) * self.pads[-1]
+        return int(element_size * max(per_layer) * margin) + extra
 
     def tile_elements(self, rows: int, group: int | None = None, cols: int = 0) -> int:
         """Elements of the value and tangent tiles (``group`` directions, default K) of one
