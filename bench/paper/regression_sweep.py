@@ -14,8 +14,8 @@ run of s steps would give: one run covers a whole step sweep. ``--betas`` repeat
 Sobolev methods for each derivative weight (``regular`` is trained once, its beta column 0).
 
 Writes ``paper_regression_<name>.csv`` (``COLUMNS``), ``paper_regression_<name>.md`` (test
-value MSE at each recorded step, median over seeds, with wins against ``regular`` at the same
-step) and ``paper_regression_<name>.png`` (the curves).
+value MSE at each recorded step, mean and median over seeds, with wins against ``regular`` at
+the same step) and ``paper_regression_<name>.png`` (the curves).
 """
 
 from __future__ import annotations
@@ -79,9 +79,12 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """Median test value MSE over seeds per (cell, method, beta) at each recorded step."""
+    """Mean and median test value MSE over seeds per (cell, method, beta) at each step."""
     by = group(rows, ["function", "n_train", "method", "beta", "step"])
     steps = sorted({int(r["step"]) for r in rows})
+    if len(steps) > 8:  # curves: a column per fifth of the run, and step 1000 (Table 1's)
+        fifth = max(steps[-1] // 5, 1)
+        steps = [s for s in steps if s % fifth == 0 or s == 1000]
     configs = list(dict.fromkeys((r["function"], r["n_train"], r["method"], r["beta"])
                                  for r in rows))  # fmt: skip
     header = ["function", "n", "method", "beta"] + [f"step {s}" for s in steps]
@@ -94,7 +97,8 @@ def table(rows: list[dict]) -> str:
             if not runs:
                 line.append("")
                 continue
-            cell = f"{statistics.median(float(r['test_value_mse']) for r in runs):.3g}"
+            values = [float(r["test_value_mse"]) for r in runs]
+            cell = f"{statistics.fmean(values):.3g} / {statistics.median(values):.3g}"
             paired = [r for r in runs if r["seed"] in base]
             if method != "regular" and paired:
                 wins = sum(float(r["test_value_mse"]) < float(base[r["seed"]]["test_value_mse"])
@@ -102,9 +106,9 @@ def table(rows: list[dict]) -> str:
                 cell += f" ({wins}/{len(paired)})"
             line.append(cell)
         body.append(line)
-    note = ("Median over seeds of the test value MSE (function's own units) after each number "
-            "of Adam steps; in brackets, on how many seeds it is below `regular`'s at the same "
-            "step (same training points).\n\n")  # fmt: skip
+    note = ("Mean / median over seeds of the test value MSE (function's own units) after each "
+            "number of Adam steps; in brackets, on how many seeds it is below `regular`'s at the "
+            "same step (same training points).\n\n")  # fmt: skip
     return note + markdown_table(header, body)
 
 
