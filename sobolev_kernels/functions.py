@@ -1,7 +1,13 @@
 """The paper's 2-D optimisation test functions with analytic gradients and Hessians.
 
-Definitions and domains are those of the Virtual Library of Simulation Experiments
-(Surjanovic & Bingham, https://www.sfu.ca/~ssurjano/optimization.html). Every function takes
+Definitions and ``.domain`` are those of the Virtual Library of Simulation Experiments
+(VLSE; Surjanovic & Bingham, https://www.sfu.ca/~ssurjano/optimization.html).
+``.paper_domain`` is the input domain used for the Sobolev training paper's Table 1
+(Czarnecki et al. 2017, appendix pp. 14-15) as a third-party reproduction lists it
+(Tikquuss/lwd_pl ``src/functions.py``, ``all_functions``; the paper itself was not available
+to check): it differs from the VLSE one for Ackley ([-5, 5]^2 instead of [-32.768, 32.768]^2)
+and Rosenbrock ([-2, 2]^2 instead of [-5, 10]^2) only. ``.sample(n, domain="paper")`` draws
+from it. Every function takes
 ``x: (B, 2)`` and returns ``(B,)``; ``.grad(x)`` is ``(B, 2)`` and ``.hessian(x)`` is
 ``(B, 2, 2)``, both written out by hand (the tests check them against autograd). Where a
 function is not differentiable (Ackley's origin, Bukin N.6's valley and kink) the analytic
@@ -27,28 +33,46 @@ __all__ = [
     "rosenbrock",
     "styblinski_tang",
     "ALL",
+    "DOMAINS",
 ]
 
 Fn = Callable[[Tensor, Tensor], Tensor]
 GradFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 HessFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+Domain = tuple[tuple[float, float], tuple[float, float]]
+
+DOMAINS = ("vlse", "paper")
+"""Names ``sample``/``domain_named`` accept: the VLSE domain (``.domain``) or ``.paper_domain``."""
 
 
 @dataclass(frozen=True)
 class BenchmarkFunction:
     """A scalar function of two variables with its analytic derivatives.
 
-    ``domain`` is ``((x1_lo, x1_hi), (x2_lo, x2_hi))``; ``minimizer``/``minimum`` give a global
-    minimum (one of them, for functions with several).
+    ``domain`` is the VLSE domain ``((x1_lo, x1_hi), (x2_lo, x2_hi))``; ``paper_domain`` the
+    paper's (None: the same as ``domain``); ``minimizer``/``minimum`` give a global minimum
+    (one of them, for functions with several; it lies in both domains).
     """
 
     name: str
-    domain: tuple[tuple[float, float], tuple[float, float]]
+    domain: Domain
     minimizer: tuple[float, float]
     minimum: float
     _value: Fn
     _grad: GradFn
     _hess: HessFn
+    paper_domain: Domain | None = None
+
+    def domain_named(self, which: str | Domain = "vlse") -> Domain:
+        """The domain called ``which`` ("vlse" or "paper"); an explicit domain passes through."""
+        if which == "vlse":
+            return self.domain
+        if which == "paper":
+            return self.paper_domain if self.paper_domain is not None else self.domain
+        if isinstance(which, str):
+            raise ValueError(f"domain: expected one of {DOMAINS} or bounds, got {which!r}")
+        (a0, a1), (b0, b1) = which
+        return ((float(a0), float(a1)), (float(b0), float(b1)))
 
     def __call__(self, x: Tensor) -> Tensor:
         a, b = _split(x, self.name)
@@ -70,16 +94,23 @@ class BenchmarkFunction:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        domain: str | Domain = "vlse",
     ) -> Tensor:
-        """``(n, 2)`` points uniform in ``domain`` (drawn on the generator's device)."""
+        """``(n, 2)`` points uniform in ``domain_named(domain)`` (on the generator's device).
+
+        The same generator state gives the same uniform draws whatever the domain, so two
+        domains' samples differ only by an affine map.
+        """
+        bounds = self.domain_named(domain)
         where = generator.device if generator is not None else device
         u = torch.rand(n, 2, generator=generator, device=where, dtype=torch.float64)
-        lo = torch.tensor([d[0] for d in self.domain], dtype=torch.float64, device=where)
-        hi = torch.tensor([d[1] for d in self.domain], dtype=torch.float64, device=where)
+        lo = torch.tensor([d[0] for d in bounds], dtype=torch.float64, device=where)
+        hi = torch.tensor([d[1] for d in bounds], dtype=torch.float64, device=where)
         return (lo + u * (hi - lo)).to(device=device, dtype=dtype)
 
     def __repr__(self) -> str:
-        return f"BenchmarkFunction({self.name!r}, domain={self.domain})"
+        paper = "" if self.paper_domain is None else f", paper_domain={self.paper_domain}"
+        return f"BenchmarkFunction({self.name!r}, domain={self.domain}{paper})"
 
 
 def _split(x: Tensor, name: str) -> tuple[Tensor, Tensor]:
@@ -251,31 +282,36 @@ def _styblinski_tang_hess(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor, Tenso
 
 _ST_X = -2.903534018185960  # root of 2 x^3 - 16 x + 2.5 = 0 giving the global minimum
 
+# domain: VLSE's page of each function. paper_domain: Tikquuss/lwd_pl src/functions.py (see
+# the module docstring), the same bounds as VLSE except for Ackley and Rosenbrock.
 ackley = BenchmarkFunction(
     "ackley", ((-32.768, 32.768), (-32.768, 32.768)), (0.0, 0.0), 0.0,
-    _ackley, _ackley_grad, _ackley_hess,
+    _ackley, _ackley_grad, _ackley_hess, paper_domain=((-5.0, 5.0), (-5.0, 5.0)),
 )  # fmt: skip
 beale = BenchmarkFunction(
-    "beale", ((-4.5, 4.5), (-4.5, 4.5)), (3.0, 0.5), 0.0, _beale, _beale_grad, _beale_hess
-)
+    "beale", ((-4.5, 4.5), (-4.5, 4.5)), (3.0, 0.5), 0.0, _beale, _beale_grad, _beale_hess,
+    paper_domain=((-4.5, 4.5), (-4.5, 4.5)),
+)  # fmt: skip
 booth = BenchmarkFunction(
-    "booth", ((-10.0, 10.0), (-10.0, 10.0)), (1.0, 3.0), 0.0, _booth, _booth_grad, _booth_hess
-)
+    "booth", ((-10.0, 10.0), (-10.0, 10.0)), (1.0, 3.0), 0.0, _booth, _booth_grad, _booth_hess,
+    paper_domain=((-10.0, 10.0), (-10.0, 10.0)),
+)  # fmt: skip
 bukin_n6 = BenchmarkFunction(
     "bukin_n6", ((-15.0, -5.0), (-3.0, 3.0)), (-10.0, 1.0), 0.0,
-    _bukin, _bukin_grad, _bukin_hess,
+    _bukin, _bukin_grad, _bukin_hess, paper_domain=((-15.0, -5.0), (-3.0, 3.0)),
 )  # fmt: skip
 mccormick = BenchmarkFunction(
     "mccormick", ((-1.5, 4.0), (-3.0, 4.0)), (-0.54719, -1.54719), -1.9133,
-    _mccormick, _mccormick_grad, _mccormick_hess,
+    _mccormick, _mccormick_grad, _mccormick_hess, paper_domain=((-1.5, 4.0), (-3.0, 4.0)),
 )  # fmt: skip
 rosenbrock = BenchmarkFunction(
     "rosenbrock", ((-5.0, 10.0), (-5.0, 10.0)), (1.0, 1.0), 0.0,
-    _rosenbrock, _rosenbrock_grad, _rosenbrock_hess,
+    _rosenbrock, _rosenbrock_grad, _rosenbrock_hess, paper_domain=((-2.0, 2.0), (-2.0, 2.0)),
 )  # fmt: skip
 styblinski_tang = BenchmarkFunction(
     "styblinski_tang", ((-5.0, 5.0), (-5.0, 5.0)), (_ST_X, _ST_X), -78.33233140754282,
     _styblinski_tang, _styblinski_tang_grad, _styblinski_tang_hess,
+    paper_domain=((-5.0, 5.0), (-5.0, 5.0)),
 )  # fmt: skip
 
 ALL: dict[str, BenchmarkFunction] = {

@@ -42,13 +42,50 @@ def test_known_minimum(fn):
         assert fn.grad(x_star).abs().max().item() < 1e-3
 
 
+@pytest.mark.parametrize("which", functions.DOMAINS)
 @pytest.mark.parametrize("fn", FUNCTIONS, ids=lambda f: f.name)
-def test_sample_is_inside_the_domain_and_reproducible(fn):
-    a = fn.sample(1000, torch.Generator().manual_seed(5))
-    b = fn.sample(1000, torch.Generator().manual_seed(5))
+def test_sample_is_inside_the_domain_and_reproducible(fn, which):
+    a = fn.sample(1000, torch.Generator().manual_seed(5), domain=which)
+    b = fn.sample(1000, torch.Generator().manual_seed(5), domain=which)
     assert a.shape == (1000, 2) and a.dtype == torch.float32 and torch.equal(a, b)
-    for i, (lo, hi) in enumerate(fn.domain):
+    for i, (lo, hi) in enumerate(fn.domain_named(which)):
         assert lo <= a[:, i].min() and a[:, i].max() <= hi
+        assert a[:, i].max() - a[:, i].min() > 0.9 * (hi - lo)  # it fills the domain
+
+
+# The paper's Table 1 domains as Tikquuss/lwd_pl src/functions.py lists them.
+PAPER_DOMAINS = {
+    "ackley": ((-5, 5), (-5, 5)),
+    "beale": ((-4.5, 4.5), (-4.5, 4.5)),
+    "booth": ((-10, 10), (-10, 10)),
+    "bukin_n6": ((-15, -5), (-3, 3)),
+    "mccormick": ((-1.5, 4), (-3, 4)),
+    "rosenbrock": ((-2, 2), (-2, 2)),
+    "styblinski_tang": ((-5, 5), (-5, 5)),
+}
+
+
+def test_paper_domains():
+    assert set(PAPER_DOMAINS) == set(functions.ALL)
+    for name, bounds in PAPER_DOMAINS.items():
+        fn = functions.ALL[name]
+        assert fn.paper_domain == bounds and fn.domain_named("paper") == bounds
+        assert fn.domain_named("vlse") == fn.domain  # .domain stays the VLSE one
+        assert all(lo <= m <= hi for m, (lo, hi) in zip(fn.minimizer, bounds))
+    differ = {n for n, f in functions.ALL.items() if f.paper_domain != f.domain}
+    assert differ == {"ackley", "rosenbrock"}
+    # the default draw is the VLSE one, as before the paper domains existed
+    g = functions.ackley.sample(100, torch.Generator().manual_seed(0))
+    assert torch.equal(g, functions.ackley.sample(100, torch.Generator().manual_seed(0),
+                                                  domain="vlse"))  # fmt: skip
+    assert g.abs().max() > 5
+
+
+def test_domain_by_bounds_and_bad_name():
+    x = functions.booth.sample(50, torch.Generator().manual_seed(0), domain=((0, 1), (2, 3)))
+    assert 0 <= x[:, 0].min() and x[:, 0].max() <= 1 and 2 <= x[:, 1].min()
+    with pytest.raises(ValueError, match="domain"):
+        functions.booth.sample(5, domain="paper2")
 
 
 def test_derivatives_are_finite_at_the_kinks():

@@ -53,6 +53,30 @@ def test_regression_quick(tmp_path):
     assert (tmp_path / "paper_regression.md").exists()
 
 
+def test_regression_vlse_and_leaky_relu_names(tmp_path):
+    regression = _script("regression")
+    tiny = ["--seeds", "1", "--steps", "5", "--n-train", "8", "--functions", "ackley",
+            "--width", "16", "--no-figure", "--out", str(tmp_path)]  # fmt: skip
+    regression.main(tiny + ["--domains", "vlse"])
+    regression.main(tiny + ["--activation", "leaky_relu"])
+    assert (tmp_path / "paper_regression_vlse.csv").exists()
+    assert (tmp_path / "paper_regression_leaky_relu.md").exists()
+    assert not (tmp_path / "paper_regression.csv").exists()
+
+
+def test_regression_sweep_quick(tmp_path):
+    sweep = _script("regression_sweep")
+    sweep.main(_args(tmp_path) + ["--betas", "0.1", "1", "--every", "50", "--no-figure"])
+    path = tmp_path / "paper_regression_curves.csv"
+    assert _columns(path) == sweep.COLUMNS
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    # regular once, the two Sobolev methods once per beta; steps 50 and 100 each
+    assert len(rows) == 2 * (1 + 2 * 2) * 2
+    assert {r["step"] for r in rows} == {"50", "100"}
+    assert all(float(r["train_grad_mse"]) >= 0 for r in rows)
+
+
 def test_distillation_quick(tmp_path):
     _needs("minatar")
     distillation = _script("distillation")

@@ -2,6 +2,8 @@
 
     python bench/paper/regression.py --quick      # < 1 min: 2 functions, 2 seeds, 150 steps
     python bench/paper/regression.py              # full: 7 functions x {20, 100} x 3 x 10 seeds
+    python bench/paper/regression.py --domains vlse                  # the VLSE-domain table
+    python bench/paper/regression.py --activation leaky_relu --seeds 5  # the leaky-ReLU column
 
 For every function, training-set size and seed, the same ReLU MLP (2 hidden layers of 256) is
 trained full batch with Adam for the same number of steps on values only (``regular``), on
@@ -9,14 +11,21 @@ values + full Jacobians (``sobolev``, ``directions="full"``) and on values + one
 directional derivative per point and step (``sobolev_stochastic``, K = 1). Test MSE of values
 and of gradients on 10,000 uniform points, in the function's own units.
 
-Writes ``paper_regression.csv`` (function, n_train, method, seed, test_value_mse,
-test_grad_mse), ``paper_regression.md`` (mean ± std table) and ``paper_regression_fits.png``.
+Points are drawn from the paper's domains (``fn.paper_domain``, the default) or from the
+Virtual Library of Simulation Experiments' (``--domains vlse``, ``fn.domain``); the two differ
+for Ackley and Rosenbrock only (``sobolev_kernels/functions.py`` gives the sources).
+
+Writes ``<stem>.csv`` (function, n_train, method, seed, test_value_mse, test_grad_mse),
+``<stem>.md`` (mean ± std table) and ``<stem>_fits.png``, where ``<stem>`` is
+``paper_regression``, plus ``_vlse`` for the VLSE domains and ``_<activation>`` for another
+activation than ReLU (``output_stem``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,8 +57,8 @@ class Normaliser:
     same optimiser settings meaningless across functions.
     """
 
-    def __init__(self, fn: sk.functions.BenchmarkFunction, y_train: torch.Tensor) -> None:
-        lo, hi = (torch.tensor(b, dtype=torch.float32) for b in zip(*fn.domain))
+    def __init__(self, bounds, y_train: torch.Tensor) -> None:
+        lo, hi = (torch.tensor(b, dtype=torch.float32) for b in zip(*bounds))
         self.center, self.half = (lo + hi) / 2, (hi - lo) / 2
         self.y_mean, self.y_scale = y_train.mean(), y_train.std()
 
@@ -68,26 +77,50 @@ class Normaliser:
         return value, u[:, :, 0] * self.y_scale / self.half
 
 
+def output_stem(domains: str, activation: str) -> str:
+    """File stem of a run: the paper's domains and ReLU are the plain ``paper_regression``."""
+    stem = "paper_regression" + ("" if domains == "paper" else f"_{domains}")
+    return stem + ("" if activation == "relu" else f"_{activation}")
+
+
 def train(
-    fn, x_train: torch.Tensor, method: str, *, seed: int, steps: int, lr: float, width: int
+    fn,
+    x_train: torch.Tensor,
+    method: str,
+    *,
+    seed: int,
+    steps: int,
+    lr: float,
+    width: int,
+    bounds,
+    activation: str = "relu",
+    beta: float = 1.0,
+    callback: Callable[[int, sk.SobolevMLP, Normaliser], None] | None = None,
 ) -> tuple[sk.SobolevMLP, Normaliser]:
-    norm = Normaliser(fn, fn(x_train))
+    """Train one model; ``bounds`` is the sampling domain (it sets the input scaling).
+
+    ``beta`` weighs the derivative term against the value term (both in training units);
+    ``callback(step, model, norm)`` runs after every step (``regression_sweep.py`` records there).
+    """
+    norm = Normaliser(bounds, fn(x_train))
     xn = norm.x(x_train)
     yn, gn = norm.targets(fn, x_train)
     torch.manual_seed(seed)
-    model = sk.SobolevMLP(2, width, 1, num_layers=3, activation="relu")
+    model = sk.SobolevMLP(2, width, 1, num_layers=3, activation=activation)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     directions = torch.Generator().manual_seed(10_000 + seed)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         if method == "regular":
             loss = torch.nn.functional.mse_loss(model(xn), yn)
         elif method == "sobolev":
-            loss = sk.sobolev_loss(model, xn, yn, target_grad=gn, directions="full")
+            loss = sk.sobolev_loss(model, xn, yn, target_grad=gn, directions="full", beta=beta)
         else:  # a fresh random unit direction per point and step
-            loss = sk.sobolev_loss(model, xn, yn, target_grad=gn, generator=directions)
+            loss = sk.sobolev_loss(model, xn, yn, target_grad=gn, generator=directions, beta=beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if callback is not None:
+            callback(step, model, norm)
     return model, norm
 
 
@@ -99,19 +132,27 @@ def evaluate(fn, model, norm, x_test: torch.Tensor) -> dict[str, float]:
     }
 
 
+def data(fn, n_train: int, seed: int, domains: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training points of one seed (shared by every method: a paired comparison), test set."""
+    x_train = fn.sample(n_train, torch.Generator().manual_seed(seed), domain=domains)
+    x_test = fn.sample(N_TEST, torch.Generator().manual_seed(123_456), domain=domains)
+    return x_train, x_test
+
+
+def train_options(args: argparse.Namespace, fn, seed: int) -> dict:
+    return dict(seed=seed, steps=args.steps, lr=args.lr, width=args.width,
+                bounds=fn.domain_named(args.domains), activation=args.activation)  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     cases = [(f, n, s) for f in args.functions for n in args.n_train for s in range(args.seeds)]
     clock = Stopwatch(len(cases), "regression")
     for name, n_train, seed in cases:
         fn = sk.functions.ALL[name]
-        # Same training points for every method (paired comparison); one fixed test set.
-        x_train = fn.sample(n_train, torch.Generator().manual_seed(seed))
-        x_test = fn.sample(N_TEST, torch.Generator().manual_seed(123_456))
+        x_train, x_test = data(fn, n_train, seed, args.domains)
         for method in METHODS:
-            model, norm = train(
-                fn, x_train, method, seed=seed, steps=args.steps, lr=args.lr, width=args.width
-            )
+            model, norm = train(fn, x_train, method, **train_options(args, fn, seed))
             rows.append(
                 dict(function=name, n_train=n_train, method=method, seed=seed)
                 | evaluate(fn, model, norm, x_test)
@@ -170,17 +211,15 @@ def plot_fits(args: argparse.Namespace, path: Path) -> None:
     fig, axes = plt.subplots(2, 4, figsize=(15, 7))
     for row, name in zip(axes, FIGURE_FUNCTIONS):
         fn = sk.functions.ALL[name]
-        x_train = fn.sample(n_train, torch.Generator().manual_seed(0))
-        (a0, a1), (b0, b1) = fn.domain
+        x_train = data(fn, n_train, 0, args.domains)[0]
+        (a0, a1), (b0, b1) = fn.domain_named(args.domains)
         ga, gb = torch.meshgrid(
             torch.linspace(a0, a1, 120), torch.linspace(b0, b1, 120), indexing="xy"
         )
         grid = torch.stack([ga.flatten(), gb.flatten()], 1)
         panels = [("target", fn(grid))]
         for method in METHODS:
-            model, norm = train(
-                fn, x_train, method, seed=0, steps=args.steps, lr=args.lr, width=args.width
-            )
+            model, norm = train(fn, x_train, method, **train_options(args, fn, 0))
             panels.append((method, norm.predict(model, grid)[0]))
         levels = torch.linspace(panels[0][1].min().item(), panels[0][1].max().item(), 31)
         for ax, (label, z) in zip(row, panels):
@@ -205,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--functions", nargs="+", default=None, choices=sorted(sk.functions.ALL))
     parser.add_argument("--n-train", nargs="+", type=int, default=[20, 100])
+    parser.add_argument("--domains", choices=sk.functions.DOMAINS, default="paper",
+                        help="sampling domains: the paper's (default) or VLSE's")  # fmt: skip
+    parser.add_argument("--activation", default="relu", choices=["relu", "leaky_relu"])
     parser.add_argument("--table-only", action="store_true", help="re-render from the CSV")
     parser.add_argument("--no-figure", action="store_true", help="skip the fits figure")
     args = parser.parse_args(argv)
@@ -213,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     args.steps = args.steps or (150 if args.quick else 1000)
     args.seeds = args.seeds or (2 if args.quick else 10)
     args.out.mkdir(parents=True, exist_ok=True)
-    csv_path = args.out / "paper_regression.csv"
+    stem = output_stem(args.domains, args.activation)
+    csv_path = args.out / f"{stem}.csv"
 
     if args.table_only:
         rows = read_csv(csv_path)
@@ -222,10 +265,10 @@ def main(argv: list[str] | None = None) -> None:
         write_csv(csv_path, COLUMNS, rows)
         rows = read_csv(csv_path)
     text = table(rows)
-    (args.out / "paper_regression.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
     if not args.no_figure:
-        plot_fits(args, args.out / "paper_regression_fits.png")
+        plot_fits(args, args.out / f"{stem}_fits.png")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/paper/regression_order2.py --quick   # < 1 min: 2 functions, 1 seed
     python bench/paper/regression_order2.py           # full: 7 functions x {20, 100} x 3 x 5 seeds
+    python bench/paper/regression_order2.py --domains vlse   # on the VLSE domains
 
 The paper's regression network is a ReLU MLP, which is piecewise linear: its second
 derivatives are 0 almost everywhere, so a Hessian term cannot teach it anything (docs/math.md).
@@ -15,8 +16,9 @@ unit directions per point and step):
   analytic Hessians of ``sobolev_kernels.functions``.
 
 Test MSE of values, gradients and Hessians (all four entries) on 10,000 uniform points, in the
-function's own units. Writes ``paper_regression_order2.csv`` (function, n_train, method, seed,
-test_value_mse, test_grad_mse, test_hess_mse) and ``paper_regression_order2.md``.
+function's own units. Points come from the paper's domains (default) or VLSE's, as in
+``regression.py``. Writes ``paper_regression_order2[_vlse].csv`` (function, n_train, method,
+seed, test_value_mse, test_grad_mse, test_hess_mse) and ``paper_regression_order2[_vlse].md``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 from paper_common import RESULTS, Stopwatch, group, markdown_table, pm, read_csv, setup_cpu
 from paper_common import write_csv as write_rows
-from regression import N_TEST, Normaliser
+from regression import Normaliser, data
 
 import sobolev_kernels as sk
 
@@ -45,8 +47,8 @@ def hessian_targets(fn, norm: Normaliser, x: torch.Tensor) -> torch.Tensor:
     return fn.hessian(x) * scale
 
 
-def train(fn, x_train, method, *, seed, steps, lr, width, activation):
-    norm = Normaliser(fn, fn(x_train))
+def train(fn, x_train, method, *, seed, steps, lr, width, activation, bounds):
+    norm = Normaliser(bounds, fn(x_train))
     xn = norm.x(x_train)
     yn, gn = norm.targets(fn, x_train)
     hn = hessian_targets(fn, norm, x_train)
@@ -85,11 +87,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     clock = Stopwatch(len(cases), "regression order 2")
     for name, n_train, seed in cases:
         fn = sk.functions.ALL[name]
-        x_train = fn.sample(n_train, torch.Generator().manual_seed(seed))
-        x_test = fn.sample(N_TEST, torch.Generator().manual_seed(123_456))
+        x_train, x_test = data(fn, n_train, seed, args.domains)
         for method in METHODS:
             model, norm = train(fn, x_train, method, seed=seed, steps=args.steps, lr=args.lr,
-                                width=args.width, activation=args.activation)  # fmt: skip
+                                width=args.width, activation=args.activation,
+                                bounds=fn.domain_named(args.domains))  # fmt: skip
             rows.append(dict(function=name, n_train=n_train, method=method, seed=seed)
                         | evaluate(fn, model, norm, x_test))  # fmt: skip
         clock.tick(f"{name} n={n_train} seed={seed}")
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--functions", nargs="+", default=None, choices=sorted(sk.functions.ALL))
     parser.add_argument("--n-train", nargs="+", type=int, default=[20, 100])
+    parser.add_argument("--domains", choices=sk.functions.DOMAINS, default="paper",
+                        help="sampling domains: the paper's (default) or VLSE's")  # fmt: skip
     parser.add_argument("--table-only", action="store_true", help="re-render from the CSV")
     args = parser.parse_args(argv)
     setup_cpu(args.threads)
@@ -150,11 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.width = min(args.width, 64)
     args.out.mkdir(parents=True, exist_ok=True)
-    csv_path = args.out / "paper_regression_order2.csv"
+    stem = "paper_regression_order2" + ("" if args.domains == "paper" else f"_{args.domains}")
+    csv_path = args.out / f"{stem}.csv"
     if not args.table_only:
         write_rows(csv_path, COLUMNS, run(args))
     text = table(read_csv(csv_path))
-    (args.out / "paper_regression_order2.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
 
 
