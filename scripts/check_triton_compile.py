@@ -6,7 +6,8 @@ report registers, stack (spills) and shared memory of every variant.
     python scripts/check_triton_compile.py --quick    # two small variants, sm_90 (CI)
 
 Each variant compiles as the static launch and as the autotuner's tensor-core candidate
-(fp32: 3xTF32 dots). Exit status 1 if one fails to compile, needs more shared memory than the
+(fp32: 3xTF32 dots), and the split-K weight-gradient kernel with tensor-core dots. Exit
+status 1 if one fails to compile, needs more shared memory than the
 backend estimated (the estimate decides whether a problem fits), or, as a tensor-core
 launch, has no tensor-core instruction in its SASS. Resource surveys over launch
 configs live in investigations/triton_resource_survey.py.
@@ -23,7 +24,13 @@ import time
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences a 3.9 notice; same default
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU even when tests interpret
 
-from sobolev_kernels.triton.aot import SHARED_LIMIT, compile_step, resources, sass  # noqa: E402
+from sobolev_kernels.triton.aot import (  # noqa: E402
+    SHARED_LIMIT,
+    compile_step,
+    compile_weight_grad,
+    resources,
+    sass,
+)
 from sobolev_kernels.triton.layout import MIN_PAD, Layout  # noqa: E402
 
 # (widths, K, order, dtype, activation id): the configs of bench/step.py and the edges
@@ -57,6 +64,27 @@ def check(variant, arch: int) -> list[str]:
     problems = []
     for config, needs_tensor_cores in ((static, dtype != "fp32"), (tensor_core, True)):
         problems += _check_config(layout, config, variant, arch, needs_tensor_cores)
+    return problems + _check_weight_grad(layout, tensor_core.precision, variant, arch)
+
+
+def _check_weight_grad(layout, precision, variant, arch) -> list[str]:
+    """The split-K weight-gradient kernel: it compiles, fits in shared memory and runs its
+    products on tensor cores (3xTF32 for fp32)."""
+    label = f"sm_{arch} widths={variant[0]} K={variant[1]} {variant[3]} {precision} splitk"
+    try:
+        name, compiled = compile_weight_grad(layout, precision, variant[3], arch)
+    except Exception as exc:  # noqa: BLE001 - report every failing variant
+        print(f"{label}: compile error: {str(exc).strip().splitlines()[-1]}")
+        return [f"{label}: compile error: {str(exc).strip().splitlines()[-1]}"]
+    shared, res = compiled.metadata.shared, resources(compiled)
+    tensor_ops = len(re.findall(r"\bH(?:G)?MMA\b", sass(compiled)))
+    print(f"{label} {name}: shared={shared} reg={res.get('REG')} stack={res.get('STACK')} "
+          f"tensor-core instructions={tensor_ops}")  # fmt: skip
+    problems = []
+    if shared > SHARED_LIMIT[arch]:
+        problems.append(f"{label}: {shared} bytes of shared memory > {SHARED_LIMIT[arch]}")
+    if tensor_ops == 0:
+        problems.append(f"{label}: no tensor-core instruction in the SASS")
     return problems
 
 

@@ -36,6 +36,8 @@ def tolerance(backend: str, dtype: torch.dtype, device: str = "cpu") -> float:
     if backend == "triton" and dtype == torch.float32 and device == "cuda":
         return 1e-4
     return TOLERANCES[dtype]
+
+
 SLOW = os.environ.get("SOBOLEV_SLOW") == "1"
 
 

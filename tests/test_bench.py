@@ -319,8 +319,15 @@ def test_tuning_table_lists_every_candidate_and_marks_the_winner(monkeypatch):
     assert "Nothing was measured" in tuning_markdown()
     times = iter([2.0, 1.0])
     monkeypatch.setattr(tuning, "time_ms", lambda fn: next(times))
-    key = ("triton", "fwd", "cuda:0", torch.float32, False, 1024, (("K", 2), ("ORDER", 1),
-                                                                    ("WIDTHS", (16, 128, 8))))
+    key = (
+        "triton",
+        "fwd",
+        "cuda:0",
+        torch.float32,
+        False,
+        1024,
+        (("K", 2), ("ORDER", 1), ("WIDTHS", (16, 128, 8))),
+    )
     static = LaunchConfig(16, 8, 32, 2, "ieee")
     wide = LaunchConfig(64, 8, 32, 2, "tf32x3", 32)
     assert tuning.fastest(key, [static, wide], lambda c: None) == wide

@@ -110,7 +110,7 @@ def test_mlp_jvp_and_its_gradient():
         assert_close(a, b, RTOL_FP32, "mlp_jvp")
 
 
-def _unequal_widths_agree(order, k, target2="target_hvp2"):
+def _unequal_widths_agree(order, k, target2="target_hvp2", forward_only=True):
     torch.manual_seed(order + k)
     seq = torch.nn.Sequential(
         torch.nn.Linear(3, 40), torch.nn.Tanh(), torch.nn.Linear(40, 20), torch.nn.Tanh(),
@@ -125,7 +125,8 @@ def _unequal_widths_agree(order, k, target2="target_hvp2"):
         shape = (37, k, 2) if target2 == "target_hvp2" else (37, 2, 3, 3)
         kw[target2] = torch.randn(*shape, device=DEVICE)
     assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, expected_model=upcast_model(model))
-    assert_forward_only_agrees(model, x, y, kw, "triton", RTOL_FP32, upcast_model(model))
+    if forward_only:
+        assert_forward_only_agrees(model, x, y, kw, "triton", RTOL_FP32, upcast_model(model))
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -146,6 +147,64 @@ def test_directions_in_groups(monkeypatch, order, target2, group):
 
     monkeypatch.setattr(Layout, "group", lambda self, rows, warps: min(group, self.kp))
     _unequal_widths_agree(order, k=5, target2=target2)
+
+
+# SOBOLEV_TRITON_WEIGHT_GRAD: dW and db by one GEMM per layer, or by the split-K kernel over
+# every layer's tiles (several split row ranges here, the last one ragged) and one reduction.
+# (gemm is the default every other test runs)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width, bias", [(17, True), (80, True), (24, False)])
+def test_weight_gradients_by_splitk(monkeypatch, dtype, width, bias):
+    """Width 80 takes two 64-wide tiles each way (the bias from the first column tile only);
+    a bias sums the value rows of A_l, not its tangent rows."""
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")
+    rtol = RTOL_FP32 if dtype == torch.float32 else TOLERANCES[dtype]
+    _agree(rtol, dtype=dtype, batch=37, dim=3, width=width, out=2, k=3, bias=bias, seed=width)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_weight_gradients_by_splitk_with_unequal_widths(monkeypatch, order):
+    """Layer 1's inputs have no second-order rows: the split-K kernel stops at (1 + K) B."""
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")
+    _unequal_widths_agree(order, k=3, forward_only=False)
+
+
+def test_weight_gradient_method_choice(monkeypatch):
+    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton.layout import Layout
+
+    layout, x = Layout.of((3, 8, 2), 2, 1), torch.zeros(4, 3)
+    never = lambda method: pytest.fail("nothing is measured off a GPU")  # noqa: E731
+    assert launch._weight_grad_method(layout, x, True, False, never) == "gemm"
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")
+    assert launch._weight_grad_method(layout, x, True, False, never) == "splitk"
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "cublas")
+    with pytest.raises(ValueError, match="SOBOLEV_TRITON_WEIGHT_GRAD: expected auto, gemm"):
+        launch._weight_grad_method(layout, x, True, False, never)
+
+
+def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
+    """Where the tuner can measure, the faster method wins, a tie keeps gemm, and the GPU
+    benchmark's table of measurements names the choice."""
+    from bench.tuning_table import tuning_markdown
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton.layout import Layout
+
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    layout = Layout.of((3, 8, 2), 2, 1)
+    tuning.clear()
+    try:
+        for times, expected, batch in (([2.0, 1.0], "splitk", 4), ([1.0, 1.0], "gemm", 40)):
+            timings = iter(times)
+            monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
+            x = torch.zeros(batch, 3)
+            assert launch._weight_grad_method(layout, x, True, False, lambda m: None) == expected
+        text = tuning_markdown()
+    finally:
+        tuning.clear()
+    assert "triton weight_grad, widths (3, 8, 2), K 2, order 1, float32, B <= 4" in text
+    assert "| splitk | 1.0000 | **chosen** |" in text
 
 
 def test_deterministic():
@@ -227,6 +286,29 @@ def test_forward_is_one_kernel_launch():
     assert len(fused) == 1, kernels
     # the rest: packing the weights and biases, and the deterministic final reduce
     assert len(kernels) <= 4, kernels
+
+
+@pytest.mark.gpu
+def test_training_step_launches_at_most_six_kernels_with_splitk(monkeypatch):
+    """Four layers, loss + backward: forward, loss reduce, autograd's seed, backward, split-K
+    weight gradients, their reduction (gemm adds one GEMM per layer instead)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")
+    model, x, y, kw = sample_inputs(batch=4096, width=64, k=2, layers=4, dtype=torch.float32,
+                                    device="cuda", x_grad=False)  # fmt: skip
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        sk.sobolev_loss(model, x, y, backend="triton", **kw).backward()
+        torch.cuda.synchronize()
+
+    step()  # compile outside the profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert any("_weight_grad_partials_kernel" in k for k in kernels), kernels
+    assert len(kernels) <= 6, kernels
 
 
 # The GPU machines run another triton than CI (3.6 there, 3.9 here); scripts/setup_env.sh

@@ -23,8 +23,16 @@ from .backward import _sobolev_bwd_kernel
 from .forward import _sobolev_fwd_kernel
 from .launch import TARGET_GRAD, TARGET_HESS, TARGET_NONE
 from .layout import Layout
+from .weight_grad import _weight_grad_partials_kernel
 
-__all__ = ["SHARED_LIMIT", "compile_step", "resources", "sass", "step_constexprs"]
+__all__ = [
+    "SHARED_LIMIT",
+    "compile_step",
+    "compile_weight_grad",
+    "resources",
+    "sass",
+    "step_constexprs",
+]
 
 # Largest dynamic shared memory per block (bytes): A100 (sm_80) and H100/H200 (sm_90).
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -86,6 +94,20 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
         src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs[name])
         target = GPUTarget("cuda", arch, 32)
         yield name, triton.compile(src, target=target, options={"num_warps": warps})
+
+
+def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int,
+                        warps: int = 4) -> tuple:  # fmt: skip
+    """("dW", compiled) of the split-K weight-gradient kernel (``weight_grad.py``) as
+    ``launch.py`` sets it up for a model with biases; the stacks are in ``dtype``."""
+    constexprs = dict(layout.weight_grad_constexprs(True), PRECISION=precision,
+                      EMULATE_BF16=False)  # fmt: skip
+    sig = {"adj_ptr": "*" + dtype, "inputs_ptr": "*" + dtype, "part_ptr": "*fp32"}
+    sig.update(dict.fromkeys(["batch", "stack", "first_rows", "rows_per_split"], "i32"))
+    sig.update({c: "constexpr" for c in constexprs})
+    src = ASTSource(fn=_weight_grad_partials_kernel, signature=sig, constexprs=constexprs)
+    target = GPUTarget("cuda", arch, 32)
+    return "dW", triton.compile(src, target=target, options={"num_warps": warps})
 
 
 def _cuobjdump(compiled, *flags: str) -> str:

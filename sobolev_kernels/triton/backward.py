@@ -16,8 +16,8 @@ every layer l, top down, A_l = [a_z; a_tz; a_ttz] and, through the activation be
 with [a_h; a_t; a_tt] = A_l W_l (order 1: no tt terms). The kernel writes each layer's
 stacked adjoints A_l and inputs S_{l-1} = [h; t; tt] (recomputed from the saved
 pre-activations), per-program bias partials and dL/dx (its dots reload A_l in K chunks from
-where it stored it); the launcher then forms dW_l = A_l^T S_{l-1}, one GEMM per layer over
-the (1 + order K) B stacked rows, and sums the bias partials.
+where it stored it); ``weight_grad.py`` then forms dW_l = A_l^T S_{l-1} over the
+(1 + order K) B stacked rows, and sums the bias partials.
 """
 
 from __future__ import annotations
@@ -309,27 +309,3 @@ def _sobolev_bwd_kernel(
                         OUT_CUM, K, GROUP, ROWS, ORDER, SHARED, PRECISION, EMULATE_BF16,
                         CHUNKS,
                     )  # fmt: skip
-
-
-@triton.jit
-def _bias_grad_kernel(
-    db_partial_ptr, db_ptrs, P, WIDTHS: tl.constexpr, B_OFFS: tl.constexpr,
-    NUM_LAYERS: tl.constexpr, NUM_BIASES: tl.constexpr, PROGRAMS: tl.constexpr,
-    BLOCK: tl.constexpr, EMULATE_BF16: tl.constexpr,
-):  # fmt: skip
-    """db_l = the sum over the P programs of their bias partials (P, NUM_BIASES), in a fixed
-    order (PROGRAMS rows at a time, then a tree), into each layer's own output: one launch
-    for every layer's bias gradient."""
-    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = c < NUM_BIASES
-    acc = tl.zeros((PROGRAMS, BLOCK), tl.float32)
-    for p0 in range(0, P, PROGRAMS):
-        p = p0 + tl.arange(0, PROGRAMS)
-        acc += tl.load(db_partial_ptr + p[:, None] * NUM_BIASES + c[None, :],
-                       mask=(p[:, None] < P) & ok[None, :], other=0.0)  # fmt: skip
-    total = tl.sum(acc, axis=0)
-    for l in tl.static_range(NUM_LAYERS):
-        mine = ok & (c >= B_OFFS[l]) & (c < B_OFFS[l] + WIDTHS[l + 1])
-        out = db_ptrs[l]
-        tl.store(out + (c - B_OFFS[l]), _cast(total, out.dtype.element_ty, EMULATE_BF16),
-                 mask=mine)  # fmt: skip

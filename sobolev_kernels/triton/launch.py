@@ -9,6 +9,7 @@ the accumulation dtype (fp32). No autograd here: ``triton/ops.py`` registers the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -20,9 +21,10 @@ from triton.runtime.errors import OutOfResources, PTXASError
 from .. import tuning
 from . import interpreting
 from .activations import SMOOTH
-from .backward import _bias_grad_kernel, _sobolev_bwd_kernel
+from .backward import _sobolev_bwd_kernel
 from .forward import _sobolev_fwd_kernel, _sobolev_loss_finish_kernel
 from .layout import LaunchConfig, Layout, shared_memory_limit
+from .weight_grad import _sum_partials_kernel, _weight_grad_partials_kernel
 
 # The kernels' TARGET / TARGET2 constexprs: which derivative target they contract.
 TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2  # first order: (B, K, m) or (B, m, d)
@@ -262,20 +264,109 @@ def sobolev_backward(
         return db_partial
 
     db_partial = launch(_launch_config("bwd", layout, x, constexprs, allow_tf32, launch))
-    grad_weights, grad_biases = [], []
-    if need_grad_params:
-        for l in range(layout.num_layers):
-            # layer 1's inputs have no second-order rows (tt_0 = 0): the first (1 + K) B rows
-            used = stack if l > 0 else (1 + k) * batch
-            a_l = adj[stack * layout.out_cum[l] :][: stack * widths[l + 1]].view(stack, -1)[:used]
-            s_l = inputs[stack * layout.in_cum[l] :][: stack * widths[l]].view(stack, -1)[:used]
-            grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
-        if has_bias:
-            grad_biases = [torch.empty_like(b) for b in biases]
-            block = 64
-            _bias_grad_kernel[(triton.cdiv(nb, block),)](
-                db_partial, tuple(grad_biases), db_partial.shape[0], WIDTHS=widths,
-                B_OFFS=layout.b_offsets, NUM_LAYERS=layout.num_layers, NUM_BIASES=nb,
-                PROGRAMS=32, BLOCK=block, EMULATE_BF16=_emulate_bf16(dtype),
-            )  # fmt: skip
-    return grad_x, grad_weights, grad_biases
+    if not need_grad_params:
+        return grad_x, [], []
+
+    def parameter_grads(method: str) -> tuple[list[Tensor], list[Tensor]]:
+        if method == "gemm":
+            return _grads_by_gemm(layout, batch, adj, inputs, db_partial, weights, biases)
+        return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32)
+
+    method = _weight_grad_method(layout, x, bool(biases), allow_tf32, parameter_grads)
+    return (grad_x, *parameter_grads(method))
+
+
+# How the parameter gradients are formed from the backward's stacks (``weight_grad.py``); the
+# first is the choice wherever nothing is measured, until a GPU has measured the other faster.
+WEIGHT_GRAD_METHODS = ("gemm", "splitk")
+
+
+def _weight_grad_method(
+    layout: Layout, x: Tensor, has_bias: bool, allow_tf32: bool,
+    run: Callable[[str], object],
+) -> str:  # fmt: skip
+    """``SOBOLEV_TRITON_WEIGHT_GRAD`` (gemm, splitk) where set, else measured once per shape
+    on the GPU (``tuning``), else gemm."""
+    forced = os.environ.get("SOBOLEV_TRITON_WEIGHT_GRAD", "auto")
+    if forced in WEIGHT_GRAD_METHODS:
+        return forced
+    if forced != "auto":
+        raise ValueError(
+            f"SOBOLEV_TRITON_WEIGHT_GRAD: expected auto, gemm or splitk, got {forced!r}"
+        )
+    batch = triton.next_power_of_2(max(1, x.shape[0]))
+    # the launch configs' key shape (bench/tuning_table.py reads it)
+    constants = (("HAS_BIAS", has_bias), ("K", layout.k), ("ORDER", layout.order),
+                 ("WIDTHS", layout.widths))  # fmt: skip
+    key = ("triton", "weight_grad", str(x.device), x.dtype, allow_tf32, batch, constants)
+    if not tuning.can_measure(x.device):
+        return tuning.chosen(key) or WEIGHT_GRAD_METHODS[0]  # type: ignore[return-value]
+    return tuning.fastest(key, WEIGHT_GRAD_METHODS, run, _DOES_NOT_FIT)
+
+
+def _grads_by_gemm(
+    layout: Layout, batch: int, adj: Tensor, inputs: Tensor, db_partial: Tensor,
+    weights: list[Tensor], biases: list[Tensor],
+) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
+    """dW_l by one GEMM per layer (cuBLAS on a GPU), db_l by summing the backward kernel's
+    per-program bias partials."""
+    widths, stack = layout.widths, layout.blocks * batch
+    grad_weights = []
+    for l in range(layout.num_layers):
+        # layer 1's inputs have no second-order rows (tt_0 = 0): the first (1 + K) B rows
+        used = stack if l > 0 else (1 + layout.k) * batch
+        a_l = adj[stack * layout.out_cum[l] :][: stack * widths[l + 1]].view(stack, -1)[:used]
+        s_l = inputs[stack * layout.in_cum[l] :][: stack * widths[l]].view(stack, -1)[:used]
+        grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
+    grad_biases = [_empty_like(b) for b in biases]
+    if biases:
+        _sum_partials(db_partial, grad_biases, layout.b_offsets, adj.dtype)
+    return grad_weights, grad_biases
+
+
+def _grads_by_splitk(
+    layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, weights: list[Tensor],
+    biases: list[Tensor], allow_tf32: bool,
+) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
+    """Every dW_l and db_l by one split-K kernel over all layers, then one reduction."""
+    batch = x.shape[0]
+    stack = layout.blocks * batch
+    geometry = layout.weight_grad_constexprs(bool(biases))
+    tiles, row_block = geometry["TILE_CUM"][-1], geometry["BK"]
+    # about four programs per SM in all (a few split row ranges where the interpreter runs it)
+    programs = 4 * _multiprocessors(x.device)
+    splits = max(1, min(triton.cdiv(programs, tiles), triton.cdiv(stack, row_block)))
+    rows_per_split = triton.cdiv(triton.cdiv(stack, splits), row_block) * row_block
+    splits = triton.cdiv(stack, rows_per_split)
+    partial = torch.empty(splits, geometry["N_PARTIAL"], device=x.device, dtype=torch.float32)
+    _weight_grad_partials_kernel[(tiles, splits)](
+        adj, inputs, partial, batch, stack, (1 + layout.k) * batch, rows_per_split,
+        PRECISION=_precisions(x.dtype, allow_tf32)[1], EMULATE_BF16=_emulate_bf16(x.dtype),
+        num_warps=4, **geometry,
+    )  # fmt: skip
+    grad_weights = [_empty_like(w) for w in weights]
+    grad_biases = [_empty_like(b) for b in biases]
+    offsets = geometry["W_OFFS"] + (geometry["B_OFFS"] if biases else ())
+    _sum_partials(partial, grad_weights + grad_biases, offsets, x.dtype)
+    return grad_weights, grad_biases
+
+
+def _sum_partials(partial: Tensor, outs: list[Tensor], offsets: tuple[int, ...],
+                  dtype: torch.dtype) -> None:  # fmt: skip
+    """outs[g] = the column sums of partial over its columns from offsets[g] (one launch)."""
+    block, n = 64, partial.shape[1]
+    _sum_partials_kernel[(triton.cdiv(n, block),)](
+        partial, tuple(outs), partial.shape[0], N=n, SEG_OFFS=offsets,
+        SEG_SIZES=tuple(o.numel() for o in outs), NUM_SEGS=len(outs), PROGRAMS=32,
+        BLOCK=block, EMULATE_BF16=_emulate_bf16(dtype),
+    )  # fmt: skip
+
+
+def _empty_like(t: Tensor) -> Tensor:
+    return torch.empty(t.shape, device=t.device, dtype=t.dtype)  # contiguous, whatever t is
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -1,0 +1,104 @@
+"""The parameter gradients from the backward kernel's stacks, and the one reduction kernel.
+
+The backward kernel (``backward.py``) leaves, for every layer l, the adjoints A_l (S B, n_l)
+of its pre-activations and its inputs S_{l-1} (S B, n_{l-1}) over the S B stacked rows
+(values, then the tangent blocks). Then
+
+    dW_l = A_l^T S_{l-1}        db_l = sum of A_l's value rows (the bias moves no tangent)
+
+two ways, chosen per shape by measurement on the GPU (``launch.py``):
+
+- ``gemm``: one cuBLAS GEMM per layer, and ``_sum_partials_kernel`` over the backward
+  kernel's per-program bias partials: 1 + L launches;
+- ``splitk``: ``_weight_grad_partials_kernel``, every layer's output tiles times SPLITS row
+  ranges in one grid, tensor-core dots (3xTF32 for fp32), each program writing its partial
+  tile (and the column sums of its A tile: the bias) to a (SPLITS, N) fp32 buffer; then
+  ``_sum_partials_kernel`` adds the SPLITS rows in a fixed order: 2 launches, deterministic.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .tiles import _cast
+
+
+@triton.jit
+def _weight_grad_partials_kernel(
+    adj_ptr, inputs_ptr, part_ptr, batch, stack, first_rows, rows_per_split,
+    WIDTHS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr,
+    TILE_CUM: tl.constexpr, W_OFFS: tl.constexpr, B_OFFS: tl.constexpr,
+    NUM_LAYERS: tl.constexpr, N_PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """Program (t, s): output tile t of dW (layers in turn, TILE_CUM[l] <= t < TILE_CUM[l + 1],
+    row-major BM x BN tiles of the (n_l, n_{l-1}) matrix) summed over split s's rows
+    [s rows_per_split, (s + 1) rows_per_split) of the stack. Layer 1's inputs have no
+    second-order rows (tt_0 = 0): only its ``first_rows`` rows count. db_l sums the value rows
+    (the first ``batch``) only. Every program stores its tile, zeros included, so the buffer
+    needs no initialisation."""
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    for l in tl.static_range(NUM_LAYERS):
+        if (tile >= TILE_CUM[l]) & (tile < TILE_CUM[l + 1]):
+            n_out: tl.constexpr = WIDTHS[l + 1]
+            n_in: tl.constexpr = WIDTHS[l]
+            col_tiles: tl.constexpr = (n_in + BN - 1) // BN
+            t = tile - TILE_CUM[l]
+            i = (t // col_tiles) * BM + tl.arange(0, BM)  # rows of dW_l: this layer's outputs
+            j = (t % col_tiles) * BN + tl.arange(0, BN)  # columns: its inputs
+            if l == 0:
+                used = first_rows
+            else:
+                used = stack
+            start = split * rows_per_split
+            end = tl.minimum(start + rows_per_split, used)
+            a_base = adj_ptr + stack * OUT_CUM[l]
+            s_base = inputs_ptr + stack * IN_CUM[l]
+            acc = tl.zeros((BM, BN), tl.float32)
+            db = tl.zeros((BM,), tl.float32)
+            for r0 in range(start, end, BK):
+                r = r0 + tl.arange(0, BK)
+                live = r < end
+                a = tl.load(a_base + r[:, None] * n_out + i[None, :],
+                            mask=live[:, None] & (i[None, :] < n_out), other=0.0)  # fmt: skip
+                s = tl.load(s_base + r[:, None] * n_in + j[None, :],
+                            mask=live[:, None] & (j[None, :] < n_in), other=0.0)  # fmt: skip
+                if EMULATE_BF16:  # the interpreter's bf16 dot is wrong (see launch.py)
+                    a = a.to(tl.float32)
+                    s = s.to(tl.float32)
+                acc = tl.dot(tl.trans(a), s, acc, input_precision=PRECISION)
+                if HAS_BIAS:  # the bias moves the values only: their B rows come first
+                    db += tl.sum(tl.where(r[:, None] < batch, a.to(tl.float32), 0.0), axis=0)
+            row = part_ptr + split * N_PARTIAL
+            tl.store(row + W_OFFS[l] + i[:, None] * n_in + j[None, :], acc,
+                     mask=(i[:, None] < n_out) & (j[None, :] < n_in))  # fmt: skip
+            if HAS_BIAS:
+                if t % col_tiles == 0:  # the first column tile of each row of tiles
+                    tl.store(row + B_OFFS[l] + i, db, mask=i < n_out)
+
+
+@triton.jit
+def _sum_partials_kernel(
+    partial_ptr, out_ptrs, P, N: tl.constexpr, SEG_OFFS: tl.constexpr,
+    SEG_SIZES: tl.constexpr, NUM_SEGS: tl.constexpr, PROGRAMS: tl.constexpr,
+    BLOCK: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """out_ptrs[g] = the sum over the P rows of partial (P, N) of its columns
+    [SEG_OFFS[g], SEG_OFFS[g] + SEG_SIZES[g]), in a fixed order (PROGRAMS rows at a time,
+    then a tree), in each output's own dtype: one launch for every parameter's gradient."""
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = c < N
+    acc = tl.zeros((PROGRAMS, BLOCK), tl.float32)
+    for p0 in range(0, P, PROGRAMS):
+        p = p0 + tl.arange(0, PROGRAMS)
+        acc += tl.load(partial_ptr + p[:, None] * N + c[None, :],
+                       mask=(p[:, None] < P) & ok[None, :], other=0.0)  # fmt: skip
+    total = tl.sum(acc, axis=0)
+    for g in tl.static_range(NUM_SEGS):
+        mine = ok & (c >= SEG_OFFS[g]) & (c < SEG_OFFS[g] + SEG_SIZES[g])
+        out = out_ptrs[g]
+        tl.store(out + (c - SEG_OFFS[g]), _cast(total, out.dtype.element_ty, EMULATE_BF16),
+                 mask=mine)  # fmt: skip
