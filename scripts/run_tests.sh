@@ -7,4 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # and the GPU machines' triton version, to compile the kernels with it as well
 source "$ROOT/scripts/setup_env.sh" test bench other_triton
 cd "$ROOT"
-exec "$PY" -m pytest -q "$@"
+# one test process per core where pytest-xdist is installed (SOBOLEV_TEST_WORKERS to change)
+parallel=()
+"$PY" -c "import xdist" 2>/dev/null && parallel=(-n "${SOBOLEV_TEST_WORKERS:-auto}")
+exec "$PY" -m pytest -q ${parallel[@]+"${parallel[@]}"} "$@"

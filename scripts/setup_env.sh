@@ -30,9 +30,12 @@ import setuptools, sys
 sys.exit(0 if tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (70, 1) else 1)
 PY
 other_triton=""
+optional=()  # nice to have: the tests run without them
 for extra in "$@"; do
   case "$extra" in
-    test) has pytest || want+=(pytest); has hypothesis || want+=(hypothesis) ;;
+    test)
+      has pytest || want+=(pytest); has hypothesis || want+=(hypothesis)
+      has xdist || optional+=(pytest-xdist) ;;
     bench)
       has matplotlib || want+=(matplotlib)
       has minatar || want+=(minatar)
@@ -45,6 +48,10 @@ done
 if [ "${#want[@]}" -gt 0 ]; then
   echo "[setup] installing ${want[*]}"
   pip_install "${want[@]}"
+fi
+if [ "${#optional[@]}" -gt 0 ]; then
+  echo "[setup] installing ${optional[*]}"
+  pip_install "${optional[@]}" || echo "[setup] could not install ${optional[*]}: going on without"
 fi
 
 # other_triton: the GPU machines' triton (3.6.0) beside the venv, only for the test that

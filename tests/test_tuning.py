@@ -238,7 +238,7 @@ def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order):
     directions per pass it chose (width 40: several K chunks; one chunk is the static choice
     of narrow layers, which other tests cover)."""
     _every_launch_config_agrees(monkeypatch, "cpu", order, TOLERANCES[torch.float32],
-                                batch=70, dim=3, width=40, out=2, k=3)  # fmt: skip
+                                batch=33, dim=3, width=40, out=2, k=3)  # fmt: skip
 
 
 @pytest.mark.gpu
@@ -254,6 +254,7 @@ def test_every_launch_config_is_correct_on_the_gpu(monkeypatch, order):
 
 
 def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
+    from sobolev_kernels.triton.launch import WEIGHT_GRAD_METHODS
     from sobolev_kernels.triton.layout import Layout, shared_memory_limit
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
@@ -273,21 +274,25 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
         expected = upcast_model(model)
         assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
         chosen = {key[1]: config for key, config in tuning.choices().items()}
-        assert chosen == {"fwd": configs[pick], "bwd": configs[pick]}
+        method = WEIGHT_GRAD_METHODS[pick % 2]
+        assert chosen == {"fwd": configs[pick], "bwd": configs[pick], "weight_grad": method}
         # the forward alone: scratch regions instead of the saved stacks
         assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected,
                                    name=f"loss, launch config {configs[pick]}")  # fmt: skip
 
 
 def _timer_preferring(pick, per_kernel):
-    """Reports 0 ms for candidate ``pick`` of each kernel (forward, then backward) and 1 ms
-    for the others."""
+    """Reports 0 ms for launch config ``pick`` of each kernel (forward, then backward) and
+    1 ms for the others; then for weight-gradient method ``pick % 2`` (gemm, splitk)."""
     calls = []
 
     def timer(fn):
         fn()
         calls.append(None)
-        return 0.0 if (len(calls) - 1) % per_kernel == pick else 1.0
+        i = len(calls) - 1
+        if i < 2 * per_kernel:
+            return 0.0 if i % per_kernel == pick else 1.0
+        return 0.0 if i - 2 * per_kernel == pick % 2 else 1.0
 
     return timer
 
