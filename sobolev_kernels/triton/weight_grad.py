@@ -55,8 +55,9 @@ def _weight_grad_partials_kernel(
                 used = stack
             start = split * rows_per_split
             end = tl.minimum(start + rows_per_split, used)
-            a_base = adj_ptr + stack * OUT_CUM[l]
-            s_base = inputs_ptr + stack * IN_CUM[l]
+            # layer bases in 64 bits: (1 + 2K) B rows times the widths below can pass 2^31
+            a_base = adj_ptr + stack.to(tl.int64) * OUT_CUM[l]
+            s_base = inputs_ptr + stack.to(tl.int64) * IN_CUM[l]
             acc = tl.zeros((BM, BN), tl.float32)
             db = tl.zeros((BM,), tl.float32)
             for r0 in range(start, end, BK):
