@@ -294,11 +294,8 @@ def _weight_grad_method(
         raise ValueError(
             f"SOBOLEV_TRITON_WEIGHT_GRAD: expected auto, gemm or splitk, got {forced!r}"
         )
-    batch = triton.next_power_of_2(max(1, x.shape[0]))
-    # the launch configs' key shape (bench/tuning_table.py reads it)
-    constants = (("HAS_BIAS", has_bias), ("K", layout.k), ("ORDER", layout.order),
-                 ("WIDTHS", layout.widths))  # fmt: skip
-    key = ("triton", "weight_grad", str(x.device), x.dtype, allow_tf32, batch, constants)
+    constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths)
+    key = _tuning_key("weight_grad", x, constants, allow_tf32)
     if not tuning.can_measure(x.device):
         return tuning.chosen(key) or WEIGHT_GRAD_METHODS[0]  # type: ignore[return-value]
     return tuning.fastest(key, WEIGHT_GRAD_METHODS, run, _DOES_NOT_FIT)
