@@ -221,3 +221,18 @@ def _copy_module(module, dtype):
 
 def upcast_model(model, dtype=torch.float64):
     return _copy_module(model, dtype)
+
+
+@pytest.fixture
+def chosen(monkeypatch):
+    """The names of the backends ``select`` returns, call by call."""
+    names = []
+    real = backends.select
+
+    def spy(name, problem):
+        picked = real(name, problem)
+        names.append(picked.name)
+        return picked
+
+    monkeypatch.setattr(backends, "select", spy)
+    return names

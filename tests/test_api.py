@@ -6,7 +6,6 @@ from conftest import assert_close, sample_inputs
 from torch import nn
 
 import sobolev_kernels as sk
-from sobolev_kernels import backends
 
 
 def test_available_backends_always_has_the_cpu_ones():
@@ -18,20 +17,11 @@ def test_available_backends_always_has_the_cpu_ones():
     assert all(isinstance(why, str) and why for name, why in reasons.items() if name not in names)
 
 
-def test_auto_picks_the_fastest_fused_backend_on_cpu(monkeypatch):
+def test_auto_picks_the_fastest_fused_backend_on_cpu(chosen):
     model, x, y, kw = sample_inputs()
-    calls = []
-    real = backends.select
-
-    def spy(name, problem):
-        module = real(name, problem)
-        calls.append(module.name)
-        return module
-
-    monkeypatch.setattr(backends, "select", spy)
     sk.sobolev_loss(model, x, y, **kw)
     # the C++ CPU kernel when it is built (it measured faster), else the torch backend
-    assert calls == ["cuda" if "cuda" in sk.available_backends() else "torch"]
+    assert chosen == ["cuda" if "cuda" in sk.available_backends() else "torch"]
 
 
 def test_sequential_is_adopted_by_the_fused_path():

@@ -9,7 +9,7 @@ from conftest import assert_close
 from torch import nn
 
 import sobolev_kernels as sk
-from sobolev_kernels import backends, memory, validation
+from sobolev_kernels import memory, validation
 
 FUSED_ON_CPU = "cuda" if "cuda" in sk.available_backends() else "torch"
 
@@ -26,21 +26,6 @@ def _data(batch: int = 6):
 
 def _fallback_warnings(record) -> list[warnings.WarningMessage]:
     return [w for w in record if issubclass(w.category, sk.SobolevFallbackWarning)]
-
-
-@pytest.fixture
-def chosen(monkeypatch):
-    """The names of the backends ``select`` returns, call by call."""
-    names = []
-    real = backends.select
-
-    def spy(name, problem):
-        picked = real(name, problem)
-        names.append(picked.name)
-        return picked
-
-    monkeypatch.setattr(backends, "select", spy)
-    return names
 
 
 # --- the fallback warning -------------------------------------------------------------------
