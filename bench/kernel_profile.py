@@ -24,7 +24,7 @@ import torch
 from bench.providers import PRECISIONS, make_problem, providers_available, set_precision, step_fn
 from bench.step import CONFIGS, device_label, points
 
-FUSED = ("triton", "cuda")
+FUSED = ("triton", "triton_recompute", "cuda")
 
 
 def kernel_times(fn, device: str, steps: int) -> tuple[dict[str, float], dict[str, int]]:
@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=8, help="kernels listed per row group")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke test)")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also list what is live at each step's peak of GPU memory",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--dry-run", action="store_true", help="print the plan, profile nothing")
     args = parser.parse_args(argv)
@@ -109,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "two warm-up steps). us: microseconds per step; calls: launches per step. Precision "
         "classes as in bench/step.py (fp32: no TF32 anywhere).",
     ]
+    memory: list[str] = []
     for precision in args.precisions:
         set_precision(precision)
         lines += ["", f"## {precision}", "", "| config | provider | kernel | calls | us | share |",
@@ -127,11 +133,32 @@ def main(argv: list[str] | None = None) -> int:
                 lines += table_rows(name, provider, micros, calls, args.top)
                 print(f"[profile] {name} {precision} {provider}: {sum(micros.values()):.1f} us "
                       "per step", file=sys.stderr, flush=True)  # fmt: skip
+                if args.memory and args.device == "cuda":
+                    memory += _memory_rows(name, precision, provider, fn)
+    if memory:
+        lines += ["", "## Live at the peak of GPU memory", "",
+                  "From the caching allocator's trace of one step after a warm-up "
+                  "(`bench/memory_peak.py`): the largest allocations live at the step's peak.",
+                  "", "| config | precision | provider | peak MiB | allocation MiB | made at |",
+                  "| --- | --- | --- | ---: | ---: | --- |", *memory]  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
         args.out.write_text(text)
     return 0
+
+
+def _memory_rows(name: str, precision: str, provider: str, fn) -> list[str]:
+    from bench.memory_peak import peak_breakdown
+
+    try:
+        peak, largest = peak_breakdown(fn)
+    except Exception as exc:  # noqa: BLE001 - the allocator trace is a private torch API
+        return [f"| {name} | {precision} | {provider} | unavailable: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]} | | |"]  # fmt: skip
+    rows = [f"| {name} | {precision} | {provider} | {peak:.1f} | | |"]
+    rows += [f"| | | | | {mib:.1f} | `{at}` |" for mib, at in largest]
+    return rows
 
 
 if __name__ == "__main__":

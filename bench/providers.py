@@ -25,6 +25,16 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # The CUDA backend's kernel variants besides its default ("tiled"), timed side by side on a
 # GPU until one has measured faster: SOBOLEV_CUDA_KERNEL, read by the extension per call.
 CUDA_VARIANTS = {"cuda_tiled_tc": "tiled_tc", "cuda_fused": "fused"}
+# The Triton backend's lean training step (the weight gradients form the backward's inputs
+# stacks again instead of storing them), for its peak memory and time beside the tuner's
+# choice: SOBOLEV_TRITON_WEIGHT_GRAD. Its forward is the triton provider's: steps only.
+TRITON_VARIANTS = {"triton_recompute": "recompute"}
+STEP_ONLY = set(TRITON_VARIANTS)
+# provider -> (backend, environment variable, value)
+VARIANTS = {
+    **{name: ("cuda", "SOBOLEV_CUDA_KERNEL", v) for name, v in CUDA_VARIANTS.items()},
+    **{name: ("triton", "SOBOLEV_TRITON_WEIGHT_GRAD", v) for name, v in TRITON_VARIANTS.items()},
+}
 
 # Precision classes, so that every provider of a row computes its products alike:
 # (storage dtype, TF32 allowed). fp32 is fp32-accurate (IEEE or 3xTF32): torch with TF32 off
@@ -106,8 +116,9 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
     Raises whatever the provider raises on this problem (``torch_compile`` raises for every
     Sobolev formulation users write today: that error is the measurement).
     """
-    if provider in CUDA_VARIANTS:
-        return _with_cuda_kernel(CUDA_VARIANTS[provider], step_fn("cuda", p, mode))
+    if provider in VARIANTS:
+        backend, variable, value = VARIANTS[provider]
+        return _with_env(variable, value, step_fn(backend, p, mode))
     model = p.model
     if provider == "jax_jit":
         from bench.jax_provider import jax_step_fn
@@ -195,19 +206,20 @@ def _compiled_user_loss(p: Problem) -> Callable[[], Tensor]:
     raise RuntimeError(_compile_failure)
 
 
-def _with_cuda_kernel(variant: str, fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
-    """``fn`` with the CUDA backend's kernels set to ``variant`` for its forward and backward."""
+def _with_env(variable: str, value: str, fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``fn`` with the environment variable set to ``value`` for its forward and backward (a
+    backend's variant: they read it per call)."""
 
     def run() -> Tensor:
-        before = os.environ.get("SOBOLEV_CUDA_KERNEL")
-        os.environ["SOBOLEV_CUDA_KERNEL"] = variant
+        before = os.environ.get(variable)
+        os.environ[variable] = value
         try:
             return fn()
         finally:
             if before is None:
-                del os.environ["SOBOLEV_CUDA_KERNEL"]
+                del os.environ[variable]
             else:
-                os.environ["SOBOLEV_CUDA_KERNEL"] = before
+                os.environ[variable] = before
 
     return run
 
@@ -222,7 +234,9 @@ def providers_available(device: str) -> list[str]:
     ours = [b for b in sk.available_backends() if b != "reference"]
     if device == "cpu":
         ours = [b for b in ours if b != "triton"]  # the interpreter is no speed contender
-    elif "cuda" in ours and _cuda_kernels_built():
+    elif "triton" in ours:
+        ours += list(TRITON_VARIANTS)
+    if device != "cpu" and "cuda" in ours and _cuda_kernels_built():
         ours += list(CUDA_VARIANTS)
     jax = [] if importlib.util.find_spec("jax") is None else ["jax_jit"]
     return [*BASELINES, *jax, *ours]

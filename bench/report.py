@@ -29,10 +29,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 PROVIDER_ORDER = ["eager_autograd", "torch_func", "torch_compile", "jax_jit", "plain_step",
-                  "reference", "torch", "triton", "cuda"]  # fmt: skip
+                  "reference", "torch", "triton", "triton_recompute", "cuda", "cuda_tiled_tc",
+                  "cuda_fused"]  # fmt: skip
+
 PRECISION_ORDER = ["fp32", "tf32", "bf16", "fp16", ""]
 SIZE_COLUMNS = limits.SIZE_COLUMNS
 SIZE_LABELS = ["B", "d", "width", "layers", "m", "K", "order"]
+
+
+def _ordered(providers) -> list[str]:
+    """Providers in PROVIDER_ORDER, then any other (a new variant is shown, not dropped)."""
+    known = [p for p in PROVIDER_ORDER if p in providers]
+    return known + sorted(set(providers) - set(PROVIDER_ORDER))
 
 
 def _sizes(row: dict) -> tuple[int, ...]:
@@ -78,7 +86,7 @@ def config_table(table: dict, group: tuple, mode: str, device: str) -> str:
     def get(provider, metric):
         return table.get((provider, config, sizes, precision, mode, metric))
 
-    providers = [p for p in PROVIDER_ORDER if any(k[0] == p and k[1:4] == group for k in table)]
+    providers = _ordered({k[0] for k in table if k[1:4] == group})
     ref = [_num(get(base, "time")) for base in ("eager_autograd", "torch_func")]
     limit, _ = _limit(device, group, mode)
     lines = [
@@ -172,7 +180,7 @@ def plot(path: Path, out_dir: Path) -> list[Path]:
                                      squeeze=False)  # fmt: skip
             for ax, metric in zip(axes[0], shown):
                 lines = by_metric[metric]
-                for provider in [p for p in PROVIDER_ORDER if p in lines]:
+                for provider in _ordered(lines):
                     xs, ys = zip(*sorted(lines[provider]))
                     ax.plot(xs, ys, marker="o", label=provider)
                 ax.set_xscale("log", base=2)

@@ -37,6 +37,8 @@ import torch
 from bench.limits import SIZE_COLUMNS
 from bench.providers import (
     PRECISIONS,
+    STEP_ONLY,
+    TRITON_VARIANTS,
     check_agreement,
     make_problem,
     providers_available,
@@ -157,6 +159,8 @@ def measure(args, sink) -> int:
             print(f"[{done}/{total}] {label:<12} {precision:<5} {provider:<15} {problem.label}",
                   file=sys.stderr, flush=True)  # fmt: skip
             for mode in args.modes:
+                if mode == "forward" and provider in STEP_ONLY:
+                    continue  # the same forward as the provider it varies
                 if provider in rejected:
                     rows.append(_error_row(provider, label, mode, rejected[provider], point))
                     continue
@@ -194,6 +198,8 @@ def precompile(args, providers: list[str], workers: int) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     wanted = [p for p in providers if p in COMPILING]
+    # each Triton job compiles its candidate's backward without inputs stores as well
+    companions = tuple(p for p in providers if p in TRITON_VARIANTS)
     distinct = {}
     for _, sizes, precision in plan(args):
         shape = tuple(sorted((k, v) for k, v in sizes.items() if k != "batch"))
@@ -202,7 +208,9 @@ def precompile(args, providers: list[str], workers: int) -> None:
     for sizes, precision in distinct.values():
         for provider in wanted:
             candidates = range(TRITON_CANDIDATES) if provider == "triton" else [None]
-            jobs += [(sizes, precision, provider, args.modes, args.device, c) for c in candidates]
+            extra = companions if provider == "triton" else ()
+            jobs += [(sizes, precision, provider, args.modes, args.device, c, extra)
+                     for c in candidates]  # fmt: skip
     if not jobs:
         return
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
@@ -213,14 +221,17 @@ def precompile(args, providers: list[str], workers: int) -> None:
 
 def _warm_point(job) -> str:
     """Run one compiling provider once on one point (in a worker process); for Triton, only
-    its autotuner's candidate ``candidate`` of each kernel."""
-    sizes, precision, provider, modes, device, candidate = job
+    its autotuner's candidate ``candidate`` of each kernel, and then its variants' steps
+    (``extra``) with that candidate."""
+    sizes, precision, provider, modes, device, candidate, extra = job
     if candidate is not None:
         _only_candidate(candidate)
     set_precision(precision)
     problem = make_problem(**sizes, precision=precision, device=device)
     problems = []
-    for mode in modes:
+    runs = [(provider, mode) for mode in modes]
+    runs += [(variant, "step") for variant in extra if "step" in modes]
+    for provider, mode in runs:
         try:
             step_fn(provider, problem, mode)()
         except _NoSuchCandidate:

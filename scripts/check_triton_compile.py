@@ -6,7 +6,9 @@ report registers, stack (spills) and shared memory of every variant.
     python scripts/check_triton_compile.py --quick    # two small variants, sm_90 (CI)
 
 Each variant compiles as the static launch and as the autotuner's tensor-core candidate
-(fp32: 3xTF32 dots), and the split-K weight-gradient kernel with tensor-core dots. Exit
+(fp32: 3xTF32 dots), the static backward once more without its inputs stores (the
+``recompute`` weight gradients' backward), and the split-K weight-gradient kernel with
+tensor-core dots, reading the stored inputs and forming them itself (recompute). Exit
 status 1 if one fails to compile, needs more shared memory than the
 backend estimated (the estimate decides whether a problem fits), or, as a tensor-core
 launch, has no tensor-core instruction in its SASS. Resource surveys over launch
@@ -64,15 +66,20 @@ def check(variant, arch: int) -> list[str]:
     problems = []
     for config, needs_tensor_cores in ((static, dtype != "fp32"), (tensor_core, True)):
         problems += _check_config(layout, config, variant, arch, needs_tensor_cores)
-    return problems + _check_weight_grad(layout, tensor_core.precision, variant, arch)
+    problems += _check_config(layout, static, variant, arch, dtype != "fp32", ("bwd",), False)
+    for recompute in (False, True):
+        problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
+    return problems
 
 
-def _check_weight_grad(layout, precision, variant, arch) -> list[str]:
+def _check_weight_grad(layout, precision, variant, arch, recompute) -> list[str]:
     """The split-K weight-gradient kernel: it compiles, fits in shared memory and runs its
     products on tensor cores (3xTF32 for fp32)."""
-    label = f"sm_{arch} widths={variant[0]} K={variant[1]} {variant[3]} {precision} splitk"
+    label = f"sm_{arch} widths={variant[0]} K={variant[1]} order={variant[2]} {variant[3]} " \
+            f"{precision}"  # fmt: skip
     try:
-        name, compiled = compile_weight_grad(layout, precision, variant[3], arch)
+        name, compiled = compile_weight_grad(layout, precision, variant[3], arch,
+                                             recompute=recompute, act=variant[4])  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - report every failing variant
         print(f"{label}: compile error: {str(exc).strip().splitlines()[-1]}")
         return [f"{label}: compile error: {str(exc).strip().splitlines()[-1]}"]
@@ -88,7 +95,8 @@ def _check_weight_grad(layout, precision, variant, arch) -> list[str]:
     return problems
 
 
-def _check_config(layout, config, variant, arch, needs_tensor_cores) -> list[str]:
+def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("fwd", "bwd"),
+                  store_inputs=True) -> list[str]:  # fmt: skip
     widths, k, order, dtype, act = variant
     size = 4 if dtype == "fp32" else 2
     estimate = layout.shared_bytes(config.rows, size, config.chunk, config.group,
@@ -96,13 +104,15 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores) -> list[str
     label = (
         f"sm_{arch} widths={widths} K={k} order={order} {dtype} act={act} rows="
         f"{config.rows} warps={config.warps} {config.precision} cols={config.cols or 'all'}"
+        + ("" if store_inputs else " no inputs stores")
     )
     problems = []
     start = time.perf_counter()
     try:
         for name, compiled in compile_step(layout, config.rows, config.warps, act,
                                            config.precision, config.chunk, dtype, arch,
-                                           config.group, config.cols):  # fmt: skip
+                                           config.group, config.cols, kernels,
+                                           store_inputs):  # fmt: skip
             shared, res = compiled.metadata.shared, resources(compiled)
             tensor_ops = len(re.findall(r"\bH(?:G)?MMA\b", sass(compiled)))
             print(f"{label} {name}: shared={shared} (estimated {estimate}) reg={res.get('REG')} "

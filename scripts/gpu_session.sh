@@ -13,7 +13,8 @@
 #                and compiling the benchmark's Triton kernels in parallel ("compile")
 #   bench   170  configs S, M, L in fp32 and bf16, training step and forward
 #   sweep    75  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
-#   profile  35  config M's GPU time per kernel, fp32 and bf16
+#   profile  35  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
+#                of memory
 #   report   15  tables and plots of bench and sweep
 # The limits add up to 510 s, and no stage runs past 525 s from the start of a call.
 # A stage that fails or runs out of time does not stop the others; the exit status says.
@@ -35,11 +36,13 @@ TEST_JOBS=$(( NCPU / 2 > 1 ? NCPU / 2 : 1 ))
 COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # Every entry point's arguments, shared by the run and the dry run.
 BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward)
-# torch_compile's failure (no double backward) is structural: recorded by bench, not again
-SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step --exclude torch_compile)
+# torch_compile's failure (no double backward) is structural: recorded by bench, not again;
+# the backends' variants are compared at S, M and L by bench, not at every batch
+SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
+            --exclude torch_compile triton_recompute cuda_tiled_tc cuda_fused)
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)
-PROFILE_ARGS=(--configs M --precisions fp32 bf16)
+PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
 TEST_ARGS=(-q -m gpu -p no:cacheprovider tests)
 # the source tree, built or not: a failed build still leaves the Triton backend importable
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

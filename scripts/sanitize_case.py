@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 
 import torch
@@ -20,6 +21,22 @@ import sobolev_kernels as sk
 
 ORDERS = (1, 2)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Each backend's variants besides its default, chosen by the environment variable the backend
+# reads per call: the kernels a GPU's tuner may pick (or a user may force). fp32 only, to keep
+# the sanitizer's run short; the defaults run every dtype.
+VARIANTS = {
+    "triton": [("SOBOLEV_TRITON_WEIGHT_GRAD", m) for m in ("splitk", "recompute")],
+    "cuda": [("SOBOLEV_CUDA_KERNEL", k) for k in ("tiled_tc", "fused")],
+}
+
+
+def cases(backends) -> list[tuple]:
+    """(backend, (variable, value) or None, order, dtype): the defaults in every dtype, then
+    the variants in fp32."""
+    out = [(b, None, o, d) for b, o, d in itertools.product(backends, ORDERS, DTYPES)]
+    for backend in backends:
+        out += [(backend, v, o, torch.float32) for v in VARIANTS[backend] for o in ORDERS]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,37 +46,53 @@ def main(argv: list[str] | None = None) -> int:
     backends = ("triton", "cuda")
     if args.dry_run:
         here = sk.available_backends()
-        for backend, order, dtype in itertools.product(backends, ORDERS, DTYPES):
+        for backend, variant, order, dtype in cases(backends):
             note = "" if backend in here else " (backend not available here)"
-            print(f"{backend} order {order} {dtype}{note}")
+            print(f"{_name(backend, variant)} order {order} {dtype}{note}")
         return 0
     torch.manual_seed(0)
     device = "cuda"
     failures = 0
-    for backend in [b for b in backends if b in sk.available_backends()]:
-        for order in ORDERS:
-            for dtype in DTYPES:
-                model = sk.SobolevMLP(5, [37, 21], 3, 3, activation="tanh").to(device, dtype)
-                x = torch.randn(77, 5, device=device, dtype=dtype, requires_grad=True)
-                y = torch.randn(77, 3, device=device, dtype=dtype)
-                dirs = torch.randn(77, 3, 5, device=device, dtype=dtype)
-                kw = dict(target_grad=torch.randn(77, 3, 5, device=device, dtype=dtype),
-                          directions=dirs, order=order)  # fmt: skip
-                if order == 2:
-                    kw["target_hess"] = torch.randn(77, 3, 5, 5, device=device, dtype=dtype)
-                try:
-                    loss = sk.sobolev_loss(model, x, y, backend=backend, **kw)
-                except ValueError as exc:  # e.g. an order the backend does not implement
-                    print(f"{backend} order {order} {dtype}: skipped ({exc})")
-                    continue
-                loss.backward()
-                ref = sk.sobolev_loss(model, x, y, backend="reference", **kw)
-                ok = torch.allclose(loss, ref.to(loss.dtype), rtol=3e-2, atol=1e-3)
-                failures += not ok
-                print(f"{backend} order {order} {dtype}: loss {loss.item():.6g} "
-                      f"reference {ref.item():.6g} {'ok' if ok else 'MISMATCH'}")  # fmt: skip
+    for backend, variant, order, dtype in cases(backends):
+        if backend not in sk.available_backends():
+            continue
+        name = _name(backend, variant)
+        if variant is not None:
+            os.environ[variant[0]] = variant[1]
+        try:
+            failures += not _one_case(backend, name, order, dtype, device)
+        finally:
+            if variant is not None:
+                del os.environ[variant[0]]
     torch.cuda.synchronize()
     return 1 if failures else 0
+
+
+def _name(backend: str, variant: tuple | None) -> str:
+    return backend if variant is None else f"{backend} {variant[0]}={variant[1]}"
+
+
+def _one_case(backend: str, name: str, order: int, dtype: torch.dtype, device: str) -> bool:
+    """One training step against reference; False on a mismatch."""
+    model = sk.SobolevMLP(5, [37, 21], 3, 3, activation="tanh").to(device, dtype)
+    x = torch.randn(77, 5, device=device, dtype=dtype, requires_grad=True)
+    y = torch.randn(77, 3, device=device, dtype=dtype)
+    dirs = torch.randn(77, 3, 5, device=device, dtype=dtype)
+    kw = dict(target_grad=torch.randn(77, 3, 5, device=device, dtype=dtype),
+              directions=dirs, order=order)  # fmt: skip
+    if order == 2:
+        kw["target_hess"] = torch.randn(77, 3, 5, 5, device=device, dtype=dtype)
+    try:
+        loss = sk.sobolev_loss(model, x, y, backend=backend, **kw)
+    except ValueError as exc:  # e.g. an order the backend does not implement
+        print(f"{name} order {order} {dtype}: skipped ({exc})")
+        return True
+    loss.backward()
+    ref = sk.sobolev_loss(model, x, y, backend="reference", **kw)
+    ok = torch.allclose(loss, ref.to(loss.dtype), rtol=3e-2, atol=1e-3)
+    print(f"{name} order {order} {dtype}: loss {loss.item():.6g} "
+          f"reference {ref.item():.6g} {'ok' if ok else 'MISMATCH'}")  # fmt: skip
+    return ok
 
 
 if __name__ == "__main__":

@@ -206,6 +206,49 @@ def test_report_keeps_sizes_apart(tmp_path):
     assert len(re.findall(r"\*\*M\*\*, fp32, step", text)) == 2
 
 
+def test_report_shows_every_provider_variant(tmp_path):
+    """The backends' variants (bench/providers.py VARIANTS) get rows of their own, and a
+    provider the report does not know yet is shown after the others, not dropped."""
+    from bench import report
+    from bench.providers import VARIANTS
+
+    base = dict(config="M", mode="step", metric="time", unit="ms", p20=1, p50=1, p80=1,
+                device="cpu", torch="", triton="", commit="", date="", precision="fp32",
+                batch=512, dim=16, width=64, layers=3, out=8, k=2, order=1,
+                dtype="fp32")  # fmt: skip
+    names = ["triton", *VARIANTS, "some_new_variant"]
+    path = tmp_path / "variants.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows([{**base, "provider": name} for name in names])
+    table = report.render(path).split("**M**, fp32, step")[1]
+    shown = re.findall(r"^\| (\w+) \| 1", table, flags=re.M)
+    assert set(VARIANTS) <= set(report.PROVIDER_ORDER)  # each in its deliberate place
+    assert sorted(shown) == sorted(names) and shown[-1] == "some_new_variant"
+
+
+def test_live_at_peak_replays_the_allocator_trace():
+    """The peak is the largest sum of live allocations, and what was live then is listed
+    largest first, each with the innermost frame of our code."""
+    from bench.memory_peak import live_at_peak, where
+
+    ours = [dict(filename="/x/torch/autograd.py", line=1, name="apply"),
+            dict(filename="/y/sobolev_kernels/triton/launch.py", line=7, name="bwd")]  # fmt: skip
+    events = [
+        dict(action="alloc", addr=1, size=100, frames=[]),
+        dict(action="alloc", addr=2, size=300, frames=ours),
+        dict(action="free_requested", addr=1, size=100),
+        dict(action="alloc", addr=3, size=50, frames=[]),  # 350 live: below the peak of 400
+        dict(action="free_completed", addr=1, size=100),
+        dict(action="segment_alloc", addr=9, size=10**6),
+    ]
+    peak, live = live_at_peak(events)
+    assert peak == 400 and [e["addr"] for e in live] == [2, 1]
+    assert where(live[0]) == "sobolev_kernels/triton/launch.py:7 bwd"
+    assert where(live[1]) == "(outside our code)"
+
+
 def test_kernel_profile_quick(tmp_path):
     import sobolev_kernels as sk
 

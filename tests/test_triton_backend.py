@@ -150,23 +150,84 @@ def test_directions_in_groups(monkeypatch, order, target2, group):
 
 
 # SOBOLEV_TRITON_WEIGHT_GRAD: dW and db by one GEMM per layer, or by the split-K kernel over
-# every layer's tiles (several split row ranges here, the last one ragged) and one reduction.
-# (gemm is the default every other test runs)
+# every layer's tiles (several split row ranges here, the last one ragged) and one reduction,
+# reading the inputs stacks the backward stored (splitk) or forming them from the saved
+# pre-activations, x and the directions as it reads them (recompute: the backward stores
+# none). (gemm is the default every other test runs)
+@pytest.mark.parametrize("method", ["splitk", "recompute"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("width, bias", [(17, True), (80, True), (24, False)])
-def test_weight_gradients_by_splitk(monkeypatch, dtype, width, bias):
+def test_weight_gradients_by_splitk(monkeypatch, method, dtype, width, bias):
     """Width 80 takes two 64-wide tiles each way (the bias from the first column tile only);
     a bias sums the value rows of A_l, not its tangent rows."""
-    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
     rtol = RTOL_FP32 if dtype == torch.float32 else TOLERANCES[dtype]
     _agree(rtol, dtype=dtype, batch=37, dim=3, width=width, out=2, k=3, bias=bias, seed=width)
 
 
+@pytest.mark.parametrize("method", ["splitk", "recompute"])
 @pytest.mark.parametrize("order", [1, 2])
-def test_weight_gradients_by_splitk_with_unequal_widths(monkeypatch, order):
-    """Layer 1's inputs have no second-order rows: the split-K kernel stops at (1 + K) B."""
-    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")
+def test_weight_gradients_by_splitk_with_unequal_widths(monkeypatch, method, order):
+    """Layer 1's inputs have no second-order rows: the split-K kernel stops at (1 + K) B.
+    Three hidden layers of different widths: recompute finds each one's pre-activations."""
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
     _unequal_widths_agree(order, k=3, forward_only=False)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "leaky_relu"])
+def test_recomputed_inputs_per_activation_and_shared_directions(monkeypatch, order, activation):
+    """recompute forms S = [s(z); s'(z) tz; s'(z) ttz + s''(z) tz^2] in the weight-gradient
+    kernel: every activation's series, one set of directions for all samples, and a batch
+    whose stacked row blocks straddle the kernel's row steps (B = 37)."""
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "recompute")
+    shape = dict(batch=37, dim=3, width=24, out=2, k=2, layers=3, activation=activation,
+                 directions="shared", dtype=torch.float32, device=DEVICE)  # fmt: skip
+    model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
+    assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, order=order)
+
+
+@pytest.mark.parametrize("method", ["splitk", "recompute"])
+def test_weight_gradients_by_gemm_where_the_split_k_offsets_would_overflow(monkeypatch, method):
+    """The split-K kernel's offsets within a layer's stack are 32-bit: where the stacked rows
+    times a width would pass 2^31 (here a limit made small), the GEMMs form the weight
+    gradients whatever was asked, and the backward stores the inputs they read."""
+    from sobolev_kernels.triton import launch
+
+    layout = launch.Layout.of((3, 24, 24, 2), 3, 1)
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
+    assert launch._weight_grad_method(layout, torch.zeros(37, 3), True, False) == method
+    monkeypatch.setattr(launch, "_INT32_LIMIT", 4 * 37 * 24 - 1)
+    assert launch._weight_grad_method(layout, torch.zeros(37, 3), True, False) == "gemm"
+    _agree(RTOL_FP32, dtype=torch.float32, batch=37, dim=3, width=24, out=2, k=3, layers=3)
+
+
+def test_recompute_stores_no_inputs_stacks(monkeypatch):
+    """The lean method's backward allocates no inputs stacks (its memory saving) and still
+    gives the gradients."""
+    from sobolev_kernels.triton import launch
+
+    sizes = []
+    empty = torch.empty
+
+    def recording_empty(*shape, **kw):
+        out = empty(*shape, **kw)
+        sizes.append(out.numel())
+        return out
+
+    model, x, y, kw = sample_inputs(batch=19, dim=3, width=16, out=2, k=2, layers=3,
+                                    dtype=torch.float32, device=DEVICE)  # fmt: skip
+    layout = launch.Layout.of((3, 16, 16, 2), 2, 1)
+    inputs_elements = layout.blocks * 19 * (3 + 16 + 16)
+    for method, stored in (("splitk", True), ("recompute", False)):
+        monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
+        sizes.clear()
+        loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+        monkeypatch.setattr(launch.torch, "empty", recording_empty)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        monkeypatch.setattr(launch.torch, "empty", empty)
+        assert (inputs_elements in sizes) == stored, (method, sizes)
+        assert all(torch.isfinite(g).all() for g in grads)
 
 
 def test_weight_gradient_method_choice(monkeypatch):
@@ -195,16 +256,22 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
     layout = Layout.of((3, 8, 2), 2, 1)
     tuning.clear()
     try:
-        for times, expected, batch in (([2.0, 1.0], "splitk", 4), ([1.0, 1.0], "gemm", 40)):
+        cases = (([2.0, 1.0, 3.0], "splitk", 4), ([3.0, 2.0, 1.0], "recompute", 8),
+                 ([1.0, 1.0, 1.0], "gemm", 40))  # fmt: skip
+        for times, expected, batch in cases:
             timings = iter(times)
             monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
             x = torch.zeros(batch, 3)
+            # before the backward: not measured yet (it stores the inputs every method reads)
+            assert launch._weight_grad_method(layout, x, True, False) is None
             assert launch._weight_grad_method(layout, x, True, False, lambda m: None) == expected
+            assert launch._weight_grad_method(layout, x, True, False) == expected
         text = tuning_markdown()
     finally:
         tuning.clear()
     assert "triton weight_grad, widths (3, 8, 2), K 2, order 1, float32, B <= 4" in text
     assert "| splitk | 1.0000 | **chosen** |" in text
+    assert "| recompute | 1.0000 | **chosen** |" in text
 
 
 def test_deterministic():

@@ -274,7 +274,7 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
         expected = upcast_model(model)
         assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
         chosen = {key[1]: config for key, config in tuning.choices().items()}
-        method = WEIGHT_GRAD_METHODS[pick % 2]
+        method = WEIGHT_GRAD_METHODS[pick % len(WEIGHT_GRAD_METHODS)]
         assert chosen == {"fwd": configs[pick], "bwd": configs[pick], "weight_grad": method}
         # the forward alone: scratch regions instead of the saved stacks
         assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected,
@@ -283,7 +283,10 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
 
 def _timer_preferring(pick, per_kernel):
     """Reports 0 ms for launch config ``pick`` of each kernel (forward, then backward) and
-    1 ms for the others; then for weight-gradient method ``pick % 2`` (gemm, splitk)."""
+    1 ms for the others; then for weight-gradient method ``pick`` modulo their number (gemm,
+    splitk, recompute)."""
+    from sobolev_kernels.triton.launch import WEIGHT_GRAD_METHODS
+
     calls = []
 
     def timer(fn):
@@ -292,7 +295,7 @@ def _timer_preferring(pick, per_kernel):
         i = len(calls) - 1
         if i < 2 * per_kernel:
             return 0.0 if i % per_kernel == pick else 1.0
-        return 0.0 if i - 2 * per_kernel == pick % 2 else 1.0
+        return 0.0 if i - 2 * per_kernel == pick % len(WEIGHT_GRAD_METHODS) else 1.0
 
     return timer
 

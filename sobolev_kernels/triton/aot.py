@@ -50,11 +50,12 @@ _BWD_SCALARS = dict(_FWD_SCALARS, coef_f="fp32", coef_u="fp32", coef_w="fp32")
 
 def step_constexprs(
     layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
-    group: int | None = None, cols: int = 0,
+    group: int | None = None, cols: int = 0, store_inputs: bool = True,
 ) -> dict[str, dict]:  # fmt: skip
     """The constexprs of both kernels as the launchers set them for a training step with a
     Jacobian (and, for order 2, Hessian) target, biases and y (``group``: directions per
-    pass, default the static choice; ``cols``: output columns per pass, 0 for all)."""
+    pass, default the static choice; ``cols``: output columns per pass, 0 for all;
+    ``store_inputs``: false for the backward of the ``recompute`` weight gradients)."""
     common = dict(layout.constexprs(), ROWS=rows, GROUP=group or layout.group(rows, warps),
                   ACT=act, SHARED=False, HAS_BIAS=True, HAS_Y=True, TARGET=TARGET_GRAD,
                   TARGET2=TARGET_HESS if layout.order == 2 else TARGET_NONE,
@@ -71,19 +72,23 @@ def step_constexprs(
             HAS_GU=False,
             HAS_GW=False,
             NEED_DX=True,
+            STORE_INPUTS=store_inputs,
             COLS=layout.col_blocks(cols, "bwd"),
         ),  # fmt: skip
     }
 
 
 def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
-                 dtype: str, arch: int, group: int | None = None,
-                 cols: int = 0) -> Iterator[tuple]:  # fmt: skip
-    """(name, compiled kernel) of the forward and backward for ``arch`` (80, 90, ...);
-    ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile raises."""
-    constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols)
-    kernels = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
-               ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS)]  # fmt: skip
+                 dtype: str, arch: int, group: int | None = None, cols: int = 0,
+                 kernels: tuple[str, ...] = ("fwd", "bwd"),
+                 store_inputs: bool = True) -> Iterator[tuple]:  # fmt: skip
+    """(name, compiled kernel) of the forward and backward (``kernels``) for ``arch`` (80, 90,
+    ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile raises."""
+    constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
+                                 store_inputs)  # fmt: skip
+    every = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
+             ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS)]  # fmt: skip
+    kernels = [kernel for kernel in every if kernel[0] in kernels]
     for name, kernel, ptrs, scalars in kernels:
         sig = {}
         for p in ptrs.split():
@@ -96,18 +101,23 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
         yield name, triton.compile(src, target=target, options={"num_warps": warps})
 
 
-def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int,
-                        warps: int = 4) -> tuple:  # fmt: skip
-    """("dW", compiled) of the split-K weight-gradient kernel (``weight_grad.py``) as
-    ``launch.py`` sets it up for a model with biases; the stacks are in ``dtype``."""
-    constexprs = dict(layout.weight_grad_constexprs(True), PRECISION=precision,
-                      EMULATE_BF16=False)  # fmt: skip
-    sig = {"adj_ptr": "*" + dtype, "inputs_ptr": "*" + dtype, "part_ptr": "*fp32"}
+def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, warps: int = 4,
+                        recompute: bool = False, act: int = 0) -> tuple:  # fmt: skip
+    """(name, compiled) of the split-K weight-gradient kernel (``weight_grad.py``) as
+    ``launch.py`` sets it up for a model with biases and per-sample directions: "dW" reading
+    the inputs stacks (in ``dtype``), or "dW recompute" forming them from the fp32 saved
+    pre-activations (activation ``act``)."""
+    constexprs = dict(layout.weight_grad_constexprs(True), ACT=act, SHARED=False,
+                      RECOMPUTE=recompute, PRECISION=precision, EMULATE_BF16=False)  # fmt: skip
+    sig = {"adj_ptr": "*" + dtype, "inputs_ptr": "*" + ("fp32" if recompute else dtype),
+           "x_ptr": "*" + dtype, "v_ptr": "*" + dtype, "part_ptr": "*fp32"}  # fmt: skip
     sig.update(dict.fromkeys(["batch", "stack", "first_rows", "rows_per_split"], "i32"))
+    sig.update({"slope": "fp32"})
     sig.update({c: "constexpr" for c in constexprs})
     src = ASTSource(fn=_weight_grad_partials_kernel, signature=sig, constexprs=constexprs)
     target = GPUTarget("cuda", arch, 32)
-    return "dW", triton.compile(src, target=target, options={"num_warps": warps})
+    name = "dW recompute" if recompute else "dW"
+    return name, triton.compile(src, target=target, options={"num_warps": warps})
 
 
 def _cuobjdump(compiled, *flags: str) -> str:

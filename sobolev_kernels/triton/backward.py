@@ -14,10 +14,11 @@ every layer l, top down, A_l = [a_z; a_tz; a_ttz] and, through the activation be
     a_ttz_k = a_tt_k s'
 
 with [a_h; a_t; a_tt] = A_l W_l (order 1: no tt terms). The kernel writes each layer's
-stacked adjoints A_l and inputs S_{l-1} = [h; t; tt] (recomputed from the saved
-pre-activations), per-program bias partials and dL/dx (its dots reload A_l in K chunks from
-where it stored it); ``weight_grad.py`` then forms dW_l = A_l^T S_{l-1} over the
-(1 + order K) B stacked rows, and sums the bias partials.
+stacked adjoints A_l, per-program bias partials, dL/dx (its dots reload A_l in K chunks from
+where it stored it) and, with STORE_INPUTS, the inputs S_{l-1} = [h; t; tt] (recomputed from
+the saved pre-activations); ``weight_grad.py`` then forms dW_l = A_l^T S_{l-1} over the
+(1 + order K) B stacked rows (from the stored S, or forming S again as it reads), and sums
+the bias partials.
 """
 
 from __future__ import annotations
@@ -81,12 +82,12 @@ def _bwd_tangents(
     a_z, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, g, B, l: tl.constexpr,
     WIDTHS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, K: tl.constexpr,
     GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SMOOTH: tl.constexpr,
-    SHARED: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    SHARED: tl.constexpr, STORE_INPUTS: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     """Columns ci of hidden layer l (the input side of W_l), direction group g: stores the
-    tangent rows of S_{l-1} = [h; t; tt] (recomputed from the saved pre-activations) and of
-    A_{l-1} = [a_z; a_tz; a_ttz]; returns a_z plus the group's term (its sum over
-    directions)."""
+    tangent rows of A_{l-1} = [a_z; a_tz; a_ttz] and, with STORE_INPUTS, of S_{l-1} = [h; t;
+    tt] (recomputed from the saved pre-activations); returns a_z plus the group's term (its
+    sum over directions)."""
     S: tl.constexpr = 1 + ORDER * K
     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
         pid, g, B, K, GROUP, ROWS, SHARED
@@ -102,13 +103,15 @@ def _bwd_tangents(
     # (a_t reshaped before the loads: after them, config M took 255 registers and spilled)
     a_t3 = _by_direction(a_t, GROUP, ROWS)
     tz3 = _by_direction(tl.load(z_base + t_off, mask=ok, other=0.0).to(tl.float32), GROUP, ROWS)
-    t_in = _rows(tz3 * s1[None, :, :], GROUP, ROWS)
-    tl.store(s_base + t_off, _cast(t_in, st_ty, EMULATE_BF16), mask=ok)
+    if STORE_INPUTS:
+        t_in = _rows(tz3 * s1[None, :, :], GROUP, ROWS)
+        tl.store(s_base + t_off, _cast(t_in, st_ty, EMULATE_BF16), mask=ok)
     if ORDER == 2:
         ttz = tl.load(z_base + tt_off, mask=ok, other=0.0).to(tl.float32)
         ttz3 = _by_direction(ttz, GROUP, ROWS)
-        tt_in = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], GROUP, ROWS)
-        tl.store(s_base + tt_off, _cast(tt_in, st_ty, EMULATE_BF16), mask=ok)
+        if STORE_INPUTS:
+            tt_in = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], GROUP, ROWS)
+            tl.store(s_base + tt_off, _cast(tt_in, st_ty, EMULATE_BF16), mask=ok)
         a_tt3 = _by_direction(a_tt, GROUP, ROWS)
         if SMOOTH:
             a_z += s2 * tl.sum(a_t3 * tz3 + a_tt3 * ttz3, axis=0)
@@ -133,12 +136,13 @@ def _bwd_hidden_block(
     B_OFFS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, K: tl.constexpr,
     KP: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
     ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    NUM_BIASES: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    CHUNKS: tl.constexpr,
+    NUM_BIASES: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr,
 ):  # fmt: skip
     """Columns n0 .. n0 + NB of hidden layer l (the input side of W_l): [a_h; a_t; a_tt] =
-    A_l W_l for every direction group, through the activation into A_{l-1}, and S_{l-1}
-    recomputed from the saved pre-activations; this program's bias partials of layer l - 1."""
+    A_l W_l for every direction group, through the activation into A_{l-1}, and (with
+    STORE_INPUTS) S_{l-1} recomputed from the saved pre-activations; this program's bias
+    partials of layer l - 1."""
     S: tl.constexpr = 1 + ORDER * K
     ci = n0 + tl.arange(0, NB)
     in_col = ci[None, :] < WIDTHS[l]
@@ -150,12 +154,13 @@ def _bwd_hidden_block(
     z = tl.load(z_ptr + S * B * OUT_CUM[l - 1] + rows[:, None] * WIDTHS[l] + ci[None, :],
                 mask=row_ok[:, None] & in_col, other=0.0).to(tl.float32)  # fmt: skip
     s, s1, s2, s3 = act_series(z, slope, ACT)
-    tl.store(s_ptr + S * B * IN_CUM[l] + rows[:, None] * WIDTHS[l] + ci[None, :],
-             _cast(s, s_ptr.dtype.element_ty, EMULATE_BF16),
-             mask=row_ok[:, None] & in_col)  # fmt: skip
+    if STORE_INPUTS:
+        tl.store(s_ptr + S * B * IN_CUM[l] + rows[:, None] * WIDTHS[l] + ci[None, :],
+                 _cast(s, s_ptr.dtype.element_ty, EMULATE_BF16),
+                 mask=row_ok[:, None] & in_col)  # fmt: skip
     a_z = _bwd_tangents(
         a_h * s1, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, 0, B, l, WIDTHS,
-        OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, EMULATE_BF16,
+        OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, STORE_INPUTS, EMULATE_BF16,
     )  # fmt: skip
     if KP // GROUP > 1:
         for g in tl.range(1, KP // GROUP):
@@ -165,7 +170,8 @@ def _bwd_hidden_block(
             )  # fmt: skip
             a_z = _bwd_tangents(
                 a_z, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, g, B, l, WIDTHS,
-                OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, EMULATE_BF16,
+                OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, STORE_INPUTS,
+                EMULATE_BF16,
             )  # fmt: skip
     # A_{l-1}'s value rows (its tangent rows are stored), for dW_{l-1} = A^T S
     tl.store(a_ptr + S * B * OUT_CUM[l - 1] + rows[:, None] * WIDTHS[l] + ci[None, :],
@@ -206,8 +212,8 @@ def _sobolev_bwd_kernel(
     ORDER: tl.constexpr, ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr, TARGET2: tl.constexpr,
     HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
-    NEED_DX: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    CHUNKS: tl.constexpr, COLS: tl.constexpr,
+    NEED_DX: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     D: tl.constexpr = WIDTHS[0]
@@ -280,28 +286,26 @@ def _sobolev_bwd_kernel(
                 _bwd_hidden_block(
                     a_ptr, s_ptr, z_ptr, w_ptrs, db_ptr, pid, n0, rows, row_ok, B, slope, l,
                     COLS[l], WIDTHS, PADS, B_OFFS, OUT_CUM, IN_CUM, K, KP, GROUP, ROWS,
-                    ORDER, ACT, SMOOTH, SHARED, HAS_BIAS, NB, PRECISION, EMULATE_BF16, CHUNKS,
+                    ORDER, ACT, SMOOTH, SHARED, HAS_BIAS, NB, STORE_INPUTS, PRECISION,
+                    EMULATE_BF16, CHUNKS,
                 )  # fmt: skip
         else:
-            # layer 1 reads x and the directions: S_0 = [x; v] (tt_0 = 0 adds nothing to dW_1)
-            ci = tl.arange(0, PADS[0])
-            in_col = ci[None, :] < D
-            x = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
-                        mask=row_ok[:, None] & in_col, other=0.0)  # fmt: skip
-            tl.store(
-                s_base + rows[:, None] * D + ci[None, :], x.to(st_ty), mask=row_ok[:, None] & in_col
-            )
-            for g in tl.range(0, KP // GROUP):
-                k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
-                    pid, g, B, K, GROUP, ROWS, SHARED
-                )
-                v = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
-                            mask=t_ok[:, None] & in_col, other=0.0)  # fmt: skip
-                tl.store(
-                    s_base + t_rows[:, None] * D + ci[None, :],
-                    v.to(st_ty),
-                    mask=t_ok[:, None] & in_col,
-                )
+            if STORE_INPUTS:
+                # layer 1's inputs: S_0 = [x; v] (tt_0 = 0 adds nothing to dW_1)
+                ci = tl.arange(0, PADS[0])
+                in_col = ci[None, :] < D
+                x = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
+                            mask=row_ok[:, None] & in_col, other=0.0)  # fmt: skip
+                tl.store(s_base + rows[:, None] * D + ci[None, :], x.to(st_ty),
+                         mask=row_ok[:, None] & in_col)  # fmt: skip
+                for g in tl.range(0, KP // GROUP):
+                    k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
+                        pid, g, B, K, GROUP, ROWS, SHARED
+                    )
+                    v = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
+                                mask=t_ok[:, None] & in_col, other=0.0)  # fmt: skip
+                    tl.store(s_base + t_rows[:, None] * D + ci[None, :], v.to(st_ty),
+                             mask=t_ok[:, None] & in_col)  # fmt: skip
             if NEED_DX:
                 for n0 in tl.range(0, PADS[0], COLS[0], num_stages=1):
                     _bwd_input_block(

@@ -99,9 +99,10 @@ def _launch_config(
 def _tuning_key(kernel: str, x: Tensor, constexprs: dict, allow_tf32: bool) -> tuple:
     # every compile-time constant but the tuned ones, the dtype, the precision allowed, the
     # device and the batch rounded up to a power of two (the best rows per program depend on
-    # how many programs run)
+    # how many programs run). Not STORE_INPUTS: the backward's config is measured while it
+    # stores its inputs (the weight-gradient method is chosen after it) and serves it without.
     batch = triton.next_power_of_2(max(1, x.shape[0]))
-    constants = tuple(sorted(constexprs.items()))
+    constants = tuple(sorted((k, v) for k, v in constexprs.items() if k != "STORE_INPUTS"))
     return ("triton", kernel, str(x.device), x.dtype, allow_tf32, batch, constants)
 
 
@@ -230,10 +231,13 @@ def sobolev_backward(
     f, u, w = f.contiguous(), u.contiguous(), w.contiguous()
     stack = layout.blocks * batch
     w_ptrs = tuple(p.contiguous() for p in weights)
-    adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
-    inputs = torch.empty(stack * sum(widths[:-1]), device=dev, dtype=dtype)
-    nb = sum(widths[1:])
     has_bias = bool(biases)
+    # None: measured after this backward, which then stores the inputs every method can use
+    method = _weight_grad_method(layout, x, has_bias, allow_tf32) if need_grad_params else None
+    store_inputs = need_grad_params and method != "recompute"
+    adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
+    inputs = torch.empty(stack * sum(widths[:-1]) if store_inputs else 0, device=dev, dtype=dtype)
+    nb = sum(widths[1:])
     grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
     m = widths[-1]
     coef_f = 2.0 * alpha / (batch * m) if y is not None else 0.0
@@ -245,7 +249,7 @@ def sobolev_backward(
         HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
         HAS_GL=grad_loss is not None, HAS_GF=grad_f is not None, HAS_GU=grad_u is not None,
         HAS_GW=grad_w is not None and order == 2, NEED_DX=need_grad_x,
-        EMULATE_BF16=_emulate_bf16(dtype),
+        STORE_INPUTS=store_inputs, EMULATE_BF16=_emulate_bf16(dtype),
     )  # fmt: skip
 
     def launch(config: LaunchConfig) -> Tensor:
@@ -258,7 +262,8 @@ def sobolev_backward(
             w if order == 2 else u, grad_loss if grad_loss is not None else f,
             grad_f if grad_f is not None else f, grad_u if grad_u is not None else u,
             grad_w if grad_w is not None and order == 2 else u,
-            adj, inputs, grad_x if need_grad_x else x, db_partial, batch, negative_slope,
+            adj, inputs if store_inputs else adj, grad_x if need_grad_x else x, db_partial,
+            batch, negative_slope,
             coef_f, coef_u, coef_w, **_tuned(layout, config, "bwd"), **constexprs,
         )  # fmt: skip
         return db_partial
@@ -270,35 +275,55 @@ def sobolev_backward(
     def parameter_grads(method: str) -> tuple[list[Tensor], list[Tensor]]:
         if method == "gemm":
             return _grads_by_gemm(layout, batch, adj, inputs, db_partial, weights, biases)
-        return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32)
+        recompute = method == "recompute"
+        lean = dict(saved=saved, v=v, activation=activation, slope=negative_slope)
+        return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32,
+                                **(lean if recompute else {}))  # fmt: skip
 
-    method = _weight_grad_method(layout, x, bool(biases), allow_tf32, parameter_grads)
+    if method is None:
+        method = _weight_grad_method(layout, x, has_bias, allow_tf32, parameter_grads)
     return (grad_x, *parameter_grads(method))
 
 
 # How the parameter gradients are formed from the backward's stacks (``weight_grad.py``); the
-# first is the choice wherever nothing is measured, until a GPU has measured the other faster.
-WEIGHT_GRAD_METHODS = ("gemm", "splitk")
+# first is the choice wherever nothing is measured, until a GPU has measured another faster.
+# ``recompute`` is the lean one: the backward stores no inputs stacks (one stack per layer
+# less memory); the tuner times it with them stored, so without the stores it saves.
+WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute")
 
 
 def _weight_grad_method(
     layout: Layout, x: Tensor, has_bias: bool, allow_tf32: bool,
-    run: Callable[[str], object],
-) -> str:  # fmt: skip
-    """``SOBOLEV_TRITON_WEIGHT_GRAD`` (gemm, splitk) where set, else measured once per shape
-    on the GPU (``tuning``), else gemm."""
+    run: Callable[[str], object] | None = None,
+) -> str | None:  # fmt: skip
+    """``SOBOLEV_TRITON_WEIGHT_GRAD`` (one of WEIGHT_GRAD_METHODS) where set, else measured
+    once per shape on the GPU (``tuning``; without ``run``, None where that is still to
+    come), else gemm. Only gemm where the split-K kernel's offsets do not fit
+    (``_splitk_fits``)."""
     forced = os.environ.get("SOBOLEV_TRITON_WEIGHT_GRAD", "auto")
+    methods = WEIGHT_GRAD_METHODS if _splitk_fits(layout, x.shape[0]) else ("gemm",)
     if forced in WEIGHT_GRAD_METHODS:
-        return forced
+        return forced if forced in methods else "gemm"
     if forced != "auto":
-        raise ValueError(
-            f"SOBOLEV_TRITON_WEIGHT_GRAD: expected auto, gemm or splitk, got {forced!r}"
-        )
+        raise ValueError("SOBOLEV_TRITON_WEIGHT_GRAD: expected auto, "
+                         f"{', '.join(WEIGHT_GRAD_METHODS)}; got {forced!r}")  # fmt: skip
     constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths)
     key = _tuning_key("weight_grad", x, constants, allow_tf32)
     if not tuning.can_measure(x.device):
         return tuning.chosen(key) or WEIGHT_GRAD_METHODS[0]  # type: ignore[return-value]
-    return tuning.fastest(key, WEIGHT_GRAD_METHODS, run, _DOES_NOT_FIT)
+    if run is None:
+        return tuning.chosen(key)  # type: ignore[return-value]
+    return tuning.fastest(key, methods, run, _DOES_NOT_FIT)
+
+
+_INT32_LIMIT = 2**31 - 1
+
+
+def _splitk_fits(layout: Layout, batch: int) -> bool:
+    """Whether the split-K kernel's 32-bit offsets within a layer's stack hold: its
+    (1 + order K) B rows times every width < 2^31. Beyond that (billions of elements per
+    layer) the weight gradients are GEMMs."""
+    return layout.blocks * batch * max(layout.widths) <= _INT32_LIMIT
 
 
 def _grads_by_gemm(
@@ -323,9 +348,13 @@ def _grads_by_gemm(
 
 def _grads_by_splitk(
     layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, weights: list[Tensor],
-    biases: list[Tensor], allow_tf32: bool,
+    biases: list[Tensor], allow_tf32: bool, saved: Tensor | None = None,
+    v: Tensor | None = None, activation: int = 0, slope: float = 0.0,
 ) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
-    """Every dW_l and db_l by one split-K kernel over all layers, then one reduction."""
+    """Every dW_l and db_l by one split-K kernel over all layers, then one reduction. With
+    ``saved`` (the forward's pre-activations), the directions ``v`` and the activation, the
+    kernel forms the inputs stacks itself as it reads them: ``inputs`` goes unread."""
+    recompute = saved is not None
     batch = x.shape[0]
     stack = layout.blocks * batch
     geometry = layout.weight_grad_constexprs(bool(biases))
@@ -336,10 +365,13 @@ def _grads_by_splitk(
     rows_per_split = triton.cdiv(triton.cdiv(stack, splits), row_block) * row_block
     splits = triton.cdiv(stack, rows_per_split)
     partial = torch.empty(splits, geometry["N_PARTIAL"], device=x.device, dtype=torch.float32)
+    # (an empty tensor is no pointer to pass: adj stands in for one the kernel does not read)
+    source = (saved if saved.numel() else adj) if recompute else inputs
     _weight_grad_partials_kernel[(tiles, splits)](
-        adj, inputs, partial, batch, stack, (1 + layout.k) * batch, rows_per_split,
-        PRECISION=_precisions(x.dtype, allow_tf32)[1], EMULATE_BF16=_emulate_bf16(x.dtype),
-        num_warps=4, **geometry,
+        adj, source, x, v if recompute else x, partial, batch, stack, (1 + layout.k) * batch,
+        rows_per_split, slope, ACT=activation, SHARED=recompute and v.ndim == 2,
+        RECOMPUTE=recompute, PRECISION=_precisions(x.dtype, allow_tf32)[1],
+        EMULATE_BF16=_emulate_bf16(x.dtype), num_warps=4, **geometry,
     )  # fmt: skip
     grad_weights = [_empty_like(w) for w in weights]
     grad_biases = [_empty_like(b) for b in biases]

@@ -326,7 +326,8 @@ class Layout:
         """The split-K weight-gradient kernel's constexprs (``weight_grad.py``): square
         output tiles of up to 64 (at least 16, what tl.dot takes), TILE_CUM[l] the first tile
         of layer l's dW (TILE_CUM[-1] tiles in all), W_OFFS / B_OFFS where dW_l / db_l start
-        in a row of N_PARTIAL partial sums, 32 stacked rows per step."""
+        in a row of N_PARTIAL partial sums, 32 stacked rows per step; K and ORDER place the
+        tangent blocks of the stacks."""
         widths, layers = self.widths, self.num_layers
         tile = max(16, min(64, next_power_of_2(max(widths))))
         tiles = [-(-widths[l + 1] // tile) * -(-widths[l] // tile) for l in range(layers)]
@@ -337,6 +338,7 @@ class Layout:
             TILE_CUM=(*_prefix(tiles), sum(tiles)), W_OFFS=_prefix(sizes),
             B_OFFS=tuple(sum(sizes) + o for o in self.b_offsets), NUM_LAYERS=layers,
             N_PARTIAL=sum(sizes) + biases, HAS_BIAS=has_bias, BM=tile, BN=tile, BK=32,
+            K=self.k, ORDER=self.order,
         )  # fmt: skip
 
 

@@ -13,7 +13,18 @@ two ways, chosen per shape by measurement on the GPU (``launch.py``):
 - ``splitk``: ``_weight_grad_partials_kernel``, every layer's output tiles times SPLITS row
   ranges in one grid, tensor-core dots (3xTF32 for fp32), each program writing its partial
   tile (and the column sums of its A tile: the bias) to a (SPLITS, N) fp32 buffer; then
-  ``_sum_partials_kernel`` adds the SPLITS rows in a fixed order: 2 launches, deterministic.
+  ``_sum_partials_kernel`` adds the SPLITS rows in a fixed order: 2 launches, deterministic;
+- ``recompute``: the same two launches, but the backward kernel stores no inputs stacks: the
+  split-K kernel forms each S_{l-1} tile as it loads it (RECOMPUTE), from the forward's saved
+  pre-activations [z; tz; ttz] of hidden layer l - 1 (fp32) and, for layer 1, from x and the
+  directions. Row r of a stack belongs to sample r mod B (values, then k-major tangent
+  blocks), so with zb = z of that sample:
+
+      h = s(zb),   t_k = s'(zb) tz_k,   tt_k = s'(zb) ttz_k + s''(zb) tz_k^2
+
+  rounded to the model's dtype as the stored stacks are. One stack of (1 + order K) B rows
+  per layer less memory, and no stores of it, for up to three loads per element instead of
+  one.
 """
 
 from __future__ import annotations
@@ -21,24 +32,66 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .activations import act_series
 from .tiles import _cast
 
 
 @triton.jit
+def _recomputed_inputs(
+    z_ptr, x_ptr, v_ptr, r, j, ok, batch, stack, slope, l: tl.constexpr, n_in: tl.constexpr,
+    OUT_CUM: tl.constexpr, K: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr,
+    SHARED: tl.constexpr, EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """Rows r, columns j (``ok``: the live ones) of S_{l-1}, the inputs of layer l over the
+    stacked rows, formed from x and the directions (layer 1) or from the forward's saved
+    pre-activations at z_ptr (see the top of this file), in the dtype of x: that of the
+    stacks the backward would have stored."""
+    b = r % batch  # the sample of each stacked row
+    value = (r < batch)[:, None]
+    if l == 0:
+        # S_0 = [x; v]: the value rows are x, tangent block k is direction k (layer 1 stops at
+        # (1 + K) B rows: tt_0 = 0)
+        k = r // batch - 1
+        if SHARED:
+            v_rows = k
+        else:
+            v_rows = b * K + k
+        xs = tl.load(x_ptr + b[:, None] * n_in + j[None, :], mask=ok & value, other=0.0)
+        vs = tl.load(v_ptr + v_rows[:, None] * n_in + j[None, :], mask=ok & ~value, other=0.0)
+        out = tl.where(value, xs, vs).to(x_ptr.dtype.element_ty)
+    else:
+        z_base = z_ptr + stack.to(tl.int64) * OUT_CUM[l - 1]  # fp32 pre-activations
+        zb = tl.load(z_base + b[:, None] * n_in + j[None, :], mask=ok, other=0.0)
+        zr = tl.load(z_base + r[:, None] * n_in + j[None, :], mask=ok & ~value, other=0.0)
+        s, s1, s2, s3_unused = act_series(zb, slope, ACT)
+        h = tl.where(value, s, s1 * zr)
+        if ORDER == 2:
+            second = (r >= (1 + K) * batch)[:, None]  # tt rows: their tz rows are K B earlier
+            tz = tl.load(z_base + (r - K * batch)[:, None] * n_in + j[None, :],
+                         mask=ok & second, other=0.0)  # fmt: skip
+            h = tl.where(second, h + s2 * tz * tz, h)
+        out = _cast(h, x_ptr.dtype.element_ty, EMULATE_BF16)
+    return out
+
+
+@triton.jit
 def _weight_grad_partials_kernel(
-    adj_ptr, inputs_ptr, part_ptr, batch, stack, first_rows, rows_per_split,
-    WIDTHS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr,
+    adj_ptr, inputs_ptr, x_ptr, v_ptr, part_ptr, batch, stack, first_rows, rows_per_split,
+    slope, WIDTHS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr,
     TILE_CUM: tl.constexpr, W_OFFS: tl.constexpr, B_OFFS: tl.constexpr,
     NUM_LAYERS: tl.constexpr, N_PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATE_BF16: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, K: tl.constexpr,
+    ORDER: tl.constexpr, ACT: tl.constexpr, SHARED: tl.constexpr, RECOMPUTE: tl.constexpr,
+    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     """Program (t, s): output tile t of dW (layers in turn, TILE_CUM[l] <= t < TILE_CUM[l + 1],
     row-major BM x BN tiles of the (n_l, n_{l-1}) matrix) summed over split s's rows
     [s rows_per_split, (s + 1) rows_per_split) of the stack. Layer 1's inputs have no
     second-order rows (tt_0 = 0): only its ``first_rows`` rows count. db_l sums the value rows
     (the first ``batch``) only. Every program stores its tile, zeros included, so the buffer
-    needs no initialisation."""
+    needs no initialisation. ``inputs_ptr`` is the inputs stacks, or under RECOMPUTE the
+    forward's saved pre-activations (x_ptr, v_ptr: layer 1's inputs; ACT, slope: the hidden
+    activation)."""
     tile = tl.program_id(0)
     split = tl.program_id(1)
     for l in tl.static_range(NUM_LAYERS):
@@ -55,7 +108,9 @@ def _weight_grad_partials_kernel(
                 used = stack
             start = split * rows_per_split
             end = tl.minimum(start + rows_per_split, used)
-            # layer bases in 64 bits: (1 + 2K) B rows times the widths below can pass 2^31
+            # 64-bit layer bases; offsets within a layer are 32-bit (the launcher takes this
+            # kernel only where the stack times every width stays below 2^31: more registers
+            # otherwise, 198 -> 255 on sm_80 at config M)
             a_base = adj_ptr + stack.to(tl.int64) * OUT_CUM[l]
             s_base = inputs_ptr + stack.to(tl.int64) * IN_CUM[l]
             acc = tl.zeros((BM, BN), tl.float32)
@@ -65,8 +120,13 @@ def _weight_grad_partials_kernel(
                 live = r < end
                 a = tl.load(a_base + r[:, None] * n_out + i[None, :],
                             mask=live[:, None] & (i[None, :] < n_out), other=0.0)  # fmt: skip
-                s = tl.load(s_base + r[:, None] * n_in + j[None, :],
-                            mask=live[:, None] & (j[None, :] < n_in), other=0.0)  # fmt: skip
+                s_ok = live[:, None] & (j[None, :] < n_in)
+                if RECOMPUTE:
+                    s = _recomputed_inputs(inputs_ptr, x_ptr, v_ptr, r, j, s_ok, batch, stack,
+                                           slope, l, n_in, OUT_CUM, K, ORDER, ACT, SHARED,
+                                           EMULATE_BF16)  # fmt: skip
+                else:
+                    s = tl.load(s_base + r[:, None] * n_in + j[None, :], mask=s_ok, other=0.0)
                 if EMULATE_BF16:  # the interpreter's bf16 dot is wrong (see launch.py)
                     a = a.to(tl.float32)
                     s = s.to(tl.float32)
