@@ -337,6 +337,43 @@ def test_many_directions_in_groups_on_gpu(dtype, order):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("method", ["splitk", "recompute"])
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_gradient_methods_on_gpu(monkeypatch, method, order, dtype):
+    """The split-K weight gradients on a GPU's tensor cores, reading the stored inputs or
+    forming them from the saved pre-activations, over many split row ranges."""
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
+    rtol = tolerance("triton", dtype, "cuda")
+    shape = dict(batch=4099, dim=16, width=128, out=8, k=3, layers=4, dtype=dtype, device=DEVICE)
+    model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
+    assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=upcast_model(model),
+                          order=order)  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_recompute_saves_the_inputs_stacks_memory():
+    """recompute's step peaks lower than splitk's by most of the inputs stacks it does not
+    store ((1 + K) B rows times the summed layer inputs; an allocation, not a speed)."""
+    model, x, y, kw = sample_inputs(batch=2**15, dim=16, width=128, out=8, k=2, layers=4,
+                                    dtype=torch.float32, device="cuda")  # fmt: skip
+    peaks = {}
+    for method in ("splitk", "recompute"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
+            for _ in range(2):  # the second step: compiled, nothing cached is new
+                model.zero_grad(set_to_none=True)
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                sk.sobolev_loss(model, x, y, backend="triton", **kw).backward()
+                torch.cuda.synchronize()
+                peaks[method] = torch.cuda.max_memory_allocated() - base
+    inputs_bytes = 3 * 2**15 * (16 + 3 * 128) * 4
+    assert peaks["splitk"] - peaks["recompute"] >= 0.8 * inputs_bytes, peaks
+
+
+@pytest.mark.gpu
 def test_forward_is_one_kernel_launch():
     from torch.profiler import ProfilerActivity, profile
 
