@@ -267,6 +267,9 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
             assert launch._weight_grad_method(layout, x, True, False, lambda m: None) == expected
             assert launch._weight_grad_method(layout, x, True, False) == expected
         text = tuning_markdown()
+        # a measured choice that this batch's offsets would overflow gives way to gemm
+        monkeypatch.setattr(launch, "_INT32_LIMIT", 1)
+        assert launch._weight_grad_method(layout, torch.zeros(8, 3), True, False) == "gemm"
     finally:
         tuning.clear()
     assert "triton weight_grad, widths (3, 8, 2), K 2, order 1, float32, B <= 4" in text

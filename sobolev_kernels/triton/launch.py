@@ -309,11 +309,14 @@ def _weight_grad_method(
                          f"{', '.join(WEIGHT_GRAD_METHODS)}; got {forced!r}")  # fmt: skip
     constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths)
     key = _tuning_key("weight_grad", x, constants, allow_tf32)
-    if not tuning.can_measure(x.device):
-        return tuning.chosen(key) or WEIGHT_GRAD_METHODS[0]  # type: ignore[return-value]
-    if run is None:
-        return tuning.chosen(key)  # type: ignore[return-value]
-    return tuning.fastest(key, methods, run, _DOES_NOT_FIT)
+    if run is not None and tuning.can_measure(x.device):
+        choice = tuning.fastest(key, methods, run, _DOES_NOT_FIT)
+    else:
+        choice = tuning.chosen(key)
+        if choice is None:  # None: to be measured (after the backward), else the static
+            return None if tuning.can_measure(x.device) else WEIGHT_GRAD_METHODS[0]
+    # (a choice measured at another batch of the same power of two may not fit this one)
+    return choice if choice in methods else WEIGHT_GRAD_METHODS[0]  # type: ignore[return-value]
 
 
 _INT32_LIMIT = 2**31 - 1
