@@ -1,12 +1,12 @@
 """The parameter gradients from the backward kernel's stacks, and the one reduction kernel.
 
 The backward kernel (``backward.py``) leaves, for every layer l, the adjoints A_l (S B, n_l)
-of its pre-activations and its inputs S_{l-1} (S B, n_{l-1}) over the S B stacked rows
-(values, then the tangent blocks). Then
+of its pre-activations and (unless ``recompute``) its inputs S_{l-1} (S B, n_{l-1}) over the
+S B stacked rows (values, then the tangent blocks). Then
 
     dW_l = A_l^T S_{l-1}        db_l = sum of A_l's value rows (the bias moves no tangent)
 
-two ways, chosen per shape by measurement on the GPU (``launch.py``):
+three ways, chosen per shape by measurement on the GPU (``launch.py``):
 
 - ``gemm``: one cuBLAS GEMM per layer, and ``_sum_partials_kernel`` over the backward
   kernel's per-program bias partials: 1 + L launches;
