@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import sobolev_kernels as sk
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "bench" / "results" / "h200-2026-11-26" / "NVIDIA_H200.csv"
 COLUMNS = ["provider", "config", "mode", "metric", "unit", "p20", "p50", "p80", "device", "torch",
@@ -226,6 +228,35 @@ def test_report_shows_every_provider_variant(tmp_path):
     shown = re.findall(r"^\| (\w+) \| 1", table, flags=re.M)
     assert set(VARIANTS) <= set(report.PROVIDER_ORDER)  # each in its deliberate place
     assert sorted(shown) == sorted(names) and shown[-1] == "some_new_variant"
+
+
+@pytest.mark.skipif("triton" not in sk.available_backends(), reason="no triton backend")
+def test_backend_variant_providers_set_their_variable_for_the_call_only(monkeypatch):
+    """A variant provider (triton_recompute: SOBOLEV_TRITON_WEIGHT_GRAD=recompute) runs its
+    backend's step with the variable set, restores it after, and gives the same loss and
+    gradients as the backend's default (here in the interpreter, on a tiny problem)."""
+    from bench.providers import VARIANTS, make_problem, step_fn
+    from sobolev_kernels.triton import launch
+
+    backend, variable, value = VARIANTS["triton_recompute"]
+    monkeypatch.setenv(variable, "splitk")
+    seen = []
+    real = launch._grads_by_splitk
+
+    def spy(*args, **kwargs):  # the variable as the weight gradients see it, and the method
+        seen.append((os.environ[variable], "saved" in kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "_grads_by_splitk", spy)
+    p = make_problem(batch=9, dim=3, width=8, layers=3, out=2, k=2)
+    runs = {}
+    for provider in (backend, "triton_recompute"):
+        loss = step_fn(provider, p)()
+        runs[provider] = [loss.detach(), *[q.grad.clone() for q in p.model.parameters()]]
+    assert os.environ[variable] == "splitk"  # restored
+    assert seen == [("splitk", False), (value, True)]
+    for a, b in zip(*runs.values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_live_at_peak_replays_the_allocator_trace():
