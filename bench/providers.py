@@ -25,15 +25,20 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # The CUDA backend's kernel variants besides its default ("tiled"), timed side by side on a
 # GPU until one has measured faster: SOBOLEV_CUDA_KERNEL, read by the extension per call.
 CUDA_VARIANTS = {"cuda_tiled_tc": "tiled_tc", "cuda_fused": "fused"}
-# The Triton backend's lean training step (the weight gradients form the backward's inputs
-# stacks again instead of storing them), for its peak memory and time beside the tuner's
-# choice: SOBOLEV_TRITON_WEIGHT_GRAD. Its forward is the triton provider's: steps only.
-TRITON_VARIANTS = {"triton_recompute": "recompute"}
+# The Triton backend's leaner training steps, for their peak memory and time beside the
+# tuner's choice: the weight gradients forming the backward's inputs again instead of storing
+# them (triton_recompute), and with that no saved pre-activations either, the backward
+# recomputing them a chunk of rows at a time (triton_lean). Their forwards are the triton
+# provider's: steps only. name -> (environment variable, value)
+TRITON_VARIANTS = {
+    "triton_recompute": ("SOBOLEV_TRITON_WEIGHT_GRAD", "recompute"),
+    "triton_lean": ("SOBOLEV_SAVE_ACTIVATIONS", "0"),
+}
 STEP_ONLY = set(TRITON_VARIANTS)
 # provider -> (backend, environment variable, value)
 VARIANTS = {
     **{name: ("cuda", "SOBOLEV_CUDA_KERNEL", v) for name, v in CUDA_VARIANTS.items()},
-    **{name: ("triton", "SOBOLEV_TRITON_WEIGHT_GRAD", v) for name, v in TRITON_VARIANTS.items()},
+    **{name: ("triton", *setting) for name, setting in TRITON_VARIANTS.items()},
 }
 
 # Precision classes, so that every provider of a row computes its products alike:

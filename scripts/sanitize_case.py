@@ -25,13 +25,18 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # reads per call: the kernels a GPU's tuner may pick (or a user may force). fp32 only, to keep
 # the sanitizer's run short; the defaults run every dtype.
 VARIANTS = {
-    "triton": [("SOBOLEV_TRITON_WEIGHT_GRAD", m) for m in ("splitk", "recompute")],
-    "cuda": [("SOBOLEV_CUDA_KERNEL", k) for k in ("tiled_tc", "fused")],
+    "triton": [
+        {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"},
+        {"SOBOLEV_TRITON_WEIGHT_GRAD": "recompute"},
+        # nothing saved: the backward recomputes, 32 of the 77 samples at a time
+        {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_RECOMPUTE_ROWS": "32"},
+    ],
+    "cuda": [{"SOBOLEV_CUDA_KERNEL": k} for k in ("tiled_tc", "fused")],
 }
 
 
 def cases(backends) -> list[tuple]:
-    """(backend, (variable, value) or None, order, dtype): the defaults in every dtype, then
+    """(backend, {variable: value} or None, order, dtype): the defaults in every dtype, then
     the variants in fp32."""
     out = [(b, None, o, d) for b, o, d in itertools.product(backends, ORDERS, DTYPES)]
     for backend in backends:
@@ -57,19 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         if backend not in sk.available_backends():
             continue
         name = _name(backend, variant)
-        if variant is not None:
-            os.environ[variant[0]] = variant[1]
+        os.environ.update(variant or {})
         try:
             failures += not _one_case(backend, name, order, dtype, device)
         finally:
-            if variant is not None:
-                del os.environ[variant[0]]
+            for variable in variant or {}:
+                del os.environ[variable]
     torch.cuda.synchronize()
     return 1 if failures else 0
 
 
-def _name(backend: str, variant: tuple | None) -> str:
-    return backend if variant is None else f"{backend} {variant[0]}={variant[1]}"
+def _name(backend: str, variant: dict | None) -> str:
+    return " ".join([backend, *(f"{k}={v}" for k, v in (variant or {}).items())])
 
 
 def _one_case(backend: str, name: str, order: int, dtype: torch.dtype, device: str) -> bool:

@@ -32,6 +32,7 @@ the fake (shape) functions, the autograd registration, and the one place where a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -118,13 +119,25 @@ def forward_arguments(problem: SobolevProblem, *, with_targets: bool) -> tuple:
          problem.target_hess)
         if with_targets else (None,) * _NUM_TARGETS
     )  # fmt: skip
-    # the hidden pre-activations are only worth keeping when a backward will run
+    # the hidden pre-activations are only worth keeping when a backward will run, and unless
+    # the user trades time for memory (the backward then recomputes them)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (problem.x, *weights, *biases))
+    save = save and _save_activations()
     return (
         problem.x, problem.directions, *targets, weights, biases, act.kernel_id,
         float(act.negative_slope), problem.alpha, problem.beta, problem.gamma, problem.order,
         _allow_tf32(), save,
     )  # fmt: skip
+
+
+def _save_activations() -> bool:
+    """SOBOLEV_SAVE_ACTIVATIONS: 1 (default) keeps the hidden pre-activations for the
+    backward; 0 keeps none, and the backward recomputes them (the Triton backend a chunk of
+    SOBOLEV_TRITON_RECOMPUTE_ROWS samples at a time: less memory, more time)."""
+    raw = os.environ.get("SOBOLEV_SAVE_ACTIVATIONS", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"SOBOLEV_SAVE_ACTIVATIONS: expected 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 def _allow_tf32() -> bool:

@@ -4,6 +4,7 @@ Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTE
 the CPU cases keep shapes small; the ``gpu`` cases take the large shapes and low precision.
 """
 
+import contextlib
 import itertools
 import os
 
@@ -205,29 +206,109 @@ def test_weight_gradients_by_gemm_where_the_split_k_offsets_would_overflow(monke
 def test_recompute_stores_no_inputs_stacks(monkeypatch):
     """The lean method's backward allocates no inputs stacks (its memory saving) and still
     gives the gradients."""
+    model, x, y, kw = sample_inputs(batch=19, dim=3, width=16, out=2, k=2, layers=3,
+                                    dtype=torch.float32, device=DEVICE)  # fmt: skip
+    inputs_elements = 3 * 19 * (3 + 16 + 16)  # (1 + K) B rows times the layers' inputs
+    for method, stored in (("splitk", True), ("recompute", False)):
+        monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
+        loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+        with _allocations(monkeypatch) as sizes:
+            grads = torch.autograd.grad(loss, list(model.parameters()))
+        assert (inputs_elements in sizes) == stored, (method, sizes)
+        assert all(torch.isfinite(g).all() for g in grads)
+
+
+@contextlib.contextmanager
+def _allocations(monkeypatch):
+    """Yields the element counts of the buffers the Triton launchers allocate meanwhile."""
     from sobolev_kernels.triton import launch
 
     sizes = []
     empty = torch.empty
 
-    def recording_empty(*shape, **kw):
-        out = empty(*shape, **kw)
+    def recording_empty(*shape, **kwargs):
+        out = empty(*shape, **kwargs)
         sizes.append(out.numel())
         return out
 
-    model, x, y, kw = sample_inputs(batch=19, dim=3, width=16, out=2, k=2, layers=3,
+    monkeypatch.setattr(launch.torch, "empty", recording_empty)
+    yield sizes
+    monkeypatch.setattr(launch.torch, "empty", empty)
+
+
+# SOBOLEV_SAVE_ACTIVATIONS=0: the forward keeps no pre-activations and the backward recomputes
+# them a chunk of SOBOLEV_TRITON_RECOMPUTE_ROWS samples at a time (8 here: B = 37 is five
+# chunks, the last ragged), the weight gradients added over the chunks in one fp32 row.
+@pytest.mark.parametrize(
+    "order, directions, bias",
+    [(1, "per_row", True), (2, "shared", False), (2, "per_row", True)],
+)  # fmt: skip
+def test_backward_recomputes_in_row_chunks(monkeypatch, order, directions, bias):
+    shape = dict(batch=37, dim=3, width=24, out=2, k=3, layers=4, directions=directions,
+                 bias=bias, dtype=torch.float32, device=DEVICE)  # fmt: skip
+    model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
+    with _chunk_forwards(monkeypatch) as saves:
+        assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, order=order)
+    # the backward ran the forward again per chunk, keeping each chunk's pre-activations
+    assert saves == [True] * 5
+
+
+def test_recomputing_backward_of_dx_alone(monkeypatch):
+    """Frozen parameters: dL/dx alone, no weight gradients to add up."""
+    model, x, y, kw = sample_inputs(batch=37, dim=3, width=24, out=2, k=3, layers=4,
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
-    layout = launch.Layout.of((3, 16, 16, 2), 2, 1)
-    inputs_elements = layout.blocks * 19 * (3 + 16 + 16)
-    for method, stored in (("splitk", True), ("recompute", False)):
-        monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
-        sizes.clear()
-        loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
-        monkeypatch.setattr(launch.torch, "empty", recording_empty)
-        grads = torch.autograd.grad(loss, list(model.parameters()))
-        monkeypatch.setattr(launch.torch, "empty", empty)
-        assert (inputs_elements in sizes) == stored, (method, sizes)
-        assert all(torch.isfinite(g).all() for g in grads)
+    model.requires_grad_(False)
+    expected = torch.autograd.grad(sk.sobolev_loss(model, x, y, backend="reference", **kw), x)
+    with _chunk_forwards(monkeypatch) as saves:
+        got = torch.autograd.grad(sk.sobolev_loss(model, x, y, backend="triton", **kw), x)
+    assert saves == [True] * 5
+    assert_close(got[0], expected[0], RTOL_FP32, "d loss / d x")
+
+
+@contextlib.contextmanager
+def _chunk_forwards(monkeypatch):
+    """SOBOLEV_SAVE_ACTIVATIONS=0, chunks of 8 samples; yields the save flags of the
+    forwards the backward runs."""
+    from sobolev_kernels.triton import launch, ops  # noqa: F401  (the ops first: they bind
+    # the launchers at import)
+
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "8")
+    saves = []
+    real = launch.sobolev_forward
+
+    def spy(*args):
+        saves.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(launch, "sobolev_forward", spy)
+    yield saves
+    monkeypatch.setattr(launch, "sobolev_forward", real)
+
+
+def test_recomputing_backward_holds_one_chunk_of_stacks(monkeypatch):
+    """The backward's largest buffer is a chunk's stack, not the batch's."""
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "16")
+    model, x, y, kw = sample_inputs(batch=64, dim=3, width=16, out=2, k=2, layers=3,
+                                    dtype=torch.float32, device=DEVICE)  # fmt: skip
+    loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+    with _allocations(monkeypatch) as sizes:
+        loss.backward()
+    chunk_adjoints = 3 * 16 * (16 + 16 + 2)  # (1 + K) rows per sample times sum(widths[1:])
+    assert max(sizes) == chunk_adjoints, sizes
+
+
+def test_save_activations_and_recompute_rows_are_checked(monkeypatch):
+    model, x, y, kw = sample_inputs(dtype=torch.float32, device=DEVICE)
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "no")
+    with pytest.raises(ValueError, match="SOBOLEV_SAVE_ACTIVATIONS: expected 0 or 1"):
+        sk.sobolev_loss(model, x, y, backend="triton", **kw)
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "0")
+    loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+    with pytest.raises(ValueError, match="SOBOLEV_TRITON_RECOMPUTE_ROWS: expected a positive"):
+        loss.backward()
 
 
 def test_weight_gradient_method_choice(monkeypatch):
@@ -356,15 +437,23 @@ def _agree_on_gpu(dtype, order, **shape):
 
 
 @pytest.mark.gpu
-def test_recompute_saves_the_inputs_stacks_memory():
+def test_recompute_and_lean_steps_save_memory():
     """recompute's step peaks lower than splitk's by most of the inputs stacks it does not
-    store ((1 + K) B rows times the summed layer inputs; an allocation, not a speed)."""
+    store ((1 + K) B rows times the summed layer inputs), and a step that saves nothing and
+    recomputes 4096 samples at a time lower still, by most of the batch's stacks (allocations,
+    not speed)."""
     model, x, y, kw = sample_inputs(batch=2**15, dim=16, width=128, out=8, k=2, layers=4,
                                     dtype=torch.float32, device="cuda")  # fmt: skip
+    settings = {
+        "splitk": {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"},
+        "recompute": {"SOBOLEV_TRITON_WEIGHT_GRAD": "recompute"},
+        "lean": {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_RECOMPUTE_ROWS": "4096"},
+    }
     peaks = {}
-    for method in ("splitk", "recompute"):
+    for name, env in settings.items():
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
+            for variable, value in env.items():
+                mp.setenv(variable, value)
             for _ in range(2):  # the second step: compiled, nothing cached is new
                 model.zero_grad(set_to_none=True)
                 torch.cuda.synchronize()
@@ -372,9 +461,12 @@ def test_recompute_saves_the_inputs_stacks_memory():
                 base = torch.cuda.memory_allocated()
                 sk.sobolev_loss(model, x, y, backend="triton", **kw).backward()
                 torch.cuda.synchronize()
-                peaks[method] = torch.cuda.max_memory_allocated() - base
-    inputs_bytes = 3 * 2**15 * (16 + 3 * 128) * 4
+                peaks[name] = torch.cuda.max_memory_allocated() - base
+    stack_rows = 3 * 2**15
+    inputs_bytes = stack_rows * (16 + 3 * 128) * 4
+    saved_and_adjoints = stack_rows * (3 * 128 + 3 * 128 + 8) * 4
     assert peaks["splitk"] - peaks["recompute"] >= 0.8 * inputs_bytes, peaks
+    assert peaks["recompute"] - peaks["lean"] >= 0.6 * saved_and_adjoints, peaks
 
 
 @pytest.mark.gpu

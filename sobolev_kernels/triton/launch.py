@@ -213,16 +213,34 @@ def sobolev_backward(
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """The fused backward and the weight-gradient GEMMs: (grad_x, [dW_l], [db_l]); see
     ``sobolev_kernels/fused.py``. grad_x is empty unless ``need_grad_x``, the lists are empty
-    unless ``need_grad_params``."""
+    unless ``need_grad_params``. Where the forward kept nothing, the hidden pre-activations
+    are recomputed, RECOMPUTE_ROWS samples at a time (``_backward_in_row_chunks``)."""
+    args = (grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad,
+            target_hvp2, target_hess, weights, biases, f, u, w)  # fmt: skip
+    scalars = (activation, negative_slope, alpha, beta, gamma, order, allow_tf32)
+    if saved.numel() == 0 and len(weights) > 1:  # the forward kept nothing: recompute
+        rows = _recompute_rows(layout_of(x, directions, weights, order), x.shape[0])
+        if rows < x.shape[0]:
+            return _backward_in_row_chunks(args, scalars, rows, need_grad_x, need_grad_params)
+        saved = sobolev_forward(*args[4:13], *scalars[:5], order, allow_tf32, True)[4]
+    return _backward(*args, saved, *scalars, need_grad_x, need_grad_params, x.shape[0])
+
+
+def _backward(
+    grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad, target_hvp2,
+    target_hess, weights, biases, f, u, w, saved, activation, negative_slope, alpha, beta,
+    gamma, order, allow_tf32, need_grad_x, need_grad_params, loss_batch: int,
+    grad_x: Tensor | None = None, running: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:  # fmt: skip
+    """sobolev_backward with the saved pre-activations at hand, for the rows of x, in a loss
+    over ``loss_batch`` samples (more than x's rows when x is a chunk of the batch). With
+    ``grad_x`` (a view) dL/dx goes there; with ``running`` (an fp32 (1 + splits, N) buffer)
+    the weight gradients are ``recompute``'s split-K partials, added into its row 0 and
+    returned as empty lists."""
     batch = x.shape[0]
     layout = layout_of(x, directions, weights, order)
     k, widths = layout.k, layout.widths
     dev, dtype = x.device, x.dtype
-    if saved.numel() == 0 and len(widths) > 2:  # the forward kept nothing: recompute
-        saved = sobolev_forward(
-            x, directions, y, target_jvp, target_grad, target_hvp2, target_hess, weights,
-            biases, activation, negative_slope, alpha, beta, gamma, order, allow_tf32, True,
-        )[4]  # fmt: skip
     x, v = x.contiguous(), directions.contiguous()
     y, (target, target_kind), (target2, target2_kind) = _targets(
         y, target_jvp, target_grad, target_hvp2, target_hess
@@ -234,15 +252,18 @@ def sobolev_backward(
     has_bias = bool(biases)
     # None: measured after this backward, which then stores the inputs every method can use
     method = _weight_grad_method(layout, x, has_bias, allow_tf32) if need_grad_params else None
+    if running is not None:
+        method = "recompute"
     store_inputs = need_grad_params and method != "recompute"
     adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
     inputs = torch.empty(stack * sum(widths[:-1]) if store_inputs else 0, device=dev, dtype=dtype)
     nb = sum(widths[1:])
-    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
-    m = widths[-1]
-    coef_f = 2.0 * alpha / (batch * m) if y is not None else 0.0
-    coef_u = 2.0 * beta / (batch * k * m) if target_kind != TARGET_NONE else 0.0
-    coef_w = 2.0 * gamma / (batch * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0
+    if grad_x is None:
+        grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
+    m, n = widths[-1], loss_batch  # the loss's means are over the whole batch
+    coef_f = 2.0 * alpha / (n * m) if y is not None else 0.0
+    coef_u = 2.0 * beta / (n * k * m) if target_kind != TARGET_NONE else 0.0
+    coef_w = 2.0 * gamma / (n * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0
     constexprs = dict(
         **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
         SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias,
@@ -271,6 +292,13 @@ def sobolev_backward(
     db_partial = launch(_launch_config("bwd", layout, x, constexprs, allow_tf32, launch))
     if not need_grad_params:
         return grad_x, [], []
+    if running is not None:
+        lean = dict(saved=saved, v=v, activation=activation, slope=negative_slope)
+        partial = _weight_grad_partials(layout, x, adj, inputs, has_bias, allow_tf32,
+                                        out=running[1:], **lean)  # fmt: skip
+        # row 0 += this chunk's rows (each program reads its columns before it writes them)
+        _sum_partials(running[: 1 + partial.shape[0]], [running[0]], (0,), torch.float32)
+        return grad_x, [], []
 
     def parameter_grads(method: str) -> tuple[list[Tensor], list[Tensor]]:
         if method == "gemm":
@@ -283,6 +311,68 @@ def sobolev_backward(
     if method is None:
         method = _weight_grad_method(layout, x, has_bias, allow_tf32, parameter_grads)
     return (grad_x, *parameter_grads(method))
+
+
+# Samples per chunk when the backward recomputes what the forward did not keep (the forward
+# ran with save_activations false: SOBOLEV_SAVE_ACTIVATIONS=0): its stacks then hold one chunk
+# of the batch, not all of it.
+RECOMPUTE_ROWS = 16384
+
+
+def _recompute_rows(layout: Layout, batch: int) -> int:
+    """Samples per chunk of a recomputing backward: SOBOLEV_TRITON_RECOMPUTE_ROWS (default
+    RECOMPUTE_ROWS), at most what the split-K kernel's 32-bit offsets take."""
+    raw = os.environ.get("SOBOLEV_TRITON_RECOMPUTE_ROWS", str(RECOMPUTE_ROWS))
+    try:
+        rows = int(raw)
+    except ValueError:
+        rows = 0
+    if rows < 1:
+        raise ValueError(f"SOBOLEV_TRITON_RECOMPUTE_ROWS: expected a positive integer, got {raw!r}")
+    return min(rows, batch, max(1, _INT32_LIMIT // (layout.blocks * max(layout.widths))))
+
+
+def _backward_in_row_chunks(
+    args: tuple, scalars: tuple, rows: int, need_grad_x: bool, need_grad_params: bool
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """The backward of a forward that kept nothing, ``rows`` samples at a time: per chunk the
+    forward again (keeping the chunk's pre-activations), the backward kernel and the
+    ``recompute`` split-K partials, added in chunk order into one fp32 row; one reduction
+    into the parameters' gradients at the end. The stacks hold one chunk at a time: the
+    memory of the step no longer grows with the batch (five launches per chunk: forward and
+    its loss reduction, backward, split-K partials, their sum; two more in all)."""
+    (grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad, target_hvp2,
+     target_hess, weights, biases, f, u, w) = args  # fmt: skip
+    order, allow_tf32 = scalars[5], scalars[6]
+    batch = x.shape[0]
+    layout = layout_of(x, directions, weights, order)
+    grad_x = _empty_like(x) if need_grad_x else x.new_empty(0)  # contiguous: chunks of rows
+    running = None
+    if need_grad_params:
+        splits = _split_rows(layout, rows, x.device)[0]  # the first chunk is the largest
+        n = layout.weight_grad_constexprs(bool(biases))["N_PARTIAL"]
+        running = torch.empty(1 + splits, n, device=x.device, dtype=torch.float32)
+        running[0].zero_()
+
+    def rows_of(t: Tensor | None, c0: int, c1: int) -> Tensor | None:
+        # per-sample tensors: their chunk (shared directions and order 1's empty w as they are)
+        return t[c0:c1] if t is not None and t.ndim > 0 and t.shape[0] == batch else t
+
+    for c0 in range(0, batch, rows):
+        c1 = min(batch, c0 + rows)
+        x_c, v_c, y_c, tj, tg, th2, th, f_c, u_c, w_c, gf, gu, gw = (
+            rows_of(t, c0, c1) if not (t is directions and t.ndim == 2) else t
+            for t in (x, directions, y, target_jvp, target_grad, target_hvp2, target_hess, f,
+                      u, w, grad_f, grad_u, grad_w)
+        )  # fmt: skip
+        saved = sobolev_forward(x_c, v_c, y_c, tj, tg, th2, th, weights, biases, *scalars[:5],
+                                order, allow_tf32, True)[4]  # fmt: skip
+        _backward(grad_loss, gf, gu, gw, x_c, v_c, y_c, tj, tg, th2, th, weights, biases, f_c,
+                  u_c, w_c, saved, *scalars, need_grad_x, need_grad_params, batch,
+                  grad_x=grad_x[c0:c1] if need_grad_x else None, running=running)  # fmt: skip
+    if not need_grad_params:
+        return grad_x, [], []
+    return (grad_x, *_parameter_grads_of(running[:1], layout, weights, biases, x.dtype))
 
 
 # How the parameter gradients are formed from the backward's stacks (``weight_grad.py``); the
@@ -357,30 +447,61 @@ def _grads_by_splitk(
     """Every dW_l and db_l by one split-K kernel over all layers, then one reduction. With
     ``saved`` (the forward's pre-activations), the directions ``v`` and the activation, the
     kernel forms the inputs stacks itself as it reads them: ``inputs`` goes unread."""
+    partial = _weight_grad_partials(layout, x, adj, inputs, bool(biases), allow_tf32, saved, v,
+                                    activation, slope)  # fmt: skip
+    return _parameter_grads_of(partial, layout, weights, biases, x.dtype)
+
+
+def _parameter_grads_of(
+    partial: Tensor, layout: Layout, weights: list[Tensor], biases: list[Tensor],
+    dtype: torch.dtype,
+) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
+    """dW_l and db_l, each in its parameter's dtype, from the sum of partial's rows."""
+    geometry = layout.weight_grad_constexprs(bool(biases))
+    grad_weights = [_empty_like(w) for w in weights]
+    grad_biases = [_empty_like(b) for b in biases]
+    offsets = geometry["W_OFFS"] + (geometry["B_OFFS"] if biases else ())
+    _sum_partials(partial, grad_weights + grad_biases, offsets, dtype)
+    return grad_weights, grad_biases
+
+
+def _split_rows(layout: Layout, batch: int, device: torch.device) -> tuple[int, int]:
+    """(splits, rows per split) of the split-K kernel over (1 + order K) batch stacked rows:
+    about four programs per SM in all (a few split row ranges where the interpreter runs
+    it), whole row blocks per split."""
+    stack = layout.blocks * batch
+    geometry = layout.weight_grad_constexprs(True)
+    tiles, row_block = geometry["TILE_CUM"][-1], geometry["BK"]
+    programs = 4 * _multiprocessors(device)
+    splits = max(1, min(triton.cdiv(programs, tiles), triton.cdiv(stack, row_block)))
+    rows_per_split = triton.cdiv(triton.cdiv(stack, splits), row_block) * row_block
+    return triton.cdiv(stack, rows_per_split), rows_per_split
+
+
+def _weight_grad_partials(
+    layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, has_bias: bool, allow_tf32: bool,
+    saved: Tensor | None = None, v: Tensor | None = None, activation: int = 0,
+    slope: float = 0.0, out: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """The split-K kernel's (splits, N) fp32 partial sums (the first rows of ``out`` where
+    given); see _grads_by_splitk."""
     recompute = saved is not None
     batch = x.shape[0]
     stack = layout.blocks * batch
-    geometry = layout.weight_grad_constexprs(bool(biases))
-    tiles, row_block = geometry["TILE_CUM"][-1], geometry["BK"]
-    # about four programs per SM in all (a few split row ranges where the interpreter runs it)
-    programs = 4 * _multiprocessors(x.device)
-    splits = max(1, min(triton.cdiv(programs, tiles), triton.cdiv(stack, row_block)))
-    rows_per_split = triton.cdiv(triton.cdiv(stack, splits), row_block) * row_block
-    splits = triton.cdiv(stack, rows_per_split)
-    partial = torch.empty(splits, geometry["N_PARTIAL"], device=x.device, dtype=torch.float32)
+    geometry = layout.weight_grad_constexprs(has_bias)
+    splits, rows_per_split = _split_rows(layout, batch, x.device)
+    shape = (splits, geometry["N_PARTIAL"])
+    partial = out[:splits] if out is not None else torch.empty(shape, device=x.device,
+                                                                dtype=torch.float32)  # fmt: skip
     # (an empty tensor is no pointer to pass: adj stands in for one the kernel does not read)
     source = (saved if saved.numel() else adj) if recompute else inputs
-    _weight_grad_partials_kernel[(tiles, splits)](
+    _weight_grad_partials_kernel[(geometry["TILE_CUM"][-1], splits)](
         adj, source, x, v if recompute else x, partial, batch, stack, (1 + layout.k) * batch,
         rows_per_split, slope, ACT=activation, SHARED=recompute and v.ndim == 2,
         RECOMPUTE=recompute, PRECISION=_precisions(x.dtype, allow_tf32)[1],
         EMULATE_BF16=_emulate_bf16(x.dtype), num_warps=4, **geometry,
     )  # fmt: skip
-    grad_weights = [_empty_like(w) for w in weights]
-    grad_biases = [_empty_like(b) for b in biases]
-    offsets = geometry["W_OFFS"] + (geometry["B_OFFS"] if biases else ())
-    _sum_partials(partial, grad_weights + grad_biases, offsets, x.dtype)
-    return grad_weights, grad_biases
+    return partial
 
 
 def _sum_partials(partial: Tensor, outs: list[Tensor], offsets: tuple[int, ...],
