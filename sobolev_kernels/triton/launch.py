@@ -213,16 +213,15 @@ def sobolev_backward(
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """The fused backward and the weight-gradient GEMMs: (grad_x, [dW_l], [db_l]); see
     ``sobolev_kernels/fused.py``. grad_x is empty unless ``need_grad_x``, the lists are empty
-    unless ``need_grad_params``. Where the forward kept nothing, the hidden pre-activations
-    are recomputed, RECOMPUTE_ROWS samples at a time (``_backward_in_row_chunks``)."""
+    unless ``need_grad_params``. Where the forward kept nothing (the user traded time for
+    memory), the hidden pre-activations are recomputed, RECOMPUTE_ROWS samples at a time, and
+    the weight gradients form the layer inputs themselves (``_backward_in_row_chunks``)."""
     args = (grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad,
             target_hvp2, target_hess, weights, biases, f, u, w)  # fmt: skip
     scalars = (activation, negative_slope, alpha, beta, gamma, order, allow_tf32)
     if saved.numel() == 0 and len(weights) > 1:  # the forward kept nothing: recompute
         rows = _recompute_rows(layout_of(x, directions, weights, order), x.shape[0])
-        if rows < x.shape[0]:
-            return _backward_in_row_chunks(args, scalars, rows, need_grad_x, need_grad_params)
-        saved = sobolev_forward(*args[4:13], *scalars[:5], order, allow_tf32, True)[4]
+        return _backward_in_row_chunks(args, scalars, rows, need_grad_x, need_grad_params)
     return _backward(*args, saved, *scalars, need_grad_x, need_grad_params, x.shape[0])
 
 
