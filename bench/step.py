@@ -198,7 +198,8 @@ def precompile(args, providers: list[str], workers: int) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     wanted = [p for p in providers if p in COMPILING]
-    # each Triton job compiles its candidate's backward without inputs stores as well
+    # each Triton job runs the Triton variants' steps with its candidate too (compiling, say,
+    # the backward without its inputs stores)
     companions = tuple(p for p in providers if p in TRITON_VARIANTS)
     distinct = {}
     for _, sizes, precision in plan(args):
