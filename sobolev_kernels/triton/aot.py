@@ -88,8 +88,7 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
                                  store_inputs)  # fmt: skip
     every = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS)]  # fmt: skip
-    kernels = [kernel for kernel in every if kernel[0] in kernels]
-    for name, kernel, ptrs, scalars in kernels:
+    for name, kernel, ptrs, scalars in (entry for entry in every if entry[0] in kernels):
         sig = {}
         for p in ptrs.split():
             ty = "*" + ("fp32" if p in _FP32_PTRS else dtype)

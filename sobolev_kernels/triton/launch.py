@@ -250,9 +250,12 @@ def _backward(
     w_ptrs = tuple(p.contiguous() for p in weights)
     has_bias = bool(biases)
     # None: measured after this backward, which then stores the inputs every method can use
-    method = _weight_grad_method(layout, x, has_bias, allow_tf32) if need_grad_params else None
     if running is not None:
         method = "recompute"
+    elif need_grad_params:
+        method = _weight_grad_method(layout, x, has_bias, allow_tf32)
+    else:
+        method = None
     store_inputs = need_grad_params and method != "recompute"
     adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
     inputs = torch.empty(stack * sum(widths[:-1]) if store_inputs else 0, device=dev, dtype=dtype)
@@ -291,8 +294,9 @@ def _backward(
     db_partial = launch(_launch_config("bwd", layout, x, constexprs, allow_tf32, launch))
     if not need_grad_params:
         return grad_x, [], []
+    # what recompute forms the layer inputs from
+    lean = dict(saved=saved, v=v, activation=activation, slope=negative_slope)
     if running is not None:
-        lean = dict(saved=saved, v=v, activation=activation, slope=negative_slope)
         partial = _weight_grad_partials(layout, x, adj, inputs, has_bias, allow_tf32,
                                         out=running[1:], **lean)  # fmt: skip
         # row 0 += this chunk's rows (each program reads its columns before it writes them)
@@ -302,10 +306,8 @@ def _backward(
     def parameter_grads(method: str) -> tuple[list[Tensor], list[Tensor]]:
         if method == "gemm":
             return _grads_by_gemm(layout, batch, adj, inputs, db_partial, weights, biases)
-        recompute = method == "recompute"
-        lean = dict(saved=saved, v=v, activation=activation, slope=negative_slope)
         return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32,
-                                **(lean if recompute else {}))  # fmt: skip
+                                **(lean if method == "recompute" else {}))  # fmt: skip
 
     if method is None:
         method = _weight_grad_method(layout, x, has_bias, allow_tf32, parameter_grads)
@@ -328,7 +330,7 @@ def _recompute_rows(layout: Layout, batch: int) -> int:
         rows = 0
     if rows < 1:
         raise ValueError(f"SOBOLEV_TRITON_RECOMPUTE_ROWS: expected a positive integer, got {raw!r}")
-    return min(rows, batch, max(1, _INT32_LIMIT // (layout.blocks * max(layout.widths))))
+    return min(rows, batch, max(1, _splitk_max_batch(layout)))
 
 
 def _backward_in_row_chunks(
@@ -354,15 +356,16 @@ def _backward_in_row_chunks(
         running[0].zero_()
 
     def rows_of(t: Tensor | None, c0: int, c1: int) -> Tensor | None:
-        # per-sample tensors: their chunk (shared directions and order 1's empty w as they are)
-        return t[c0:c1] if t is not None and t.ndim > 0 and t.shape[0] == batch else t
+        # a per-sample tensor's chunk (None and order 1's empty w as they are)
+        return t[c0:c1] if t is not None and t.numel() else t
 
     for c0 in range(0, batch, rows):
         c1 = min(batch, c0 + rows)
-        x_c, v_c, y_c, tj, tg, th2, th, f_c, u_c, w_c, gf, gu, gw = (
-            rows_of(t, c0, c1) if not (t is directions and t.ndim == 2) else t
-            for t in (x, directions, y, target_jvp, target_grad, target_hvp2, target_hess, f,
-                      u, w, grad_f, grad_u, grad_w)
+        v_c = directions if directions.ndim == 2 else directions[c0:c1]  # shared: (K, d)
+        x_c, y_c, tj, tg, th2, th, f_c, u_c, w_c, gf, gu, gw = (
+            rows_of(t, c0, c1)
+            for t in (x, y, target_jvp, target_grad, target_hvp2, target_hess, f, u, w, grad_f,
+                      grad_u, grad_w)
         )  # fmt: skip
         saved = sobolev_forward(x_c, v_c, y_c, tj, tg, th2, th, weights, biases, *scalars[:5],
                                 order, allow_tf32, True)[4]  # fmt: skip
@@ -412,10 +415,14 @@ _INT32_LIMIT = 2**31 - 1
 
 
 def _splitk_fits(layout: Layout, batch: int) -> bool:
-    """Whether the split-K kernel's 32-bit offsets within a layer's stack hold: its
-    (1 + order K) B rows times every width < 2^31. Beyond that (billions of elements per
-    layer) the weight gradients are GEMMs."""
-    return layout.blocks * batch * max(layout.widths) <= _INT32_LIMIT
+    """Whether the split-K kernel's 32-bit offsets within a layer's stack hold. Beyond that
+    (billions of elements per layer) the weight gradients are GEMMs."""
+    return batch <= _splitk_max_batch(layout)
+
+
+def _splitk_max_batch(layout: Layout) -> int:
+    """The largest batch whose (1 + order K) B stacked rows times every width stay < 2^31."""
+    return _INT32_LIMIT // (layout.blocks * max(layout.widths))
 
 
 def _grads_by_gemm(
