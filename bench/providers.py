@@ -28,17 +28,22 @@ CUDA_VARIANTS = {"cuda_tiled_tc": "tiled_tc", "cuda_fused": "fused"}
 # The Triton backend's leaner training steps, for their peak memory and time beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing
 # them (triton_recompute), and with that no saved pre-activations either, the backward
-# recomputing them a chunk of rows at a time (triton_lean). Their forwards are the triton
-# provider's: steps only. name -> (environment variable, value)
+# recomputing them a chunk of rows at a time (triton_lean) or per row tile in one persistent
+# launch (triton_lean_persistent). Their forwards are the triton provider's: steps only.
+# name -> {environment variable: value}
 TRITON_VARIANTS = {
-    "triton_recompute": ("SOBOLEV_TRITON_WEIGHT_GRAD", "recompute"),
-    "triton_lean": ("SOBOLEV_SAVE_ACTIVATIONS", "0"),
+    "triton_recompute": {"SOBOLEV_TRITON_WEIGHT_GRAD": "recompute"},
+    "triton_lean": {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_LEAN_BACKWARD": "chunks"},
+    "triton_lean_persistent": {
+        "SOBOLEV_SAVE_ACTIVATIONS": "0",
+        "SOBOLEV_TRITON_LEAN_BACKWARD": "persistent",
+    },
 }
 STEP_ONLY = set(TRITON_VARIANTS)
-# provider -> (backend, environment variable, value)
+# provider -> (backend, {environment variable: value})
 VARIANTS = {
-    **{name: ("cuda", "SOBOLEV_CUDA_KERNEL", v) for name, v in CUDA_VARIANTS.items()},
-    **{name: ("triton", *setting) for name, setting in TRITON_VARIANTS.items()},
+    **{name: ("cuda", {"SOBOLEV_CUDA_KERNEL": v}) for name, v in CUDA_VARIANTS.items()},
+    **{name: ("triton", settings) for name, settings in TRITON_VARIANTS.items()},
 }
 
 # Precision classes, so that every provider of a row computes its products alike:
@@ -122,8 +127,8 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
     Sobolev formulation users write today: that error is the measurement).
     """
     if provider in VARIANTS:
-        backend, variable, value = VARIANTS[provider]
-        return _with_env(variable, value, step_fn(backend, p, mode))
+        backend, settings = VARIANTS[provider]
+        return _with_env(settings, step_fn(backend, p, mode))
     model = p.model
     if provider == "jax_jit":
         from bench.jax_provider import jax_step_fn
@@ -211,20 +216,21 @@ def _compiled_user_loss(p: Problem) -> Callable[[], Tensor]:
     raise RuntimeError(_compile_failure)
 
 
-def _with_env(variable: str, value: str, fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
-    """``fn`` with the environment variable set to ``value`` for its forward and backward (a
-    backend's variant: they read it per call)."""
+def _with_env(settings: dict[str, str], fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``fn`` with the environment variables ``settings`` set for its forward and backward (a
+    backend's variant: they read them per call)."""
 
     def run() -> Tensor:
-        before = os.environ.get(variable)
-        os.environ[variable] = value
+        before = {variable: os.environ.get(variable) for variable in settings}
+        os.environ.update(settings)
         try:
             return fn()
         finally:
-            if before is None:
-                del os.environ[variable]
-            else:
-                os.environ[variable] = before
+            for variable, value in before.items():
+                if value is None:
+                    del os.environ[variable]
+                else:
+                    os.environ[variable] = value
 
     return run
 

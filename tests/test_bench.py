@@ -238,7 +238,8 @@ def test_backend_variant_providers_set_their_variable_for_the_call_only(monkeypa
     from bench.providers import VARIANTS, make_problem, step_fn
     from sobolev_kernels.triton import launch
 
-    backend, variable, value = VARIANTS["triton_recompute"]
+    backend, settings = VARIANTS["triton_recompute"]
+    ((variable, value),) = settings.items()
     monkeypatch.setenv(variable, "splitk")
     seen = []
     real = launch._grads_by_splitk

@@ -125,15 +125,17 @@ def test_loss_and_outputs_match_the_reference(name, order):
         assert_close(loss, expected, rtol, f"{name} loss (y={y}, target={target})")
 
 
-@pytest.mark.parametrize("name, chunk_rows", [("triton", None), ("triton", "4"), ("cuda", None)])
+@pytest.mark.parametrize("name, lean", [("triton", "chunks"), ("triton", "persistent"),
+                                        ("cuda", None)])  # fmt: skip
 @pytest.mark.parametrize("order", [1, 2])
-def test_backward_recomputes_what_the_forward_did_not_save(monkeypatch, name, chunk_rows, order):
+def test_backward_recomputes_what_the_forward_did_not_save(monkeypatch, name, lean, order):
     """Saved or recomputed hidden pre-activations give the same gradients; grad_x and the
     parameter gradients come only where asked for. Triton recomputes in chunks of
     SOBOLEV_TRITON_RECOMPUTE_ROWS samples (4: three chunks of B = 9, each with its slice of
-    the upstream gradients of f, u and w)."""
-    if chunk_rows is not None:
-        monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", chunk_rows)
+    the upstream gradients of f, u and w) or in its persistent backward."""
+    if lean is not None:
+        monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", lean)
+        monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "4")
     backend = _backend(name)
     x, dirs, targets, weights, biases = _op_inputs(name, order)
     results = []

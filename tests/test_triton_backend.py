@@ -253,15 +253,18 @@ def test_backward_recomputes_in_row_chunks(monkeypatch, order, directions, bias)
     assert saves == [True] * 5
 
 
-def test_recomputing_backward_of_dx_alone(monkeypatch):
-    """Frozen parameters: dL/dx alone, no weight gradients to add up."""
+@pytest.mark.parametrize("method", ["chunks", "persistent"])
+def test_recomputing_backward_of_dx_alone(monkeypatch, method):
+    """Frozen parameters: dL/dx alone, no weight gradients to add up (five chunk forwards,
+    or one persistent launch and no forward)."""
     model, x, y, kw = sample_inputs(batch=37, dim=3, width=24, out=2, k=3, layers=4,
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
     model.requires_grad_(False)
     expected = torch.autograd.grad(sk.sobolev_loss(model, x, y, backend="reference", **kw), x)
-    with _chunk_forwards(monkeypatch) as saves:
+    spy = _chunk_forwards if method == "chunks" else _persistent_backward
+    with spy(monkeypatch) as seen:
         got = torch.autograd.grad(sk.sobolev_loss(model, x, y, backend="triton", **kw), x)
-    assert saves == [True] * 5
+    assert seen == ([True] * 5 if method == "chunks" else [(0, 1)])
     assert_close(got[0], expected[0], RTOL_FP32, "d loss / d x")
 
 
@@ -273,6 +276,7 @@ def _chunk_forwards(monkeypatch):
     # the launchers at import)
 
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "chunks")
     monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "8")
     saves = []
     real = launch.sobolev_forward
@@ -289,6 +293,7 @@ def _chunk_forwards(monkeypatch):
 def test_recomputing_backward_holds_one_chunk_of_stacks(monkeypatch):
     """The backward's largest buffer is a chunk's stack, not the batch's."""
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "chunks")
     monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "16")
     model, x, y, kw = sample_inputs(batch=64, dim=3, width=16, out=2, k=2, layers=3,
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
@@ -297,6 +302,135 @@ def test_recomputing_backward_holds_one_chunk_of_stacks(monkeypatch):
         loss.backward()
     chunk_adjoints = 3 * 16 * (16 + 16 + 2)  # (1 + K) rows per sample times sum(widths[1:])
     assert max(sizes) == chunk_adjoints, sizes
+
+
+# SOBOLEV_TRITON_LEAN_BACKWARD=persistent: the same recomputation in one launch, each program
+# taking row tiles in turn (16 samples here: B = 37 is three tiles, the last ragged, on the
+# interpreter's two programs, so program 0 adds its second tile to its partial row).
+@pytest.mark.parametrize(
+    "order, directions, bias, activation, dtype",
+    [(1, "per_row", True, "tanh", torch.float32), (2, "shared", False, "tanh", torch.float32),
+     (2, "per_row", True, "softplus", torch.float32), (1, "shared", True, "leaky_relu",
+     torch.float32), (2, "per_row", True, "tanh", torch.bfloat16)],
+)  # fmt: skip
+def test_persistent_backward_recomputes_per_row_tile(monkeypatch, order, directions, bias,
+                                                     activation, dtype):  # fmt: skip
+    shape = dict(batch=37, dim=3, width=24, out=2, k=3, layers=4, directions=directions,
+                 bias=bias, activation=activation, dtype=dtype, device=DEVICE)  # fmt: skip
+    model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
+    extra = {"kink_flips": 0.02} if dtype != torch.float32 and activation in KINKED else {}
+    rtol = tolerance("triton", dtype, "cuda" if HAS_CUDA else "cpu")
+    with _persistent_backward(monkeypatch) as runs:
+        assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=upcast_model(model),
+                              order=order, **extra)  # fmt: skip
+    assert runs and all(r == (0, 1) for r in runs), runs  # no forward again, one launch
+
+
+@contextlib.contextmanager
+def _persistent_backward(monkeypatch):
+    """SOBOLEV_SAVE_ACTIVATIONS=0 with the persistent backward; yields, per backward, (the
+    forwards it ran, the persistent kernel's launches)."""
+    from sobolev_kernels.triton import launch, ops  # noqa: F401  (the ops bind the launchers)
+
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    runs, counts = [], {"forward": 0, "kernel": 0}
+    real_forward, real_backward = launch.sobolev_forward, launch._backward_persistent
+    real_kernel = launch._sobolev_bwd_persistent_kernel
+
+    class CountedKernel:
+        def __getitem__(self, grid):
+            counts["kernel"] += 1
+            return real_kernel[grid]
+
+    def forward(*args):
+        counts["forward"] += 1
+        return real_forward(*args)
+
+    def backward(*args):
+        counts.update(forward=0, kernel=0)
+        out = real_backward(*args)
+        runs.append((counts["forward"], counts["kernel"]))
+        return out
+
+    monkeypatch.setattr(launch, "sobolev_forward", forward)
+    monkeypatch.setattr(launch, "_backward_persistent", backward)
+    monkeypatch.setattr(launch, "_sobolev_bwd_persistent_kernel", CountedKernel())
+    yield runs
+    monkeypatch.setattr(launch, "sobolev_forward", real_forward)
+    monkeypatch.setattr(launch, "_backward_persistent", real_backward)
+    monkeypatch.setattr(launch, "_sobolev_bwd_persistent_kernel", real_kernel)
+
+
+def test_persistent_backward_buffers_do_not_grow_with_the_batch(monkeypatch):
+    """The persistent backward allocates the same buffers at B = 150 and B = 300: its programs'
+    tile stacks and partial rows (two programs here), never a stack of the batch."""
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    allocated = []
+    for batch in (150, 300):
+        model, x, y, kw = sample_inputs(batch=batch, dim=3, width=16, out=2, k=2, layers=3,
+                                        dtype=torch.float32, device=DEVICE, seed=0)  # fmt: skip
+        loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+        with _allocations(monkeypatch) as sizes:
+            loss.backward()
+        allocated.append(sizes)
+    assert allocated[0] == allocated[1], allocated
+    rows = 64  # the static launch's rows at this shape
+    tile_adjoints = 2 * 3 * rows * (16 + 16 + 2)  # two programs' (1 + K) rows x sum(widths[1:])
+    assert max(allocated[0]) == tile_adjoints, allocated[0]
+
+
+def test_lean_backward_method_choice(monkeypatch):
+    """Forced by SOBOLEV_TRITON_LEAN_BACKWARD, else chunks off a GPU; on one, the faster of
+    the two whole backwards, a tie keeping chunks."""
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton.layout import Layout
+
+    layout, x = Layout.of((3, 8, 8, 2), 2, 1), torch.zeros(4, 3)
+    never = lambda method: pytest.fail("nothing is measured off a GPU")  # noqa: E731
+    assert launch._lean_backward_method(layout, x, False, never) == "chunks"
+    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    assert launch._lean_backward_method(layout, x, False, never) == "persistent"
+    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "fused")
+    with pytest.raises(ValueError, match="SOBOLEV_TRITON_LEAN_BACKWARD: expected auto, chunks"):
+        launch._lean_backward_method(layout, x, False, never)
+    monkeypatch.delenv("SOBOLEV_TRITON_LEAN_BACKWARD")
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    tuning.clear()
+    try:
+        for times, expected, batch in (([2.0, 1.0], "persistent", 4), ([1.0, 1.0], "chunks", 8)):
+            timings = iter(times)
+            monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
+            ran = []
+            chosen = launch._lean_backward_method(layout, torch.zeros(batch, 3), False, ran.append)
+            assert chosen == expected and ran == []  # (time_ms is mocked: nothing runs)
+    finally:
+        tuning.clear()
+
+
+def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
+    """The persistent kernel's tuner candidates: the static launch and the tensor-core ones
+    only (fp32: the static launch in 3xTF32 and the wide one), each a long compile."""
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton.layout import Layout
+
+    layout, x = Layout.of((16, 128, 128, 8), 2, 1), torch.zeros(64, 16)
+    offered = {}
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    monkeypatch.setattr(tuning, "fastest", lambda key, configs, run, skip: offered.setdefault(
+        key[1], configs)[0])  # fmt: skip
+    for kernel, only in (("bwd", False), ("bwd_persistent", True)):
+        launch._launch_config(kernel, layout, x, {}, False, lambda c: None, only)
+    everything = layout.launch_configs(4, None, "ieee", "tf32x3")
+    assert offered["bwd"] == everything
+    assert [(c.precision, c.cols) for c in offered["bwd_persistent"]] == [
+        ("ieee", 0),
+        ("tf32x3", 0),
+        ("tf32x3", layout.tensor_core_config("tf32x3").cols),
+    ]
 
 
 def test_save_activations_and_recompute_rows_are_checked(monkeypatch):
@@ -428,12 +562,47 @@ def test_weight_gradient_methods_on_gpu(monkeypatch, method, order, dtype):
 
 
 def _agree_on_gpu(dtype, order, **shape):
-    """Width 128 at B = 4099 (a ragged last row tile) against the reference in fp64."""
+    """Width 128 at B = 4099 (a ragged last row tile; or ``batch``) against the reference in
+    fp64."""
     rtol = tolerance("triton", dtype, "cuda")
-    shape = dict(batch=4099, dim=16, width=128, out=8, dtype=dtype, device=DEVICE, **shape)
+    shape = {**dict(batch=4099, dim=16, width=128, out=8, dtype=dtype, device=DEVICE), **shape}
     model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
     assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=upcast_model(model),
                           order=order)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_persistent_backward_on_gpu(monkeypatch, order, dtype):
+    """The persistent backward with more row tiles than programs (B = 2^15 + 3: every program
+    adds several tiles to its partial row, the last tile ragged), on tensor cores."""
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    _agree_on_gpu(dtype, order, k=3, layers=4, batch=2**15 + 3)
+
+
+@pytest.mark.gpu
+def test_persistent_backward_memory_does_not_grow_with_the_batch(monkeypatch):
+    """Doubling the batch adds to the persistent step's peak only what is per sample anyway:
+    the forward's two scratch regions (3 KiB per sample here: (1 + K) rows of the widest
+    layer, twice), x's gradient and the outputs (under 0.5 KiB), not the stacks that a
+    backward without recomputation holds (9.3 KiB per sample)."""
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    peaks = []
+    for batch in (2**15, 2**16):
+        model, x, y, kw = sample_inputs(batch=batch, dim=16, width=128, out=8, k=2, layers=4,
+                                        dtype=torch.float32, device="cuda")  # fmt: skip
+        for _ in range(2):  # the second step: compiled, nothing cached is new
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            sk.sobolev_loss(model, x, y, backend="triton", **kw).backward()
+            torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    assert peaks[1] - peaks[0] <= 2**15 * 4.5 * 1024, peaks
 
 
 @pytest.mark.gpu

@@ -216,13 +216,39 @@ def _sobolev_bwd_kernel(
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    _bwd_rows(
+        x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, z_ptr, f_ptr, u_ptr, w2_ptr, gloss_ptr,
+        gf_ptr, gu_ptr, gw_ptr, a_ptr, s_ptr, dx_ptr, db_ptr, pid, rows, rows < B, B, slope,
+        coef_f, coef_u, coef_w, WIDTHS, PADS, B_OFFS, OUT_CUM, IN_CUM, NUM_LAYERS, K, KP, ROWS,
+        GROUP, ORDER, ACT, SMOOTH, SHARED, HAS_BIAS, HAS_Y, TARGET, TARGET2, HAS_GL, HAS_GF,
+        HAS_GU, HAS_GW, NEED_DX, STORE_INPUTS, PRECISION, EMULATE_BF16, CHUNKS, COLS,
+    )  # fmt: skip
+
+
+@triton.jit
+def _bwd_rows(
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, z_ptr, f_ptr, u_ptr, w2_ptr,
+    gloss_ptr, gf_ptr, gu_ptr, gw_ptr, a_ptr, s_ptr, dx_ptr, db_ptr,
+    pid, rows, row_ok, B, slope, coef_f, coef_u, coef_w,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
+    OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, GROUP: tl.constexpr,
+    ORDER: tl.constexpr, ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr, TARGET2: tl.constexpr,
+    HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
+    NEED_DX: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
+):  # fmt: skip
+    """The backward of program ``pid``'s ROWS samples ``rows`` (``row_ok``: those < B) of a
+    batch of B, into stacks of (1 + order K) B rows: the seeds, then every layer top down.
+    The persistent backward (``lean_backward.py``) calls it per row tile with the tile's
+    tensors and stacks of its own (pid 0, B its samples)."""
     D: tl.constexpr = WIDTHS[0]
     M: tl.constexpr = WIDTHS[NUM_LAYERS]
     MP: tl.constexpr = PADS[NUM_LAYERS]
     S: tl.constexpr = 1 + ORDER * K
     NB: tl.constexpr = B_OFFS[NUM_LAYERS - 1] + WIDTHS[NUM_LAYERS]  # biases in all layers
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < B
     at_ty = a_ptr.dtype.element_ty
 
     # Seeds (see the top of this file); coef_* are 0 for a term without its target. The

@@ -24,6 +24,7 @@ from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
 from .forward import _sobolev_fwd_kernel, _sobolev_loss_finish_kernel
 from .layout import LaunchConfig, Layout, shared_memory_limit
+from .lean_backward import _sobolev_bwd_persistent_kernel
 from .weight_grad import _sum_partials_kernel, _weight_grad_partials_kernel
 
 # The kernels' TARGET / TARGET2 constexprs: which derivative target they contract.
@@ -81,18 +82,56 @@ def _contiguous(t: Tensor | None) -> Tensor | None:
     return t.contiguous() if t is not None else None
 
 
+def _seeds(
+    layout: Layout, x: Tensor, y, target_jvp, target_grad, target_hvp2, target_hess,
+    grads: tuple, outputs: tuple, alpha: float, beta: float, gamma: float, loss_batch: int,
+) -> tuple[tuple, tuple, dict]:  # fmt: skip
+    """What both backward kernels take to form their seeds (see backward.py), contiguous and
+    with x, f or u standing in for an absent tensor (its constexpr says it is absent):
+    (y, target, target2, the upstream gradients of the loss, f, u and w, then f, u, w), the
+    coefficients (coef_f, coef_u, coef_w) of a loss over ``loss_batch`` samples, and the
+    constexprs that say what is there."""
+    k, m, order = layout.k, layout.widths[-1], layout.order
+    y, (target, target_kind), (target2, target2_kind) = _targets(
+        y, target_jvp, target_grad, target_hvp2, target_hess
+    )
+    grad_loss, grad_f, grad_u, grad_w = map(_contiguous, grads)
+    grad_w = grad_w if order == 2 else None
+    f, u, w = (t.contiguous() for t in outputs)
+    w = w if order == 2 else u
+    n = loss_batch  # the loss's means are over the whole batch
+    coefs = (
+        2.0 * alpha / (n * m) if y is not None else 0.0,
+        2.0 * beta / (n * k * m) if target_kind != TARGET_NONE else 0.0,
+        2.0 * gamma / (n * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0,
+    )
+    constexprs = dict(
+        HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
+        HAS_GL=grad_loss is not None, HAS_GF=grad_f is not None, HAS_GU=grad_u is not None,
+        HAS_GW=grad_w is not None,
+    )  # fmt: skip
+    tensors = tuple(t if t is not None else stand_in for t, stand_in in (
+        (y, x), (target, x), (target2, x), (grad_loss, f), (grad_f, f), (grad_u, u),
+        (grad_w, u), (f, f), (u, u), (w, w),
+    ))  # fmt: skip
+    return tensors, coefs, constexprs
+
+
 def _launch_config(
     kernel: str, layout: Layout, x: Tensor, constexprs: dict, allow_tf32: bool,
-    launch: Callable[[LaunchConfig], object],
+    launch: Callable[[LaunchConfig], object], tensor_core_only: bool = False,
 ) -> LaunchConfig:  # fmt: skip
     """The launch config of one kernel: measured once per shape on a GPU (``tuning``), else
-    the static choice (``Layout.static_config``)."""
+    the static choice (``Layout.static_config``). With ``tensor_core_only`` the candidates
+    are the static one and the tensor-core ones (fewer compiles of a big kernel)."""
     limit = shared_memory_limit(x.device)
     key = _tuning_key(kernel, x, constexprs, allow_tf32)
     static, tensor_core = _precisions(x.dtype, allow_tf32)
     if not tuning.can_measure(x.device):
         return tuning.chosen(key) or layout.static_config(x.element_size(), limit, static)
     configs = layout.launch_configs(x.element_size(), limit, static, tensor_core)
+    if tensor_core_only:
+        configs = configs[:1] + [c for c in configs[1:] if c.precision != static or c.cols]
     return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
 
 
@@ -220,8 +259,15 @@ def sobolev_backward(
             target_hvp2, target_hess, weights, biases, f, u, w)  # fmt: skip
     scalars = (activation, negative_slope, alpha, beta, gamma, order, allow_tf32)
     if saved.numel() == 0 and len(weights) > 1:  # the forward kept nothing: recompute
-        rows = _recompute_rows(layout_of(x, directions, weights, order), x.shape[0])
-        return _backward_in_row_chunks(args, scalars, rows, need_grad_x, need_grad_params)
+        layout = layout_of(x, directions, weights, order)
+
+        def recomputing(method: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+            if method == "persistent":
+                return _backward_persistent(args, scalars, need_grad_x, need_grad_params)
+            rows = _recompute_rows(layout, x.shape[0])
+            return _backward_in_row_chunks(args, scalars, rows, need_grad_x, need_grad_params)
+
+        return recomputing(_lean_backward_method(layout, x, allow_tf32, recomputing))
     return _backward(*args, saved, *scalars, need_grad_x, need_grad_params, x.shape[0])
 
 
@@ -238,14 +284,13 @@ def _backward(
     returned as empty lists."""
     batch = x.shape[0]
     layout = layout_of(x, directions, weights, order)
-    k, widths = layout.k, layout.widths
+    widths = layout.widths
     dev, dtype = x.device, x.dtype
     x, v = x.contiguous(), directions.contiguous()
-    y, (target, target_kind), (target2, target2_kind) = _targets(
-        y, target_jvp, target_grad, target_hvp2, target_hess
-    )
-    grad_loss, grad_f, grad_u, grad_w = map(_contiguous, (grad_loss, grad_f, grad_u, grad_w))
-    f, u, w = f.contiguous(), u.contiguous(), w.contiguous()
+    (y, target, target2, grad_loss, grad_f, grad_u, grad_w, f, u, w), coefs, seeds = _seeds(
+        layout, x, y, target_jvp, target_grad, target_hvp2, target_hess,
+        (grad_loss, grad_f, grad_u, grad_w), (f, u, w), alpha, beta, gamma, loss_batch,
+    )  # fmt: skip
     stack = layout.blocks * batch
     w_ptrs = tuple(p.contiguous() for p in weights)
     has_bias = bool(biases)
@@ -262,17 +307,10 @@ def _backward(
     nb = sum(widths[1:])
     if grad_x is None:
         grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
-    m, n = widths[-1], loss_batch  # the loss's means are over the whole batch
-    coef_f = 2.0 * alpha / (n * m) if y is not None else 0.0
-    coef_u = 2.0 * beta / (n * k * m) if target_kind != TARGET_NONE else 0.0
-    coef_w = 2.0 * gamma / (n * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0
     constexprs = dict(
         **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
-        SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias,
-        HAS_Y=y is not None, TARGET=target_kind, TARGET2=target2_kind,
-        HAS_GL=grad_loss is not None, HAS_GF=grad_f is not None, HAS_GU=grad_u is not None,
-        HAS_GW=grad_w is not None and order == 2, NEED_DX=need_grad_x,
-        STORE_INPUTS=store_inputs, EMULATE_BF16=_emulate_bf16(dtype),
+        SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias, **seeds,
+        NEED_DX=need_grad_x, STORE_INPUTS=store_inputs, EMULATE_BF16=_emulate_bf16(dtype),
     )  # fmt: skip
 
     def launch(config: LaunchConfig) -> Tensor:
@@ -280,14 +318,9 @@ def _backward(
         programs = triton.cdiv(batch, config.rows)
         db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
         _sobolev_bwd_kernel[(programs,)](
-            x, v, y if y is not None else x, target if target is not None else x,
-            target2 if target2 is not None else x, w_ptrs, saved, f, u,
-            w if order == 2 else u, grad_loss if grad_loss is not None else f,
-            grad_f if grad_f is not None else f, grad_u if grad_u is not None else u,
-            grad_w if grad_w is not None and order == 2 else u,
+            x, v, y, target, target2, w_ptrs, saved, f, u, w, grad_loss, grad_f, grad_u, grad_w,
             adj, inputs if store_inputs else adj, grad_x if need_grad_x else x, db_partial,
-            batch, negative_slope,
-            coef_f, coef_u, coef_w, **_tuned(layout, config, "bwd"), **constexprs,
+            batch, negative_slope, *coefs, **_tuned(layout, config, "bwd"), **constexprs,
         )  # fmt: skip
         return db_partial
 
@@ -375,6 +408,99 @@ def _backward_in_row_chunks(
     if not need_grad_params:
         return grad_x, [], []
     return (grad_x, *_parameter_grads_of(running[:1], layout, weights, biases, x.dtype))
+
+
+# How the backward of a forward that kept nothing recomputes it: a chunk of the batch at a
+# time (five launches per chunk), or in one persistent launch (``lean_backward.py``); the
+# first is the choice wherever nothing is measured, until a GPU has measured the other faster.
+LEAN_BACKWARD_METHODS = ("chunks", "persistent")
+
+
+def _lean_backward_method(
+    layout: Layout, x: Tensor, allow_tf32: bool, run: Callable[[str], object]
+) -> str:
+    """``SOBOLEV_TRITON_LEAN_BACKWARD`` (one of LEAN_BACKWARD_METHODS) where set, else measured
+    once per shape on the GPU (``tuning``: ``run`` is the whole backward), else chunks."""
+    forced = os.environ.get("SOBOLEV_TRITON_LEAN_BACKWARD", "auto")
+    if forced in LEAN_BACKWARD_METHODS:
+        return forced
+    if forced != "auto":
+        raise ValueError("SOBOLEV_TRITON_LEAN_BACKWARD: expected auto, "
+                         f"{', '.join(LEAN_BACKWARD_METHODS)}; got {forced!r}")  # fmt: skip
+    if not tuning.can_measure(x.device):
+        return LEAN_BACKWARD_METHODS[0]
+    constants = dict(K=layout.k, ORDER=layout.order, WIDTHS=layout.widths)
+    key = _tuning_key("lean_backward", x, constants, allow_tf32)
+    return tuning.fastest(key, LEAN_BACKWARD_METHODS, run, _DOES_NOT_FIT)
+
+
+def _backward_persistent(
+    args: tuple, scalars: tuple, need_grad_x: bool, need_grad_params: bool
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """The backward of a forward that kept nothing in one persistent launch (see
+    ``lean_backward.py``), then one reduction of the programs' partial rows into the
+    parameters' gradients."""
+    (grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad, target_hvp2,
+     target_hess, weights, biases, f, u, w) = args  # fmt: skip
+    activation, negative_slope, alpha, beta, gamma, order, allow_tf32 = scalars
+    batch = x.shape[0]
+    layout = layout_of(x, directions, weights, order)
+    widths = layout.widths
+    dev, dtype = x.device, x.dtype
+    x, v = x.contiguous(), directions.contiguous()
+    tensors, coefs, seeds = _seeds(
+        layout, x, y, target_jvp, target_grad, target_hvp2, target_hess,
+        (grad_loss, grad_f, grad_u, grad_w), (f, u, w), alpha, beta, gamma, batch,
+    )  # fmt: skip
+    (y, target, target2, grad_loss, grad_f, grad_u, grad_w, f, u, w) = tensors
+    w_ptrs = tuple(p.contiguous() for p in weights)
+    b_ptrs = tuple(p.contiguous() for p in biases) if biases else w_ptrs
+    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
+    geometry = layout.weight_grad_constexprs(bool(biases))
+    constexprs = dict(
+        **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
+        SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=bool(biases), **seeds,
+        NEED_DX=need_grad_x, NEED_PARAMS=need_grad_params, EMULATE_BF16=_emulate_bf16(dtype),
+        Z_STRIDES=layout.hidden_stacks(True)["Z_STRIDES"], W_OFFS=geometry["W_OFFS"],
+        DB_OFFS=geometry["B_OFFS"], N_PARTIAL=geometry["N_PARTIAL"], BM=geometry["BM"],
+        BN=geometry["BN"], BK=geometry["BK"],
+        DW_PRECISION=_precisions(dtype, allow_tf32)[1],
+    )  # fmt: skip
+
+    def launch(config: LaunchConfig) -> Tensor:
+        # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
+        programs = _persistent_programs(batch, config, dev)
+        tile_rows = layout.blocks * config.rows
+        z = torch.empty(programs * tile_rows * sum(widths[1:-1]), device=dev,
+                        dtype=_accumulation_dtype(dtype))  # fmt: skip
+        adj = torch.empty(programs * tile_rows * sum(widths[1:]), device=dev, dtype=dtype)
+        partial = torch.empty(programs, geometry["N_PARTIAL"] if need_grad_params else 0,
+                              device=dev, dtype=torch.float32)  # fmt: skip
+        _sobolev_bwd_persistent_kernel[(programs,)](
+            x, v, y, target, target2, w_ptrs, b_ptrs, f, u, w, grad_loss, grad_f, grad_u,
+            grad_w, z, adj, grad_x if need_grad_x else x, partial if need_grad_params else z,
+            batch, negative_slope, *coefs, **_tuned(layout, config, "bwd"),
+            FWD_COLS=layout.col_blocks(config.cols, "fwd"), **constexprs,
+        )  # fmt: skip
+        return partial
+
+    # (the static launch and the tensor-core ones: each candidate is a compile of tens of
+    # seconds for this kernel)
+    config = _launch_config("bwd_persistent", layout, x, constexprs, allow_tf32, launch, True)
+    partial = launch(config)
+    if not need_grad_params:
+        return grad_x, [], []
+    return (grad_x, *_parameter_grads_of(partial, layout, weights, biases, dtype))
+
+
+def _persistent_programs(batch: int, config: LaunchConfig, device: torch.device) -> int:
+    """Programs of the persistent backward, at most one per row tile: as many per SM as its
+    registers let run at once (ahead-of-time compiles use all 255 a thread: one program of
+    8 warps, two of 4), since each further one only costs memory (two tile stacks and a row
+    of partial sums). Two where the interpreter runs it, so that a program takes several
+    tiles and the reduction adds several rows."""
+    per_sm = max(1, 8 // config.warps) if device.type == "cuda" else 2
+    return max(1, min(triton.cdiv(batch, config.rows), per_sm * _multiprocessors(device)))
 
 
 # How the parameter gradients are formed from the backward's stacks (``weight_grad.py``); the

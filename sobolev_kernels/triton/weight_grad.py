@@ -75,6 +75,45 @@ def _recomputed_inputs(
 
 
 @triton.jit
+def _weight_grad_rows(
+    adj_ptr, inputs_ptr, x_ptr, v_ptr, acc, db, i, j, start, end, batch, stack, slope,
+    l: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, WIDTHS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BK: tl.constexpr, K: tl.constexpr, ORDER: tl.constexpr,
+    ACT: tl.constexpr, SHARED: tl.constexpr, RECOMPUTE: tl.constexpr,
+    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, STAGES: tl.constexpr = None,
+):  # fmt: skip
+    """acc + rows i, columns j of dW_l = A_l^T S_{l-1} summed over the stacked rows [start,
+    end), and db + the sums of A_l's columns i over the value rows among them (the first
+    ``batch`` of ``stack``); see _weight_grad_partials_kernel. STAGES: the row loop's
+    software pipelining (None: the launch's)."""
+    n_out: tl.constexpr = WIDTHS[l + 1]
+    n_in: tl.constexpr = WIDTHS[l]
+    # 64-bit layer bases; offsets within a layer are 32-bit (the launcher takes the split-K
+    # kernel only where the stack times every width stays below 2^31: more registers
+    # otherwise, 198 -> 255 on sm_80 at config M)
+    a_base = adj_ptr + stack.to(tl.int64) * OUT_CUM[l]
+    s_base = inputs_ptr + stack.to(tl.int64) * IN_CUM[l]
+    for r0 in tl.range(start, end, BK, num_stages=STAGES):
+        r = r0 + tl.arange(0, BK)
+        live = r < end
+        a = tl.load(a_base + r[:, None] * n_out + i[None, :],
+                    mask=live[:, None] & (i[None, :] < n_out), other=0.0)  # fmt: skip
+        s_ok = live[:, None] & (j[None, :] < n_in)
+        if RECOMPUTE:
+            s = _recomputed_inputs(inputs_ptr, x_ptr, v_ptr, r, j, s_ok, batch, stack, slope, l,
+                                   n_in, OUT_CUM, K, ORDER, ACT, SHARED, EMULATE_BF16)  # fmt: skip
+        else:
+            s = tl.load(s_base + r[:, None] * n_in + j[None, :], mask=s_ok, other=0.0)
+        if EMULATE_BF16:  # the interpreter's bf16 dot is wrong (see launch.py)
+            a = a.to(tl.float32)
+            s = s.to(tl.float32)
+        acc = tl.dot(tl.trans(a), s, acc, input_precision=PRECISION)
+        if HAS_BIAS:  # the bias moves the values only: their rows come first
+            db += tl.sum(tl.where(r[:, None] < batch, a.to(tl.float32), 0.0), axis=0)
+    return acc, db
+
+
+@triton.jit
 def _weight_grad_partials_kernel(
     adj_ptr, inputs_ptr, x_ptr, v_ptr, part_ptr, batch, stack, first_rows, rows_per_split,
     slope, WIDTHS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr,
@@ -108,31 +147,12 @@ def _weight_grad_partials_kernel(
                 used = stack
             start = split * rows_per_split
             end = tl.minimum(start + rows_per_split, used)
-            # 64-bit layer bases; offsets within a layer are 32-bit (the launcher takes this
-            # kernel only where the stack times every width stays below 2^31: more registers
-            # otherwise, 198 -> 255 on sm_80 at config M)
-            a_base = adj_ptr + stack.to(tl.int64) * OUT_CUM[l]
-            s_base = inputs_ptr + stack.to(tl.int64) * IN_CUM[l]
-            acc = tl.zeros((BM, BN), tl.float32)
-            db = tl.zeros((BM,), tl.float32)
-            for r0 in range(start, end, BK):
-                r = r0 + tl.arange(0, BK)
-                live = r < end
-                a = tl.load(a_base + r[:, None] * n_out + i[None, :],
-                            mask=live[:, None] & (i[None, :] < n_out), other=0.0)  # fmt: skip
-                s_ok = live[:, None] & (j[None, :] < n_in)
-                if RECOMPUTE:
-                    s = _recomputed_inputs(inputs_ptr, x_ptr, v_ptr, r, j, s_ok, batch, stack,
-                                           slope, l, n_in, OUT_CUM, K, ORDER, ACT, SHARED,
-                                           EMULATE_BF16)  # fmt: skip
-                else:
-                    s = tl.load(s_base + r[:, None] * n_in + j[None, :], mask=s_ok, other=0.0)
-                if EMULATE_BF16:  # the interpreter's bf16 dot is wrong (see launch.py)
-                    a = a.to(tl.float32)
-                    s = s.to(tl.float32)
-                acc = tl.dot(tl.trans(a), s, acc, input_precision=PRECISION)
-                if HAS_BIAS:  # the bias moves the values only: their B rows come first
-                    db += tl.sum(tl.where(r[:, None] < batch, a.to(tl.float32), 0.0), axis=0)
+            acc, db = _weight_grad_rows(
+                adj_ptr, inputs_ptr, x_ptr, v_ptr, tl.zeros((BM, BN), tl.float32),
+                tl.zeros((BM,), tl.float32), i, j, start, end, batch, stack, slope, l, OUT_CUM,
+                IN_CUM, WIDTHS, HAS_BIAS, BK, K, ORDER, ACT, SHARED, RECOMPUTE, PRECISION,
+                EMULATE_BF16,
+            )  # fmt: skip
             row = part_ptr + split * N_PARTIAL
             tl.store(row + W_OFFS[l] + i[:, None] * n_in + j[None, :], acc,
                      mask=(i[:, None] < n_out) & (j[None, :] < n_in))  # fmt: skip

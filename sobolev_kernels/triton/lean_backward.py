@@ -1,0 +1,169 @@
+"""The persistent backward: the whole backward of a forward that kept nothing, in one launch.
+
+``SOBOLEV_SAVE_ACTIVATIONS=0`` trades time for memory: the forward keeps no pre-activations.
+Its other backward (``launch._backward_in_row_chunks``) then runs the forward, the backward
+kernel and the weight-gradient partials once per chunk of the batch: five launches per chunk.
+This kernel does the same in one launch over a persistent grid (tiny-cuda-nn's design, and
+the CUDA backend's ``fused`` variant): each program takes row tiles of ROWS samples in turn
+and, per tile,
+
+1. runs the forward's hidden layers again (``_fwd_hidden_block``) into a scratch stack of its
+   own: [z; tz; ttz] of the tile's samples only;
+2. runs the backward kernel's body (``_bwd_rows``) on it, the adjoints A_l into a second
+   scratch stack of its own, dL/dx into the tile's rows;
+3. adds dW_l = A_l^T S_{l-1} and db_l over the tile's stacked rows to its own fp32 row of
+   partial sums (``_weight_grad_rows``, forming S_{l-1} from the scratch pre-activations as
+   ``recompute`` does): a program owns its row and takes its tiles in a fixed order, so no
+   atomics and the same result on every run.
+
+One reduction over the programs' rows then gives the parameter gradients (``_sum_partials``):
+two launches for the whole backward, and memory that no longer grows with the batch
+(programs x (two tile stacks + one partial row)).
+
+A tile's stacks are laid out as the batch's would be for a batch of its own ``valid``
+samples (stacks of (1 + order K) valid rows; the kernels' B is ``valid``, their program 0),
+with every per-sample tensor's pointer moved to the tile's first sample: the forward,
+backward and split-K helpers run on it unchanged.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .backward import _bwd_rows
+from .forward import _fwd_hidden_block
+from .weight_grad import _weight_grad_rows
+
+
+@triton.jit
+def _tile_weight_grads(
+    a_ptr, z_ptr, x_ptr, v_ptr, part_ptr, accumulate, valid, slope, WIDTHS: tl.constexpr,
+    OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr,
+    W_OFFS: tl.constexpr, DB_OFFS: tl.constexpr, HAS_BIAS: tl.constexpr, BM: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, K: tl.constexpr, ORDER: tl.constexpr,
+    ACT: tl.constexpr, SHARED: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """This tile's dW_l and db_l, added to the program's row of partial sums at part_ptr
+    (with ``accumulate`` false, the program's first tile, stored instead: the row needs no
+    initialisation)."""
+    stack = (1 + ORDER * K) * valid
+    for l in tl.static_range(NUM_LAYERS):
+        # (plain names: a tl.constexpr one bound in this loop would be re-assigned, which the
+        # GPU compiler rejects)
+        n_out = WIDTHS[l + 1]
+        n_in = WIDTHS[l]
+        col_tiles = (n_in + BN - 1) // BN
+        row_tiles = (n_out + BM - 1) // BM
+        if l == 0:
+            used = (1 + K) * valid  # layer 1's inputs have no second-order rows (tt_0 = 0)
+        else:
+            used = stack
+        for t in tl.range(0, row_tiles * col_tiles, num_stages=1):
+            i = (t // col_tiles) * BM + tl.arange(0, BM)  # rows of dW_l: the layer's outputs
+            j = (t % col_tiles) * BN + tl.arange(0, BN)  # columns: its inputs
+            w_ok = (i[:, None] < n_out) & (j[None, :] < n_in)
+            w_dst = part_ptr + W_OFFS[l] + i[:, None] * n_in + j[None, :]
+            b_dst = part_ptr + DB_OFFS[l] + i
+            acc = tl.zeros((BM, BN), tl.float32)
+            db = tl.zeros((BM,), tl.float32)
+            if accumulate:
+                acc = tl.load(w_dst, mask=w_ok, other=0.0)
+                if HAS_BIAS:
+                    db = tl.load(b_dst, mask=i < n_out, other=0.0)
+            acc, db = _weight_grad_rows(
+                a_ptr, z_ptr, x_ptr, v_ptr, acc, db, i, j, 0, used, valid, stack, slope, l,
+                OUT_CUM, IN_CUM, WIDTHS, HAS_BIAS, BK, K, ORDER, ACT, SHARED, True, PRECISION,
+                EMULATE_BF16, 1,  # (pipelined, the loop spilled 1.5-2.7 KB: sm_90, M and L)
+            )  # fmt: skip
+            tl.store(w_dst, acc, mask=w_ok)
+            if HAS_BIAS:
+                if t % col_tiles == 0:  # db once per row of tiles
+                    tl.store(b_dst, db, mask=i < n_out)
+
+
+@triton.jit
+def _sobolev_bwd_persistent_kernel(
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr,
+    gloss_ptr, gf_ptr, gu_ptr, gw_ptr, z_ptr, a_ptr, dx_ptr, part_ptr,
+    B, slope, coef_f, coef_u, coef_w,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
+    OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, ROWS: tl.constexpr, GROUP: tl.constexpr,
+    ORDER: tl.constexpr, ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr, TARGET2: tl.constexpr,
+    HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
+    NEED_DX: tl.constexpr, NEED_PARAMS: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
+    FWD_COLS: tl.constexpr, Z_STRIDES: tl.constexpr, W_OFFS: tl.constexpr,
+    DB_OFFS: tl.constexpr, N_PARTIAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr, DW_PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    D: tl.constexpr = WIDTHS[0]
+    M: tl.constexpr = WIDTHS[NUM_LAYERS]
+    S: tl.constexpr = 1 + ORDER * K
+    HIDDEN: tl.constexpr = OUT_CUM[NUM_LAYERS - 1]  # the hidden widths' sum
+    # this program's scratch: the tile's pre-activations and adjoints, and its partial row
+    z_mine = z_ptr + pid.to(tl.int64) * (S * ROWS * HIDDEN)
+    a_mine = a_ptr + pid.to(tl.int64) * (S * ROWS * (HIDDEN + M))
+    part_mine = part_ptr + pid.to(tl.int64) * N_PARTIAL
+    rows = tl.arange(0, ROWS)
+    mine = tl.cdiv(tl.cdiv(B, ROWS) - pid, programs)  # tiles pid, pid + programs, ...
+    for step in range(0, mine):
+        tile = pid.to(tl.int64) + step * programs  # (64-bit offsets from here on)
+        first_sample = tile * ROWS
+        valid = tl.minimum(B - first_sample, ROWS)
+        row_ok = rows < valid
+        # every per-sample tensor from the tile's first sample (targets by their kind: see
+        # tiles.py; absent ones are stand-ins the helpers do not read)
+        x_t = x_ptr + first_sample * D
+        v_t = v_ptr
+        if not SHARED:
+            v_t = v_ptr + first_sample * (K * D)
+        g_t = g_ptr + first_sample * (K * M)
+        if TARGET == 2:
+            g_t = g_ptr + first_sample * (M * D)
+        g2_t = g2_ptr + first_sample * (K * M)
+        if TARGET2 == 2:
+            g2_t = g2_ptr + first_sample * (M * D * D)
+        y_t = y_ptr + first_sample * M
+        f_t = f_ptr + first_sample * M
+        gf_t = gf_ptr + first_sample * M
+        u_t = u_ptr + first_sample * (K * M)
+        w2_t = w2_ptr + first_sample * (K * M)
+        gu_t = gu_ptr + first_sample * (K * M)
+        gw_t = gw_ptr + first_sample * (K * M)
+        dx_t = dx_ptr + first_sample * D
+
+        # 1. the hidden layers' [z; tz; ttz] of the tile, as the forward saves them
+        for l in tl.static_range(NUM_LAYERS - 1):
+            for n0 in tl.range(0, PADS[l + 1], FWD_COLS[l], num_stages=1):
+                _fwd_hidden_block(
+                    x_t, v_t, w_ptrs, b_ptrs, z_mine, 0, n0, rows, row_ok, valid, slope, l,
+                    FWD_COLS[l], WIDTHS, PADS, B_OFFS, K, KP, GROUP, ROWS, ORDER, ACT, SHARED,
+                    HAS_BIAS, PRECISION, EMULATE_BF16, CHUNKS, OUT_CUM, Z_STRIDES,
+                )  # fmt: skip
+            tl.debug_barrier()  # the next layer (or the backward) reloads other threads' rows
+
+        # 2. the backward of the tile: adjoints into a_mine, dL/dx into its rows (no bias
+        # partials there: step 3 forms db with dW)
+        _bwd_rows(
+            x_t, v_t, y_t, g_t, g2_t, w_ptrs, z_mine, f_t, u_t, w2_t, gloss_ptr, gf_t, gu_t,
+            gw_t, a_mine, a_mine, dx_t, part_mine, 0, rows, row_ok, valid, slope, coef_f,
+            coef_u, coef_w, WIDTHS, PADS, B_OFFS, OUT_CUM, IN_CUM, NUM_LAYERS, K, KP, ROWS,
+            GROUP, ORDER, ACT, SMOOTH, SHARED, False, HAS_Y, TARGET, TARGET2, HAS_GL, HAS_GF,
+            HAS_GU, HAS_GW, NEED_DX, False, PRECISION, EMULATE_BF16, CHUNKS, COLS,
+        )  # fmt: skip
+
+        # 3. the tile's weight gradients into the program's partial row
+        if NEED_PARAMS:
+            tl.debug_barrier()  # A_1's value rows are the last the backward wrote
+            _tile_weight_grads(
+                a_mine, z_mine, x_t, v_t, part_mine, step > 0, valid, slope, WIDTHS,
+                OUT_CUM, IN_CUM, NUM_LAYERS, W_OFFS, DB_OFFS, HAS_BIAS, BM, BN, BK, K, ORDER,
+                ACT, SHARED, DW_PRECISION, EMULATE_BF16,
+            )  # fmt: skip
+        tl.debug_barrier()  # the next tile overwrites the scratch this one read
