@@ -21,7 +21,7 @@ from triton.compiler import ASTSource
 
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
-from .forward import _sobolev_fwd_kernel
+from .forward import _sobolev_fwd_kernel, _sobolev_fwd_persistent_kernel
 from .launch import TARGET_GRAD, TARGET_HESS, TARGET_NONE, _precisions
 from .layout import Layout
 from .lean_backward import _sobolev_bwd_persistent_kernel
@@ -101,14 +101,17 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
                  dtype: str, arch: int, group: int | None = None, cols: int = 0,
                  kernels: tuple[str, ...] = ("fwd", "bwd"),
                  store_inputs: bool = True) -> Iterator[tuple]:  # fmt: skip
-    """(name, compiled kernel) of the forward, backward and persistent backward (``kernels``:
-    "fwd", "bwd", "bwd_persistent") for ``arch`` (80, 90, ...); ``dtype`` is "fp32", "bf16"
-    or "fp16". A variant that does not compile raises."""
+    """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
+    "fwd", "bwd", "fwd_persistent", "bwd_persistent") for ``arch`` (80, 90, ...); ``dtype``
+    is "fp32", "bf16" or "fp16". A variant that does not compile raises."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
                                  store_inputs)  # fmt: skip
     constexprs["bwd_persistent"] = persistent_constexprs(layout, constexprs["bwd"], dtype, cols)
+    # the forward that keeps nothing, per row tile into scratch of its own
+    constexprs["fwd_persistent"] = dict(constexprs["fwd"], **layout.hidden_stacks(save=False))
     every = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS),
+             ("fwd_persistent", _sobolev_fwd_persistent_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd_persistent", _sobolev_bwd_persistent_kernel, _PERSISTENT_PTRS,
               _BWD_SCALARS)]  # fmt: skip
     for name, kernel, ptrs, scalars in (entry for entry in every if entry[0] in kernels):

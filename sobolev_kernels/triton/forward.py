@@ -16,7 +16,9 @@ Weights are read straight from a packed buffer of all layers. It writes f (B, m)
 
 (Jacobian and Hessian targets are contracted with the directions here, see tiles.py), and
 the hidden pre-activations [z; tz; ttz] (into the saved stacks when a backward will follow,
-else into scratch). A one-program kernel then reduces the partials in a fixed order.
+else into scratch). A one-program kernel then reduces the partials in a fixed order. The
+persistent variant (for a step that keeps nothing, see lean_backward.py) runs the same body
+per row tile, each program taking tiles in turn with scratch of its own.
 
 Dots run as K loops (CHUNKS): each layer stores its [z; tz; ttz] and the next layer reloads
 them CHUNK columns at a time, activating each chunk, so that no dot holds its whole K extent
@@ -42,6 +44,7 @@ from .tiles import (
     _target_second,
     _target_tangents,
     _tile_rows,
+    _tile_targets,
     _weight_rows,
 )
 
@@ -200,11 +203,36 @@ def _sobolev_fwd_kernel(
     CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    sum_f, sum_u, sum_w = _fwd_rows(
+        x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr, z_ptr, pid,
+        rows, rows < B, B, slope, WIDTHS, PADS, B_OFFS, NUM_LAYERS, K, KP, ROWS, GROUP, ORDER,
+        ACT, SHARED, HAS_BIAS, HAS_Y, TARGET, TARGET2, PRECISION, EMULATE_BF16, CHUNKS, COLS,
+        Z_OFFS, Z_STRIDES,
+    )  # fmt: skip
+    tl.store(partial_ptr + pid * 3, sum_f)
+    tl.store(partial_ptr + pid * 3 + 1, sum_u)
+    tl.store(partial_ptr + pid * 3 + 2, sum_w)
+
+
+@triton.jit
+def _fwd_rows(
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr, z_ptr,
+    pid, rows, row_ok, B, slope,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
+    NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+    ROWS: tl.constexpr, GROUP: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr,
+    SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr,
+    TARGET2: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
+):  # fmt: skip
+    """The forward of program ``pid``'s ROWS samples ``rows`` (``row_ok``: those < B) of a
+    batch of B, its stacks of (1 + order K) B rows: f, u and w stored, and the sums of
+    squares of f - y, u - g and w - g2 returned. The persistent forward calls it per row
+    tile with the tile's tensors and stacks of its own (pid 0, B its samples)."""
     D: tl.constexpr = WIDTHS[0]
     M: tl.constexpr = WIDTHS[NUM_LAYERS]
     MP: tl.constexpr = PADS[NUM_LAYERS]
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < B
 
     for l in tl.static_range(NUM_LAYERS):
         # Per-layer sizes are read as WIDTHS[l] / PADS[l] in place: a tl.constexpr name bound
@@ -264,7 +292,57 @@ def _sobolev_fwd_kernel(
     if HAS_Y:
         rf -= tl.load(y_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
     rf = tl.where(val_ok, rf, 0.0)
-    tl.store(partial_ptr + pid * 3, tl.sum(tl.sum(rf * rf, axis=1), axis=0))
+    return tl.sum(tl.sum(rf * rf, axis=1), axis=0), sum_u, sum_w
+
+
+@triton.jit
+def _sobolev_fwd_persistent_kernel(
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs,
+    f_ptr, u_ptr, w2_ptr, z_ptr, partial_ptr,
+    B, slope,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
+    OUT_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+    ROWS: tl.constexpr, GROUP: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr,
+    SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr,
+    TARGET2: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
+):  # fmt: skip
+    """The forward that keeps nothing, over a persistent grid: each program takes row tiles
+    in turn (as the persistent backward does, see lean_backward.py), its two scratch regions
+    sized for one tile, and adds the tiles' sums of squares in its fixed order. Its scratch
+    is the programs', not the batch's."""
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    D: tl.constexpr = WIDTHS[0]
+    M: tl.constexpr = WIDTHS[NUM_LAYERS]
+    REGION: tl.constexpr = (1 + ORDER * K) * ROWS * Z_STRIDES[0]  # a tile's, of the widest
+    if NUM_LAYERS > 2:
+        z_mine = z_ptr + pid.to(tl.int64) * (2 * REGION)  # two regions taken in turn
+    else:
+        z_mine = z_ptr + pid.to(tl.int64) * REGION  # one hidden layer: one region
+    rows = tl.arange(0, ROWS)
+    sum_f = 0.0
+    sum_u = 0.0
+    sum_w = 0.0
+    for step in range(0, tl.cdiv(tl.cdiv(B, ROWS) - pid, programs)):
+        first = (pid.to(tl.int64) + step * programs) * ROWS  # the tile's first sample
+        valid = tl.minimum(B - first, ROWS)
+        g_t, g2_t = _tile_targets(g_ptr, g2_ptr, first, D, M, K, TARGET, TARGET2)
+        v_t = v_ptr
+        if not SHARED:
+            v_t = v_ptr + first * (K * D)
+        tile_f, tile_u, tile_w = _fwd_rows(
+            x_ptr + first * D, v_t, y_ptr + first * M, g_t, g2_t, w_ptrs, b_ptrs,
+            f_ptr + first * M, u_ptr + first * (K * M), w2_ptr + first * (K * M), z_mine, 0,
+            rows, rows < valid, valid, slope, WIDTHS, PADS, B_OFFS, NUM_LAYERS, K, KP, ROWS,
+            GROUP, ORDER, ACT, SHARED, HAS_BIAS, HAS_Y, TARGET, TARGET2, PRECISION,
+            EMULATE_BF16, CHUNKS, COLS, Z_OFFS, Z_STRIDES,
+        )  # fmt: skip
+        sum_f += tile_f
+        sum_u += tile_u
+        sum_w += tile_w
+        tl.debug_barrier()  # the next tile writes the scratch this one's last layer read
+    tl.store(partial_ptr + pid * 3, sum_f)
     tl.store(partial_ptr + pid * 3 + 1, sum_u)
     tl.store(partial_ptr + pid * 3 + 2, sum_w)
 

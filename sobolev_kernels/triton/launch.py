@@ -22,7 +22,11 @@ from .. import tuning
 from . import interpreting
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
-from .forward import _sobolev_fwd_kernel, _sobolev_loss_finish_kernel
+from .forward import (
+    _sobolev_fwd_kernel,
+    _sobolev_fwd_persistent_kernel,
+    _sobolev_loss_finish_kernel,
+)
 from .layout import LaunchConfig, Layout, shared_memory_limit
 from .lean_backward import _sobolev_bwd_persistent_kernel
 from .weight_grad import _sum_partials_kernel, _weight_grad_partials_kernel
@@ -196,14 +200,23 @@ def sobolev_forward(
         TARGET2=target2_kind, EMULATE_BF16=_emulate_bf16(dtype),
     )  # fmt: skip
 
+    # Keeping nothing in the lean mode that recomputes per row tile: the forward's scratch is
+    # per program too (persistent), so no buffer of the step grows with the batch
+    persistent = bool(hidden) and not save_activations and _lean_forced() == "persistent"
+    kernel = _sobolev_fwd_persistent_kernel if persistent else _sobolev_fwd_kernel
+
     def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
         programs = triton.cdiv(batch, config.rows)
-        partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
         stacks = saved if save_activations else f
-        if hidden and not save_activations:
+        if persistent:
+            programs = _persistent_programs(batch, config, dev)
+            stacks = torch.empty(programs * layout.scratch_elements(config.rows), device=dev,
+                                 dtype=acc)  # fmt: skip
+        elif hidden and not save_activations:
             stacks = torch.empty(layout.scratch_elements(batch), device=dev, dtype=acc)
-        _sobolev_fwd_kernel[(programs,)](
+        partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
+        kernel[(programs,)](
             x, v, y if y is not None else x, target if target is not None else x,
             target2 if target2 is not None else x, w_ptrs, b_ptrs,
             f, u, w if order == 2 else u, stacks, partial, batch, negative_slope,
@@ -211,7 +224,8 @@ def sobolev_forward(
         )  # fmt: skip
         return partial
 
-    partial = launch(_launch_config("fwd", layout, x, constexprs, allow_tf32, launch))
+    name = "fwd_persistent" if persistent else "fwd"
+    partial = launch(_launch_config(name, layout, x, constexprs, allow_tf32, launch, persistent))
     programs = partial.shape[0]
     loss = torch.empty((), device=dev, dtype=acc)
     # a term without its target is dropped (mlp_jvp runs with none)
@@ -421,17 +435,25 @@ def _lean_backward_method(
 ) -> str:
     """``SOBOLEV_TRITON_LEAN_BACKWARD`` (one of LEAN_BACKWARD_METHODS) where set, else measured
     once per shape on the GPU (``tuning``: ``run`` is the whole backward), else chunks."""
-    forced = os.environ.get("SOBOLEV_TRITON_LEAN_BACKWARD", "auto")
-    if forced in LEAN_BACKWARD_METHODS:
-        return forced
+    forced = _lean_forced()
     if forced != "auto":
-        raise ValueError("SOBOLEV_TRITON_LEAN_BACKWARD: expected auto, "
-                         f"{', '.join(LEAN_BACKWARD_METHODS)}; got {forced!r}")  # fmt: skip
+        return forced
     if not tuning.can_measure(x.device):
         return LEAN_BACKWARD_METHODS[0]
     constants = dict(K=layout.k, ORDER=layout.order, WIDTHS=layout.widths)
     key = _tuning_key("lean_backward", x, constants, allow_tf32)
     return tuning.fastest(key, LEAN_BACKWARD_METHODS, run, _DOES_NOT_FIT)
+
+
+def _lean_forced() -> str:
+    """SOBOLEV_TRITON_LEAN_BACKWARD: auto or one of LEAN_BACKWARD_METHODS. Forcing
+    ``persistent`` makes the forward that keeps nothing persistent too (the user asked for
+    memory): the tuner's choice does not, as the forward runs before it is made."""
+    forced = os.environ.get("SOBOLEV_TRITON_LEAN_BACKWARD", "auto")
+    if forced != "auto" and forced not in LEAN_BACKWARD_METHODS:
+        raise ValueError("SOBOLEV_TRITON_LEAN_BACKWARD: expected auto, "
+                         f"{', '.join(LEAN_BACKWARD_METHODS)}; got {forced!r}")  # fmt: skip
+    return forced
 
 
 def _backward_persistent(
@@ -494,11 +516,11 @@ def _backward_persistent(
 
 
 def _persistent_programs(batch: int, config: LaunchConfig, device: torch.device) -> int:
-    """Programs of the persistent backward, at most one per row tile: as many per SM as its
-    registers let run at once (ahead-of-time compiles use all 255 a thread: one program of
-    8 warps, two of 4), since each further one only costs memory (two tile stacks and a row
-    of partial sums). Two where the interpreter runs it, so that a program takes several
-    tiles and the reduction adds several rows."""
+    """Programs of a persistent kernel, at most one per row tile: as many per SM as the
+    backward's registers let run at once (ahead-of-time compiles use all 255 a thread: one
+    program of 8 warps, two of 4), since each further one only costs memory (its scratch,
+    and the backward's row of partial sums). Two where the interpreter runs it, so that a
+    program takes several tiles and the reduction adds several rows."""
     per_sm = max(1, 8 // config.warps) if device.type == "cuda" else 2
     return max(1, min(triton.cdiv(batch, config.rows), per_sm * _multiprocessors(device)))
 

@@ -18,7 +18,10 @@ and, per tile,
 
 One reduction over the programs' rows then gives the parameter gradients (``_sum_partials``):
 two launches for the whole backward, and memory that no longer grows with the batch
-(programs x (two tile stacks + one partial row)).
+(programs x (two tile stacks + one partial row)). Where the user forces this backward
+(``SOBOLEV_TRITON_LEAN_BACKWARD=persistent``) the forward before it runs the same way
+(``forward._sobolev_fwd_persistent_kernel``): no buffer of the step but its inputs and
+outputs grows with the batch.
 
 A tile's stacks are laid out as the batch's would be for a batch of its own ``valid``
 samples (stacks of (1 + order K) valid rows; the kernels' B is ``valid``, their program 0),
@@ -33,6 +36,7 @@ import triton.language as tl
 
 from .backward import _bwd_rows
 from .forward import _fwd_hidden_block
+from .tiles import _tile_targets
 from .weight_grad import _weight_grad_rows
 
 
@@ -117,18 +121,13 @@ def _sobolev_bwd_persistent_kernel(
         first_sample = tile * ROWS
         valid = tl.minimum(B - first_sample, ROWS)
         row_ok = rows < valid
-        # every per-sample tensor from the tile's first sample (targets by their kind: see
-        # tiles.py; absent ones are stand-ins the helpers do not read)
+        # every per-sample tensor from the tile's first sample (absent ones are stand-ins
+        # the helpers do not read)
         x_t = x_ptr + first_sample * D
         v_t = v_ptr
         if not SHARED:
             v_t = v_ptr + first_sample * (K * D)
-        g_t = g_ptr + first_sample * (K * M)
-        if TARGET == 2:
-            g_t = g_ptr + first_sample * (M * D)
-        g2_t = g2_ptr + first_sample * (K * M)
-        if TARGET2 == 2:
-            g2_t = g2_ptr + first_sample * (M * D * D)
+        g_t, g2_t = _tile_targets(g_ptr, g2_ptr, first_sample, D, M, K, TARGET, TARGET2)
         y_t = y_ptr + first_sample * M
         f_t = f_ptr + first_sample * M
         gf_t = gf_ptr + first_sample * M

@@ -88,6 +88,20 @@ def _tile_rows(pid, g, B, K: tl.constexpr, G: tl.constexpr, ROWS: tl.constexpr,
 
 
 @triton.jit
+def _tile_targets(g_ptr, g2_ptr, first, D: tl.constexpr, M: tl.constexpr, K: tl.constexpr,
+                  TARGET: tl.constexpr, TARGET2: tl.constexpr):  # fmt: skip
+    """The targets from sample ``first`` on (a persistent kernel's row tile), by their kind:
+    (B, K, m) directional ones, a (B, m, d) Jacobian, a (B, m, d, d) Hessian."""
+    g_t = g_ptr + first * (K * M)
+    if TARGET == 2:
+        g_t = g_ptr + first * (M * D)
+    g2_t = g2_ptr + first * (K * M)
+    if TARGET2 == 2:
+        g2_t = g2_ptr + first * (M * D * D)
+    return g_t, g2_t
+
+
+@triton.jit
 def _weight_rows(w_ptr, r, c, N_R: tl.constexpr, N_C: tl.constexpr, TRANSPOSED: tl.constexpr):
     """Rows r, columns c of W (TRANSPOSED: of W^T) for a row-major W of shape (N_R, N_C)
     (TRANSPOSED: (N_C, N_R)); zeros outside it."""
