@@ -10,4 +10,5 @@ cd "$ROOT"
 # one test process per core where pytest-xdist is installed (SOBOLEV_TEST_WORKERS to change)
 parallel=()
 "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "${SOBOLEV_TEST_WORKERS:-auto}")
-exec "$PY" -m pytest -q ${parallel[@]+"${parallel[@]}"} "$@"
+# the slowest tests listed at the end: where CI's 20 minutes go
+exec "$PY" -m pytest -q --durations=15 ${parallel[@]+"${parallel[@]}"} "$@"

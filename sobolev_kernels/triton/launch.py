@@ -267,8 +267,10 @@ def sobolev_backward(
     """The fused backward and the weight-gradient GEMMs: (grad_x, [dW_l], [db_l]); see
     ``sobolev_kernels/fused.py``. grad_x is empty unless ``need_grad_x``, the lists are empty
     unless ``need_grad_params``. Where the forward kept nothing (the user traded time for
-    memory), the hidden pre-activations are recomputed, RECOMPUTE_ROWS samples at a time, and
-    the weight gradients form the layer inputs themselves (``_backward_in_row_chunks``)."""
+    memory), the hidden pre-activations are recomputed, RECOMPUTE_ROWS samples at a time
+    (``_backward_in_row_chunks``) or per row tile in one persistent launch
+    (``_backward_persistent``), as ``_lean_backward_method`` chooses, and the weight gradients
+    form the layer inputs themselves."""
     args = (grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad,
             target_hvp2, target_hess, weights, biases, f, u, w)  # fmt: skip
     scalars = (activation, negative_slope, alpha, beta, gamma, order, allow_tf32)
