@@ -197,21 +197,7 @@ def precompile(args, providers: list[str], workers: int) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    wanted = [p for p in providers if p in COMPILING]
-    # each Triton job runs the Triton variants' steps with its candidate too (compiling, say,
-    # the backward without its inputs stores)
-    companions = tuple(p for p in providers if p in TRITON_VARIANTS)
-    distinct = {}
-    for _, sizes, precision in plan(args):
-        shape = tuple(sorted((k, v) for k, v in sizes.items() if k != "batch"))
-        distinct.setdefault((shape, precision), (sizes, precision))
-    jobs = []
-    for sizes, precision in distinct.values():
-        for provider in wanted:
-            candidates = range(TRITON_CANDIDATES) if provider == "triton" else [None]
-            extra = companions if provider == "triton" else ()
-            jobs += [(sizes, precision, provider, args.modes, args.device, c, extra)
-                     for c in candidates]  # fmt: skip
+    jobs = precompile_jobs(args, providers)
     if not jobs:
         return
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
@@ -220,19 +206,40 @@ def precompile(args, providers: list[str], workers: int) -> None:
             print(f"[precompile {i}/{len(jobs)}] {problems or 'ok'}", file=sys.stderr, flush=True)
 
 
+def precompile_jobs(args, providers: list[str]) -> list[tuple]:
+    """The precompile's jobs, in the order they are taken: (sizes, precision, provider,
+    modes, device, autotuner candidate or None)."""
+    wanted = [p for p in providers if p in COMPILING]
+    # the Triton variants' steps compile kernels of their own (the backward without its inputs
+    # stores, the persistent ones) with each candidate: jobs of their own, after every
+    # shape's default ones, so that a compile stage cut short has compiled those first
+    variants = [p for p in providers if p in TRITON_VARIANTS] if "step" in args.modes else []
+    distinct = {}
+    for _, sizes, precision in plan(args):
+        shape = tuple(sorted((k, v) for k, v in sizes.items() if k != "batch"))
+        distinct.setdefault((shape, precision), (sizes, precision))
+    jobs, later = [], []
+    for sizes, precision in distinct.values():
+        for provider in wanted:
+            candidates = range(TRITON_CANDIDATES) if provider == "triton" else [None]
+            jobs += [(sizes, precision, provider, args.modes, args.device, c)
+                     for c in candidates]  # fmt: skip
+            if provider == "triton":
+                later += [(sizes, precision, variant, ("step",), args.device, c)
+                          for variant in variants for c in candidates]  # fmt: skip
+    return jobs + later
+
+
 def _warm_point(job) -> str:
-    """Run one compiling provider once on one point (in a worker process); for Triton, only
-    its autotuner's candidate ``candidate`` of each kernel, and then its variants' steps
-    (``extra``) with that candidate."""
-    sizes, precision, provider, modes, device, candidate, extra = job
+    """Run one compiling provider (or a Triton variant) once on one point (in a worker
+    process); for Triton, only its autotuner's candidate ``candidate`` of each kernel."""
+    sizes, precision, provider, modes, device, candidate = job
     if candidate is not None:
         _only_candidate(candidate)
     set_precision(precision)
     problem = make_problem(**sizes, precision=precision, device=device)
     problems = []
-    runs = [(provider, mode) for mode in modes]
-    runs += [(variant, "step") for variant in extra if "step" in modes]
-    for provider, mode in runs:
+    for mode in modes:
         try:
             step_fn(provider, problem, mode)()
         except _NoSuchCandidate:

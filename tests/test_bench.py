@@ -97,6 +97,27 @@ def test_a_failing_point_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert "CUDA out of memory" in rows["S", "error"]["unit"] and ("M", "time") in rows
 
 
+def test_precompile_takes_the_triton_variants_after_every_default_job():
+    """The variants' kernels compile after the default provider's of every shape (a compile
+    stage cut short has compiled those), one job per variant and autotuner candidate, steps
+    only."""
+    from types import SimpleNamespace
+
+    from bench.step import TRITON_CANDIDATES, precompile_jobs
+
+    args = SimpleNamespace(configs=["S", "M"], sweeps=[], precisions=["fp32"],
+                           modes=["step", "forward"], device="cuda", quick=False)  # fmt: skip
+    jobs = precompile_jobs(args, ["eager_autograd", "triton", "triton_recompute",
+                                  "triton_lean_persistent"])  # fmt: skip
+    providers = [job[2] for job in jobs]
+    defaults = 2 * TRITON_CANDIDATES
+    assert providers[:defaults] == ["triton"] * defaults
+    assert sorted(set(providers[defaults:])) == ["triton_lean_persistent", "triton_recompute"]
+    assert len(jobs) == 3 * defaults
+    assert all(job[3] == ("step",) for job in jobs[defaults:])
+    assert sorted({job[5] for job in jobs[defaults:]}) == list(range(TRITON_CANDIDATES))
+
+
 def test_step_precompiles_in_worker_processes(tmp_path):
     out = _module("bench.step", "--quick", "--configs", "S", "--modes", "forward",
                   "--providers", "plain_step", "torch_compile", "--precompile", "2",
