@@ -326,6 +326,21 @@ def test_persistent_backward_recomputes_per_row_tile(monkeypatch, order, directi
     assert runs and all(r == (0, 1) for r in runs), runs  # no forward again, one launch
 
 
+@pytest.mark.parametrize("order", [1, 2])
+def test_persistent_step_with_one_hidden_layer_and_directional_targets(monkeypatch, order):
+    """One hidden layer (one scratch region in the persistent forward) and targets along the
+    directions (target_jvp, target_hvp2: (B, K, m) rows per tile)."""
+    shape = dict(batch=37, dim=3, width=24, out=2, k=3, layers=2, dtype=torch.float32,
+                 device=DEVICE)  # fmt: skip
+    if order == 1:
+        model, x, y, kw = sample_inputs(target="jvp", **shape)
+    else:
+        model, x, y, kw = order2_inputs(target="hvp2", first="jvp", **shape)
+    with _persistent_backward(monkeypatch) as runs:
+        assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, order=order)
+    assert runs and all(r == (0, 1) for r in runs), runs
+
+
 @contextlib.contextmanager
 def _persistent_backward(monkeypatch):
     """SOBOLEV_SAVE_ACTIVATIONS=0 with the persistent backward; yields, per backward, (the
