@@ -75,7 +75,8 @@ def _tile_weight_grads(
             if accumulate:
                 acc = tl.load(w_dst, mask=w_ok, other=0.0)
                 if HAS_BIAS:
-                    db = tl.load(b_dst, mask=i < n_out, other=0.0)
+                    if t % col_tiles == 0:  # db once per row of tiles (see the store)
+                        db = tl.load(b_dst, mask=i < n_out, other=0.0)
             acc, db = _weight_grad_rows(
                 a_ptr, z_ptr, x_ptr, v_ptr, acc, db, i, j, 0, used, valid, stack, slope, l,
                 OUT_CUM, IN_CUM, WIDTHS, HAS_BIAS, BK, K, ORDER, ACT, SHARED, True, PRECISION,
