@@ -24,7 +24,14 @@ import torch
 from bench.providers import PRECISIONS, make_problem, providers_available, set_precision, step_fn
 from bench.step import CONFIGS, device_label, points
 
-FUSED = ("triton", "triton_recompute", "triton_lean", "triton_lean_persistent", "cuda")
+FUSED = (
+    "triton",
+    "triton_recompute",
+    "triton_persistent",
+    "triton_lean",
+    "triton_lean_persistent",
+    "cuda",
+)
 
 
 def kernel_times(fn, device: str, steps: int) -> tuple[dict[str, float], dict[str, int]]:

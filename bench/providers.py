@@ -25,18 +25,20 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # The CUDA backend's kernel variants besides its default ("tiled"), timed side by side on a
 # GPU until one has measured faster: SOBOLEV_CUDA_KERNEL, read by the extension per call.
 CUDA_VARIANTS = {"cuda_tiled_tc": "tiled_tc", "cuda_fused": "fused"}
-# The Triton backend's leaner training steps, for their peak memory and time beside the
+# The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing
-# them (triton_recompute), and with that no saved pre-activations either, the backward
-# recomputing them a chunk of rows at a time (triton_lean) or per row tile in one persistent
-# launch (triton_lean_persistent). Their forwards are the triton provider's: steps only.
+# them (triton_recompute); the whole backward in one persistent launch (triton_persistent);
+# and with no saved pre-activations, the backward recomputing them a chunk of rows at a time
+# (triton_lean) or per row tile in one persistent launch (triton_lean_persistent). Steps
+# only: their forwards are the triton provider's (but the lean ones', which keep nothing).
 # name -> {environment variable: value}
 TRITON_VARIANTS = {
     "triton_recompute": {"SOBOLEV_TRITON_WEIGHT_GRAD": "recompute"},
-    "triton_lean": {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_LEAN_BACKWARD": "chunks"},
+    "triton_persistent": {"SOBOLEV_TRITON_BACKWARD": "persistent"},
+    "triton_lean": {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "separate"},
     "triton_lean_persistent": {
         "SOBOLEV_SAVE_ACTIVATIONS": "0",
-        "SOBOLEV_TRITON_LEAN_BACKWARD": "persistent",
+        "SOBOLEV_TRITON_BACKWARD": "persistent",
     },
 }
 STEP_ONLY = set(TRITON_VARIANTS)

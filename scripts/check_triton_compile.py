@@ -8,7 +8,8 @@ report registers, stack (spills) and shared memory of every variant.
 Each variant compiles as the static launch and as the autotuner's tensor-core candidate
 (fp32: 3xTF32 dots), the static backward once more without its inputs stores (the
 ``recompute`` weight gradients' backward), the persistent forward and backward of a step
-that keeps nothing (``lean_backward.py``), and the split-K weight-gradient kernel with
+that keeps nothing and the persistent backward after one that saves (``persistent_backward.py``),
+and the split-K weight-gradient kernel with
 tensor-core dots, reading the stored inputs and forming them itself (recompute). Exit
 status 1 if one fails to compile, needs more shared memory than the
 backend estimated (the estimate decides whether a problem fits), or, as a tensor-core
@@ -68,10 +69,11 @@ def check(variant, arch: int) -> list[str]:
     for config, needs_tensor_cores in ((static, dtype != "fp32"), (tensor_core, True)):
         problems += _check_config(layout, config, variant, arch, needs_tensor_cores)
     problems += _check_config(layout, static, variant, arch, dtype != "fp32", ("bwd",), False)
-    # the persistent kernels of a step that keeps nothing (the backward's weight gradients
-    # on tensor cores in every dtype)
+    # the persistent kernels: of a step that keeps nothing, and the backward after a forward
+    # that saved (the backward's weight gradients on tensor cores in every dtype)
     problems += _check_config(layout, static, variant, arch, dtype != "fp32", ("fwd_persistent",))
-    problems += _check_config(layout, static, variant, arch, True, ("bwd_persistent",))
+    problems += _check_config(layout, static, variant, arch, True,
+                              ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
     return problems
@@ -125,7 +127,7 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
                   f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
             # (the persistent backward is opt-in or measured, not part of the fit estimate:
             # the architecture's limit is its bound)
-            bound = SHARED_LIMIT[arch] if name == "bwd_persistent" else estimate
+            bound = SHARED_LIMIT[arch] if name.startswith("bwd_persistent") else estimate
             if shared > bound:
                 problems.append(f"{label} {name}: {shared} bytes of shared memory > {bound}")
             if needs_tensor_cores and tensor_ops == 0:

@@ -28,14 +28,15 @@ VARIANTS = {
     "triton": [
         {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"},
         {"SOBOLEV_TRITON_WEIGHT_GRAD": "recompute"},
-        # nothing saved: the backward recomputes, 32 of the 77 samples at a time, or per row
-        # tile in one persistent launch
+        # the whole backward in one persistent launch; and with nothing saved, the backward
+        # recomputing 32 of the 77 samples at a time, or per row tile in the persistent launch
+        {"SOBOLEV_TRITON_BACKWARD": "persistent"},
         {
             "SOBOLEV_SAVE_ACTIVATIONS": "0",
-            "SOBOLEV_TRITON_LEAN_BACKWARD": "chunks",
+            "SOBOLEV_TRITON_BACKWARD": "separate",
             "SOBOLEV_TRITON_RECOMPUTE_ROWS": "32",
         },
-        {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_LEAN_BACKWARD": "persistent"},
+        {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
     ],
     "cuda": [{"SOBOLEV_CUDA_KERNEL": k} for k in ("tiled_tc", "fused")],
 }

@@ -134,7 +134,7 @@ def _save_activations() -> bool:
     """SOBOLEV_SAVE_ACTIVATIONS: 1 (default) keeps the hidden pre-activations for the
     backward; 0 keeps none, and the backward recomputes them (the Triton backend a chunk of
     SOBOLEV_TRITON_RECOMPUTE_ROWS samples at a time, or per row tile in one persistent
-    launch: SOBOLEV_TRITON_LEAN_BACKWARD; less memory, more time)."""
+    launch: SOBOLEV_TRITON_BACKWARD; less memory, more time)."""
     raw = os.environ.get("SOBOLEV_SAVE_ACTIVATIONS", "1")
     if raw not in ("0", "1"):
         raise ValueError(f"SOBOLEV_SAVE_ACTIVATIONS: expected 0 or 1, got {raw!r}")

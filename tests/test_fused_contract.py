@@ -125,16 +125,17 @@ def test_loss_and_outputs_match_the_reference(name, order):
         assert_close(loss, expected, rtol, f"{name} loss (y={y}, target={target})")
 
 
-@pytest.mark.parametrize("name, lean", [("triton", "chunks"), ("triton", "persistent"),
-                                        ("cuda", None)])  # fmt: skip
+@pytest.mark.parametrize("name, method", [("triton", "separate"), ("triton", "persistent"),
+                                          ("cuda", None)])  # fmt: skip
 @pytest.mark.parametrize("order", [1, 2])
-def test_backward_recomputes_what_the_forward_did_not_save(monkeypatch, name, lean, order):
+def test_backward_recomputes_what_the_forward_did_not_save(monkeypatch, name, method, order):
     """Saved or recomputed hidden pre-activations give the same gradients; grad_x and the
-    parameter gradients come only where asked for. Triton recomputes in chunks of
-    SOBOLEV_TRITON_RECOMPUTE_ROWS samples (4: three chunks of B = 9, each with its slice of
-    the upstream gradients of f, u and w) or in its persistent backward."""
-    if lean is not None:
-        monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", lean)
+    parameter gradients come only where asked for. Triton's separate backward recomputes in
+    chunks of SOBOLEV_TRITON_RECOMPUTE_ROWS samples (4: three chunks of B = 9, each with its
+    slice of the upstream gradients of f, u and w); its persistent one copies the saved rows
+    of each tile or runs the tile's hidden layers again."""
+    if method is not None:
+        monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", method)
         monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "4")
     backend = _backend(name)
     x, dirs, targets, weights, biases = _op_inputs(name, order)

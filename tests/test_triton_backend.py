@@ -276,7 +276,7 @@ def _chunk_forwards(monkeypatch):
     # the launchers at import)
 
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
-    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "chunks")
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
     monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "8")
     saves = []
     real = launch.sobolev_forward
@@ -293,7 +293,7 @@ def _chunk_forwards(monkeypatch):
 def test_recomputing_backward_holds_one_chunk_of_stacks(monkeypatch):
     """The backward's largest buffer is a chunk's stack, not the batch's."""
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
-    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "chunks")
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
     monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "16")
     model, x, y, kw = sample_inputs(batch=64, dim=3, width=16, out=2, k=2, layers=3,
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
@@ -304,23 +304,29 @@ def test_recomputing_backward_holds_one_chunk_of_stacks(monkeypatch):
     assert max(sizes) == chunk_adjoints, sizes
 
 
-# SOBOLEV_TRITON_LEAN_BACKWARD=persistent: the same recomputation in one launch, each program
-# taking row tiles in turn (16 samples here: B = 37 is three tiles, the last ragged, on the
-# interpreter's two programs, so program 0 adds its second tile to its partial row).
+# SOBOLEV_TRITON_BACKWARD=persistent: the whole backward in one launch, each program taking
+# row tiles in turn (16 samples here: B = 37 is three tiles, the last ragged, on the
+# interpreter's two programs, so program 0 adds its second tile to its partial row), the
+# tiles' hidden layers run again (the forward kept nothing) or copied from the saved ones.
 @pytest.mark.parametrize(
-    "order, directions, bias, activation, dtype",
-    [(1, "per_row", True, "tanh", torch.float32), (2, "shared", False, "tanh", torch.float32),
-     (2, "per_row", True, "softplus", torch.float32), (1, "shared", True, "leaky_relu",
-     torch.float32), (2, "per_row", True, "tanh", torch.bfloat16)],
+    "order, directions, bias, activation, dtype, save",
+    [(1, "per_row", True, "tanh", torch.float32, False),
+     (2, "shared", False, "tanh", torch.float32, False),
+     (2, "per_row", True, "softplus", torch.float32, False),
+     (1, "shared", True, "leaky_relu", torch.float32, False),
+     (2, "per_row", True, "tanh", torch.bfloat16, False),
+     (1, "per_row", True, "tanh", torch.float32, True),
+     (2, "shared", False, "silu", torch.float32, True),
+     (2, "per_row", True, "tanh", torch.bfloat16, True)],
 )  # fmt: skip
-def test_persistent_backward_recomputes_per_row_tile(monkeypatch, order, directions, bias,
-                                                     activation, dtype):  # fmt: skip
+def test_persistent_backward_per_row_tile(monkeypatch, order, directions, bias, activation,
+                                          dtype, save):  # fmt: skip
     shape = dict(batch=37, dim=3, width=24, out=2, k=3, layers=4, directions=directions,
                  bias=bias, activation=activation, dtype=dtype, device=DEVICE)  # fmt: skip
     model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
     extra = {"kink_flips": 0.02} if dtype != torch.float32 and activation in KINKED else {}
     rtol = tolerance("triton", dtype, "cuda" if HAS_CUDA else "cpu")
-    with _persistent_backward(monkeypatch) as runs:
+    with _persistent_backward(monkeypatch, save) as runs:
         assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=upcast_model(model),
                               order=order, **extra)  # fmt: skip
     assert runs and all(r == (0, 1) for r in runs), runs  # no forward again, one launch
@@ -342,13 +348,13 @@ def test_persistent_step_with_one_hidden_layer_and_directional_targets(monkeypat
 
 
 @contextlib.contextmanager
-def _persistent_backward(monkeypatch):
-    """SOBOLEV_SAVE_ACTIVATIONS=0 with the persistent backward; yields, per backward, (the
-    forwards it ran, the persistent kernel's launches)."""
+def _persistent_backward(monkeypatch, save=False):
+    """The persistent backward (after a forward that keeps nothing unless ``save``); yields,
+    per backward, (the forwards it ran, the persistent kernel's launches)."""
     from sobolev_kernels.triton import launch, ops  # noqa: F401  (the ops bind the launchers)
 
-    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
-    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "1" if save else "0")
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     runs, counts = [], {"forward": 0, "kernel": 0}
     real_forward, real_backward = launch.sobolev_forward, launch._backward_persistent
     real_kernel = launch._sobolev_bwd_persistent_kernel
@@ -382,7 +388,7 @@ def test_persistent_step_buffers_do_not_grow_with_the_batch(monkeypatch):
     but for the outputs f and u: their programs' scratch, tile stacks and partial rows (two
     programs here), never a stack of the batch."""
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
-    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     forward, backward = [], []
     for batch in (150, 300):
         model, x, y, kw = sample_inputs(batch=batch, dim=3, width=16, out=2, k=2, layers=3,
@@ -401,31 +407,51 @@ def test_persistent_step_buffers_do_not_grow_with_the_batch(monkeypatch):
     assert max(backward[0]) == tile_adjoints, backward[0]
 
 
-def test_lean_backward_method_choice(monkeypatch):
-    """Forced by SOBOLEV_TRITON_LEAN_BACKWARD, else chunks off a GPU; on one, the faster of
-    the two whole backwards, a tie keeping chunks."""
+def test_persistent_backward_after_a_saving_forward_stores_no_stack(monkeypatch):
+    """With the forward's pre-activations saved, the persistent backward allocates the same
+    buffers at B = 150 and B = 300 (its programs' tile stacks and partial rows): no adjoints
+    or inputs stacks of the batch."""
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
+    backward = []
+    for batch in (150, 300):
+        model, x, y, kw = sample_inputs(batch=batch, dim=3, width=16, out=2, k=2, layers=3,
+                                        dtype=torch.float32, device=DEVICE, seed=0)  # fmt: skip
+        loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+        with _allocations(monkeypatch) as sizes:
+            loss.backward()
+        backward.append(sizes)
+    assert backward[0] == backward[1], backward
+
+
+def test_backward_method_choice(monkeypatch):
+    """Forced by SOBOLEV_TRITON_BACKWARD, else separate off a GPU; on one, the faster of the
+    two whole backwards per shape and per whether the forward kept its pre-activations, a
+    tie keeping separate."""
     from sobolev_kernels import tuning
     from sobolev_kernels.triton import launch
     from sobolev_kernels.triton.layout import Layout
 
     layout, x = Layout.of((3, 8, 8, 2), 2, 1), torch.zeros(4, 3)
     never = lambda method: pytest.fail("nothing is measured off a GPU")  # noqa: E731
-    assert launch._lean_backward_method(layout, x, False, never) == "chunks"
-    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
-    assert launch._lean_backward_method(layout, x, False, never) == "persistent"
-    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "fused")
-    with pytest.raises(ValueError, match="SOBOLEV_TRITON_LEAN_BACKWARD: expected auto, chunks"):
-        launch._lean_backward_method(layout, x, False, never)
-    monkeypatch.delenv("SOBOLEV_TRITON_LEAN_BACKWARD")
+    assert launch._backward_method(layout, x, False, True, never) == "separate"
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
+    assert launch._backward_method(layout, x, False, True, never) == "persistent"
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "fused")
+    with pytest.raises(ValueError, match="SOBOLEV_TRITON_BACKWARD: expected auto, separate"):
+        launch._backward_method(layout, x, False, True, never)
+    monkeypatch.delenv("SOBOLEV_TRITON_BACKWARD")
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     tuning.clear()
     try:
-        for times, expected, batch in (([2.0, 1.0], "persistent", 4), ([1.0, 1.0], "chunks", 8)):
+        for times, expected, kept in (([2.0, 1.0], "persistent", True),
+                                      ([1.0, 1.0], "separate", False)):  # fmt: skip
             timings = iter(times)
             monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
             ran = []
-            chosen = launch._lean_backward_method(layout, torch.zeros(batch, 3), False, ran.append)
-            assert chosen == expected and ran == []  # (time_ms is mocked: nothing runs)
+            assert launch._backward_method(layout, x, False, kept, ran.append) == expected
+            assert ran == []  # (time_ms is mocked: nothing runs)
+        # measured once per shape and kept-or-not: the first choice stands
+        assert launch._backward_method(layout, x, False, True, never) == "persistent"
     finally:
         tuning.clear()
 
@@ -592,13 +618,15 @@ def _agree_on_gpu(dtype, order, **shape):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("save", ["0", "1"])
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_persistent_backward_on_gpu(monkeypatch, order, dtype):
+def test_persistent_backward_on_gpu(monkeypatch, save, order, dtype):
     """The persistent backward with more row tiles than programs (B = 2^15 + 3: every program
-    adds several tiles to its partial row, the last tile ragged), on tensor cores."""
-    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
-    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    adds several tiles to its partial row, the last tile ragged), on tensor cores, after a
+    forward that kept nothing or saved its pre-activations."""
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     _agree_on_gpu(dtype, order, k=3, layers=4, batch=2**15 + 3)
 
 
@@ -608,7 +636,7 @@ def test_persistent_step_memory_does_not_grow_with_the_batch(monkeypatch):
     x's gradient and the outputs (under 0.5 KiB per sample here), not the stacks that a step
     without recomputation holds (9.3 KiB per sample) nor the forward's scratch (3 KiB)."""
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
-    monkeypatch.setenv("SOBOLEV_TRITON_LEAN_BACKWARD", "persistent")
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     peaks = []
     for batch in (2**15, 2**16):
         model, x, y, kw = sample_inputs(batch=batch, dim=16, width=128, out=8, k=2, layers=4,
@@ -627,16 +655,20 @@ def test_persistent_step_memory_does_not_grow_with_the_batch(monkeypatch):
 @pytest.mark.gpu
 def test_recompute_and_lean_steps_save_memory():
     """recompute's step peaks lower than splitk's by most of the inputs stacks it does not
-    store ((1 + K) B rows times the summed layer inputs), and a step that saves nothing and
-    recomputes 4096 samples at a time lower still, by most of the batch's stacks (allocations,
-    not speed)."""
+    store ((1 + K) B rows times the summed layer inputs), the persistent backward's lower
+    still by most of the adjoint stacks, and a step that saves nothing and recomputes 4096
+    samples at a time lower than recompute's by most of the batch's stacks (allocations, not
+    speed)."""
     model, x, y, kw = sample_inputs(batch=2**15, dim=16, width=128, out=8, k=2, layers=4,
                                     dtype=torch.float32, device="cuda")  # fmt: skip
     settings = {
-        "splitk": {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"},
-        "recompute": {"SOBOLEV_TRITON_WEIGHT_GRAD": "recompute"},
-        "lean": {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_RECOMPUTE_ROWS": "4096"},
-    }
+        "splitk": {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk", "SOBOLEV_TRITON_BACKWARD": "separate"},
+        "recompute": {"SOBOLEV_TRITON_WEIGHT_GRAD": "recompute",
+                      "SOBOLEV_TRITON_BACKWARD": "separate"},
+        "persistent": {"SOBOLEV_TRITON_BACKWARD": "persistent"},
+        "lean": {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "separate",
+                 "SOBOLEV_TRITON_RECOMPUTE_ROWS": "4096"},
+    }  # fmt: skip
     peaks = {}
     for name, env in settings.items():
         with pytest.MonkeyPatch.context() as mp:
@@ -655,6 +687,8 @@ def test_recompute_and_lean_steps_save_memory():
     saved_and_adjoints = stack_rows * (3 * 128 + 3 * 128 + 8) * 4
     assert peaks["splitk"] - peaks["recompute"] >= 0.8 * inputs_bytes, peaks
     assert peaks["recompute"] - peaks["lean"] >= 0.6 * saved_and_adjoints, peaks
+    adjoints_bytes = stack_rows * (3 * 128 + 8) * 4
+    assert peaks["recompute"] - peaks["persistent"] >= 0.6 * adjoints_bytes, peaks
 
 
 @pytest.mark.gpu
@@ -680,13 +714,15 @@ def test_forward_is_one_kernel_launch():
 @pytest.mark.parametrize(
     "env, kernel, most",
     [({"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"}, "_weight_grad_partials_kernel", 6),
-     ({"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_LEAN_BACKWARD": "persistent"},
-      "_sobolev_bwd_persistent_kernel", 5)],
+     ({"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
+      "_sobolev_bwd_persistent_kernel", 5),
+     ({"SOBOLEV_TRITON_BACKWARD": "persistent"}, "_sobolev_bwd_persistent_kernel", 5)],
 )  # fmt: skip
 def test_training_step_launches_few_kernels(monkeypatch, env, kernel, most):
     """Four layers, loss + backward: forward, loss reduce, autograd's seed, backward, split-K
-    weight gradients, their reduction (gemm adds one GEMM per layer instead); the persistent
-    step: forward, loss reduce, seed, the persistent backward, its reduction."""
+    weight gradients, their reduction (gemm adds one GEMM per layer instead); a persistent
+    step (keeping nothing or saving): forward, loss reduce, seed, the persistent backward,
+    its reduction."""
     from torch.profiler import ProfilerActivity, profile
 
     for variable, value in env.items():

@@ -5,7 +5,7 @@
     forward.py    the fused forward kernel, its derivation above it
     backward.py   the fused backward kernel, its derivation above it
     weight_grad.py  the split-K weight gradients, and the one reduction kernel
-    lean_backward.py  the persistent backward of a forward that kept nothing
+    persistent_backward.py  the whole backward in one persistent launch
     launch.py     check, allocate, choose a launch config, launch
     ops.py        the launchers as the triton_sobolev_* ops (sobolev_kernels/fused.py)
     aot.py        ahead-of-time compiles for a GPU target (tooling, not imported by the library)

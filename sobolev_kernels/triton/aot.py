@@ -24,7 +24,7 @@ from .backward import _sobolev_bwd_kernel
 from .forward import _sobolev_fwd_kernel, _sobolev_fwd_persistent_kernel
 from .launch import TARGET_GRAD, TARGET_HESS, TARGET_NONE, _precisions
 from .layout import Layout
-from .lean_backward import _sobolev_bwd_persistent_kernel
+from .persistent_backward import _sobolev_bwd_persistent_kernel
 from .weight_grad import _weight_grad_partials_kernel
 
 __all__ = [
@@ -46,8 +46,8 @@ _FWD_PTRS = "x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs b_ptrs f_ptr u_ptr w2_ptr z_p
 _BWD_PTRS = ("x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs z_ptr f_ptr u_ptr w2_ptr gloss_ptr gf_ptr "
              "gu_ptr gw_ptr a_ptr s_ptr dx_ptr db_ptr")  # fmt: skip
 _PERSISTENT_PTRS = ("x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs b_ptrs f_ptr u_ptr w2_ptr gloss_ptr "
-                    "gf_ptr gu_ptr gw_ptr z_ptr a_ptr dx_ptr part_ptr")  # fmt: skip
-_FP32_PTRS = {"z_ptr", "partial_ptr", "gloss_ptr", "db_ptr", "part_ptr"}
+                    "gf_ptr gu_ptr gw_ptr z_ptr saved_ptr a_ptr dx_ptr part_ptr")  # fmt: skip
+_FP32_PTRS = {"z_ptr", "partial_ptr", "gloss_ptr", "db_ptr", "part_ptr", "saved_ptr"}
 _FWD_SCALARS = {"B": "i32", "slope": "fp32"}
 _BWD_SCALARS = dict(_FWD_SCALARS, coef_f="fp32", coef_u="fp32", coef_w="fp32")
 
@@ -82,9 +82,11 @@ def step_constexprs(
     }
 
 
-def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0) -> dict:
-    """The persistent backward's constexprs (``lean_backward.py``) as ``launch.py`` sets them,
-    from the backward kernel's ``bwd`` (the same tiles, dots and seeds)."""
+def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0,
+                          recompute: bool = True) -> dict:  # fmt: skip
+    """The persistent backward's constexprs (``persistent_backward.py``) as ``launch.py`` sets them,
+    from the backward kernel's ``bwd`` (the same tiles, dots and seeds); ``recompute``: after
+    a forward that kept nothing, else after one that saved its pre-activations."""
     geometry = layout.weight_grad_constexprs(True)
     out = {k: v for k, v in bwd.items() if k != "STORE_INPUTS"}
     out.update(
@@ -93,6 +95,7 @@ def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0) 
         DB_OFFS=geometry["B_OFFS"], N_PARTIAL=geometry["N_PARTIAL"], BM=geometry["BM"],
         BN=geometry["BN"], BK=geometry["BK"],
         DW_PRECISION="ieee" if dtype != "fp32" else _precisions(torch.float32, False)[1],
+        RECOMPUTE=recompute,
     )  # fmt: skip
     return out
 
@@ -102,17 +105,22 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
                  kernels: tuple[str, ...] = ("fwd", "bwd"),
                  store_inputs: bool = True) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
-    "fwd", "bwd", "fwd_persistent", "bwd_persistent") for ``arch`` (80, 90, ...); ``dtype``
-    is "fp32", "bf16" or "fp16". A variant that does not compile raises."""
+    "fwd", "bwd", "fwd_persistent", "bwd_persistent", "bwd_persistent_saved") for ``arch``
+    (80, 90, ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile
+    raises."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
                                  store_inputs)  # fmt: skip
     constexprs["bwd_persistent"] = persistent_constexprs(layout, constexprs["bwd"], dtype, cols)
+    constexprs["bwd_persistent_saved"] = persistent_constexprs(layout, constexprs["bwd"], dtype,
+                                                               cols, recompute=False)  # fmt: skip
     # the forward that keeps nothing, per row tile into scratch of its own
     constexprs["fwd_persistent"] = dict(constexprs["fwd"], **layout.hidden_stacks(save=False))
     every = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS),
              ("fwd_persistent", _sobolev_fwd_persistent_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd_persistent", _sobolev_bwd_persistent_kernel, _PERSISTENT_PTRS,
+              _BWD_SCALARS),
+             ("bwd_persistent_saved", _sobolev_bwd_persistent_kernel, _PERSISTENT_PTRS,
               _BWD_SCALARS)]  # fmt: skip
     for name, kernel, ptrs, scalars in (entry for entry in every if entry[0] in kernels):
         sig = {}

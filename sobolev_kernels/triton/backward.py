@@ -242,7 +242,7 @@ def _bwd_rows(
 ):  # fmt: skip
     """The backward of program ``pid``'s ROWS samples ``rows`` (``row_ok``: those < B) of a
     batch of B, into stacks of (1 + order K) B rows: the seeds, then every layer top down.
-    The persistent backward (``lean_backward.py``) calls it per row tile with the tile's
+    The persistent backward (``persistent_backward.py``) calls it per row tile with the tile's
     tensors and stacks of its own (pid 0, B its samples)."""
     D: tl.constexpr = WIDTHS[0]
     M: tl.constexpr = WIDTHS[NUM_LAYERS]

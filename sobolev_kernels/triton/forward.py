@@ -17,7 +17,7 @@ Weights are read straight from a packed buffer of all layers. It writes f (B, m)
 (Jacobian and Hessian targets are contracted with the directions here, see tiles.py), and
 the hidden pre-activations [z; tz; ttz] (into the saved stacks when a backward will follow,
 else into scratch). A one-program kernel then reduces the partials in a fixed order. The
-persistent variant (for a step that keeps nothing, see lean_backward.py) runs the same body
+persistent variant (for a step that keeps nothing, see persistent_backward.py) runs the same body
 per row tile, each program taking tiles in turn with scratch of its own.
 
 Dots run as K loops (CHUNKS): each layer stores its [z; tz; ttz] and the next layer reloads
@@ -308,7 +308,7 @@ def _sobolev_fwd_persistent_kernel(
     CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
 ):  # fmt: skip
     """The forward that keeps nothing, over a persistent grid: each program takes row tiles
-    in turn (as the persistent backward does, see lean_backward.py), its two scratch regions
+    in turn (as the persistent backward does, see persistent_backward.py), its two scratch regions
     sized for one tile, and adds the tiles' sums of squares in its fixed order. Its scratch
     is the programs', not the batch's."""
     pid = tl.program_id(0)

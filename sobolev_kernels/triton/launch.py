@@ -28,7 +28,7 @@ from .forward import (
     _sobolev_loss_finish_kernel,
 )
 from .layout import LaunchConfig, Layout, shared_memory_limit
-from .lean_backward import _sobolev_bwd_persistent_kernel
+from .persistent_backward import _sobolev_bwd_persistent_kernel
 from .weight_grad import _sum_partials_kernel, _weight_grad_partials_kernel
 
 # The kernels' TARGET / TARGET2 constexprs: which derivative target they contract.
@@ -202,7 +202,7 @@ def sobolev_forward(
 
     # Keeping nothing in the lean mode that recomputes per row tile: the forward's scratch is
     # per program too (persistent), so no buffer of the step grows with the batch
-    persistent = bool(hidden) and not save_activations and _lean_forced() == "persistent"
+    persistent = bool(hidden) and not save_activations and _backward_forced() == "persistent"
     kernel = _sobolev_fwd_persistent_kernel if persistent else _sobolev_fwd_kernel
 
     def launch(config: LaunchConfig) -> Tensor:
@@ -266,25 +266,30 @@ def sobolev_backward(
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """The fused backward and the weight-gradient GEMMs: (grad_x, [dW_l], [db_l]); see
     ``sobolev_kernels/fused.py``. grad_x is empty unless ``need_grad_x``, the lists are empty
-    unless ``need_grad_params``. Where the forward kept nothing (the user traded time for
-    memory), the hidden pre-activations are recomputed, RECOMPUTE_ROWS samples at a time
-    (``_backward_in_row_chunks``) or per row tile in one persistent launch
-    (``_backward_persistent``), as ``_lean_backward_method`` chooses, and the weight gradients
-    form the layer inputs themselves."""
+    unless ``need_grad_params``. The backward kernel and the weight gradients' (``_backward``)
+    or one persistent launch (``_backward_persistent``), as ``_backward_method`` chooses.
+    Where the forward kept nothing (the user traded time for memory), the hidden
+    pre-activations are recomputed: RECOMPUTE_ROWS samples at a time
+    (``_backward_in_row_chunks``) or per row tile in the persistent launch, and the weight
+    gradients form the layer inputs themselves."""
     args = (grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad,
             target_hvp2, target_hess, weights, biases, f, u, w)  # fmt: skip
     scalars = (activation, negative_slope, alpha, beta, gamma, order, allow_tf32)
-    if saved.numel() == 0 and len(weights) > 1:  # the forward kept nothing: recompute
-        layout = layout_of(x, directions, weights, order)
+    if len(weights) == 1:  # no hidden layer: nothing saved, nothing to recompute
+        return _backward(*args, saved, *scalars, need_grad_x, need_grad_params, x.shape[0])
+    layout = layout_of(x, directions, weights, order)
+    kept = saved.numel() > 0  # else the forward kept nothing: recompute
 
-        def recomputing(method: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-            if method == "persistent":
-                return _backward_persistent(args, scalars, need_grad_x, need_grad_params)
-            rows = _recompute_rows(layout, x.shape[0])
-            return _backward_in_row_chunks(args, scalars, rows, need_grad_x, need_grad_params)
+    def run(method: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        if method == "persistent":
+            return _backward_persistent(args, scalars, need_grad_x, need_grad_params,
+                                        saved if kept else None)  # fmt: skip
+        if kept:
+            return _backward(*args, saved, *scalars, need_grad_x, need_grad_params, x.shape[0])
+        rows = _recompute_rows(layout, x.shape[0])
+        return _backward_in_row_chunks(args, scalars, rows, need_grad_x, need_grad_params)
 
-        return recomputing(_lean_backward_method(layout, x, allow_tf32, recomputing))
-    return _backward(*args, saved, *scalars, need_grad_x, need_grad_params, x.shape[0])
+    return run(_backward_method(layout, x, allow_tf32, kept, run))
 
 
 def _backward(
@@ -426,44 +431,47 @@ def _backward_in_row_chunks(
     return (grad_x, *_parameter_grads_of(running[:1], layout, weights, biases, x.dtype))
 
 
-# How the backward of a forward that kept nothing recomputes it: a chunk of the batch at a
-# time (five launches per chunk), or in one persistent launch (``lean_backward.py``); the
-# first is the choice wherever nothing is measured, until a GPU has measured the other faster.
-LEAN_BACKWARD_METHODS = ("chunks", "persistent")
+# How the backward runs: the backward kernel, then the weight gradients' kernels (where the
+# forward kept nothing, a chunk of the batch at a time: five launches per chunk), or all of
+# it in one persistent launch (``persistent_backward.py``). The first is the choice wherever
+# nothing is measured, until a GPU has measured the other faster.
+BACKWARD_METHODS = ("separate", "persistent")
 
 
-def _lean_backward_method(
-    layout: Layout, x: Tensor, allow_tf32: bool, run: Callable[[str], object]
+def _backward_method(
+    layout: Layout, x: Tensor, allow_tf32: bool, kept: bool, run: Callable[[str], object]
 ) -> str:
-    """``SOBOLEV_TRITON_LEAN_BACKWARD`` (one of LEAN_BACKWARD_METHODS) where set, else measured
-    once per shape on the GPU (``tuning``: ``run`` is the whole backward), else chunks."""
-    forced = _lean_forced()
+    """``SOBOLEV_TRITON_BACKWARD`` (one of BACKWARD_METHODS) where set, else measured once per
+    shape, and per whether the forward ``kept`` its pre-activations, on the GPU (``tuning``:
+    ``run`` is the whole backward), else separate."""
+    forced = _backward_forced()
     if forced != "auto":
         return forced
     if not tuning.can_measure(x.device):
-        return LEAN_BACKWARD_METHODS[0]
-    constants = dict(K=layout.k, ORDER=layout.order, WIDTHS=layout.widths)
-    key = _tuning_key("lean_backward", x, constants, allow_tf32)
-    return tuning.fastest(key, LEAN_BACKWARD_METHODS, run, _DOES_NOT_FIT)
+        return BACKWARD_METHODS[0]
+    constants = dict(K=layout.k, ORDER=layout.order, WIDTHS=layout.widths, KEPT=kept)
+    key = _tuning_key("backward", x, constants, allow_tf32)
+    return tuning.fastest(key, BACKWARD_METHODS, run, _DOES_NOT_FIT)
 
 
-def _lean_forced() -> str:
-    """SOBOLEV_TRITON_LEAN_BACKWARD: auto or one of LEAN_BACKWARD_METHODS. Forcing
-    ``persistent`` makes the forward that keeps nothing persistent too (the user asked for
-    memory): the tuner's choice does not, as the forward runs before it is made."""
-    forced = os.environ.get("SOBOLEV_TRITON_LEAN_BACKWARD", "auto")
-    if forced != "auto" and forced not in LEAN_BACKWARD_METHODS:
-        raise ValueError("SOBOLEV_TRITON_LEAN_BACKWARD: expected auto, "
-                         f"{', '.join(LEAN_BACKWARD_METHODS)}; got {forced!r}")  # fmt: skip
+def _backward_forced() -> str:
+    """SOBOLEV_TRITON_BACKWARD: auto or one of BACKWARD_METHODS. Forcing ``persistent`` makes
+    a forward that keeps nothing persistent too (the user asked for memory): the tuner's
+    choice does not, as the forward runs before it is made."""
+    forced = os.environ.get("SOBOLEV_TRITON_BACKWARD", "auto")
+    if forced != "auto" and forced not in BACKWARD_METHODS:
+        raise ValueError("SOBOLEV_TRITON_BACKWARD: expected auto, "
+                         f"{', '.join(BACKWARD_METHODS)}; got {forced!r}")  # fmt: skip
     return forced
 
 
 def _backward_persistent(
-    args: tuple, scalars: tuple, need_grad_x: bool, need_grad_params: bool
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """The backward of a forward that kept nothing in one persistent launch (see
-    ``lean_backward.py``), then one reduction of the programs' partial rows into the
-    parameters' gradients."""
+    args: tuple, scalars: tuple, need_grad_x: bool, need_grad_params: bool,
+    saved: Tensor | None = None,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:  # fmt: skip
+    """The backward in one persistent launch (see ``persistent_backward.py``), its tiles' hidden
+    layers run again or, with ``saved``, copied from the forward's saved pre-activations;
+    then one reduction of the programs' partial rows into the parameters' gradients."""
     (grad_loss, grad_f, grad_u, grad_w, x, directions, y, target_jvp, target_grad, target_hvp2,
      target_hess, weights, biases, f, u, w) = args  # fmt: skip
     activation, negative_slope, alpha, beta, gamma, order, allow_tf32 = scalars
@@ -488,7 +496,7 @@ def _backward_persistent(
         Z_STRIDES=layout.hidden_stacks(True)["Z_STRIDES"], W_OFFS=geometry["W_OFFS"],
         DB_OFFS=geometry["B_OFFS"], N_PARTIAL=geometry["N_PARTIAL"], BM=geometry["BM"],
         BN=geometry["BN"], BK=geometry["BK"],
-        DW_PRECISION=_precisions(dtype, allow_tf32)[1],
+        DW_PRECISION=_precisions(dtype, allow_tf32)[1], RECOMPUTE=saved is None,
     )  # fmt: skip
 
     def launch(config: LaunchConfig) -> Tensor:
@@ -502,7 +510,8 @@ def _backward_persistent(
                               device=dev, dtype=torch.float32)  # fmt: skip
         _sobolev_bwd_persistent_kernel[(programs,)](
             x, v, y, target, target2, w_ptrs, b_ptrs, f, u, w, grad_loss, grad_f, grad_u,
-            grad_w, z, adj, grad_x if need_grad_x else x, partial if need_grad_params else z,
+            grad_w, z, saved if saved is not None else z, adj, grad_x if need_grad_x else x,
+            partial if need_grad_params else z,
             batch, negative_slope, *coefs, **_tuned(layout, config, "bwd"),
             FWD_COLS=layout.col_blocks(config.cols, "fwd"), **constexprs,
         )  # fmt: skip

@@ -1,14 +1,15 @@
-"""The persistent backward: the whole backward of a forward that kept nothing, in one launch.
+"""The persistent backward: the whole backward in one launch (``SOBOLEV_TRITON_BACKWARD``).
 
-``SOBOLEV_SAVE_ACTIVATIONS=0`` trades time for memory: the forward keeps no pre-activations.
-Its other backward (``launch._backward_in_row_chunks``) then runs the forward, the backward
-kernel and the weight-gradient partials once per chunk of the batch: five launches per chunk.
-This kernel does the same in one launch over a persistent grid (tiny-cuda-nn's design, and
-the CUDA backend's ``fused`` variant): each program takes row tiles of ROWS samples in turn
-and, per tile,
+The separate backward (``launch._backward``) is the backward kernel, which stores the
+adjoint stacks A_l of the whole batch (and, for gemm and splitk, its inputs stacks), then
+the weight-gradient kernels that read them back. This kernel does it all in one launch over
+a persistent grid (tiny-cuda-nn's design, and the CUDA backend's ``fused`` variant): each
+program takes row tiles of ROWS samples in turn and, per tile,
 
-1. runs the forward's hidden layers again (``_fwd_hidden_block``) into a scratch stack of its
-   own: [z; tz; ttz] of the tile's samples only;
+1. puts the tile's hidden pre-activations [z; tz; ttz] into a scratch stack of its own:
+   copied from the forward's saved ones, or where the forward kept nothing
+   (``SOBOLEV_SAVE_ACTIVATIONS=0``, RECOMPUTE) by running the hidden layers again
+   (``_fwd_hidden_block``);
 2. runs the backward kernel's body (``_bwd_rows``) on it, the adjoints A_l into a second
    scratch stack of its own, dL/dx into the tile's rows;
 3. adds dW_l = A_l^T S_{l-1} and db_l over the tile's stacked rows to its own fp32 row of
@@ -17,11 +18,12 @@ and, per tile,
    atomics and the same result on every run.
 
 One reduction over the programs' rows then gives the parameter gradients (``_sum_partials``):
-two launches for the whole backward, and memory that no longer grows with the batch
-(programs x (two tile stacks + one partial row)). Where the user forces this backward
-(``SOBOLEV_TRITON_LEAN_BACKWARD=persistent``) the forward before it runs the same way
-(``forward._sobolev_fwd_persistent_kernel``): no buffer of the step but its inputs and
-outputs grows with the batch.
+two launches for the whole backward, no stack of the batch but the forward's saved one, and
+where the forward kept nothing, memory that no longer grows with the batch (programs x (two
+tile stacks + one partial row); its other backward, ``launch._backward_in_row_chunks``, is
+five launches per chunk of the batch). Where the user forces this backward after a forward
+that keeps nothing, that forward runs the same way (``forward._sobolev_fwd_persistent_kernel``):
+no buffer of the step but its inputs and outputs grows with the batch.
 
 A tile's stacks are laid out as the batch's would be for a batch of its own ``valid``
 samples (stacks of (1 + order K) valid rows; the kernels' B is ``valid``, their program 0),
@@ -89,9 +91,33 @@ def _tile_weight_grads(
 
 
 @triton.jit
+def _copy_saved_rows(
+    saved_ptr, z_ptr, first, valid, B, rows, row_ok, WIDTHS: tl.constexpr, PADS: tl.constexpr,
+    OUT_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr, K: tl.constexpr, ORDER: tl.constexpr,
+    CHUNKS: tl.constexpr,
+):  # fmt: skip
+    """The tile's rows of the forward's saved [z; tz; ttz] (samples first .. first + valid
+    of B, in every row block of every hidden layer) into the program's stack, laid out for a
+    batch of ``valid`` (what the forward phase would have written)."""
+    S: tl.constexpr = 1 + ORDER * K
+    batch = first * 0 + B  # (64-bit: the saved stacks may pass 2^31 elements)
+    for l in tl.static_range(NUM_LAYERS - 1):
+        src = saved_ptr + S * batch * OUT_CUM[l]
+        dst = z_ptr + S * valid * OUT_CUM[l]
+        for c0 in tl.range(0, PADS[l + 1], CHUNKS[l + 1], num_stages=1):
+            c = c0 + tl.arange(0, CHUNKS[l + 1])
+            ok = row_ok[:, None] & (c[None, :] < WIDTHS[l + 1])
+            for block in tl.range(0, S, num_stages=1):  # values, then the tangent blocks
+                vals = tl.load(src + (block * batch + first + rows)[:, None] * WIDTHS[l + 1]
+                               + c[None, :], mask=ok, other=0.0)  # fmt: skip
+                tl.store(dst + (block * valid + rows)[:, None] * WIDTHS[l + 1] + c[None, :],
+                         vals, mask=ok)  # fmt: skip
+
+
+@triton.jit
 def _sobolev_bwd_persistent_kernel(
     x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr,
-    gloss_ptr, gf_ptr, gu_ptr, gw_ptr, z_ptr, a_ptr, dx_ptr, part_ptr,
+    gloss_ptr, gf_ptr, gu_ptr, gw_ptr, z_ptr, saved_ptr, a_ptr, dx_ptr, part_ptr,
     B, slope, coef_f, coef_u, coef_w,
     WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
     OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr,
@@ -103,8 +129,11 @@ def _sobolev_bwd_persistent_kernel(
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
     FWD_COLS: tl.constexpr, Z_STRIDES: tl.constexpr, W_OFFS: tl.constexpr,
     DB_OFFS: tl.constexpr, N_PARTIAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    BK: tl.constexpr, DW_PRECISION: tl.constexpr,
+    BK: tl.constexpr, DW_PRECISION: tl.constexpr, RECOMPUTE: tl.constexpr,
 ):  # fmt: skip
+    """RECOMPUTE: the forward kept nothing, the tile's hidden layers run again; else it saved
+    its pre-activations at saved_ptr ((1 + order K) B rows per hidden layer) and the tile's
+    rows are copied from there into the program's stack."""
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     D: tl.constexpr = WIDTHS[0]
@@ -139,14 +168,19 @@ def _sobolev_bwd_persistent_kernel(
         dx_t = dx_ptr + first_sample * D
 
         # 1. the hidden layers' [z; tz; ttz] of the tile, as the forward saves them
-        for l in tl.static_range(NUM_LAYERS - 1):
-            for n0 in tl.range(0, PADS[l + 1], FWD_COLS[l], num_stages=1):
-                _fwd_hidden_block(
-                    x_t, v_t, w_ptrs, b_ptrs, z_mine, 0, n0, rows, row_ok, valid, slope, l,
-                    FWD_COLS[l], WIDTHS, PADS, B_OFFS, K, KP, GROUP, ROWS, ORDER, ACT, SHARED,
-                    HAS_BIAS, PRECISION, EMULATE_BF16, CHUNKS, OUT_CUM, Z_STRIDES,
-                )  # fmt: skip
-            tl.debug_barrier()  # the next layer (or the backward) reloads other threads' rows
+        if RECOMPUTE:
+            for l in tl.static_range(NUM_LAYERS - 1):
+                for n0 in tl.range(0, PADS[l + 1], FWD_COLS[l], num_stages=1):
+                    _fwd_hidden_block(
+                        x_t, v_t, w_ptrs, b_ptrs, z_mine, 0, n0, rows, row_ok, valid, slope,
+                        l, FWD_COLS[l], WIDTHS, PADS, B_OFFS, K, KP, GROUP, ROWS, ORDER, ACT,
+                        SHARED, HAS_BIAS, PRECISION, EMULATE_BF16, CHUNKS, OUT_CUM, Z_STRIDES,
+                    )  # fmt: skip
+                tl.debug_barrier()  # the next layer (or the backward) reloads others' rows
+        else:
+            _copy_saved_rows(saved_ptr, z_mine, first_sample, valid, B, rows, row_ok, WIDTHS,
+                             PADS, OUT_CUM, NUM_LAYERS, K, ORDER, CHUNKS)  # fmt: skip
+            tl.debug_barrier()  # the backward reads rows other threads copied
 
         # 2. the backward of the tile: adjoints into a_mine, dL/dx into its rows (no bias
         # partials there: step 3 forms db with dW)
