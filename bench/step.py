@@ -256,9 +256,18 @@ class _NoSuchCandidate(Exception):
 
 
 def _only_candidate(index: int) -> None:
-    """Make the autotuner run (and so compile) only its candidate ``index`` of each choice."""
+    """Make the autotuner run (and so compile) only its candidate ``index`` of each launch
+    config choice; of a choice between methods (named by strings: the backward's, the weight
+    gradients'), every method, each with candidate ``index`` of the kernels it launches."""
 
     def fastest(key, candidates, run, skip=()):
+        if all(isinstance(c, str) for c in candidates):
+            for method in candidates:
+                try:
+                    run(method)
+                except _NoSuchCandidate:
+                    pass  # this method's kernels have fewer candidates
+            return candidates[0]
         if index >= len(candidates):
             raise _NoSuchCandidate
         run(candidates[index])

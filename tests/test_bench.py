@@ -118,6 +118,30 @@ def test_precompile_takes_the_triton_variants_after_every_default_job():
     assert sorted({job[5] for job in jobs[defaults:]}) == list(range(TRITON_CANDIDATES))
 
 
+def test_precompile_job_runs_its_candidate_of_each_config_and_every_method(monkeypatch):
+    """A precompile job with candidate 2 runs launch-config candidate 2 only (and skips a
+    kernel with fewer), but every method of a method choice, so that the backward's methods
+    each compile their kernels' candidate 2."""
+    from bench import step
+
+    monkeypatch.setattr(step, "sk_tuning", type("T", (), {})())
+    step._only_candidate(2)
+    fastest = step.sk_tuning.fastest
+    ran = []
+    assert fastest("k", [10, 11, 12], ran.append) == 12 and ran == [12]
+    with pytest.raises(step._NoSuchCandidate):
+        fastest("k", [10, 11], ran.append)
+
+    def method(name):
+        ran.append(name)
+        if name == "persistent":
+            raise step._NoSuchCandidate
+
+    ran.clear()
+    assert fastest("m", ("separate", "persistent"), method) == "separate"
+    assert ran == ["separate", "persistent"]
+
+
 def test_step_precompiles_in_worker_processes(tmp_path):
     out = _module("bench.step", "--quick", "--configs", "S", "--modes", "forward",
                   "--providers", "plain_step", "torch_compile", "--precompile", "2",
