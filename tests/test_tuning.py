@@ -258,6 +258,7 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
     from sobolev_kernels.triton.layout import Layout, shared_memory_limit
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")  # (the persistent one: below)
     widths = (shape["dim"], shape["width"], shape["width"], shape["out"])
     limit = shared_memory_limit(torch.device(device))
     configs = Layout(widths, shape["k"], order).launch_configs(4, limit, "ieee", "tf32x3")
@@ -279,6 +280,50 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
         # the forward alone: scratch regions instead of the saved stacks
         assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected,
                                    name=f"loss, launch config {configs[pick]}")  # fmt: skip
+
+
+@needs_triton
+@pytest.mark.skipif(HAS_CUDA, reason="the interpreter's check; the GPU runs the gpu tests")
+@pytest.mark.parametrize("save", ["1", "0"])
+def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, save):
+    """The persistent backward (after a saving forward, and with its persistent forward
+    after one that keeps nothing) in each of its tuner candidates: the static launch, it in
+    3xTF32 and the 64-row column-block one."""
+    from sobolev_kernels.triton.layout import Layout
+
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
+    shape = dict(batch=33, dim=3, width=40, out=2, k=3)
+    layout = Layout((3, 40, 40, 2), 3, 1)
+    configs = layout.launch_configs(4, None, "ieee", "tf32x3")
+    persistent = [configs[0]] + [c for c in configs[1:] if c.precision != "ieee" or c.cols]
+    forwards = persistent if save == "0" else configs
+    for pick in range(len(persistent)):
+        tuning.clear()
+        first = pick if save == "0" else 0  # the persistent forward's pick, or the static
+        script = [i == first for i in range(len(forwards))]
+        script += [i == pick for i in range(len(persistent))]
+        monkeypatch.setattr(tuning, "time_ms", _scripted_timer(script))
+        model, x, y, kw = sample_inputs(dtype=torch.float32, device="cpu", seed=pick, **shape)
+        assert_backends_agree(model, x, y, kw, "triton", TOLERANCES[torch.float32],
+                              expected_model=upcast_model(model))  # fmt: skip
+        chosen = {key[1]: config for key, config in tuning.choices().items()}
+        forward = "fwd_persistent" if save == "0" else "fwd"
+        assert chosen == {forward: forwards[first], "bwd_persistent": persistent[pick]}
+
+
+def _scripted_timer(fastest: list[bool]):
+    """A timer that runs what it times and reports 0 ms for the calls marked fastest, in
+    order, and 1 ms for the others."""
+    calls = []
+
+    def timer(fn):
+        fn()
+        calls.append(None)
+        return 0.0 if fastest[len(calls) - 1] else 1.0
+
+    return timer
 
 
 def _timer_preferring(pick, per_kernel):
