@@ -33,7 +33,10 @@ CUDA_VARIANTS = {"cuda_tiled_tc": "tiled_tc", "cuda_fused": "fused"}
 # only: their forwards are the triton provider's (but the lean ones', which keep nothing).
 # name -> {environment variable: value}
 TRITON_VARIANTS = {
-    "triton_recompute": {"SOBOLEV_TRITON_WEIGHT_GRAD": "recompute"},
+    "triton_recompute": {
+        "SOBOLEV_TRITON_WEIGHT_GRAD": "recompute",
+        "SOBOLEV_TRITON_BACKWARD": "separate",
+    },
     "triton_persistent": {"SOBOLEV_TRITON_BACKWARD": "persistent"},
     "triton_lean": {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "separate"},
     "triton_lean_persistent": {

@@ -284,7 +284,11 @@ def test_backend_variant_providers_set_their_variable_for_the_call_only(monkeypa
     from sobolev_kernels.triton import launch
 
     backend, settings = VARIANTS["triton_recompute"]
-    ((variable, value),) = settings.items()
+    variable = "SOBOLEV_TRITON_WEIGHT_GRAD"
+    value = settings[variable]
+    # (and the separate backward, which the weight-gradient methods belong to)
+    assert settings["SOBOLEV_TRITON_BACKWARD"] == "separate"
+    monkeypatch.delenv("SOBOLEV_TRITON_BACKWARD", raising=False)
     monkeypatch.setenv(variable, "splitk")
     seen = []
     real = launch._grads_by_splitk
@@ -300,6 +304,7 @@ def test_backend_variant_providers_set_their_variable_for_the_call_only(monkeypa
         loss = step_fn(provider, p)()
         runs[provider] = [loss.detach(), *[q.grad.clone() for q in p.model.parameters()]]
     assert os.environ[variable] == "splitk"  # restored
+    assert "SOBOLEV_TRITON_BACKWARD" not in os.environ
     assert seen == [("splitk", False), (value, True)]
     for a, b in zip(*runs.values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -604,6 +604,7 @@ def test_weight_gradient_methods_on_gpu(monkeypatch, method, order, dtype):
     """The split-K weight gradients on a GPU's tensor cores, reading the stored inputs or
     forming them from the saved pre-activations, over many split row ranges."""
     monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")  # (where they are used)
     _agree_on_gpu(dtype, order, k=3, layers=4)
 
 
@@ -713,7 +714,8 @@ def test_forward_is_one_kernel_launch():
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "env, kernel, most",
-    [({"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"}, "_weight_grad_partials_kernel", 6),
+    [({"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk", "SOBOLEV_TRITON_BACKWARD": "separate"},
+      "_weight_grad_partials_kernel", 6),
      ({"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
       "_sobolev_bwd_persistent_kernel", 5),
      ({"SOBOLEV_TRITON_BACKWARD": "persistent"}, "_sobolev_bwd_persistent_kernel", 5)],
