@@ -236,9 +236,10 @@ def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order):
     """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
     the result must match the reference whichever rows per program, warps, K chunk and
     directions per pass it chose (width 40: several K chunks; one chunk is the static choice
-    of narrow layers, which other tests cover)."""
+    of narrow layers, which other tests cover; B = 17: a ragged last tile at 16 rows and
+    more, in few programs, this being one of CI's slowest tests)."""
     _every_launch_config_agrees(monkeypatch, "cpu", order, TOLERANCES[torch.float32],
-                                batch=33, dim=3, width=40, out=2, k=3)  # fmt: skip
+                                batch=17, dim=3, width=40, out=2, k=3)  # fmt: skip
 
 
 @pytest.mark.gpu
@@ -294,7 +295,7 @@ def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, s
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
-    shape = dict(batch=33, dim=3, width=40, out=2, k=3)
+    shape = dict(batch=17, dim=3, width=40, out=2, k=3)  # (two tiles at 16 rows, ragged)
     layout = Layout((3, 40, 40, 2), 3, 1)
     configs = layout.launch_configs(4, None, "ieee", "tf32x3")
     persistent = [configs[0]] + [c for c in configs[1:] if c.precision != "ieee" or c.cols]
