@@ -458,10 +458,15 @@ def _backward_forced() -> str:
     """SOBOLEV_TRITON_BACKWARD: auto or one of BACKWARD_METHODS. Forcing ``persistent`` makes
     a forward that keeps nothing persistent too (the user asked for memory): the tuner's
     choice does not, as the forward runs before it is made."""
-    forced = os.environ.get("SOBOLEV_TRITON_BACKWARD", "auto")
-    if forced != "auto" and forced not in BACKWARD_METHODS:
-        raise ValueError("SOBOLEV_TRITON_BACKWARD: expected auto, "
-                         f"{', '.join(BACKWARD_METHODS)}; got {forced!r}")  # fmt: skip
+    return _forced_method("SOBOLEV_TRITON_BACKWARD", BACKWARD_METHODS)
+
+
+def _forced_method(variable: str, methods: tuple[str, ...]) -> str:
+    """The environment variable's choice: ``auto`` (its default) or one of ``methods``;
+    anything else raises, naming the variable and what it takes."""
+    forced = os.environ.get(variable, "auto")
+    if forced != "auto" and forced not in methods:
+        raise ValueError(f"{variable}: expected auto, {', '.join(methods)}; got {forced!r}")
     return forced
 
 
@@ -551,13 +556,10 @@ def _weight_grad_method(
     once per shape on the GPU (``tuning``; without ``run``, None where that is still to
     come), else gemm. Only gemm where the split-K kernel's offsets do not fit
     (``_splitk_fits``)."""
-    forced = os.environ.get("SOBOLEV_TRITON_WEIGHT_GRAD", "auto")
+    forced = _forced_method("SOBOLEV_TRITON_WEIGHT_GRAD", WEIGHT_GRAD_METHODS)
     methods = WEIGHT_GRAD_METHODS if _splitk_fits(layout, x.shape[0]) else ("gemm",)
-    if forced in WEIGHT_GRAD_METHODS:
-        return forced if forced in methods else "gemm"
     if forced != "auto":
-        raise ValueError("SOBOLEV_TRITON_WEIGHT_GRAD: expected auto, "
-                         f"{', '.join(WEIGHT_GRAD_METHODS)}; got {forced!r}")  # fmt: skip
+        return forced if forced in methods else "gemm"
     constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths)
     key = _tuning_key("weight_grad", x, constants, allow_tf32)
     if run is not None and tuning.can_measure(x.device):
