@@ -44,7 +44,7 @@ from .tiles import (
     _target_second,
     _target_tangents,
     _tile_rows,
-    _tile_targets,
+    _tile_tensors,
     _weight_rows,
 )
 
@@ -327,14 +327,13 @@ def _sobolev_fwd_persistent_kernel(
     for step in range(0, tl.cdiv(tl.cdiv(B, ROWS) - pid, programs)):
         first = (pid.to(tl.int64) + step * programs) * ROWS  # the tile's first sample
         valid = tl.minimum(B - first, ROWS)
-        g_t, g2_t = _tile_targets(g_ptr, g2_ptr, first, D, M, K, TARGET, TARGET2)
-        v_t = v_ptr
-        if not SHARED:
-            v_t = v_ptr + first * (K * D)
+        x_t, v_t, y_t, g_t, g2_t, f_t, u_t, w2_t = _tile_tensors(
+            first, x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, f_ptr, u_ptr, w2_ptr, D, M, K, SHARED,
+            TARGET, TARGET2,
+        )  # fmt: skip
         tile_f, tile_u, tile_w = _fwd_rows(
-            x_ptr + first * D, v_t, y_ptr + first * M, g_t, g2_t, w_ptrs, b_ptrs,
-            f_ptr + first * M, u_ptr + first * (K * M), w2_ptr + first * (K * M), z_mine, 0,
-            rows, rows < valid, valid, slope, WIDTHS, PADS, B_OFFS, NUM_LAYERS, K, KP, ROWS,
+            x_t, v_t, y_t, g_t, g2_t, w_ptrs, b_ptrs, f_t, u_t, w2_t, z_mine, 0, rows,
+            rows < valid, valid, slope, WIDTHS, PADS, B_OFFS, NUM_LAYERS, K, KP, ROWS,
             GROUP, ORDER, ACT, SHARED, HAS_BIAS, HAS_Y, TARGET, TARGET2, PRECISION,
             EMULATE_BF16, CHUNKS, COLS, Z_OFFS, Z_STRIDES,
         )  # fmt: skip

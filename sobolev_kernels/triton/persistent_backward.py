@@ -38,7 +38,7 @@ import triton.language as tl
 
 from .backward import _bwd_rows
 from .forward import _fwd_hidden_block
-from .tiles import _tile_targets
+from .tiles import _tile_tensors
 from .weight_grad import _weight_grad_rows
 
 
@@ -153,16 +153,11 @@ def _sobolev_bwd_persistent_kernel(
         row_ok = rows < valid
         # every per-sample tensor from the tile's first sample (absent ones are stand-ins
         # the helpers do not read)
-        x_t = x_ptr + first_sample * D
-        v_t = v_ptr
-        if not SHARED:
-            v_t = v_ptr + first_sample * (K * D)
-        g_t, g2_t = _tile_targets(g_ptr, g2_ptr, first_sample, D, M, K, TARGET, TARGET2)
-        y_t = y_ptr + first_sample * M
-        f_t = f_ptr + first_sample * M
-        gf_t = gf_ptr + first_sample * M
-        u_t = u_ptr + first_sample * (K * M)
-        w2_t = w2_ptr + first_sample * (K * M)
+        x_t, v_t, y_t, g_t, g2_t, f_t, u_t, w2_t = _tile_tensors(
+            first_sample, x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, f_ptr, u_ptr, w2_ptr, D, M, K,
+            SHARED, TARGET, TARGET2,
+        )  # fmt: skip
+        gf_t = gf_ptr + first_sample * M  # and the upstream gradients, dL/dx
         gu_t = gu_ptr + first_sample * (K * M)
         gw_t = gw_ptr + first_sample * (K * M)
         dx_t = dx_ptr + first_sample * D

@@ -88,17 +88,26 @@ def _tile_rows(pid, g, B, K: tl.constexpr, G: tl.constexpr, ROWS: tl.constexpr,
 
 
 @triton.jit
-def _tile_targets(g_ptr, g2_ptr, first, D: tl.constexpr, M: tl.constexpr, K: tl.constexpr,
-                  TARGET: tl.constexpr, TARGET2: tl.constexpr):  # fmt: skip
-    """The targets from sample ``first`` on (a persistent kernel's row tile), by their kind:
-    (B, K, m) directional ones, a (B, m, d) Jacobian, a (B, m, d, d) Hessian."""
+def _tile_tensors(
+    first, x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, f_ptr, u_ptr, w2_ptr, D: tl.constexpr,
+    M: tl.constexpr, K: tl.constexpr, SHARED: tl.constexpr, TARGET: tl.constexpr,
+    TARGET2: tl.constexpr,
+):  # fmt: skip
+    """Both persistent kernels' per-sample tensors from sample ``first`` on (a row tile): x,
+    the directions (unless shared), y, the targets by their kind ((B, K, m) directional ones,
+    a (B, m, d) Jacobian, a (B, m, d, d) Hessian), f, u and w. Absent ones are stand-ins the
+    kernels do not read."""
+    v_t = v_ptr
+    if not SHARED:
+        v_t = v_ptr + first * (K * D)
     g_t = g_ptr + first * (K * M)
     if TARGET == 2:
         g_t = g_ptr + first * (M * D)
     g2_t = g2_ptr + first * (K * M)
     if TARGET2 == 2:
         g2_t = g2_ptr + first * (M * D * D)
-    return g_t, g2_t
+    return (x_ptr + first * D, v_t, y_ptr + first * M, g_t, g2_t, f_ptr + first * M,
+            u_ptr + first * (K * M), w2_ptr + first * (K * M))  # fmt: skip
 
 
 @triton.jit
