@@ -193,17 +193,45 @@ TRITON_CANDIDATES = 6
 def precompile(args, providers: list[str], workers: int) -> None:
     """Compile what the timed pass will need, in parallel processes: one job per distinct
     shape and precision (the batch changes no kernel) and, for Triton, per autotuner
-    candidate, so a shape's candidates compile side by side instead of one after another."""
+    candidate, so a shape's candidates compile side by side instead of one after another.
+    With ``args.precompile_seconds``, the jobs still running then are stopped (what they
+    compiled so far stays in the caches) and the timed pass compiles the rest itself."""
+    jobs = precompile_jobs(args, providers)
+    if jobs:
+        run_jobs(_warm_point, jobs, workers, getattr(args, "precompile_seconds", None))
+
+
+def run_jobs(fn, jobs: list, workers: int, seconds: float | None = None) -> int:
+    """``fn(job)`` for every job in ``workers`` spawned processes (CUDA cannot be used in
+    forked children), printing each result in job order; after ``seconds`` (None: no limit)
+    the processes still running are terminated. Returns how many jobs were reported done."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
 
-    jobs = precompile_jobs(args, providers)
-    if not jobs:
-        return
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for i, problems in enumerate(pool.map(_warm_point, jobs), 1):
-            print(f"[precompile {i}/{len(jobs)}] {problems or 'ok'}", file=sys.stderr, flush=True)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(fn, job) for job in jobs]
+    done = 0
+    try:
+        for future in futures:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            problems = future.result(timeout=left)
+            done += 1
+            print(f"[precompile {done}/{len(jobs)}] {problems or 'ok'}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+    except Timeout:
+        print(
+            f"[precompile] stopped after {seconds:.0f} s: {done} of {len(jobs)} jobs done "
+            "in order; the timed pass compiles the rest",
+            file=sys.stderr,
+            flush=True,
+        )
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():  # the pool's workers: no others here
+            child.terminate()  # Triton writes its cache entries atomically
+    pool.shutdown(wait=True)
+    return done
 
 
 def precompile_jobs(args, providers: list[str]) -> list[tuple]:
@@ -376,6 +404,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compile the kernels of every point in N processes first")  # fmt: skip
     parser.add_argument("--compile-only", action="store_true",
                         help="with --precompile N: compile, measure nothing")  # fmt: skip
+    parser.add_argument("--precompile-seconds", type=float, default=None, metavar="S",
+                        help="stop the precompile after S seconds (default: no limit)")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="default: a new temporary folder")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan, measure nothing")

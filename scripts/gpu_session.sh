@@ -10,8 +10,13 @@
 #                still runs (the Triton backend needs no build)
 #   checks  140  at once: the gpu tests (part "tests"; pytest-xdist when installed),
 #                compute-sanitizer memcheck and racecheck of every fused kernel ("sanitize"),
-#                and compiling the benchmark's Triton kernels in parallel ("compile")
-#   bench   170  configs S, M, L in fp32 and bf16, training step and forward
+#                and compiling the benchmark's Triton kernels in parallel ("compile"). In a
+#                run with the build, the compile part starts before it (it needs no
+#                extension) and has the build's and the checks' limits together
+#   bench   170  configs S, M, L in fp32 and bf16, training step and forward; where the
+#                compile part did not finish its jobs, the bench first compiles in $NCPU
+#                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the sweep's limit
+#                (so that its tuner does not compile a shape's candidates one after another)
 #   sweep    75  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
 #   profile  35  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
 #                of memory
@@ -31,6 +36,7 @@ OUT="${OUT:-$WORK/out}"
 TOTAL="${GPU_SESSION_SECONDS:-525}"
 STAGES=(env build checks bench sweep profile report)
 declare -A LIMIT=([env]=15 [build]=60 [checks]=140 [bench]=170 [sweep]=75 [profile]=35 [report]=15)
+BENCH_PRECOMPILE_SECONDS=60
 NCPU="$(nproc 2>/dev/null || echo 4)"
 TEST_JOBS=$(( NCPU / 2 > 1 ? NCPU / 2 : 1 ))
 COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
@@ -144,6 +150,23 @@ part_compile() {
   limited "$1" "$WORK/compile.log" "$PY" -m bench.step "${COMPILE_ARGS[@]}"
 }
 
+COMPILE_PID=""  # the compile part, once started
+COMPILE_LIMIT=""
+start_compile() {  # start_compile <seconds>: the compile part in the background
+  COMPILE_LIMIT="$1"
+  run_part compile "$1" part_compile "$1" > "$WORK/.part_compile" 2>&1 &
+  COMPILE_PID=$!
+}
+
+bench_precompile() {  # the bench's own precompile arguments, where the compile part fell short
+  local last
+  last="$(grep -oE '^\[precompile [0-9]+/[0-9]+\]' "$WORK/compile.log" 2>/dev/null | tail -1)"
+  if [[ "$last" =~ ([0-9]+)/([0-9]+) ]] && [ "${BASH_REMATCH[1]}" = "${BASH_REMATCH[2]}" ]; then
+    return
+  fi
+  echo --precompile "$NCPU" --precompile-seconds "$BENCH_PRECOMPILE_SECONDS"
+}
+
 stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [compile]: the parts at once
   local t="$1" jobs=() part
   shift
@@ -156,14 +179,19 @@ stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [compile]: the par
       compile) jobs+=(compile) ;;
     esac
   done
-  declare -A pid
+  declare -A pid limit
   for job in "${jobs[@]}"; do
+    limit[$job]="$t"
     case "$job" in
-      tests) run_part tests "$t" part_tests "$t" > "$WORK/.part_tests" 2>&1 & ;;
-      memcheck | racecheck) run_part "$job" "$t" part_sanitize "$job" "$t" > "$WORK/.part_$job" 2>&1 & ;;
-      compile) run_part compile "$t" part_compile "$t" > "$WORK/.part_compile" 2>&1 & ;;
+      tests) run_part tests "$t" part_tests "$t" > "$WORK/.part_tests" 2>&1 & pid[$job]=$! ;;
+      memcheck | racecheck)
+        run_part "$job" "$t" part_sanitize "$job" "$t" > "$WORK/.part_$job" 2>&1 &
+        pid[$job]=$! ;;
+      compile)  # started before the build, or now
+        [ -n "$COMPILE_PID" ] || start_compile "$t"
+        pid[$job]="$COMPILE_PID"
+        limit[$job]="$COMPILE_LIMIT" ;;
     esac
-    pid[$job]=$!
   done
   for job in "${jobs[@]}"; do
     wait "${pid[$job]}"
@@ -171,7 +199,7 @@ stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [compile]: the par
     cat "$WORK/.part_$job"
     line="$(grep -E "^\[ *[0-9]+ s\] $job: " "$WORK/.part_$job" | tail -1)"
     how="$(echo "$line" | sed -E 's/.*: ([^ ]+) after ([0-9]+) s/\1 \2/')"
-    record "$job" ${how:-FAILED ?} "$t"
+    record "$job" ${how:-FAILED ?} "${limit[$job]}"
     case "$how" in ok*) ;; *) failed=1 ;; esac
   done
   [ -f "$WORK/gpu_tests.txt" ] && tail -3 "$WORK/gpu_tests.txt"
@@ -254,6 +282,9 @@ dry_run() {
     ( "$@" > "$tmp/$n.out" 2>&1; echo $? > "$tmp/$n.rc" ) &
   }
   check "bench: python -m bench.step ${BENCH_ARGS[*]}" "$PY" -m bench.step "${BENCH_ARGS[@]}" --dry-run
+  local first=(--precompile "$NCPU" --precompile-seconds "$BENCH_PRECOMPILE_SECONDS")
+  check "bench, compiling first: python -m bench.step ... ${first[*]}" \
+    "$PY" -m bench.step "${BENCH_ARGS[@]}" "${first[@]}" --dry-run
   check "sweep: python -m bench.step ${SWEEP_ARGS[*]}" "$PY" -m bench.step "${SWEEP_ARGS[@]}" --dry-run
   check "compile: python -m bench.step ${COMPILE_ARGS[*]}" "$PY" -m bench.step "${COMPILE_ARGS[@]}" --dry-run
   check "profile: python -m bench.kernel_profile ${PROFILE_ARGS[*]}" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" --dry-run
@@ -297,7 +328,14 @@ main() {
   say "gpu_session: ${stages[*]} ${part_args[*]}"
   for s in "${STAGES[@]}"; do
     [[ " ${stages[*]} " == *" $s "* ]] || continue
-    local t
+    local t first=""
+    if [ "$s" = bench ]; then
+      first="$(bench_precompile)"
+      if [ -n "$first" ]; then  # its time from the sweep's: S, M and L come first
+        LIMIT[bench]=$(( LIMIT[bench] + BENCH_PRECOMPILE_SECONDS ))
+        LIMIT[sweep]=$(( LIMIT[sweep] - BENCH_PRECOMPILE_SECONDS ))
+      fi
+    fi
     t="$(limit_for "$s")"
     if [ "$t" -lt 5 ]; then
       say "=== $s: skipped, no time left"
@@ -305,10 +343,20 @@ main() {
       failed=1
       continue
     fi
+    if [ "$s" = build ] && [[ " ${stages[*]} " == *" checks "* ]] \
+      && { [ ${#part_args[@]} -eq 0 ] || [[ " ${part_args[*]} " == *" compile "* ]]; }; then
+      local early=$(( LIMIT[build] + LIMIT[checks] ))
+      early=$(( early < TOTAL - SECONDS ? early : TOTAL - SECONDS ))
+      say "=== compile (part of checks) starts now, beside the build (limit $early s)"
+      start_compile "$early"
+    fi
     say "=== $s (limit $t s)"
     case "$s" in
       checks) stage_checks "$t" ${part_args[@]+"${part_args[@]}"} ;;
-      bench) run_part bench "$t" stage_bench "$t" bench.log "${BENCH_ARGS[@]}" ;;
+      bench)
+        [ -z "$first" ] || say "the compile part did not finish its jobs: the bench compiles first ($first; $BENCH_PRECOMPILE_SECONDS s taken from the sweep)"
+        # shellcheck disable=SC2086  # the words of $first are arguments
+        run_part bench "$t" stage_bench "$t" bench.log "${BENCH_ARGS[@]}" $first ;;
       sweep) run_part sweep "$t" stage_bench "$t" sweep.log "${SWEEP_ARGS[@]}" ;;
       *) run_part "$s" "$t" "stage_$s" "$t" ;;
     esac

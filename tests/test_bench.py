@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,19 @@ def test_step_precompiles_in_worker_processes(tmp_path):
     (csv_path,) = tmp_path.glob("*.csv")
     providers = {row["provider"] for row in csv.DictReader(csv_path.open())}
     assert providers == {"plain_step", "torch_compile"}
+
+
+def test_precompile_stops_its_jobs_at_its_time_limit(capsys):
+    """--precompile-seconds: the jobs done by then are reported in order, the one still
+    running is terminated (not waited for), and the timed pass then goes on."""
+    from bench.step import run_jobs
+
+    start = time.monotonic()
+    assert run_jobs(time.sleep, [0, 0, 600], workers=2, seconds=5) == 2
+    assert time.monotonic() - start < 300  # far below the 600 s job
+    err = capsys.readouterr().err
+    assert "[precompile 2/3] ok" in err and "stopped after 5 s: 2 of 3 jobs done" in err
+    assert run_jobs(time.sleep, [0, 0], workers=2) == 2  # no limit: every job
 
 
 def test_quick_runs_never_write_committed_results(capsys):
@@ -421,6 +435,8 @@ def test_gpu_session_dry_run():
         assert re.search(rf"^  {stage} +\d+ s$", out.stdout, re.M), stage
     for entry in ("bench", "sweep", "compile", "profile", "report", "sanitize", "tests"):
         assert re.search(rf"^ok   {entry}: ", out.stdout, re.M), entry
+    # the bench's own precompile where the compile part fell short: capped in time
+    assert re.search(r"^ok   bench, compiling first: .*--precompile-seconds \d+", out.stdout, re.M)
     assert "FAIL" not in out.stdout
 
 
