@@ -4,11 +4,14 @@ ahead-of-time compiles (no GPU): clues for choosing defaults, not speed.
     python investigations/triton_resource_survey.py bench/results/triton_resources_sm90.md
     python investigations/triton_resource_survey.py --tensor-cores \
         bench/results/triton_tensor_cores.md
+    python investigations/triton_resource_survey.py --persistent out.md   # a table to paste
 
 Config M on sm_90 over dot precisions, rows per program, warps and K chunks; then large
 tiles over warps, and many directions over directions per pass. ``--tensor-cores``: the
 autotuner's candidates of configs S, M, M order 2 and L in fp32 and bf16, on sm_80 and sm_90,
 with their tensor-core (HMMA: mma.sync, HGMMA: wgmma) and FMA instruction counts in the SASS.
+``--persistent``: the persistent kernels (``persistent_backward.py``, the persistent forward)
+of those configs, static and 64-row tensor-core launches, on ``--arch``.
 """
 
 from __future__ import annotations
@@ -173,6 +176,41 @@ def tensor_core_survey(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def persistent_survey(path: Path, arch: int = 90) -> None:
+    """The persistent forward, backward after a forward that kept nothing and backward after
+    one that saved, for the configs above in fp32 (and M in bf16): the static launch and the
+    64-row tensor-core one, as a markdown table."""
+    lines = [
+        "| config | dtype | arch | triton | launch | kernel | REG | STACK | shared | compile s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    kernels = ("fwd_persistent", "bwd_persistent", "bwd_persistent_saved")
+    cases = [(c, "fp32") for c in TC_CONFIGS] + [(TC_CONFIGS[1], "bf16")]
+    for (name, widths, k, order), dtype in cases:
+        layout = Layout(widths, k, order)
+        size = 4 if dtype == "fp32" else 2
+        static = layout.static_config(size, SHARED_LIMIT[arch])
+        tensor_core = layout.tensor_core_config("tf32x3" if dtype == "fp32" else "ieee")
+        for label, c in (("static", static), ("tensor-core", tensor_core)):
+            launch = f"{label}: {c.rows} rows x {c.warps} warps, {c.precision}"
+            prefix = f"| {name} | {dtype} | sm_{arch} | {triton.__version__} | {launch} | "
+            start = time.perf_counter()
+            try:
+                for kernel, compiled in compile_step(layout, c.rows, c.warps, 0, c.precision,
+                                                     c.chunk, dtype, arch, c.group, c.cols,
+                                                     kernels):  # fmt: skip
+                    res = resources(compiled)
+                    lines.append(prefix + f"{kernel} | {res.get('REG')} | {res.get('STACK', 0)} "
+                                 f"| {compiled.metadata.shared} | "
+                                 f"{time.perf_counter() - start:.0f} |")  # fmt: skip
+                    print(lines[-1], flush=True)
+                    start = time.perf_counter()
+            except Exception as exc:  # noqa: BLE001 - a failing variant is a result too
+                lines.append(prefix + f"- | {str(exc).strip().splitlines()[-1][:60]} | | | |")
+                print(lines[-1], flush=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _table_rows(lines: list[str], prefix: str, compiles) -> None:
     """Append (and print) one table row per compiled kernel: ``prefix``, then its name and
     resources."""
@@ -200,8 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="markdown file to write")
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--tensor-cores", action="store_true", help="the tensor-core table")
+    parser.add_argument("--persistent", action="store_true", help="the persistent kernels")
     args = parser.parse_args(argv)
-    if args.tensor_cores:
+    if args.persistent:
+        persistent_survey(args.out, args.arch)
+    elif args.tensor_cores:
         tensor_core_survey(args.out)
     else:
         survey(args.out, args.arch)

@@ -324,7 +324,9 @@ def _sobolev_fwd_persistent_kernel(
     sum_f = 0.0
     sum_u = 0.0
     sum_w = 0.0
-    for step in range(0, tl.cdiv(tl.cdiv(B, ROWS) - pid, programs)):
+    tiles = tl.cdiv(tl.cdiv(B, ROWS) - pid, programs)
+    # nothing hoisted out of the tile loop, as in the persistent backward
+    for step in tl.range(0, tiles, disable_licm=True):
         first = (pid.to(tl.int64) + step * programs) * ROWS  # the tile's first sample
         valid = tl.minimum(B - first, ROWS)
         x_t, v_t, y_t, g_t, g2_t, f_t, u_t, w2_t = _tile_tensors(
