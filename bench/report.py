@@ -136,6 +136,10 @@ def render(path: Path, configs: list[str] | None = None, modes=("step", "forward
     out = [f"### {device}",
            f"torch {rows['torch']}, triton {rows['triton'] or '-'}, commit {rows['commit']}, "
            f"{rows['date']}; `{where}`"]  # fmt: skip
+    if configs is None and any(k[1] in ("S", "M", "L") for k in table):
+        from bench.goals import goals_table  # (it reads CSVs with this module's load)
+
+        out += ["", "The open issues' goals (`bench/goals.py`):", "", goals_table(table)]
     for group in _groups(table):
         if configs is not None and group[0] not in configs:
             continue

@@ -20,7 +20,7 @@
 #   sweep    75  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
 #   profile  35  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
 #                of memory
-#   report   15  tables and plots of bench and sweep
+#   report   15  tables and plots of bench and sweep, and the open issues' goals checked
 # The limits add up to 510 s, and no stage runs past 525 s from the start of a call.
 # A stage that fails or runs out of time does not stop the others; the exit status says.
 # Work in .gpu_work/ (ignored; kept while the machine stays warm). $OUT (default
@@ -232,6 +232,11 @@ stage_report() {
   # the training step at config M, the point the issues are about
   grep -A 12 -E '^\*\*M\*\*, (fp32|bf16), step' "$WORK/report/BENCHMARKS.md" 2>/dev/null \
     || tail -5 "$WORK/report.log"
+  # and the open issues' goals, each met, missed or not measured (also in BENCHMARKS.md)
+  local csv
+  for csv in "$WORK"/bench/*.csv; do
+    [ -f "$csv" ] && timeout 10 "$PY" -m bench.goals "$csv"
+  done
   return $rc
 }
 
@@ -289,6 +294,7 @@ dry_run() {
   check "compile: python -m bench.step ${COMPILE_ARGS[*]}" "$PY" -m bench.step "${COMPILE_ARGS[@]}" --dry-run
   check "profile: python -m bench.kernel_profile ${PROFILE_ARGS[*]}" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" --dry-run
   check "report: python -m bench.report" "$PY" -m bench.report --help
+  check "goals: python -m bench.goals" "$PY" -m bench.goals --help
   check "sanitize: python scripts/sanitize_case.py" "$PY" scripts/sanitize_case.py --dry-run
   check "tests: python -m pytest ${TEST_ARGS[*]}" "$PY" -m pytest --version
   wait
