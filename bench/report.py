@@ -136,7 +136,9 @@ def render(path: Path, configs: list[str] | None = None, modes=("step", "forward
     out = [f"### {device}",
            f"torch {rows['torch']}, triton {rows['triton'] or '-'}, commit {rows['commit']}, "
            f"{rows['date']}; `{where}`"]  # fmt: skip
-    if configs is None and any(k[1] in ("S", "M", "L") for k in table):
+    # the issues' goals are GPU timings: for GPU runs of the named configs
+    named = any(k[1] in ("S", "M", "L") for k in table)
+    if configs is None and named and not device.startswith("cpu"):
         from bench.goals import goals_table  # (it reads CSVs with this module's load)
 
         out += ["", "The open issues' goals (`bench/goals.py`):", "", goals_table(table)]
