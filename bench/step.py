@@ -247,14 +247,18 @@ def precompile_jobs(args, providers: list[str]) -> list[tuple]:
         shape = tuple(sorted((k, v) for k, v in sizes.items() if k != "batch"))
         distinct.setdefault((shape, precision), (sizes, precision))
     jobs, later = [], []
-    for sizes, precision in distinct.values():
-        for provider in wanted:
-            candidates = range(TRITON_CANDIDATES) if provider == "triton" else [None]
-            jobs += [(sizes, precision, provider, args.modes, args.device, c)
-                     for c in candidates]  # fmt: skip
-            if provider == "triton":
-                later += [(sizes, precision, variant, ("step",), args.device, c)
-                          for variant in variants for c in candidates]  # fmt: skip
+    # candidate by candidate over the shapes: a shape's kernels of one launch config only (the
+    # split-K kernel, the reductions) compile in its candidate-0 job, which runs well before
+    # its other candidates' jobs instead of beside them (5 copies of each otherwise)
+    for c in range(TRITON_CANDIDATES):
+        for sizes, precision in distinct.values():
+            for provider in wanted:
+                if provider == "triton":
+                    jobs.append((sizes, precision, provider, args.modes, args.device, c))
+                    later += [(sizes, precision, variant, ("step",), args.device, c)
+                              for variant in variants]  # fmt: skip
+                elif c == 0:
+                    jobs.append((sizes, precision, provider, args.modes, args.device, None))
     return jobs + later
 
 

@@ -101,7 +101,7 @@ def test_a_failing_point_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
 def test_precompile_takes_the_triton_variants_after_every_default_job():
     """The variants' kernels compile after the default provider's of every shape (a compile
     stage cut short has compiled those), one job per variant and autotuner candidate, steps
-    only."""
+    only; the jobs go candidate by candidate over the shapes."""
     from types import SimpleNamespace
 
     from bench.step import TRITON_CANDIDATES, precompile_jobs
@@ -117,6 +117,11 @@ def test_precompile_takes_the_triton_variants_after_every_default_job():
     assert len(jobs) == 3 * defaults
     assert all(job[3] == ("step",) for job in jobs[defaults:])
     assert sorted({job[5] for job in jobs[defaults:]}) == list(range(TRITON_CANDIDATES))
+    # candidate by candidate over the shapes: every shape's candidate 0 first (the kernels
+    # of one launch config compile there, not again beside its other candidates)
+    configs = [job[0]["width"] for job in jobs[:defaults]]
+    assert [job[5] for job in jobs[:defaults]] == sorted(list(range(TRITON_CANDIDATES)) * 2)
+    assert configs[:2] == [64, 128] and configs[2:4] == [64, 128]
 
 
 def test_precompile_job_runs_its_candidate_of_each_config_and_every_method(monkeypatch):
