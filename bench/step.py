@@ -208,6 +208,7 @@ def run_jobs(fn, jobs: list, workers: int, seconds: float | None = None) -> int:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures import TimeoutError as Timeout
+    from concurrent.futures.process import BrokenProcessPool
 
     deadline = None if seconds is None else time.monotonic() + seconds
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -230,6 +231,9 @@ def run_jobs(fn, jobs: list, workers: int, seconds: float | None = None) -> int:
         pool.shutdown(wait=False, cancel_futures=True)
         for child in multiprocessing.active_children():  # the pool's workers: no others here
             child.terminate()  # Triton writes its cache entries atomically
+    except BrokenProcessPool as exc:  # a worker died (a compiler crash, say): not fatal here
+        print(f"[precompile] stopped: {exc}; {done} of {len(jobs)} jobs done in order; the "
+              "timed pass compiles the rest", file=sys.stderr, flush=True)  # fmt: skip
     pool.shutdown(wait=True)
     return done
 

@@ -160,7 +160,8 @@ def test_step_precompiles_in_worker_processes(tmp_path):
 
 def test_precompile_stops_its_jobs_at_its_time_limit(capsys):
     """--precompile-seconds: the jobs done by then are reported in order, the one still
-    running is terminated (not waited for), and the timed pass then goes on."""
+    running is terminated (not waited for), and the timed pass then goes on; so it does
+    after a worker died."""
     from bench.step import run_jobs
 
     start = time.monotonic()
@@ -169,6 +170,9 @@ def test_precompile_stops_its_jobs_at_its_time_limit(capsys):
     err = capsys.readouterr().err
     assert "[precompile 2/3] ok" in err and "stopped after 5 s: 2 of 3 jobs done" in err
     assert run_jobs(time.sleep, [0, 0], workers=2) == 2  # no limit: every job
+    # a worker that dies stops the precompile, not the benchmark after it
+    assert run_jobs(os._exit, [1], workers=1) == 0
+    assert "[precompile] stopped: A process in the process pool" in capsys.readouterr().err
 
 
 def test_quick_runs_never_write_committed_results(capsys):
