@@ -34,15 +34,16 @@ class Goal:
     mode: str
     metric: str  # time (ms), memory (MiB), launches
     providers: tuple[str, ...]  # the default first
-    # the threshold from the table's other rows (value of (provider, metric), or nan), and
-    # how it reads; a provider meets the goal when its value is at most the threshold
+    # threshold(value): the goal's bound, from other rows where it depends on them
+    # (value(provider, metric), nan where there is no row); a provider meets the goal when
+    # its value is at most the bound
     threshold: Callable[[Callable[[str, str], float]], float]
     ratio_of: str | None = None  # show value / this provider's (memory: vs eager)
     beats: str | None = None  # and faster than this provider, where it has a row
 
 
-def _fixed(ms: float):
-    return lambda value: ms
+def _fixed(bound: float):
+    return lambda value: bound
 
 
 def _eager_fraction(fraction: float, metric: str):
