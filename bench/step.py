@@ -140,6 +140,8 @@ def measure(args, sink) -> int:
     todo = plan(args)
     total, done, written = len(todo) * len(providers), 0, 0
     for i, (label, sizes, precision) in enumerate(todo, 1):
+        if i <= args.resume_after:
+            continue  # measured by the process that lost its CUDA context
         start = time.perf_counter()
         set_precision(precision)
         point = {**meta, "precision": precision, **sizes,
@@ -171,7 +173,44 @@ def measure(args, sink) -> int:
         written += len(rows)
         print(f"[point {i}/{len(todo)}] {label} {precision}: {len(rows)} rows in "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+        if i < len(todo) and context_lost(device):
+            raise ContextLost(i)
     return written
+
+
+class ContextLost(Exception):
+    """The CUDA context is gone after point ``point`` (1-based): its errors are sticky."""
+
+    def __init__(self, point: int):
+        super().__init__(point)
+        self.point = point
+
+
+def context_lost(device: str) -> bool:
+    """Whether this process can no longer use the GPU ``device``: after an illegal memory
+    access every later CUDA call fails (the H200 run of 2026-11-27 lost every point after
+    the first fault), so the rest of the plan must go on in a new process."""
+    if device != "cuda":
+        return False
+    try:
+        torch.zeros(1, device="cuda").add_(1).cpu()
+        torch.cuda.synchronize()
+    except Exception:  # noqa: BLE001 - AcceleratorError, RuntimeError: which is torch's
+        return True
+    return False
+
+
+def _resume_elsewhere(argv: list[str], out_dir: Path, point: int) -> int:
+    """Measures the plan's points after ``point`` in a new process (same arguments, no
+    precompile: the caches have it), appending to the same CSV; its exit status."""
+    print(
+        f"[point {point}] the CUDA context is lost (a sticky error, such as an illegal memory "
+        "access); the remaining points go on in a new process",
+        file=sys.stderr,
+        flush=True,
+    )
+    child = [*argv, "--out-dir", str(out_dir), "--precompile", "0", "--resume-after", str(point)]
+    return subprocess.run([sys.executable, "-m", "bench.step", *child]).returncode
 
 
 def _providers(args) -> list[str]:
@@ -417,6 +456,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="default: a new temporary folder")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan, measure nothing")
+    parser.add_argument("--resume-after", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.configs is None:
         args.configs = ["S", "M"] if args.quick else list(CONFIGS)
@@ -458,9 +498,18 @@ def main(argv: list[str] | None = None) -> Path | None:
         write(rows, path)
         write_tuning_table(tuned)  # after every point: a run cut short keeps what it tuned
 
-    written = measure(args, sink)
+    lost = None
+    try:
+        written = measure(args, sink)
+    except ContextLost as exc:
+        written, lost = None, exc.point
     for key, choice in sk_tuning.choices().items():  # which launch configs / backend won
         print(f"tuned {key}: {choice}", file=sys.stderr)
+    if lost is not None:
+        status = _resume_elsewhere(sys.argv[1:] if argv is None else argv, args.out_dir, lost)
+        if status:
+            raise SystemExit(status)
+        return path
     print(f"wrote {written} rows to {path}", file=sys.stderr)
     return path
 

@@ -32,13 +32,14 @@ def write_tuning_table(path: Path) -> None:
 
 def _label(key) -> str:
     if isinstance(key, tuple) and key and key[0] == "triton":
-        _, kernel, device, dtype, allow_tf32, batch, constants = key
+        _, kernel, device, dtype, allow_tf32, batch, constants, *extra = key
         sizes = dict(constants)
         widths = sizes.get("WIDTHS")
         tf32 = ", tf32 allowed" if allow_tf32 else ""
         name = str(dtype).removeprefix("torch.")
+        more = "".join(f", {e}" for e in extra)  # "wide tiles"
         return (f"triton {kernel}, widths {widths}, K {sizes.get('K')}, order "
-                f"{sizes.get('ORDER')}, {name}{tf32}, B <= {batch}")  # fmt: skip
+                f"{sizes.get('ORDER')}, {name}{tf32}, B <= {batch}{more}")  # fmt: skip
     if isinstance(key, tuple) and key and key[0] == "backend":
         _, device, dtype, widths, _, batch, k, _, order, *_ = key
         return (f"backend, widths {widths}, K {k}, order {order}, "

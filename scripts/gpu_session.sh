@@ -10,7 +10,9 @@
 #                still runs (the Triton backend needs no build)
 #   checks  140  at once: the gpu tests (part "tests"; pytest-xdist when installed),
 #                compute-sanitizer memcheck and racecheck of every fused kernel ("sanitize"),
-#                and compiling the benchmark's Triton kernels in parallel ("compile"). In a
+#                the opt-in 64-row Triton tiles at config M, a process per case, and where
+#                one faults memcheck of it ("wide"; they ended the 2026-11-27 run), and
+#                compiling the benchmark's Triton kernels in parallel ("compile"). In a
 #                run with the build, the compile part starts before it (it needs no
 #                extension) and has the build's and the checks' limits together
 #   bench   170  configs S, M, L in fp32 and bf16, training step and forward; where the
@@ -50,7 +52,10 @@ SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
-TEST_ARGS=(-q -m gpu -p no:cacheprovider tests)
+TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is named
+# the 64-row tiles (SOBOLEV_TRITON_WIDE_TILES=1) where their forward faulted on 2026-11-27
+WIDE_ARGS=(--configs M --batches 16384 --precisions fp32 bf16 --providers triton
+           --modes forward --jobs 2)
 # the source tree, built or not: a failed build still leaves the Triton backend importable
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$WORK/triton_cache}"  # shared by the stages
@@ -142,8 +147,26 @@ part_tests() {
 part_sanitize() {  # part_sanitize <tool> <seconds>
   local tool
   tool="$(sanitizer)" || { echo "compute-sanitizer not found" > "$WORK/sanitizer_$1.txt"; return 1; }
-  SOBOLEV_AUTOTUNE=0 limited "$2" "$WORK/sanitizer_$1.txt" \
+  # without the caching allocator each tensor is an allocation of its own, so memcheck sees
+  # an access past a tensor (in a cached segment it would read or write silently)
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 SOBOLEV_AUTOTUNE=0 limited "$2" "$WORK/sanitizer_$1.txt" \
     "$tool" --tool "$1" --error-exitcode 3 "$PY" scripts/sanitize_case.py
+}
+
+part_wide() {  # part_wide <seconds>: the wide tiles, each case alone; memcheck of a failure
+  local t="$1" rc c b p provider mode
+  SOBOLEV_TRITON_WIDE_TILES=1 limited $(( t * 2 / 3 )) "$WORK/wide.txt" \
+    "$PY" -m bench.isolate "${WIDE_ARGS[@]}" --seconds $(( t * 2 / 3 ))
+  rc=$?
+  read -r c b p provider mode <<< "$(grep -m1 FAILED "$WORK/wide.txt" | awk '{print $1, $2, $3, $4, $5}')"
+  local rest=$(( t / 3 - 5 > 5 ? t / 3 - 5 : 5 ))
+  if [ -n "$c" ] && sanitizer > /dev/null; then
+    echo "==== memcheck of $c $b $p $provider $mode" >> "$WORK/wide.txt"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 SOBOLEV_TRITON_WIDE_TILES=1 timeout -k 5 "$rest" \
+      "$(sanitizer)" --tool memcheck --print-limit 5 \
+      "$PY" -m bench.isolate --case "$c" "${b#B=}" "$p" "$provider" "$mode" >> "$WORK/wide.txt" 2>&1
+  fi
+  return $rc
 }
 
 part_compile() {
@@ -171,11 +194,12 @@ stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [compile]: the par
   local t="$1" jobs=() part
   shift
   local parts=("$@")
-  [ ${#parts[@]} -gt 0 ] || parts=(tests sanitize compile)
+  [ ${#parts[@]} -gt 0 ] || parts=(tests sanitize wide compile)
   for part in "${parts[@]}"; do
     case "$part" in
       tests) jobs+=(tests) ;;
       sanitize) jobs+=(memcheck racecheck) ;;
+      wide) jobs+=(wide) ;;
       compile) jobs+=(compile) ;;
     esac
   done
@@ -187,6 +211,7 @@ stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [compile]: the par
       memcheck | racecheck)
         run_part "$job" "$t" part_sanitize "$job" "$t" > "$WORK/.part_$job" 2>&1 &
         pid[$job]=$! ;;
+      wide) run_part wide "$t" part_wide "$t" > "$WORK/.part_wide" 2>&1 & pid[$job]=$! ;;
       compile)  # started before the build, or now
         [ -n "$COMPILE_PID" ] || start_compile "$t"
         pid[$job]="$COMPILE_PID"
@@ -206,6 +231,8 @@ stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [compile]: the par
   for tool in memcheck racecheck; do
     [ -f "$WORK/sanitizer_$tool.txt" ] && grep -E "ERROR SUMMARY|MISMATCH|not found" "$WORK/sanitizer_$tool.txt" | sed "s/^/$tool: /"
   done
+  [ -f "$WORK/wide.txt" ] && grep -E " ok | FAILED|TIMEOUT|cases failed|ERROR SUMMARY|Invalid" \
+    "$WORK/wide.txt" | head -12 | sed 's/^/wide: /'
   grep -c "^\[precompile" "$WORK/compile.log" 2>/dev/null | sed 's/^/compiled points: /'
 }
 
@@ -296,6 +323,7 @@ dry_run() {
   check "report: python -m bench.report" "$PY" -m bench.report --help
   check "goals: python -m bench.goals" "$PY" -m bench.goals --help
   check "sanitize: python scripts/sanitize_case.py" "$PY" scripts/sanitize_case.py --dry-run
+  check "wide: python -m bench.isolate ${WIDE_ARGS[*]}" "$PY" -m bench.isolate "${WIDE_ARGS[@]}" --dry-run
   check "tests: python -m pytest ${TEST_ARGS[*]}" "$PY" -m pytest --version
   wait
   for i in $(seq 1 "$n"); do
@@ -324,8 +352,8 @@ main() {
   for s in "$@"; do
     case "$s" in
       env | build | checks | bench | sweep | profile | report) stages+=("$s") ;;
-      tests | sanitize | compile) part_args+=("$s") ;;
-      *) echo "unknown stage $s (${STAGES[*]}, or the checks' parts: tests sanitize compile)"; return 2 ;;
+      tests | sanitize | wide | compile) part_args+=("$s") ;;
+      *) echo "unknown stage $s (${STAGES[*]}, or the checks' parts: tests sanitize wide compile)"; return 2 ;;
     esac
   done
   [ ${#part_args[@]} -gt 0 ] && stages+=(checks)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -96,6 +97,49 @@ def test_a_failing_point_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     (csv_path,) = tmp_path.glob("*.csv")
     rows = {(r["config"], r["metric"]): r for r in csv.DictReader(csv_path.open())}
     assert "CUDA out of memory" in rows["S", "error"]["unit"] and ("M", "time") in rows
+
+
+def test_a_lost_cuda_context_hands_the_rest_of_the_plan_to_a_new_process(tmp_path, monkeypatch):
+    from bench import step
+
+    children, run = [], subprocess.run
+
+    def spawn(argv, **kwargs):  # records the new process instead of starting it
+        if argv[1:3] != ["-m", "bench.step"]:
+            return run(argv, **kwargs)  # git, say
+        children.append(argv)
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(step, "context_lost", lambda device: True)
+    monkeypatch.setattr(step.subprocess, "run", spawn)
+    argv = ["--quick", "--configs", "S", "M", "--modes", "step", "--providers", "plain_step",
+            "--out-dir", str(tmp_path)]  # fmt: skip
+    step.main(argv)
+    (csv_path,) = tmp_path.glob("*.csv")
+    assert {r["config"] for r in csv.DictReader(csv_path.open())} == {"S"}  # then it stopped
+    (child,) = children
+    assert child[:3] == [sys.executable, "-m", "bench.step"]
+    assert child[3:] == [*argv, "--out-dir", str(tmp_path), "--precompile", "0",
+                         "--resume-after", "1"]  # fmt: skip
+    # the new process measures what is left, appending to the same CSV
+    monkeypatch.setattr(step, "context_lost", lambda device: False)
+    step.main(child[3:])
+    assert [r["config"] for r in csv.DictReader(csv_path.open()) if r["metric"] == "time"] == [
+        "S",
+        "M",
+    ]
+
+
+def test_isolate_runs_each_case_in_a_process_of_its_own(capsys):
+    from bench import isolate
+
+    status = isolate.main(["--device", "cpu", "--configs", "M", "--batches", "16",
+                           "--precisions", "fp32", "--providers", "torch", "nosuch",
+                           "--modes", "forward"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 1 and "1 of 2 cases failed" in out
+    assert re.search(r"torch +forward +ok loss (\S+) torch_func \1", out)
+    assert re.search(r"nosuch +forward +FAILED rc 1: ValueError: backend: unknown backend", out)
 
 
 def test_precompile_takes_the_triton_variants_after_every_default_job():

@@ -458,7 +458,8 @@ def test_backward_method_choice(monkeypatch):
 
 def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
     """The persistent kernel's tuner candidates: the static launch and the tensor-core ones
-    only (fp32: the static launch in 3xTF32 and the wide one), each a long compile."""
+    only (fp32: the static launch in 3xTF32, and the wide one where opted in), each a long
+    compile."""
     from sobolev_kernels import tuning
     from sobolev_kernels.triton import launch
     from sobolev_kernels.triton.layout import Layout
@@ -470,13 +471,25 @@ def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
         key[1], configs)[0])  # fmt: skip
     for kernel, only in (("bwd", False), ("bwd_persistent", True)):
         launch._launch_config(kernel, layout, x, {}, False, lambda c: None, only)
-    everything = layout.launch_configs(4, None, "ieee", "tf32x3")
-    assert offered["bwd"] == everything
+    assert offered["bwd"] == layout.launch_configs(4, None, "ieee", "tf32x3")
+    assert [(c.precision, c.cols) for c in offered["bwd_persistent"]] == [
+        ("ieee", 0),
+        ("tf32x3", 0),
+    ]
+    # with the opt-in 64-row one (SOBOLEV_TRITON_WIDE_TILES=1), under a key of its own
+    offered.clear()
+    monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")
+    for kernel, only in (("bwd", False), ("bwd_persistent", True)):
+        launch._launch_config(kernel, layout, x, {}, False, lambda c: None, only)
+    assert offered["bwd"] == layout.launch_configs(4, None, "ieee", "tf32x3", wide=True)
     assert [(c.precision, c.cols) for c in offered["bwd_persistent"]] == [
         ("ieee", 0),
         ("tf32x3", 0),
         ("tf32x3", layout.tensor_core_config("tf32x3").cols),
     ]
+    monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "yes")
+    with pytest.raises(ValueError, match="SOBOLEV_TRITON_WIDE_TILES: expected 0 or 1"):
+        launch._launch_config("bwd", layout, x, {}, False, lambda c: None)
 
 
 def test_save_activations_and_recompute_rows_are_checked(monkeypatch):

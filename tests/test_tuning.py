@@ -177,7 +177,7 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     from sobolev_kernels.triton.layout import CHUNK, MIN_PAD, LaunchConfig, Layout
 
     layout = Layout(widths, k, order)
-    configs = layout.launch_configs(4, 227 * 1024, "ieee", "tf32x3")
+    configs = layout.launch_configs(4, 227 * 1024, "ieee", "tf32x3", wide=True)
     rows, warps = layout.rows(4, 227 * 1024), layout.num_warps()
     assert configs[0] == LaunchConfig(rows, warps, CHUNK, layout.group(rows, warps), "ieee", 0)
     assert configs[0] == layout.static_config(4, 227 * 1024)
@@ -205,6 +205,8 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     assert wide.rows == 64 and wide.cols >= MIN_PAD
     assert layout.tile_elements(64, wide.group, wide.cols) <= layout.tile_budget(wide.warps)
     assert "tf32x3" not in {c.precision for c in layout.launch_configs(4, None, "tf32", "tf32")}
+    # the wide one only when asked for (SOBOLEV_TRITON_WIDE_TILES=1)
+    assert layout.launch_configs(4, 227 * 1024, "ieee", "tf32x3") == configs[:-1]
 
 
 @needs_triton
@@ -260,9 +262,10 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")  # (the persistent one: below)
+    monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")  # every candidate, the opt-in one too
     widths = (shape["dim"], shape["width"], shape["width"], shape["out"])
     limit = shared_memory_limit(torch.device(device))
-    configs = Layout(widths, shape["k"], order).launch_configs(4, limit, "ieee", "tf32x3")
+    configs = Layout(widths, shape["k"], order).launch_configs(4, limit, "ieee", "tf32x3", True)
     for pick in range(len(configs)):
         tuning.clear()
         monkeypatch.setattr(tuning, "time_ms", _timer_preferring(pick, len(configs)))
@@ -295,9 +298,10 @@ def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, s
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
+    monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")
     shape = dict(batch=17, dim=3, width=40, out=2, k=3)  # (two tiles at 16 rows, ragged)
     layout = Layout((3, 40, 40, 2), 3, 1)
-    configs = layout.launch_configs(4, None, "ieee", "tf32x3")
+    configs = layout.launch_configs(4, None, "ieee", "tf32x3", wide=True)
     persistent = [configs[0]] + [c for c in configs[1:] if c.precision != "ieee" or c.cols]
     forwards = persistent if save == "0" else configs
     for pick in range(len(persistent)):

@@ -129,14 +129,28 @@ def _launch_config(
     the static choice (``Layout.static_config``). With ``tensor_core_only`` the candidates
     are the static one and the tensor-core ones (fewer compiles of a big kernel)."""
     limit = shared_memory_limit(x.device)
-    key = _tuning_key(kernel, x, constexprs, allow_tf32)
+    wide = _wide_tiles()
+    key = _tuning_key(kernel, x, constexprs, allow_tf32) + (("wide tiles",) if wide else ())
     static, tensor_core = _precisions(x.dtype, allow_tf32)
     if not tuning.can_measure(x.device):
         return tuning.chosen(key) or layout.static_config(x.element_size(), limit, static)
-    configs = layout.launch_configs(x.element_size(), limit, static, tensor_core)
+    configs = layout.launch_configs(x.element_size(), limit, static, tensor_core, wide)
     if tensor_core_only:
         configs = configs[:1] + [c for c in configs[1:] if c.precision != static or c.cols]
     return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
+
+
+def _wide_tiles() -> bool:
+    """SOBOLEV_TRITON_WIDE_TILES=1 adds the 64-row tensor-core launch config
+    (``Layout.tensor_core_config``) to the tuner's candidates. Off by default: on the H200
+    (2026-11-27) it lost to the static launch in 3xTF32 at S and M, and its forward at config
+    M in fp32 (B >= 16384) ended the process with an illegal memory access, which the
+    bounds-checked interpreter does not reproduce (tests/bounds_checked.py): on for the GPU
+    script's check of it, and for users who measure it."""
+    raw = os.environ.get("SOBOLEV_TRITON_WIDE_TILES", "0")
+    if raw not in ("0", "1"):
+        raise ValueError(f"SOBOLEV_TRITON_WIDE_TILES: expected 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 def _tuning_key(kernel: str, x: Tensor, constexprs: dict, allow_tf32: bool) -> tuple:

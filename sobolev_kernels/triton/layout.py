@@ -236,6 +236,7 @@ class Layout:
         shared_limit: int | None = None,
         precision: str = "ieee",
         tensor_core_precision: str | None = None,
+        wide: bool = False,
     ) -> list[LaunchConfig]:
         """Candidates for the autotuner, the static choice first.
 
@@ -244,9 +245,12 @@ class Layout:
         them, else half: passes over the weights against registers; config L spilled nothing
         either way). With ``tensor_core_precision`` (fp32: "tf32x3", fp32-accurate, or
         "tf32" where the user allows it; 16-bit: their own dots), tensor-core candidates too:
-        the static launch in that precision, and ``tensor_core_config``. The H200 profile
-        (2026-11-26) had fp32 dots on FMA units at 9 TFLOP/s; which of these wins is for the
-        GPU to say.
+        the static launch in that precision, and with ``wide`` ``tensor_core_config``. The
+        H200 profile (2026-11-26) had fp32 dots on FMA units at 9 TFLOP/s; on the H200 run
+        of 2026-11-27 the static launch in 3xTF32 won the forward at S and M (up to 1.6x the
+        exact one), the wide config lost almost everywhere and its forward at config M in
+        fp32 (B >= 16384) ended the process with an illegal memory access, hence opt-in
+        (``SOBOLEV_TRITON_WIDE_TILES=1``, see launch.py).
 
         Few on purpose: each is a compile of several seconds the first time a shape runs
         (the rows and K-step neighbours of earlier rounds are gone for the tensor-core ones:
@@ -263,12 +267,13 @@ class Layout:
         if tensor_core_precision is not None:
             if tensor_core_precision != precision:
                 out.append(static._replace(precision=tensor_core_precision))
-            wide = self.tensor_core_config(tensor_core_precision)
-            need = self.shared_bytes(
-                wide.rows, element_size, wide.chunk, wide.group, wide.precision
-            )
-            if shared_limit is None or need <= shared_limit:
-                out.append(wide)
+            if wide:
+                tiles = self.tensor_core_config(tensor_core_precision)
+                need = self.shared_bytes(
+                    tiles.rows, element_size, tiles.chunk, tiles.group, tiles.precision
+                )
+                if shared_limit is None or need <= shared_limit:
+                    out.append(tiles)
         return out
 
     def tensor_core_config(self, precision: str) -> LaunchConfig:
