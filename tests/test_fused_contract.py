@@ -195,3 +195,42 @@ def test_autograd_keeps_nothing_when_nothing_needs_a_gradient(name):
     loss, *_ = backend.ops.forward(*_forward_args(x, dirs, targets, *detached, 1))
     (gx,) = torch.autograd.grad(loss, [x])
     assert gx.shape == x.shape and torch.isfinite(gx).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("order", [1, 2])
+def test_eager_autograd_path_gives_the_registered_autograd_gradients(monkeypatch, name, order):
+    """FusedOps.apply: in eager mode the lean autograd.Function (same context and backward),
+    under torch.compile and torch.func the op's registered autograd; the same gradients of
+    every input, and the same outputs, either way."""
+    backend = _backend(name)
+    x, dirs, targets, weights, biases = _op_inputs(name, order)
+    args = _forward_args(x, dirs, targets, weights, biases, order)
+    upstream = None
+
+    def run(eager: bool):
+        nonlocal upstream
+        monkeypatch.setattr(fused, "_eager", lambda: eager)
+        loss, f, u, w, saved = backend.ops.apply(*args)
+        assert (loss.grad_fn is not None) and (type(loss.grad_fn).__name__.startswith(
+            "_EagerForwardBackward") == eager)  # fmt: skip
+        if upstream is None:
+            upstream = [torch.randn_like(t) for t in (f, u, w)]
+        total = 0.7 * loss + sum((t * g).sum() for t, g in zip((f, u, w), upstream))
+        grads = torch.autograd.grad(total, [x, *weights, *biases])
+        return (loss, f, u, w, saved), grads
+
+    (eager_out, eager_grads), (op_out, op_grads) = run(True), run(False)
+    for a, b in zip((*eager_out, *eager_grads), (*op_out, *op_grads)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # one op, one backward: bitwise
+    # nothing needs a gradient: the op alone, no graph
+    with torch.no_grad():
+        monkeypatch.setattr(fused, "_eager", lambda: True)
+        assert backend.ops.apply(*args)[0].grad_fn is None
+
+
+def test_eager_path_stays_out_of_torch_func_and_compile():
+    assert fused._eager()
+    seen = []
+    torch.func.vmap(lambda t: seen.append(fused._eager()) or t)(torch.zeros(2, 1))
+    assert seen == [False]

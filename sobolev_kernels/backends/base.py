@@ -76,9 +76,9 @@ class FusedBackend(Backend):
         raise NotImplementedError
 
     def sobolev_loss(self, problem: SobolevProblem) -> tuple[Tensor, Tensor]:
-        loss, f, *_ = self.ops.forward(*forward_arguments(problem, with_targets=True))
+        loss, f, *_ = self.ops.apply(*forward_arguments(problem, with_targets=True))
         return loss, f
 
     def mlp_jvp(self, problem: SobolevProblem) -> tuple[Tensor, ...]:
-        _, f, u, w, _ = self.ops.forward(*forward_arguments(problem, with_targets=False))
+        _, f, u, w, _ = self.ops.apply(*forward_arguments(problem, with_targets=False))
         return (f, u) if problem.order == 1 else (f, u, w)
