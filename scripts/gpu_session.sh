@@ -19,9 +19,9 @@
 #                compile part did not finish its jobs, the bench first compiles in $NCPU
 #                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the sweep's limit
 #                (so that its tuner does not compile a shape's candidates one after another)
-#   sweep    75  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
-#   profile  35  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
-#                of memory
+#   sweep    60  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
+#   profile  50  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
+#                of memory; and where a step's host time goes at B = 1024 (bench.host_profile)
 #   report   15  tables and plots of bench and sweep, and the open issues' goals checked
 # The limits add up to 510 s, and no stage runs past 525 s from the start of a call.
 # A stage that fails or runs out of time does not stop the others; the exit status says.
@@ -37,7 +37,7 @@ WORK="$ROOT/.gpu_work"
 OUT="${OUT:-$WORK/out}"
 TOTAL="${GPU_SESSION_SECONDS:-525}"
 STAGES=(env build checks bench sweep profile report)
-declare -A LIMIT=([env]=15 [build]=60 [checks]=140 [bench]=170 [sweep]=75 [profile]=35 [report]=15)
+declare -A LIMIT=([env]=15 [build]=60 [checks]=140 [bench]=170 [sweep]=60 [profile]=50 [report]=15)
 BENCH_PRECOMPILE_SECONDS=60
 NCPU="$(nproc 2>/dev/null || echo 4)"
 TEST_JOBS=$(( NCPU / 2 > 1 ? NCPU / 2 : 1 ))
@@ -52,6 +52,7 @@ SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
+HOST_ARGS=(--config M --batch 1024 --precision fp32 --providers triton cuda --steps 50)
 TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is named
 # the 64-row tiles (SOBOLEV_TRITON_WIDE_TILES=1) where their forward faulted on 2026-11-27
 WIDE_ARGS=(--configs M --batches 16384 --precisions fp32 bf16 --providers triton
@@ -245,10 +246,16 @@ stage_bench() {  # stage_bench <seconds> <log> <step.py arguments...>
 }
 
 stage_profile() {
-  limited "$1" "$WORK/profile.log" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" \
+  local host=15  # of the stage's seconds, for the host profile
+  limited $(( $1 - host )) "$WORK/profile.log" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" \
     --out "$WORK/kernels_M.md"
   local rc=$?
   grep -E "^## |\*\*total\*\*" "$WORK/kernels_M.md" 2>/dev/null || tail -5 "$WORK/profile.log"
+  # where a host-bound step's CPU time goes (appended to kernels_M.md: $OUT holds 8 files)
+  limited "$host" "$WORK/host.log" "$PY" -m bench.host_profile "${HOST_ARGS[@]}" \
+    --out "$WORK/host_M.md" || rc=1
+  grep "^## " "$WORK/host_M.md" 2>/dev/null || tail -3 "$WORK/host.log"
+  cat "$WORK/host_M.md" >> "$WORK/kernels_M.md" 2>/dev/null
   return $rc
 }
 
@@ -320,6 +327,7 @@ dry_run() {
   check "sweep: python -m bench.step ${SWEEP_ARGS[*]}" "$PY" -m bench.step "${SWEEP_ARGS[@]}" --dry-run
   check "compile: python -m bench.step ${COMPILE_ARGS[*]}" "$PY" -m bench.step "${COMPILE_ARGS[@]}" --dry-run
   check "profile: python -m bench.kernel_profile ${PROFILE_ARGS[*]}" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" --dry-run
+  check "host profile: python -m bench.host_profile ${HOST_ARGS[*]}" "$PY" -m bench.host_profile "${HOST_ARGS[@]}" --dry-run
   check "report: python -m bench.report" "$PY" -m bench.report --help
   check "goals: python -m bench.goals" "$PY" -m bench.goals --help
   check "sanitize: python scripts/sanitize_case.py" "$PY" scripts/sanitize_case.py --dry-run

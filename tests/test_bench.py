@@ -457,6 +457,16 @@ def test_kernel_profile_quick(tmp_path):
         assert "`sobolev_kernels::sobolev_backward`" in text
 
 
+def test_host_profile_names_the_functions_a_step_spends_its_host_time_in(tmp_path):
+    out = tmp_path / "host.md"
+    _module("bench.host_profile", "--device", "cpu", "--batch", "32", "--providers", "torch",
+            "nosuch", "--steps", "3", "--top", "5", "--out", str(out))  # fmt: skip
+    text = out.read_text()
+    assert re.search(r"## torch: host [0-9.]+ ms a step", text)
+    assert re.search(r"\| `sobolev_kernels/.+` \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", text)
+    assert "## nosuch: error: ValueError" in text  # recorded, the others still profiled
+
+
 def test_main_job_quick(tmp_path):
     out = _module("bench.run", "--quick", "--out", str(tmp_path))
     assert "sobolev" in out.stdout and "torch_func" in out.stdout
