@@ -8,7 +8,7 @@ launchers (``Layout.of``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -78,6 +78,30 @@ class Layout:
     widths: tuple[int, ...]  # (d, n_1, ..., n_{L-1}, m)
     k: int
     order: int = 1
+    # derived once (a step reads them dozens of times: host time, which the H200 run found
+    # to bound the step below B = 4096)
+    num_layers: int = field(init=False, repr=False, compare=False)
+    pads: tuple[int, ...] = field(init=False, repr=False, compare=False)  # widths padded
+    kp: int = field(init=False, repr=False, compare=False)  # K up to a power of two
+    # row blocks of a stacked (S B, n) buffer: values, then order K tangent blocks
+    blocks: int = field(init=False, repr=False, compare=False)
+    b_offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)  # b_l's, packed
+    # prefix sums of n_1..n_L (layer l's rows) and n_0..n_{L-1} (its inputs), in units of S B
+    out_cum: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    in_cum: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        derived = dict(
+            num_layers=len(self.widths) - 1,
+            pads=tuple(_pad(n) for n in self.widths),
+            kp=next_power_of_2(self.k),
+            blocks=1 + self.order * self.k,
+            b_offsets=_prefix(list(self.widths[1:])),
+            out_cum=_prefix(list(self.widths[1:])),
+            in_cum=_prefix(list(self.widths[:-1])),
+        )
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen: set once, here
 
     @staticmethod
     def of(widths: tuple[int, ...], k: int, order: int) -> Layout:
@@ -88,37 +112,6 @@ class Layout:
         if layout is None:
             layout = _LAYOUTS[key] = Layout(*key)
         return layout
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.widths) - 1
-
-    @property
-    def pads(self) -> tuple[int, ...]:
-        return tuple(_pad(n) for n in self.widths)
-
-    @property
-    def kp(self) -> int:
-        return next_power_of_2(self.k)
-
-    @property
-    def blocks(self) -> int:
-        """Row blocks of a stacked (S B, n) buffer: values, then order K tangent blocks."""
-        return 1 + self.order * self.k
-
-    @property
-    def b_offsets(self) -> tuple[int, ...]:  # of b_l in the packed biases
-        return _prefix(list(self.widths[1:]))
-
-    @property
-    def out_cum(self) -> tuple[int, ...]:
-        """Prefix sums of n_1..n_L: offset of layer l's rows, in units of S B."""
-        return _prefix(list(self.widths[1:]))
-
-    @property
-    def in_cum(self) -> tuple[int, ...]:
-        """Prefix sums of n_0..n_{L-1}: offset of layer l's inputs, in units of S B."""
-        return _prefix(list(self.widths[:-1]))
 
     def saved_elements(self, batch: int) -> int:
         """Size of the saved hidden pre-activations [z; tz; ttz] of every hidden layer."""
