@@ -21,8 +21,8 @@ from pathlib import Path
 from bench.report import _num, load
 
 TRITON = ("triton", "triton_recompute", "triton_persistent", "triton_lean",
-          "triton_lean_persistent")  # fmt: skip
-CUDA = ("cuda", "cuda_tiled_tc", "cuda_fused")
+          "triton_lean_persistent", "triton_graphed")  # fmt: skip
+CUDA = ("cuda", "cuda_tiled_tc", "cuda_fused", "cuda_graphed")
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,11 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # Every entry point's arguments, shared by the run and the dry run.
 BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward)
 # torch_compile's failure (no double backward) is structural: recorded by bench, not again;
-# the backends' variants are compared at S, M and L by bench, not at every batch
+# the backends' variants are compared at S, M and L by bench, not at every batch (but
+# triton_graphed: the step's GPU time without its host time, the sweep's question)
 SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
-            triton_lean_persistent cuda_tiled_tc cuda_fused)
+            triton_lean_persistent cuda_tiled_tc cuda_fused cuda_graphed)
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)

@@ -388,6 +388,15 @@ def test_report_shows_every_provider_variant(tmp_path):
 
 
 @pytest.mark.skipif("triton" not in sk.available_backends(), reason="no triton backend")
+def test_graphed_providers_are_gpu_only():
+    from bench.providers import GRAPHED, make_problem, providers_available, step_fn
+
+    assert not set(GRAPHED) & set(providers_available("cpu"))
+    p = make_problem(batch=8, dim=2, width=4, layers=2, out=1, k=1)
+    with pytest.raises(ValueError, match="a graphed provider needs a CUDA device"):
+        step_fn("cuda_graphed", p, "step")
+
+
 def test_backend_variant_providers_set_their_variable_for_the_call_only(monkeypatch):
     """A variant provider (triton_recompute: SOBOLEV_TRITON_WEIGHT_GRAD=recompute) runs its
     backend's step with the variable set, restores it after, and gives the same loss and
