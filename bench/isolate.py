@@ -7,8 +7,8 @@ the error surfaces far from its cause).
     python -m bench.isolate --configs M --batches 4096 16384 --providers cuda
 
 A case is a fresh process that builds the point's problem, runs the provider's step (or
-forward) three times and compares its loss with torch_func's. Prints one line per case and
-exits non-zero when any failed.
+forward) three times and prints its loss beside torch_func's (the benchmark checks agreement;
+this finds what faults). Prints one line per case and exits non-zero when any failed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_case(config, batch: int | None, precision, provider, mode, device="cuda") -> None:
     """The body of one case's process: raises on failure."""
-
     from bench.providers import make_problem, set_precision, step_fn
 
     set_precision(precision)

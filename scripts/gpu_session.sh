@@ -192,7 +192,7 @@ bench_precompile() {  # the bench's own precompile arguments, where the compile 
   echo --precompile "$NCPU" --precompile-seconds "$BENCH_PRECOMPILE_SECONDS"
 }
 
-stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [compile]: the parts at once
+stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [wide] [compile]: the parts at once
   local t="$1" jobs=() part
   shift
   local parts=("$@")

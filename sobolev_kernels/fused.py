@@ -93,9 +93,9 @@ class FusedOps:
         ``_EagerForward``, else (torch.compile, torch.func transforms) through the op's
         registered autograd. Both run the same context and backward functions; the eager
         path skips the registered wrapper's per-call work (flattening the tensor lists,
-        refilling the schema's defaults), about 0.4 ms of host time a step on a 2.5 GHz core,
-        a third of it with the C++ op (the H200 run of 2026-11-27 found the steps host-bound
-        below B = 4096)."""
+        refilling the schema's defaults): about 0.4 ms of host time a step on a 2.5 GHz core,
+        a quarter of a step with the C++ op (the H200 run of 2026-11-27 found the steps
+        host-bound below B = 4096)."""
         if not torch.is_grad_enabled() or not _eager():
             return self.forward(*args)
         x, directions, *rest = args
@@ -226,7 +226,8 @@ def _eager() -> bool:
     are the op's)."""
     if torch.compiler.is_compiling():
         return False
-    return torch._C._functorch.peek_interpreter_stack() is None
+    transforms = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return transforms is not None and transforms() is None  # unknown torch: the op's path
 
 
 class _EagerForward(torch.autograd.Function):
