@@ -131,9 +131,12 @@ def _launch_config(
     limit = shared_memory_limit(x.device)
     wide = _wide_tiles()
     key = _tuning_key(kernel, x, constexprs, allow_tf32) + (("wide tiles",) if wide else ())
+    chosen = tuning.chosen(key)
+    if chosen is not None:  # every call after a shape's first: no candidates to build
+        return chosen
     static, tensor_core = _precisions(x.dtype, allow_tf32)
     if not tuning.can_measure(x.device):
-        return tuning.chosen(key) or layout.static_config(x.element_size(), limit, static)
+        return layout.static_config(x.element_size(), limit, static)
     configs = layout.launch_configs(x.element_size(), limit, static, tensor_core, wide)
     if tensor_core_only:
         configs = configs[:1] + [c for c in configs[1:] if c.precision != static or c.cols]
