@@ -1,0 +1,114 @@
+"""Host time of a Triton training step on the GPU code path, measured without a GPU.
+
+    python investigations/triton_host_time.py                  # config M at B = 1024
+    PYTHONPATH=.venv/triton-3.6.0 python investigations/triton_host_time.py --profile
+
+The H200 run of 2026-11-27 found the Triton step host-bound (2.3-2.8 ms of CPU time a step).
+Here Triton's driver is faked (device 0, stream 0, an sm_90 target) and every kernel is a
+no-op that is "compiled" once. So a step runs all of our Python (the API's checks, the
+autograd path, the launch plans) and Triton's own launch path (binder, cache key), on CPU
+tensors. Only the C launcher and the kernels are missing. The tuner is consulted as on a GPU,
+with every candidate timed at 1 ms, so it keeps the first. Compare runs of this script on one
+machine. The number is not the GPU machine's host time: that is `bench/host_profile.py`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # the compiled path, not the interpreter
+os.environ.setdefault("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")  # Triton kernels, not CPU GEMMs
+
+import torch  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver, jit  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class _Driver:
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_device_interface(self):
+        return torch.cuda
+
+
+class _NoOpKernel:
+    function = packed_metadata = None
+
+    def launch_metadata(self, *args):
+        return None
+
+    def run(self, *args):
+        return None
+
+
+def _compile_nothing(self, key, signature, device, *args, **kwargs):
+    kernel = _NoOpKernel()
+    self.device_caches[device][0][key] = kernel  # as Triton's cache would
+    return kernel
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--profile", action="store_true", help="also cProfile, by own time")
+    args = parser.parse_args(argv)
+    driver.set_active(_Driver())
+    jit.JITFunction._do_compile = _compile_nothing
+
+    import sobolev_kernels as sk
+    from sobolev_kernels import tuning
+    from sobolev_kernels.backends import triton as triton_backend
+
+    tuning.can_measure = lambda device: True
+    tuning.time_ms = lambda fn: (fn(), 1.0)[1]
+    triton_backend.TritonBackend.unavailable_reason = lambda self: None
+    triton_backend.TritonBackend.devices = lambda self: ("cuda", "cpu")
+
+    torch.manual_seed(0)
+    b, d, width, m, k = args.batch, 16, 128, 8, 2  # config M's shape
+    model = sk.SobolevMLP(d, width, m, 4)
+    x, y = torch.randn(b, d), torch.randn(b, m)
+    v, g = sk.sample_directions(b, k, d), torch.randn(b, k, m)
+
+    def step():
+        for p in model.parameters():
+            p.grad = None
+        sk.sobolev_loss(model, x, y, target_jvp=g, directions=v, backend="triton").backward()
+
+    for _ in range(10):
+        step()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        best = min(best, (time.perf_counter() - start) / args.steps * 1e3)
+    import triton
+
+    print(f"triton {triton.__version__}: {best:.3f} ms of host time a step (no-op kernels)")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [step() for _ in range(args.steps)])
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
