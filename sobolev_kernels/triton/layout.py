@@ -89,6 +89,7 @@ class Layout:
     # prefix sums of n_1..n_L (layer l's rows) and n_0..n_{L-1} (its inputs), in units of S B
     out_cum: tuple[int, ...] = field(init=False, repr=False, compare=False)
     in_cum: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _memo: dict = field(init=False, repr=False, compare=False)  # per-shape constants, built once
 
     def __post_init__(self) -> None:
         derived = dict(
@@ -99,6 +100,7 @@ class Layout:
             b_offsets=_prefix(list(self.widths[1:])),
             out_cum=_prefix(list(self.widths[1:])),
             in_cum=_prefix(list(self.widths[:-1])),
+            _memo={},
         )
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen: set once, here
@@ -325,7 +327,14 @@ class Layout:
         output tiles of up to 64 (at least 16, what tl.dot takes), TILE_CUM[l] the first tile
         of layer l's dW (TILE_CUM[-1] tiles in all), W_OFFS / B_OFFS where dW_l / db_l start
         in a row of N_PARTIAL partial sums, 32 stacked rows per step; K and ORDER place the
-        tangent blocks of the stacks."""
+        tangent blocks of the stacks. Built once per shape (a step asks three times); a
+        copy, which callers may extend."""
+        memo = self._memo.get(("weight_grad", has_bias))
+        if memo is None:
+            memo = self._memo[("weight_grad", has_bias)] = self._weight_grad_constexprs(has_bias)
+        return dict(memo)
+
+    def _weight_grad_constexprs(self, has_bias: bool) -> dict:
         widths, layers = self.widths, self.num_layers
         tile = max(16, min(64, next_power_of_2(max(widths))))
         tiles = [-(-widths[l + 1] // tile) * -(-widths[l] // tile) for l in range(layers)]
