@@ -282,12 +282,12 @@ def providers_available(device: str) -> list[str]:
         ours = [b for b in ours if b != "triton"]  # the interpreter is no speed contender
     elif "triton" in ours:
         ours += list(TRITON_VARIANTS)
-    if device != "cpu" and "cuda" in ours and _cuda_kernels_built():
+    # which of our backends run their GPU kernels here (the extension may lack its CUDA ones)
+    on_gpu = {"triton": device != "cpu" and "triton" in ours,
+              "cuda": device != "cpu" and "cuda" in ours and _cuda_kernels_built()}  # fmt: skip
+    if on_gpu["cuda"]:
         ours += list(CUDA_VARIANTS)
-    if device != "cpu":
-        cuda_ok = "cuda" in ours and _cuda_kernels_built()
-        ours += [g for g, b in GRAPHED.items() if b == "triton" and b in ours or
-                 b == "cuda" and cuda_ok]  # fmt: skip
+    ours += [graphed for graphed, backend in GRAPHED.items() if on_gpu[backend]]
     jax = [] if importlib.util.find_spec("jax") is None else ["jax_jit"]
     return [*BASELINES, *jax, *ours]
 

@@ -226,8 +226,13 @@ def _providers(args) -> list[str]:
 COMPILING = ("triton", "torch_compile")
 
 
-# The Triton autotuner's candidates per kernel (Layout.launch_configs: at most 6).
-TRITON_CANDIDATES = 6
+def triton_candidates() -> int:
+    """The Triton autotuner's candidates per kernel at most (Layout.launch_configs): 5, or 6
+    with the opt-in wide tiles (SOBOLEV_TRITON_WIDE_TILES=1, which the workers inherit). A
+    precompile job per index: one past the last would only start processes."""
+    from sobolev_kernels.triton.launch import _wide_tiles
+
+    return 6 if _wide_tiles() else 5
 
 
 def precompile(args, providers: list[str], workers: int) -> None:
@@ -294,7 +299,7 @@ def precompile_jobs(args, providers: list[str]) -> list[tuple]:
     # candidate by candidate over the shapes: a shape's kernels of one launch config only (the
     # split-K kernel, the reductions) compile in its candidate-0 job, which runs well before
     # its other candidates' jobs instead of beside them (5 copies of each otherwise)
-    for c in range(TRITON_CANDIDATES):
+    for c in range(triton_candidates() if "triton" in wanted else 1):
         for sizes, precision in distinct.values():
             for provider in wanted:
                 if provider == "triton":

@@ -148,23 +148,24 @@ def test_precompile_takes_the_triton_variants_after_every_default_job():
     only; the jobs go candidate by candidate over the shapes."""
     from types import SimpleNamespace
 
-    from bench.step import TRITON_CANDIDATES, precompile_jobs
+    from bench.step import precompile_jobs, triton_candidates
 
     args = SimpleNamespace(configs=["S", "M"], sweeps=[], precisions=["fp32"],
                            modes=["step", "forward"], device="cuda", quick=False)  # fmt: skip
     jobs = precompile_jobs(args, ["eager_autograd", "triton", "triton_recompute",
                                   "triton_lean_persistent"])  # fmt: skip
     providers = [job[2] for job in jobs]
-    defaults = 2 * TRITON_CANDIDATES
+    candidates = triton_candidates()
+    defaults = 2 * candidates
     assert providers[:defaults] == ["triton"] * defaults
     assert sorted(set(providers[defaults:])) == ["triton_lean_persistent", "triton_recompute"]
     assert len(jobs) == 3 * defaults
     assert all(job[3] == ("step",) for job in jobs[defaults:])
-    assert sorted({job[5] for job in jobs[defaults:]}) == list(range(TRITON_CANDIDATES))
+    assert sorted({job[5] for job in jobs[defaults:]}) == list(range(candidates))
     # candidate by candidate over the shapes: every shape's candidate 0 first (the kernels
     # of one launch config compile there, not again beside its other candidates)
     configs = [job[0]["width"] for job in jobs[:defaults]]
-    assert [job[5] for job in jobs[:defaults]] == sorted(list(range(TRITON_CANDIDATES)) * 2)
+    assert [job[5] for job in jobs[:defaults]] == sorted(list(range(candidates)) * 2)
     assert configs[:2] == [64, 128] and configs[2:4] == [64, 128]
 
 
