@@ -4,11 +4,12 @@
 #   bash scripts/gpu_session.sh                 # every stage: what a GPU session runs first
 #   bash scripts/gpu_session.sh bench report    # named stages again, on the same warm machine
 #   bash scripts/gpu_session.sh --dry-run       # the plan, every entry point checked (CI)
+#   bash scripts/gpu_session.sh explore         # an extra stage, not in the default run
 # Stages, each under its own time limit in seconds (LIMIT below):
 #   env      15  the device, versions, commit (or a digest of the sources where git is absent)
 #   build    60  the CUDA extension against the machine's torch; when it fails, the rest
 #                still runs (the Triton backend needs no build)
-#   checks  140  at once: the gpu tests (part "tests"; pytest-xdist when installed),
+#   checks  170  at once: the gpu tests (part "tests"; pytest-xdist when installed),
 #                compute-sanitizer memcheck and racecheck of every fused kernel ("sanitize"),
 #                the opt-in 64-row Triton tiles at config M, a process per case, and where
 #                one faults memcheck of it ("wide"; they ended the 2026-11-27 run), and
@@ -19,11 +20,15 @@
 #                compile part did not finish its jobs, the bench first compiles in $NCPU
 #                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the sweep's limit
 #                (so that its tuner does not compile a shape's candidates one after another)
-#   sweep    60  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
-#   profile  50  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
+#   sweep    90  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
+#   profile  40  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
 #                of memory; and where a step's host time goes at B = 1024 (bench.host_profile)
 #   report   15  tables and plots of bench and sweep, and the open issues' goals checked
-# The limits add up to 510 s, and no stage runs past 525 s from the start of a call.
+#   explore 200  (only when named) the Triton forward under launch configs the tuner does not
+#                offer and the resident kernel (bench.forward_configs), at S and M
+# The default stages' limits add up to 560 s (the 2026-11-27 run used 442 s, its tests,
+# sanitizers and sweep cut by their limits), and no stage runs past 560 s from the start of
+# a call: run it with the device's timeout at 585 s or more.
 # A stage that fails or runs out of time does not stop the others; the exit status says.
 # Work in .gpu_work/ (ignored; kept while the machine stays warm). $OUT (default
 # .gpu_work/out) gets at most 8 files: session.log (this output), env.txt, the CSV,
@@ -35,9 +40,11 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 WORK="$ROOT/.gpu_work"
 OUT="${OUT:-$WORK/out}"
-TOTAL="${GPU_SESSION_SECONDS:-525}"
-STAGES=(env build checks bench sweep profile report)
-declare -A LIMIT=([env]=15 [build]=60 [checks]=140 [bench]=170 [sweep]=60 [profile]=50 [report]=15)
+TOTAL="${GPU_SESSION_SECONDS:-560}"
+STAGES=(env build checks bench sweep profile report explore)
+DEFAULT_STAGES=(env build checks bench sweep profile report)
+declare -A LIMIT=([env]=15 [build]=60 [checks]=170 [bench]=170 [sweep]=90 [profile]=40 [report]=15
+                  [explore]=200)
 BENCH_PRECOMPILE_SECONDS=60
 NCPU="$(nproc 2>/dev/null || echo 4)"
 TEST_JOBS=$(( NCPU / 2 > 1 ? NCPU / 2 : 1 ))
@@ -58,6 +65,7 @@ TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is
 # the 64-row tiles (SOBOLEV_TRITON_WIDE_TILES=1) where their forward faulted on 2026-11-27
 WIDE_ARGS=(--configs M --batches 16384 --precisions fp32 bf16 --providers triton
            --modes forward --jobs 2)
+EXPLORE_ARGS=(--configs M S --precisions fp32 bf16 --jobs $(( NCPU > 4 ? NCPU - 2 : 2 )))
 # the source tree, built or not: a failed build still leaves the Triton backend importable
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$WORK/triton_cache}"  # shared by the stages
@@ -142,8 +150,16 @@ part_tests() {
   local parallel=()
   "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "$TEST_JOBS")
   # static launch configs: the autotuner would time every candidate of every test shape
-  SOBOLEV_AUTOTUNE=0 limited "$1" "$WORK/gpu_tests.txt" \
-    "$PY" -m pytest ${parallel[@]+"${parallel[@]}"} "${TEST_ARGS[@]}"
+  rm -f "$WORK/gpu_test_failures.txt"
+  SOBOLEV_AUTOTUNE=0 SOBOLEV_TEST_FAILURES="$WORK/gpu_test_failures.txt" limited "$1" \
+    "$WORK/gpu_tests.txt" "$PY" -m pytest ${parallel[@]+"${parallel[@]}"} "${TEST_ARGS[@]}"
+  local rc=$?
+  # each failure's traceback as it happened (a time limit cuts pytest's own summary)
+  if [ -s "$WORK/gpu_test_failures.txt" ]; then
+    { echo "==== failures, as they happened"; cat "$WORK/gpu_test_failures.txt"; } \
+      >> "$WORK/gpu_tests.txt"
+  fi
+  return $rc
 }
 
 part_sanitize() {  # part_sanitize <tool> <seconds>
@@ -260,6 +276,13 @@ stage_profile() {
   return $rc
 }
 
+stage_explore() {
+  limited "$1" "$WORK/explore.txt" "$PY" -m bench.forward_configs "${EXPLORE_ARGS[@]}"
+  local rc=$?
+  cat "$WORK/explore.txt"
+  return $rc
+}
+
 stage_report() {
   mkdir -p "$WORK/report"
   limited "$1" "$WORK/report.log" "$PY" -m bench.report --out-dir "$WORK/report" "$WORK"/bench/*.csv
@@ -306,11 +329,11 @@ source_digest() {  # identifies the sources where there is no git (a copied tree
 dry_run() {
   local bad=0 sum=0 s
   echo "plan ($TOTAL s at most; $NCPU cores: tests -n $TEST_JOBS, compile $COMPILE_JOBS processes):"
-  for s in "${STAGES[@]}"; do
+  for s in "${DEFAULT_STAGES[@]}"; do
     printf '  %-8s %4s s\n' "$s" "${LIMIT[$s]}"
     sum=$(( sum + ${LIMIT[$s]} ))
   done
-  echo "  limits add up to $sum s"
+  echo "  limits add up to $sum s (explore, only when named: ${LIMIT[explore]} s)"
   [ "$sum" -le "$TOTAL" ] || { echo "the limits exceed $TOTAL s"; bad=1; }
   # every entry point with the arguments the run gives it, all at once (each imports torch)
   local tmp whats=() n=0 i rc
@@ -334,6 +357,8 @@ dry_run() {
   check "sanitize: python scripts/sanitize_case.py" "$PY" scripts/sanitize_case.py --dry-run
   check "wide: python -m bench.isolate ${WIDE_ARGS[*]}" "$PY" -m bench.isolate "${WIDE_ARGS[@]}" --dry-run
   check "tests: python -m pytest ${TEST_ARGS[*]}" "$PY" -m pytest --version
+  check "explore: python -m bench.forward_configs ${EXPLORE_ARGS[*]}" \
+    "$PY" -m bench.forward_configs "${EXPLORE_ARGS[@]}" --dry-run
   wait
   for i in $(seq 1 "$n"); do
     rc="$(cat "$tmp/$i.rc")"
@@ -360,13 +385,13 @@ main() {
   local stages=() part_args=() s
   for s in "$@"; do
     case "$s" in
-      env | build | checks | bench | sweep | profile | report) stages+=("$s") ;;
+      env | build | checks | bench | sweep | profile | report | explore) stages+=("$s") ;;
       tests | sanitize | wide | compile) part_args+=("$s") ;;
       *) echo "unknown stage $s (${STAGES[*]}, or the checks' parts: tests sanitize wide compile)"; return 2 ;;
     esac
   done
   [ ${#part_args[@]} -gt 0 ] && stages+=(checks)
-  [ ${#stages[@]} -gt 0 ] || stages=("${STAGES[@]}")
+  [ ${#stages[@]} -gt 0 ] || stages=("${DEFAULT_STAGES[@]}")
   [[ " ${stages[*]} " == *" env "* ]] || stages=(env "${stages[@]}")  # always: what ran where
   say "gpu_session: ${stages[*]} ${part_args[*]}"
   for s in "${STAGES[@]}"; do

@@ -37,6 +37,8 @@ VARIANTS = {
             "SOBOLEV_TRITON_RECOMPUTE_ROWS": "32",
         },
         {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
+        # the opt-in forward with its activations in registers (forward_resident.py)
+        {"SOBOLEV_TRITON_FORWARD": "resident"},
     ],
     "cuda": [{"SOBOLEV_CUDA_KERNEL": k} for k in ("tiled_tc", "fused")],
 }

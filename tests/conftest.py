@@ -51,6 +51,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
 
 
+def pytest_runtest_logreport(report):
+    """With SOBOLEV_TEST_FAILURES=<file>, each failure's traceback is appended to the file as
+    it happens (the controller's hook under xdist): the GPU script's tests run under a time
+    limit, which ends pytest before its summary of failures."""
+    path = os.environ.get("SOBOLEV_TEST_FAILURES")
+    if path and report.failed:
+        with open(path, "a") as fh:
+            fh.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext}\n")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_fallback_warnings():
     """Each test sees the one-time fallback warning afresh."""

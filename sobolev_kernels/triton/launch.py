@@ -27,6 +27,7 @@ from .forward import (
     _sobolev_fwd_persistent_kernel,
     _sobolev_loss_finish_kernel,
 )
+from .forward_resident import _sobolev_fwd_resident_kernel
 from .layout import LaunchConfig, Layout, shared_memory_limit
 from .persistent_backward import _sobolev_bwd_persistent_kernel
 from .weight_grad import _sum_partials_kernel, _weight_grad_partials_kernel
@@ -143,6 +144,35 @@ def _launch_config(
     return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
 
 
+FORWARD_KERNELS = ("chunked", "resident")
+
+
+def _forward_forced() -> str:
+    """SOBOLEV_TRITON_FORWARD: auto (the chunked kernel of forward.py) or one of
+    FORWARD_KERNELS. ``resident`` (forward_resident.py: activations in registers, whole-K
+    dots) is opt-in until a GPU has measured it: ahead-of-time compiles for sm_90 show it
+    spilling at width 128 (investigations/README.md)."""
+    return _forced_method("SOBOLEV_TRITON_FORWARD", FORWARD_KERNELS)
+
+
+def _resident_config(
+    layout: Layout, x: Tensor, constexprs: dict, allow_tf32: bool,
+    launch: Callable[[LaunchConfig], object],
+) -> LaunchConfig:  # fmt: skip
+    """The resident forward's launch config: measured once per shape among
+    ``Layout.resident_configs`` on a GPU, else the first of them."""
+    key = _tuning_key("fwd_resident", x, constexprs, allow_tf32)
+    chosen = tuning.chosen(key)
+    if chosen is not None:
+        return chosen
+    tensor_core = _precisions(x.dtype, allow_tf32)[1]
+    configs = layout.resident_configs(x.element_size(), shared_memory_limit(x.device),
+                                      tensor_core)  # fmt: skip
+    if not tuning.can_measure(x.device):
+        return configs[0]
+    return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
+
+
 def _wide_tiles() -> bool:
     """SOBOLEV_TRITON_WIDE_TILES=1 adds the 64-row tensor-core launch config
     (``Layout.tensor_core_config``) to the tuner's candidates. Off by default: on the H200
@@ -220,7 +250,16 @@ def sobolev_forward(
     # Keeping nothing in the lean mode that recomputes per row tile: the forward's scratch is
     # per program too (persistent), so no buffer of the step grows with the batch
     persistent = bool(hidden) and not save_activations and _backward_forced() == "persistent"
+    # the resident forward where asked for and the shape fits it, else the chunked one
+    resident = (
+        not persistent
+        and _forward_forced() == "resident"
+        and layout.resident_fits(shared_memory_limit(dev), x.element_size()) is None
+    )
     kernel = _sobolev_fwd_persistent_kernel if persistent else _sobolev_fwd_kernel
+    if resident:
+        kernel = _sobolev_fwd_resident_kernel
+        constexprs["STORE_HIDDEN"] = save_activations
 
     def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
@@ -230,7 +269,7 @@ def sobolev_forward(
             programs = _persistent_programs(batch, config, dev)
             stacks = torch.empty(programs * layout.scratch_elements(config.rows), device=dev,
                                  dtype=acc)  # fmt: skip
-        elif hidden and not save_activations:
+        elif hidden and not save_activations and not resident:
             stacks = torch.empty(layout.scratch_elements(batch), device=dev, dtype=acc)
         partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
         kernel[(programs,)](
@@ -241,8 +280,12 @@ def sobolev_forward(
         )  # fmt: skip
         return partial
 
-    name = "fwd_persistent" if persistent else "fwd"
-    partial = launch(_launch_config(name, layout, x, constexprs, allow_tf32, launch, persistent))
+    if resident:
+        config = _resident_config(layout, x, constexprs, allow_tf32, launch)
+    else:
+        name = "fwd_persistent" if persistent else "fwd"
+        config = _launch_config(name, layout, x, constexprs, allow_tf32, launch, persistent)
+    partial = launch(config)
     programs = partial.shape[0]
     loss = torch.empty((), device=dev, dtype=acc)
     # a term without its target is dropped (mlp_jvp runs with none)

@@ -19,6 +19,7 @@ __all__ = [
     "Layout",
     "MAX_TILE_ROWS",
     "MIN_PAD",
+    "RESIDENT_MAX_WIDTH",
     "TILE_PER_THREAD",
     "next_power_of_2",
     "shared_memory_limit",
@@ -34,6 +35,7 @@ TILE_PER_THREAD = 32
 # thread at width 64 and 128 in every precision (same survey), and are gone.
 CHUNK = 32
 MAX_TILE_ROWS = 2048  # KP * MIN_PAD beyond this is not offered (large K, see fits)
+RESIDENT_MAX_WIDTH = 128  # widest padded layer the resident forward holds in registers
 
 
 class LaunchConfig(NamedTuple):
@@ -269,6 +271,32 @@ class Layout:
                 )
                 if shared_limit is None or need <= shared_limit:
                     out.append(tiles)
+        return out
+
+    def resident_fits(self, shared_limit: int | None = None, element_size: int = 4) -> str | None:
+        """Why the resident forward (forward_resident.py) cannot take this shape (None: it
+        can): its register tiles are whole layers, at most RESIDENT_MAX_WIDTH wide, and two
+        whole W^T tiles of the widest layer sit in shared memory (what ahead-of-time compiles
+        for sm_90 used: 2 x 64 KiB at width 128 in fp32, 2 x 32 KiB in bf16)."""
+        if max(self.pads) > RESIDENT_MAX_WIDTH:
+            return f"a layer is wider than {RESIDENT_MAX_WIDTH} (widths {list(self.widths)})"
+        need = 2 * element_size * max(a * b for a, b in zip(self.pads, self.pads[1:]))
+        if shared_limit is not None and need > shared_limit:
+            return f"its weight tiles need {need // 1024} KiB of shared memory"
+        return None
+
+    def resident_configs(self, element_size: int = 4, shared_limit: int | None = None,
+                         precision: str = "tf32x3") -> list[LaunchConfig]:  # fmt: skip
+        """The resident forward's tuner candidates, in tensor-core ``precision``: 64 rows on
+        8 warps (wgmma tiles on sm_90), 32 on 4 and 64 on 4; all directions in one pass
+        where their tiles stay within 4x the chunked kernel's register budget, else fewer.
+        Unmeasured on a GPU (see launch.py's SOBOLEV_TRITON_FORWARD)."""
+        if self.resident_fits(shared_limit, element_size) is not None:
+            return []
+        out = []
+        for rows, warps in ((64, 8), (32, 4), (64, 4)):
+            group = self.group(rows, warps, budget=4)
+            out.append(LaunchConfig(rows, warps, CHUNK, group, precision))
         return out
 
     def tensor_core_config(self, precision: str) -> LaunchConfig:

@@ -1,0 +1,204 @@
+"""GPU time of the Triton forward kernel under launch configs of our choosing: the tuner's
+candidates and ones it does not offer, for the chunked kernel (forward.py) and the resident
+one (forward_resident.py). One GPU run settles which tiles are worth offering.
+
+    python -m bench.forward_configs --configs M S --precisions fp32 bf16
+    python -m bench.forward_configs --compile-only 3     # case 3 only, at a small batch
+
+Each case's forward (saving its pre-activations, as in a training step) is captured in a
+CUDA graph and replayed, so the times are the kernels' without the host. The loss is
+compared with the reference backend's in fp64 on the same problem: a config that computes
+something else says so in its row. ``--jobs N`` first compiles every case in N processes at
+once (Triton's disk cache then serves the timing process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from bench.step import CONFIGS
+
+ROOT = Path(__file__).resolve().parents[1]
+REPLAYS = 10
+
+
+def cases(configs: list[str], precisions: list[str]) -> list[tuple]:
+    """(config, precision, kernel, LaunchConfig): the static launch, the tuner's candidates,
+    and 32- and 64-row tiles with column blocks; for the resident kernel its candidates and
+    128 rows on 8 warps."""
+    from sobolev_kernels.triton.layout import CHUNK, LaunchConfig, Layout
+
+    out = []
+    for name in configs:
+        sizes = CONFIGS[name]
+        widths = (sizes["dim"],) + (sizes["width"],) * (sizes["layers"] - 1) + (sizes["out"],)
+        layout = Layout(widths, sizes["k"], sizes["order"])
+        for precision in precisions:
+            size = 4 if precision == "fp32" else 2
+            tc = "tf32x3" if precision == "fp32" else "ieee"
+            chunked = layout.launch_configs(size, 227 * 1024, "ieee", tc, wide=True)
+            for rows, warps, cols in ((32, 4, 32), (32, 8, 64), (32, 8, 0), (64, 4, 32)):
+                group = layout.group(rows, warps, cols)
+                chunked.append(LaunchConfig(rows, warps, CHUNK, group, tc, cols))
+            resident = layout.resident_configs(size, 227 * 1024, tc)
+            if resident:
+                resident.append(LaunchConfig(128, 8, CHUNK, layout.group(128, 8, budget=4), tc))
+            seen = set()
+            for kernel, configs_ in (("chunked", chunked), ("resident", resident)):
+                for config in configs_:
+                    if (kernel, config) not in seen:
+                        seen.add((kernel, config))
+                        out.append((name, precision, kernel, config))
+    return out
+
+
+_EXPECTED: dict[tuple, float] = {}
+
+
+def run_case(case: tuple, batch: int | None = None, device: str = "cuda") -> str:
+    """One case's row: median replay ms, the loss's relative error against fp64 (off CUDA,
+    the interpreter's check of this script: wall-clock ms of plain calls)."""
+    import sobolev_kernels as sk
+    from bench.providers import make_problem, set_precision
+    from sobolev_kernels import fused
+    from sobolev_kernels.triton import launch
+    from sobolev_kernels.validation import build_problem
+
+    name, precision, kernel, config = case
+    set_precision(precision)
+    sizes = {**CONFIGS[name], **({"batch": batch} if batch else {})}
+    p = make_problem(**sizes, precision=precision, device=device)
+    os.environ["SOBOLEV_TRITON_FORWARD"] = kernel
+    launch._launch_config = lambda *args, **kwargs: config
+    launch._resident_config = lambda *args, **kwargs: config
+    problem = build_problem(
+        p.model, p.x, p.y, target_grad=None, target_jvp=p.target_jvp, teacher=None,
+        directions=p.directions, num_directions=1, alpha=1.0, beta=1.0, generator=None,
+        backend="triton",
+    )  # fmt: skip
+    args = list(fused.forward_arguments(problem, with_targets=True))
+    args[-1] = True  # save the pre-activations, as a training step's forward does
+
+    def forward() -> torch.Tensor:
+        return launch.sobolev_forward(*args)[0]
+
+    loss = float(forward())
+    times = _replay_ms(forward) if device == "cuda" else _wall_ms(forward)
+    key = (name, precision, batch)
+    if key not in _EXPECTED:
+        f64 = torch.float64
+        _EXPECTED[key] = float(sk.sobolev_loss(
+            p.model.to(f64), p.x.to(f64), p.y.to(f64), target_jvp=p.target_jvp.to(f64),
+            directions=p.directions.to(f64), backend="reference",
+        ))  # fmt: skip
+    error = abs(loss - _EXPECTED[key]) / abs(_EXPECTED[key])
+    return f"{statistics.median(times):.4f} ms  loss rel. error {error:.1e}"
+
+
+def _replay_ms(fn) -> list[float]:
+    """GPU ms of REPLAYS replays of ``fn`` captured in a CUDA graph."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(REPLAYS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def _wall_ms(fn) -> list[float]:
+    start = time.perf_counter()
+    fn()
+    return [1e3 * (time.perf_counter() - start)]
+
+
+def _label(case: tuple) -> str:
+    name, precision, kernel, c = case
+    return (f"{name} {precision} {kernel:8s} rows {c.rows:3d} warps {c.warps:2d} group {c.group} "
+            f"cols {c.cols:3d} {c.precision}")  # fmt: skip
+
+
+def _spawn(argv: list[str], seconds: float) -> tuple[int, str]:
+    """A process of this module: (return code, its output's last line)."""
+    cmd = [sys.executable, "-m", "bench.forward_configs", *argv]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return 124, f"TIMEOUT after {seconds:.0f} s"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode, lines[-1] if lines else ""
+
+
+def _context_lost() -> bool:
+    try:
+        torch.cuda.synchronize()
+        return False
+    except RuntimeError:
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["M", "S"], choices=sorted(CONFIGS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--jobs", type=int, default=0, help="compile in this many processes")
+    parser.add_argument("--compile-only", type=int, help="run case N at a small batch")
+    parser.add_argument("--first", type=int, default=0, help="time from case N on")
+    parser.add_argument("--seconds", type=float, default=120.0, help="per compile")
+    parser.add_argument("--dry-run", action="store_true", help="list the cases, run none")
+    args = parser.parse_args(argv)
+    todo = cases(args.configs, args.precisions)
+    if args.dry_run:
+        print("\n".join(f"[{i:2d}] {_label(case)}" for i, case in enumerate(todo)))
+        return 0
+    common = ["--configs", *args.configs, "--precisions", *args.precisions]
+    if args.compile_only is not None:
+        print(run_case(todo[args.compile_only], batch=4099))
+        return 0
+    if args.jobs and args.first == 0:
+        start = time.monotonic()
+        with ThreadPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(
+                lambda i: _spawn(common + ["--compile-only", str(i)], args.seconds),
+                range(len(todo)),
+            ))  # fmt: skip
+        print(f"compiled {len(todo)} cases in {time.monotonic() - start:.0f} s", flush=True)
+        for i, (rc, last) in enumerate(runs):
+            if rc:
+                print(f"[{i:2d}] {_label(todo[i])}: compile run failed: {last}", flush=True)
+    # timed here, one after another; after a case that ends the CUDA context, the rest go on
+    # in a new process
+    failed = 0
+    for i in range(args.first, len(todo)):
+        try:
+            result = run_case(todo[i])
+        except Exception as e:  # the row says what failed; the other cases go on
+            failed += 1
+            result = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        print(f"[{i:2d}] {_label(todo[i])}: {result}", flush=True)
+        if failed and _context_lost():
+            if i + 1 < len(todo):
+                print("(CUDA context lost: the rest in a new process)", flush=True)
+                rc = subprocess.call([sys.executable, "-m", "bench.forward_configs", *common,
+                                      "--first", str(i + 1)], cwd=ROOT)  # fmt: skip
+                return 1 if rc or failed else 0
+            break
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

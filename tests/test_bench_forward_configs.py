@@ -1,0 +1,53 @@
+"""bench.forward_configs on the interpreter: its cases build, and a chunked and a resident
+case run with the config forced and report the loss's agreement with fp64."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import sobolev_kernels as sk
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(
+    "triton" not in sk.available_backends() or torch.cuda.is_available(),
+    reason="the interpreter's check (the GPU script runs the real thing)",
+)
+
+
+def test_cases_cover_both_kernels_and_the_tuner_candidates():
+    from bench.forward_configs import cases
+    from sobolev_kernels.triton.layout import Layout
+
+    todo = cases(["M"], ["fp32"])
+    kernels = {kernel for _, _, kernel, _ in todo}
+    assert kernels == {"chunked", "resident"}
+    tuner = Layout((16, 128, 128, 128, 8), 2).launch_configs(4, 227 * 1024, "ieee", "tf32x3")
+    chunked = [c for _, _, kernel, c in todo if kernel == "chunked"]
+    assert chunked[: len(tuner)] == tuner
+    assert len(set(todo)) == len(todo)
+
+
+@pytest.mark.parametrize("kernel", ["chunked", "resident"])
+def test_a_case_runs_with_its_config(monkeypatch, kernel):
+    from bench import forward_configs
+    from sobolev_kernels.triton import launch
+
+    monkeypatch.setattr(launch, "_launch_config", launch._launch_config)  # restored after
+    monkeypatch.setattr(launch, "_resident_config", launch._resident_config)
+    monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "auto")
+    case = next(c for c in forward_configs.cases(["S"], ["fp32"]) if c[2] == kernel)
+    seen = []
+    real = launch.sobolev_forward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(launch, "sobolev_forward", spy)
+    row = forward_configs.run_case(case, batch=40, device="cpu")
+    error = float(re.search(r"rel\. error (\S+)", row).group(1))
+    assert error < 1e-4, row
+    assert seen and all(seen)  # saving, as a training step's forward

@@ -1,0 +1,135 @@
+"""The resident forward (SOBOLEV_TRITON_FORWARD=resident, triton/forward_resident.py): the
+same losses, outputs and gradients as the reference, with and without a backward to follow,
+in one pass or several direction groups; and the chunked kernel where a shape does not fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    HAS_CUDA,
+    assert_backends_agree,
+    assert_forward_only_agrees,
+    order2_inputs,
+    sample_inputs,
+    tolerance,
+    upcast_model,
+)
+
+import sobolev_kernels as sk
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(
+    "triton" not in sk.available_backends(), reason="triton backend unavailable"
+)
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _resident_launches(monkeypatch):
+    """Counts launches of the resident kernel (and forces it)."""
+    from sobolev_kernels.triton import launch
+
+    monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "resident")
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
+    real = launch._sobolev_fwd_resident_kernel
+    calls = []
+
+    class Counting:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(launch, "_sobolev_fwd_resident_kernel", Counting())
+    return calls
+
+
+def _inputs(order, **shape):
+    if order == 1:
+        return sample_inputs(**shape)
+    model, x, y, kw = order2_inputs(**shape)
+    return model, x, y, dict(kw, order=2)
+
+
+@pytest.mark.parametrize(
+    "order, directions, bias, activation, dtype, group",
+    [(1, "per_row", True, "tanh", torch.float32, None),
+     (2, "shared", False, "softplus", torch.float32, None),
+     (2, "per_row", True, "silu", torch.float32, 2),
+     (1, "per_row", True, "leaky_relu", torch.float32, 1),
+     (1, "per_row", True, "tanh", torch.bfloat16, None)],
+)  # fmt: skip
+def test_resident_forward_agrees_with_the_reference(monkeypatch, order, directions, bias,
+                                                    activation, dtype, group):  # fmt: skip
+    """Ragged last row tile (B = 37), odd widths (padding), K = 3 (KP = 4: a padded
+    direction); ``group`` directions per pass where given (several passes)."""
+    from sobolev_kernels.triton.layout import Layout
+
+    calls = _resident_launches(monkeypatch)
+    if group is not None:
+        real = Layout.resident_configs
+
+        def grouped(self, *args, **kwargs):
+            return [c._replace(group=group) for c in real(self, *args, **kwargs)]
+
+        monkeypatch.setattr(Layout, "resident_configs", grouped)
+    shape = dict(batch=37, dim=3, width=24, out=2, k=3, layers=4, directions=directions,
+                 bias=bias, activation=activation, dtype=dtype, device=DEVICE)  # fmt: skip
+    model, x, y, kw = _inputs(order, **shape)
+    rtol = tolerance("triton", dtype, "cuda" if HAS_CUDA else "cpu")
+    extra = {"kink_flips": 0.02} if dtype != torch.float32 and activation == "leaky_relu" else {}
+    expected = upcast_model(model)
+    assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected, **extra)
+    saving = len(calls)
+    assert saving >= 1
+    assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected)
+    assert len(calls) > saving  # the forward without a backward ran it too
+
+
+def test_resident_forward_returns_the_outputs(monkeypatch):
+    """f and u (mlp_jvp's outputs) as the chunked kernel computes them."""
+    _resident_launches(monkeypatch)
+    model, x, y, kw = sample_inputs(batch=21, dim=4, width=40, out=3, k=2, layers=3,
+                                    dtype=torch.float32, device=DEVICE)  # fmt: skip
+    v = kw["directions"]
+    f, u = sk.mlp_jvp(model, x, v, backend="triton")
+    monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "chunked")
+    f0, u0 = sk.mlp_jvp(model, x, v, backend="triton")
+    torch.testing.assert_close(f, f0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(u, u0, rtol=1e-5, atol=1e-6)
+
+
+def test_too_wide_a_model_runs_the_chunked_forward(monkeypatch):
+    from sobolev_kernels.triton.layout import RESIDENT_MAX_WIDTH, Layout
+
+    calls = _resident_launches(monkeypatch)
+    width = RESIDENT_MAX_WIDTH + 1
+    assert Layout((2, width, 1), 1).resident_fits() is not None
+    assert Layout((2, width, 1), 1).resident_configs() == []
+    model, x, y, kw = sample_inputs(batch=5, dim=2, width=width, out=1, k=1, layers=2,
+                                    dtype=torch.float32, device=DEVICE)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "triton", tolerance("triton", torch.float32, DEVICE),
+                          expected_model=upcast_model(model))  # fmt: skip
+    assert calls == []
+
+
+def test_an_unknown_forward_kernel_is_refused(monkeypatch):
+    monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "fastest")
+    model, x, y, kw = sample_inputs(dtype=torch.float32, device=DEVICE)
+    with pytest.raises(ValueError, match="SOBOLEV_TRITON_FORWARD"):
+        sk.sobolev_loss(model, x, y, backend="triton", **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_resident_forward_on_gpu(monkeypatch, order, dtype):
+    """Width 128 at B = 4099 (a ragged last tile), each tuner candidate measured."""
+    _resident_launches(monkeypatch)
+    shape = dict(batch=4099, dim=16, width=128, out=8, k=2, layers=4, dtype=dtype, device=DEVICE)
+    model, x, y, kw = _inputs(order, **shape)
+    rtol = tolerance("triton", dtype, "cuda")
+    expected = upcast_model(model)
+    assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
+    assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected)
