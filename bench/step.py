@@ -227,12 +227,10 @@ COMPILING = ("triton", "torch_compile")
 
 
 def triton_candidates() -> int:
-    """The Triton autotuner's candidates per kernel at most (Layout.launch_configs): 5, or 6
-    with the opt-in wide tiles (SOBOLEV_TRITON_WIDE_TILES=1, which the workers inherit). A
-    precompile job per index: one past the last would only start processes."""
-    from sobolev_kernels.triton.launch import _wide_tiles
-
-    return 6 if _wide_tiles() else 5
+    """The Triton autotuner's candidates per kernel at most: the forward's 8 in bf16
+    (Layout.launch_configs' 5 and its column-block config, and the resident kernel's 2;
+    launch._launch_config). A precompile job per index: a kernel with fewer skips the rest."""
+    return 8
 
 
 def precompile(args, providers: list[str], workers: int) -> None:

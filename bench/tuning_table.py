@@ -48,6 +48,8 @@ def _label(key) -> str:
 
 
 def _candidate(candidate) -> str:
-    if hasattr(candidate, "_asdict"):  # a Triton LaunchConfig
-        return ", ".join(f"{k} {v}" for k, v in candidate._asdict().items())
+    if hasattr(candidate, "_asdict"):  # a Triton LaunchConfig (its kernel named if resident)
+        fields = candidate._asdict()
+        resident = fields.pop("resident", False)
+        return ("resident: " if resident else "") + ", ".join(f"{k} {v}" for k, v in fields.items())
     return str(candidate)

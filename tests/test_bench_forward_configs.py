@@ -36,18 +36,24 @@ def test_a_case_runs_with_its_config(monkeypatch, kernel):
     from sobolev_kernels.triton import launch
 
     monkeypatch.setattr(launch, "_launch_config", launch._launch_config)  # restored after
-    monkeypatch.setattr(launch, "_resident_config", launch._resident_config)
-    monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "auto")
     case = next(c for c in forward_configs.cases(["S"], ["fp32"]) if c[2] == kernel)
-    seen = []
+    seen, kernels = [], []
     real = launch.sobolev_forward
+    real_resident = launch._sobolev_fwd_resident_kernel
 
     def spy(*args):
         seen.append(args[-1])
         return real(*args)
 
+    class Counting:
+        def __getitem__(self, grid):
+            kernels.append(grid)
+            return real_resident[grid]
+
     monkeypatch.setattr(launch, "sobolev_forward", spy)
+    monkeypatch.setattr(launch, "_sobolev_fwd_resident_kernel", Counting())
     row = forward_configs.run_case(case, batch=40, device="cpu")
     error = float(re.search(r"rel\. error (\S+)", row).group(1))
     assert error < 1e-4, row
     assert seen and all(seen)  # saving, as a training step's forward
+    assert bool(kernels) == (kernel == "resident")  # the config chose the kernel

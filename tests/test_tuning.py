@@ -174,7 +174,7 @@ needs_triton = pytest.mark.skipif(
      ((3, 17, 5, 1), 3, 2), ((16, 256, 256, 4), 8, 1), ((16, 128, 128, 8), 16, 1)],
 )  # fmt: skip
 def test_launch_configs_start_with_the_static_choice(widths, k, order):
-    from sobolev_kernels.triton.layout import CHUNK, MIN_PAD, LaunchConfig, Layout
+    from sobolev_kernels.triton.layout import CHUNK, MIN_PAD, LaunchConfig, Layout, tf32_splits_rows
 
     layout = Layout(widths, k, order)
     configs = layout.launch_configs(4, 227 * 1024, "ieee", "tf32x3", wide=True)
@@ -188,7 +188,8 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     # one candidate differs from the static choice in directions per pass alone
     other_group = [c for c in exact[1:] if c[:3] == configs[0][:3]]
     assert len(other_group) == (layout.kp > 1)
-    for rows, warps, chunk, group, _, cols in configs:
+    for rows, warps, chunk, group, _, cols, resident in configs:
+        assert not resident  # the resident kernel's configs are Layout.resident_configs
         assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8, 16)
         assert chunk in (MIN_PAD, CHUNK) and cols in (0, 16, 32, 64, 128, 256)
         assert 1 <= group <= layout.kp and group & (group - 1) == 0
@@ -200,13 +201,35 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     # tensor cores: the static launch in tf32x3, and 64 rows a column block at a time whose
     # tiles fit the register budget
     tensor_core = [c for c in configs if c.precision == "tf32x3"]
-    assert tensor_core[0] == configs[0]._replace(precision="tf32x3")
+    static_tc = configs[0]._replace(precision="tf32x3")
+    assert (tensor_core[0] == static_tc) != tf32_splits_rows(static_tc, order)
     wide = tensor_core[-1]
     assert wide.rows == 64 and wide.cols >= MIN_PAD
     assert layout.tile_elements(64, wide.group, wide.cols) <= layout.tile_budget(wide.warps)
     assert "tf32x3" not in {c.precision for c in layout.launch_configs(4, None, "tf32", "tf32")}
-    # the wide one only when asked for (SOBOLEV_TRITON_WIDE_TILES=1)
+    # the wide one only when asked for (the forward's launcher always asks)
     assert layout.launch_configs(4, 227 * 1024, "ieee", "tf32x3") == configs[:-1]
+    # no TF32 dot that wgmma splits between warpgroups (wrong or faulting on the H200)
+    assert not any(tf32_splits_rows(c, order) for c in configs)
+
+
+def test_tf32_dots_shared_by_two_warpgroups_are_never_offered():
+    """The H200 (2026-11-27) measured 64-row TF32 tiles on 8 warps wrong or faulting, and the
+    same tiles on 4 warps correct (bench.forward_configs)."""
+    from sobolev_kernels.triton.layout import CHUNK, LaunchConfig, Layout, tf32_splits_rows
+
+    wide_on_8 = LaunchConfig(64, 8, CHUNK, 2, "tf32x3", 32)
+    assert tf32_splits_rows(wide_on_8)
+    assert tf32_splits_rows(LaunchConfig(32, 8, CHUNK, 2, "tf32x3", 64))  # 64 tangent rows
+    assert tf32_splits_rows(wide_on_8._replace(precision="tf32"))
+    assert not tf32_splits_rows(wide_on_8._replace(precision="ieee"))  # 16-bit or exact dots
+    assert not tf32_splits_rows(wide_on_8._replace(warps=4))
+    assert not tf32_splits_rows(LaunchConfig(128, 8, CHUNK, 1, "tf32x3", resident=True))
+    assert not tf32_splits_rows(LaunchConfig(16, 8, CHUNK, 2, "tf32x3"))  # mma.sync tiles
+    layout = Layout((16, 128, 128, 128, 8), 2)
+    assert layout.tensor_core_config("tf32x3") == LaunchConfig(64, 4, CHUNK, 1, "tf32x3", 32)
+    for config in layout.resident_configs(4, None, "tf32x3"):
+        assert not tf32_splits_rows(config)
 
 
 @needs_triton

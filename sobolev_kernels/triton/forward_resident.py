@@ -88,7 +88,7 @@ def _resident_pass(
         tz = _dot(t, wt, PRECISION, EMULATE_BF16)
         if ORDER == 2:
             if l == 0:
-                ttz = tl.zeros((GROUP * ROWS, PADS[1]), tl.float32)
+                ttz = tz * 0.0  # tt_0 = 0 (tl.zeros of PADS[1] columns fails to compile)
             else:
                 ttz = _dot(tt, wt, PRECISION, EMULATE_BF16)
         if HAS_BIAS:

@@ -128,58 +128,56 @@ def _launch_config(
 ) -> LaunchConfig:  # fmt: skip
     """The launch config of one kernel: measured once per shape on a GPU (``tuning``), else
     the static choice (``Layout.static_config``). With ``tensor_core_only`` the candidates
-    are the static one and the tensor-core ones (fewer compiles of a big kernel)."""
+    are the static one and the tensor-core ones (fewer compiles of a big kernel). The
+    forward ("fwd") always has ``Layout.tensor_core_config`` among them and, in bf16, the
+    resident kernel's configs (the H200 measured both faster and correct there);
+    SOBOLEV_TRITON_FORWARD narrows them to one kernel."""
     limit = shared_memory_limit(x.device)
     wide = _wide_tiles()
+    forced = _forward_forced() if kernel == "fwd" else "auto"
     key = _tuning_key(kernel, x, constexprs, allow_tf32) + (("wide tiles",) if wide else ())
+    key += (forced,) if forced != "auto" else ()
     chosen = tuning.chosen(key)
     if chosen is not None:  # every call after a shape's first: no candidates to build
         return chosen
     static, tensor_core = _precisions(x.dtype, allow_tf32)
+    resident = []
+    if kernel == "fwd" and (forced == "resident" or (forced == "auto" and _offers_resident(x))):
+        resident = layout.resident_configs(x.element_size(), limit, tensor_core)
+    if forced == "resident" and resident:  # (else the shape does not fit it: chunked)
+        if not tuning.can_measure(x.device):
+            return resident[0]
+        return tuning.fastest(key, resident, launch, _DOES_NOT_FIT)
     if not tuning.can_measure(x.device):
         return layout.static_config(x.element_size(), limit, static)
-    configs = layout.launch_configs(x.element_size(), limit, static, tensor_core, wide)
+    configs = layout.launch_configs(x.element_size(), limit, static, tensor_core,
+                                    wide or kernel == "fwd")  # fmt: skip
     if tensor_core_only:
         configs = configs[:1] + [c for c in configs[1:] if c.precision != static or c.cols]
-    return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
+    return tuning.fastest(key, configs + resident, launch, _DOES_NOT_FIT)
+
+
+def _offers_resident(x: Tensor) -> bool:
+    # measured faster and correct in bf16 only (H200, 2026-11-27); fp16 takes the same
+    # tensor-core path but was not measured, and in fp32 the chunked kernel won
+    return x.dtype == torch.bfloat16
 
 
 FORWARD_KERNELS = ("chunked", "resident")
 
 
 def _forward_forced() -> str:
-    """SOBOLEV_TRITON_FORWARD: auto (the chunked kernel of forward.py) or one of
-    FORWARD_KERNELS. ``resident`` (forward_resident.py: activations in registers, whole-K
-    dots) is opt-in until a GPU has measured it: ahead-of-time compiles for sm_90 show it
-    spilling at width 128 (investigations/README.md)."""
+    """SOBOLEV_TRITON_FORWARD: auto (the tuner's choice among both kernels' candidates) or
+    one of FORWARD_KERNELS: ``chunked`` (forward.py) only, or ``resident``
+    (forward_resident.py: activations in registers, whole-K dots) where the shape fits it."""
     return _forced_method("SOBOLEV_TRITON_FORWARD", FORWARD_KERNELS)
 
 
-def _resident_config(
-    layout: Layout, x: Tensor, constexprs: dict, allow_tf32: bool,
-    launch: Callable[[LaunchConfig], object],
-) -> LaunchConfig:  # fmt: skip
-    """The resident forward's launch config: measured once per shape among
-    ``Layout.resident_configs`` on a GPU, else the first of them."""
-    key = _tuning_key("fwd_resident", x, constexprs, allow_tf32)
-    chosen = tuning.chosen(key)
-    if chosen is not None:
-        return chosen
-    tensor_core = _precisions(x.dtype, allow_tf32)[1]
-    configs = layout.resident_configs(x.element_size(), shared_memory_limit(x.device),
-                                      tensor_core)  # fmt: skip
-    if not tuning.can_measure(x.device):
-        return configs[0]
-    return tuning.fastest(key, configs, launch, _DOES_NOT_FIT)
-
-
 def _wide_tiles() -> bool:
-    """SOBOLEV_TRITON_WIDE_TILES=1 adds the 64-row tensor-core launch config
-    (``Layout.tensor_core_config``) to the tuner's candidates. Off by default: on the H200
-    (2026-11-27) it lost to the static launch in 3xTF32 at S and M, and its forward at config
-    M in fp32 (B >= 16384) ended the process with an illegal memory access, which the
-    bounds-checked interpreter does not reproduce (tests/bounds_checked.py): on for the GPU
-    script's check of it, and for users who measure it."""
+    """SOBOLEV_TRITON_WIDE_TILES=1 adds the 64-row column-block launch config
+    (``Layout.tensor_core_config``) to the backward kernels' candidates too (the forward
+    always has it). Off by default: the H200 measured it in the forward only (2026-11-27);
+    its first form, on 8 warps, computed wrong losses or faulted there."""
     raw = os.environ.get("SOBOLEV_TRITON_WIDE_TILES", "0")
     if raw not in ("0", "1"):
         raise ValueError(f"SOBOLEV_TRITON_WIDE_TILES: expected 0 or 1, got {raw!r}")
@@ -250,42 +248,32 @@ def sobolev_forward(
     # Keeping nothing in the lean mode that recomputes per row tile: the forward's scratch is
     # per program too (persistent), so no buffer of the step grows with the batch
     persistent = bool(hidden) and not save_activations and _backward_forced() == "persistent"
-    # the resident forward where asked for and the shape fits it, else the chunked one
-    resident = (
-        not persistent
-        and _forward_forced() == "resident"
-        and layout.resident_fits(shared_memory_limit(dev), x.element_size()) is None
-    )
     kernel = _sobolev_fwd_persistent_kernel if persistent else _sobolev_fwd_kernel
-    if resident:
-        kernel = _sobolev_fwd_resident_kernel
-        constexprs["STORE_HIDDEN"] = save_activations
 
     def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
         programs = triton.cdiv(batch, config.rows)
         stacks = saved if save_activations else f
-        if persistent:
+        run, extra = kernel, {}
+        if config.resident:  # its activations stay in registers: no scratch
+            run, extra = _sobolev_fwd_resident_kernel, {"STORE_HIDDEN": save_activations}
+        elif persistent:
             programs = _persistent_programs(batch, config, dev)
             stacks = torch.empty(programs * layout.scratch_elements(config.rows), device=dev,
                                  dtype=acc)  # fmt: skip
-        elif hidden and not save_activations and not resident:
+        elif hidden and not save_activations:
             stacks = torch.empty(layout.scratch_elements(batch), device=dev, dtype=acc)
         partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
-        kernel[(programs,)](
+        run[(programs,)](
             x, v, y if y is not None else x, target if target is not None else x,
             target2 if target2 is not None else x, w_ptrs, b_ptrs,
             f, u, w if order == 2 else u, stacks, partial, batch, negative_slope,
-            **_tuned(layout, config, "fwd"), **constexprs,
+            **_tuned(layout, config, "fwd"), **constexprs, **extra,
         )  # fmt: skip
         return partial
 
-    if resident:
-        config = _resident_config(layout, x, constexprs, allow_tf32, launch)
-    else:
-        name = "fwd_persistent" if persistent else "fwd"
-        config = _launch_config(name, layout, x, constexprs, allow_tf32, launch, persistent)
-    partial = launch(config)
+    name = "fwd_persistent" if persistent else "fwd"
+    partial = launch(_launch_config(name, layout, x, constexprs, allow_tf32, launch, persistent))
     programs = partial.shape[0]
     loss = torch.empty((), device=dev, dtype=acc)
     # a term without its target is dropped (mlp_jvp runs with none)

@@ -23,6 +23,7 @@ __all__ = [
     "TILE_PER_THREAD",
     "next_power_of_2",
     "shared_memory_limit",
+    "tf32_splits_rows",
 ]
 
 MIN_PAD = 16  # tl.dot needs every dimension >= 16
@@ -47,6 +48,19 @@ class LaunchConfig(NamedTuple):
     group: int  # directions per pass over a layer's weights
     precision: str  # tl.dot input_precision of fp32 operands: "ieee", "tf32x3" or "tf32"
     cols: int = 0  # output columns per pass of a layer (0: all of them)
+    resident: bool = False  # the forward with its activations in registers (forward_resident.py)
+
+
+def tf32_splits_rows(config: LaunchConfig, order: int = 1) -> bool:
+    """Whether ``config`` has a TF32 dot ("tf32x3", "tf32") of 64 <= M < 16 x warps rows: on
+    more than one warpgroup, a wgmma tile that the warpgroups share by splitting its columns.
+    With triton 3.6 on the H200 (2026-11-27) every such launch measured computed a wrong
+    loss (3e-3 off) or ended the process with an illegal memory access: the 64-row tiles on 8
+    warps, in both kernels, forward and step. Such configs are never offered."""
+    if config.precision not in ("tf32x3", "tf32") or config.warps <= 4:
+        return False
+    dot_rows = (config.rows, config.group * config.rows)
+    return any(64 <= m < 16 * config.warps for m in dot_rows)
 
 
 def next_power_of_2(n: int) -> int:
@@ -243,11 +257,12 @@ class Layout:
         either way). With ``tensor_core_precision`` (fp32: "tf32x3", fp32-accurate, or
         "tf32" where the user allows it; 16-bit: their own dots), tensor-core candidates too:
         the static launch in that precision, and with ``wide`` ``tensor_core_config``. The
-        H200 profile (2026-11-26) had fp32 dots on FMA units at 9 TFLOP/s; on the H200 run
+        H200 profile (2026-11-26) had fp32 dots on FMA units at 9 TFLOP/s; on the H200 runs
         of 2026-11-27 the static launch in 3xTF32 won the forward at S and M (up to 1.6x the
-        exact one), the wide config lost almost everywhere and its forward at config M in
-        fp32 (B >= 16384) ended the process with an illegal memory access, hence opt-in
-        (``SOBOLEV_TRITON_WIDE_TILES=1``, see launch.py).
+        exact one), and ``tensor_core_config`` (64 rows on 4 warps) beat it by 1.3x (S) and
+        1.7x (M); the forward offers it (launch.py), the backward only with
+        ``SOBOLEV_TRITON_WIDE_TILES=1`` (not measured there). Never a config that
+        ``tf32_splits_rows``.
 
         Few on purpose: each is a compile of several seconds the first time a shape runs
         (the rows and K-step neighbours of earlier rounds are gone for the tensor-core ones:
@@ -271,7 +286,7 @@ class Layout:
                 )
                 if shared_limit is None or need <= shared_limit:
                     out.append(tiles)
-        return out
+        return [c for c in out if not tf32_splits_rows(c, self.order)]
 
     def resident_fits(self, shared_limit: int | None = None, element_size: int = 4) -> str | None:
         """Why the resident forward (forward_resident.py) cannot take this shape (None: it
@@ -287,26 +302,28 @@ class Layout:
 
     def resident_configs(self, element_size: int = 4, shared_limit: int | None = None,
                          precision: str = "tf32x3") -> list[LaunchConfig]:  # fmt: skip
-        """The resident forward's tuner candidates, in tensor-core ``precision``: 64 rows on
-        8 warps (wgmma tiles on sm_90), 32 on 4 and 64 on 4; all directions in one pass
-        where their tiles stay within 4x the chunked kernel's register budget, else fewer.
-        Unmeasured on a GPU (see launch.py's SOBOLEV_TRITON_FORWARD)."""
+        """The resident forward's launch configs, in tensor-core ``precision``: 64 rows on 8
+        warps and 32 on 4, all directions in one pass where their tiles stay within 4x the
+        chunked kernel's register budget, else fewer. On the H200 (2026-11-27, config M in
+        bf16) they ran the forward in 0.19 ms, the chunked kernel's best in 0.41 ms
+        (bench.forward_configs); in fp32 (3xTF32) the resident kernel lost to the chunked one."""
         if self.resident_fits(shared_limit, element_size) is not None:
             return []
         out = []
-        for rows, warps in ((64, 8), (32, 4), (64, 4)):
+        for rows, warps in ((64, 8), (32, 4)):
             group = self.group(rows, warps, budget=4)
-            out.append(LaunchConfig(rows, warps, CHUNK, group, precision))
-        return out
+            out.append(LaunchConfig(rows, warps, CHUNK, group, precision, resident=True))
+        return [c for c in out if not tf32_splits_rows(c, self.order)]
 
     def tensor_core_config(self, precision: str) -> LaunchConfig:
-        """64 batch rows on 8 warps, a layer's output columns a block at a time: wgmma tiles
+        """64 batch rows on 4 warps, a layer's output columns a block at a time: wgmma tiles
         on sm_90 (16-row programs get mma.sync). Columns are halved down to 32, then the
         directions per pass, then columns down to 16, until the tiles fit the register
-        budget. In ahead-of-time compiles for sm_90 at config M, 32 columns and both
-        directions in one pass spilled 0 / 96 B (fwd / bwd, tf32x3) and 0 / 80 B (bf16);
-        64 columns, or 4 warps, spilled 0.3-3 KB (bench/results/triton_resources_sm90.md)."""
-        rows, warps = 64, 8
+        budget. On the H200 (2026-11-27) this forward ran config M in fp32 (3xTF32) in
+        0.61 ms, the static launch in 3xTF32 in 1.03 ms, and config S in 0.49 ms against
+        0.66 ms (bench.forward_configs). The same tiles on 8 warps computed wrong losses or
+        faulted there (see tf32_splits_rows)."""
+        rows, warps = 64, 4
         group, cols = self.kp, max(self.pads[1:-1] or self.pads)
         while self.tile_elements(rows, group, cols) > self.tile_budget(warps):
             if cols > 32:
