@@ -24,8 +24,9 @@
 #   profile  40  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
 #                of memory; and where a step's host time goes at B = 1024 (bench.host_profile)
 #   report   15  tables and plots of bench and sweep, and the open issues' goals checked
-#   explore 200  (only when named) the Triton forward under launch configs the tuner does not
-#                offer and the resident kernel (bench.forward_configs), at S and M
+#   explore 280  (only when named; a second command on the warm machine) the Triton backward
+#                and forward kernels under launch configs the tuner does not offer, and the
+#                resident forward (bench.launch_configs), at S and M
 # The default stages' limits add up to 560 s (the 2026-11-27 run used 442 s, its tests,
 # sanitizers and sweep cut by their limits), and no stage runs past 560 s from the start of
 # a call: run it with the device's timeout at 585 s or more.
@@ -44,7 +45,7 @@ TOTAL="${GPU_SESSION_SECONDS:-560}"
 STAGES=(env build checks bench sweep profile report explore)
 DEFAULT_STAGES=(env build checks bench sweep profile report)
 declare -A LIMIT=([env]=15 [build]=60 [checks]=170 [bench]=170 [sweep]=90 [profile]=40 [report]=15
-                  [explore]=200)
+                  [explore]=280)
 BENCH_PRECOMPILE_SECONDS=60
 NCPU="$(nproc 2>/dev/null || echo 4)"
 TEST_JOBS=$(( NCPU / 2 > 1 ? NCPU / 2 : 1 ))
@@ -65,7 +66,9 @@ TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is
 # the 64-row tiles (SOBOLEV_TRITON_WIDE_TILES=1) where their forward faulted on 2026-11-27
 WIDE_ARGS=(--configs M --batches 16384 --precisions fp32 bf16 --providers triton
            --modes forward --jobs 2)
-EXPLORE_ARGS=(--configs M S --precisions fp32 bf16 --jobs $(( NCPU > 4 ? NCPU - 2 : 2 )))
+# the backward first: the forward's configs were timed on 2026-11-27 (run 4), the backward's never
+EXPLORE_ARGS=(--configs M S --precisions fp32 bf16 --kernels bwd fwd
+              --jobs $(( NCPU > 4 ? NCPU - 2 : 2 )))
 # the source tree, built or not: a failed build still leaves the Triton backend importable
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$WORK/triton_cache}"  # shared by the stages
@@ -277,7 +280,7 @@ stage_profile() {
 }
 
 stage_explore() {
-  limited "$1" "$WORK/explore.txt" "$PY" -m bench.forward_configs "${EXPLORE_ARGS[@]}"
+  limited "$1" "$WORK/explore.txt" "$PY" -m bench.launch_configs "${EXPLORE_ARGS[@]}"
   local rc=$?
   cat "$WORK/explore.txt"
   return $rc
@@ -357,8 +360,8 @@ dry_run() {
   check "sanitize: python scripts/sanitize_case.py" "$PY" scripts/sanitize_case.py --dry-run
   check "wide: python -m bench.isolate ${WIDE_ARGS[*]}" "$PY" -m bench.isolate "${WIDE_ARGS[@]}" --dry-run
   check "tests: python -m pytest ${TEST_ARGS[*]}" "$PY" -m pytest --version
-  check "explore: python -m bench.forward_configs ${EXPLORE_ARGS[*]}" \
-    "$PY" -m bench.forward_configs "${EXPLORE_ARGS[@]}" --dry-run
+  check "explore: python -m bench.launch_configs ${EXPLORE_ARGS[*]}" \
+    "$PY" -m bench.launch_configs "${EXPLORE_ARGS[@]}" --dry-run
   wait
   for i in $(seq 1 "$n"); do
     rc="$(cat "$tmp/$i.rc")"

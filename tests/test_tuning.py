@@ -215,7 +215,7 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
 
 def test_tf32_dots_shared_by_two_warpgroups_are_never_offered():
     """The H200 (2026-11-27) measured 64-row TF32 tiles on 8 warps wrong or faulting, and the
-    same tiles on 4 warps correct (bench.forward_configs)."""
+    same tiles on 4 warps correct (bench.launch_configs)."""
     from sobolev_kernels.triton.layout import CHUNK, LaunchConfig, Layout, tf32_splits_rows
 
     wide_on_8 = LaunchConfig(64, 8, CHUNK, 2, "tf32x3", 32)

@@ -306,7 +306,7 @@ class Layout:
         warps and 32 on 4, all directions in one pass where their tiles stay within 4x the
         chunked kernel's register budget, else fewer. On the H200 (2026-11-27, config M in
         bf16) they ran the forward in 0.19 ms, the chunked kernel's best in 0.41 ms
-        (bench.forward_configs); in fp32 (3xTF32) the resident kernel lost to the chunked one."""
+        (bench.launch_configs); in fp32 (3xTF32) the resident kernel lost to the chunked one."""
         if self.resident_fits(shared_limit, element_size) is not None:
             return []
         out = []
@@ -321,7 +321,7 @@ class Layout:
         directions per pass, then columns down to 16, until the tiles fit the register
         budget. On the H200 (2026-11-27) this forward ran config M in fp32 (3xTF32) in
         0.61 ms, the static launch in 3xTF32 in 1.03 ms, and config S in 0.49 ms against
-        0.66 ms (bench.forward_configs). The same tiles on 8 warps computed wrong losses or
+        0.66 ms (bench.launch_configs). The same tiles on 8 warps computed wrong losses or
         faulted there (see tf32_splits_rows)."""
         rows, warps = 64, 4
         group, cols = self.kp, max(self.pads[1:-1] or self.pads)

@@ -1,20 +1,25 @@
-"""GPU time of the Triton forward kernel under launch configs of our choosing: the tuner's
-candidates and ones it does not offer, for the chunked kernel (forward.py) and the resident
-one (forward_resident.py). One GPU run settles which tiles are worth offering.
+"""GPU time of the Triton kernels under launch configs of our choosing: the tuner's candidates
+and ones it does not offer, for the forward (the chunked kernel of forward.py and the
+resident one of forward_resident.py) and the backward kernel (backward.py). One GPU run
+settles which tiles are worth offering.
 
-    python -m bench.forward_configs --configs M S --precisions fp32 bf16
-    python -m bench.forward_configs --compile-only 3     # case 3 only, at a small batch
+    python -m bench.launch_configs --configs M S --precisions fp32 bf16 --kernels fwd bwd
+    python -m bench.launch_configs --compile-only 3     # case 3 only, at a small batch
+    python -m bench.launch_configs --dry-run            # the cases
 
-Each case's forward (saving its pre-activations, as in a training step) is captured in a
-CUDA graph and replayed, so the times are the kernels' without the host. The loss is
-compared with the reference backend's in fp64 on the same problem: a config that computes
-something else says so in its row. ``--jobs N`` first compiles every case in N processes at
-once (Triton's disk cache then serves the timing process).
+A forward case (saving its pre-activations, as a training step's forward does) and a
+backward case (a whole training step, only the backward kernel's config varying: the
+forward's static launch, the weight gradients by GEMM) are captured in a CUDA graph and
+replayed, so the times are the GPU's without the host. Each checks against the reference
+backend in fp64 on the same problem: the loss (forward), the parameters' gradients
+(backward), as a relative error in the row. ``--jobs N`` first runs every case at a small
+batch in N processes at once, so Triton's disk cache serves the timing process.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -28,15 +33,21 @@ from bench.step import CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLAYS = 10
+KERNELS = ("fwd", "bwd")
+# what a backward case fixes, so that only the backward kernel's launch config varies
+BACKWARD_ENV = {"SOBOLEV_TRITON_BACKWARD": "separate", "SOBOLEV_TRITON_WEIGHT_GRAD": "gemm",
+                "SOBOLEV_AUTOTUNE": "0"}  # fmt: skip
 
 
-def cases(configs: list[str], precisions: list[str]) -> list[tuple]:
-    """(config, precision, kernel, LaunchConfig): the static launch, the tuner's candidates,
-    and 32- and 64-row tiles with column blocks; for the resident kernel its candidates and
+def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tuple]:
+    """(config, precision, kernel, LaunchConfig), kernel "chunked" or "resident" (forwards,
+    for "fwd" in ``kernels``) or "bwd", in the order of ``kernels``: the tuner's candidates
+    (with the column-block tiles), 32- and 64-row tiles with column blocks (not ones whose
+    TF32 dots two warpgroups share: they fault), and the resident kernel's candidates and
     128 rows on 8 warps."""
     from sobolev_kernels.triton.layout import CHUNK, LaunchConfig, Layout, tf32_splits_rows
 
-    out = []
+    out = {kernel: [] for kernel in kernels}
     for name in configs:
         sizes = CONFIGS[name]
         widths = (sizes["dim"],) + (sizes["width"],) * (sizes["layers"] - 1) + (sizes["out"],)
@@ -48,37 +59,47 @@ def cases(configs: list[str], precisions: list[str]) -> list[tuple]:
             for rows, warps, cols in ((32, 4, 32), (32, 8, 0), (64, 4, 64)):
                 group = layout.group(rows, warps, cols)
                 config = LaunchConfig(rows, warps, CHUNK, group, tc, cols)
-                if not tf32_splits_rows(config, layout.order):  # (they fault: layout.py)
+                if not tf32_splits_rows(config, layout.order):
                     chunked.append(config)
             resident = layout.resident_configs(size, 227 * 1024, tc)
             if resident:
                 group = layout.group(128, 8, budget=4)
                 resident.append(LaunchConfig(128, 8, CHUNK, group, tc, resident=True))
-            seen = set()
-            for kernel, configs_ in (("chunked", chunked), ("resident", resident)):
-                for config in configs_:
-                    if (kernel, config) not in seen:
-                        seen.add((kernel, config))
-                        out.append((name, precision, kernel, config))
-    return out
+            if "fwd" in kernels:
+                out["fwd"] += [(name, precision, "chunked", c) for c in chunked]
+                out["fwd"] += [(name, precision, "resident", c) for c in resident]
+            if "bwd" in kernels:
+                out["bwd"] += [(name, precision, "bwd", c) for c in chunked]
+    # in the order of ``kernels`` (a run cut short has timed the first ones), no repeats
+    return list(dict.fromkeys(case for kernel in kernels for case in out[kernel]))
 
 
-_EXPECTED: dict[tuple, float] = {}
+_EXPECTED: dict[tuple, object] = {}
 
 
 def run_case(case: tuple, batch: int | None = None, device: str = "cuda") -> str:
-    """One case's row: median replay ms, the loss's relative error against fp64 (off CUDA,
-    the interpreter's check of this script: wall-clock ms of plain calls)."""
-    import sobolev_kernels as sk
+    """One case's row: median replay ms and the relative error against fp64 (off CUDA, the
+    interpreter's check of this script: wall-clock ms of plain calls)."""
     from bench.providers import make_problem, set_precision
-    from sobolev_kernels import fused
-    from sobolev_kernels.triton import launch
-    from sobolev_kernels.validation import build_problem
 
     name, precision, kernel, config = case
     set_precision(precision)
     sizes = {**CONFIGS[name], **({"batch": batch} if batch else {})}
     p = make_problem(**sizes, precision=precision, device=device)
+    if kernel == "bwd":
+        ms, error = _backward_case(p, config, (name, precision, batch, "grads"), device)
+    else:
+        ms, error = _forward_case(p, config, (name, precision, batch), device)
+    return f"{ms:.4f} ms  rel. error {error:.1e}"
+
+
+def _forward_case(p, config, key: tuple, device: str) -> tuple[float, float]:
+    import sobolev_kernels as sk
+    from sobolev_kernels import fused
+    from sobolev_kernels.triton import launch
+    from sobolev_kernels.validation import build_problem
+
+    _launch_config(launch)  # the real one kept, before it is replaced
     launch._launch_config = lambda *args, **kwargs: config  # config.resident: which kernel
     problem = build_problem(
         p.model, p.x, p.y, target_grad=None, target_jvp=p.target_jvp, teacher=None,
@@ -93,27 +114,66 @@ def run_case(case: tuple, batch: int | None = None, device: str = "cuda") -> str
 
     loss = float(forward())
     times = _replay_ms(forward) if device == "cuda" else _wall_ms(forward)
-    key = (name, precision, batch)
     if key not in _EXPECTED:
         f64 = torch.float64
-        _EXPECTED[key] = float(sk.sobolev_loss(
-            p.model.to(f64), p.x.to(f64), p.y.to(f64), target_jvp=p.target_jvp.to(f64),
-            directions=p.directions.to(f64), backend="reference",
-        ))  # fmt: skip
-    error = abs(loss - _EXPECTED[key]) / abs(_EXPECTED[key])
-    return f"{statistics.median(times):.4f} ms  loss rel. error {error:.1e}"
+        with torch.no_grad():
+            _EXPECTED[key] = float(sk.sobolev_loss(
+                p.model.to(f64), p.x.to(f64), p.y.to(f64), target_jvp=p.target_jvp.to(f64),
+                directions=p.directions.to(f64), backend="reference",
+            ))  # fmt: skip
+    return statistics.median(times), abs(loss - _EXPECTED[key]) / abs(_EXPECTED[key])
 
 
-def _replay_ms(fn) -> list[float]:
-    """GPU ms of REPLAYS replays of ``fn`` captured in a CUDA graph."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+def _backward_case(p, config, key: tuple, device: str) -> tuple[float, float]:
+    from bench.providers import _graphed, step_fn
+    from sobolev_kernels.triton import launch
+
+    os.environ.update(BACKWARD_ENV)
+    real = _launch_config(launch)
+
+    def backward_config(kernel, *args, **kwargs):
+        return config if kernel == "bwd" else real(kernel, *args, **kwargs)
+
+    launch._launch_config = backward_config
+    step = step_fn("triton", p)
+    if device == "cuda":
+        step = _graphed(step, p.x.device)
+    step()
+    grads = [q.grad.detach().double().clone() for q in p.model.parameters()]
+    times = _replay_ms(step, graphed=True) if device == "cuda" else _wall_ms(step)
+    if key not in _EXPECTED:
+        reference = step_fn("torch_func", p)
+        p.model.double()
+        p.x, p.y = p.x.double(), p.y.double()
+        p.directions, p.target_jvp = p.directions.double(), p.target_jvp.double()
+        reference()
+        _EXPECTED[key] = [q.grad.detach().clone() for q in p.model.parameters()]
+    error = max(float((g - e).norm() / e.norm()) for g, e in zip(grads, _EXPECTED[key]))
+    return statistics.median(times), error
+
+
+_REAL: dict[str, object] = {}
+
+
+def _launch_config(launch):
+    """The launchers' own ``_launch_config`` (a case replaces it; the first call keeps it)."""
+    return _REAL.setdefault("launch_config", launch._launch_config)
+
+
+def _replay_ms(fn, graphed: bool = False) -> list[float]:
+    """GPU ms of REPLAYS replays of ``fn`` captured in a CUDA graph (``graphed``: ``fn``
+    replays one already)."""
+    replay = fn
+    if not graphed:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        replay = graph.replay
     times = []
     for _ in range(REPLAYS):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
@@ -134,7 +194,7 @@ def _label(case: tuple) -> str:
 
 def _spawn(argv: list[str], seconds: float) -> tuple[int, str]:
     """A process of this module: (return code, its output's last line)."""
-    cmd = [sys.executable, "-m", "bench.forward_configs", *argv]
+    cmd = [sys.executable, "-m", "bench.launch_configs", *argv]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -155,17 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["M", "S"], choices=sorted(CONFIGS))
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
     parser.add_argument("--jobs", type=int, default=0, help="compile in this many processes")
     parser.add_argument("--compile-only", type=int, help="run case N at a small batch")
     parser.add_argument("--first", type=int, default=0, help="time from case N on")
     parser.add_argument("--seconds", type=float, default=120.0, help="per compile")
     parser.add_argument("--dry-run", action="store_true", help="list the cases, run none")
     args = parser.parse_args(argv)
-    todo = cases(args.configs, args.precisions)
+    todo = cases(args.configs, args.precisions, args.kernels)
     if args.dry_run:
         print("\n".join(f"[{i:2d}] {_label(case)}" for i, case in enumerate(todo)))
         return 0
-    common = ["--configs", *args.configs, "--precisions", *args.precisions]
+    common = ["--configs", *args.configs, "--precisions", *args.precisions, "--kernels",
+              *args.kernels]  # fmt: skip
     if args.compile_only is not None:
         print(run_case(todo[args.compile_only], batch=4099))
         return 0
@@ -193,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if failed and _context_lost():
             if i + 1 < len(todo):
                 print("(CUDA context lost: the rest in a new process)", flush=True)
-                rc = subprocess.call([sys.executable, "-m", "bench.forward_configs", *common,
+                rc = subprocess.call([sys.executable, "-m", "bench.launch_configs", *common,
                                       "--first", str(i + 1)], cwd=ROOT)  # fmt: skip
                 return 1 if rc or failed else 0
             break

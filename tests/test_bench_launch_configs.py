@@ -1,5 +1,6 @@
-"""bench.forward_configs on the interpreter: its cases build, and a chunked and a resident
-case run with the config forced and report the loss's agreement with fp64."""
+"""bench.launch_configs on the interpreter: its cases build, and a chunked and a resident
+forward case and a backward case run with the config forced and report their agreement with
+fp64."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_cases_cover_both_kernels_and_the_tuner_candidates():
-    from bench.forward_configs import cases
+    from bench.launch_configs import cases
     from sobolev_kernels.triton.layout import Layout
 
     todo = cases(["M"], ["fp32"])
     kernels = {kernel for _, _, kernel, _ in todo}
-    assert kernels == {"chunked", "resident"}
+    assert kernels == {"chunked", "resident", "bwd"}
     tuner = Layout((16, 128, 128, 128, 8), 2).launch_configs(4, 227 * 1024, "ieee", "tf32x3")
     chunked = [c for _, _, kernel, c in todo if kernel == "chunked"]
     assert chunked[: len(tuner)] == tuner
@@ -32,11 +33,11 @@ def test_cases_cover_both_kernels_and_the_tuner_candidates():
 
 @pytest.mark.parametrize("kernel", ["chunked", "resident"])
 def test_a_case_runs_with_its_config(monkeypatch, kernel):
-    from bench import forward_configs
+    from bench import launch_configs
     from sobolev_kernels.triton import launch
 
     monkeypatch.setattr(launch, "_launch_config", launch._launch_config)  # restored after
-    case = next(c for c in forward_configs.cases(["S"], ["fp32"]) if c[2] == kernel)
+    case = next(c for c in launch_configs.cases(["S"], ["fp32"]) if c[2] == kernel)
     seen, kernels = [], []
     real = launch.sobolev_forward
     real_resident = launch._sobolev_fwd_resident_kernel
@@ -52,8 +53,30 @@ def test_a_case_runs_with_its_config(monkeypatch, kernel):
 
     monkeypatch.setattr(launch, "sobolev_forward", spy)
     monkeypatch.setattr(launch, "_sobolev_fwd_resident_kernel", Counting())
-    row = forward_configs.run_case(case, batch=40, device="cpu")
+    row = launch_configs.run_case(case, batch=40, device="cpu")
     error = float(re.search(r"rel\. error (\S+)", row).group(1))
     assert error < 1e-4, row
     assert seen and all(seen)  # saving, as a training step's forward
     assert bool(kernels) == (kernel == "resident")  # the config chose the kernel
+
+
+def test_a_backward_case_varies_only_the_backward_kernel(monkeypatch):
+    from bench import launch_configs
+    from sobolev_kernels.triton import launch
+
+    monkeypatch.setattr(launch, "_launch_config", launch._launch_config)  # restored after
+    for name, value in launch_configs.BACKWARD_ENV.items():
+        monkeypatch.setenv(name, value)  # restored after (the case sets them)
+    case = next(c for c in launch_configs.cases(["S"], ["fp32"], ["bwd"]) if c[3].cols)
+    asked = []
+    real = launch_configs._launch_config(launch)
+
+    def spy(kernel, *args, **kwargs):
+        asked.append(kernel)
+        return real(kernel, *args, **kwargs)
+
+    monkeypatch.setitem(launch_configs._REAL, "launch_config", spy)
+    row = launch_configs.run_case(case, batch=40, device="cpu")
+    error = float(re.search(r"rel\. error (\S+)", row).group(1))
+    assert error < 1e-4, row
+    assert set(asked) == {"fwd"}  # the backward's config is the case's, the forward's the tuner's
