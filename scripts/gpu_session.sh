@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one run of under 9 minutes on one H100 or H200 (16 cores), offline
+# The whole GPU check in one run of under 10 minutes (560 s) on one H100 or H200 (16 cores), offline
 # (the machine's torch and triton; nothing downloaded):
 #   bash scripts/gpu_session.sh                 # every stage: what a GPU session runs first
 #   bash scripts/gpu_session.sh bench report    # named stages again, on the same warm machine
@@ -11,8 +11,9 @@
 #                still runs (the Triton backend needs no build)
 #   checks  170  at once: the gpu tests (part "tests"; pytest-xdist when installed),
 #                compute-sanitizer memcheck and racecheck of every fused kernel ("sanitize"),
-#                the opt-in 64-row Triton tiles at config M, a process per case, and where
-#                one faults memcheck of it ("wide"; they ended the 2026-11-27 run), and
+#                the training step with the 64-row column-block tiles offered to the
+#                backward too (opt-in) at config M, a process per case, and where one
+#                faults memcheck of it ("wide"; 64-row tiles faulted on 2026-11-27), and
 #                compiling the benchmark's Triton kernels in parallel ("compile"). In a
 #                run with the build, the compile part starts before it (it needs no
 #                extension) and has the build's and the checks' limits together
@@ -63,9 +64,10 @@ COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
 HOST_ARGS=(--config M --batch 1024 --precision fp32 --providers triton cuda --steps 50)
 TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is named
-# the 64-row tiles (SOBOLEV_TRITON_WIDE_TILES=1) where their forward faulted on 2026-11-27
+# the step with the 64-row tiles among the backward's candidates (SOBOLEV_TRITON_WIDE_TILES=1:
+# the forward's are measured, the backward's not; their 8-warp form faulted on 2026-11-27)
 WIDE_ARGS=(--configs M --batches 16384 --precisions fp32 bf16 --providers triton
-           --modes forward --jobs 2)
+           --modes step --jobs 2)
 # the backward first: the forward's configs were timed on 2026-11-27 (run 4), the backward's never
 EXPLORE_ARGS=(--configs M S --precisions fp32 bf16 --kernels bwd fwd
               --jobs $(( NCPU > 4 ? NCPU - 2 : 2 )))
