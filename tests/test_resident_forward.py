@@ -133,3 +133,40 @@ def test_resident_forward_on_gpu(monkeypatch, order, dtype):
     expected = upcast_model(model)
     assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
     assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected)
+
+
+def test_the_forwards_tuner_candidates(monkeypatch):
+    """The forward's candidates: the chunked kernel's with the 64-row column-block tiles, and
+    in bf16 at order 1 (what the H200 measured) the resident kernel's too;
+    SOBOLEV_TRITON_FORWARD narrows them to one kernel."""
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton.layout import Layout
+
+    offered = []
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    monkeypatch.setattr(tuning, "fastest", lambda key, configs, run, skip: offered.append(
+        configs) or configs[0])  # fmt: skip
+
+    def candidates(dtype, order=1, forced="auto"):
+        monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", forced)
+        offered.clear()
+        layout, x = Layout.of((16, 128, 128, 8), 2, order), torch.zeros(64, 16, dtype=dtype)
+        launch._launch_config("fwd", layout, x, {}, False, lambda c: None)
+        return offered[0] if offered else None
+
+    chunked32 = Layout.of((16, 128, 128, 8), 2, 1).launch_configs(4, None, "ieee", "tf32x3", True)
+    assert candidates(torch.float32) == chunked32  # the column-block tiles among them
+    bf16 = candidates(torch.bfloat16)
+    resident = [c for c in bf16 if c.resident]
+    assert resident == Layout.of((16, 128, 128, 8), 2, 1).resident_configs(2, None, "ieee")
+    assert resident and not bf16[0].resident  # the static launch stays first
+    assert not any(c.resident for c in candidates(torch.bfloat16, order=2))
+    assert not any(c.resident for c in candidates(torch.bfloat16, forced="chunked"))
+    assert all(c.resident for c in candidates(torch.float32, forced="resident"))
+    # only the forward: the backward's candidates are the chunked kernel's
+    monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "auto")
+    offered.clear()
+    layout, x = Layout.of((16, 128, 128, 8), 2, 1), torch.zeros(64, 16, dtype=torch.bfloat16)
+    launch._launch_config("bwd", layout, x, {}, False, lambda c: None)
+    assert not any(c.resident or c.cols for c in offered[0])

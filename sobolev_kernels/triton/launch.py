@@ -142,7 +142,8 @@ def _launch_config(
         return chosen
     static, tensor_core = _precisions(x.dtype, allow_tf32)
     resident = []
-    if kernel == "fwd" and (forced == "resident" or (forced == "auto" and _offers_resident(x))):
+    offer = forced == "auto" and _offers_resident(x, layout)
+    if kernel == "fwd" and (forced == "resident" or offer):
         resident = layout.resident_configs(x.element_size(), limit, tensor_core)
     if forced == "resident" and resident:  # (else the shape does not fit it: chunked)
         if not tuning.can_measure(x.device):
@@ -157,10 +158,11 @@ def _launch_config(
     return tuning.fastest(key, configs + resident, launch, _DOES_NOT_FIT)
 
 
-def _offers_resident(x: Tensor) -> bool:
-    # measured faster and correct in bf16 only (H200, 2026-11-27); fp16 takes the same
-    # tensor-core path but was not measured, and in fp32 the chunked kernel won
-    return x.dtype == torch.bfloat16
+def _offers_resident(x: Tensor, layout: Layout) -> bool:
+    # measured faster and correct in bf16 at order 1 only (H200, 2026-11-27); fp16 and
+    # order 2 take the same tensor-core path but were not measured, and in fp32 the chunked
+    # kernel won
+    return x.dtype == torch.bfloat16 and layout.order == 1
 
 
 FORWARD_KERNELS = ("chunked", "resident")
