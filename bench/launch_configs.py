@@ -59,7 +59,7 @@ def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tu
             for rows, warps, cols in ((32, 4, 32), (32, 8, 0), (64, 4, 64)):
                 group = layout.group(rows, warps, cols)
                 config = LaunchConfig(rows, warps, CHUNK, group, tc, cols)
-                if not tf32_splits_rows(config, layout.order):
+                if not tf32_splits_rows(config):
                     chunked.append(config)
             resident = layout.resident_configs(size, 227 * 1024, tc)
             if resident:

@@ -9,8 +9,9 @@ Each variant compiles as the static launch and as the autotuner's tensor-core ca
 (fp32: 3xTF32 dots), the static backward once more without its inputs stores (the
 ``recompute`` weight gradients' backward), the persistent forward and backward of a step
 that keeps nothing and the persistent backward after one that saves (``persistent_backward.py``),
-and the split-K weight-gradient kernel with
-tensor-core dots, reading the stored inputs and forming them itself (recompute). Exit
+the split-K weight-gradient kernel with
+tensor-core dots, reading the stored inputs and forming them itself (recompute), and the
+resident forward (``forward_resident.py``) in its tuner candidates. Exit
 status 1 if one fails to compile, needs more shared memory than the
 backend estimated (the estimate decides whether a problem fits), or, as a tensor-core
 launch, has no tensor-core instruction in its SASS. Resource surveys over launch
@@ -76,6 +77,10 @@ def check(variant, arch: int) -> list[str]:
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
+    # the resident forward in its tuner candidates (in fp32 only forced: the tuner offers it
+    # in bf16); the interpreter missed a compile error of its order 2
+    for config in layout.resident_configs(size, SHARED_LIMIT[arch], tensor_core.precision):
+        problems += _check_config(layout, config, variant, arch, True, ("fwd_resident",))
     return problems
 
 
@@ -125,9 +130,10 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
             print(f"{label} {name}: shared={shared} (estimated {estimate}) reg={res.get('REG')} "
                   f"stack={res.get('STACK')} tensor-core instructions={tensor_ops} "
                   f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
-            # (the persistent backward is opt-in or measured, not part of the fit estimate:
-            # the architecture's limit is its bound)
-            bound = SHARED_LIMIT[arch] if name.startswith("bwd_persistent") else estimate
+            # (the persistent backward and the resident forward are not part of the fit
+            # estimate, Layout.shared_bytes: the architecture's limit is their bound)
+            own = name.startswith("bwd_persistent") or name == "fwd_resident"
+            bound = SHARED_LIMIT[arch] if own else estimate
             if shared > bound:
                 problems.append(f"{label} {name}: {shared} bytes of shared memory > {bound}")
             if needs_tensor_cores and tensor_ops == 0:

@@ -202,7 +202,7 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     # tiles fit the register budget
     tensor_core = [c for c in configs if c.precision == "tf32x3"]
     static_tc = configs[0]._replace(precision="tf32x3")
-    assert (tensor_core[0] == static_tc) != tf32_splits_rows(static_tc, order)
+    assert (tensor_core[0] == static_tc) != tf32_splits_rows(static_tc)
     wide = tensor_core[-1]
     assert wide.rows == 64 and wide.cols >= MIN_PAD
     assert layout.tile_elements(64, wide.group, wide.cols) <= layout.tile_budget(wide.warps)
@@ -210,7 +210,7 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     # the wide one only when asked for (the forward's launcher always asks)
     assert layout.launch_configs(4, 227 * 1024, "ieee", "tf32x3") == configs[:-1]
     # no TF32 dot that wgmma splits between warpgroups (wrong or faulting on the H200)
-    assert not any(tf32_splits_rows(c, order) for c in configs)
+    assert not any(tf32_splits_rows(c) for c in configs)
 
 
 def test_tf32_dots_shared_by_two_warpgroups_are_never_offered():

@@ -22,6 +22,7 @@ from triton.compiler import ASTSource
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
 from .forward import _sobolev_fwd_kernel, _sobolev_fwd_persistent_kernel
+from .forward_resident import _sobolev_fwd_resident_kernel
 from .launch import TARGET_GRAD, TARGET_HESS, TARGET_NONE, _precisions
 from .layout import Layout
 from .persistent_backward import _sobolev_bwd_persistent_kernel
@@ -105,7 +106,8 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
                  kernels: tuple[str, ...] = ("fwd", "bwd"),
                  store_inputs: bool = True) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
-    "fwd", "bwd", "fwd_persistent", "bwd_persistent", "bwd_persistent_saved") for ``arch``
+    "fwd", "bwd", "fwd_persistent", "bwd_persistent", "bwd_persistent_saved", and
+    "fwd_resident", the resident forward of a training step) for ``arch``
     (80, 90, ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile
     raises."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
@@ -115,9 +117,11 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
                                                                cols, recompute=False)  # fmt: skip
     # the forward that keeps nothing, per row tile into scratch of its own
     constexprs["fwd_persistent"] = dict(constexprs["fwd"], **layout.hidden_stacks(save=False))
+    constexprs["fwd_resident"] = dict(constexprs["fwd"], STORE_HIDDEN=True)
     every = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS),
              ("fwd_persistent", _sobolev_fwd_persistent_kernel, _FWD_PTRS, _FWD_SCALARS),
+             ("fwd_resident", _sobolev_fwd_resident_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd_persistent", _sobolev_bwd_persistent_kernel, _PERSISTENT_PTRS,
               _BWD_SCALARS),
              ("bwd_persistent_saved", _sobolev_bwd_persistent_kernel, _PERSISTENT_PTRS,

@@ -283,7 +283,15 @@ def _fwd_rows(
                     sum_u += group_u
                     sum_w += group_w
 
-    # value outputs and the per-program loss partials
+    sum_f = _fwd_value_outputs(z, y_ptr, f_ptr, rows, row_ok, M, MP, HAS_Y, EMULATE_BF16)
+    return sum_f, sum_u, sum_w
+
+
+@triton.jit
+def _fwd_value_outputs(z, y_ptr, f_ptr, rows, row_ok, M: tl.constexpr, MP: tl.constexpr,
+                       HAS_Y: tl.constexpr, EMULATE_BF16: tl.constexpr):  # fmt: skip
+    """Stores f (the output layer's values z, (ROWS, MP) fp32) and returns the sum of squares
+    of f - y (in fp32, before f is rounded to its dtype)."""
     cm = tl.arange(0, MP)
     val_ok = row_ok[:, None] & (cm[None, :] < M)
     val_idx = rows[:, None] * M + cm[None, :]
@@ -292,7 +300,7 @@ def _fwd_rows(
     if HAS_Y:
         rf -= tl.load(y_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
     rf = tl.where(val_ok, rf, 0.0)
-    return tl.sum(tl.sum(rf * rf, axis=1), axis=0), sum_u, sum_w
+    return tl.sum(tl.sum(rf * rf, axis=1), axis=0)
 
 
 @triton.jit

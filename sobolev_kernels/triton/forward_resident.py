@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .forward import _fwd_tangent_outputs
+from .forward import _fwd_tangent_outputs, _fwd_value_outputs
 from .tiles import _activate, _cast, _dot, _tile_rows, _weight_rows
 
 
@@ -143,14 +143,7 @@ def _sobolev_fwd_resident_kernel(
             )  # fmt: skip
             sum_u += group_u
             sum_w += group_w
-    cm = tl.arange(0, MP)
-    val_ok = row_ok[:, None] & (cm[None, :] < M)
-    val_idx = rows[:, None] * M + cm[None, :]
-    tl.store(f_ptr + val_idx, _cast(z, f_ptr.dtype.element_ty, EMULATE_BF16), mask=val_ok)
-    rf = z
-    if HAS_Y:
-        rf -= tl.load(y_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
-    rf = tl.where(val_ok, rf, 0.0)
-    tl.store(partial_ptr + pid * 3, tl.sum(tl.sum(rf * rf, axis=1), axis=0))
+    sum_f = _fwd_value_outputs(z, y_ptr, f_ptr, rows, row_ok, M, MP, HAS_Y, EMULATE_BF16)
+    tl.store(partial_ptr + pid * 3, sum_f)
     tl.store(partial_ptr + pid * 3 + 1, sum_u)
     tl.store(partial_ptr + pid * 3 + 2, sum_w)

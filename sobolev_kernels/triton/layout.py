@@ -51,12 +51,13 @@ class LaunchConfig(NamedTuple):
     resident: bool = False  # the forward with its activations in registers (forward_resident.py)
 
 
-def tf32_splits_rows(config: LaunchConfig, order: int = 1) -> bool:
+def tf32_splits_rows(config: LaunchConfig) -> bool:
     """Whether ``config`` has a TF32 dot ("tf32x3", "tf32") of 64 <= M < 16 x warps rows: on
     more than one warpgroup, a wgmma tile that the warpgroups share by splitting its columns.
     With triton 3.6 on the H200 (2026-11-27) every such launch measured computed a wrong
     loss (3e-3 off) or ended the process with an illegal memory access: the 64-row tiles on 8
-    warps, in both kernels, forward and step. Such configs are never offered."""
+    warps, in both kernels, forward and step. Such configs are never offered. (Order 2's
+    second-order tiles have the first-order ones' rows.)"""
     if config.precision not in ("tf32x3", "tf32") or config.warps <= 4:
         return False
     dot_rows = (config.rows, config.group * config.rows)
@@ -286,7 +287,7 @@ class Layout:
                 )
                 if shared_limit is None or need <= shared_limit:
                     out.append(tiles)
-        return [c for c in out if not tf32_splits_rows(c, self.order)]
+        return [c for c in out if not tf32_splits_rows(c)]
 
     def resident_fits(self, shared_limit: int | None = None, element_size: int = 4) -> str | None:
         """Why the resident forward (forward_resident.py) cannot take this shape (None: it
@@ -313,7 +314,7 @@ class Layout:
         for rows, warps in ((64, 8), (32, 4)):
             group = self.group(rows, warps, budget=4)
             out.append(LaunchConfig(rows, warps, CHUNK, group, precision, resident=True))
-        return [c for c in out if not tf32_splits_rows(c, self.order)]
+        return [c for c in out if not tf32_splits_rows(c)]
 
     def tensor_core_config(self, precision: str) -> LaunchConfig:
         """64 batch rows on 4 warps, a layer's output columns a block at a time: wgmma tiles
