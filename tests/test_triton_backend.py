@@ -791,3 +791,49 @@ def test_kernels_compile_for_a_real_gpu_ahead_of_time(which):
                              capture_output=True, text=True, env=env).stdout.strip()  # fmt: skip
     if overlay:
         assert version == Path(overlay).name.removeprefix("triton-"), version
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1024, 1025, 3000])
+def test_sum_partials_over_many_rows(rows):
+    """The column sums of per-program partials into each parameter's gradient: one pass, or
+    over more than SUM_ONE_PASS_ROWS rows a first pass over row blocks (ragged here);
+    the sums in a fixed order, so the same rows give the same bits."""
+    from sobolev_kernels.triton import launch
+
+    gen = torch.Generator().manual_seed(rows)
+    partial = torch.randn(rows, 150, generator=gen).to(DEVICE)
+    outs = [torch.empty(70, device=DEVICE), torch.empty(80, device=DEVICE, dtype=torch.float16)]
+    launch._sum_partials(partial, outs, (0, 70), torch.float32)
+    expected = partial.double().sum(0)
+    torch.testing.assert_close(outs[0].double(), expected[:70], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[1].double(), expected[70:], rtol=1e-3, atol=1e-2)
+    again = [torch.empty_like(o) for o in outs]
+    launch._sum_partials(partial, again, (0, 70), torch.float32)
+    assert all(torch.equal(a, o) for a, o in zip(again, outs))
+    # in place into the first row (the recompute backward's running sums)
+    running = partial.clone()
+    launch._sum_partials(running, [running[0]], (0,), torch.float32)
+    torch.testing.assert_close(running[0].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_gradients_from_many_programs(monkeypatch):
+    """The GEMM weight gradients' bias sums over more backward programs than one pass adds
+    (the two-pass sum of _sum_partials), against the reference."""
+    from sobolev_kernels.triton import launch
+
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "gemm")
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
+    monkeypatch.setattr(launch, "SUM_ONE_PASS_ROWS", 8)  # (a smaller batch than 1024 x 64)
+    monkeypatch.setattr(launch, "SUM_ROWS_PER_SPLIT", 4)  # (fewer than a pass's 32 at a time)
+    real, grids = launch._sum_row_blocks_kernel, []
+
+    class Counting:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(launch, "_sum_row_blocks_kernel", Counting())
+    model, x, y, kw = sample_inputs(batch=2000, dim=2, width=8, out=1, k=1, layers=2,
+                                    dtype=torch.float32, device=DEVICE)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, expected_model=upcast_model(model))
+    assert grids  # the two-pass sum ran

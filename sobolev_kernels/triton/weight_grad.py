@@ -162,6 +162,24 @@ def _weight_grad_partials_kernel(
 
 
 @triton.jit
+def _sum_row_blocks_kernel(partial_ptr, out_ptr, P, N: tl.constexpr, ROWS_PER_SPLIT: tl.constexpr,
+                           PROGRAMS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """out[s] = the sum of rows [s R, s R + R) of partial (P, N), R = ROWS_PER_SPLIT, in fp32
+    and a fixed order (PROGRAMS rows at a time, then a tree): the first pass of a sum over
+    many rows, one program per (column block, row block)."""
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    s = tl.program_id(1).to(tl.int64)
+    ok = c < N
+    acc = tl.zeros((PROGRAMS, BLOCK), tl.float32)
+    end = tl.minimum(P, (s + 1) * ROWS_PER_SPLIT)
+    for r0 in range(0, ROWS_PER_SPLIT, PROGRAMS):
+        p = s * ROWS_PER_SPLIT + r0 + tl.arange(0, PROGRAMS)
+        acc += tl.load(partial_ptr + p[:, None] * N + c[None, :],
+                       mask=(p[:, None] < end) & ok[None, :], other=0.0)  # fmt: skip
+    tl.store(out_ptr + s * N + c, tl.sum(acc, axis=0), mask=ok)
+
+
+@triton.jit
 def _sum_partials_kernel(
     partial_ptr, out_ptrs, P, N: tl.constexpr, SEG_OFFS: tl.constexpr,
     SEG_SIZES: tl.constexpr, NUM_SEGS: tl.constexpr, PROGRAMS: tl.constexpr,
