@@ -41,10 +41,11 @@ BACKWARD_ENV = {"SOBOLEV_TRITON_BACKWARD": "separate", "SOBOLEV_TRITON_WEIGHT_GR
 
 def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tuple]:
     """(config, precision, kernel, LaunchConfig), kernel "chunked" or "resident" (forwards,
-    for "fwd" in ``kernels``) or "bwd", in the order of ``kernels``: the tuner's candidates
-    (with the column-block tiles), 32- and 64-row tiles with column blocks (not ones whose
-    TF32 dots two warpgroups share: they fault), and the resident kernel's candidates and
-    128 rows on 8 warps."""
+    for "fwd" in ``kernels``) or "bwd" or "bwd_resident", in the order of ``kernels``: the
+    tuner's candidates (with the column-block tiles), 32- and 64-row tiles with column
+    blocks (not ones whose TF32 dots two warpgroups share: they fault), and the resident
+    kernels' configs (the forward's also 128 rows on 8 warps; the backward's those with
+    every direction in one pass)."""
     from sobolev_kernels.triton.layout import CHUNK, LaunchConfig, Layout, tf32_splits_rows
 
     out = {kernel: [] for kernel in kernels}
@@ -70,6 +71,8 @@ def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tu
                 out["fwd"] += [(name, precision, "resident", c) for c in resident]
             if "bwd" in kernels:
                 out["bwd"] += [(name, precision, "bwd", c) for c in chunked]
+                out["bwd"] += [(name, precision, "bwd_resident", c) for c in resident
+                               if c.group == layout.kp]  # fmt: skip
     # in the order of ``kernels`` (a run cut short has timed the first ones), no repeats
     return list(dict.fromkeys(case for kernel in kernels for case in out[kernel]))
 
@@ -86,7 +89,7 @@ def run_case(case: tuple, batch: int | None = None, device: str = "cuda") -> str
     set_precision(precision)
     sizes = {**CONFIGS[name], **({"batch": batch} if batch else {})}
     p = make_problem(**sizes, precision=precision, device=device)
-    if kernel == "bwd":
+    if kernel.startswith("bwd"):
         ms, error = _backward_case(p, config, (name, precision, batch, "grads"), device)
     else:
         ms, error = _forward_case(p, config, (name, precision, batch), device)
@@ -188,7 +191,7 @@ def _wall_ms(fn) -> list[float]:
 
 def _label(case: tuple) -> str:
     name, precision, kernel, c = case
-    return (f"{name} {precision} {kernel:8s} rows {c.rows:3d} warps {c.warps:2d} group {c.group} "
+    return (f"{name} {precision} {kernel:12s} rows {c.rows:3d} warps {c.warps:2d} group {c.group} "
             f"cols {c.cols:3d} {c.precision}")  # fmt: skip
 
 

@@ -11,7 +11,8 @@ Each variant compiles as the static launch and as the autotuner's tensor-core ca
 that keeps nothing and the persistent backward after one that saves (``persistent_backward.py``),
 the split-K weight-gradient kernel with
 tensor-core dots, reading the stored inputs and forming them itself (recompute), and the
-resident forward (``forward_resident.py``) in its tuner candidates. Exit
+resident forward and backward (``forward_resident.py``, ``backward_resident.py``) in their
+configs. Exit
 status 1 if one fails to compile, needs more shared memory than the
 backend estimated (the estimate decides whether a problem fits), or, as a tensor-core
 launch, has no tensor-core instruction in its SASS. Resource surveys over launch
@@ -77,10 +78,13 @@ def check(variant, arch: int) -> list[str]:
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
-    # the resident forward in its tuner candidates (in fp32 only forced: the tuner offers it
-    # in bf16); the interpreter missed a compile error of its order 2
+    # the resident kernels in their configs (the forward: the tuner's in bf16, else forced;
+    # the backward forced, where it carries every direction at once); the interpreter missed
+    # a compile error of the forward's order 2
     for config in layout.resident_configs(size, SHARED_LIMIT[arch], tensor_core.precision):
-        problems += _check_config(layout, config, variant, arch, True, ("fwd_resident",))
+        kernels = ("fwd_resident", "bwd_resident") if config.group == layout.kp else (
+            "fwd_resident",)  # fmt: skip
+        problems += _check_config(layout, config, variant, arch, True, kernels)
     return problems
 
 
@@ -132,7 +136,7 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
                   f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
             # (the persistent backward and the resident forward are not part of the fit
             # estimate, Layout.shared_bytes: the architecture's limit is their bound)
-            own = name.startswith("bwd_persistent") or name == "fwd_resident"
+            own = name.startswith("bwd_persistent") or name.endswith("_resident")
             bound = SHARED_LIMIT[arch] if own else estimate
             if shared > bound:
                 problems.append(f"{label} {name}: {shared} bytes of shared memory > {bound}")

@@ -37,8 +37,13 @@ VARIANTS = {
             "SOBOLEV_TRITON_RECOMPUTE_ROWS": "32",
         },
         {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
-        # the opt-in forward with its activations in registers (forward_resident.py)
-        {"SOBOLEV_TRITON_FORWARD": "resident"},
+        # the forward and backward with their tiles in registers (forward_resident.py,
+        # backward_resident.py; the backward opt-in)
+        {
+            "SOBOLEV_TRITON_FORWARD": "resident",
+            "SOBOLEV_TRITON_BACKWARD_KERNEL": "resident",
+            "SOBOLEV_TRITON_BACKWARD": "separate",
+        },
     ],
     "cuda": [{"SOBOLEV_CUDA_KERNEL": k} for k in ("tiled_tc", "fused")],
 }

@@ -24,7 +24,7 @@ def test_cases_cover_both_kernels_and_the_tuner_candidates():
 
     todo = cases(["M"], ["fp32"])
     kernels = {kernel for _, _, kernel, _ in todo}
-    assert kernels == {"chunked", "resident", "bwd"}
+    assert kernels == {"chunked", "resident", "bwd", "bwd_resident"}
     tuner = Layout((16, 128, 128, 128, 8), 2).launch_configs(4, 227 * 1024, "ieee", "tf32x3")
     chunked = [c for _, _, kernel, c in todo if kernel == "chunked"]
     assert chunked[: len(tuner)] == tuner
@@ -60,14 +60,24 @@ def test_a_case_runs_with_its_config(monkeypatch, kernel):
     assert bool(kernels) == (kernel == "resident")  # the config chose the kernel
 
 
-def test_a_backward_case_varies_only_the_backward_kernel(monkeypatch):
+@pytest.mark.parametrize("kernel", ["bwd", "bwd_resident"])
+def test_a_backward_case_varies_only_the_backward_kernel(monkeypatch, kernel):
     from bench import launch_configs
     from sobolev_kernels.triton import launch
 
     monkeypatch.setattr(launch, "_launch_config", launch._launch_config)  # restored after
     for name, value in launch_configs.BACKWARD_ENV.items():
         monkeypatch.setenv(name, value)  # restored after (the case sets them)
-    case = next(c for c in launch_configs.cases(["S"], ["fp32"], ["bwd"]) if c[3].cols)
+    todo = launch_configs.cases(["S"], ["fp32"], ["bwd"])
+    case = next(c for c in todo if c[2] == kernel and (c[3].cols or c[3].resident))
+    real_resident, resident_launches = launch._sobolev_bwd_resident_kernel, []
+
+    class Counting:
+        def __getitem__(self, grid):
+            resident_launches.append(grid)
+            return real_resident[grid]
+
+    monkeypatch.setattr(launch, "_sobolev_bwd_resident_kernel", Counting())
     asked = []
     real = launch_configs._launch_config(launch)
 
@@ -80,3 +90,4 @@ def test_a_backward_case_varies_only_the_backward_kernel(monkeypatch):
     error = float(re.search(r"rel\. error (\S+)", row).group(1))
     assert error < 1e-4, row
     assert set(asked) == {"fwd"}  # the backward's config is the case's, the forward's the tuner's
+    assert bool(resident_launches) == (kernel == "bwd_resident")

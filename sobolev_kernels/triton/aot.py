@@ -21,6 +21,7 @@ from triton.compiler import ASTSource
 
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
+from .backward_resident import _sobolev_bwd_resident_kernel
 from .forward import _sobolev_fwd_kernel, _sobolev_fwd_persistent_kernel
 from .forward_resident import _sobolev_fwd_resident_kernel
 from .launch import TARGET_GRAD, TARGET_HESS, TARGET_NONE, _precisions
@@ -107,7 +108,7 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
                  store_inputs: bool = True) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
     "fwd", "bwd", "fwd_persistent", "bwd_persistent", "bwd_persistent_saved", and
-    "fwd_resident", the resident forward of a training step) for ``arch``
+    "fwd_resident" and "bwd_resident", the resident kernels of a training step) for ``arch``
     (80, 90, ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile
     raises."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
@@ -118,10 +119,12 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
     # the forward that keeps nothing, per row tile into scratch of its own
     constexprs["fwd_persistent"] = dict(constexprs["fwd"], **layout.hidden_stacks(save=False))
     constexprs["fwd_resident"] = dict(constexprs["fwd"], STORE_HIDDEN=True)
+    constexprs["bwd_resident"] = constexprs["bwd"]
     every = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS),
              ("fwd_persistent", _sobolev_fwd_persistent_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("fwd_resident", _sobolev_fwd_resident_kernel, _FWD_PTRS, _FWD_SCALARS),
+             ("bwd_resident", _sobolev_bwd_resident_kernel, _BWD_PTRS, _BWD_SCALARS),
              ("bwd_persistent", _sobolev_bwd_persistent_kernel, _PERSISTENT_PTRS,
               _BWD_SCALARS),
              ("bwd_persistent_saved", _sobolev_bwd_persistent_kernel, _PERSISTENT_PTRS,

@@ -201,6 +201,95 @@ def _bwd_input_block(
 
 
 @triton.jit
+def _bwd_seeds(
+    v_ptr, y_ptr, g_ptr, g2_ptr, f_ptr, u_ptr, w2_ptr, gloss_ptr, gf_ptr, gu_ptr, gw_ptr,
+    a_ptr, db_ptr, pid, rows, row_ok, B, coef_f, coef_u, coef_w,
+    WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr, OUT_CUM: tl.constexpr,
+    NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, GROUP: tl.constexpr,
+    ROWS: tl.constexpr, ORDER: tl.constexpr, SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_Y: tl.constexpr, TARGET: tl.constexpr, TARGET2: tl.constexpr, HAS_GL: tl.constexpr,
+    HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """A_L, the seeds (see the top of this file; coef_* are 0 for a term without its
+    target), stored into its stack, a direction group at a time, and the output layer's
+    bias partials. Returns the value seeds (ROWS, MP) and direction group 0's tangent seeds
+    (GROUP ROWS, MP; for order 1 the second is the first), in fp32."""
+    D: tl.constexpr = WIDTHS[0]
+    M: tl.constexpr = WIDTHS[NUM_LAYERS]
+    MP: tl.constexpr = PADS[NUM_LAYERS]
+    S: tl.constexpr = 1 + ORDER * K
+    NB: tl.constexpr = B_OFFS[NUM_LAYERS - 1] + WIDTHS[NUM_LAYERS]  # biases in all layers
+    at_ty = a_ptr.dtype.element_ty
+    gl = 0.0
+    if HAS_GL:
+        gl = tl.load(gloss_ptr).to(tl.float32)
+    cm = tl.arange(0, MP)
+    val_ok = row_ok[:, None] & (cm[None, :] < M)
+    val_idx = rows[:, None] * M + cm[None, :]
+    rf = tl.load(f_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
+    if HAS_Y:
+        rf -= tl.load(y_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
+    a = (gl * coef_f) * rf
+    if HAS_GF:
+        a += tl.load(gf_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
+    top = a_ptr + S * B * OUT_CUM[NUM_LAYERS - 1]
+    at, att = _bwd_tangent_seeds(
+        v_ptr, g_ptr, g2_ptr, u_ptr, w2_ptr, gu_ptr, gw_ptr, top, gl, coef_u, coef_w, pid, 0,
+        rows, row_ok, B, D, M, MP, K, GROUP, ROWS, ORDER, SHARED, TARGET, TARGET2, HAS_GU,
+        HAS_GW, EMULATE_BF16,
+    )  # fmt: skip
+    if KP // GROUP > 1:
+        for g in tl.range(1, KP // GROUP):
+            _bwd_tangent_seeds(
+                v_ptr, g_ptr, g2_ptr, u_ptr, w2_ptr, gu_ptr, gw_ptr, top, gl, coef_u, coef_w,
+                pid, g, rows, row_ok, B, D, M, MP, K, GROUP, ROWS, ORDER, SHARED, TARGET,
+                TARGET2, HAS_GU, HAS_GW, EMULATE_BF16,
+            )  # fmt: skip
+    # A_L's value rows, and the output layer's bias partials
+    tl.store(top + rows[:, None] * M + cm[None, :], _cast(a, at_ty, EMULATE_BF16), mask=val_ok)
+    if HAS_BIAS:
+        tl.store(db_ptr + pid * NB + B_OFFS[NUM_LAYERS - 1] + cm, tl.sum(a, axis=0), mask=cm < M)
+    return a, at, att
+
+
+@triton.jit
+def _bwd_tangent_seeds(
+    v_ptr, g_ptr, g2_ptr, u_ptr, w2_ptr, gu_ptr, gw_ptr, top, gl, coef_u, coef_w, pid, g,
+    rows, row_ok, B, D: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, K: tl.constexpr,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SHARED: tl.constexpr,
+    TARGET: tl.constexpr, TARGET2: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
+    EMULATE_BF16: tl.constexpr,
+):  # fmt: skip
+    """Direction group g's tangent rows of A_L (``top``), stored; returned in fp32."""
+    at_ty = top.dtype.element_ty
+    k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
+        pid, g, B, K, GROUP, ROWS, SHARED
+    )
+    cm = tl.arange(0, MP)
+    tan_ok = t_ok[:, None] & (cm[None, :] < M)
+    tan_idx = bk_rows[:, None] * M + cm[None, :]
+    ru = tl.load(u_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+    ru -= _target_tangents(v_ptr, g_ptr, pid, g, rows, row_ok, B, D, M, MP, K, GROUP, ROWS,
+                           SHARED, TARGET)  # fmt: skip
+    at = (gl * coef_u) * ru
+    if HAS_GU:
+        at += tl.load(gu_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+    tl.store(top + t_rows[:, None] * M + cm[None, :], _cast(at, at_ty, EMULATE_BF16), mask=tan_ok)
+    att = at
+    if ORDER == 2:
+        rw = tl.load(w2_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+        rw -= _target_second(v_ptr, g2_ptr, pid, g, rows, row_ok, B, D, M, MP, K, GROUP, ROWS,
+                             SHARED, TARGET2)  # fmt: skip
+        att = (gl * coef_w) * rw
+        if HAS_GW:
+            att += tl.load(gw_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
+        tl.store(top + tt_rows[:, None] * M + cm[None, :], _cast(att, at_ty, EMULATE_BF16),
+                 mask=tan_ok)  # fmt: skip
+    return at, att
+
+
+@triton.jit
 def _sobolev_bwd_kernel(
     x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, z_ptr, f_ptr, u_ptr, w2_ptr,
     gloss_ptr, gf_ptr, gu_ptr, gw_ptr,
@@ -245,59 +334,14 @@ def _bwd_rows(
     The persistent backward (``persistent_backward.py``) calls it per row tile with the tile's
     tensors and stacks of its own (pid 0, B its samples)."""
     D: tl.constexpr = WIDTHS[0]
-    M: tl.constexpr = WIDTHS[NUM_LAYERS]
-    MP: tl.constexpr = PADS[NUM_LAYERS]
     S: tl.constexpr = 1 + ORDER * K
     NB: tl.constexpr = B_OFFS[NUM_LAYERS - 1] + WIDTHS[NUM_LAYERS]  # biases in all layers
-    at_ty = a_ptr.dtype.element_ty
-
-    # Seeds (see the top of this file); coef_* are 0 for a term without its target. The
-    # tangent ones go straight to A_L's tangent rows, a direction group at a time.
-    gl = 0.0
-    if HAS_GL:
-        gl = tl.load(gloss_ptr).to(tl.float32)
-    cm = tl.arange(0, MP)
-    val_ok = row_ok[:, None] & (cm[None, :] < M)
-    val_idx = rows[:, None] * M + cm[None, :]
-    rf = tl.load(f_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
-    if HAS_Y:
-        rf -= tl.load(y_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
-    a = (gl * coef_f) * rf
-    if HAS_GF:
-        a += tl.load(gf_ptr + val_idx, mask=val_ok, other=0.0).to(tl.float32)
-    top = a_ptr + S * B * OUT_CUM[NUM_LAYERS - 1]
-    for g in tl.range(0, KP // GROUP):
-        k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
-            pid, g, B, K, GROUP, ROWS, SHARED
-        )
-        tan_ok = t_ok[:, None] & (cm[None, :] < M)
-        tan_idx = bk_rows[:, None] * M + cm[None, :]
-        ru = tl.load(u_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
-        ru -= _target_tangents(v_ptr, g_ptr, pid, g, rows, row_ok, B, D, M, MP, K, GROUP, ROWS,
-                               SHARED, TARGET)  # fmt: skip
-        at = (gl * coef_u) * ru
-        if HAS_GU:
-            at += tl.load(gu_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
-        tl.store(
-            top + t_rows[:, None] * M + cm[None, :], _cast(at, at_ty, EMULATE_BF16), mask=tan_ok
-        )
-        if ORDER == 2:
-            rw = tl.load(w2_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
-            rw -= _target_second(v_ptr, g2_ptr, pid, g, rows, row_ok, B, D, M, MP, K, GROUP,
-                                 ROWS, SHARED, TARGET2)  # fmt: skip
-            att = (gl * coef_w) * rw
-            if HAS_GW:
-                att += tl.load(gw_ptr + tan_idx, mask=tan_ok, other=0.0).to(tl.float32)
-            tl.store(
-                top + tt_rows[:, None] * M + cm[None, :],
-                _cast(att, at_ty, EMULATE_BF16),
-                mask=tan_ok,
-            )
-
-    # A_L's value rows, and the output layer's bias partials
-    tl.store(top + rows[:, None] * M + cm[None, :], _cast(a, at_ty, EMULATE_BF16), mask=val_ok)
-    if HAS_BIAS:
-        tl.store(db_ptr + pid * NB + B_OFFS[NUM_LAYERS - 1] + cm, tl.sum(a, axis=0), mask=cm < M)
+    _bwd_seeds(
+        v_ptr, y_ptr, g_ptr, g2_ptr, f_ptr, u_ptr, w2_ptr, gloss_ptr, gf_ptr, gu_ptr, gw_ptr,
+        a_ptr, db_ptr, pid, rows, row_ok, B, coef_f, coef_u, coef_w, WIDTHS, PADS, B_OFFS,
+        OUT_CUM, NUM_LAYERS, K, KP, GROUP, ROWS, ORDER, SHARED, HAS_BIAS, HAS_Y, TARGET,
+        TARGET2, HAS_GL, HAS_GF, HAS_GU, HAS_GW, EMULATE_BF16,
+    )  # fmt: skip
 
     st_ty = s_ptr.dtype.element_ty
     for l in tl.static_range(NUM_LAYERS - 1, -1, -1):  # top down; sizes in place (see forward)

@@ -22,6 +22,7 @@ from .. import tuning
 from . import interpreting
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
+from .backward_resident import _sobolev_bwd_resident_kernel
 from .forward import (
     _sobolev_fwd_kernel,
     _sobolev_fwd_persistent_kernel,
@@ -131,10 +132,11 @@ def _launch_config(
     are the static one and the tensor-core ones (fewer compiles of a big kernel). The
     forward ("fwd") always has ``Layout.tensor_core_config`` among them and, in bf16, the
     resident kernel's configs (the H200 measured both faster and correct there);
-    SOBOLEV_TRITON_FORWARD narrows them to one kernel."""
+    SOBOLEV_TRITON_FORWARD narrows them to one kernel. The backward ("bwd") takes the
+    resident kernel's only when SOBOLEV_TRITON_BACKWARD_KERNEL=resident asks for it."""
     limit = shared_memory_limit(x.device)
     wide = _wide_tiles()
-    forced = _forward_forced() if kernel == "fwd" else "auto"
+    forced = {"fwd": _forward_forced, "bwd": _backward_kernel_forced}.get(kernel, _auto)()
     key = _tuning_key(kernel, x, constexprs, allow_tf32) + (("wide tiles",) if wide else ())
     key += (forced,) if forced != "auto" else ()
     chosen = tuning.chosen(key)
@@ -142,9 +144,11 @@ def _launch_config(
         return chosen
     static, tensor_core = _precisions(x.dtype, allow_tf32)
     resident = []
-    offer = forced == "auto" and _offers_resident(x, layout)
-    if kernel == "fwd" and (forced == "resident" or offer):
+    offer = kernel == "fwd" and forced == "auto" and _offers_resident(x, layout)
+    if forced == "resident" or offer:
         resident = layout.resident_configs(x.element_size(), limit, tensor_core)
+        if kernel == "bwd":  # it carries every direction at once
+            resident = [c for c in resident if c.group == layout.kp]
     if forced == "resident" and resident:  # (else the shape does not fit it: chunked)
         if not tuning.can_measure(x.device):
             return resident[0]
@@ -168,11 +172,23 @@ def _offers_resident(x: Tensor, layout: Layout) -> bool:
 FORWARD_KERNELS = ("chunked", "resident")
 
 
+def _auto() -> str:
+    return "auto"
+
+
 def _forward_forced() -> str:
     """SOBOLEV_TRITON_FORWARD: auto (the tuner's choice among both kernels' candidates) or
     one of FORWARD_KERNELS: ``chunked`` (forward.py) only, or ``resident``
     (forward_resident.py: activations in registers, whole-K dots) where the shape fits it."""
     return _forced_method("SOBOLEV_TRITON_FORWARD", FORWARD_KERNELS)
+
+
+def _backward_kernel_forced() -> str:
+    """SOBOLEV_TRITON_BACKWARD_KERNEL: auto (the chunked kernel of backward.py) or one of
+    FORWARD_KERNELS: ``resident`` (backward_resident.py: adjoints in registers, whole-K dots,
+    every direction in one pass) where the shape fits it. Opt-in until a GPU has measured it
+    (``bash scripts/gpu_session.sh explore`` times it)."""
+    return _forced_method("SOBOLEV_TRITON_BACKWARD_KERNEL", FORWARD_KERNELS)
 
 
 def _wide_tiles() -> bool:
@@ -388,7 +404,8 @@ def _backward(
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
         programs = triton.cdiv(batch, config.rows)
         db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
-        _sobolev_bwd_kernel[(programs,)](
+        kernel = _sobolev_bwd_resident_kernel if config.resident else _sobolev_bwd_kernel
+        kernel[(programs,)](
             x, v, y, target, target2, w_ptrs, saved, f, u, w, grad_loss, grad_f, grad_u, grad_w,
             adj, inputs if store_inputs else adj, grad_x if need_grad_x else x, db_partial,
             batch, negative_slope, *coefs, **_tuned(layout, config, "bwd"), **constexprs,
