@@ -61,6 +61,20 @@ def pytest_runtest_logreport(report):
             fh.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext}\n")
 
 
+def count_launches(monkeypatch, owner, name: str) -> list:
+    """Replaces the Triton kernel ``owner.name`` (the module that launches it) by one that
+    records each launch's grid and launches it; returns the list of grids."""
+    real, grids = getattr(owner, name), []
+
+    class Counting:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(owner, name, Counting())
+    return grids
+
+
 @pytest.fixture(autouse=True)
 def _fresh_fallback_warnings():
     """Each test sees the one-time fallback warning afresh."""

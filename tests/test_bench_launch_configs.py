@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from conftest import count_launches
 
 import sobolev_kernels as sk
 
@@ -38,21 +39,15 @@ def test_a_case_runs_with_its_config(monkeypatch, kernel):
 
     monkeypatch.setattr(launch, "_launch_config", launch._launch_config)  # restored after
     case = next(c for c in launch_configs.cases(["S"], ["fp32"]) if c[2] == kernel)
-    seen, kernels = [], []
+    seen = []
     real = launch.sobolev_forward
-    real_resident = launch._sobolev_fwd_resident_kernel
 
     def spy(*args):
         seen.append(args[-1])
         return real(*args)
 
-    class Counting:
-        def __getitem__(self, grid):
-            kernels.append(grid)
-            return real_resident[grid]
-
     monkeypatch.setattr(launch, "sobolev_forward", spy)
-    monkeypatch.setattr(launch, "_sobolev_fwd_resident_kernel", Counting())
+    kernels = count_launches(monkeypatch, launch, "_sobolev_fwd_resident_kernel")
     row = launch_configs.run_case(case, batch=40, device="cpu")
     error = float(re.search(r"rel\. error (\S+)", row).group(1))
     assert error < 1e-4, row
@@ -70,14 +65,7 @@ def test_a_backward_case_varies_only_the_backward_kernel(monkeypatch, kernel):
         monkeypatch.setenv(name, value)  # restored after (the case sets them)
     todo = launch_configs.cases(["S"], ["fp32"], ["bwd"])
     case = next(c for c in todo if c[2] == kernel and (c[3].cols or c[3].resident))
-    real_resident, resident_launches = launch._sobolev_bwd_resident_kernel, []
-
-    class Counting:
-        def __getitem__(self, grid):
-            resident_launches.append(grid)
-            return real_resident[grid]
-
-    monkeypatch.setattr(launch, "_sobolev_bwd_resident_kernel", Counting())
+    resident_launches = count_launches(monkeypatch, launch, "_sobolev_bwd_resident_kernel")
     asked = []
     real = launch_configs._launch_config(launch)
 

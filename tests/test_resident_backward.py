@@ -10,6 +10,7 @@ import torch
 from conftest import (
     HAS_CUDA,
     assert_backends_agree,
+    count_launches,
     order2_inputs,
     sample_inputs,
     tolerance,
@@ -34,15 +35,7 @@ def _resident_backward(monkeypatch, weight_grad="gemm"):
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD_KERNEL", "resident")
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
     monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", weight_grad)
-    real, calls = launch._sobolev_bwd_resident_kernel, []
-
-    class Counting:
-        def __getitem__(self, grid):
-            calls.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(launch, "_sobolev_bwd_resident_kernel", Counting())
-    return calls
+    return count_launches(monkeypatch, launch, "_sobolev_bwd_resident_kernel")
 
 
 def _inputs(order, **shape):

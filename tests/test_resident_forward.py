@@ -10,6 +10,7 @@ from conftest import (
     HAS_CUDA,
     assert_backends_agree,
     assert_forward_only_agrees,
+    count_launches,
     order2_inputs,
     sample_inputs,
     tolerance,
@@ -32,16 +33,7 @@ def _resident_launches(monkeypatch):
 
     monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "resident")
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
-    real = launch._sobolev_fwd_resident_kernel
-    calls = []
-
-    class Counting:
-        def __getitem__(self, grid):
-            calls.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(launch, "_sobolev_fwd_resident_kernel", Counting())
-    return calls
+    return count_launches(monkeypatch, launch, "_sobolev_fwd_resident_kernel")
 
 
 def _inputs(order, **shape):

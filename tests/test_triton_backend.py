@@ -16,6 +16,7 @@ from conftest import (
     assert_backends_agree,
     assert_close,
     assert_forward_only_agrees,
+    count_launches,
     order2_inputs,
     sample_inputs,
     tolerance,
@@ -825,14 +826,7 @@ def test_bias_gradients_from_many_programs(monkeypatch):
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
     monkeypatch.setattr(launch, "SUM_ONE_PASS_ROWS", 8)  # (a smaller batch than 1024 x 64)
     monkeypatch.setattr(launch, "SUM_ROWS_PER_SPLIT", 4)  # (fewer than a pass's 32 at a time)
-    real, grids = launch._sum_row_blocks_kernel, []
-
-    class Counting:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(launch, "_sum_row_blocks_kernel", Counting())
+    grids = count_launches(monkeypatch, launch, "_sum_row_blocks_kernel")
     model, x, y, kw = sample_inputs(batch=2000, dim=2, width=8, out=1, k=1, layers=2,
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
     assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, expected_model=upcast_model(model))
