@@ -23,7 +23,8 @@
 #                (so that its tuner does not compile a shape's candidates one after another)
 #   sweep    90  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
 #   profile  40  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
-#                of memory; and where a step's host time goes at B = 1024 (bench.host_profile)
+#                of memory; and where a host-bound step's host time goes: M in bf16
+#                (bench.host_profile)
 #   report   15  tables and plots of bench and sweep, and the open issues' goals checked
 #   explore 280  (only when named; a second command on the warm machine) the Triton backward
 #                and forward kernels under launch configs the tuner does not offer, and the
@@ -62,7 +63,8 @@ SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
-HOST_ARGS=(--config M --batch 1024 --precision fp32 --providers triton cuda --steps 50)
+# bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms)
+HOST_ARGS=(--config M --batch 65536 --precision bf16 --providers triton cuda --steps 50)
 TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is named
 # the step with the 64-row tiles among the backward's candidates (SOBOLEV_TRITON_WIDE_TILES=1:
 # the forward's are measured, the backward's not; their 8-warp form faulted on 2026-11-27)
