@@ -162,21 +162,30 @@ def _weight_grad_partials_kernel(
 
 
 @triton.jit
+def _column_sums(partial_ptr, c, ok, first, end, N: tl.constexpr, PROGRAMS: tl.constexpr,
+                 BLOCK: tl.constexpr):  # fmt: skip
+    """Columns c (``ok``: those < N) of partial (P, N) summed over rows [first, end), in fp32
+    and a fixed order: PROGRAMS rows at a time, then a tree."""
+    acc = tl.zeros((PROGRAMS, BLOCK), tl.float32)
+    for p0 in range(first, end, PROGRAMS):
+        p = p0 + tl.arange(0, PROGRAMS)
+        acc += tl.load(partial_ptr + p[:, None] * N + c[None, :],
+                       mask=(p[:, None] < end) & ok[None, :], other=0.0)  # fmt: skip
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
 def _sum_row_blocks_kernel(partial_ptr, out_ptr, P, N: tl.constexpr, ROWS_PER_SPLIT: tl.constexpr,
                            PROGRAMS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-    """out[s] = the sum of rows [s R, s R + R) of partial (P, N), R = ROWS_PER_SPLIT, in fp32
-    and a fixed order (PROGRAMS rows at a time, then a tree): the first pass of a sum over
-    many rows, one program per (column block, row block)."""
+    """out[s] = the sum of rows [s R, s R + R) of partial (P, N), R = ROWS_PER_SPLIT (see
+    _column_sums): the first pass of a sum over many rows, one program per (column block, row
+    block)."""
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     s = tl.program_id(1).to(tl.int64)
     ok = c < N
-    acc = tl.zeros((PROGRAMS, BLOCK), tl.float32)
-    end = tl.minimum(P, (s + 1) * ROWS_PER_SPLIT)
-    for r0 in range(0, ROWS_PER_SPLIT, PROGRAMS):
-        p = s * ROWS_PER_SPLIT + r0 + tl.arange(0, PROGRAMS)
-        acc += tl.load(partial_ptr + p[:, None] * N + c[None, :],
-                       mask=(p[:, None] < end) & ok[None, :], other=0.0)  # fmt: skip
-    tl.store(out_ptr + s * N + c, tl.sum(acc, axis=0), mask=ok)
+    total = _column_sums(partial_ptr, c, ok, s * ROWS_PER_SPLIT,
+                         tl.minimum(P, (s + 1) * ROWS_PER_SPLIT), N, PROGRAMS, BLOCK)  # fmt: skip
+    tl.store(out_ptr + s * N + c, total, mask=ok)
 
 
 @triton.jit
@@ -186,16 +195,11 @@ def _sum_partials_kernel(
     BLOCK: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):  # fmt: skip
     """out_ptrs[g] = the sum over the P rows of partial (P, N) of its columns
-    [SEG_OFFS[g], SEG_OFFS[g] + SEG_SIZES[g]), in a fixed order (PROGRAMS rows at a time,
-    then a tree), in each output's own dtype: one launch for every parameter's gradient."""
+    [SEG_OFFS[g], SEG_OFFS[g] + SEG_SIZES[g]) (see _column_sums), in each output's own dtype:
+    one launch for every parameter's gradient."""
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = c < N
-    acc = tl.zeros((PROGRAMS, BLOCK), tl.float32)
-    for p0 in range(0, P, PROGRAMS):
-        p = p0 + tl.arange(0, PROGRAMS)
-        acc += tl.load(partial_ptr + p[:, None] * N + c[None, :],
-                       mask=(p[:, None] < P) & ok[None, :], other=0.0)  # fmt: skip
-    total = tl.sum(acc, axis=0)
+    total = _column_sums(partial_ptr, c, ok, 0, P, N, PROGRAMS, BLOCK)
     for g in tl.static_range(NUM_SEGS):
         mine = ok & (c >= SEG_OFFS[g]) & (c < SEG_OFFS[g] + SEG_SIZES[g])
         out = out_ptrs[g]
