@@ -73,8 +73,8 @@ def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tu
                 out["fwd"] += [(name, precision, "resident", c) for c in resident]
             if "bwd" in kernels:
                 out["bwd"] += [(name, precision, "bwd", c) for c in chunked]
-                out["bwd"] += [(name, precision, "bwd_resident", c) for c in resident
-                               if c.group == layout.kp]  # fmt: skip
+                backward = layout.resident_configs(size, 227 * 1024, tc, "bwd")
+                out["bwd"] += [(name, precision, "bwd_resident", c) for c in backward]
     # in the order of ``kernels`` (a run cut short has timed the first ones), no repeats
     return list(dict.fromkeys(case for kernel in kernels for case in out[kernel]))
 

@@ -226,11 +226,10 @@ def _providers(args) -> list[str]:
 COMPILING = ("triton", "torch_compile")
 
 
-def triton_candidates() -> int:
-    """The Triton autotuner's candidates per kernel at most: the forward's 8 in bf16
-    (Layout.launch_configs' 5 and its column-block config, and the resident kernel's 2;
-    launch._launch_config). A precompile job per index: a kernel with fewer skips the rest."""
-    return 8
+# The Triton autotuner's candidates per kernel at most: the forward's 8 in bf16
+# (Layout.launch_configs' 5 and its column-block config, and the resident kernel's 2;
+# launch._launch_config). A precompile job per index: a kernel with fewer skips the rest.
+TRITON_CANDIDATES = 8
 
 
 def precompile(args, providers: list[str], workers: int) -> None:
@@ -297,7 +296,7 @@ def precompile_jobs(args, providers: list[str]) -> list[tuple]:
     # candidate by candidate over the shapes: a shape's kernels of one launch config only (the
     # split-K kernel, the reductions) compile in its candidate-0 job, which runs well before
     # its other candidates' jobs instead of beside them (5 copies of each otherwise)
-    for c in range(triton_candidates() if "triton" in wanted else 1):
+    for c in range(TRITON_CANDIDATES if "triton" in wanted else 1):
         for sizes, precision in distinct.values():
             for provider in wanted:
                 if provider == "triton":

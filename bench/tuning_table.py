@@ -37,7 +37,7 @@ def _label(key) -> str:
         widths = sizes.get("WIDTHS")
         tf32 = ", tf32 allowed" if allow_tf32 else ""
         name = str(dtype).removeprefix("torch.")
-        more = "".join(f", {e}" for e in extra)  # "wide tiles"
+        more = "".join(f", {e}" for e in extra)  # "wide tiles", a forced kernel form
         return (f"triton {kernel}, widths {widths}, K {sizes.get('K')}, order "
                 f"{sizes.get('ORDER')}, {name}{tf32}, B <= {batch}{more}")  # fmt: skip
     if isinstance(key, tuple) and key and key[0] == "backend":

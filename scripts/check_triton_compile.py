@@ -81,10 +81,10 @@ def check(variant, arch: int) -> list[str]:
     # the resident kernels in their configs (the forward: the tuner's in bf16, else forced;
     # the backward forced, where it carries every direction at once); the interpreter missed
     # a compile error of the forward's order 2
-    for config in layout.resident_configs(size, SHARED_LIMIT[arch], tensor_core.precision):
-        kernels = ("fwd_resident", "bwd_resident") if config.group == layout.kp else (
-            "fwd_resident",)  # fmt: skip
-        problems += _check_config(layout, config, variant, arch, True, kernels)
+    for kernel in ("fwd", "bwd"):
+        for config in layout.resident_configs(size, SHARED_LIMIT[arch], tensor_core.precision,
+                                              kernel):  # fmt: skip
+            problems += _check_config(layout, config, variant, arch, True, (f"{kernel}_resident",))
     return problems
 
 

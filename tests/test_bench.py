@@ -148,14 +148,14 @@ def test_precompile_takes_the_triton_variants_after_every_default_job():
     only; the jobs go candidate by candidate over the shapes."""
     from types import SimpleNamespace
 
-    from bench.step import precompile_jobs, triton_candidates
+    from bench.step import TRITON_CANDIDATES, precompile_jobs
 
     args = SimpleNamespace(configs=["S", "M"], sweeps=[], precisions=["fp32"],
                            modes=["step", "forward"], device="cuda", quick=False)  # fmt: skip
     jobs = precompile_jobs(args, ["eager_autograd", "triton", "triton_recompute",
                                   "triton_lean_persistent"])  # fmt: skip
     providers = [job[2] for job in jobs]
-    candidates = triton_candidates()
+    candidates = TRITON_CANDIDATES
     defaults = 2 * candidates
     assert providers[:defaults] == ["triton"] * defaults
     assert sorted(set(providers[defaults:])) == ["triton_lean_persistent", "triton_recompute"]

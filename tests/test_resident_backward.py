@@ -113,3 +113,16 @@ def test_resident_backward_on_gpu(monkeypatch, order, dtype):
     model, x, y, kw = _inputs(order, **shape)
     assert_backends_agree(model, x, y, kw, "triton", tolerance("triton", dtype, "cuda"),
                           expected_model=upcast_model(model))  # fmt: skip
+
+
+def test_its_configs_carry_every_direction():
+    """The backward's resident configs are the forward's with all K directions in one pass:
+    all of them at K = 2, none at K = 8 (the forward's split their directions there)."""
+    from sobolev_kernels.triton.layout import Layout
+
+    for k in (2, 8):
+        layout = Layout((16, 128, 128, 128, 8), k, 1)
+        forward = layout.resident_configs(2, None, "ieee")
+        backward = layout.resident_configs(2, None, "ieee", "bwd")
+        assert forward and backward == [c for c in forward if c.group == layout.kp]
+        assert bool(backward) == (k == 2)

@@ -136,7 +136,11 @@ def _launch_config(
     resident kernel's only when SOBOLEV_TRITON_BACKWARD_KERNEL=resident asks for it."""
     limit = shared_memory_limit(x.device)
     wide = _wide_tiles()
-    forced = {"fwd": _forward_forced, "bwd": _backward_kernel_forced}.get(kernel, _auto)()
+    forced = "auto"
+    if kernel == "fwd":
+        forced = _forward_forced()
+    elif kernel == "bwd":
+        forced = _backward_kernel_forced()
     key = _tuning_key(kernel, x, constexprs, allow_tf32) + (("wide tiles",) if wide else ())
     key += (forced,) if forced != "auto" else ()
     chosen = tuning.chosen(key)
@@ -146,9 +150,7 @@ def _launch_config(
     resident = []
     offer = kernel == "fwd" and forced == "auto" and _offers_resident(x, layout)
     if forced == "resident" or offer:
-        resident = layout.resident_configs(x.element_size(), limit, tensor_core)
-        if kernel == "bwd":  # it carries every direction at once
-            resident = [c for c in resident if c.group == layout.kp]
+        resident = layout.resident_configs(x.element_size(), limit, tensor_core, kernel)
     if forced == "resident" and resident:  # (else the shape does not fit it: chunked)
         if not tuning.can_measure(x.device):
             return resident[0]
@@ -169,26 +171,22 @@ def _offers_resident(x: Tensor, layout: Layout) -> bool:
     return x.dtype == torch.bfloat16 and layout.order == 1
 
 
-FORWARD_KERNELS = ("chunked", "resident")
-
-
-def _auto() -> str:
-    return "auto"
+KERNEL_FORMS = ("chunked", "resident")  # what SOBOLEV_TRITON_FORWARD / _BACKWARD_KERNEL take
 
 
 def _forward_forced() -> str:
     """SOBOLEV_TRITON_FORWARD: auto (the tuner's choice among both kernels' candidates) or
-    one of FORWARD_KERNELS: ``chunked`` (forward.py) only, or ``resident``
+    one of KERNEL_FORMS: ``chunked`` (forward.py) only, or ``resident``
     (forward_resident.py: activations in registers, whole-K dots) where the shape fits it."""
-    return _forced_method("SOBOLEV_TRITON_FORWARD", FORWARD_KERNELS)
+    return _forced_method("SOBOLEV_TRITON_FORWARD", KERNEL_FORMS)
 
 
 def _backward_kernel_forced() -> str:
     """SOBOLEV_TRITON_BACKWARD_KERNEL: auto (the chunked kernel of backward.py) or one of
-    FORWARD_KERNELS: ``resident`` (backward_resident.py: adjoints in registers, whole-K dots,
+    KERNEL_FORMS: ``resident`` (backward_resident.py: adjoints in registers, whole-K dots,
     every direction in one pass) where the shape fits it. Opt-in until a GPU has measured it
     (``bash scripts/gpu_session.sh explore`` times it)."""
-    return _forced_method("SOBOLEV_TRITON_BACKWARD_KERNEL", FORWARD_KERNELS)
+    return _forced_method("SOBOLEV_TRITON_BACKWARD_KERNEL", KERNEL_FORMS)
 
 
 def _wide_tiles() -> bool:

@@ -301,20 +301,25 @@ class Layout:
             return f"its weight tiles need {need // 1024} KiB of shared memory"
         return None
 
-    def resident_configs(self, element_size: int = 4, shared_limit: int | None = None,
-                         precision: str = "tf32x3") -> list[LaunchConfig]:  # fmt: skip
-        """The resident forward's launch configs, in tensor-core ``precision``: 64 rows on 8
+    def resident_configs(
+        self, element_size: int = 4, shared_limit: int | None = None,
+        precision: str = "tf32x3", kernel: str = "fwd",
+    ) -> list[LaunchConfig]:  # fmt: skip
+        """The resident kernels' launch configs, in tensor-core ``precision``: 64 rows on 8
         warps and 32 on 4, all directions in one pass where their tiles stay within 4x the
-        chunked kernel's register budget, else fewer. On the H200 (2026-11-27, config M in
-        bf16) they ran the forward in 0.19 ms, the chunked kernel's best in 0.41 ms
-        (bench.launch_configs); in fp32 (3xTF32) the resident kernel lost to the chunked one."""
+        chunked kernel's register budget, else fewer; for the backward (``kernel`` "bwd")
+        only those with all of them, since its a_z sums every direction's terms. On the H200
+        (2026-11-27, config M in bf16) they ran the forward in 0.19 ms, the chunked kernel's
+        best in 0.41 ms (bench.launch_configs); in fp32 (3xTF32) the resident forward lost to
+        the chunked one."""
         if self.resident_fits(shared_limit, element_size) is not None:
             return []
         out = []
         for rows, warps in ((64, 8), (32, 4)):
             group = self.group(rows, warps, budget=4)
             out.append(LaunchConfig(rows, warps, CHUNK, group, precision, resident=True))
-        return [c for c in out if not tf32_splits_rows(c)]
+        return [c for c in out if not tf32_splits_rows(c)
+                and (kernel == "fwd" or c.group == self.kp)]  # fmt: skip
 
     def tensor_core_config(self, precision: str) -> LaunchConfig:
         """64 batch rows on 4 warps, a layer's output columns a block at a time: wgmma tiles
