@@ -168,6 +168,14 @@ def sample_inputs(
     return model, x, y, kwargs
 
 
+def inputs_of_order(order: int, **shape):
+    """sample_inputs (order 1), or order2_inputs with ``order=2`` among the loss's keywords."""
+    if order == 1:
+        return sample_inputs(**shape)
+    model, x, y, kw = order2_inputs(**shape)
+    return model, x, y, dict(kw, order=2)
+
+
 def order2_inputs(target="hess", out=2, **kwargs):
     """sample_inputs plus a second-order target: target_hess, target_hvp2 or a teacher."""
     first = "teacher" if target == "teacher" else kwargs.pop("first", "grad")

@@ -11,7 +11,7 @@ from conftest import (
     HAS_CUDA,
     assert_backends_agree,
     count_launches,
-    order2_inputs,
+    inputs_of_order,
     sample_inputs,
     tolerance,
     upcast_model,
@@ -38,13 +38,6 @@ def _resident_backward(monkeypatch, weight_grad="gemm"):
     return count_launches(monkeypatch, launch, "_sobolev_bwd_resident_kernel")
 
 
-def _inputs(order, **shape):
-    if order == 1:
-        return sample_inputs(**shape)
-    model, x, y, kw = order2_inputs(**shape)
-    return model, x, y, dict(kw, order=2)
-
-
 @pytest.mark.parametrize(
     "order, directions, bias, activation, dtype, weight_grad, x_grad",
     [(1, "per_row", True, "tanh", torch.float32, "gemm", True),
@@ -63,7 +56,7 @@ def test_resident_backward_agrees_with_the_reference(monkeypatch, order, directi
     shape = dict(batch=37, dim=3, width=24, out=2, k=3, layers=4, directions=directions,
                  bias=bias, activation=activation, dtype=dtype, device=DEVICE,
                  x_grad=x_grad)  # fmt: skip
-    model, x, y, kw = _inputs(order, **shape)
+    model, x, y, kw = inputs_of_order(order, **shape)
     rtol = tolerance("triton", dtype, "cuda" if HAS_CUDA else "cpu")
     extra = {"kink_flips": 0.02} if dtype != torch.float32 and activation == "leaky_relu" else {}
     assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=upcast_model(model),
@@ -110,7 +103,7 @@ def test_resident_backward_on_gpu(monkeypatch, order, dtype):
     """Width 128 at B = 4099 (a ragged last tile), each of its configs measured."""
     _resident_backward(monkeypatch)
     shape = dict(batch=4099, dim=16, width=128, out=8, k=2, layers=4, dtype=dtype, device=DEVICE)
-    model, x, y, kw = _inputs(order, **shape)
+    model, x, y, kw = inputs_of_order(order, **shape)
     assert_backends_agree(model, x, y, kw, "triton", tolerance("triton", dtype, "cuda"),
                           expected_model=upcast_model(model))  # fmt: skip
 

@@ -11,7 +11,7 @@ from conftest import (
     assert_backends_agree,
     assert_forward_only_agrees,
     count_launches,
-    order2_inputs,
+    inputs_of_order,
     sample_inputs,
     tolerance,
     upcast_model,
@@ -34,13 +34,6 @@ def _resident_launches(monkeypatch):
     monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "resident")
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
     return count_launches(monkeypatch, launch, "_sobolev_fwd_resident_kernel")
-
-
-def _inputs(order, **shape):
-    if order == 1:
-        return sample_inputs(**shape)
-    model, x, y, kw = order2_inputs(**shape)
-    return model, x, y, dict(kw, order=2)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +60,7 @@ def test_resident_forward_agrees_with_the_reference(monkeypatch, order, directio
         monkeypatch.setattr(Layout, "resident_configs", grouped)
     shape = dict(batch=37, dim=3, width=24, out=2, k=3, layers=4, directions=directions,
                  bias=bias, activation=activation, dtype=dtype, device=DEVICE)  # fmt: skip
-    model, x, y, kw = _inputs(order, **shape)
+    model, x, y, kw = inputs_of_order(order, **shape)
     rtol = tolerance("triton", dtype, "cuda" if HAS_CUDA else "cpu")
     extra = {"kink_flips": 0.02} if dtype != torch.float32 and activation == "leaky_relu" else {}
     expected = upcast_model(model)
@@ -120,7 +113,7 @@ def test_resident_forward_on_gpu(monkeypatch, order, dtype):
     """Width 128 at B = 4099 (a ragged last tile), each tuner candidate measured."""
     _resident_launches(monkeypatch)
     shape = dict(batch=4099, dim=16, width=128, out=8, k=2, layers=4, dtype=dtype, device=DEVICE)
-    model, x, y, kw = _inputs(order, **shape)
+    model, x, y, kw = inputs_of_order(order, **shape)
     rtol = tolerance("triton", dtype, "cuda")
     expected = upcast_model(model)
     assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
