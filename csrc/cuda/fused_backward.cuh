@@ -10,6 +10,8 @@
 
 namespace sobolev::cuda {
 
+constexpr int kPassBatch = 4;  // elements of the activation pass whose loads go out together
+
 template <typename scalar_t, int ORDER, int WIDTH>
 __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
                                   FusedShape<scalar_t, WIDTH>::kMinBlocks)
@@ -116,7 +118,8 @@ __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
           grad_x[r0 * d + e] = from_acc<scalar_t>(X[e / d * ld + e % d]);
         break;
       }
-      stage_panel<true, scalar_t, WIDTH>(weights(l - 1), n_in, p.widths[l - 2], 0, staged);
+      if (l > 2 || p.grad_x != nullptr)  // layer 1's product only makes dL/dx
+        stage_panel<true, scalar_t, WIDTH>(weights(l - 1), n_in, p.widths[l - 2], 0, staged);
       // through the activation of layer l - 1 (z = z_{l-1}, from the forward):
       //   a_z = a_h s'(z) + s''(z) sum_k a_t_k tz_k,  a_tz_k = a_t_k s'(z)
       // order 2:
@@ -125,44 +128,71 @@ __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
       const float* z_saved = static_cast<const float*>(p.saved_in) + saved_offset(p, S, l - 1);
       float* a_out = adjoints == nullptr ? nullptr : adjoints + adjoint_offset(p, S, l - 1);
       const int64_t next = p.batch * n_in;  // from one stream of z_saved (or a_out) to the next
-      const int cols = pad16(n_in);
+      const int cols = pad16(n_in), count = R * cols;
       float largest = 0;
-      for (int e = threadIdx.x; e < R * cols; e += blockDim.x) {
-        const int r = e / cols, c = e % cols;
-        float* x = X + r * ld + c;
-        if (r >= valid || c >= n_in) {
-          for (int s = 0; s < S; ++s) x[s * R * ld] = 0.0f;
-          continue;
+      // kPassBatch elements at a time, their loads of z, then of each tz_k (and ttz_k), issued
+      // together: one at a time, each was an L2 round trip the block waited for
+      for (int first = threadIdx.x; first < count; first += kPassBatch * blockDim.x) {
+        int64_t at[kPassBatch];
+        float* x[kPassBatch];
+        float z[kPassBatch], s1[kPassBatch], s2[kPassBatch], s3[kPassBatch], coupling[kPassBatch];
+        bool live[kPassBatch];
+#pragma unroll
+        for (int i = 0; i < kPassBatch; ++i) {
+          const int e = first + i * blockDim.x, r = e / cols, c = e % cols;
+          x[i] = X + r * ld + c;
+          live[i] = e < count && r < valid && c < n_in;
+          at[i] = (r0 + r) * n_in + c;
+          if (e < count && !live[i])  // padding rows and columns stay zero
+            for (int s = 0; s < S; ++s) x[i][s * R * ld] = 0.0f;
+          z[i] = live[i] ? z_saved[at[i]] : 0.0f;
+          coupling[i] = 0;
         }
-        const int64_t at = (r0 + r) * n_in + c;
-        float a, s1, s2, s3;
-        activation_at<float>(p.activation, slope, z_saved[at], a, s1, s2, s3);
-        float coupling = 0;
+#pragma unroll
+        for (int i = 0; i < kPassBatch; ++i) {
+          float a;
+          activation_at<float>(p.activation, slope, z[i], a, s1[i], s2[i], s3[i]);
+        }
         for (int k = 1; k <= K; ++k) {
-          const float a_t = x[k * R * ld], tz = z_saved[k * next + at];
-          float a_tz = a_t * s1;
-          if constexpr (second_order) {
-            const float a_tt = x[(K + k) * R * ld];
-            if (smooth) {
-              coupling += s2 * fmaf(a_t, tz, a_tt * z_saved[(K + k) * next + at]) +
-                          s3 * a_tt * tz * tz;
-              a_tz = fmaf(a_t, s1, 2.0f * s2 * a_tt * tz);
-            }
-            const float a_ttz = a_tt * s1;
-            x[(K + k) * R * ld] = a_ttz;
-            largest = fmaxf(largest, fabsf(a_ttz));
-            if (a_out) a_out[(K + k) * next + at] = a_ttz;
-          } else if (smooth) {
-            coupling = fmaf(a_t, tz, coupling);
+          float tz[kPassBatch], ttz[kPassBatch];
+#pragma unroll
+          for (int i = 0; i < kPassBatch; ++i) {
+            tz[i] = live[i] ? z_saved[k * next + at[i]] : 0.0f;
+            ttz[i] = second_order && smooth && live[i] ? z_saved[(K + k) * next + at[i]] : 0.0f;
           }
-          x[k * R * ld] = a_tz;
-          largest = fmaxf(largest, fabsf(a_tz));
-          if (a_out) a_out[k * next + at] = a_tz;
+#pragma unroll
+          for (int i = 0; i < kPassBatch; ++i) {
+            if (!live[i]) continue;
+            const float a_t = x[i][k * R * ld];
+            float a_tz = a_t * s1[i];
+            if constexpr (second_order) {
+              const float a_tt = x[i][(K + k) * R * ld];
+              if (smooth) {
+                coupling[i] += s2[i] * fmaf(a_t, tz[i], a_tt * ttz[i]) +
+                               s3[i] * a_tt * tz[i] * tz[i];
+                a_tz = fmaf(a_t, s1[i], 2.0f * s2[i] * a_tt * tz[i]);
+              }
+              const float a_ttz = a_tt * s1[i];
+              x[i][(K + k) * R * ld] = a_ttz;
+              largest = fmaxf(largest, fabsf(a_ttz));
+              if (a_out) a_out[(K + k) * next + at[i]] = a_ttz;
+            } else if (smooth) {
+              coupling[i] = fmaf(a_t, tz[i], coupling[i]);
+            }
+            x[i][k * R * ld] = a_tz;
+            largest = fmaxf(largest, fabsf(a_tz));
+            if (a_out) a_out[k * next + at[i]] = a_tz;
+          }
         }
-        const float a_z = second_order ? fmaf(x[0], s1, coupling) : fmaf(x[0], s1, s2 * coupling);
-        x[0] = a_z;
-        largest = fmaxf(largest, fabsf(a_z));
-        if (a_out) a_out[at] = a_z;
+#pragma unroll
+        for (int i = 0; i < kPassBatch; ++i) {
+          if (!live[i]) continue;
+          const float a_z = second_order ? fmaf(x[i][0], s1[i], coupling[i])
+                                         : fmaf(x[i][0], s1[i], s2[i] * coupling[i]);
+          x[i][0] = a_z;
+          largest = fmaxf(largest, fabsf(a_z));
+          if (a_out) a_out[at[i]] = a_z;
+        }
       }
       note_max<scalar_t>(amax + step % 2, largest);
       __syncthreads();

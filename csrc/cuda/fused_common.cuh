@@ -123,24 +123,51 @@ __device__ __forceinline__ float scale_from(const unsigned* word) {
   }
 }
 
+// store(e, load(e)) for the block's elements e < count (thread t: e = t, t + blockDim.x, ...),
+// BATCH loads issued before their stores: one at a time (as the sm_90 SASS of the staging
+// loop had them), each load was an L2 round trip that the block, alone on its SM at widths
+// above 64, waited for: 16 to 64 of them per weight panel, for every layer of every tile.
+template <int BATCH, typename Load, typename Store>
+__device__ __forceinline__ void copy_batched(int count, Load load, Store store) {
+  for (int first = threadIdx.x; first < count; first += BATCH * blockDim.x) {
+    float v[BATCH];
+#pragma unroll
+    for (int i = 0; i < BATCH; ++i) {
+      const int e = first + i * blockDim.x;
+      v[i] = e < count ? load(e) : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < BATCH; ++i) {
+      const int e = first + i * blockDim.x;
+      if (e < count) store(e, v[i]);
+    }
+  }
+}
+
 // Rows of weight panel `panel` in shared memory, B(k, n) = staged[n][k]: the forward's W_l
 // (staged[n][k] = W[n0 + n][k], W: n_out x n_in) or, TRANSPOSE, the backward's W_l^T
 // (staged[n][k] = W[k][n0 + n]). Rows up to the product's padded n, columns up to its padded
-// k; zeros past the layer.
+// k; zeros past the layer. 16 loads in flight per thread (8 at width 256, short of registers).
 template <bool TRANSPOSE, typename op_t, int WIDTH, typename scalar_t>
 __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel, op_t* staged) {
   using Shape = FusedShape<op_t, WIDTH>;
   const int n_size = TRANSPOSE ? n_in : n_out, k_size = TRANSPOSE ? n_out : n_in;
   const int n0 = panel * Shape::kPanel;
   const int rows = min(Shape::kPanel, pad16(n_size) - n0), cols = pad16(k_size);
-  for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
-    // consecutive threads read consecutive weights
-    const int n = TRANSPOSE ? e % rows : e / cols, k = TRANSPOSE ? e / rows : e % cols;
-    float v = 0;
-    if (n0 + n < n_size && k < k_size)
-      v = to_acc<float>(TRANSPOSE ? W[int64_t(k) * n_in + n0 + n] : W[int64_t(n0 + n) * n_in + k]);
-    staged[n * Shape::kLead + k] = from_acc<op_t>(v);  // 16-bit weights convert exactly
-  }
+  // consecutive threads read consecutive weights
+  const auto row_of = [&](int e) { return TRANSPOSE ? e % rows : e / cols; };
+  const auto col_of = [&](int e) { return TRANSPOSE ? e / rows : e % cols; };
+  copy_batched<WIDTH <= 128 ? 16 : 8>(
+      rows * cols,
+      [&](int e) {
+        const int n = row_of(e), k = col_of(e);
+        if (n0 + n >= n_size || k >= k_size) return 0.0f;
+        return to_acc<float>(TRANSPOSE ? W[int64_t(k) * n_in + n0 + n]
+                                       : W[int64_t(n0 + n) * n_in + k]);
+      },
+      [&](int e, float v) {  // 16-bit weights convert exactly
+        staged[row_of(e) * Shape::kLead + col_of(e)] = from_acc<op_t>(v);
+      });
 }
 
 // A layer's product for the warp's 16 rows of X: the rows (columns < k_pad) times the staged
@@ -199,20 +226,20 @@ __device__ float load_fused_input(const SobolevLaunch& p, int64_t r0, int R, int
   const auto* x = static_cast<const scalar_t*>(p.x);
   const auto* dirs = static_cast<const scalar_t*>(p.directions);
   float largest = 0;
-  for (int e = threadIdx.x; e < streams * R * cols; e += blockDim.x) {
-    const int s = e / (R * cols), r = e / cols % R, i = e % cols;
-    const int64_t row = r0 + r;
-    float v = 0;
-    if (r < valid && i < d && s <= K) {
-      if (s == 0)
-        v = to_acc<float>(x[row * d + i]);
-      else
-        v = to_acc<float>(p.shared_directions ? dirs[(s - 1) * d + i]
-                                              : dirs[(row * K + s - 1) * d + i]);
-    }
-    X[(s * R + r) * ld + i] = v;
-    largest = fmaxf(largest, fabsf(v));
-  }
+  copy_batched<8>(
+      streams * R * cols,
+      [&](int e) {
+        const int s = e / (R * cols), r = e / cols % R, i = e % cols;
+        const int64_t row = r0 + r;
+        if (r >= valid || i >= d || s > K) return 0.0f;
+        return to_acc<float>(s == 0 ? x[row * d + i]
+                                    : p.shared_directions ? dirs[(s - 1) * d + i]
+                                                          : dirs[(row * K + s - 1) * d + i]);
+      },
+      [&](int e, float v) {
+        X[(e / cols) * ld + e % cols] = v;  // row s R + r
+        largest = fmaxf(largest, fabsf(v));
+      });
   return largest;
 }
 
