@@ -23,8 +23,15 @@ from sobolev_kernels.baselines import eager_autograd_loss
 
 BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # The CUDA backend's kernel variants besides its default ("tiled"), timed side by side on a
-# GPU until one has measured faster: SOBOLEV_CUDA_KERNEL, read by the extension per call.
-CUDA_VARIANTS = {"cuda_tiled_tc": "tiled_tc", "cuda_fused": "fused"}
+# GPU until one has measured faster: SOBOLEV_CUDA_KERNEL and SOBOLEV_CUDA_WEIGHT_GRADS, read
+# by the extension per call. cuda_fused_gemm differs from cuda_fused in the backward only
+# (its weight gradients by cuBLAS GEMMs): a step-only provider.
+# name -> {environment variable: value}
+CUDA_VARIANTS = {
+    "cuda_tiled_tc": {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
+    "cuda_fused": {"SOBOLEV_CUDA_KERNEL": "fused"},
+    "cuda_fused_gemm": {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
+}
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing
 # them (triton_recompute); the whole backward in one persistent launch (triton_persistent);
@@ -44,7 +51,7 @@ TRITON_VARIANTS = {
         "SOBOLEV_TRITON_BACKWARD": "persistent",
     },
 }
-STEP_ONLY = set(TRITON_VARIANTS)
+STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm"}
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of
 # 2026-11-27: 2.3-2.8 ms of host time a Triton step). What a user gets by capturing the
@@ -52,7 +59,7 @@ STEP_ONLY = set(TRITON_VARIANTS)
 GRAPHED = {"triton_graphed": "triton", "cuda_graphed": "cuda"}
 # provider -> (backend, {environment variable: value})
 VARIANTS = {
-    **{name: ("cuda", {"SOBOLEV_CUDA_KERNEL": v}) for name, v in CUDA_VARIANTS.items()},
+    **{name: ("cuda", settings) for name, settings in CUDA_VARIANTS.items()},
     **{name: ("triton", settings) for name, settings in TRITON_VARIANTS.items()},
 }
 

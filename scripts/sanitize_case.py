@@ -45,7 +45,12 @@ VARIANTS = {
             "SOBOLEV_TRITON_BACKWARD": "separate",
         },
     ],
-    "cuda": [{"SOBOLEV_CUDA_KERNEL": k} for k in ("tiled_tc", "fused")],
+    "cuda": [
+        {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
+        {"SOBOLEV_CUDA_KERNEL": "fused"},
+        # the fused backward's weight gradients by GEMM (fused_gemm_operands.cuh, cuBLAS)
+        {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
+    ],
 }
 
 

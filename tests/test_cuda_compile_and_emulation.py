@@ -89,6 +89,19 @@ def test_fused_kernels_in_host_emulation(emulation):
     assert "(fp64)" not in proc.stdout  # fp64 stays on the tiled kernels
 
 
+def test_fused_backward_with_gemm_weight_grads_in_host_emulation(emulation):
+    """SOBOLEV_CUDA_WEIGHT_GRADS=gemm: the fused backward's weight gradients from the GEMM
+    operands that fused_gemm_operands.cuh forms per layer (layer inputs recomputed from the
+    saved pre-activations, order 2's tt rows included; bf16 adjoints rounded), the GEMM and
+    bias sums done on the host as the binding has cuBLAS do them, on every case and dtype."""
+    proc = subprocess.run([str(emulation), "--variant=fused", "--weight-grads=gemm"],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _assert_tf32_lines(proc.stdout)
+    assert proc.stdout.count("(fp32)") == 21, proc.stdout
+    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 21 - 4, proc.stdout
+
+
 @pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
 def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     """The emulation under ThreadSanitizer: two threads of a block touching the same word

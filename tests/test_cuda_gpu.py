@@ -222,6 +222,52 @@ def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, variant, dtyp
     assert all(torch.equal(a, b) for a, b in zip(step(), step()))
 
 
+# SOBOLEV_CUDA_WEIGHT_GRADS=gemm: the fused backward's dW by cuBLAS GEMMs over operands that a
+# kernel forms per layer (fused_gemm_operands.cuh), db by sums of the stored adjoints.
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_fused_gemm_weight_grads_agree(monkeypatch, order, dtype):
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
+    monkeypatch.setenv("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm")
+    model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=48, k=3, layers=4,
+                                        dtype=dtype, directions="per_row")  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_fused_gemm_weight_grads_at_a_large_batch(monkeypatch, dtype):
+    """B = 2^16 with shared directions: GEMMs over 3 B stacked rows, bitwise identical across
+    runs (cuBLAS is deterministic on one device and stream)."""
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
+    monkeypatch.setenv("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm")
+    model, x, y, kw = sample_inputs(batch=2**16, dim=8, width=128, k=2, dtype=dtype,
+                                    directions="shared", device="cuda", x_grad=False)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model))  # fmt: skip
+
+    def step():
+        loss = sk.sobolev_loss(model, x, y, backend="cuda", **kw)
+        return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    assert all(torch.equal(a, b) for a, b in zip(step(), step()))
+
+
+@pytest.mark.gpu
+def test_cuda_unknown_weight_grads_method_is_named(monkeypatch):
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_WEIGHT_GRADS", "cublas")
+    model, x, y, kw = sample_inputs(device="cuda")
+    with pytest.raises(RuntimeError, match="SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm"):
+        sk.sobolev_loss(model, x, y, backend="cuda", **kw)
+
+
 @pytest.mark.gpu
 def test_cuda_unknown_variant_is_named(monkeypatch):
     _needs_cuda_kernels()

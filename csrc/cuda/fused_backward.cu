@@ -1,11 +1,15 @@
 // Plan and launches of the fused backward: the tile kernel (fused_backward.cuh), then, for the
 // parameter gradients, one product per layer over all stacked rows in row splits
-// (fused_weight_grads.cuh) and the sum of the splits in order (sum_partials_kernel).
+// (fused_weight_grads.cuh) and the sum of the splits in order (sum_partials_kernel); or, for
+// WeightGrads::kGemm, the GEMM operands per layer on the caller's request
+// (fused_gemm_operands.cuh, launch_gemm_operands).
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/fused_backward.cuh"
+#include "cuda/fused_gemm_operands.cuh"
 #include "cuda/fused_launch.h"
 #include "cuda/fused_weight_grads.cuh"
 
@@ -19,6 +23,45 @@ auto backward_kernel(const SobolevLaunch& p, int width) {
     return p.order == 2 ? fused_backward_kernel<scalar_t, 2, W>
                         : fused_backward_kernel<scalar_t, 1, W>;
   });
+}
+
+// WeightGrads::kSplitK: dW blocks times row splits (fused_weight_grads.cuh), about four blocks
+// per SM in all, a split at least one chunk of samples.
+template <typename scalar_t>
+void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
+                       cudaError_t* err) {
+  FusedPlan& fused = plan->fused;
+  const int streams = 1 + p.order * p.num_directions;
+  fused.grad_blocks = grad_blocks(p);
+  fused.partial_size = partial_size(p);
+  const int64_t chunks = (p.batch + kGradChunk / streams - 1) / (kGradChunk / streams);
+  const int64_t want = (4 * int64_t(device.num_sms) + fused.grad_blocks - 1) / fused.grad_blocks;
+  fused.grad_splits =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, chunks, 1024})));
+  if (*err == cudaSuccess)
+    *err = cudaFuncSetAttribute(fused_weight_grad_kernel<scalar_t>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(GradShape<scalar_t>::kSmemBytes));
+  // adjoints | partial dW, db per split
+  plan->workspace_bytes = align_up(sizeof(float) * fused.adjoint_elems) +
+                          sizeof(float) * fused.partial_size * fused.grad_splits;
+}
+
+// WeightGrads::kGemm: buffers for the largest layer's GEMM operands, reused layer by layer.
+template <typename scalar_t>
+void plan_gemm_grads(const SobolevLaunch& p, LaunchPlan* plan) {
+  using op_t = gemm_operand_t<scalar_t>;
+  FusedPlan& fused = plan->fused;
+  fused.grads_by_gemm = true;
+  for (int l = 1; l <= p.num_layers; ++l) {
+    fused.gemm_input_elems = std::max(fused.gemm_input_elems, gemm_rows(p, l) * p.widths[l - 1]);
+    if (!std::is_same_v<op_t, float>)
+      fused.gemm_copy_elems = std::max(fused.gemm_copy_elems, gemm_rows(p, l) * p.widths[l]);
+  }
+  // adjoints | layer input stack | adjoint copy
+  plan->workspace_bytes = align_up(sizeof(float) * fused.adjoint_elems) +
+                          align_up(sizeof(op_t) * fused.gemm_input_elems) +
+                          sizeof(op_t) * fused.gemm_copy_elems;
 }
 
 template <typename scalar_t>
@@ -36,24 +79,12 @@ bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* pl
   fused.grid = static_cast<int>(
       std::min<int64_t>(fused.num_tiles, int64_t(std::max(per_sm, 1)) * device.num_sms));
   plan->variant = KernelVariant::kFused;
-  if (p.grad_weights[0] != nullptr) {
-    const int streams = 1 + p.order * p.num_directions;
-    fused.adjoint_elems = adjoint_offset(p, streams, p.num_layers + 1);
-    fused.grad_blocks = grad_blocks(p);
-    fused.partial_size = partial_size(p);
-    // about four blocks per SM in all; a split has at least one chunk of samples
-    const int64_t chunks = (p.batch + kGradChunk / streams - 1) / (kGradChunk / streams);
-    const int64_t want = (4 * int64_t(device.num_sms) + fused.grad_blocks - 1) / fused.grad_blocks;
-    fused.grad_splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, chunks,
-                                                                                 1024})));
-    if (*err == cudaSuccess)
-      *err = cudaFuncSetAttribute(fused_weight_grad_kernel<scalar_t>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(GradShape<scalar_t>::kSmemBytes));
-  }
-  // adjoints | partial dW, db per split
-  plan->workspace_bytes = align_up(sizeof(float) * fused.adjoint_elems) +
-                          sizeof(float) * fused.partial_size * fused.grad_splits;
+  if (p.grad_weights[0] == nullptr) return true;  // no workspace
+  fused.adjoint_elems = adjoint_offset(p, 1 + p.order * p.num_directions, p.num_layers + 1);
+  if (p.weight_grads == WeightGrads::kGemm)
+    plan_gemm_grads<scalar_t>(p, plan);
+  else
+    plan_splitk_grads<scalar_t>(p, device, plan, err);
   return true;
 }
 
@@ -71,7 +102,7 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   backward_kernel<scalar_t>(p, fused.width)<<<fused.grid, 2 * fused.tile_rows, fused.smem_bytes,
                                               stream>>>(args);
   if (cudaError_t err = cudaGetLastError()) return err;
-  if (p.grad_weights[0] == nullptr) return cudaSuccess;
+  if (p.grad_weights[0] == nullptr || fused.grads_by_gemm) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(fused.grad_blocks), fused.grad_splits);
   fused_weight_grad_kernel<scalar_t>
       <<<grid, kGradThreads, GradShape<scalar_t>::kSmemBytes, stream>>>(args);
@@ -85,6 +116,34 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   const int64_t blocks = std::min<int64_t>((fused.partial_size + kThreads - 1) / kThreads,
                                            int64_t(plan.num_sms) * 8);
   sum_partials_kernel<scalar_t><<<static_cast<int>(blocks), kThreads, 0, stream>>>(sums);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t gemm_operands_for(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                              int layer, GemmOperands* out, cudaStream_t stream) {
+  using op_t = gemm_operand_t<scalar_t>;
+  const FusedPlan& fused = plan.fused;
+  const int streams = 1 + p.order * p.num_directions;
+  auto* base = static_cast<unsigned char*>(workspace);
+  GemmOperandArgs args;
+  args.p = p;
+  args.layer = layer;
+  args.adjoints = reinterpret_cast<const float*>(base) + adjoint_offset(p, streams, layer);
+  args.inputs = base + align_up(sizeof(float) * fused.adjoint_elems);
+  if (fused.gemm_copy_elems > 0)
+    args.adjoint_copy = static_cast<unsigned char*>(args.inputs) +
+                        align_up(sizeof(op_t) * fused.gemm_input_elems);
+  out->rows = gemm_rows(p, layer);
+  out->inputs = args.inputs;
+  out->adjoints = args.adjoint_copy != nullptr ? args.adjoint_copy : args.adjoints;
+  out->bias_adjoints = args.adjoints;
+  out->dtype = std::is_same_v<op_t, float> ? DType::kFloat32 : p.dtype;
+  const int64_t elems = out->rows * std::max(p.widths[layer - 1], p.widths[layer]);
+  const int64_t blocks = std::min<int64_t>((elems + kOperandThreads - 1) / kOperandThreads,
+                                           int64_t(plan.num_sms) * 8);
+  fused_gemm_operands_kernel<scalar_t>
+      <<<static_cast<int>(std::max<int64_t>(blocks, 1)), kOperandThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
@@ -107,6 +166,20 @@ cudaError_t launch_fused_backward(const SobolevLaunch& p, const LaunchPlan& plan
     case DType::kFloat32: return launch_for<float>(p, plan, workspace, stream);
     case DType::kBFloat16: return launch_for<__nv_bfloat16>(p, plan, workspace, stream);
     case DType::kFloat16: return launch_for<__half>(p, plan, workspace, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_gemm_operands(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                                 int layer, GemmOperands* out, cudaStream_t stream) {
+  if (plan.variant != KernelVariant::kFused || !plan.fused.grads_by_gemm || layer < 1 ||
+      layer > p.num_layers)
+    return cudaErrorInvalidValue;
+  switch (p.dtype) {
+    case DType::kFloat32: return gemm_operands_for<float>(p, plan, workspace, layer, out, stream);
+    case DType::kBFloat16:
+      return gemm_operands_for<__nv_bfloat16>(p, plan, workspace, layer, out, stream);
+    case DType::kFloat16: return gemm_operands_for<__half>(p, plan, workspace, layer, out, stream);
     default: return cudaErrorInvalidValue;
   }
 }

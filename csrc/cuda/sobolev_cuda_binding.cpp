@@ -3,6 +3,9 @@
 #include "cuda/sobolev_cuda.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -37,6 +40,16 @@ KernelVariant requested_variant() {
   if (name == "tiled_tc") return KernelVariant::kTiledTensorCores;
   if (name == "fused") return KernelVariant::kFused;
   TORCH_CHECK(false, "SOBOLEV_CUDA_KERNEL: expected tiled, tiled_tc or fused, got '", name, "'");
+}
+
+// SOBOLEV_CUDA_WEIGHT_GRADS, read on every call as SOBOLEV_CUDA_KERNEL: "splitk" (or unset)
+// or "gemm" (see WeightGrads).
+WeightGrads requested_weight_grads() {
+  const char* env = std::getenv("SOBOLEV_CUDA_WEIGHT_GRADS");
+  const std::string name = env == nullptr ? "" : env;
+  if (name.empty() || name == "splitk") return WeightGrads::kSplitK;
+  if (name == "gemm") return WeightGrads::kGemm;
+  TORCH_CHECK(false, "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm, got '", name, "'");
 }
 
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
@@ -87,6 +100,7 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars&
   p.order = static_cast<int>(scalars.order);
   p.allow_tf32 = scalars.allow_tf32;
   p.variant = requested_variant();
+  p.weight_grads = requested_weight_grads();
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {
@@ -141,6 +155,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
   C10_CUDA_CHECK(
       launch_forward(p, plan, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
   return {loss, f, u, w, saved};
+}
+
+// WeightGrads::kGemm, after the fused backward kernel: per layer, its operands (one launch),
+// dW_l = A_l^T S_{l-1} on cuBLAS at torch's matmul precision (the op's allow_tf32 is read off
+// it) and db_l = the column sums of A_l's value rows. The workspace buffers are reused layer by
+// layer: every launch is on the current stream, so each layer's GEMM reads them before the
+// next layer's operands overwrite them.
+void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const at::Tensor& ws,
+                          std::vector<at::Tensor>& grad_weights,
+                          std::vector<at::Tensor>& grad_biases) {
+  const auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  const auto options = ws.options();
+  for (int l = 1; l <= p.num_layers; ++l) {
+    GemmOperands ops;
+    C10_CUDA_CHECK(launch_gemm_operands(p, plan, ws.data_ptr(), l, &ops, stream));
+    const auto op_options =
+        options.dtype(ops.dtype == DType::kBFloat16 ? at::kBFloat16 : at::kFloat);
+    const auto a = at::from_blob(const_cast<void*>(ops.adjoints), {ops.rows, p.widths[l]},
+                                 op_options);
+    const auto s = at::from_blob(const_cast<void*>(ops.inputs), {ops.rows, p.widths[l - 1]},
+                                 op_options);
+    at::Tensor& dw = grad_weights[l - 1];
+    if (dw.scalar_type() == a.scalar_type())
+      at::mm_out(dw, a.t(), s);
+    else
+      dw.copy_(at::mm(a.t(), s));
+    if (grad_biases.empty()) continue;
+    const auto values = at::from_blob(const_cast<float*>(ops.bias_adjoints),
+                                      {p.batch, p.widths[l]}, options.dtype(at::kFloat));
+    at::Tensor& db = grad_biases[l - 1];
+    if (db.scalar_type() == at::kFloat)
+      at::sum_out(db, values, {0});
+    else
+      db.copy_(at::sum(values, {0}));
+  }
 }
 
 }  // namespace
@@ -215,6 +264,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev
   auto ws = workspace(plan.workspace_bytes, x);
   C10_CUDA_CHECK(
       launch_backward(p, plan, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
+  if (plan.variant == KernelVariant::kFused && plan.fused.grads_by_gemm)
+    weight_grads_by_gemm(p, plan, ws, grad_weights, grad_biases);
   return {grad_x, grad_weights, grad_biases};
 }
 

@@ -19,7 +19,8 @@
 // - fused (fused_common.cuh): tiny-cuda-nn's fully fused MLP with the tangent streams as extra
 //   16-row fragments, every product on tensor cores (mma.sync; fp32 as 3xTF32), 128 stacked
 //   rows per block; its backward stores the layers' adjoints and forms dW in one product per
-//   layer over all rows (fused_weight_grads.cuh). fp64 runs the tiled kernels.
+//   layer over all rows (fused_weight_grads.cuh; or, WeightGrads::kGemm, cuBLAS GEMMs that
+//   the binding runs on operands from fused_gemm_operands.cuh). fp64 runs the tiled kernels.
 // Everything else (activations, tangent updates, sums) runs in the accumulation type. All
 // kernels are deterministic: no floating-point atomics, fixed tile-to-block assignment and
 // summation orders. emulation/ runs them on the host to test their logic without a GPU. Needs
@@ -50,6 +51,14 @@ enum class KernelVariant : int {
                       // problems it cannot take, run kTiled
 };
 
+// How the fused backward forms the weight gradients; the binding reads it from
+// SOBOLEV_CUDA_WEIGHT_GRADS on every call. The tiled kernels ignore it.
+enum class WeightGrads : int {
+  kSplitK,  // "splitk" (default): fused_weight_grads.cuh, in-kernel products over row splits
+  kGemm,    // "gemm": per layer, fused_gemm_operands.cuh forms the operands and the binding
+            // runs one cuBLAS GEMM (launch_gemm_operands below)
+};
+
 // One problem as raw device pointers. x, directions, weights, biases, f, u, w and their
 // gradients in `dtype`; y, the targets, saved, loss and grad_loss in the accumulation type
 // (fp64 for fp64, else fp32). Optional pointers are null when absent.
@@ -73,6 +82,7 @@ struct SobolevLaunch {
   // .allow_tf32); otherwise they must be fp32-accurate
   bool allow_tf32 = false;
   KernelVariant variant = KernelVariant::kTiled;  // the kernels asked for (the plan says which run)
+  WeightGrads weight_grads = WeightGrads::kSplitK;
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m
@@ -142,6 +152,10 @@ struct FusedPlan {
   int grad_splits = 1;        // row ranges whose partial dW are added in order
   int64_t grad_blocks = 0;    // blocks of one split: (layer, 64 x 64 block of dW_l) pairs
   int64_t partial_size = 0;   // dW_1..dW_L, db_1..db_L
+  // WeightGrads::kGemm: the caller forms dW and db (launch_gemm_operands)
+  bool grads_by_gemm = false;
+  int64_t gemm_input_elems = 0;  // the largest layer input stack S_{l-1}
+  int64_t gemm_copy_elems = 0;   // the largest adjoint copy (16-bit operands), else 0
 };
 
 // One call's launch plan: made once (plan_*), sizes the workspace, then launches (launch_*).
@@ -166,5 +180,20 @@ cudaError_t launch_forward(const SobolevLaunch& p, const LaunchPlan& plan, void*
                            cudaStream_t stream);
 cudaError_t launch_backward(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
                             cudaStream_t stream);
+
+// WeightGrads::kGemm, after launch_backward: layer l's (1..L) operands of
+//   dW_l = adjoints^T inputs    (rows x n_l, rows x n_{l-1}, row-major, in `dtype`),
+// formed in the workspace by one launch on `stream`, and bias_adjoints, the (B, n_l) fp32 value
+// rows of A_l (db_l = their column sums). The caller runs both before asking for the next
+// layer, whose operands reuse the same buffers.
+struct GemmOperands {
+  const void* adjoints = nullptr;
+  const void* inputs = nullptr;
+  const float* bias_adjoints = nullptr;
+  int64_t rows = 0;
+  DType dtype = DType::kFloat32;  // bf16 for bf16, else fp32
+};
+cudaError_t launch_gemm_operands(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                                 int layer, GemmOperands* out, cudaStream_t stream);
 
 }  // namespace sobolev::cuda

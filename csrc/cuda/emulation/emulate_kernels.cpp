@@ -17,6 +17,7 @@
 #include "cuda/forward_kernel.cuh"
 #include "cuda/fused_backward.cuh"
 #include "cuda/fused_forward.cuh"
+#include "cuda/fused_gemm_operands.cuh"
 #include "cuda/fused_weight_grads.cuh"
 
 namespace {
@@ -134,6 +135,7 @@ void run_tiled_backward(const SobolevLaunch& s, const Case& c) {
 struct Mode {
   sobolev::cuda::KernelVariant variant = sobolev::cuda::KernelVariant::kTiled;
   bool allow_tf32 = false;
+  sobolev::cuda::WeightGrads weight_grads = sobolev::cuda::WeightGrads::kSplitK;
 };
 
 // The fused kernels (fp32, bf16, fp16), as fused_forward.cu and fused_backward.cu plan and run
@@ -159,6 +161,46 @@ bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
                    a.plan.grid, 2 * a.plan.tile_rows, a);
   });
   return true;
+}
+
+// WeightGrads::kGemm as fused_backward.cu and the binding run it: per layer the operand
+// kernel (three blocks), then the GEMM and the bias sums on the host in fp32, as cuBLAS
+// accumulates, written in T.
+template <typename T>
+void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, const std::vector<float>& adjoints) {
+  namespace sc = sobolev::cuda;
+  using op_t = sc::gemm_operand_t<T>;
+  const SobolevLaunch& s = a.p;
+  const int streams = 1 + s.order * s.num_directions;
+  for (int l = 1; l <= s.num_layers; ++l) {
+    const int64_t rows = sc::gemm_rows(s, l);
+    const int n_in = s.widths[l - 1], n_out = s.widths[l];
+    sc::GemmOperandArgs g;
+    g.p = s;
+    g.layer = l;
+    g.adjoints = adjoints.data() + sc::adjoint_offset(s, streams, l);
+    std::vector<op_t> inputs(rows * n_in), copy(std::is_same_v<op_t, float> ? 0 : rows * n_out);
+    g.inputs = inputs.data();
+    g.adjoint_copy = copy.empty() ? nullptr : copy.data();
+    emulate_launch(sc::fused_gemm_operands_kernel<T>, 3, 64, g);
+    const auto adjoint = [&](int64_t r, int i) {
+      return copy.empty() ? g.adjoints[r * n_out + i] : to_double(copy[r * n_out + i]);
+    };
+    auto* dw = static_cast<T*>(s.grad_weights[l - 1]);
+    for (int i = 0; i < n_out; ++i)
+      for (int j = 0; j < n_in; ++j) {
+        float sum = 0;
+        for (int64_t r = 0; r < rows; ++r) sum += adjoint(r, i) * to_double(inputs[r * n_in + j]);
+        dw[i * n_in + j] = to_storage<T>(sum);
+      }
+    if (s.grad_biases[l - 1] == nullptr) continue;
+    auto* db = static_cast<T*>(s.grad_biases[l - 1]);
+    for (int i = 0; i < n_out; ++i) {
+      float sum = 0;
+      for (int64_t r = 0; r < s.batch; ++r) sum += g.adjoints[r * n_out + i];
+      db[i] = to_storage<T>(sum);
+    }
+  }
 }
 
 template <typename T>
@@ -188,6 +230,10 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
                    a.plan.grid, 2 * a.plan.tile_rows, a);
   });
   if (!params) return true;
+  if (s.weight_grads == sc::WeightGrads::kGemm) {
+    gemm_weight_grads<T>(a, adjoints);
+    return true;
+  }
   emulate_launch_2d(sc::fused_weight_grad_kernel<T>, int(a.plan.grad_blocks),
                     a.plan.grad_splits, sc::kGradThreads, a);
   KernelArgs sums;
@@ -263,6 +309,7 @@ Result emulate(const Problem& p, Mode mode) {
   s.negative_slope = p.slope;
   s.variant = mode.variant;
   s.allow_tf32 = mode.allow_tf32;
+  s.weight_grads = mode.weight_grads;
 
   // forward
   std::vector<T> f(B * c.m), u(B * c.K * c.m), w(second ? B * c.K * c.m : 0);
@@ -466,7 +513,8 @@ std::vector<Case> cases() {
 
 }  // namespace
 
-// Arguments: --variant=tiled (default), tiled_tc or fused, and --dtypes=fp32,fp16,... (the
+// Arguments: --variant=tiled (default), tiled_tc or fused, --weight-grads=gemm (the fused
+// backward's WeightGrads::kGemm) and --dtypes=fp32,fp16,... (the
 // labels of the lines below; all by default) first, then, optionally, parts of case names:
 // only those cases run (all without any).
 //   tiled:    fp64, fp32, bf16 and fp16 (today's kernels)
@@ -475,9 +523,11 @@ std::vector<Case> cases() {
 int main(int argc, char** argv) {
   std::vector<std::string> only(argv + 1, argv + argc);
   std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
+  auto weight_grads = sobolev::cuda::WeightGrads::kSplitK;
   while (!only.empty() && only[0].rfind("--", 0) == 0) {
     if (only[0].rfind("--variant=", 0) == 0) variant = only[0].substr(10);
     if (only[0].rfind("--dtypes=", 0) == 0) dtypes = only[0].substr(9);
+    if (only[0] == "--weight-grads=gemm") weight_grads = sobolev::cuda::WeightGrads::kGemm;
     only.erase(only.begin());
   }
   const auto wanted = [&](const char* label) { return dtypes.find(label) != dtypes.npos; };
@@ -493,13 +543,14 @@ int main(int argc, char** argv) {
     if (!only.empty() && std::none_of(only.begin(), only.end(), named)) continue;
     // a kink (relu) can flip under 16-bit or TF32 rounding, as in the torch tests
     const bool kink = c.act == sobolev::kRelu || c.act == sobolev::kLeakyRelu;
-    if (v == KernelVariant::kTiled && wanted("fp64")) ok = check<double>(c, seed, {v, false}) && ok;
-    if (wanted("fp32")) ok = check<float>(c, seed, {v, false}) && ok;
+    const Mode exact{v, false, weight_grads}, tf32{v, true, weight_grads};
+    if (v == KernelVariant::kTiled && wanted("fp64")) ok = check<double>(c, seed, exact) && ok;
+    if (wanted("fp32")) ok = check<float>(c, seed, exact) && ok;
     if (v != KernelVariant::kTiled && !kink && wanted("tf32"))
-      ok = check<float>(c, seed, {v, true}) && ok;
+      ok = check<float>(c, seed, tf32) && ok;
     if (v == KernelVariant::kTiledTensorCores || kink) continue;
-    if (wanted("bf16")) ok = check<__nv_bfloat16>(c, seed, {v, false}) && ok;
-    if (wanted("fp16")) ok = check<__half>(c, seed, {v, false}) && ok;
+    if (wanted("bf16")) ok = check<__nv_bfloat16>(c, seed, exact) && ok;
+    if (wanted("fp16")) ok = check<__half>(c, seed, exact) && ok;
   }
   std::printf("%s\n", ok ? "all cases agree" : "MISMATCH");
   return ok ? 0 : 1;
