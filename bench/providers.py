@@ -24,13 +24,17 @@ from sobolev_kernels.baselines import eager_autograd_loss
 BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # The CUDA backend's kernel variants besides its default ("tiled"), timed side by side on a
 # GPU until one has measured faster: SOBOLEV_CUDA_KERNEL and SOBOLEV_CUDA_WEIGHT_GRADS, read
-# by the extension per call. cuda_fused_gemm differs from cuda_fused in the backward only
-# (its weight gradients by cuBLAS GEMMs): a step-only provider.
+# and SOBOLEV_CUDA_FUSED_PANEL, read by the extension per call. cuda_fused_gemm differs from
+# cuda_fused in the backward only (its weight gradients by cuBLAS GEMMs): a step-only
+# provider. cuda_fused_panel64 is cuda_fused_gemm with the weights staged in 64-row panels at
+# width 128 (two blocks per SM; config M's width).
 # name -> {environment variable: value}
+_FUSED_GEMM = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"}
 CUDA_VARIANTS = {
     "cuda_tiled_tc": {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
     "cuda_fused": {"SOBOLEV_CUDA_KERNEL": "fused"},
-    "cuda_fused_gemm": {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
+    "cuda_fused_gemm": _FUSED_GEMM,
+    "cuda_fused_panel64": {**_FUSED_GEMM, "SOBOLEV_CUDA_FUSED_PANEL": "64"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing

@@ -50,6 +50,7 @@ VARIANTS = {
         {"SOBOLEV_CUDA_KERNEL": "fused"},
         # the fused backward's weight gradients by GEMM (fused_gemm_operands.cuh, cuBLAS)
         {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
+        {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_PANEL": "64"},
     ],
 }
 

@@ -17,11 +17,11 @@ namespace sobolev::cuda {
 namespace {
 
 template <typename scalar_t>
-auto backward_kernel(const SobolevLaunch& p, int width) {
-  return with_fused_width(width, [&](auto w) {
-    constexpr int W = decltype(w)::value;
-    return p.order == 2 ? fused_backward_kernel<scalar_t, 2, W>
-                        : fused_backward_kernel<scalar_t, 1, W>;
+auto backward_kernel(const SobolevLaunch& p, const FusedPlan& plan) {
+  return with_fused_shape(plan.width, plan.panel, [&](auto w, auto panel) {
+    constexpr int W = decltype(w)::value, P = decltype(panel)::value;
+    return p.order == 2 ? fused_backward_kernel<scalar_t, 2, W, P>
+                        : fused_backward_kernel<scalar_t, 1, W, P>;
   });
 }
 
@@ -69,7 +69,7 @@ bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* pl
               cudaError_t* err) {
   if (!make_fused_plan<scalar_t>(p, device, &plan->fused)) return false;
   FusedPlan& fused = plan->fused;
-  const auto kernel = backward_kernel<scalar_t>(p, fused.width);
+  const auto kernel = backward_kernel<scalar_t>(p, fused);
   int per_sm = 0;
   *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(fused.smem_bytes));
@@ -99,8 +99,8 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   args.adjoints = reinterpret_cast<float*>(base);
   args.grad_partials =
       reinterpret_cast<float*>(base + align_up(sizeof(float) * fused.adjoint_elems));
-  backward_kernel<scalar_t>(p, fused.width)<<<fused.grid, 2 * fused.tile_rows, fused.smem_bytes,
-                                              stream>>>(args);
+  backward_kernel<scalar_t>(p, fused)<<<fused.grid, 2 * fused.tile_rows, fused.smem_bytes,
+                                       stream>>>(args);
   if (cudaError_t err = cudaGetLastError()) return err;
   if (p.grad_weights[0] == nullptr || fused.grads_by_gemm) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(fused.grad_blocks), fused.grad_splits);

@@ -12,11 +12,11 @@ namespace sobolev::cuda {
 
 constexpr int kPassBatch = 4;  // elements of the activation pass whose loads go out together
 
-template <typename scalar_t, int ORDER, int WIDTH>
-__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
-                                  FusedShape<scalar_t, WIDTH>::kMinBlocks)
+template <typename scalar_t, int ORDER, int WIDTH, int PANEL = default_panel(WIDTH)>
+__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH, PANEL>::kThreads,
+                                  FusedShape<scalar_t, WIDTH, PANEL>::kMinBlocks)
     fused_backward_kernel(const __grid_constant__ FusedArgs args) {
-  using Shape = FusedShape<scalar_t, WIDTH>;
+  using Shape = FusedShape<scalar_t, WIDTH, PANEL>;
   constexpr int ld = Shape::kLead;
   constexpr bool second_order = ORDER == 2;
   const SobolevLaunch& p = args.p;
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
       }
       note_max<scalar_t>(amax + step % 2, largest);
     }
-    stage_panel<true, scalar_t, WIDTH>(weights(L), m, p.widths[L - 1], 0, staged);
+    stage_panel<true, Shape>(weights(L), m, p.widths[L - 1], 0, staged);
     __syncthreads();
 
     for (int l = L; l >= 1; --l) {
@@ -105,11 +105,9 @@ __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
       // [a_h; a_t_k (; a_tt_k)] = [a_z; a_tz_k (; a_ttz_k)] W_l in place
       const float scale = scale_from<scalar_t>(amax + step % 2);
       if (threadIdx.x == 0) amax[(step + 1) % 2] = 0;  // its last reader was product step - 1
-      fused_product<scalar_t, WIDTH>(X, staged, pad16(n_out), pad16(n_in), scale, split,
-                                     [&](int panel) {
-                                       stage_panel<true, scalar_t, WIDTH>(weights(l), n_out,
-                                                                          n_in, panel, staged);
-                                     });
+      fused_product<Shape>(X, staged, pad16(n_out), pad16(n_in), scale, split, [&](int panel) {
+        stage_panel<true, Shape>(weights(l), n_out, n_in, panel, staged);
+      });
       ++step;
       __syncthreads();
       if (l == 1) {  // dL/dx = a_h of the value rows
@@ -119,7 +117,7 @@ __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
         break;
       }
       if (l > 2 || p.grad_x != nullptr)  // layer 1's product only makes dL/dx
-        stage_panel<true, scalar_t, WIDTH>(weights(l - 1), n_in, p.widths[l - 2], 0, staged);
+        stage_panel<true, Shape>(weights(l - 1), n_in, p.widths[l - 2], 0, staged);
       // through the activation of layer l - 1 (z = z_{l-1}, from the forward):
       //   a_z = a_h s'(z) + s''(z) sum_k a_t_k tz_k,  a_tz_k = a_t_k s'(z)
       // order 2:

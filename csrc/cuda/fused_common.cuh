@@ -33,31 +33,44 @@ SK_HD int fused_width(const SobolevLaunch& p) {
   return 0;
 }
 
-// Shape of the fused kernels at WIDTH for operands op_t (float: TF32). Rows of X and of the
-// staged weights are 4 (fp32) or 8 (16-bit) elements longer than WIDTH, so the fragment loads
-// of a warp hit 32 different banks (mma_fragments.cuh's layouts).
-template <typename op_t, int WIDTH>
+// The weight rows staged at once by default: the whole layer up to width 128, else 64.
+constexpr int default_panel(int width) { return width <= 128 ? width : 64; }
+
+// Shape of the fused kernels at WIDTH for operands op_t (float: TF32), staging PANEL weight
+// rows at once. Rows of X and of the staged weights are 4 (fp32) or 8 (16-bit) elements longer
+// than WIDTH, so the fragment loads of a warp hit 32 different banks (mma_fragments.cuh's
+// layouts).
+template <typename op_t, int WIDTH, int PANEL = default_panel(WIDTH)>
 struct FusedShape {
+  using op_type = op_t;
+  static constexpr int kWidth = WIDTH;
   static constexpr int kWarps = WIDTH <= 128 ? 8 : 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kTileRows = 16 * kWarps;
-  // at width <= 64 two blocks share an SM: they then have 128 registers per thread
-  static constexpr int kMinBlocks = WIDTH <= 64 ? 2 : 1;
-  static constexpr int kPanel = WIDTH <= 128 ? WIDTH : 64;  // weight rows staged at once
+  // two blocks share an SM at width <= 64, and at 128 in 64-row panels (fp32: 101 KB of
+  // shared memory a block, against 135 KB with the whole layer): 128 registers per thread
+  static constexpr int kMinBlocks = WIDTH <= 64 || (WIDTH == 128 && PANEL == 64) ? 2 : 1;
+  static constexpr int kPanel = PANEL;
   static constexpr int kLead = WIDTH + (std::is_same_v<op_t, float> ? 4 : 8);
   static constexpr size_t kSmemBytes = sizeof(float) * kTileRows * kLead +
                                        sizeof(op_t) * kPanel * kLead + 2 * sizeof(unsigned);
+  static_assert(WIDTH % PANEL == 0 && PANEL % 16 == 0);
 };
 
-// f(std::integral_constant<int, WIDTH>) for the width the fused kernels take p at.
+// f(std::integral_constant<int, WIDTH>, std::integral_constant<int, PANEL>) for the width and
+// panel the fused kernels take p at (FusedPlan's): 64-row panels at width 128 on request
+// (SobolevLaunch::fused_panel), else default_panel.
 template <typename F>
-auto with_fused_width(int width, F f) {
+auto with_fused_shape(int width, int panel, F f) {
+  using std::integral_constant;
   switch (width) {
-    case 16: return f(std::integral_constant<int, 16>{});
-    case 32: return f(std::integral_constant<int, 32>{});
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-    default: return f(std::integral_constant<int, 256>{});
+    case 16: return f(integral_constant<int, 16>{}, integral_constant<int, 16>{});
+    case 32: return f(integral_constant<int, 32>{}, integral_constant<int, 32>{});
+    case 64: return f(integral_constant<int, 64>{}, integral_constant<int, 64>{});
+    case 128:
+      if (panel == 64) return f(integral_constant<int, 128>{}, integral_constant<int, 64>{});
+      return f(integral_constant<int, 128>{}, integral_constant<int, 128>{});
+    default: return f(integral_constant<int, 256>{}, integral_constant<int, 64>{});
   }
 }
 
@@ -69,13 +82,15 @@ bool make_fused_plan(const SobolevLaunch& p, const DeviceLimits& device, FusedPl
   if (std::is_same_v<scalar_t, double> || device.major < 8 || p.num_layers < 1) return false;
   using op_t = std::conditional_t<std::is_same_v<scalar_t, double>, float, scalar_t>;
   const int width = fused_width(p);
-  const auto [tile_rows, smem] = with_fused_width(width, [](auto w) {
-    using Shape = FusedShape<op_t, decltype(w)::value>;
+  const int panel = width == 128 && p.fused_panel == 64 ? 64 : default_panel(width);
+  const auto [tile_rows, smem] = with_fused_shape(width, panel, [](auto w, auto panel_rows) {
+    using Shape = FusedShape<op_t, decltype(w)::value, decltype(panel_rows)::value>;
     return std::pair<int, size_t>{Shape::kTileRows, Shape::kSmemBytes};
   });
   const int streams = 1 + p.order * p.num_directions;
   if (width == 0 || streams > tile_rows || smem > device.smem_per_block) return false;
   plan->width = width;
+  plan->panel = panel;
   plan->tile_rows = tile_rows;
   plan->rows = tile_rows / streams;
   plan->num_tiles = (p.batch + plan->rows - 1) / plan->rows;
@@ -148,16 +163,17 @@ __device__ __forceinline__ void copy_batched(int count, Load load, Store store) 
 // (staged[n][k] = W[n0 + n][k], W: n_out x n_in) or, TRANSPOSE, the backward's W_l^T
 // (staged[n][k] = W[k][n0 + n]). Rows up to the product's padded n, columns up to its padded
 // k; zeros past the layer. 16 loads in flight per thread (8 at width 256, short of registers).
-template <bool TRANSPOSE, typename op_t, int WIDTH, typename scalar_t>
-__device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel, op_t* staged) {
-  using Shape = FusedShape<op_t, WIDTH>;
+template <bool TRANSPOSE, typename Shape, typename scalar_t>
+__device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
+                            typename Shape::op_type* staged) {
+  using op_t = typename Shape::op_type;
   const int n_size = TRANSPOSE ? n_in : n_out, k_size = TRANSPOSE ? n_out : n_in;
   const int n0 = panel * Shape::kPanel;
   const int rows = min(Shape::kPanel, pad16(n_size) - n0), cols = pad16(k_size);
   // consecutive threads read consecutive weights
   const auto row_of = [&](int e) { return TRANSPOSE ? e % rows : e / cols; };
   const auto col_of = [&](int e) { return TRANSPOSE ? e / rows : e % cols; };
-  copy_batched<WIDTH <= 128 ? 16 : 8>(
+  copy_batched<Shape::kWidth <= 128 ? 16 : 8>(
       rows * cols,
       [&](int e) {
         const int n = row_of(e), k = col_of(e);
@@ -174,11 +190,11 @@ __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel, o
 // weights, B(k, n) = staged[n][k] for n < n_pad, written over the rows (columns < n_pad), times
 // 1 / scale. Panel 0 is staged by the caller before a barrier; later panels are staged here by
 // stage(panel) between barriers, so every thread of the block calls this.
-template <typename op_t, int WIDTH, typename Stage>
-__device__ void fused_product(float* X, const op_t* staged, int k_pad, int n_pad, float scale,
-                              bool split, Stage stage) {
-  using Shape = FusedShape<op_t, WIDTH>;
-  constexpr int ld = Shape::kLead, panel_tiles = Shape::kPanel / 8;
+template <typename Shape, typename Stage>
+__device__ void fused_product(float* X, const typename Shape::op_type* staged, int k_pad,
+                              int n_pad, float scale, bool split, Stage stage) {
+  using op_t = typename Shape::op_type;
+  constexpr int WIDTH = Shape::kWidth, ld = Shape::kLead, panel_tiles = Shape::kPanel / 8;
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   float* rows = X + threadIdx.x / 32 * 16 * ld;
   float acc[WIDTH / 8][4];

@@ -10,11 +10,11 @@ namespace sobolev::cuda {
 namespace {
 
 template <typename scalar_t>
-auto forward_kernel(const SobolevLaunch& p, int width) {
-  return with_fused_width(width, [&](auto w) {
-    constexpr int W = decltype(w)::value;
-    return p.order == 2 ? fused_forward_kernel<scalar_t, 2, W>
-                        : fused_forward_kernel<scalar_t, 1, W>;
+auto forward_kernel(const SobolevLaunch& p, const FusedPlan& plan) {
+  return with_fused_shape(plan.width, plan.panel, [&](auto w, auto panel) {
+    constexpr int W = decltype(w)::value, P = decltype(panel)::value;
+    return p.order == 2 ? fused_forward_kernel<scalar_t, 2, W, P>
+                        : fused_forward_kernel<scalar_t, 1, W, P>;
   });
 }
 
@@ -23,7 +23,7 @@ bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* pl
               cudaError_t* err) {
   if (!make_fused_plan<scalar_t>(p, device, &plan->fused)) return false;
   FusedPlan& fused = plan->fused;
-  const auto kernel = forward_kernel<scalar_t>(p, fused.width);
+  const auto kernel = forward_kernel<scalar_t>(p, fused);
   const int threads = 2 * fused.tile_rows;  // a warp per 16 rows
   int per_sm = 0;
   *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -50,8 +50,8 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   args.loss_partials = reinterpret_cast<double*>(base + 256);
   if (cudaError_t err = cudaMemsetAsync(args.counter, 0, sizeof(unsigned int), stream)) return err;
   const int threads = 2 * plan.fused.tile_rows;
-  forward_kernel<scalar_t>(p, plan.fused.width)<<<plan.fused.grid, threads,
-                                                  plan.fused.smem_bytes, stream>>>(args);
+  forward_kernel<scalar_t>(p, plan.fused)<<<plan.fused.grid, threads, plan.fused.smem_bytes,
+                                            stream>>>(args);
   return cudaGetLastError();
 }
 

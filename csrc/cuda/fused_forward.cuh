@@ -9,11 +9,11 @@
 
 namespace sobolev::cuda {
 
-template <typename scalar_t, int ORDER, int WIDTH>
-__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
-                                  FusedShape<scalar_t, WIDTH>::kMinBlocks)
+template <typename scalar_t, int ORDER, int WIDTH, int PANEL = default_panel(WIDTH)>
+__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH, PANEL>::kThreads,
+                                  FusedShape<scalar_t, WIDTH, PANEL>::kMinBlocks)
     fused_forward_kernel(const __grid_constant__ FusedArgs args) {
-  using Shape = FusedShape<scalar_t, WIDTH>;
+  using Shape = FusedShape<scalar_t, WIDTH, PANEL>;
   constexpr int ld = Shape::kLead;
   constexpr bool second_order = ORDER == 2;
   const SobolevLaunch& p = args.p;
@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
     const int64_t r0 = tile * R;
     const int valid = static_cast<int>(p.batch - r0 < R ? p.batch - r0 : R);
     note_max<scalar_t>(amax + step % 2, load_fused_input<scalar_t>(p, r0, R, valid, S, X, ld));
-    stage_panel<false, scalar_t, WIDTH>(weights(1), p.widths[1], p.widths[0], 0, staged);
+    stage_panel<false, Shape>(weights(1), p.widths[1], p.widths[0], 0, staged);
     __syncthreads();
     for (int l = 1; l <= L; ++l) {
       const int n_in = p.widths[l - 1], n_out = p.widths[l];
@@ -46,15 +46,13 @@ __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH>::kThreads,
       // through the same staged weights (the bias is added below)
       const float scale = scale_from<scalar_t>(amax + step % 2);
       if (threadIdx.x == 0) amax[(step + 1) % 2] = 0;  // its last reader was product step - 1
-      fused_product<scalar_t, WIDTH>(X, staged, pad16(n_in), pad16(n_out), scale, split,
-                                     [&](int panel) {
-                                       stage_panel<false, scalar_t, WIDTH>(weights(l), n_out,
-                                                                           n_in, panel, staged);
-                                     });
+      fused_product<Shape>(X, staged, pad16(n_in), pad16(n_out), scale, split, [&](int panel) {
+        stage_panel<false, Shape>(weights(l), n_out, n_in, panel, staged);
+      });
       ++step;
       __syncthreads();
       if (l == L) break;
-      stage_panel<false, scalar_t, WIDTH>(weights(l + 1), p.widths[l + 1], n_out, 0, staged);
+      stage_panel<false, Shape>(weights(l + 1), p.widths[l + 1], n_out, 0, staged);
       // h = s(z), t_k = s'(z) tz_k (, tt_k = s'(z) ttz_k + s''(z) tz_k^2) in place: the next
       // layer's input; z, tz (, ttz) saved for the backward. Padding stays zero.
       const auto* bias = static_cast<const scalar_t*>(p.biases[l - 1]);
