@@ -22,7 +22,7 @@ from bench.report import _num, load
 
 TRITON = ("triton", "triton_recompute", "triton_persistent", "triton_lean",
           "triton_lean_persistent", "triton_graphed")  # fmt: skip
-CUDA = ("cuda", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm", "cuda_fused_panel64",
+CUDA = ("cuda", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm", "cuda_fused_occupancy",
         "cuda_graphed")  # fmt: skip
 
 

@@ -33,7 +33,7 @@ FUSED = (
     "cuda",
     "cuda_fused",  # #19's kernels: the H200 run had their step at 6.3 ms, the forward 0.8 ms
     "cuda_fused_gemm",  # the same, dW by cuBLAS (cuda_fused's dW kernel: 4.6 of 8.6 ms at M)
-    "cuda_fused_panel64",  # and 64-row weight panels: two blocks per SM at M's width 128
+    "cuda_fused_occupancy",  # and the high-occupancy shapes: two blocks per SM at M
 )
 
 

@@ -23,18 +23,18 @@ from sobolev_kernels.baselines import eager_autograd_loss
 
 BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # The CUDA backend's kernel variants besides its default ("tiled"), timed side by side on a
-# GPU until one has measured faster: SOBOLEV_CUDA_KERNEL and SOBOLEV_CUDA_WEIGHT_GRADS, read
-# and SOBOLEV_CUDA_FUSED_PANEL, read by the extension per call. cuda_fused_gemm differs from
-# cuda_fused in the backward only (its weight gradients by cuBLAS GEMMs): a step-only
-# provider. cuda_fused_panel64 is cuda_fused_gemm with the weights staged in 64-row panels at
-# width 128 (two blocks per SM; config M's width).
+# GPU until one has measured faster: SOBOLEV_CUDA_KERNEL, SOBOLEV_CUDA_WEIGHT_GRADS and
+# SOBOLEV_CUDA_FUSED_OCCUPANCY, read by the extension per call. cuda_fused_gemm differs
+# from cuda_fused in the backward only (its weight gradients by cuBLAS GEMMs): a step-only
+# provider. cuda_fused_occupancy is cuda_fused_gemm in the kernels' high-occupancy shapes
+# (width 128, config M: two blocks per SM; width 256, config L: blocks of 8 warps).
 # name -> {environment variable: value}
 _FUSED_GEMM = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"}
 CUDA_VARIANTS = {
     "cuda_tiled_tc": {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
     "cuda_fused": {"SOBOLEV_CUDA_KERNEL": "fused"},
     "cuda_fused_gemm": _FUSED_GEMM,
-    "cuda_fused_panel64": {**_FUSED_GEMM, "SOBOLEV_CUDA_FUSED_PANEL": "64"},
+    "cuda_fused_occupancy": {**_FUSED_GEMM, "SOBOLEV_CUDA_FUSED_OCCUPANCY": "high"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing

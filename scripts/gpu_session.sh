@@ -62,7 +62,7 @@ BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward
 # triton_graphed: the step's GPU time without its host time, the sweep's question)
 SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
-            triton_lean_persistent cuda_tiled_tc cuda_fused cuda_fused_gemm cuda_fused_panel64
+            triton_lean_persistent cuda_tiled_tc cuda_fused cuda_fused_gemm cuda_fused_occupancy
             cuda_graphed)
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)

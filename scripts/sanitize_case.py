@@ -51,7 +51,7 @@ VARIANTS = {
         {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
         {"SOBOLEV_CUDA_KERNEL": "fused"},
         {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
-        # (SOBOLEV_CUDA_FUSED_PANEL=64 changes nothing at these widths: it needs width 128)
+        # (SOBOLEV_CUDA_FUSED_OCCUPANCY=high changes nothing at these widths, below 128)
     ],
 }
 

@@ -93,26 +93,26 @@ def test_fused_backward_with_gemm_weight_grads_in_host_emulation(emulation):
     """SOBOLEV_CUDA_WEIGHT_GRADS=gemm: the fused backward's weight gradients from the GEMM
     operands that fused_gemm_operands.cuh forms per layer (layer inputs recomputed from the
     saved pre-activations, order 2's tt rows included; bf16 adjoints rounded), the GEMM and
-    bias sums done on the host as the binding has cuBLAS do them, on every case and dtype."""
-    proc = subprocess.run([str(emulation), "--variant=fused", "--weight-grads=gemm"],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    bias sums done on the host as the binding has cuBLAS do them, on every case and dtype
+    (plain TF32 aside: it changes the kernels' products, not the GEMM operands)."""
+    args = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--dtypes=fp32,bf16,fp16"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    _assert_tf32_lines(proc.stdout)
     assert proc.stdout.count("(fp32)") == 21, proc.stdout
     assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 21 - 4, proc.stdout
 
 
-def test_fused_kernels_in_64_row_panels_in_host_emulation(emulation):
-    """SOBOLEV_CUDA_FUSED_PANEL=64: at width 128 the fused kernels stage each layer's weights
-    in two 64-row panels (so two blocks fit an SM), on the cases of width 128 (96 padded), both
-    orders, every dtype, with both weight-gradient methods."""
-    for grads in ([], ["--weight-grads=gemm"]):
-        args = [str(emulation), "--variant=fused", "--panel=64", *grads, "width 96"]
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        _assert_tf32_lines(proc.stdout)
-        for dtype in ("(fp32)", "(bf16)", "(fp16)"):
-            assert proc.stdout.count(dtype) == 2, proc.stdout
+def test_fused_kernels_at_high_occupancy_in_host_emulation(emulation):
+    """SOBOLEV_CUDA_FUSED_OCCUPANCY=high (fp32 only): width 128 staged in two 64-row weight
+    panels (two blocks per SM), width 256 in blocks of 8 warps; on the cases of those widths
+    (96 padded to 128; 256 and 200), both orders at width 128, as 3xTF32 and plain TF32.
+    (The GEMM weight gradients read the adjoints whatever shape wrote them.)"""
+    args = [str(emulation), "--variant=fused", "--occupancy=high", "--dtypes=fp32,tf32",
+            "width 96", "widths 256"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _assert_tf32_lines(proc.stdout)
+    assert proc.stdout.count("(fp32)") == 3, proc.stdout
 
 
 @pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
@@ -120,9 +120,9 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     """The emulation under ThreadSanitizer: two threads of a block touching the same word
     without a barrier between them (a missing __syncthreads or __syncwarp) is a report and a
     failure, however the threads happened to interleave. The tiled kernels on five cases (both
-    orders, tile buffers in global memory, several weight panels), the fused kernels on six
-    (both orders, four weight panels at width 256, two at width 128, fp16 scales over several
-    tiles)."""
+    orders, tile buffers in global memory, several weight panels), the fused kernels on four
+    (both orders, four weight panels at width 256, fp16 scales over several tiles). The
+    high-occupancy shapes synchronise as these do (more warps, more panels of the same code)."""
     exe = tmp_path / "emulate_kernels_tsan"
     proc = _build_emulation(exe, "-g", "-fsanitize=thread", "-Wno-tsan")
     if proc.returncode != 0 and "tsan" in proc.stderr.lower():
@@ -134,8 +134,6 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
         # tiles; bf16 and TF32 synchronise as these do
         (["--variant=fused", "--dtypes=fp32"], ["tanh, per-row", "widths 256"], 3),
         (["--variant=fused", "--dtypes=fp16"], ["tanh, per-row", "1024 rows"], 3),
-        # width 128 in two 64-row weight panels (SOBOLEV_CUDA_FUSED_PANEL=64), both orders
-        (["--variant=fused", "--dtypes=fp32", "--panel=64"], ["width 96"], 2),
     ]
     for variant, cases, lines in runs:
         proc = subprocess.run([str(exe), *variant, *cases], capture_output=True, text=True,

@@ -261,13 +261,15 @@ def test_cuda_fused_gemm_weight_grads_at_a_large_batch(monkeypatch, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("order", [1, 2])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cuda_fused_64_row_panels_agree(monkeypatch, order, dtype):
-    """SOBOLEV_CUDA_FUSED_PANEL=64: width 128 staged in two 64-row weight panels."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width", [100, 256])
+def test_cuda_fused_high_occupancy_agrees(monkeypatch, order, dtype, width):
+    """SOBOLEV_CUDA_FUSED_OCCUPANCY=high: in fp32, width 128 (100 padded) staged in two 64-row
+    weight panels, width 256 in blocks of 8 warps; bf16 keeps its shapes."""
     _needs_cuda_kernels()
     monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
-    monkeypatch.setenv("SOBOLEV_CUDA_FUSED_PANEL", "64")
-    model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=100, k=3, layers=3,
+    monkeypatch.setenv("SOBOLEV_CUDA_FUSED_OCCUPANCY", "high")
+    model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=width, k=3, layers=3,
                                         dtype=dtype, directions="per_row")  # fmt: skip
     assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
                           expected_model=upcast_model(model), **extra)  # fmt: skip
@@ -276,7 +278,7 @@ def test_cuda_fused_64_row_panels_agree(monkeypatch, order, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("variable, value, expected", [
     ("SOBOLEV_CUDA_WEIGHT_GRADS", "cublas", "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm"),
-    ("SOBOLEV_CUDA_FUSED_PANEL", "32", "SOBOLEV_CUDA_FUSED_PANEL: expected full or 64"),
+    ("SOBOLEV_CUDA_FUSED_OCCUPANCY", "max", "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected default"),
 ])  # fmt: skip
 def test_cuda_unknown_setting_is_named(monkeypatch, variable, value, expected):
     _needs_cuda_kernels()

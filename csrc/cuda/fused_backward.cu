@@ -18,10 +18,11 @@ namespace {
 
 template <typename scalar_t>
 auto backward_kernel(const SobolevLaunch& p, const FusedPlan& plan) {
-  return with_fused_shape(plan.width, plan.panel, [&](auto w, auto panel) {
-    constexpr int W = decltype(w)::value, P = decltype(panel)::value;
-    return p.order == 2 ? fused_backward_kernel<scalar_t, 2, W, P>
-                        : fused_backward_kernel<scalar_t, 1, W, P>;
+  return with_fused_shape<scalar_t>(plan.width, plan.high_occupancy, [&](auto w, auto high) {
+    constexpr int W = decltype(w)::value;
+    constexpr bool H = decltype(high)::value;
+    return p.order == 2 ? fused_backward_kernel<scalar_t, 2, W, H>
+                        : fused_backward_kernel<scalar_t, 1, W, H>;
   });
 }
 

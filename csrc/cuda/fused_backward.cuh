@@ -12,11 +12,11 @@ namespace sobolev::cuda {
 
 constexpr int kPassBatch = 4;  // elements of the activation pass whose loads go out together
 
-template <typename scalar_t, int ORDER, int WIDTH, int PANEL = default_panel(WIDTH)>
-__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH, PANEL>::kThreads,
-                                  FusedShape<scalar_t, WIDTH, PANEL>::kMinBlocks)
+template <typename scalar_t, int ORDER, int WIDTH, bool HIGH_OCCUPANCY = false>
+__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY>::kThreads,
+                                  FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY>::kMinBlocks)
     fused_backward_kernel(const __grid_constant__ FusedArgs args) {
-  using Shape = FusedShape<scalar_t, WIDTH, PANEL>;
+  using Shape = FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY>;
   constexpr int ld = Shape::kLead;
   constexpr bool second_order = ORDER == 2;
   const SobolevLaunch& p = args.p;

@@ -33,44 +33,56 @@ SK_HD int fused_width(const SobolevLaunch& p) {
   return 0;
 }
 
-// The weight rows staged at once by default: the whole layer up to width 128, else 64.
-constexpr int default_panel(int width) { return width <= 128 ? width : 64; }
-
-// Shape of the fused kernels at WIDTH for operands op_t (float: TF32), staging PANEL weight
-// rows at once. Rows of X and of the staged weights are 4 (fp32) or 8 (16-bit) elements longer
-// than WIDTH, so the fragment loads of a warp hit 32 different banks (mma_fragments.cuh's
-// layouts).
-template <typename op_t, int WIDTH, int PANEL = default_panel(WIDTH)>
+// Shape of the fused kernels at WIDTH for operands op_t (float: TF32). Rows of X and of the
+// staged weights are 4 (fp32) or 8 (16-bit) elements longer than WIDTH, so the fragment loads
+// of a warp hit 32 different banks (mma_fragments.cuh's layouts).
+// HIGH_OCCUPANCY (SOBOLEV_CUDA_FUSED_OCCUPANCY=high; fp32 at widths 128 and 256 only) puts
+// more warps on an SM where the default leaves one block of 8 (width 128) or 4 (width 256):
+//   width 128: the weights staged in two 64-row panels, 101 KB of shared memory a block
+//              instead of 135 KB, so two blocks share an SM (128 registers a thread);
+//   width 256: blocks of 8 warps (128 rows) instead of 4, 195 KB (up to 255 registers).
+// 16-bit operands halve the staged weights: two blocks share an SM there already.
+template <typename op_t, int WIDTH, bool HIGH_OCCUPANCY = false>
 struct FusedShape {
   using op_type = op_t;
   static constexpr int kWidth = WIDTH;
-  static constexpr int kWarps = WIDTH <= 128 ? 8 : 4;
+  static constexpr int kWarps = WIDTH <= 128 || HIGH_OCCUPANCY ? 8 : 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kTileRows = 16 * kWarps;
-  // two blocks share an SM at width <= 64, and at 128 in 64-row panels (fp32: 101 KB of
-  // shared memory a block, against 135 KB with the whole layer): 128 registers per thread
-  static constexpr int kMinBlocks = WIDTH <= 64 || (WIDTH == 128 && PANEL == 64) ? 2 : 1;
-  static constexpr int kPanel = PANEL;
+  // at width <= 64 two blocks share an SM: they then have 128 registers per thread
+  static constexpr int kMinBlocks = WIDTH <= 64 || (WIDTH == 128 && HIGH_OCCUPANCY) ? 2 : 1;
+  // weight rows staged at once
+  static constexpr int kPanel = WIDTH <= 64 || (WIDTH == 128 && !HIGH_OCCUPANCY) ? WIDTH : 64;
   static constexpr int kLead = WIDTH + (std::is_same_v<op_t, float> ? 4 : 8);
   static constexpr size_t kSmemBytes = sizeof(float) * kTileRows * kLead +
                                        sizeof(op_t) * kPanel * kLead + 2 * sizeof(unsigned);
-  static_assert(WIDTH % PANEL == 0 && PANEL % 16 == 0);
 };
 
-// f(std::integral_constant<int, WIDTH>, std::integral_constant<int, PANEL>) for the width and
-// panel the fused kernels take p at (FusedPlan's): 64-row panels at width 128 on request
-// (SobolevLaunch::fused_panel), else default_panel.
-template <typename F>
-auto with_fused_shape(int width, int panel, F f) {
+// Whether the HIGH_OCCUPANCY shapes exist for operands op_t at `width`.
+template <typename op_t>
+constexpr bool has_high_occupancy(int width) {
+  return std::is_same_v<op_t, float> && width >= 128;
+}
+
+// f(std::integral_constant<int, WIDTH>, std::bool_constant<HIGH_OCCUPANCY>) for the shape the
+// fused kernels take p at (FusedPlan's width and high_occupancy), for operands op_t.
+template <typename op_t, typename F>
+auto with_fused_shape(int width, bool high_occupancy, F f) {
   using std::integral_constant;
+  const std::false_type normal;
+  const std::true_type high;
   switch (width) {
-    case 16: return f(integral_constant<int, 16>{}, integral_constant<int, 16>{});
-    case 32: return f(integral_constant<int, 32>{}, integral_constant<int, 32>{});
-    case 64: return f(integral_constant<int, 64>{}, integral_constant<int, 64>{});
+    case 16: return f(integral_constant<int, 16>{}, normal);
+    case 32: return f(integral_constant<int, 32>{}, normal);
+    case 64: return f(integral_constant<int, 64>{}, normal);
     case 128:
-      if (panel == 64) return f(integral_constant<int, 128>{}, integral_constant<int, 64>{});
-      return f(integral_constant<int, 128>{}, integral_constant<int, 128>{});
-    default: return f(integral_constant<int, 256>{}, integral_constant<int, 64>{});
+      if constexpr (has_high_occupancy<op_t>(128))
+        if (high_occupancy) return f(integral_constant<int, 128>{}, high);
+      return f(integral_constant<int, 128>{}, normal);
+    default:
+      if constexpr (has_high_occupancy<op_t>(256))
+        if (high_occupancy) return f(integral_constant<int, 256>{}, high);
+      return f(integral_constant<int, 256>{}, normal);
   }
 }
 
@@ -82,15 +94,21 @@ bool make_fused_plan(const SobolevLaunch& p, const DeviceLimits& device, FusedPl
   if (std::is_same_v<scalar_t, double> || device.major < 8 || p.num_layers < 1) return false;
   using op_t = std::conditional_t<std::is_same_v<scalar_t, double>, float, scalar_t>;
   const int width = fused_width(p);
-  const int panel = width == 128 && p.fused_panel == 64 ? 64 : default_panel(width);
-  const auto [tile_rows, smem] = with_fused_shape(width, panel, [](auto w, auto panel_rows) {
-    using Shape = FusedShape<op_t, decltype(w)::value, decltype(panel_rows)::value>;
-    return std::pair<int, size_t>{Shape::kTileRows, Shape::kSmemBytes};
-  });
+  const auto shape_of = [&](bool high) {
+    return with_fused_shape<op_t>(width, high, [](auto w, auto high_occupancy) {
+      using Shape = FusedShape<op_t, decltype(w)::value, decltype(high_occupancy)::value>;
+      return std::pair<int, size_t>{Shape::kTileRows, Shape::kSmemBytes};
+    });
+  };
+  // the high-occupancy shape where asked for and it fits (width 256 in fp32 needs 195 KB of
+  // shared memory a block: an sm_90, not an sm_80 with 163 KB)
+  bool high = p.fused_high_occupancy && has_high_occupancy<op_t>(width);
+  if (high && shape_of(true).second > device.smem_per_block) high = false;
+  const auto [tile_rows, smem] = shape_of(high);
   const int streams = 1 + p.order * p.num_directions;
   if (width == 0 || streams > tile_rows || smem > device.smem_per_block) return false;
   plan->width = width;
-  plan->panel = panel;
+  plan->high_occupancy = high;
   plan->tile_rows = tile_rows;
   plan->rows = tile_rows / streams;
   plan->num_tiles = (p.batch + plan->rows - 1) / plan->rows;
@@ -138,23 +156,33 @@ __device__ __forceinline__ float scale_from(const unsigned* word) {
   }
 }
 
-// store(e, load(e)) for the block's elements e < count (thread t: e = t, t + blockDim.x, ...),
-// BATCH loads issued before their stores: one at a time (as the sm_90 SASS of the staging
-// loop had them), each load was an L2 round trip that the block, alone on its SM at widths
-// above 64, waited for: 16 to 64 of them per weight panel, for every layer of every tile.
+// store(i, j, load(i, j)) for the block's elements of an outer x inner grid, element
+// e = i inner + j for thread t at e = t, t + blockDim.x, ... (consecutive threads take
+// consecutive j), BATCH loads issued before their stores: one at a time (as the sm_90 SASS of
+// the staging loop had them), each load was an L2 round trip that the block, alone on its SM
+// at widths above 64, waited for: 16 to 64 of them per weight panel, for every layer of every
+// tile. (i, j) advance by blockDim.x without a division.
 template <int BATCH, typename Load, typename Store>
-__device__ __forceinline__ void copy_batched(int count, Load load, Store store) {
-  for (int first = threadIdx.x; first < count; first += BATCH * blockDim.x) {
+__device__ __forceinline__ void copy_batched(int outer, int inner, Load load, Store store) {
+  const int step_i = blockDim.x / inner, step_j = blockDim.x % inner;
+  const auto advance = [&](int& i, int& j) {
+    i += step_i;
+    j += step_j;
+    if (j >= inner) j -= inner, ++i;
+  };
+  int i = threadIdx.x / inner, j = threadIdx.x % inner;
+  while (i < outer) {
     float v[BATCH];
+    int load_i = i, load_j = j;
 #pragma unroll
-    for (int i = 0; i < BATCH; ++i) {
-      const int e = first + i * blockDim.x;
-      v[i] = e < count ? load(e) : 0.0f;
+    for (int b = 0; b < BATCH; ++b) {
+      v[b] = load_i < outer ? load(load_i, load_j) : 0.0f;
+      advance(load_i, load_j);
     }
 #pragma unroll
-    for (int i = 0; i < BATCH; ++i) {
-      const int e = first + i * blockDim.x;
-      if (e < count) store(e, v[i]);
+    for (int b = 0; b < BATCH; ++b) {
+      if (i < outer) store(i, j, v[b]);
+      advance(i, j);
     }
   }
 }
@@ -162,7 +190,8 @@ __device__ __forceinline__ void copy_batched(int count, Load load, Store store) 
 // Rows of weight panel `panel` in shared memory, B(k, n) = staged[n][k]: the forward's W_l
 // (staged[n][k] = W[n0 + n][k], W: n_out x n_in) or, TRANSPOSE, the backward's W_l^T
 // (staged[n][k] = W[k][n0 + n]). Rows up to the product's padded n, columns up to its padded
-// k; zeros past the layer. 16 loads in flight per thread (8 at width 256, short of registers).
+// k; zeros past the layer. Consecutive threads read consecutive weights: k in the forward, n
+// in the backward.
 template <bool TRANSPOSE, typename Shape, typename scalar_t>
 __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
                             typename Shape::op_type* staged) {
@@ -170,20 +199,20 @@ __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
   const int n_size = TRANSPOSE ? n_in : n_out, k_size = TRANSPOSE ? n_out : n_in;
   const int n0 = panel * Shape::kPanel;
   const int rows = min(Shape::kPanel, pad16(n_size) - n0), cols = pad16(k_size);
-  // consecutive threads read consecutive weights
-  const auto row_of = [&](int e) { return TRANSPOSE ? e % rows : e / cols; };
-  const auto col_of = [&](int e) { return TRANSPOSE ? e / rows : e % cols; };
-  copy_batched<Shape::kWidth <= 128 ? 16 : 8>(
-      rows * cols,
-      [&](int e) {
-        const int n = row_of(e), k = col_of(e);
-        if (n0 + n >= n_size || k >= k_size) return 0.0f;
-        return to_acc<float>(TRANSPOSE ? W[int64_t(k) * n_in + n0 + n]
-                                       : W[int64_t(n0 + n) * n_in + k]);
-      },
-      [&](int e, float v) {  // 16-bit weights convert exactly
-        staged[row_of(e) * Shape::kLead + col_of(e)] = from_acc<op_t>(v);
-      });
+  const auto load = [&](int n, int k) {
+    if (n0 + n >= n_size || k >= k_size) return 0.0f;
+    return to_acc<float>(TRANSPOSE ? W[int64_t(k) * n_in + n0 + n]
+                                   : W[int64_t(n0 + n) * n_in + k]);
+  };
+  const auto store = [&](int n, int k, float v) {  // 16-bit weights convert exactly
+    staged[n * Shape::kLead + k] = from_acc<op_t>(v);
+  };
+  if constexpr (TRANSPOSE)
+    copy_batched<8>(
+        cols, rows, [&](int k, int n) { return load(n, k); },
+        [&](int k, int n, float v) { store(n, k, v); });
+  else
+    copy_batched<8>(rows, cols, load, store);
 }
 
 // A layer's product for the warp's 16 rows of X: the rows (columns < k_pad) times the staged
@@ -243,17 +272,17 @@ __device__ float load_fused_input(const SobolevLaunch& p, int64_t r0, int R, int
   const auto* dirs = static_cast<const scalar_t*>(p.directions);
   float largest = 0;
   copy_batched<8>(
-      streams * R * cols,
-      [&](int e) {
-        const int s = e / (R * cols), r = e / cols % R, i = e % cols;
+      streams * R, cols,
+      [&](int stacked, int i) {  // row s R + r
+        const int s = stacked / R, r = stacked % R;
         const int64_t row = r0 + r;
         if (r >= valid || i >= d || s > K) return 0.0f;
         return to_acc<float>(s == 0 ? x[row * d + i]
                                     : p.shared_directions ? dirs[(s - 1) * d + i]
                                                           : dirs[(row * K + s - 1) * d + i]);
       },
-      [&](int e, float v) {
-        X[(e / cols) * ld + e % cols] = v;  // row s R + r
+      [&](int stacked, int i, float v) {
+        X[stacked * ld + i] = v;
         largest = fmaxf(largest, fabsf(v));
       });
   return largest;

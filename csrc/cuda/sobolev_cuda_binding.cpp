@@ -52,14 +52,14 @@ WeightGrads requested_weight_grads() {
   TORCH_CHECK(false, "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm, got '", name, "'");
 }
 
-// SOBOLEV_CUDA_FUSED_PANEL, read on every call: "full" (or unset: the whole layer staged at
-// once) or "64" (64-row weight panels at width 128, so two blocks share an SM).
-int requested_fused_panel() {
-  const char* env = std::getenv("SOBOLEV_CUDA_FUSED_PANEL");
+// SOBOLEV_CUDA_FUSED_OCCUPANCY, read on every call: "default" (or unset) or "high" (the fused
+// kernels' shapes with more warps per SM at widths 128 and 256; FusedShape).
+bool requested_high_occupancy() {
+  const char* env = std::getenv("SOBOLEV_CUDA_FUSED_OCCUPANCY");
   const std::string name = env == nullptr ? "" : env;
-  if (name.empty() || name == "full") return 0;
-  if (name == "64") return 64;
-  TORCH_CHECK(false, "SOBOLEV_CUDA_FUSED_PANEL: expected full or 64, got '", name, "'");
+  if (name.empty() || name == "default") return false;
+  if (name == "high") return true;
+  TORCH_CHECK(false, "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected default or high, got '", name, "'");
 }
 
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
@@ -111,7 +111,7 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars&
   p.allow_tf32 = scalars.allow_tf32;
   p.variant = requested_variant();
   p.weight_grads = requested_weight_grads();
-  p.fused_panel = requested_fused_panel();
+  p.fused_high_occupancy = requested_high_occupancy();
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {

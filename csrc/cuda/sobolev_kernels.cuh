@@ -83,9 +83,9 @@ struct SobolevLaunch {
   bool allow_tf32 = false;
   KernelVariant variant = KernelVariant::kTiled;  // the kernels asked for (the plan says which run)
   WeightGrads weight_grads = WeightGrads::kSplitK;
-  // the fused kernels' weight rows staged at once at width 128: 0, the whole layer (default),
-  // or 64 (two blocks per SM); the binding reads it from SOBOLEV_CUDA_FUSED_PANEL
-  int fused_panel = 0;
+  // the fused kernels' shapes with more warps per SM at widths 128 and 256 (fused_common.cuh's
+  // FusedShape); the binding reads it from SOBOLEV_CUDA_FUSED_OCCUPANCY
+  bool fused_high_occupancy = false;
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m
@@ -145,7 +145,7 @@ struct TilePlan {
 // How the fused kernels cut the batch (fused_plan.cuh's make_fused_plan).
 struct FusedPlan {
   int width = 0;          // the kernels' WIDTH: the widest layer (d, n_l, m) rounded up to 16..256
-  int panel = 0;          // the kernels' PANEL: weight rows staged at once
+  bool high_occupancy = false;  // the kernels' HIGH_OCCUPANCY shape
   int tile_rows = 0;      // stacked rows per tile, 16 per warp (128, or 64 at width 256)
   int rows = 0;           // R samples per tile: S R <= tile_rows
   int64_t num_tiles = 0;

@@ -136,7 +136,7 @@ struct Mode {
   sobolev::cuda::KernelVariant variant = sobolev::cuda::KernelVariant::kTiled;
   bool allow_tf32 = false;
   sobolev::cuda::WeightGrads weight_grads = sobolev::cuda::WeightGrads::kSplitK;
-  int fused_panel = 0;
+  bool fused_high_occupancy = false;
 };
 
 // The fused kernels (fp32, bf16, fp16), as fused_forward.cu and fused_backward.cu plan and run
@@ -155,10 +155,11 @@ bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
   unsigned counter = 0;
   a.loss_partials = loss_partials.data();
   a.counter = &counter;
-  sc::with_fused_shape(a.plan.width, a.plan.panel, [&](auto w, auto panel) {
-    constexpr int W = decltype(w)::value, P = decltype(panel)::value;
-    emulate_launch(s.order == 2 ? sc::fused_forward_kernel<T, 2, W, P>
-                                : sc::fused_forward_kernel<T, 1, W, P>,
+  sc::with_fused_shape<T>(a.plan.width, a.plan.high_occupancy, [&](auto w, auto high) {
+    constexpr int W = decltype(w)::value;
+    constexpr bool H = decltype(high)::value;
+    emulate_launch(s.order == 2 ? sc::fused_forward_kernel<T, 2, W, H>
+                                : sc::fused_forward_kernel<T, 1, W, H>,
                    a.plan.grid, 2 * a.plan.tile_rows, a);
   });
   return true;
@@ -224,10 +225,11 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
   std::vector<float> partials(a.plan.grad_splits * a.plan.partial_size + 1);
   a.adjoints = adjoints.data();
   a.grad_partials = partials.data();
-  sc::with_fused_shape(a.plan.width, a.plan.panel, [&](auto w, auto panel) {
-    constexpr int W = decltype(w)::value, P = decltype(panel)::value;
-    emulate_launch(s.order == 2 ? sc::fused_backward_kernel<T, 2, W, P>
-                                : sc::fused_backward_kernel<T, 1, W, P>,
+  sc::with_fused_shape<T>(a.plan.width, a.plan.high_occupancy, [&](auto w, auto high) {
+    constexpr int W = decltype(w)::value;
+    constexpr bool H = decltype(high)::value;
+    emulate_launch(s.order == 2 ? sc::fused_backward_kernel<T, 2, W, H>
+                                : sc::fused_backward_kernel<T, 1, W, H>,
                    a.plan.grid, 2 * a.plan.tile_rows, a);
   });
   if (!params) return true;
@@ -311,7 +313,7 @@ Result emulate(const Problem& p, Mode mode) {
   s.variant = mode.variant;
   s.allow_tf32 = mode.allow_tf32;
   s.weight_grads = mode.weight_grads;
-  s.fused_panel = mode.fused_panel;
+  s.fused_high_occupancy = mode.fused_high_occupancy;
 
   // forward
   std::vector<T> f(B * c.m), u(B * c.K * c.m), w(second ? B * c.K * c.m : 0);
@@ -516,8 +518,8 @@ std::vector<Case> cases() {
 }  // namespace
 
 // Arguments: --variant=tiled (default), tiled_tc or fused, --weight-grads=gemm (the fused
-// backward's WeightGrads::kGemm), --panel=64 (the fused kernels' 64-row weight panels at
-// width 128) and --dtypes=fp32,fp16,... (the
+// backward's WeightGrads::kGemm), --occupancy=high (the fused kernels' HIGH_OCCUPANCY
+// shapes) and --dtypes=fp32,fp16,... (the
 // labels of the lines below; all by default) first, then, optionally, parts of case names:
 // only those cases run (all without any).
 //   tiled:    fp64, fp32, bf16 and fp16 (today's kernels)
@@ -527,12 +529,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> only(argv + 1, argv + argc);
   std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
   auto weight_grads = sobolev::cuda::WeightGrads::kSplitK;
-  int panel = 0;
+  bool high_occupancy = false;
   while (!only.empty() && only[0].rfind("--", 0) == 0) {
     if (only[0].rfind("--variant=", 0) == 0) variant = only[0].substr(10);
     if (only[0].rfind("--dtypes=", 0) == 0) dtypes = only[0].substr(9);
     if (only[0] == "--weight-grads=gemm") weight_grads = sobolev::cuda::WeightGrads::kGemm;
-    if (only[0] == "--panel=64") panel = 64;
+    if (only[0] == "--occupancy=high") high_occupancy = true;
     only.erase(only.begin());
   }
   const auto wanted = [&](const char* label) { return dtypes.find(label) != dtypes.npos; };
@@ -548,7 +550,8 @@ int main(int argc, char** argv) {
     if (!only.empty() && std::none_of(only.begin(), only.end(), named)) continue;
     // a kink (relu) can flip under 16-bit or TF32 rounding, as in the torch tests
     const bool kink = c.act == sobolev::kRelu || c.act == sobolev::kLeakyRelu;
-    const Mode exact{v, false, weight_grads, panel}, tf32{v, true, weight_grads, panel};
+    const Mode exact{v, false, weight_grads, high_occupancy};
+    const Mode tf32{v, true, weight_grads, high_occupancy};
     if (v == KernelVariant::kTiled && wanted("fp64")) ok = check<double>(c, seed, exact) && ok;
     if (wanted("fp32")) ok = check<float>(c, seed, exact) && ok;
     if (v != KernelVariant::kTiled && !kink && wanted("tf32"))
