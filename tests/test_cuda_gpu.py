@@ -203,13 +203,19 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("settings", [
+    {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
+    {"SOBOLEV_CUDA_KERNEL": "fused"},
+    {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
+], ids=["tiled_tc", "fused", "fused_gemm"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, variant, dtype):
+def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dtype):
     """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
-    product), the weight gradients in row splits; bitwise identical across runs."""
+    product), the weight gradients in row splits (or cuBLAS GEMMs over 3 B stacked rows);
+    bitwise identical across runs."""
     _needs_cuda_kernels()
-    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", variant)
+    for variable, value in settings.items():
+        monkeypatch.setenv(variable, value)
     model, x, y, kw = sample_inputs(batch=2**16, dim=8, width=128, k=2, dtype=dtype,
                                     device="cuda", x_grad=False)  # fmt: skip
     assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
@@ -237,26 +243,6 @@ def test_cuda_fused_gemm_weight_grads_agree(monkeypatch, order, dtype):
                                         dtype=dtype, directions="per_row")  # fmt: skip
     assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
                           expected_model=upcast_model(model), **extra)  # fmt: skip
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_fused_gemm_weight_grads_at_a_large_batch(monkeypatch, dtype):
-    """B = 2^16 with shared directions: GEMMs over 3 B stacked rows, bitwise identical across
-    runs (cuBLAS is deterministic on one device and stream)."""
-    _needs_cuda_kernels()
-    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
-    monkeypatch.setenv("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm")
-    model, x, y, kw = sample_inputs(batch=2**16, dim=8, width=128, k=2, dtype=dtype,
-                                    directions="shared", device="cuda", x_grad=False)  # fmt: skip
-    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
-                          expected_model=upcast_model(model))  # fmt: skip
-
-    def step():
-        loss = sk.sobolev_loss(model, x, y, backend="cuda", **kw)
-        return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
-
-    assert all(torch.equal(a, b) for a, b in zip(step(), step()))
 
 
 @pytest.mark.gpu
