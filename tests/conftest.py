@@ -75,6 +75,19 @@ def count_launches(monkeypatch, owner, name: str) -> list:
     return grids
 
 
+def record_forward_saves(monkeypatch, launch) -> list:
+    """Wraps the Triton launcher ``launch.sobolev_forward`` so that each call records its last
+    argument (save_activations) and runs; returns the list of flags."""
+    real, saves = launch.sobolev_forward, []
+
+    def spy(*args):
+        saves.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(launch, "sobolev_forward", spy)
+    return saves
+
+
 @pytest.fixture(autouse=True)
 def _fresh_fallback_warnings():
     """Each test sees the one-time fallback warning afresh."""

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import count_launches
+from conftest import count_launches, record_forward_saves
 
 import sobolev_kernels as sk
 
@@ -39,14 +39,7 @@ def test_a_case_runs_with_its_config(monkeypatch, kernel):
 
     monkeypatch.setattr(launch, "_launch_config", launch._launch_config)  # restored after
     case = next(c for c in launch_configs.cases(["S"], ["fp32"]) if c[2] == kernel)
-    seen = []
-    real = launch.sobolev_forward
-
-    def spy(*args):
-        seen.append(args[-1])
-        return real(*args)
-
-    monkeypatch.setattr(launch, "sobolev_forward", spy)
+    seen = record_forward_saves(monkeypatch, launch)
     kernels = count_launches(monkeypatch, launch, "_sobolev_fwd_resident_kernel")
     row = launch_configs.run_case(case, batch=40, device="cpu")
     error = float(re.search(r"rel\. error (\S+)", row).group(1))

@@ -18,6 +18,7 @@ from conftest import (
     assert_forward_only_agrees,
     count_launches,
     order2_inputs,
+    record_forward_saves,
     sample_inputs,
     tolerance,
     upcast_model,
@@ -279,15 +280,8 @@ def _chunk_forwards(monkeypatch):
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
     monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "8")
-    saves = []
     real = launch.sobolev_forward
-
-    def spy(*args):
-        saves.append(args[-1])
-        return real(*args)
-
-    monkeypatch.setattr(launch, "sobolev_forward", spy)
-    yield saves
+    yield record_forward_saves(monkeypatch, launch)
     monkeypatch.setattr(launch, "sobolev_forward", real)
 
 
