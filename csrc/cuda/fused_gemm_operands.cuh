@@ -55,28 +55,30 @@ __global__ void __launch_bounds__(kOperandThreads)
   const float* z = l > 1 ? static_cast<const float*>(p.saved_in) + saved_offset(p, S, l - 1)
                          : nullptr;
   auto* inputs = static_cast<op_t*>(args.inputs);
-  for (int64_t e = first; e < rows * n_in; e += stride) {
-    const int64_t stacked = e / n_in, r = stacked % B;
-    const int s = static_cast<int>(stacked / B), j = static_cast<int>(e % n_in);
-    float v;
-    if (l == 1) {
-      v = s == 0 ? to_acc<float>(x[r * d + j])
-                 : to_acc<float>(p.shared_directions ? dirs[(s - 1) * d + j]
-                                                     : dirs[(r * K + s - 1) * d + j]);
-    } else {
-      const int64_t at = r * n_in + j, next = B * n_in;
-      float h, s1, s2, s3;
-      activation_at<float>(p.activation, slope, z[at], h, s1, s2, s3);
-      if (s == 0) {
-        v = h;
-      } else if (s <= K) {
-        v = s1 * z[s * next + at];
-      } else {  // tt_k = s' ttz_k + s'' tz_k^2
-        const float tz = z[(s - K) * next + at];
-        v = fmaf(s1, z[s * next + at], s2 * tz * tz);
+  // one (sample, column) at a time, all its streams: s(z) and its derivatives once for them
+  const int streams = static_cast<int>(rows / B);
+  const int64_t next = B * n_in;  // from one stream's rows to the next
+  for (int64_t at = first; at < next; at += stride) {
+    const int64_t r = at / n_in;
+    const int j = static_cast<int>(at % n_in);
+    if (l == 1) {  // [x; v_k]
+      inputs[at] = from_acc<op_t>(to_acc<float>(x[r * d + j]));
+      for (int s = 1; s < streams; ++s)
+        inputs[s * next + at] = from_acc<op_t>(to_acc<float>(
+            p.shared_directions ? dirs[(s - 1) * d + j] : dirs[(r * K + s - 1) * d + j]));
+      continue;
+    }
+    float h, s1, s2, s3;
+    activation_at<float>(p.activation, slope, z[at], h, s1, s2, s3);
+    inputs[at] = from_acc<op_t>(h);
+    for (int k = 1; k <= K; ++k) {
+      const float tz = z[k * next + at];
+      inputs[k * next + at] = from_acc<op_t>(s1 * tz);
+      if (p.order == 2) {  // tt_k = s' ttz_k + s'' tz_k^2
+        const float tt = fmaf(s1, z[(K + k) * next + at], s2 * tz * tz);
+        inputs[(K + k) * next + at] = from_acc<op_t>(tt);
       }
     }
-    inputs[e] = from_acc<op_t>(v);
   }
   if (args.adjoint_copy == nullptr) return;
   auto* copy = static_cast<op_t*>(args.adjoint_copy);
