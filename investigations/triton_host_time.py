@@ -10,6 +10,10 @@ autograd path, the launch plans) and Triton's own launch path (binder, cache key
 tensors. Only the C launcher and the kernels are missing. The tuner is consulted as on a GPU,
 with every candidate timed at 1 ms, so it keeps the first. Compare runs of this script on one
 machine. The number is not the GPU machine's host time: that is `bench/host_profile.py`'s.
+
+Where the machine's timings wander (a shared VM: 1.3-2.4 ms for one tree, 2026-11-27), count
+instructions instead, which repeat exactly: run it under `valgrind --tool=callgrind` with
+`--steps 5` and `--steps 25` (25 and 85 steps in all) and divide the difference by 60.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             p.grad = None
         sk.sobolev_loss(model, x, y, target_jvp=g, directions=v, backend="triton").backward()
 
+    torch.set_num_threads(1)  # (the CPU-only checks' reductions: no thread pool's noise)
     for _ in range(10):
         step()
     best = float("inf")

@@ -33,6 +33,7 @@ the fake (shape) functions, the autograd registration, and the one place where a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,33 @@ class FusedOps:
 
     forward_name: str
     backward_name: str
+
+    def set_impls(self, forward: Callable, backward: Callable) -> None:
+        """The family's Python implementations of both ops (the Triton launchers), which the
+        eager path calls without the dispatcher (``direct``)."""
+        _IMPLS[self.forward_name] = (forward, backward)
+
+    def direct(self, which: int, tensors: tuple) -> Callable:
+        """The forward (``which`` 0) or backward (1) op as the eager path calls it. Where no
+        Python dispatch mode, torch function mode, profiler or tensor subclass among
+        ``tensors`` could see the call, the family's Python implementation (Triton) or the op
+        below its autograd key (C++): its registered autograd wrapper would run under grad
+        mode off anyway, and the dispatch into Python and that wrapper's redispatch took
+        about 0.1 ms of a Triton step's host time (of 1.2 ms on this CPU: 2026-11-27,
+        ``investigations/triton_host_time.py``). Else the op itself, which those need to
+        see."""
+        op = self.backward if which else self.forward
+        if not _plain(tensors):
+            return op
+        impls = _IMPLS.get(self.forward_name)
+        if impls is not None and tensors[0].device.type in ("cpu", "cuda"):  # (not meta)
+            return impls[which]
+
+        def below_autograd(*args):
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(*args)
+
+        return below_autograd
 
     @property
     def forward(self):
@@ -220,6 +248,19 @@ def _backward_of(ops: FusedOps):
     return backward
 
 
+_IMPLS: dict[str, tuple[Callable, Callable]] = {}  # FusedOps.set_impls, by forward name
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain(tensors: tuple) -> bool:
+    """Whether nothing but the kernels would see a call on ``tensors`` (None allowed)."""
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    if torch.autograd.profiler._is_profiler_enabled:  # keep the ops' names in its trace
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
 def _eager() -> bool:
     """Whether the eager autograd path may run: not while torch.compile traces (it needs the
     op, whose fake kernel it traces) nor inside torch.func transforms (their autograd rules
@@ -240,27 +281,34 @@ class _EagerForward(torch.autograd.Function):
         targets, params = rest[:_NUM_TARGETS], rest[_NUM_TARGETS : len(rest) - _NUM_SCALARS]
         weights, biases = list(params[:num_layers]), list(params[num_layers:])
         inputs = (x, directions, *targets, weights, biases, *rest[len(rest) - _NUM_SCALARS :])
-        output = ops.forward(*inputs)  # grad mode is off here: the op's no-grad path
+        # grad mode is off here: the op's no-grad path
+        output = ops.direct(0, (x, directions, *targets, *params))(*inputs)
         _setup_context(ctx, inputs, output)
         ctx.ops = ops
         return output
 
     @staticmethod
     def backward(ctx, grad_loss, grad_f, grad_u, grad_w, _grad_saved):
-        grad_x, _, *rest = _gradients(ctx.ops, ctx, grad_loss, grad_f, grad_u, grad_w)
+        grad_x, _, *rest = _gradients(ctx.ops, ctx, grad_loss, grad_f, grad_u, grad_w,
+                                      direct=True)  # fmt: skip
         grad_weights, grad_biases = rest[_NUM_TARGETS], rest[_NUM_TARGETS + 1]
         return (None, None, grad_x, None, *([None] * _NUM_TARGETS), *grad_weights,
                 *grad_biases, *([None] * _NUM_SCALARS))  # fmt: skip
 
 
-def _gradients(ops: FusedOps, ctx, grad_loss, grad_f, grad_u, grad_w) -> tuple:
+def _gradients(
+    ops: FusedOps, ctx, grad_loss, grad_f, grad_u, grad_w, direct: bool = False
+) -> tuple:
     """The gradients of the forward op's inputs, in its argument structure (tensor lists as
-    lists), from the upstream gradients of (loss, f, u, w): the family's backward op."""
-    x, directions, *rest = ctx.saved_tensors
+    lists), from the upstream gradients of (loss, f, u, w): the family's backward op (with
+    ``direct``, as the eager path calls it: ``FusedOps.direct``)."""
+    x, directions, *rest = saved_tensors = ctx.saved_tensors
     targets, (f, u, w, saved, *params) = rest[:_NUM_TARGETS], rest[_NUM_TARGETS:]
     weights, biases = params[: ctx.num_layers], params[ctx.num_layers :]
     order = ctx.scalars[5]
-    grad_x, grad_weights, grad_biases = ops.backward(
+    upstream = (grad_loss, grad_f, grad_u, grad_w)
+    backward = ops.direct(1, (*saved_tensors, *upstream)) if direct else ops.backward
+    grad_x, grad_weights, grad_biases = backward(
         grad_loss, grad_f, grad_u, grad_w if order == 2 else None, x, directions, *targets,
         weights, biases, f, u, w, saved, *ctx.scalars, ctx.need_x, ctx.need_params,
     )  # fmt: skip

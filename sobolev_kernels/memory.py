@@ -35,7 +35,7 @@ def required_bytes(
     if new_directions:
         need += batch * k * dim * size
     if saves:
-        acc = torch.empty((), dtype=accumulation_dtype(x.dtype)).element_size()
+        acc = accumulation_dtype(x.dtype).itemsize
         need += (1 + order * k) * batch * sum(widths[1:-1]) * acc
     # sample_directions draws in fp64, then rounds to x's dtype
     sampling = batch * k * dim * (8 + size) if new_directions else 0

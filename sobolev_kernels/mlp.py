@@ -144,7 +144,8 @@ class SobolevMLP(nn.Module):
     @property
     def widths(self) -> list[int]:
         """``[d, n_1, ..., n_{L-1}, m]``."""
-        return [self.in_features] + [layer.out_features for layer in self.layers]
+        layers = list(self.layers)  # (one walk of the ModuleList: this runs every step)
+        return [layers[0].in_features] + [layer.out_features for layer in layers]
 
     @property
     def has_bias(self) -> bool:
@@ -154,7 +155,8 @@ class SobolevMLP(nn.Module):
         return [layer.weight for layer in self.layers]
 
     def biases(self) -> list[Tensor] | None:
-        return [layer.bias for layer in self.layers] if self.has_bias else None
+        biases = [layer.bias for layer in self.layers]
+        return biases if biases[0] is not None else None  # (has_bias, without a second walk)
 
     def forward(self, x: Tensor) -> Tensor:
         h = x

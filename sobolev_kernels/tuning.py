@@ -46,7 +46,7 @@ def enabled() -> bool:
 
 def can_measure(device: torch.device) -> bool:
     """Whether a choice for a problem on ``device`` may be measured here and now."""
-    if not enabled() or device.type != "cuda" or torch.compiler.is_compiling():
+    if device.type != "cuda" or not enabled() or torch.compiler.is_compiling():
         return False
     return not torch.cuda.is_current_stream_capturing()
 

@@ -207,6 +207,8 @@ def check_model(model: Any, name: str) -> tuple[Model, SobolevMLP | None, str | 
     """
     if not callable(model):
         raise TypeError(f"{name}: expected an nn.Module or callable, got {type(model).__name__}")
+    if type(model) is SobolevMLP:  # the common case, at once (a training step's host time)
+        return model, model, None
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel):
             # its reducer only syncs gradients of losses computed inside its own forward
@@ -238,7 +240,9 @@ def check_model(model: Any, name: str) -> tuple[Model, SobolevMLP | None, str | 
     return model, None, f"{what} is a plain callable, not a SobolevMLP or an nn.Sequential"
 
 
-def _param_of(model: Model) -> Tensor | None:
+def _param_of(model: Model, mlp: SobolevMLP | None = None) -> Tensor | None:
+    if mlp is not None:  # (its first weight: no walk over the module tree every step)
+        return mlp.weights()[0]
     if isinstance(model, nn.Module):
         return next(iter(model.parameters()), None)
     return None
@@ -259,7 +263,7 @@ def check_x(x: Any, mlp: SobolevMLP | None, model: Model) -> Tensor:
         raise ValueError(
             f"x: model takes {mlp.in_features} input features, got x of shape {tuple(x.shape)}"
         )
-    param = _param_of(model)
+    param = _param_of(model, mlp)
     if param is not None:
         if param.device != x.device:
             raise ValueError(f"x: on {x.device}, but the model's parameters are on {param.device}")
@@ -270,18 +274,21 @@ def check_x(x: Any, mlp: SobolevMLP | None, model: Model) -> Tensor:
 
 def _check_tensor(name: str, t: Any, x: Tensor, shapes: list[tuple[int, ...]]) -> Tensor:
     """A detached contiguous tensor on x's device and dtype, with one of ``shapes``."""
-    expected = " or ".join(str(s) for s in shapes)
     if not isinstance(t, Tensor):
         raise TypeError(
-            f"{name}: expected a torch.Tensor of shape {expected}, got {type(t).__name__}"
+            f"{name}: expected a torch.Tensor of shape {_either(shapes)}, got {type(t).__name__}"
         )
     if t.dtype != x.dtype:
         raise TypeError(f"{name}: dtype {t.dtype} does not match x's dtype {x.dtype}")
     if t.device != x.device:
         raise ValueError(f"{name}: on {t.device}, but x is on {x.device}")
     if tuple(t.shape) not in shapes:
-        raise ValueError(f"{name}: expected shape {expected}, got {tuple(t.shape)}")
+        raise ValueError(f"{name}: expected shape {_either(shapes)}, got {tuple(t.shape)}")
     return t.detach().contiguous()
+
+
+def _either(shapes: list[tuple[int, ...]]) -> str:
+    return " or ".join(str(s) for s in shapes)  # (formatted for errors only: a step is hot)
 
 
 def _infer_outputs(y: Any, *targets: Any) -> int:
@@ -353,7 +360,7 @@ def _check_nonzero(directions: Tensor, *, on_gpu: bool = False) -> None:
     One reduction. On a GPU it would synchronise every step (a step can be host-bound: the
     H200 run, 2026-11-26), so there it runs with ``check_finite=True`` only (``on_gpu``);
     skipped where ``_can_synchronise`` says."""
-    if not _can_synchronise(directions.device) or (directions.is_cuda and not on_gpu):
+    if (directions.is_cuda and not on_gpu) or not _can_synchronise(directions.device):
         return
     zero = (directions == 0).all(-1)  # (K,) or (B, K)
     if bool(zero.any()):
@@ -374,9 +381,8 @@ def check_memory(
 ) -> None:
     """Raise a ValueError naming ``num_directions`` when the least this evaluation needs
     (``memory.required_bytes``) exceeds what x's device can give, before allocating it."""
-    saves = torch.is_grad_enabled() and (
-        x.requires_grad or (mlp is not None and any(p.requires_grad for p in mlp.parameters()))
-    )
+    params = (*mlp.weights(), *(mlp.biases() or ())) if mlp is not None else ()
+    saves = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     need = memory.required_bytes(mlp, x, k, order, new_directions=new_directions, saves=saves)
     if need < MEMORY_CHECK_BYTES or not _can_synchronise(x.device):
         return

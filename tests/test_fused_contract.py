@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import HAS_CUDA, assert_close, sample_inputs, tolerance
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import sobolev_kernels as sk
 from sobolev_kernels import backends, fused
 from sobolev_kernels.activations import ACTIVATIONS
+from sobolev_kernels.fused import NAMESPACE
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 FAMILIES = ["triton", "cuda"]
@@ -227,6 +229,54 @@ def test_eager_autograd_path_gives_the_registered_autograd_gradients(monkeypatch
     with torch.no_grad():
         monkeypatch.setattr(fused, "_eager", lambda: True)
         assert backend.ops.apply(*args)[0].grad_fn is None
+
+
+class _SeenOps(TorchDispatchMode):
+    """Records the name of every op dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_eager_path_calls_the_kernels_directly_unless_something_would_see_the_op(monkeypatch, name):
+    """FusedOps.direct: plain tensors in eager mode reach the family's launcher without the
+    dispatcher (Triton: its Python implementations), with the same results; a dispatch mode,
+    like a profiler or a tensor subclass, sees both ops as before."""
+    backend = _backend(name)
+    ops = backend.ops
+    args = _forward_args(*_op_inputs(name), 1)
+    x, weights = args[0], args[7]
+    direct_calls = []
+    if name == "triton":
+        forward_impl, backward_impl = fused._IMPLS[ops.forward_name]
+
+        def spy(impl):
+            return lambda *a: direct_calls.append(impl) or impl(*a)
+
+        monkeypatch.setitem(fused._IMPLS, ops.forward_name,
+                            (spy(forward_impl), spy(backward_impl)))  # fmt: skip
+
+    def step():
+        loss = ops.apply(*args)[0]
+        return loss, torch.autograd.grad(loss, [x, *weights])
+
+    loss, grads = step()
+    if name == "triton":
+        assert len(direct_calls) == 2  # the forward, then the backward
+    direct_calls.clear()
+    with _SeenOps() as seen:
+        seen_loss, seen_grads = step()
+    assert direct_calls == []
+    assert f"{NAMESPACE}.{ops.forward_name}.default" in seen.names
+    assert f"{NAMESPACE}.{ops.backward_name}.default" in seen.names
+    for a, b in zip((loss, *grads), (seen_loss, *seen_grads)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_eager_path_stays_out_of_torch_func_and_compile():

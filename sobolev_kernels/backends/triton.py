@@ -18,6 +18,8 @@ from ..triton import interpreting
 from ..triton.layout import Layout
 from .base import FusedBackend
 
+# (a path search, once: torch.compile traces a constant)
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 MAX_WIDTH = 256
 MAX_LAYERS = 16
 
@@ -33,21 +35,21 @@ class TritonBackend(FusedBackend):
         return ("cuda", "cpu") if interpreting() else ("cuda",)
 
     def unavailable_reason(self) -> str | None:
-        if importlib.util.find_spec("triton") is None:
+        if not _TRITON_INSTALLED:
             return "triton is not installed"
         if not torch.cuda.is_available() and not interpreting():
             return "needs a CUDA GPU (or TRITON_INTERPRET=1 to run the kernels in the interpreter)"
         return None
 
     def unsupported_reason(self, problem: SobolevProblem) -> str | None:
-        mlp = problem.mlp
-        widest = max(mlp.widths)
-        if widest > MAX_WIDTH:
-            return f"width {widest} > {MAX_WIDTH}"
-        if mlp.num_layers > MAX_LAYERS:
-            return f"{mlp.num_layers} layers > {MAX_LAYERS}"
-        layout = Layout.of(tuple(mlp.widths), problem.num_directions, problem.order)
-        return layout.fits(problem.device, problem.x.element_size())
+        widths = tuple(problem.mlp.widths)
+        if max(widths) > MAX_WIDTH:
+            return f"width {max(widths)} > {MAX_WIDTH}"
+        if len(widths) - 1 > MAX_LAYERS:
+            return f"{len(widths) - 1} layers > {MAX_LAYERS}"
+        layout = Layout.of(widths, problem.num_directions, problem.order)
+        device, size = problem.device, problem.x.element_size()
+        return layout.cached(("fits", device, size), lambda: layout.fits(device, size))
 
     @property
     def ops(self) -> FusedOps:

@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 
 import torch
-import triton
 from torch import Tensor
 from triton.compiler.errors import CompileTimeAssertionFailure
 from triton.runtime.errors import OutOfResources, PTXASError
@@ -29,7 +28,14 @@ from .forward import (
     _sobolev_loss_finish_kernel,
 )
 from .forward_resident import _sobolev_fwd_resident_kernel
-from .layout import LaunchConfig, Layout, shared_memory_limit
+from .layout import (
+    LaunchConfig,
+    Layout,
+    cdiv,
+    device_properties,
+    next_power_of_2,
+    shared_memory_limit,
+)
 from .persistent_backward import _sobolev_bwd_persistent_kernel
 from .weight_grad import _sum_partials_kernel, _sum_row_blocks_kernel, _weight_grad_partials_kernel
 
@@ -57,7 +63,7 @@ def _emulate_bf16(dtype: torch.dtype) -> bool:
     # operands and it converts fp32 to bf16 by truncation. Under this flag the kernels run
     # their dots on fp32 operands (rounded to bf16 first) and round their bf16 stores to
     # nearest even by hand.
-    return interpreting() and dtype == torch.bfloat16
+    return dtype == torch.bfloat16 and interpreting()
 
 
 def layout_of(x: Tensor, directions: Tensor, weights: list[Tensor], order: int) -> Layout:
@@ -205,16 +211,20 @@ def _tuning_key(kernel: str, x: Tensor, constexprs: dict, allow_tf32: bool) -> t
     # device and the batch rounded up to a power of two (the best rows per program depend on
     # how many programs run). Not STORE_INPUTS: the backward's config is measured while it
     # stores its inputs (the weight-gradient method is chosen after it) and serves it without.
-    batch = triton.next_power_of_2(max(1, x.shape[0]))
-    constants = tuple(sorted((k, v) for k, v in constexprs.items() if k != "STORE_INPUTS"))
+    batch = next_power_of_2(max(1, x.shape[0]))
+    # (in the call site's order, which is fixed: sorting cost microseconds a launch)
+    constants = tuple(kv for kv in constexprs.items() if kv[0] != "STORE_INPUTS")
     return ("triton", kernel, str(x.device), x.dtype, allow_tf32, batch, constants)
 
 
 def _tuned(layout: Layout, config: LaunchConfig, kernel: str) -> dict:
-    """A kernel's launch arguments that the config sets."""
-    return dict(ROWS=config.rows, GROUP=config.group, num_warps=config.warps,
-                CHUNKS=layout.chunks(config.chunk), PRECISION=config.precision,
-                COLS=layout.col_blocks(config.cols, kernel))  # fmt: skip
+    """A kernel's launch arguments that the config sets (built once per layout, config and
+    kernel; callers unpack it, never change it)."""
+    return layout.cached(("tuned", config, kernel), lambda: dict(
+        ROWS=config.rows, GROUP=config.group, num_warps=config.warps,
+        CHUNKS=layout.chunks(config.chunk), PRECISION=config.precision,
+        COLS=layout.col_blocks(config.cols, kernel),
+    ))  # fmt: skip
 
 
 def sobolev_forward(
@@ -268,7 +278,7 @@ def sobolev_forward(
 
     def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
-        programs = triton.cdiv(batch, config.rows)
+        programs = cdiv(batch, config.rows)
         stacks = saved if save_activations else f
         run, extra = kernel, {}
         if config.resident:  # its activations stay in registers: no scratch
@@ -400,7 +410,7 @@ def _backward(
 
     def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
-        programs = triton.cdiv(batch, config.rows)
+        programs = cdiv(batch, config.rows)
         db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
         kernel = _sobolev_bwd_resident_kernel if config.resident else _sobolev_bwd_kernel
         kernel[(programs,)](
@@ -603,7 +613,7 @@ def _persistent_programs(batch: int, config: LaunchConfig, device: torch.device)
     and the backward's row of partial sums). Two where the interpreter runs it, so that a
     program takes several tiles and the reduction adds several rows."""
     per_sm = max(1, 8 // config.warps) if device.type == "cuda" else 2
-    return max(1, min(triton.cdiv(batch, config.rows), per_sm * _multiprocessors(device)))
+    return max(1, min(cdiv(batch, config.rows), per_sm * _multiprocessors(device)))
 
 
 # How the parameter gradients are formed from the backward's stacks (``weight_grad.py``); the
@@ -662,8 +672,8 @@ def _grads_by_gemm(
     for l in range(layout.num_layers):
         # layer 1's inputs have no second-order rows (tt_0 = 0): the first (1 + K) B rows
         used = stack if l > 0 else (1 + layout.k) * batch
-        a_l = adj[stack * layout.out_cum[l] :][: stack * widths[l + 1]].view(stack, -1)[:used]
-        s_l = inputs[stack * layout.in_cum[l] :][: stack * widths[l]].view(stack, -1)[:used]
+        a_l = adj.narrow(0, stack * layout.out_cum[l], used * widths[l + 1]).view(used, -1)
+        s_l = inputs.narrow(0, stack * layout.in_cum[l], used * widths[l]).view(used, -1)
         grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
     grad_biases = [_empty_like(b) for b in biases]
     if biases:
@@ -705,9 +715,9 @@ def _split_rows(layout: Layout, batch: int, device: torch.device) -> tuple[int, 
     geometry = layout.weight_grad_constexprs(True)
     tiles, row_block = geometry["TILE_CUM"][-1], geometry["BK"]
     programs = 4 * _multiprocessors(device)
-    splits = max(1, min(triton.cdiv(programs, tiles), triton.cdiv(stack, row_block)))
-    rows_per_split = triton.cdiv(triton.cdiv(stack, splits), row_block) * row_block
-    return triton.cdiv(stack, rows_per_split), rows_per_split
+    splits = max(1, min(cdiv(programs, tiles), cdiv(stack, row_block)))
+    rows_per_split = cdiv(cdiv(stack, splits), row_block) * row_block
+    return cdiv(stack, rows_per_split), rows_per_split
 
 
 def _weight_grad_partials(
@@ -753,14 +763,14 @@ def _sum_partials(partial: Tensor, outs: list[Tensor], offsets: tuple[int, ...],
     ``outs`` may alias a row."""
     block, n = 64, partial.shape[1]
     if partial.shape[0] > SUM_ONE_PASS_ROWS:
-        splits = triton.cdiv(partial.shape[0], SUM_ROWS_PER_SPLIT)
+        splits = cdiv(partial.shape[0], SUM_ROWS_PER_SPLIT)
         blocks = torch.empty(splits, n, device=partial.device, dtype=torch.float32)
-        _sum_row_blocks_kernel[(triton.cdiv(n, block), splits)](
+        _sum_row_blocks_kernel[(cdiv(n, block), splits)](
             partial, blocks, partial.shape[0], N=n, ROWS_PER_SPLIT=SUM_ROWS_PER_SPLIT,
             PROGRAMS=32, BLOCK=block,
         )  # fmt: skip
         partial = blocks
-    _sum_partials_kernel[(triton.cdiv(n, block),)](
+    _sum_partials_kernel[(cdiv(n, block),)](
         partial, tuple(outs), partial.shape[0], N=n, SEG_OFFS=offsets,
         SEG_SIZES=tuple(o.numel() for o in outs), NUM_SEGS=len(outs), PROGRAMS=32,
         BLOCK=block, EMULATE_BF16=_emulate_bf16(dtype),
@@ -774,4 +784,4 @@ def _empty_like(t: Tensor) -> Tensor:
 def _multiprocessors(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return device_properties(device).multi_processor_count

@@ -8,8 +8,9 @@ launchers (``Layout.of``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 
@@ -21,6 +22,7 @@ __all__ = [
     "MIN_PAD",
     "RESIDENT_MAX_WIDTH",
     "TILE_PER_THREAD",
+    "cdiv",
     "next_power_of_2",
     "shared_memory_limit",
     "tf32_splits_rows",
@@ -65,7 +67,13 @@ def tf32_splits_rows(config: LaunchConfig) -> bool:
 
 
 def next_power_of_2(n: int) -> int:
+    # (triton.next_power_of_2 and triton.cdiv cost about 5 us a call, as jit-callable
+    # functions: a step's launch plans ask a dozen times)
     return 1 << max(0, n - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _pad(n: int) -> int:
@@ -85,7 +93,21 @@ def shared_memory_limit(device: torch.device) -> int | None:
     interpreter)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    return device_properties(device).shared_memory_per_block_optin
+
+
+_PROPERTIES: dict[torch.device, object] = {}
+_MISSING = object()
+T = TypeVar("T")
+
+
+def device_properties(device: torch.device):
+    """``torch.cuda.get_device_properties``, asked once per device (a step asks several
+    times, and torch's call costs microseconds of host time)."""
+    props = _PROPERTIES.get(device)
+    if props is None:
+        props = _PROPERTIES[device] = torch.cuda.get_device_properties(device)
+    return props
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,14 @@ class Layout:
         if layout is None:
             layout = _LAYOUTS[key] = Layout(*key)
         return layout
+
+    def cached(self, key: tuple, build: Callable[[], T]) -> T:
+        """``build()``, once per layout and ``key``: what a launch derives from the shape
+        alone (a step's host time; callers must not change what it returns)."""
+        value = self._memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._memo[key] = build()
+        return value
 
     def saved_elements(self, batch: int) -> int:
         """Size of the saved hidden pre-activations [z; tz; ttz] of every hidden layer."""
@@ -232,8 +262,12 @@ class Layout:
     ) -> LaunchConfig:
         """The static launch (no autotuning): ``rows()``, ``num_warps()``, CHUNK, ``group()``,
         all columns of a layer per pass, and the given dot precision."""
-        rows, warps = self.rows(element_size, shared_limit), self.num_warps()
-        return LaunchConfig(rows, warps, CHUNK, self.group(rows, warps), precision)
+
+        def build() -> LaunchConfig:
+            rows, warps = self.rows(element_size, shared_limit), self.num_warps()
+            return LaunchConfig(rows, warps, CHUNK, self.group(rows, warps), precision)
+
+        return self.cached(("static", element_size, shared_limit, precision), build)
 
     def constexprs(self) -> dict:
         """The compile-time constants both kernels take from the layout (the backward also
@@ -380,10 +414,8 @@ class Layout:
         in a row of N_PARTIAL partial sums, 32 stacked rows per step; K and ORDER place the
         tangent blocks of the stacks. Built once per shape (a step asks three times); a
         copy, which callers may extend."""
-        memo = self._memo.get(("weight_grad", has_bias))
-        if memo is None:
-            memo = self._memo[("weight_grad", has_bias)] = self._weight_grad_constexprs(has_bias)
-        return dict(memo)
+        key = ("weight_grad", has_bias)
+        return dict(self.cached(key, lambda: self._weight_grad_constexprs(has_bias)))
 
     def _weight_grad_constexprs(self, has_bias: bool) -> dict:
         widths, layers = self.widths, self.num_layers
