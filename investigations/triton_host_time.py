@@ -14,6 +14,8 @@ machine. The number is not the GPU machine's host time: that is `bench/host_prof
 Where the machine's timings wander (a shared VM: 1.3-2.4 ms for one tree, 2026-11-27), count
 instructions instead, which repeat exactly: run it under `valgrind --tool=callgrind` with
 `--steps 5` and `--steps 25` (25 and 85 steps in all) and divide the difference by 60.
+Keep torch on one thread, as here: a thread pool's spin-waits are counted too (with two
+threads they added 0.7-1.9 M instructions a step, and changed from run to run).
 """
 
 from __future__ import annotations
