@@ -6,7 +6,7 @@
 #   bash scripts/gpu_session.sh --dry-run       # the plan, every entry point checked (CI)
 #   bash scripts/gpu_session.sh explore         # an extra stage, not in the default run
 # Stages, each under its own time limit in seconds (LIMIT below):
-#   env      15  the device, versions, commit (or a digest of the sources where git is absent)
+#   env      10  the device, versions, commit (or a digest of the sources where git is absent)
 #   build    60  the CUDA extension against the machine's torch; when it fails, the rest
 #                still runs (the Triton backend needs no build)
 #   checks  170  at once: the gpu tests (part "tests"; pytest-xdist when installed),
@@ -21,11 +21,14 @@
 #                compile part did not finish its jobs, the bench first compiles in $NCPU
 #                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the sweep's limit
 #                (so that its tuner does not compile a shape's candidates one after another)
-#   sweep    90  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
-#   profile  40  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
-#                of memory; and where a host-bound step's host time goes: M in bf16
-#                (bench.host_profile)
-#   report   15  tables and plots of bench and sweep, and the open issues' goals checked
+#   sweep    70  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
+#   profile  70  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
+#                of memory; where a host-bound step's host time goes: M in bf16
+#                (bench.host_profile); and why the kernels take their time: Nsight Compute's
+#                counters (stalls, pipes, occupancy, bank conflicts) of each kernel of the
+#                triton and fused CUDA steps at M, fp32 then bf16 (bench.kernel_counters),
+#                which also take the session's time that earlier stages left unused
+#   report   10  tables and plots of bench and sweep, and the open issues' goals checked
 #   explore 280  (only when named; a second command on the warm machine) the Triton backward
 #                and forward kernels under launch configs the tuner does not offer, and the
 #                resident forward (bench.launch_configs), at S and M
@@ -46,7 +49,7 @@ OUT="${OUT:-$WORK/out}"
 TOTAL="${GPU_SESSION_SECONDS:-560}"
 STAGES=(env build checks bench sweep profile report explore)
 DEFAULT_STAGES=(env build checks bench sweep profile report)
-declare -A LIMIT=([env]=15 [build]=60 [checks]=170 [bench]=170 [sweep]=90 [profile]=40 [report]=15
+declare -A LIMIT=([env]=10 [build]=60 [checks]=170 [bench]=170 [sweep]=70 [profile]=70 [report]=10
                   [explore]=280)
 BENCH_PRECOMPILE_SECONDS=60
 NCPU="$(nproc 2>/dev/null || echo 4)"
@@ -69,6 +72,9 @@ COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
 # bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms)
 HOST_ARGS=(--config M --batch 65536 --precision bf16 --providers triton cuda --steps 50)
+# four GPU runs timed the kernels; none said why the fp32 ones run at about 9 TFLOP/s
+COUNTERS_ARGS=(--config M --precisions fp32 bf16 --providers triton cuda_fused_gemm cuda_fused
+               --work-dir "$WORK/counters")
 TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is named
 # the step with the 64-row tiles among the backward's candidates (SOBOLEV_TRITON_WIDE_TILES=1:
 # the forward's are measured, the backward's not; their 8-warp form faulted on 2026-11-27)
@@ -118,9 +124,13 @@ finish() {  # finish <name> <rc> <seconds> <limit>
   record "$1" "$how" "$3" "$4"
 }
 
-sanitizer() {
-  command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1
+# a tool on the PATH or in the CUDA toolkit (or an Nsight Compute install); fails where absent
+find_tool() {
+  local found
+  found="$(command -v "$1" 2>/dev/null || ls /usr/local/cuda*/bin/"$1" /opt/nvidia/nsight-compute/*/"$1" 2>/dev/null | tail -1)"
+  [ -n "$found" ] && echo "$found"
 }
+sanitizer() { find_tool compute-sanitizer; }
 
 stage_env() {
   {
@@ -140,6 +150,9 @@ for name in ("triton", "jax", "jaxlib", "pytest", "pytest-xdist"):  # versions, 
         print(name, "not installed")
 PY
     echo "compute-sanitizer: $(sanitizer || echo not found)"
+    local ncu
+    if ncu="$(find_tool ncu)"; then echo "ncu: $ncu, $(timeout 10 "$ncu" --version 2>&1 | tail -1)"
+    else echo "ncu: not found"; fi
     echo "cores: $NCPU (tests $TEST_JOBS, compile $COMPILE_JOBS)"
   } > "$WORK/env.txt"
   cat "$WORK/env.txt"
@@ -274,9 +287,9 @@ stage_bench() {  # stage_bench <seconds> <log> <step.py arguments...>
 }
 
 stage_profile() {
-  local host=15  # of the stage's seconds, for the host profile
-  limited $(( $1 - host )) "$WORK/profile.log" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" \
-    --out "$WORK/kernels_M.md"
+  local host=15 counters=35 start=$SECONDS  # of the stage's seconds: host profile, counters
+  limited $(( $1 - host - counters )) "$WORK/profile.log" "$PY" -m bench.kernel_profile \
+    "${PROFILE_ARGS[@]}" --out "$WORK/kernels_M.md"
   local rc=$?
   grep -E "^## |\*\*total\*\*" "$WORK/kernels_M.md" 2>/dev/null || tail -5 "$WORK/profile.log"
   # where a host-bound step's CPU time goes (appended to kernels_M.md: $OUT holds 8 files)
@@ -284,6 +297,14 @@ stage_profile() {
     --out "$WORK/host_M.md" || rc=1
   grep "^## " "$WORK/host_M.md" 2>/dev/null || tail -3 "$WORK/host.log"
   cat "$WORK/host_M.md" >> "$WORK/kernels_M.md" 2>/dev/null
+  # the counters: the rest of the stage, or more where earlier stages left time unused (the
+  # report's limit kept)
+  local rest=$(( $1 - (SECONDS - start) )) slack=$(( TOTAL - SECONDS - LIMIT[report] - 5 ))
+  counters=$(( slack > rest ? slack : rest ))
+  limited "$counters" "$WORK/counters.log" "$PY" -m bench.kernel_counters "${COUNTERS_ARGS[@]}" \
+    --seconds $(( counters - 5 )) --out "$WORK/counters_M.md" || rc=1
+  grep -E "^## |^No kernels" "$WORK/counters_M.md" 2>/dev/null || tail -3 "$WORK/counters.log"
+  cat "$WORK/counters_M.md" >> "$WORK/kernels_M.md" 2>/dev/null
   return $rc
 }
 
@@ -320,12 +341,13 @@ pack() {  # at most 8 files in $OUT: session.log (written as we go) and these
       [ -f "$WORK/sanitizer_$tool.txt" ] && { echo "==== $tool"; tail -200 "$WORK/sanitizer_$tool.txt"; }
     done > "$OUT/sanitizer.txt"
   fi
-  tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" --exclude=./triton_cache --exclude=./out . 2>/dev/null
+  tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" --exclude=./triton_cache --exclude=./out \
+    --exclude='*.ncu-rep' . 2>/dev/null
   # a file over 16 MiB would not come back: without the full sanitizer logs (their tails are
   # in sanitizer.txt), which are what can grow
   if [ "$(stat -c %s "$OUT/gpu_session.tar.gz")" -gt 15000000 ]; then
     tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" --exclude=./triton_cache --exclude=./out \
-      --exclude='./sanitizer_*' . 2>/dev/null
+      --exclude='*.ncu-rep' --exclude='./sanitizer_*' . 2>/dev/null
   fi
   say "results in $OUT:"
   ls -la "$OUT"
@@ -363,6 +385,8 @@ dry_run() {
   check "compile: python -m bench.step ${COMPILE_ARGS[*]}" "$PY" -m bench.step "${COMPILE_ARGS[@]}" --dry-run
   check "profile: python -m bench.kernel_profile ${PROFILE_ARGS[*]}" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" --dry-run
   check "host profile: python -m bench.host_profile ${HOST_ARGS[*]}" "$PY" -m bench.host_profile "${HOST_ARGS[@]}" --dry-run
+  check "counters: python -m bench.kernel_counters ${COUNTERS_ARGS[*]}" \
+    "$PY" -m bench.kernel_counters "${COUNTERS_ARGS[@]}" --dry-run
   check "report: python -m bench.report" "$PY" -m bench.report --help
   check "goals: python -m bench.goals" "$PY" -m bench.goals --help
   check "sanitize: python scripts/sanitize_case.py" "$PY" scripts/sanitize_case.py --dry-run
@@ -389,6 +413,7 @@ dry_run() {
     command -v "$tool" > /dev/null && echo "ok   $tool" || echo "note $tool not found here"
   done
   sanitizer > /dev/null && echo "ok   compute-sanitizer" || echo "note compute-sanitizer not found here"
+  find_tool ncu > /dev/null && echo "ok   ncu" || echo "note ncu not found here"
   return $bad
 }
 

@@ -477,6 +477,141 @@ def test_host_profile_names_the_functions_a_step_spends_its_host_time_in(tmp_pat
     assert "## nosuch: error: ValueError" in text  # recorded, the others still profiled
 
 
+def _ncu_raw_csv(kernels):
+    """``ncu --csv --page raw`` as Nsight Compute prints it: a header, a row of units, then a
+    row per kernel; ``kernels``: (name, {metric: value})."""
+    metrics = list(dict.fromkeys(m for _, values in kernels for m in values))
+    units = {"gpu__time_duration.sum": "nsecond"}
+    header = ["ID", "Process ID", "Kernel Name", *metrics]
+    unit_row = ["", "", "", *(units.get(m, "%") for m in metrics)]
+    lines = ["==PROF== Connected to process 1 (python3)",
+             *(",".join(f'"{c}"' for c in row) for row in (header, unit_row))]  # fmt: skip
+    for i, (name, values) in enumerate(kernels):
+        cells = [str(i), "1", name, *(values.get(m, "") for m in metrics)]
+        lines.append(",".join(f'"{c}"' for c in cells))
+    return "\n".join(lines) + "\n"
+
+
+def test_kernel_counters_attribute_kernels_and_rank_stalls_and_pipes():
+    """The hardware-counter table (bench/kernel_counters.py, run under ncu on a GPU): each
+    kernel goes to the provider whose marker precedes it, times in microseconds from the
+    units row (thousands separators and all), stalls and pipes largest first ("selected" is
+    no stall, a sampled "_not_issued" one repeats its reason), bank conflicts as a share of
+    the wavefronts."""
+    from bench import kernel_counters as kc
+
+    marker = ("void at::cuda::(anonymous namespace)::spin_kernel(long)",
+              {"gpu__time_duration.sum": "1,024"})  # fmt: skip
+    stall = "smsp__warp_issue_stalled_{}_per_warp_active.pct"
+    pipe = "sm__pipe_{}_cycles_active.avg.pct_of_peak_sustained_active"
+    fwd = ("_sobolev_fwd_kernel", {
+        "gpu__time_duration.sum": "1,000,000", "launch__registers_per_thread": "162",
+        stall.format("barrier"): "12.5", stall.format("long_scoreboard"): "41.0",
+        stall.format("selected"): "90", stall.format("barrier_not_issued"): "60",
+        pipe.format("fma"): "80.2", pipe.format("tensor_op_hmma"): "12.0",
+        "sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active": "45",
+        "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum": "500",
+        "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum": "1,000"})  # fmt: skip
+    bwd = ("_sobolev_bwd_kernel", {"gpu__time_duration.sum": "2,500,000",
+                                   stall.format("mio_throttle"): "30"})  # fmt: skip
+    fused = ("void sobolev::cuda::fused_forward_kernel<float, 1, 128, false>(FusedArgs)",
+             {"gpu__time_duration.sum": "1,600,000"})  # fmt: skip
+    text = _ncu_raw_csv([marker, fwd, bwd, marker, fused])
+    lines = kc.table("M", text, ["triton", "cuda_fused"], top=6)
+    rows = [line for line in lines if line.startswith("| M |")]
+    assert [row.split(" | ")[1:4] for row in rows] == [
+        ["triton", "`_sobolev_bwd_kernel`", "2500.0"],
+        ["triton", "`_sobolev_fwd_kernel`", "1000.0"],
+        ["cuda_fused", f"`{fused[0][:57]}...`", "1600.0"],
+    ]
+    assert "| 162 |" in rows[1]
+    assert (
+        "| fma 80, lsu (inst) 45, tensor_op_hmma 12 | long_scoreboard 41.0, barrier 12.5 |"
+        " ld 50% |" in rows[1]
+    )
+    assert "selected" not in rows[1] and "mio_throttle 30.0" in rows[0]
+    assert lines[-1] == "Stalls in % of active warp cycles."
+    # a report without kernels (ncu refused the counters, say) shows what ncu said
+    refused = kc.table("M", "==ERROR== ERR_NVGPUCTRPERM\n", ["triton"], top=6)
+    assert refused[0].startswith("No kernels in the report") and "ERR_NVGPUCTRPERM" in refused[3]
+
+
+def test_kernel_counters_inner_profiles_each_provider_it_can_run(tmp_path):
+    """The process ncu runs: every provider warmed up and stepped once (on a GPU between
+    cudaProfilerStart and Stop, after the marker kernel); the ones it ran, in order, go to
+    the order file; one it cannot run is skipped."""
+    order = tmp_path / "order.json"
+    _module("bench.kernel_counters", "--inner", "--device", "cpu", "--quick", "--config", "S",
+            "--providers", "nosuch", "torch", "plain_step", "--warmup", "1", "--order-file",
+            str(order))  # fmt: skip
+    assert order.read_text() == '["torch", "plain_step"]'
+    plan = _module("bench.kernel_counters", "--dry-run", "--precisions", "fp32").stdout
+    assert "counters: config M, fp32, providers triton cuda_fused_gemm cuda_fused" in plan
+
+
+FAKE_NCU = """#!{python}
+# ncu's command line as bench.kernel_counters uses it: profile (run the program after
+# --force-overwrite, write the report) or --import (print a raw CSV: a marker, then a kernel)
+import subprocess, sys, time
+argv = sys.argv[1:]
+if "--import" in argv:
+    print('"ID","Kernel Name","gpu__time_duration.sum"')
+    print('"","","usecond"')
+    print('"0","spin_kernel(long)","1"')
+    print('"1","fake_kernel","2,048"')
+    sys.exit(0)
+if {sleep}:
+    subprocess.run(["sleep", "{sleep}"])
+app = argv[argv.index("--force-overwrite") + 1:]
+open(argv[argv.index("--export") + 1] + ".ncu-rep", "w").close()
+sys.exit(subprocess.run(app).returncode)
+"""
+
+
+def _fake_ncu(tmp_path, monkeypatch, sleep=0):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ncu = bin_dir / "ncu"
+    ncu.write_text(FAKE_NCU.format(python=sys.executable, sleep=sleep))
+    ncu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+
+def test_kernel_counters_run_ncu_on_each_precision_and_read_its_report(tmp_path, monkeypatch):
+    """The outer process (with a stand-in for ncu): ncu runs the inner process on the
+    provider, the report is imported as CSV and becomes the table, written to --out."""
+    from bench import kernel_counters as kc
+
+    _fake_ncu(tmp_path, monkeypatch)
+    out = tmp_path / "counters.md"
+    status = kc.main(["--device", "cpu", "--quick", "--config", "S", "--precisions", "fp32",
+                      "--providers", "torch", "--warmup", "1", "--work-dir",
+                      str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
+    text = out.read_text()
+    assert status == 0, text
+    assert "| S | torch | `fake_kernel` | 2048.0 |" in text
+    assert (tmp_path / "work" / "fp32.csv").exists()
+
+
+def test_kernel_counters_stop_a_run_at_the_time_limit_with_its_children(tmp_path, monkeypatch):
+    """A run past its time is killed with every process it started (ncu's child, here a
+    sleep), said so in the table, and the next precision goes without time."""
+    from bench import kernel_counters as kc
+
+    _fake_ncu(tmp_path, monkeypatch, sleep=60)
+    monkeypatch.setattr(kc, "MIN_SECONDS", 1)
+    out = tmp_path / "counters.md"
+    start = time.monotonic()
+    status = kc.main(["--device", "cpu", "--precisions", "fp32", "bf16", "--seconds", "2",
+                      "--work-dir", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
+    assert status == 1 and time.monotonic() - start < 30
+    text = out.read_text()
+    assert "## fp32: out of time after 2 s" in text and "## bf16: no time left" in text
+    sleeping = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True)
+    assert sleeping.stdout.strip() == "", "the fake ncu's sleep outlived the time limit"
+
+
 def test_main_job_quick(tmp_path):
     out = _module("bench.run", "--quick", "--out", str(tmp_path))
     assert "sobolev" in out.stdout and "torch_func" in out.stdout
@@ -557,6 +692,7 @@ def test_gpu_session_dry_run():
         "sweep",
         "compile",
         "profile",
+        "counters",
         "report",
         "goals",
         "sanitize",
