@@ -55,12 +55,16 @@ TRITON_VARIANTS = {
         "SOBOLEV_TRITON_BACKWARD": "persistent",
     },
 }
-STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm"}
+STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "triton_compiled"}
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of
 # 2026-11-27: 2.3-2.8 ms of host time a Triton step). What a user gets by capturing the
 # training step; jax_jit's steps run as compiled executables too.
 GRAPHED = {"triton_graphed": "triton", "cuda_graphed": "cuda"}
+# The same with one line of a user's code: the loss under torch.compile(mode="reduce-overhead"),
+# whose forward and backward inductor replays from CUDA graphs (cudagraph trees), the inputs
+# copied into the graphs' buffers each step. Steps only; GPU only (on a CPU there is no graph).
+COMPILED = {"triton_compiled": "triton"}
 # provider -> (backend, {environment variable: value})
 VARIANTS = {
     **{name: ("cuda", settings) for name, settings in CUDA_VARIANTS.items()},
@@ -152,6 +156,8 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
         return _with_env(settings, step_fn(backend, p, mode))
     if provider in GRAPHED:
         return _graphed(step_fn(GRAPHED[provider], p, mode), p.x.device)
+    if provider in COMPILED:
+        return _compiled(COMPILED[provider], p, mode)
     model = p.model
     if provider == "jax_jit":
         from bench.jax_provider import jax_step_fn
@@ -281,6 +287,45 @@ def _graphed(fn: Callable[[], Tensor], device: torch.device) -> Callable[[], Ten
     return replay
 
 
+# (provider, problem, precision) -> its compiled step: check_agreement and the timing share one
+# compile (seconds each), and a new point starts from a fresh cache
+_compiled_step: dict[tuple, Callable[[], Tensor]] = {}
+
+
+def _compiled(backend: str, p: Problem, mode: str) -> Callable[[], Tensor]:
+    """A training step whose loss is ``torch.compile(mode="reduce-overhead", fullgraph=True)``
+    of ``sobolev_loss`` (see COMPILED). Compiled once per point: the cache of compiled code
+    is reset first, since the sweep's shapes would pass Dynamo's recompile limit (where it
+    falls back to eager, silently)."""
+    if p.x.device.type != "cuda":
+        raise ValueError("a compiled provider needs a CUDA device")
+    if mode != "step":
+        raise ValueError("a compiled provider times the training step only")
+    key = (backend, id(p), p.precision)
+    if key in _compiled_step:
+        return _compiled_step[key]
+    _compiled_step.clear()
+    torch._dynamo.reset()
+    model = p.model
+    second = {} if p.order == 1 else {"order": 2}
+
+    def loss(x, y, target_jvp, directions, target_hvp2):
+        return sk.sobolev_loss(model, x, y, target_jvp=target_jvp, directions=directions,
+                               backend=backend, target_hvp2=target_hvp2, **second)  # fmt: skip
+
+    compiled = torch.compile(loss, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+    def step() -> Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs may be reused
+        _zero_grad(model)
+        out = compiled(p.x, p.y, p.target_jvp, p.directions, p.target_hvp2)
+        out.backward()
+        return out
+
+    _compiled_step[key] = step
+    return step
+
+
 def _no_grad(fn: Callable[[], Tensor]) -> Tensor:
     with torch.no_grad():
         return fn()
@@ -299,6 +344,7 @@ def providers_available(device: str) -> list[str]:
     if on_gpu["cuda"]:
         ours += list(CUDA_VARIANTS)
     ours += [graphed for graphed, backend in GRAPHED.items() if on_gpu[backend]]
+    ours += [compiled for compiled, backend in COMPILED.items() if on_gpu[backend]]
     jax = [] if importlib.util.find_spec("jax") is None else ["jax_jit"]
     return [*BASELINES, *jax, *ours]
 

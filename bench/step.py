@@ -36,6 +36,7 @@ import torch
 
 from bench.limits import SIZE_COLUMNS
 from bench.providers import (
+    COMPILED,
     GRAPHED,
     PRECISIONS,
     STEP_ONLY,
@@ -381,7 +382,7 @@ def _measure_one(provider, problem, mode, label, device, args, point, named) -> 
     out.append(row("tflops", "TFLOP/s", tuple(flops / (t * 1e-3) / 1e12 for t in times[::-1])))
     # torch's allocator and profiler see nothing of JAX; a replayed graph's buffers live in
     # its private pool, reserved at capture, so a replay's peak would miss them
-    if provider != "jax_jit" and provider not in GRAPHED:
+    if provider != "jax_jit" and provider not in GRAPHED and provider not in COMPILED:
         memory = peak_memory_mb(fn, device)
         if memory is not None:
             out.append(row("memory", "MiB", (memory,) * 3))

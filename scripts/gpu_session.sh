@@ -21,13 +21,16 @@
 #                compile part did not finish its jobs, the bench first compiles in $NCPU
 #                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the sweep's limit
 #                (so that its tuner does not compile a shape's candidates one after another)
-#   sweep    70  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
-#   profile  70  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
+#   sweep    40  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
+#   profile 100  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
 #                of memory; where a host-bound step's host time goes: M in bf16
-#                (bench.host_profile); and why the kernels take their time: Nsight Compute's
-#                counters (stalls, pipes, occupancy, bank conflicts) of each kernel of the
-#                triton and fused CUDA steps at M, fp32 then bf16 (bench.kernel_counters),
-#                which also take the session's time that earlier stages left unused
+#                (bench.host_profile); that step with its loss under torch.compile(mode=
+#                "reduce-overhead"), whose CUDA graphs take the host's time away
+#                (triton_compiled, into the bench's CSV); and why the kernels take their
+#                time: Nsight Compute's counters (stalls, pipes, occupancy, bank conflicts)
+#                of each kernel of the triton and fused CUDA steps at M, fp32 then bf16
+#                (bench.kernel_counters), which also take the session's time that earlier
+#                stages left unused
 #   report   10  tables and plots of bench and sweep, and the open issues' goals checked
 #   explore 280  (only when named; a second command on the warm machine) the Triton backward
 #                and forward kernels under launch configs the tuner does not offer, and the
@@ -49,7 +52,7 @@ OUT="${OUT:-$WORK/out}"
 TOTAL="${GPU_SESSION_SECONDS:-560}"
 STAGES=(env build checks bench sweep profile report explore)
 DEFAULT_STAGES=(env build checks bench sweep profile report)
-declare -A LIMIT=([env]=10 [build]=60 [checks]=170 [bench]=170 [sweep]=70 [profile]=70 [report]=10
+declare -A LIMIT=([env]=10 [build]=60 [checks]=170 [bench]=170 [sweep]=40 [profile]=100 [report]=10
                   [explore]=280)
 BENCH_PRECOMPILE_SECONDS=60
 NCPU="$(nproc 2>/dev/null || echo 4)"
@@ -58,20 +61,25 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # Every entry point's arguments, shared by the run and the dry run.
 # cuda_graphed left out: run 3 (2026-11-27) had it within 1% of cuda at S, M and L (the CUDA
 # steps are GPU-bound), and its time pays for the fused CUDA variants' rows
+# triton_compiled: an inductor compile per point (seconds each); timed at M in bf16 by the
+# profile stage
 BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward
-            --exclude cuda_graphed)
+            --exclude cuda_graphed triton_compiled)
 # torch_compile's failure (no double backward) is structural: recorded by bench, not again;
 # the backends' variants are compared at S, M and L by bench, not at every batch (but
 # triton_graphed: the step's GPU time without its host time, the sweep's question)
 SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
             triton_lean_persistent cuda_tiled_tc cuda_fused cuda_fused_gemm cuda_fused_occupancy
-            cuda_graphed)
+            cuda_graphed triton_compiled)
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
 # bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms)
 HOST_ARGS=(--config M --batch 65536 --precision bf16 --providers triton cuda --steps 50)
+# the loss under torch.compile(mode="reduce-overhead") where the step is host-bound (M, bf16)
+COMPILED_ARGS=(--configs M --sweeps --precisions bf16 --modes step --providers triton_compiled
+               --out-dir "$WORK/bench")
 # four GPU runs timed the kernels; none said why the fp32 ones run at about 9 TFLOP/s
 COUNTERS_ARGS=(--config M --precisions fp32 bf16 --providers triton cuda_fused_gemm cuda_fused
                --work-dir "$WORK/counters")
@@ -287,8 +295,9 @@ stage_bench() {  # stage_bench <seconds> <log> <step.py arguments...>
 }
 
 stage_profile() {
-  local host=15 counters=35 start=$SECONDS  # of the stage's seconds: host profile, counters
-  limited $(( $1 - host - counters )) "$WORK/profile.log" "$PY" -m bench.kernel_profile \
+  # of the stage's seconds: the host profile, the compiled step, the counters (at least)
+  local host=15 compiled=30 counters=35 start=$SECONDS
+  limited $(( $1 - host - compiled - counters )) "$WORK/profile.log" "$PY" -m bench.kernel_profile \
     "${PROFILE_ARGS[@]}" --out "$WORK/kernels_M.md"
   local rc=$?
   grep -E "^## |\*\*total\*\*" "$WORK/kernels_M.md" 2>/dev/null || tail -5 "$WORK/profile.log"
@@ -297,6 +306,8 @@ stage_profile() {
     --out "$WORK/host_M.md" || rc=1
   grep "^## " "$WORK/host_M.md" 2>/dev/null || tail -3 "$WORK/host.log"
   cat "$WORK/host_M.md" >> "$WORK/kernels_M.md" 2>/dev/null
+  limited "$compiled" "$WORK/compiled.log" "$PY" -m bench.step "${COMPILED_ARGS[@]}" || rc=1
+  grep -E "^\[point|^wrote|Error|error:" "$WORK/compiled.log" | tail -3
   # the counters: the rest of the stage, or more where earlier stages left time unused (the
   # report's limit kept)
   local rest=$(( $1 - (SECONDS - start) )) slack=$(( TOTAL - SECONDS - LIMIT[report] - 5 ))
@@ -385,6 +396,7 @@ dry_run() {
   check "compile: python -m bench.step ${COMPILE_ARGS[*]}" "$PY" -m bench.step "${COMPILE_ARGS[@]}" --dry-run
   check "profile: python -m bench.kernel_profile ${PROFILE_ARGS[*]}" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" --dry-run
   check "host profile: python -m bench.host_profile ${HOST_ARGS[*]}" "$PY" -m bench.host_profile "${HOST_ARGS[@]}" --dry-run
+  check "compiled: python -m bench.step ${COMPILED_ARGS[*]}" "$PY" -m bench.step "${COMPILED_ARGS[@]}" --dry-run
   check "counters: python -m bench.kernel_counters ${COUNTERS_ARGS[*]}" \
     "$PY" -m bench.kernel_counters "${COUNTERS_ARGS[@]}" --dry-run
   check "report: python -m bench.report" "$PY" -m bench.report --help

@@ -389,13 +389,34 @@ def test_report_shows_every_provider_variant(tmp_path):
 
 
 @pytest.mark.skipif("triton" not in sk.available_backends(), reason="no triton backend")
-def test_graphed_providers_are_gpu_only():
-    from bench.providers import GRAPHED, make_problem, providers_available, step_fn
+def test_graphed_and_compiled_providers_are_gpu_only():
+    from bench.providers import COMPILED, GRAPHED, make_problem, providers_available, step_fn
 
-    assert not set(GRAPHED) & set(providers_available("cpu"))
+    assert not (set(GRAPHED) | set(COMPILED)) & set(providers_available("cpu"))
     p = make_problem(batch=8, dim=2, width=4, layers=2, out=1, k=1)
     with pytest.raises(ValueError, match="a graphed provider needs a CUDA device"):
         step_fn("cuda_graphed", p, "step")
+    with pytest.raises(ValueError, match="a compiled provider needs a CUDA device"):
+        step_fn("triton_compiled", p, "step")
+
+
+@pytest.mark.gpu
+def test_compiled_provider_agrees_and_compiles_once_per_point():
+    """triton_compiled (the loss under torch.compile(mode="reduce-overhead")): the benchmark's
+    agreement check and its timing share one compiled step, which gives torch_func's loss and
+    gradients; the next point compiles its own."""
+    from bench.providers import check_agreement, make_problem, set_precision, step_fn
+
+    set_precision("fp32")
+    p = make_problem(batch=256, dim=3, width=32, layers=3, out=2, k=2, device="cuda")
+    assert check_agreement(p, ["triton_compiled"]) == {}
+    step = step_fn("triton_compiled", p, "step")
+    assert step_fn("triton_compiled", p, "step") is step
+    for _ in range(3):  # replays
+        loss = step()
+    assert torch.isfinite(loss).item()
+    other = make_problem(batch=512, dim=3, width=32, layers=3, out=2, k=2, device="cuda")
+    assert step_fn("triton_compiled", other, "step") is not step
 
 
 def test_backend_variant_providers_set_their_variable_for_the_call_only(monkeypatch):
