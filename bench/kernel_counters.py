@@ -55,9 +55,10 @@ COLUMNS = (
     ("memory %", "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed"),
     ("DRAM %", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
     ("issue %", "smsp__issue_active.avg.pct_of_peak_sustained_active"),
-    ("occupancy %", "sm__warps_active.avg.pct_of_peak_sustained_active"),
-    ("of theoretical %", "sm__maximum_warps_per_active_cycle_pct"),
+    ("achieved occupancy %", "sm__warps_active.avg.pct_of_peak_sustained_active"),
+    ("theoretical occupancy %", "sm__maximum_warps_per_active_cycle_pct"),
     ("registers", "launch__registers_per_thread"),
+    ("shared B", "launch__shared_mem_per_block_dynamic"),
     ("grid", "launch__grid_size"),
 )
 # the busiest pipes: cycles active (or instructions issued) against each pipe's peak
@@ -166,6 +167,19 @@ def top_stalls(row: dict[str, str]) -> tuple[list[tuple[str, float]], int]:
     return [], -1
 
 
+OCCUPANCY_LIMIT = re.compile(r"^launch__occupancy_limit_([a-z_]+)$")
+
+
+def _occupancy_limit(row: dict[str, str]) -> str:
+    """What bounds the blocks per SM (registers, shared_mem, warps, blocks...): the least of
+    ncu's per-resource limits, with that many blocks."""
+    limits = _matches(row, OCCUPANCY_LIMIT)
+    if not limits:
+        return ""
+    least = min(value for _, value in limits)
+    return ", ".join(name for name, value in limits if value == least) + f" {least:.0f}"
+
+
 def _conflicts(row: dict[str, str]) -> str:
     """Shared-memory bank conflicts as a share of the wavefronts, loads and stores."""
     parts = []
@@ -192,13 +206,14 @@ def kernel_rows(label: str, provider: str, kernels: list[dict], units: dict[str,
         pipes, (stalls, family) = top_pipes(kernel), top_stalls(kernel)
         families.add(family)
         rows.append(f"| {label} | {provider} | `{name}` | {us:.1f} | " + " | ".join(cells)
+                    + f" | {_occupancy_limit(kernel)}"
                     + f" | {', '.join(f'{p} {v:.0f}' for p, v in pipes[:3])}"
                     + f" | {', '.join(f'{s} {v:.1f}' for s, v in stalls[:4])}"
                     + f" | {_conflicts(kernel)} |")  # fmt: skip
     if len(ranked) > top:
         rest = sum(us for us, _ in ranked[top:])
         rows.append(f"| {label} | {provider} | ({len(ranked) - top} more) | {rest:.1f} |"
-                    + " |" * (len(COLUMNS) + 3))  # fmt: skip
+                    + " |" * (len(COLUMNS) + 4))  # fmt: skip
     return rows, families
 
 
@@ -206,7 +221,8 @@ def table(label: str, csv_text: str, order: list[str], top: int) -> list[str]:
     """The markdown table of one ncu report, or what ncu said where it holds no kernels."""
     rows, units = read_raw_csv(csv_text)
     kernels = by_provider(rows, order)
-    header = ["config", "provider", "kernel", "us", *(c for c, _ in COLUMNS), "busiest pipes %",
+    header = ["config", "provider", "kernel", "us", *(c for c, _ in COLUMNS),
+              "blocks per SM bound by", "busiest pipes %",
               "top stalls", "shared bank conflicts"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     families: set[int] = set()
@@ -304,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         "From `python -m bench.kernel_counters` (Nsight Compute, clocks as found; one "
         "step per provider after warm-up). us: the kernel's time under the profiler. "
         "SM %, memory %, DRAM %: throughput against the peak; issue %: issue slots used; "
-        "occupancy: achieved warps against the SM's maximum, and the theoretical one.",
+        "occupancy: warps against the SM's maximum; shared B: dynamic shared memory a block; "
+        "blocks per SM bound by: the resource that limits them, and to how many.",
     ]
     status, deadline = 0, time.monotonic() + args.seconds
     for precision in args.precisions:  # in order of importance: each takes the time left

@@ -517,8 +517,8 @@ def test_kernel_counters_attribute_kernels_and_rank_stalls_and_pipes():
     """The hardware-counter table (bench/kernel_counters.py, run under ncu on a GPU): each
     kernel goes to the provider whose marker precedes it, times in microseconds from the
     units row (thousands separators and all), stalls and pipes largest first ("selected" is
-    no stall, a sampled "_not_issued" one repeats its reason), bank conflicts as a share of
-    the wavefronts."""
+    no stall, a sampled "_not_issued" one repeats its reason), the resource that bounds the
+    blocks per SM, bank conflicts as a share of the wavefronts."""
     from bench import kernel_counters as kc
 
     marker = ("void at::cuda::(anonymous namespace)::spin_kernel(long)",
@@ -531,6 +531,8 @@ def test_kernel_counters_attribute_kernels_and_rank_stalls_and_pipes():
         stall.format("selected"): "90", stall.format("barrier_not_issued"): "60",
         pipe.format("fma"): "80.2", pipe.format("tensor_op_hmma"): "12.0",
         "sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active": "45",
+        "launch__occupancy_limit_registers": "2", "launch__occupancy_limit_shared_mem": "1",
+        "launch__occupancy_limit_warps": "8",
         "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum": "500",
         "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum": "1,000"})  # fmt: skip
     bwd = ("_sobolev_bwd_kernel", {"gpu__time_duration.sum": "2,500,000",
@@ -547,8 +549,8 @@ def test_kernel_counters_attribute_kernels_and_rank_stalls_and_pipes():
     ]
     assert "| 162 |" in rows[1]
     assert (
-        "| fma 80, lsu (inst) 45, tensor_op_hmma 12 | long_scoreboard 41.0, barrier 12.5 |"
-        " ld 50% |" in rows[1]
+        "| shared_mem 1 | fma 80, lsu (inst) 45, tensor_op_hmma 12 | long_scoreboard 41.0, "
+        "barrier 12.5 | ld 50% |" in rows[1]
     )
     assert "selected" not in rows[1] and "mio_throttle 30.0" in rows[0]
     assert lines[-1] == "Stalls in % of active warp cycles."
