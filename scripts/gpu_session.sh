@@ -294,28 +294,50 @@ stage_bench() {  # stage_bench <seconds> <log> <step.py arguments...>
   return "${PIPESTATUS[0]}"
 }
 
-stage_profile() {
-  # of the stage's seconds: the host profile, the compiled step, the counters (at least)
-  local host=15 compiled=30 counters=35 start=$SECONDS
-  limited $(( $1 - host - compiled - counters )) "$WORK/profile.log" "$PY" -m bench.kernel_profile \
-    "${PROFILE_ARGS[@]}" --out "$WORK/kernels_M.md"
-  local rc=$?
-  grep -E "^## |\*\*total\*\*" "$WORK/kernels_M.md" 2>/dev/null || tail -5 "$WORK/profile.log"
+stage_profile() {  # stage_profile <seconds>: its parts in turn, each within what is left
+  local t="$1" start=$SECONDS rc=0 slack counters
+  # within_stage <wanted>: that many seconds, or what is left of the stage (0: skip the part)
+  within_stage() {
+    local left=$(( t - (SECONDS - start) ))
+    left=$(( left < $1 ? left : $1 ))
+    echo $(( left >= 5 ? left : 0 ))
+  }
+  # the kernel profile gets what the later parts (host 15 s, compiled 30 s, counters 35 s at
+  # least) leave of the stage
+  local part
+  part="$(within_stage $(( t - 80 > 10 ? t - 80 : 10 )))"
+  if [ "$part" -gt 0 ]; then
+    limited "$part" "$WORK/profile.log" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" \
+      --out "$WORK/kernels_M.md" || rc=1
+    grep -E "^## |\*\*total\*\*" "$WORK/kernels_M.md" 2>/dev/null || tail -5 "$WORK/profile.log"
+  fi
   # where a host-bound step's CPU time goes (appended to kernels_M.md: $OUT holds 8 files)
-  limited "$host" "$WORK/host.log" "$PY" -m bench.host_profile "${HOST_ARGS[@]}" \
-    --out "$WORK/host_M.md" || rc=1
-  grep "^## " "$WORK/host_M.md" 2>/dev/null || tail -3 "$WORK/host.log"
-  cat "$WORK/host_M.md" >> "$WORK/kernels_M.md" 2>/dev/null
-  limited "$compiled" "$WORK/compiled.log" "$PY" -m bench.step "${COMPILED_ARGS[@]}" || rc=1
-  grep -E "^\[point|^wrote|Error|error:" "$WORK/compiled.log" | tail -3
+  part="$(within_stage 15)"
+  if [ "$part" -gt 0 ]; then
+    limited "$part" "$WORK/host.log" "$PY" -m bench.host_profile "${HOST_ARGS[@]}" \
+      --out "$WORK/host_M.md" || rc=1
+    grep "^## " "$WORK/host_M.md" 2>/dev/null || tail -3 "$WORK/host.log"
+    cat "$WORK/host_M.md" >> "$WORK/kernels_M.md" 2>/dev/null
+  fi
+  part="$(within_stage 30)"
+  if [ "$part" -gt 0 ]; then
+    limited "$part" "$WORK/compiled.log" "$PY" -m bench.step "${COMPILED_ARGS[@]}" || rc=1
+    grep -E "^\[point|^wrote|Error|error:" "$WORK/compiled.log" | tail -3
+  fi
   # the counters: the rest of the stage, or more where earlier stages left time unused (the
   # report's limit kept)
-  local rest=$(( $1 - (SECONDS - start) )) slack=$(( TOTAL - SECONDS - LIMIT[report] - 5 ))
-  counters=$(( slack > rest ? slack : rest ))
-  limited "$counters" "$WORK/counters.log" "$PY" -m bench.kernel_counters "${COUNTERS_ARGS[@]}" \
-    --seconds $(( counters - 5 )) --out "$WORK/counters_M.md" || rc=1
-  grep -E "^## |^No kernels" "$WORK/counters_M.md" 2>/dev/null || tail -3 "$WORK/counters.log"
-  cat "$WORK/counters_M.md" >> "$WORK/kernels_M.md" 2>/dev/null
+  counters="$(within_stage "$t")"
+  slack=$(( TOTAL - SECONDS - LIMIT[report] - 5 ))
+  counters=$(( slack > counters ? slack : counters ))
+  if [ "$counters" -ge 15 ]; then
+    limited "$counters" "$WORK/counters.log" "$PY" -m bench.kernel_counters \
+      "${COUNTERS_ARGS[@]}" --seconds $(( counters - 5 )) --out "$WORK/counters_M.md" || rc=1
+    grep -E "^## |^No kernels" "$WORK/counters_M.md" 2>/dev/null || tail -3 "$WORK/counters.log"
+    cat "$WORK/counters_M.md" >> "$WORK/kernels_M.md" 2>/dev/null
+  else
+    echo "counters: skipped, $counters s left"
+    rc=1
+  fi
   return $rc
 }
 
