@@ -95,12 +95,14 @@ class FusedOps:
         about 0.1 ms of a Triton step's host time (of 1.2 ms on this CPU: 2026-11-27,
         ``investigations/triton_host_time.py``). Else the op itself, which those need to
         see."""
+        plain = _plain(tensors)
+        if plain:
+            impls = _IMPLS.get(self.forward_name)
+            if impls is not None and tensors[0].device.type in ("cpu", "cuda"):  # (not meta)
+                return impls[which]
         op = self.backward if which else self.forward
-        if not _plain(tensors):
+        if not plain:
             return op
-        impls = _IMPLS.get(self.forward_name)
-        if impls is not None and tensors[0].device.type in ("cpu", "cuda"):  # (not meta)
-            return impls[which]
 
         def below_autograd(*args):
             with torch._C._AutoDispatchBelowAutograd():
@@ -249,7 +251,7 @@ def _backward_of(ops: FusedOps):
 
 
 _IMPLS: dict[str, tuple[Callable, Callable]] = {}  # FusedOps.set_impls, by forward name
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter, type(None)))
 
 
 def _plain(tensors: tuple) -> bool:
@@ -258,7 +260,7 @@ def _plain(tensors: tuple) -> bool:
         return False
     if torch.autograd.profiler._is_profiler_enabled:  # keep the ops' names in its trace
         return False
-    return all(t is None or type(t) in _PLAIN for t in tensors)
+    return _PLAIN.issuperset(map(type, tensors))
 
 
 def _eager() -> bool:

@@ -43,6 +43,34 @@ def test_from_sequential_keeps_the_leaky_relu_slope_and_pickles():
     torch.testing.assert_close(clone(x), seq(x))
 
 
+class _Doubled(nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("backend", [b for b in ("torch", "cuda") if b in sk.available_backends()])
+def test_parametrized_weights_are_what_the_fused_backends_see(backend):
+    """A parametrized layer (torch.nn.utils.parametrize: its weight a property now, its
+    original elsewhere) reaches the fused kernels as the weight it computes, and the gradient
+    reaches the original: as with the reference backend."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    mlp = sk.SobolevMLP(3, 8, 2, num_layers=3, dtype=torch.float64)
+    parametrize.register_parametrization(mlp.layers[1], "weight", _Doubled())
+    original = mlp.layers[1].parametrizations.weight.original
+    assert torch.equal(mlp.weights()[1], 2 * original) and mlp.has_bias
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    g = torch.randn(6, 2, 3, dtype=torch.float64)
+    dirs = torch.randn(6, 2, 3, dtype=torch.float64)
+    results = []
+    for name in (backend, "reference"):
+        loss = sk.sobolev_loss(mlp, x, y, target_grad=g, directions=dirs, backend=name)
+        results.append((loss, *torch.autograd.grad(loss, [original, mlp.layers[0].weight])))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_single_linear_layer():
     mlp = sk.SobolevMLP.from_sequential(nn.Sequential(nn.Linear(3, 2)))
     assert mlp.num_layers == 1
