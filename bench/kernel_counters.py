@@ -257,21 +257,32 @@ def inner(args) -> int:
                 fn()
             if on_gpu:
                 torch.cuda.synchronize()
-                torch.cuda.profiler.start()
-                torch.cuda._sleep(1000)  # the marker: this provider's kernels follow
-            fn()
-            if on_gpu:
-                torch.cuda.synchronize()
-                torch.cuda.profiler.stop()
         except Exception as exc:  # noqa: BLE001 - a provider refusing the shape, say
-            print(f"[counters] {provider}: {type(exc).__name__}: {exc}"[:200], file=sys.stderr,
-                  flush=True)  # fmt: skip
+            _say(provider, exc)
             continue
+        # from its marker on, the kernels are this provider's, even if its step then fails
         order.append(provider)
         if args.order_file is not None:
             args.order_file.write_text(json.dumps(order))
-        print(f"[counters] {provider}: profiled", file=sys.stderr, flush=True)
+        try:
+            if on_gpu:
+                torch.cuda.profiler.start()
+                torch.cuda._sleep(1000)  # the marker
+            fn()
+            if on_gpu:
+                torch.cuda.synchronize()
+            _say(provider, None)
+        except Exception as exc:  # noqa: BLE001 - recorded; the next provider goes on
+            _say(provider, exc)
+        finally:
+            if on_gpu:
+                torch.cuda.profiler.stop()
     return 0
+
+
+def _say(provider: str, error: Exception | None) -> None:
+    what = "profiled" if error is None else f"{type(error).__name__}: {error}"
+    print(f"[counters] {provider}: {what}"[:200], file=sys.stderr, flush=True)
 
 
 def ncu_command(ncu: str, report: Path, inner_args: list[str]) -> list[str]:
