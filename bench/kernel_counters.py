@@ -1,7 +1,7 @@
 """Why a step's kernels take their time: Nsight Compute's hardware counters, kernel by kernel.
 
     python -m bench.kernel_counters                   # config M, fp32 and bf16, under ncu
-    python -m bench.kernel_counters --precisions fp32 --providers triton cuda_fused_gemm
+    python -m bench.kernel_counters --configs M S --precisions fp32 --providers triton
 
 ``bench/kernel_profile.py`` says which kernels take a step's time; this says why. For each
 kernel of one training step: its time, its throughput against the SMs' and the memory's peaks,
@@ -10,9 +10,10 @@ the reasons its warps stalled, and its shared-memory bank conflicts. Four GPU ru
 times; the kernels at 9 TFLOP/s (the fp32 CUDA fused kernels, the Triton backward) need the
 reason before the next rewrite.
 
-Each precision runs in a process of its own under ``ncu`` (``--clock-control none``: the card's
-clocks are left as they are), which profiles one step of each provider after warm-up steps
-(compiles, autotuning), between cudaProfilerStart and cudaProfilerStop. A marker kernel
+Each point (config and precision, in the order given) runs in a process of its own under
+``ncu`` (``--clock-control none``: the card's clocks are left as they are), which profiles
+one step of each provider after warm-up steps (compiles, autotuning), between
+cudaProfilerStart and cudaProfilerStop. A marker kernel
 (``torch.cuda._sleep``) before each provider's step tells the providers' kernels apart. The
 report is read back as CSV (``ncu --import ... --csv --page raw``); only the sections'
 metrics are asked for, so no metric name here can make ncu refuse the run.
@@ -294,7 +295,10 @@ def ncu_command(ncu: str, report: Path, inner_args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="M", choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["M"], choices=list(CONFIGS),
+                        help="each in every precision, in the order given")  # fmt: skip
+    parser.add_argument("--config", default="M", choices=list(CONFIGS),
+                        help="(--inner) the one config of this process")  # fmt: skip
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
                         choices=list(PRECISIONS))  # fmt: skip
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="steps before the profiled one")
     parser.add_argument("--top", type=int, default=6, help="kernels listed per provider")
     parser.add_argument("--seconds", type=float, default=120.0,
-                        help="for all precisions together: each takes what is left")  # fmt: skip
+                        help="for all points together: each takes what is left")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=Path(".gpu_work/counters"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (tests)")
@@ -316,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         return inner(args)
     ncu = find_ncu()
     if args.dry_run:
-        print(f"counters: config {args.config}, {' '.join(args.precisions)}, providers "
-              f"{' '.join(args.providers)}, sections {' '.join(SECTIONS)}; ncu: "
+        print(f"counters: configs {' '.join(args.configs)}, {' '.join(args.precisions)}, "
+              f"providers {' '.join(args.providers)}, sections {' '.join(SECTIONS)}; ncu: "
               f"{ncu or 'not found here'}")  # fmt: skip
         return 0
     if ncu is None:
@@ -325,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.work_dir.mkdir(parents=True, exist_ok=True)
     lines = [
-        f"# Hardware counters of one training step: config {args.config}, "
-        f"{device_label(args.device)}",
+        f"# Hardware counters of one training step: {device_label(args.device)}",
         "",
         "From `python -m bench.kernel_counters` (Nsight Compute, clocks as found; one "
         "step per provider after warm-up). us: the kernel's time under the profiler. "
@@ -335,30 +338,32 @@ def main(argv: list[str] | None = None) -> int:
         "blocks per SM bound by: the resource that limits them, and to how many.",
     ]
     status, deadline = 0, time.monotonic() + args.seconds
-    for precision in args.precisions:  # in order of importance: each takes the time left
+    # in order of importance: each (config, precision) takes the time left
+    for config, precision in [(c, p) for c in args.configs for p in args.precisions]:
         left = deadline - time.monotonic()
         if left < MIN_SECONDS:
-            lines += ["", f"## {precision}: no time left"]
+            lines += ["", f"## {config} {precision}: no time left"]
             status = 1
         else:
-            found = profile_precision(args, ncu, precision, left)
+            found = profile_point(args, ncu, config, precision, left)
             lines += ["", *found]
             status |= 0 if any(line.startswith("| ") for line in found) else 1
         text = "\n".join(lines) + "\n"
-        if args.out is not None:  # after each precision: a time limit keeps what was done
+        if args.out is not None:  # after each point: a time limit keeps what was done
             args.out.write_text(text)
     print(text)
     return status
 
 
-def profile_precision(args, ncu: str, precision: str, seconds: float) -> list[str]:
-    """One precision's section: ncu runs the inner process, its report is read back as CSV."""
-    report, order_file = args.work_dir / precision, args.work_dir / f"{precision}.json"
+def profile_point(args, ncu: str, config: str, precision: str, seconds: float) -> list[str]:
+    """One point's section: ncu runs the inner process, its report is read back as CSV."""
+    name = f"{config}_{precision}"
+    report, order_file = args.work_dir / name, args.work_dir / f"{name}.json"
     order_file.unlink(missing_ok=True)
-    inner_args = ["--config", args.config, "--precision", precision, "--warmup", str(args.warmup),
+    inner_args = ["--config", config, "--precision", precision, "--warmup", str(args.warmup),
                   "--device", args.device, "--order-file", str(order_file), "--providers",
                   *args.providers, *(["--quick"] if args.quick else [])]  # fmt: skip
-    log = args.work_dir / f"{precision}.log"
+    log = args.work_dir / f"{name}.log"
     started = time.monotonic()
     with log.open("w") as out:  # a process group: the inner process goes too on a time-out
         process = subprocess.Popen(ncu_command(ncu, report, inner_args), stdout=out,
@@ -366,8 +371,9 @@ def profile_precision(args, ncu: str, precision: str, seconds: float) -> list[st
         try:
             process.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
-            return [f"## {precision}: out of time after {seconds:.0f} s (ncu writes no report "
-                    "then)", "", "```", *log.read_text().splitlines()[-10:], "```"]  # fmt: skip
+            tail = log.read_text().splitlines()[-10:]
+            return [f"## {config} {precision}: out of time after {seconds:.0f} s (ncu writes no "
+                    "report then)", "", "```", *tail, "```"]  # fmt: skip
         finally:  # also when this process is stopped (SIGTERM: see main)
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -377,11 +383,11 @@ def profile_precision(args, ncu: str, precision: str, seconds: float) -> list[st
                                "--print-units", "base"], capture_output=True, text=True,
                               timeout=60, check=False)  # fmt: skip
     csv_text = imported.stdout or log.read_text()[-3000:]
-    (args.work_dir / f"{precision}.csv").write_text(csv_text)
-    print(f"[counters] {precision}: {', '.join(order) or 'nothing'} profiled", file=sys.stderr,
-          flush=True)  # fmt: skip
-    return [f"## {precision} ({time.monotonic() - started:.0f} s)", "",
-            *table(args.config, csv_text, order, args.top)]  # fmt: skip
+    (args.work_dir / f"{name}.csv").write_text(csv_text)
+    print(f"[counters] {config} {precision}: {', '.join(order) or 'nothing'} profiled",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return [f"## {config} {precision} ({time.monotonic() - started:.0f} s)", "",
+            *table(config, csv_text, order, args.top)]  # fmt: skip
 
 
 if __name__ == "__main__":

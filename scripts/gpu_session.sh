@@ -28,9 +28,9 @@
 #                "reduce-overhead"), whose CUDA graphs take the host's time away
 #                (triton_compiled, into the bench's CSV); and why the kernels take their
 #                time: Nsight Compute's counters (stalls, pipes, occupancy, bank conflicts)
-#                of each kernel of the triton and fused CUDA steps at M, fp32 then bf16
-#                (bench.kernel_counters), which also take the session's time that earlier
-#                stages left unused
+#                of each kernel of the triton and fused CUDA steps at M, fp32 then bf16,
+#                then S (bench.kernel_counters), which also take the session's time that
+#                earlier stages left unused
 #   report   10  tables and plots of bench and sweep, and the open issues' goals checked
 #   explore 280  (only when named; a second command on the warm machine) the Triton backward
 #                and forward kernels under launch configs the tuner does not offer, and the
@@ -81,8 +81,9 @@ HOST_ARGS=(--config M --batch 65536 --precision bf16 --providers triton cuda --s
 COMPILED_ARGS=(--configs M --sweeps --precisions bf16 --modes step --providers triton_compiled
                --out-dir "$WORK/bench")
 # four GPU runs timed the kernels; none said why the fp32 ones run at about 9 TFLOP/s
-COUNTERS_ARGS=(--config M --precisions fp32 bf16 --providers triton cuda_fused_gemm cuda_fused
-               --work-dir "$WORK/counters")
+# (then S: width 64, where #19's design should beat Triton)
+COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton cuda_fused_gemm
+               cuda_fused --work-dir "$WORK/counters")
 TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is named
 # the step with the 64-row tiles among the backward's candidates (SOBOLEV_TRITON_WIDE_TILES=1:
 # the forward's are measured, the backward's not; their 8-warp form faulted on 2026-11-27)

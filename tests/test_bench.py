@@ -569,7 +569,7 @@ def test_kernel_counters_inner_profiles_each_provider_it_can_run(tmp_path):
             str(order))  # fmt: skip
     assert order.read_text() == '["torch", "plain_step"]'
     plan = _module("bench.kernel_counters", "--dry-run", "--precisions", "fp32").stdout
-    assert "counters: config M, fp32, providers triton cuda_fused_gemm cuda_fused" in plan
+    assert "counters: configs M, fp32, providers triton cuda_fused_gemm cuda_fused" in plan
 
 
 FAKE_NCU = """#!{python}
@@ -602,19 +602,22 @@ def _fake_ncu(tmp_path, monkeypatch, sleep=0):
 
 
 def test_kernel_counters_run_ncu_on_each_precision_and_read_its_report(tmp_path, monkeypatch):
-    """The outer process (with a stand-in for ncu): ncu runs the inner process on the
-    provider, the report is imported as CSV and becomes the table, written to --out."""
+    """The outer process (with a stand-in for ncu): for each config, in the order given, ncu
+    runs the inner process on the provider, the report is imported as CSV and becomes the
+    point's table, written to --out."""
     from bench import kernel_counters as kc
 
     _fake_ncu(tmp_path, monkeypatch)
     out = tmp_path / "counters.md"
-    status = kc.main(["--device", "cpu", "--quick", "--config", "S", "--precisions", "fp32",
-                      "--providers", "torch", "--warmup", "1", "--work-dir",
+    status = kc.main(["--device", "cpu", "--quick", "--configs", "S", "M", "--precisions",
+                      "fp32", "--providers", "torch", "--warmup", "1", "--work-dir",
                       str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
     text = out.read_text()
     assert status == 0, text
+    assert text.index("## S fp32") < text.index("## M fp32"), text
     assert "| S | torch | `fake_kernel` | 2048.0 |" in text
-    assert (tmp_path / "work" / "fp32.csv").exists()
+    assert "| M | torch | `fake_kernel` | 2048.0 |" in text
+    assert (tmp_path / "work" / "S_fp32.csv").exists()
 
 
 def test_kernel_counters_stop_a_run_at_the_time_limit_with_its_children(tmp_path, monkeypatch):
@@ -630,7 +633,7 @@ def test_kernel_counters_stop_a_run_at_the_time_limit_with_its_children(tmp_path
                       "--work-dir", str(tmp_path / "work"), "--out", str(out)])  # fmt: skip
     assert status == 1 and time.monotonic() - start < 30
     text = out.read_text()
-    assert "## fp32: out of time after 2 s" in text and "## bf16: no time left" in text
+    assert "## M fp32: out of time after 2 s" in text and "## M bf16: no time left" in text
     sleeping = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True)
     assert sleeping.stdout.strip() == "", "the fake ncu's sleep outlived the time limit"
 
