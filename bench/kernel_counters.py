@@ -46,7 +46,7 @@ from bench.step import CONFIGS, device_label, points
 DEFAULT_PROVIDERS = ("triton", "cuda_fused_gemm", "cuda_fused")
 SECTIONS = ("SpeedOfLight", "LaunchStats", "Occupancy", "WarpStateStats", "SchedulerStats",
             "ComputeWorkloadAnalysis", "MemoryWorkloadAnalysis_Tables")  # fmt: skip
-MIN_SECONDS = 10  # a precision's run takes at least this long (imports, warm-up)
+MIN_SECONDS = 10  # a point's run takes at least this long (imports, warm-up)
 MARKER = "spin_kernel"  # torch.cuda._sleep's kernel
 TIME_UNITS = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3,
               "second": 1e6, "s": 1e6}  # fmt: skip
@@ -78,7 +78,7 @@ STALLS = (
     re.compile(r"^smsp__average_warp_latency_issue_stalled_([a-z_]+?)\.ratio$"),
 )
 STALL_UNITS = ("% of active warp cycles", "cycles per issued instruction",
-               "cycles per issued instruction")  # fmt: skip
+               "cycles of warp latency")  # fmt: skip
 SHARED_LD = ("l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum",
              "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum")  # fmt: skip
 SHARED_ST = ("l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum",
