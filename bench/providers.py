@@ -40,8 +40,10 @@ CUDA_VARIANTS = {
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing
 # them (triton_recompute); the whole backward in one persistent launch (triton_persistent);
 # and with no saved pre-activations, the backward recomputing them a chunk of rows at a time
-# (triton_lean) or per row tile in one persistent launch (triton_lean_persistent). Steps
-# only: their forwards are the triton provider's (but the lean ones', which keep nothing).
+# (triton_lean) or per row tile in one persistent launch (triton_lean_persistent); and every
+# launch through Triton's own launch path (triton_jit_launch), for the host time that
+# ``direct_launch`` saves. Steps only: their forwards are the triton provider's (but the lean
+# ones', which keep nothing).
 # name -> {environment variable: value}
 TRITON_VARIANTS = {
     "triton_recompute": {
@@ -54,6 +56,7 @@ TRITON_VARIANTS = {
         "SOBOLEV_SAVE_ACTIVATIONS": "0",
         "SOBOLEV_TRITON_BACKWARD": "persistent",
     },
+    "triton_jit_launch": {"SOBOLEV_TRITON_DIRECT_LAUNCH": "0"},
 }
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "triton_compiled"}
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU

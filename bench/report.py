@@ -30,8 +30,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 PROVIDER_ORDER = ["eager_autograd", "torch_func", "torch_compile", "jax_jit", "plain_step",
                   "reference", "torch", "triton", "triton_recompute", "triton_persistent",
-                  "triton_lean", "triton_lean_persistent", "triton_graphed", "triton_compiled",
-                  "cuda", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm",
+                  "triton_lean", "triton_lean_persistent", "triton_jit_launch", "triton_graphed",
+                  "triton_compiled", "cuda", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm",
                   "cuda_fused_occupancy", "cuda_graphed"]  # fmt: skip
 
 PRECISION_ORDER = ["fp32", "tf32", "bf16", "fp16", ""]

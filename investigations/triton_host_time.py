@@ -5,8 +5,9 @@
 
 The H200 run of 2026-11-27 found the Triton step host-bound (2.3-2.8 ms of CPU time a step).
 Here Triton's driver is faked (device 0, stream 0, an sm_90 target) and every kernel is a
-no-op that is "compiled" once. So a step runs all of our Python (the API's checks, the
-autograd path, the launch plans) and Triton's own launch path (binder, cache key), on CPU
+no-op that is "compiled" once (``tests/fake_triton_driver.py``). So a step runs all of our
+Python (the API's checks, the autograd path, the launch plans) and Triton's launch path
+(binder and cache key on a kernel's first launches, then ``direct_launch``'s), on CPU
 tensors. Only the C launcher and the kernels are missing. The tuner is consulted as on a GPU,
 with every candidate timed at 1 ms, so it keeps the first. Compare runs of this script on one
 machine. The number is not the GPU machine's host time: that is `bench/host_profile.py`'s.
@@ -26,44 +27,14 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # the compiled path, not the interpreter
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import fake_triton_driver  # noqa: E402  (before torch's and triton's first import)
+
 os.environ.setdefault("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")  # Triton kernels, not CPU GEMMs
 
 import torch  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime import driver, jit  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-class _Driver:
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-    def get_device_interface(self):
-        return torch.cuda
-
-
-class _NoOpKernel:
-    function = packed_metadata = None
-
-    def launch_metadata(self, *args):
-        return None
-
-    def run(self, *args):
-        return None
-
-
-def _compile_nothing(self, key, signature, device, *args, **kwargs):
-    kernel = _NoOpKernel()
-    self.device_caches[device][0][key] = kernel  # as Triton's cache would
-    return kernel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,17 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", action="store_true",
                         help="the step as on a GPU, and what it cannot go below")  # fmt: skip
     args = parser.parse_args(argv)
-    driver.set_active(_Driver())
-    jit.JITFunction._do_compile = _compile_nothing
+    fake_triton_driver.install()
 
     import sobolev_kernels as sk
-    from sobolev_kernels import tuning
-    from sobolev_kernels.backends import triton as triton_backend
 
-    tuning.can_measure = lambda device: True
-    tuning.time_ms = lambda fn: (fn(), 1.0)[1]
-    triton_backend.TritonBackend.unavailable_reason = lambda self: None
-    triton_backend.TritonBackend.devices = lambda self: ("cuda", "cpu")
+    fake_triton_driver.as_gpu_backend()
 
     torch.manual_seed(0)
     b, d, width, m, k = args.batch, 16, 128, 8, 2  # config M's shape
@@ -132,20 +97,23 @@ def _best_ms(fn, steps: int) -> float:
 
 def _floor(step, model, step_ms: float, steps: int) -> None:
     """What a step's host time cannot go below in this design: its Triton launches alone
-    (recorded from one step, replayed through Triton's launcher) and an autograd Function
-    with nothing in it over the same parameters, forward and backward. The rest is our
-    Python: checks, launch plans, allocations, the op's plumbing."""
-    calls, run = [], jit.JITFunction.run
+    (recorded from one step, replayed as the step launches them: ``direct_launch``, or
+    Triton's own path with SOBOLEV_TRITON_DIRECT_LAUNCH=0) and an autograd Function with
+    nothing in it over the same parameters, forward and backward. The rest is our Python:
+    checks, launch plans, allocations, the op's plumbing."""
+    from sobolev_kernels.triton import direct_launch
 
-    def record(self, *args, **kwargs):
-        calls.append((self, args, kwargs))
-        return run(self, *args, **kwargs)
+    calls, launch = [], direct_launch.launch
 
-    jit.JITFunction.run = record
+    def record(*args):
+        calls.append(args)
+        return launch(*args)
+
+    direct_launch.launch = record
     try:
         step()
     finally:
-        jit.JITFunction.run = run
+        direct_launch.launch = launch
     params = list(model.parameters())
 
     class Nothing(torch.autograd.Function):
@@ -158,8 +126,8 @@ def _floor(step, model, step_ms: float, steps: int) -> None:
             return (None,) * len(params)
 
     def launches():
-        for kernel, args, kwargs in calls:
-            run(kernel, *args, **kwargs)
+        for args in calls:
+            launch(*args)
 
     def autograd():
         for p in params:

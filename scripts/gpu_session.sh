@@ -63,20 +63,25 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # steps are GPU-bound), and its time pays for the fused CUDA variants' rows
 # triton_compiled: an inductor compile per point (seconds each); timed at M in bf16 by the
 # profile stage
+# triton_jit_launch: what direct launches save is host time, which the host profile times
 BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward
-            --exclude cuda_graphed triton_compiled)
+            --exclude cuda_graphed triton_compiled triton_jit_launch)
 # torch_compile's failure (no double backward) is structural: recorded by bench, not again;
 # the backends' variants are compared at S, M and L by bench, not at every batch (but
 # triton_graphed: the step's GPU time without its host time, the sweep's question)
 SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
             triton_lean_persistent cuda_tiled_tc cuda_fused cuda_fused_gemm cuda_fused_occupancy
-            cuda_graphed triton_compiled)
+            cuda_graphed triton_compiled triton_jit_launch)
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
-              --exclude torch_compile --precompile "$COMPILE_JOBS" --compile-only)
+              --exclude torch_compile triton_jit_launch --precompile "$COMPILE_JOBS"
+              --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
-# bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms)
-HOST_ARGS=(--config M --batch 65536 --precision bf16 --providers triton cuda --steps 50)
+# bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms);
+# triton_jit_launch: the same step with every launch through Triton's own path (what
+# direct_launch saves)
+HOST_ARGS=(--config M --batch 65536 --precision bf16 --providers triton triton_jit_launch cuda
+           --steps 50)
 # the loss under torch.compile(mode="reduce-overhead") where the step is host-bound (M, bf16)
 COMPILED_ARGS=(--configs M --sweeps --precisions bf16 --modes step --providers triton_compiled
                --out-dir "$WORK/bench")

@@ -18,7 +18,7 @@ from triton.compiler.errors import CompileTimeAssertionFailure
 from triton.runtime.errors import OutOfResources, PTXASError
 
 from .. import tuning
-from . import interpreting
+from . import direct_launch, interpreting
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
 from .backward_resident import _sobolev_bwd_resident_kernel
@@ -42,6 +42,8 @@ from .weight_grad import _sum_partials_kernel, _sum_row_blocks_kernel, _weight_g
 # The kernels' TARGET / TARGET2 constexprs: which derivative target they contract.
 TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2  # first order: (B, K, m) or (B, m, d)
 TARGET_HVP2, TARGET_HESS = 1, 2  # second order: (B, K, m) or (B, m, d, d)
+
+_FINISH = {"BLOCK": 256}  # the loss reduction's constexprs
 
 # A launch config that does not fit the GPU fails to compile or load; the tuner skips it.
 _DOES_NOT_FIT = (OutOfResources, PTXASError, CompileTimeAssertionFailure)
@@ -290,12 +292,11 @@ def sobolev_forward(
         elif hidden and not save_activations:
             stacks = torch.empty(layout.scratch_elements(batch), device=dev, dtype=acc)
         partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
-        run[(programs,)](
+        direct_launch.launch(run, (programs,), (
             x, v, y if y is not None else x, target if target is not None else x,
             target2 if target2 is not None else x, w_ptrs, b_ptrs,
             f, u, w if order == 2 else u, stacks, partial, batch, negative_slope,
-            **_tuned(layout, config, "fwd"), **constexprs, **extra,
-        )  # fmt: skip
+        ), {**_tuned(layout, config, "fwd"), **constexprs, **extra})  # fmt: skip
         return partial
 
     name = "fwd_persistent" if persistent else "fwd"
@@ -306,7 +307,8 @@ def sobolev_forward(
     coef_f = alpha / (batch * m) if y is not None else 0.0
     coef_u = beta / (batch * k * m) if target_kind != TARGET_NONE else 0.0
     coef_w = gamma / (batch * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0
-    _sobolev_loss_finish_kernel[(1,)](partial, loss, programs, coef_f, coef_u, coef_w, BLOCK=256)
+    direct_launch.launch(_sobolev_loss_finish_kernel, (1,),
+                         (partial, loss, programs, coef_f, coef_u, coef_w), _FINISH)  # fmt: skip
     return loss, f, u, w, saved
 
 
@@ -413,11 +415,11 @@ def _backward(
         programs = cdiv(batch, config.rows)
         db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
         kernel = _sobolev_bwd_resident_kernel if config.resident else _sobolev_bwd_kernel
-        kernel[(programs,)](
+        direct_launch.launch(kernel, (programs,), (
             x, v, y, target, target2, w_ptrs, saved, f, u, w, grad_loss, grad_f, grad_u, grad_w,
             adj, inputs if store_inputs else adj, grad_x if need_grad_x else x, db_partial,
-            batch, negative_slope, *coefs, **_tuned(layout, config, "bwd"), **constexprs,
-        )  # fmt: skip
+            batch, negative_slope, *coefs,
+        ), {**_tuned(layout, config, "bwd"), **constexprs})  # fmt: skip
         return db_partial
 
     db_partial = launch(_launch_config("bwd", layout, x, constexprs, allow_tf32, launch))
@@ -588,13 +590,12 @@ def _backward_persistent(
         adj = torch.empty(programs * tile_rows * sum(widths[1:]), device=dev, dtype=dtype)
         partial = torch.empty(programs, geometry["N_PARTIAL"] if need_grad_params else 0,
                               device=dev, dtype=torch.float32)  # fmt: skip
-        _sobolev_bwd_persistent_kernel[(programs,)](
+        direct_launch.launch(_sobolev_bwd_persistent_kernel, (programs,), (
             x, v, y, target, target2, w_ptrs, b_ptrs, f, u, w, grad_loss, grad_f, grad_u,
             grad_w, z, saved if saved is not None else z, adj, grad_x if need_grad_x else x,
-            partial if need_grad_params else z,
-            batch, negative_slope, *coefs, **_tuned(layout, config, "bwd"),
-            FWD_COLS=layout.col_blocks(config.cols, "fwd"), **constexprs,
-        )  # fmt: skip
+            partial if need_grad_params else z, batch, negative_slope, *coefs,
+        ), {**_tuned(layout, config, "bwd"), "FWD_COLS": layout.col_blocks(config.cols, "fwd"),
+            **constexprs})  # fmt: skip
         return partial
 
     # (the static launch and the tensor-core ones: each candidate is a compile of tens of
@@ -737,12 +738,14 @@ def _weight_grad_partials(
                                                                 dtype=torch.float32)  # fmt: skip
     # (an empty tensor is no pointer to pass: adj stands in for one the kernel does not read)
     source = (saved if saved.numel() else adj) if recompute else inputs
-    _weight_grad_partials_kernel[(geometry["TILE_CUM"][-1], splits)](
+    direct_launch.launch(_weight_grad_partials_kernel, (geometry["TILE_CUM"][-1], splits), (
         adj, source, x, v if recompute else x, partial, batch, stack, (1 + layout.k) * batch,
-        rows_per_split, slope, ACT=activation, SHARED=recompute and v.ndim == 2,
-        RECOMPUTE=recompute, PRECISION=_precisions(x.dtype, allow_tf32)[1],
-        EMULATE_BF16=_emulate_bf16(x.dtype), num_warps=4, **geometry,
-    )  # fmt: skip
+        rows_per_split, slope,
+    ), dict(
+        ACT=activation, SHARED=recompute and v.ndim == 2, RECOMPUTE=recompute,
+        PRECISION=_precisions(x.dtype, allow_tf32)[1], EMULATE_BF16=_emulate_bf16(x.dtype),
+        num_warps=4, **geometry,
+    ))  # fmt: skip
     return partial
 
 
@@ -765,16 +768,16 @@ def _sum_partials(partial: Tensor, outs: list[Tensor], offsets: tuple[int, ...],
     if partial.shape[0] > SUM_ONE_PASS_ROWS:
         splits = cdiv(partial.shape[0], SUM_ROWS_PER_SPLIT)
         blocks = torch.empty(splits, n, device=partial.device, dtype=torch.float32)
-        _sum_row_blocks_kernel[(cdiv(n, block), splits)](
-            partial, blocks, partial.shape[0], N=n, ROWS_PER_SPLIT=SUM_ROWS_PER_SPLIT,
-            PROGRAMS=32, BLOCK=block,
-        )  # fmt: skip
+        direct_launch.launch(_sum_row_blocks_kernel, (cdiv(n, block), splits), (
+            partial, blocks, partial.shape[0],
+        ), dict(N=n, ROWS_PER_SPLIT=SUM_ROWS_PER_SPLIT, PROGRAMS=32, BLOCK=block))  # fmt: skip
         partial = blocks
-    _sum_partials_kernel[(cdiv(n, block),)](
-        partial, tuple(outs), partial.shape[0], N=n, SEG_OFFS=offsets,
-        SEG_SIZES=tuple(o.numel() for o in outs), NUM_SEGS=len(outs), PROGRAMS=32,
-        BLOCK=block, EMULATE_BF16=_emulate_bf16(dtype),
-    )  # fmt: skip
+    direct_launch.launch(_sum_partials_kernel, (cdiv(n, block),), (
+        partial, tuple(outs), partial.shape[0],
+    ), dict(
+        N=n, SEG_OFFS=offsets, SEG_SIZES=tuple(o.numel() for o in outs), NUM_SEGS=len(outs),
+        PROGRAMS=32, BLOCK=block, EMULATE_BF16=_emulate_bf16(dtype),
+    ))  # fmt: skip
 
 
 def _empty_like(t: Tensor) -> Tensor:

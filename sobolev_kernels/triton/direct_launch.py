@@ -1,0 +1,118 @@
+"""Launch a compiled Triton kernel again without Triton's per-launch Python.
+
+``kernel[grid](*args, **constexprs)`` binds and specialises every argument, hashes a cache
+key and reads the driver before it reaches the C launcher: 13-27 us a launch with our
+kernels' 7 to 51 arguments (triton 3.9, ``investigations/triton_host_time.py``), and a step
+makes five. ``launch`` does that once per kernel, constexprs and specialisation, through
+``kernel[grid]`` itself, keeps the ``CompiledKernel`` it returns, and afterwards calls its
+launcher as ``JITFunction.run`` does: same grid, stream, function, metadata, hooks and
+arguments (``tests/test_direct_launch.py`` compares them call by call).
+
+Safe reuse rests on one fact of Triton 3.6 to 3.9: a compiled kernel depends on the
+runtime arguments only through their types, tensor dtypes, whether tensor pointers are
+16-byte aligned, and integer values (1, multiples of 16, 32 or 64 bits). The fingerprint
+here keeps each integer's value, each tensor's dtype and alignment and every other
+argument's type: calls with equal fingerprints get the same compiled kernel from Triton too.
+
+Not used under the interpreter (``TRITON_INTERPRET=1`` has no compiled kernel), where a
+kernel has pre-run hooks, or with ``SOBOLEV_TRITON_DIRECT_LAUNCH=0``: then every launch is
+``kernel[grid](...)``. A launcher that raises on a direct launch's arguments turns direct
+launches off for the process, with a warning, and the launch goes through Triton. Triton
+knobs changed after a kernel's first launch (``TRITON_DEBUG``,
+instrumentation) are not seen by its later direct launches; clear() forgets them all.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from torch import Tensor
+from triton import knobs
+from triton.runtime import driver
+
+from . import interpreting
+
+# (kernel, device, constexprs, fingerprint) -> (compiled kernel, constexpr values in the
+# kernel's parameter order)
+_compiled: dict[tuple, tuple] = {}
+
+
+_failed: list[str] = []  # why direct launches stopped in this process, if they did
+
+
+def enabled() -> bool:
+    """SOBOLEV_TRITON_DIRECT_LAUNCH: 1 (the default) or 0 (every launch through Triton)."""
+    raw = os.environ.get("SOBOLEV_TRITON_DIRECT_LAUNCH", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"SOBOLEV_TRITON_DIRECT_LAUNCH: expected 0 or 1, got {raw!r}")
+    return raw == "1" and not interpreting() and not _failed
+
+
+def _give_up(error: Exception) -> None:
+    _failed.append(f"{type(error).__name__}: {error}")
+    _compiled.clear()
+    warnings.warn(
+        f"sobolev_kernels: a direct Triton launch failed ({_failed[0]}); every launch goes "
+        "through Triton's own path from now on (SOBOLEV_TRITON_DIRECT_LAUNCH=0 does so "
+        "from the start)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def clear() -> None:
+    """Forget every compiled kernel kept here, and a failure (the next launches go through
+    Triton, then direct again)."""
+    _compiled.clear()
+    _failed.clear()
+
+
+def launch(kernel, grid: tuple, args: tuple, constexprs: dict) -> None:
+    """``kernel[grid](*args, **constexprs)``: ``args`` are the runtime arguments, in order,
+    ``constexprs`` the compile-time ones and launch options (num_warps), by name."""
+    if not enabled() or kernel.pre_run_hooks:
+        kernel[grid](*args, **constexprs)
+        return
+    device = driver.active.get_current_device()
+    key = (kernel, device, tuple(constexprs.items()), _fingerprint(args))
+    entry = _compiled.get(key)
+    if entry is None:
+        compiled = kernel[grid](*args, **constexprs)
+        rest = kernel.params[len(args) :]
+        if any(not p.is_constexpr or p.name not in constexprs for p in rest):
+            return  # (a runtime argument by name, or a default left out: Triton's path only)
+        values = tuple(constexprs[p.name] for p in rest)
+        _compiled[key] = (compiled, values)
+        return
+    compiled, values = entry
+    stream = driver.active.get_current_stream(device)
+    grid_0, grid_1, grid_2 = grid + (1,) * (3 - len(grid))
+    all_args = args + values
+    runtime = knobs.runtime
+    try:
+        compiled.run(
+            grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata,
+            compiled.launch_metadata(grid, stream, *all_args), runtime.launch_enter_hook,
+            runtime.launch_exit_hook, *all_args,
+        )  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - a launcher that refuses its arguments
+        # (a Triton whose launcher differs from the one mirrored here): Triton's path from
+        # now on, which raises again if the arguments themselves are at fault
+        _give_up(error)
+        kernel[grid](*args, **constexprs)
+
+
+def _fingerprint(args: tuple) -> tuple:
+    # what Triton specialises a runtime argument on, or more (see the module's docstring)
+    out = []
+    for a in args:
+        if isinstance(a, Tensor):
+            out.append((a.dtype, a.data_ptr() % 16 == 0))
+        elif isinstance(a, tuple):
+            out.append(_fingerprint(a))
+        elif isinstance(a, int):  # (bool too: its type is part of the pair)
+            out.append((type(a), a))
+        else:
+            out.append(type(a))
+    return tuple(out)
