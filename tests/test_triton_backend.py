@@ -825,3 +825,37 @@ def test_bias_gradients_from_many_programs(monkeypatch):
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
     assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, expected_model=upcast_model(model))
     assert grids  # the two-pass sum ran
+
+
+def test_launchers_run_on_the_inputs_gpu(monkeypatch):
+    """Triton launches on the current device: the ops make x's GPU current for the call (a
+    model on cuda:1 while cuda:0 is current), and leave it alone where it already is."""
+    from types import SimpleNamespace
+
+    from sobolev_kernels.triton import ops
+
+    entered, calls = [], []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.append("left")
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+
+    def launcher(*args):
+        calls.append(list(entered))
+        return "launched"
+
+    run = ops.on_the_inputs_device(launcher, 1)
+    for index in (1, 0):
+        x = SimpleNamespace(is_cuda=True, get_device=lambda i=index: i, device=f"cuda:{index}")
+        assert run("grad", x) == "launched"
+    assert calls == [["cuda:1"], ["cuda:1", "left"]] and entered == ["cuda:1", "left"]
+    assert run.__name__ == "launcher"
