@@ -101,19 +101,19 @@ def _floor(step, model, step_ms: float, steps: int) -> None:
     Triton's own path with SOBOLEV_TRITON_DIRECT_LAUNCH=0) and an autograd Function with
     nothing in it over the same parameters, forward and backward. The rest is our Python:
     checks, launch plans, allocations, the op's plumbing."""
-    from sobolev_kernels.triton import direct_launch
+    from sobolev_kernels.triton.direct_launch import Launcher
 
-    calls, launch = [], direct_launch.launch
+    calls, launch = [], Launcher.__call__
 
     def record(*args):
         calls.append(args)
         return launch(*args)
 
-    direct_launch.launch = record
+    Launcher.__call__ = record
     try:
         step()
     finally:
-        direct_launch.launch = launch
+        Launcher.__call__ = launch
     params = list(model.parameters())
 
     class Nothing(torch.autograd.Function):

@@ -101,6 +101,16 @@ def clear() -> None:
     """Forget every measured choice (the next call with each shape measures again)."""
     _chosen.clear()
     _measured.clear()
+    for forget in _also_forget:
+        forget()
+
+
+_also_forget: list[Callable[[], None]] = []  # what keeps choices made here (launch plans)
+
+
+def on_clear(forget: Callable[[], None]) -> None:
+    """Have ``clear()`` call ``forget`` too (a cache of plans holding measured choices)."""
+    _also_forget.append(forget)
 
 
 def time_ms(fn: Callable[[], object]) -> float:

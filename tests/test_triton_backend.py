@@ -859,3 +859,62 @@ def test_launchers_run_on_the_inputs_gpu(monkeypatch):
         assert run("grad", x) == "launched"
     assert calls == [["cuda:1"], ["cuda:1", "left"]] and entered == ["cuda:1", "left"]
     assert run.__name__ == "launcher"
+
+
+def _planned_step(model, x, y, kw):
+    model.zero_grad(set_to_none=True)
+    sk.sobolev_loss(model, x, y, backend="triton", **kw).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_launch_plans_are_made_once_per_signature_and_follow_the_settings(monkeypatch):
+    """A step's launches are planned on its first call (launch configs, kernels,
+    constexprs) and reused after: no launch config is chosen again. A setting changed
+    between calls (SOBOLEV_TRITON_WEIGHT_GRAD here) is part of the plan's key, so it takes
+    effect at once; tuning.clear() forgets the plans with the choices in them."""
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton import launch
+
+    model, x, y, kw = sample_inputs(batch=9, dim=3, width=8, out=2, k=2, layers=3,
+                                    dtype=torch.float32, device=DEVICE)  # fmt: skip
+    chosen, splitk = [], []
+    real_config, real_splitk = launch._launch_config, launch._grads_by_splitk
+    monkeypatch.setattr(launch, "_launch_config", lambda *a, **k: chosen.append(a[0])
+                        or real_config(*a, **k))  # fmt: skip
+    monkeypatch.setattr(launch, "_grads_by_splitk", lambda *a, **k: splitk.append(1)
+                        or real_splitk(*a, **k))  # fmt: skip
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "gemm")
+    tuning.clear()
+    first = _planned_step(model, x, y, kw)
+    assert chosen == ["fwd", "bwd"] and not splitk
+    chosen.clear()
+    assert_close(_planned_step(model, x, y, kw)[0], first[0], 0.0, "planned step")
+    assert chosen == [] and not splitk
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")
+    by_splitk = _planned_step(model, x, y, kw)
+    assert chosen == ["fwd", "bwd"] and splitk == [1]  # new plans, for the new setting
+    for have, want in zip(by_splitk, first):
+        assert_close(have, want, 1e-5, "split-K weight gradients")
+    tuning.clear()
+    assert not launch._plans
+
+
+def test_launch_plans_made_while_nothing_can_be_measured_are_not_kept(monkeypatch):
+    """A plan's choices hold for later calls only where they were measured, or where nothing
+    is ever measured; not those made while torch.compile traces or a graph is captured."""
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton import launch
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(launch, "_plans", {})
+    for enabled, can_measure, device, kept in [
+        (True, False, cuda, False),  # capturing or tracing: the static choice, for now
+        (True, True, cuda, True),  # measured
+        (False, False, cuda, True),  # SOBOLEV_AUTOTUNE=0: static for good
+        (True, False, cpu, True),  # never measured off CUDA
+    ]:
+        monkeypatch.setattr(tuning, "enabled", lambda e=enabled: e)
+        monkeypatch.setattr(tuning, "can_measure", lambda d, c=can_measure: c)
+        launch._keep("key", "plan", device)
+        assert ("key" in launch._plans) == kept, (enabled, can_measure, device)
+        launch._plans.clear()

@@ -6,7 +6,8 @@
     backward.py   the fused backward kernel, its derivation above it
     weight_grad.py  the split-K weight gradients, and the one reduction kernel
     persistent_backward.py  the whole backward in one persistent launch
-    launch.py     check, allocate, choose a launch config, launch
+    launch.py     check, allocate, choose a launch config, launch (planned once per signature)
+    direct_launch.py  later launches of a compiled kernel without Triton's per-launch Python
     ops.py        the launchers as the triton_sobolev_* ops (sobolev_kernels/fused.py)
     aot.py        ahead-of-time compiles for a GPU target (tooling, not imported by the library)
 

@@ -28,15 +28,11 @@ import os
 import warnings
 
 from torch import Tensor
+from torch.nn import Parameter
 from triton import knobs
 from triton.runtime import driver
 
 from . import interpreting
-
-# (kernel, device, constexprs, fingerprint) -> (compiled kernel, constexpr values in the
-# kernel's parameter order)
-_compiled: dict[tuple, tuple] = {}
-
 
 _failed: list[str] = []  # why direct launches stopped in this process, if they did
 
@@ -49,9 +45,80 @@ def enabled() -> bool:
     return raw == "1" and not interpreting() and not _failed
 
 
+class Launcher:
+    """One kernel with fixed constexprs (and launch options), launched on runtime arguments:
+    ``launcher(grid, args)`` is ``kernel[grid](*args, **constexprs)``, direct after the
+    first launch of each device and fingerprint. ``direct`` is whether it may launch direct
+    (``enabled()`` when it was made: a caller that keeps it keeps that choice)."""
+
+    __slots__ = ("kernel", "constexprs", "direct", "_compiled")
+
+    def __init__(self, kernel, constexprs: dict, direct: bool):
+        self.kernel, self.constexprs = kernel, constexprs
+        self.direct = direct and not kernel.pre_run_hooks
+        # (device, fingerprint) -> (compiled kernel, constexpr values in parameter order)
+        self._compiled: dict[tuple, tuple] = {}
+
+    def __call__(self, grid: tuple, args: tuple) -> None:
+        if not self.direct or _failed:
+            self.kernel[grid](*args, **self.constexprs)
+            return
+        device = driver.active.get_current_device()
+        entry = self._compiled.get((device, _fingerprint(args)))
+        if entry is None:
+            self._first(device, grid, args)
+            return
+        compiled, values = entry
+        stream = driver.active.get_current_stream(device)
+        grid_0, grid_1, grid_2 = grid + (1,) * (3 - len(grid))
+        all_args = args + values
+        runtime = knobs.runtime
+        try:
+            compiled.run(
+                grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata,
+                compiled.launch_metadata(grid, stream, *all_args), runtime.launch_enter_hook,
+                runtime.launch_exit_hook, *all_args,
+            )  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - a launcher that refuses its arguments
+            # (a Triton whose launcher differs from the one mirrored here): Triton's path
+            # from now on, which raises again if the arguments themselves are at fault
+            _give_up(error)
+            self.kernel[grid](*args, **self.constexprs)
+
+    def _first(self, device, grid: tuple, args: tuple) -> None:
+        # through Triton, which compiles (or finds) the kernel and returns it
+        kernel, constexprs = self.kernel, self.constexprs
+        compiled = kernel[grid](*args, **constexprs)
+        rest = kernel.params[len(args) :]
+        if any(not p.is_constexpr or p.name not in constexprs for p in rest):
+            self.direct = False  # (a runtime argument by name, or a default left out)
+            return
+        values = tuple(constexprs[p.name] for p in rest)
+        self._compiled[(device, _fingerprint(args))] = (compiled, values)
+
+
+_launchers: dict[tuple, Launcher] = {}  # (kernel, constexprs, direct) -> its launcher
+
+
+def launcher(kernel, constexprs: dict) -> Launcher:
+    """The launcher of ``kernel`` with these constexprs, one per process (so its compiled
+    kernels are found again); a caller keeping it skips this lookup too."""
+    direct = enabled()
+    key = (kernel, tuple(constexprs.items()), direct)
+    found = _launchers.get(key)
+    if found is None:
+        found = _launchers[key] = Launcher(kernel, constexprs, direct)
+    return found
+
+
+def launch(kernel, grid: tuple, args: tuple, constexprs: dict) -> None:
+    """``kernel[grid](*args, **constexprs)``: ``args`` are the runtime arguments, in order,
+    ``constexprs`` the compile-time ones and launch options (num_warps), by name."""
+    launcher(kernel, constexprs)(grid, args)
+
+
 def _give_up(error: Exception) -> None:
     _failed.append(f"{type(error).__name__}: {error}")
-    _compiled.clear()
     warnings.warn(
         f"sobolev_kernels: a direct Triton launch failed ({_failed[0]}); every launch goes "
         "through Triton's own path from now on (SOBOLEV_TRITON_DIRECT_LAUNCH=0 does so "
@@ -64,55 +131,41 @@ def _give_up(error: Exception) -> None:
 def clear() -> None:
     """Forget every compiled kernel kept here, and a failure (the next launches go through
     Triton, then direct again)."""
-    _compiled.clear()
+    for kept in _launchers.values():
+        kept._compiled.clear()
+    _launchers.clear()
     _failed.clear()
 
 
-def launch(kernel, grid: tuple, args: tuple, constexprs: dict) -> None:
-    """``kernel[grid](*args, **constexprs)``: ``args`` are the runtime arguments, in order,
-    ``constexprs`` the compile-time ones and launch options (num_warps), by name."""
-    if not enabled() or kernel.pre_run_hooks:
-        kernel[grid](*args, **constexprs)
-        return
-    device = driver.active.get_current_device()
-    key = (kernel, device, tuple(constexprs.items()), _fingerprint(args))
-    entry = _compiled.get(key)
-    if entry is None:
-        compiled = kernel[grid](*args, **constexprs)
-        rest = kernel.params[len(args) :]
-        if any(not p.is_constexpr or p.name not in constexprs for p in rest):
-            return  # (a runtime argument by name, or a default left out: Triton's path only)
-        values = tuple(constexprs[p.name] for p in rest)
-        _compiled[key] = (compiled, values)
-        return
-    compiled, values = entry
-    stream = driver.active.get_current_stream(device)
-    grid_0, grid_1, grid_2 = grid + (1,) * (3 - len(grid))
-    all_args = args + values
-    runtime = knobs.runtime
-    try:
-        compiled.run(
-            grid_0, grid_1, grid_2, stream, compiled.function, compiled.packed_metadata,
-            compiled.launch_metadata(grid, stream, *all_args), runtime.launch_enter_hook,
-            runtime.launch_exit_hook, *all_args,
-        )  # fmt: skip
-    except Exception as error:  # noqa: BLE001 - a launcher that refuses its arguments
-        # (a Triton whose launcher differs from the one mirrored here): Triton's path from
-        # now on, which raises again if the arguments themselves are at fault
-        _give_up(error)
-        kernel[grid](*args, **constexprs)
-
-
 def _fingerprint(args: tuple) -> tuple:
-    # what Triton specialises a runtime argument on, or more (see the module's docstring)
+    """What Triton specialises the runtime arguments on, or more (see the module's
+    docstring), flat: per tensor its dtype and alignment, per integer its type and value, per
+    float its type, a tuple as a tuple. The common types are tested by identity first (the
+    fingerprint is most of a direct launch's time)."""
     out = []
+    add = out.append
     for a in args:
-        if isinstance(a, Tensor):
-            out.append((a.dtype, a.data_ptr() % 16 == 0))
-        elif isinstance(a, tuple):
-            out.append(_fingerprint(a))
-        elif isinstance(a, int):  # (bool too: its type is part of the pair)
-            out.append((type(a), a))
-        else:
-            out.append(type(a))
+        kind = type(a)
+        if kind is Tensor or kind is Parameter:
+            add(a.dtype)
+            add(a.data_ptr() % 16 == 0)
+        elif kind is float:
+            add(float)
+        elif kind is int:
+            add(int)
+            add(a)
+        elif kind is tuple:
+            add(_fingerprint(a))
+        else:  # (a subclass, a bool)
+            add(_other(a))
     return tuple(out)
+
+
+def _other(a) -> tuple:
+    if isinstance(a, Tensor):
+        return (type(a), a.dtype, a.data_ptr() % 16 == 0)
+    if isinstance(a, tuple):
+        return (type(a), _fingerprint(a))
+    if isinstance(a, int):  # (bool: its type tells it from 0 and 1)
+        return (type(a), a)
+    return (type(a),)

@@ -10,7 +10,8 @@ the accumulation dtype (fp32). No autograd here: ``triton/ops.py`` registers the
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -43,10 +44,44 @@ from .weight_grad import _sum_partials_kernel, _sum_row_blocks_kernel, _weight_g
 TARGET_NONE, TARGET_JVP, TARGET_GRAD = 0, 1, 2  # first order: (B, K, m) or (B, m, d)
 TARGET_HVP2, TARGET_HESS = 1, 2  # second order: (B, K, m) or (B, m, d, d)
 
-_FINISH = {"BLOCK": 256}  # the loss reduction's constexprs
-
 # A launch config that does not fit the GPU fails to compile or load; the tuner skips it.
 _DOES_NOT_FIT = (OutOfResources, PTXASError, CompileTimeAssertionFailure)
+
+
+# What a launch derives from its signature alone (shapes, dtypes, flags, settings), planned
+# once per signature: a step's host time (``investigations/triton_host_time.py``).
+_plans: dict[Hashable, object] = {}
+# The settings a plan depends on, read as raw bytes where CPython keeps them (os.environ.get
+# takes about 1 us a variable).
+_SETTINGS = ("SOBOLEV_TRITON_FORWARD", "SOBOLEV_TRITON_BACKWARD",
+             "SOBOLEV_TRITON_BACKWARD_KERNEL", "SOBOLEV_TRITON_WIDE_TILES",
+             "SOBOLEV_TRITON_WEIGHT_GRAD", "SOBOLEV_TRITON_RECOMPUTE_ROWS", "SOBOLEV_AUTOTUNE",
+             "SOBOLEV_TRITON_DIRECT_LAUNCH", "TRITON_INTERPRET")  # fmt: skip
+_ENVIRON = getattr(os.environ, "_data", None) if os.name == "posix" else None
+_SETTINGS_KEYS = tuple(os.fsencode(name) for name in _SETTINGS)
+
+
+def _settings() -> tuple:
+    """The current values of _SETTINGS (None where unset), part of every plan's key."""
+    if _ENVIRON is None:
+        return tuple(map(os.environ.get, _SETTINGS))
+    return tuple(map(_ENVIRON.get, _SETTINGS_KEYS))
+
+
+def _keep(key: Hashable, plan: object, device: torch.device) -> None:
+    """Keep ``plan`` for later calls with ``key`` where its choices hold for them: measured,
+    or static where nothing is ever measured (off CUDA, SOBOLEV_AUTOTUNE=0); not the static
+    ones made while torch.compile traces or a CUDA graph is captured."""
+    if device.type != "cuda" or not tuning.enabled() or tuning.can_measure(device):
+        _plans[key] = plan
+
+
+def clear_plans() -> None:
+    """Forget every plan (``tuning.clear`` calls this: its choices are in them)."""
+    _plans.clear()
+
+
+tuning.on_clear(clear_plans)
 
 
 def _precisions(dtype: torch.dtype, allow_tf32: bool) -> tuple[str, str]:
@@ -248,12 +283,8 @@ def sobolev_forward(
     allow_tf32: bool,
     save_activations: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The fused forward: (loss, f, u, w, saved); see ``sobolev_kernels/fused.py``."""
-    batch = x.shape[0]
-    layout = layout_of(x, directions, weights, order)
-    k, m = layout.k, layout.widths[-1]
-    dev, dtype = x.device, x.dtype
-    acc = _accumulation_dtype(dtype)
+    """The fused forward: (loss, f, u, w, saved); see ``sobolev_kernels/fused.py``. Its
+    launch is planned once per signature (``_forward_plan``)."""
     x, v = x.contiguous(), directions.contiguous()
     y, (target, target_kind), (target2, target2_kind) = _targets(
         y, target_jvp, target_grad, target_hvp2, target_hess
@@ -261,55 +292,104 @@ def sobolev_forward(
     # one pointer per layer (a tuple argument): no packing copy
     w_ptrs = tuple(p.contiguous() for p in weights)
     b_ptrs = tuple(p.contiguous() for p in biases) if biases else w_ptrs
-    f = torch.empty(batch, m, device=dev, dtype=dtype)
-    u = torch.empty(batch, k, m, device=dev, dtype=dtype)
-    w = torch.empty((batch, k, m) if order == 2 else (0,), device=dev, dtype=dtype)
+    # (x stands in for an absent target: the kernel's constexprs say it is absent)
+    tensors = (x, v, y if y is not None else x, target if target is not None else x,
+               target2 if target2 is not None else x, w_ptrs, b_ptrs)  # fmt: skip
+    key = ("fwd", x.shape, x.dtype, x.device, v.shape, y is None, target_kind, target2_kind,
+           tuple(w.shape for w in w_ptrs), bool(biases), activation, order, allow_tf32,
+           save_activations, _settings())  # fmt: skip
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _forward_plan(tensors, y is not None, target_kind, target2_kind, bool(biases),
+                             activation, negative_slope, order, allow_tf32,
+                             save_activations)  # fmt: skip
+        _keep(key, plan, x.device)
+    partial, f, u, w, saved = _forward_with(plan, tensors, negative_slope)
+    batch, k, m = x.shape[0], plan.k, plan.m
+    loss = torch.empty((), device=x.device, dtype=_accumulation_dtype(x.dtype))
+    # a term without its target is dropped (mlp_jvp runs with none)
+    coef_f = alpha / (batch * m) if y is not None else 0.0
+    coef_u = beta / (batch * k * m) if target_kind != TARGET_NONE else 0.0
+    coef_w = gamma / (batch * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0
+    plan.finish((1,), (partial, loss, plan.programs, coef_f, coef_u, coef_w))
+    return loss, f, u, w, saved
+
+
+class _ForwardPlan(NamedTuple):
+    """A forward launch, as far as its signature sets it (``_forward_plan``)."""
+
+    launcher: direct_launch.Launcher  # the kernel, its launch config's and shape's constexprs
+    finish: direct_launch.Launcher  # the loss's reduction over the programs' partials
+    programs: int
+    scratch: int  # elements of the per-call scratch stacks; 0: none (the saved ones, or f)
+    saved: int  # elements of the saved pre-activations (0: the forward keeps none)
+    k: int
+    m: int
+    order: int
+
+
+def _forward_plan(
+    tensors: tuple, has_y: bool, target_kind: int, target2_kind: int, has_bias: bool,
+    activation: int, negative_slope: float, order: int, allow_tf32: bool,
+    save_activations: bool,
+) -> _ForwardPlan:  # fmt: skip
+    """The forward's plan for this signature: its launch config measured (``tuning``, where
+    the tuner runs the candidates on ``tensors``) or static, the kernel that takes it."""
+    x, v, weights = tensors[0], tensors[1], tensors[5]
+    batch, dev = x.shape[0], x.device
+    layout = layout_of(x, v, list(weights), order)
+    k, m = layout.k, layout.widths[-1]
     hidden = layout.widths[1:-1]
-    saved = torch.empty(layout.saved_elements(batch) if save_activations else 0, device=dev,
-                        dtype=acc)  # fmt: skip
     constexprs = dict(
         **layout.constexprs(), **layout.hidden_stacks(save_activations), ACT=activation,
-        SHARED=v.ndim == 2, HAS_BIAS=bool(biases), HAS_Y=y is not None, TARGET=target_kind,
-        TARGET2=target2_kind, EMULATE_BF16=_emulate_bf16(dtype),
+        SHARED=v.ndim == 2, HAS_BIAS=has_bias, HAS_Y=has_y, TARGET=target_kind,
+        TARGET2=target2_kind, EMULATE_BF16=_emulate_bf16(x.dtype),
     )  # fmt: skip
-
     # Keeping nothing in the lean mode that recomputes per row tile: the forward's scratch is
     # per program too (persistent), so no buffer of the step grows with the batch
     persistent = bool(hidden) and not save_activations and _backward_forced() == "persistent"
     kernel = _sobolev_fwd_persistent_kernel if persistent else _sobolev_fwd_kernel
+    saved = layout.saved_elements(batch) if save_activations else 0
 
-    def launch(config: LaunchConfig) -> Tensor:
-        # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
-        programs = cdiv(batch, config.rows)
-        stacks = saved if save_activations else f
+    def plan(config: LaunchConfig) -> _ForwardPlan:
+        programs, scratch = cdiv(batch, config.rows), 0
         run, extra = kernel, {}
         if config.resident:  # its activations stay in registers: no scratch
             run, extra = _sobolev_fwd_resident_kernel, {"STORE_HIDDEN": save_activations}
         elif persistent:
             programs = _persistent_programs(batch, config, dev)
-            stacks = torch.empty(programs * layout.scratch_elements(config.rows), device=dev,
-                                 dtype=acc)  # fmt: skip
+            scratch = programs * layout.scratch_elements(config.rows)
         elif hidden and not save_activations:
-            stacks = torch.empty(layout.scratch_elements(batch), device=dev, dtype=acc)
-        partial = torch.empty(programs, 3, device=dev, dtype=torch.float32)
-        direct_launch.launch(run, (programs,), (
-            x, v, y if y is not None else x, target if target is not None else x,
-            target2 if target2 is not None else x, w_ptrs, b_ptrs,
-            f, u, w if order == 2 else u, stacks, partial, batch, negative_slope,
-        ), {**_tuned(layout, config, "fwd"), **constexprs, **extra})  # fmt: skip
-        return partial
+            scratch = layout.scratch_elements(batch)
+        launcher = direct_launch.launcher(run, {**_tuned(layout, config, "fwd"), **constexprs,
+                                                **extra})  # fmt: skip
+        finish = direct_launch.launcher(_sobolev_loss_finish_kernel, {"BLOCK": 256})
+        return _ForwardPlan(launcher, finish, programs, scratch, saved, k, m, order)
+
+    def launch(config: LaunchConfig) -> Tensor:
+        # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
+        return _forward_with(plan(config), tensors, negative_slope)[0]
 
     name = "fwd_persistent" if persistent else "fwd"
-    partial = launch(_launch_config(name, layout, x, constexprs, allow_tf32, launch, persistent))
-    programs = partial.shape[0]
-    loss = torch.empty((), device=dev, dtype=acc)
-    # a term without its target is dropped (mlp_jvp runs with none)
-    coef_f = alpha / (batch * m) if y is not None else 0.0
-    coef_u = beta / (batch * k * m) if target_kind != TARGET_NONE else 0.0
-    coef_w = gamma / (batch * k * m) if order == 2 and target2_kind != TARGET_NONE else 0.0
-    direct_launch.launch(_sobolev_loss_finish_kernel, (1,),
-                         (partial, loss, programs, coef_f, coef_u, coef_w), _FINISH)  # fmt: skip
-    return loss, f, u, w, saved
+    return plan(_launch_config(name, layout, x, constexprs, allow_tf32, launch, persistent))
+
+
+def _forward_with(plan: _ForwardPlan, tensors: tuple, negative_slope: float) -> tuple:
+    """The forward kernel's launch on ``tensors`` (x, v, y, target, target2, weights,
+    biases, stand-ins for the absent): (its per-program loss partials, f, u, w, saved)."""
+    x = tensors[0]
+    batch, k, m, dev, dtype = x.shape[0], plan.k, plan.m, x.device, x.dtype
+    acc = _accumulation_dtype(dtype)
+    f = torch.empty(batch, m, device=dev, dtype=dtype)
+    u = torch.empty(batch, k, m, device=dev, dtype=dtype)
+    w = torch.empty((batch, k, m) if plan.order == 2 else (0,), device=dev, dtype=dtype)
+    saved = torch.empty(plan.saved, device=dev, dtype=acc)
+    stacks = torch.empty(plan.scratch, device=dev, dtype=acc) if plan.scratch else (
+        saved if plan.saved else f)  # fmt: skip
+    partial = torch.empty(plan.programs, 3, device=dev, dtype=torch.float32)
+    plan.launcher((plan.programs,), (*tensors, f, u, w if plan.order == 2 else u, stacks,
+                                     partial, batch, negative_slope))  # fmt: skip
+    return partial, f, u, w, saved
 
 
 def sobolev_backward(
@@ -378,21 +458,32 @@ def _backward(
     over ``loss_batch`` samples (more than x's rows when x is a chunk of the batch). With
     ``grad_x`` (a view) dL/dx goes there; with ``running`` (an fp32 (1 + splits, N) buffer)
     the weight gradients are ``recompute``'s split-K partials, added into its row 0 and
-    returned as empty lists."""
+    returned as empty lists. Planned once per signature where neither is given, once the
+    weight gradients' method is chosen (``_BackwardPlan``)."""
     batch = x.shape[0]
-    layout = layout_of(x, directions, weights, order)
-    widths = layout.widths
     dev, dtype = x.device, x.dtype
     x, v = x.contiguous(), directions.contiguous()
+    has_bias = bool(biases)
+    key = None
+    if grad_x is None and running is None:
+        key = ("bwd", x.shape, dtype, dev, v.shape, y is None, target_jvp is None,
+               target_grad is None, target_hvp2 is None, target_hess is None,
+               grad_loss is None, grad_f is None, grad_u is None, grad_w is None,
+               tuple(p.shape for p in weights), has_bias, activation, order, allow_tf32,
+               need_grad_x, need_grad_params, saved.numel(), _settings())  # fmt: skip
+    plan = _plans.get(key) if key is not None else None
+    layout = plan.layout if plan is not None else layout_of(x, v, weights, order)
+    widths = layout.widths
     (y, target, target2, grad_loss, grad_f, grad_u, grad_w, f, u, w), coefs, seeds = _seeds(
         layout, x, y, target_jvp, target_grad, target_hvp2, target_hess,
         (grad_loss, grad_f, grad_u, grad_w), (f, u, w), alpha, beta, gamma, loss_batch,
     )  # fmt: skip
     stack = layout.blocks * batch
     w_ptrs = tuple(p.contiguous() for p in weights)
-    has_bias = bool(biases)
     # None: measured after this backward, which then stores the inputs every method can use
-    if running is not None:
+    if plan is not None:
+        method = plan.method
+    elif running is not None:
         method = "recompute"
     elif need_grad_params:
         method = _weight_grad_method(layout, x, has_bias, allow_tf32)
@@ -403,26 +494,35 @@ def _backward(
     inputs = torch.empty(stack * sum(widths[:-1]) if store_inputs else 0, device=dev, dtype=dtype)
     nb = sum(widths[1:])
     if grad_x is None:
-        grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
-    constexprs = dict(
-        **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
-        SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias, **seeds,
-        NEED_DX=need_grad_x, STORE_INPUTS=store_inputs, EMULATE_BF16=_emulate_bf16(dtype),
-    )  # fmt: skip
+        grad_x = _empty_like(x) if need_grad_x else x.new_empty(0)
+    args = (x, v, y, target, target2, w_ptrs, saved, f, u, w, grad_loss, grad_f, grad_u, grad_w,
+            adj, inputs if store_inputs else adj, grad_x if need_grad_x else x)  # fmt: skip
 
-    def launch(config: LaunchConfig) -> Tensor:
+    def launch(plan: _BackwardPlan) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
-        programs = cdiv(batch, config.rows)
-        db_partial = torch.empty(programs, nb if has_bias else 0, device=dev, dtype=torch.float32)
-        kernel = _sobolev_bwd_resident_kernel if config.resident else _sobolev_bwd_kernel
-        direct_launch.launch(kernel, (programs,), (
-            x, v, y, target, target2, w_ptrs, saved, f, u, w, grad_loss, grad_f, grad_u, grad_w,
-            adj, inputs if store_inputs else adj, grad_x if need_grad_x else x, db_partial,
-            batch, negative_slope, *coefs,
-        ), {**_tuned(layout, config, "bwd"), **constexprs})  # fmt: skip
+        db_partial = torch.empty(plan.programs, nb if has_bias else 0, device=dev,
+                                 dtype=torch.float32)  # fmt: skip
+        plan.launcher((plan.programs,), (*args, db_partial, batch, negative_slope, *coefs))
         return db_partial
 
-    db_partial = launch(_launch_config("bwd", layout, x, constexprs, allow_tf32, launch))
+    if plan is None:
+        constexprs = dict(
+            **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
+            SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias, **seeds,
+            NEED_DX=need_grad_x, STORE_INPUTS=store_inputs, EMULATE_BF16=_emulate_bf16(dtype),
+        )  # fmt: skip
+
+        def plan_of(config: LaunchConfig) -> _BackwardPlan:
+            kernel = _sobolev_bwd_resident_kernel if config.resident else _sobolev_bwd_kernel
+            launcher = direct_launch.launcher(kernel, {**_tuned(layout, config, "bwd"),
+                                                       **constexprs})  # fmt: skip
+            return _BackwardPlan(layout, launcher, cdiv(batch, config.rows), method)
+
+        plan = plan_of(_launch_config("bwd", layout, x, constexprs, allow_tf32,
+                                      lambda config: launch(plan_of(config))))  # fmt: skip
+        if key is not None and (method is not None or not need_grad_params):
+            _keep(key, plan, dev)
+    db_partial = launch(plan)
     if not need_grad_params:
         return grad_x, [], []
     # what recompute forms the layer inputs from
@@ -443,6 +543,15 @@ def _backward(
     if method is None:
         method = _weight_grad_method(layout, x, has_bias, allow_tf32, parameter_grads)
     return (grad_x, *parameter_grads(method))
+
+
+class _BackwardPlan(NamedTuple):
+    """The backward kernel's launch, as far as its signature sets it (``_backward``)."""
+
+    layout: Layout
+    launcher: direct_launch.Launcher  # the kernel, its launch config's and shape's constexprs
+    programs: int
+    method: str | None  # how the weight gradients are formed (None: no weight gradients)
 
 
 # Samples per chunk when the backward recomputes what the forward did not keep (the forward
@@ -730,22 +839,27 @@ def _weight_grad_partials(
     given); see _grads_by_splitk."""
     recompute = saved is not None
     batch = x.shape[0]
-    stack = layout.blocks * batch
-    geometry = layout.weight_grad_constexprs(has_bias)
-    splits, rows_per_split = _split_rows(layout, batch, x.device)
-    shape = (splits, geometry["N_PARTIAL"])
-    partial = out[:splits] if out is not None else torch.empty(shape, device=x.device,
-                                                                dtype=torch.float32)  # fmt: skip
+    shared = recompute and v.ndim == 2
+    key = ("weight_grad", layout, batch, x.dtype, x.device, has_bias, allow_tf32, recompute,
+           shared, activation, _settings())  # fmt: skip
+    plan = _plans.get(key)
+    if plan is None:
+        geometry = layout.weight_grad_constexprs(has_bias)
+        splits, rows_per_split = _split_rows(layout, batch, x.device)
+        launcher = direct_launch.launcher(_weight_grad_partials_kernel, dict(
+            ACT=activation, SHARED=shared, RECOMPUTE=recompute,
+            PRECISION=_precisions(x.dtype, allow_tf32)[1], EMULATE_BF16=_emulate_bf16(x.dtype),
+            num_warps=4, **geometry,
+        ))  # fmt: skip
+        grid = (geometry["TILE_CUM"][-1], splits)
+        sizes = (layout.blocks * batch, (1 + layout.k) * batch, rows_per_split)
+        plan = _plans[key] = (launcher, grid, (splits, geometry["N_PARTIAL"]), sizes)
+    launcher, grid, shape, sizes = plan
+    partial = out[: shape[0]] if out is not None else torch.empty(shape, device=x.device,
+                                                                   dtype=torch.float32)  # fmt: skip
     # (an empty tensor is no pointer to pass: adj stands in for one the kernel does not read)
     source = (saved if saved.numel() else adj) if recompute else inputs
-    direct_launch.launch(_weight_grad_partials_kernel, (geometry["TILE_CUM"][-1], splits), (
-        adj, source, x, v if recompute else x, partial, batch, stack, (1 + layout.k) * batch,
-        rows_per_split, slope,
-    ), dict(
-        ACT=activation, SHARED=recompute and v.ndim == 2, RECOMPUTE=recompute,
-        PRECISION=_precisions(x.dtype, allow_tf32)[1], EMULATE_BF16=_emulate_bf16(x.dtype),
-        num_warps=4, **geometry,
-    ))  # fmt: skip
+    launcher(grid, (adj, source, x, v if recompute else x, partial, batch, *sizes, slope))
     return partial
 
 
@@ -764,20 +878,35 @@ def _sum_partials(partial: Tensor, outs: list[Tensor], offsets: tuple[int, ...],
     64 columns alone took 0.11 ms at config M on the H200 (2026-11-27: 7 programs over 4096
     rows), 5% of the step. The first pass reads every row before the second writes:
     ``outs`` may alias a row."""
-    block, n = 64, partial.shape[1]
-    if partial.shape[0] > SUM_ONE_PASS_ROWS:
-        splits = cdiv(partial.shape[0], SUM_ROWS_PER_SPLIT)
-        blocks = torch.empty(splits, n, device=partial.device, dtype=torch.float32)
-        direct_launch.launch(_sum_row_blocks_kernel, (cdiv(n, block), splits), (
-            partial, blocks, partial.shape[0],
-        ), dict(N=n, ROWS_PER_SPLIT=SUM_ROWS_PER_SPLIT, PROGRAMS=32, BLOCK=block))  # fmt: skip
+    sizes = tuple(o.numel() for o in outs)
+    key = ("sum", partial.shape, offsets, sizes, dtype, _settings())
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = _sum_plan(partial.shape, offsets, sizes, dtype)
+    first, (launcher, grid) = plan
+    if first is not None:
+        first_launcher, first_grid, shape = first
+        blocks = torch.empty(shape, device=partial.device, dtype=torch.float32)
+        first_launcher(first_grid, (partial, blocks, partial.shape[0]))
         partial = blocks
-    direct_launch.launch(_sum_partials_kernel, (cdiv(n, block),), (
-        partial, tuple(outs), partial.shape[0],
-    ), dict(
-        N=n, SEG_OFFS=offsets, SEG_SIZES=tuple(o.numel() for o in outs), NUM_SEGS=len(outs),
-        PROGRAMS=32, BLOCK=block, EMULATE_BF16=_emulate_bf16(dtype),
+    launcher(grid, (partial, tuple(outs), partial.shape[0]))
+
+
+def _sum_plan(shape: tuple, offsets: tuple, sizes: tuple, dtype: torch.dtype) -> tuple:
+    """_sum_partials' launches for partials of ``shape``: (the first pass's launcher, grid
+    and output shape, or None), (the second's launcher and grid)."""
+    (rows, n), block = shape, 64
+    first = None
+    if rows > SUM_ONE_PASS_ROWS:
+        splits = cdiv(rows, SUM_ROWS_PER_SPLIT)
+        launcher = direct_launch.launcher(_sum_row_blocks_kernel, dict(
+            N=n, ROWS_PER_SPLIT=SUM_ROWS_PER_SPLIT, PROGRAMS=32, BLOCK=block))  # fmt: skip
+        first = (launcher, (cdiv(n, block), splits), (splits, n))
+    launcher = direct_launch.launcher(_sum_partials_kernel, dict(
+        N=n, SEG_OFFS=offsets, SEG_SIZES=sizes, NUM_SEGS=len(sizes), PROGRAMS=32, BLOCK=block,
+        EMULATE_BF16=_emulate_bf16(dtype),
     ))  # fmt: skip
+    return first, (launcher, (cdiv(n, block),))
 
 
 def _empty_like(t: Tensor) -> Tensor:
