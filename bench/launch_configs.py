@@ -111,6 +111,7 @@ def _forward_case(p, config, key: tuple, device: str) -> tuple[float, float]:
 
     _launch_config(launch)  # the real one kept, before it is replaced
     launch._launch_config = lambda *args, **kwargs: config  # config.resident: which kernel
+    launch.clear_plans()  # (a plan of this shape would keep the config it was made with)
     problem = build_problem(
         p.model, p.x, p.y, target_grad=None, target_jvp=p.target_jvp, teacher=None,
         directions=p.directions, num_directions=1, alpha=1.0, beta=1.0, generator=None,
@@ -146,6 +147,7 @@ def _backward_case(p, config, key: tuple, device: str) -> tuple[float, float]:
         return config if kernel == "bwd" else real(kernel, *args, **kwargs)
 
     launch._launch_config = backward_config
+    launch.clear_plans()  # (a plan of this shape would keep the config it was made with)
     step = step_fn("triton", p)
     if device == "cuda":
         step = _graphed(step, p.x.device)
