@@ -3,10 +3,11 @@
 ``kernel[grid](*args, **constexprs)`` binds and specialises every argument, hashes a cache
 key and reads the driver before it reaches the C launcher: 13-27 us a launch with our
 kernels' 7 to 51 arguments (triton 3.9, ``investigations/triton_host_time.py``), and a step
-makes five. ``launch`` does that once per kernel, constexprs and specialisation, through
-``kernel[grid]`` itself, keeps the ``CompiledKernel`` it returns, and afterwards calls its
-launcher as ``JITFunction.run`` does: same grid, stream, function, metadata, hooks and
-arguments (``tests/test_direct_launch.py`` compares them call by call).
+makes five. A ``Launcher`` (one kernel with fixed constexprs: ``launcher``, or ``launch``
+for one call) does that once per device and specialisation, through ``kernel[grid]``
+itself, keeps the ``CompiledKernel`` it returns, and afterwards calls its launcher as
+``JITFunction.run`` does: same grid, stream, function, metadata, hooks and arguments
+(``tests/test_direct_launch.py`` compares them call by call).
 
 Safe reuse rests on one fact of Triton 3.6 to 3.9: a compiled kernel depends on the
 runtime arguments only through their types, tensor dtypes, whether tensor pointers are
@@ -18,8 +19,8 @@ Not used under the interpreter (``TRITON_INTERPRET=1`` has no compiled kernel), 
 kernel has pre-run hooks, or with ``SOBOLEV_TRITON_DIRECT_LAUNCH=0``: then every launch is
 ``kernel[grid](...)``. A launcher that raises on a direct launch's arguments turns direct
 launches off for the process, with a warning, and the launch goes through Triton. Triton
-knobs changed after a kernel's first launch (``TRITON_DEBUG``,
-instrumentation) are not seen by its later direct launches; clear() forgets them all.
+knobs changed after a kernel's first launch (``TRITON_DEBUG``, instrumentation) are not seen
+by its later direct launches; ``clear()`` forgets every compiled kernel kept here.
 """
 
 from __future__ import annotations
