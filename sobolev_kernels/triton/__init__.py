@@ -20,6 +20,14 @@ imported. This package module and ``layout`` import nothing heavy, so the backen
 import os
 
 
+def env_flag(variable: str, default: str) -> bool:
+    """A 0/1 setting (``default`` where unset); anything else raises, naming the variable."""
+    raw = os.environ.get(variable, default)
+    if raw not in ("0", "1"):
+        raise ValueError(f"{variable}: expected 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -25,7 +25,6 @@ by its later direct launches; ``clear()`` forgets every compiled kernel kept her
 
 from __future__ import annotations
 
-import os
 import warnings
 
 from torch import Tensor
@@ -33,17 +32,14 @@ from torch.nn import Parameter
 from triton import knobs
 from triton.runtime import driver
 
-from . import interpreting
+from . import env_flag, interpreting
 
 _failed: list[str] = []  # why direct launches stopped in this process, if they did
 
 
 def enabled() -> bool:
     """SOBOLEV_TRITON_DIRECT_LAUNCH: 1 (the default) or 0 (every launch through Triton)."""
-    raw = os.environ.get("SOBOLEV_TRITON_DIRECT_LAUNCH", "1")
-    if raw not in ("0", "1"):
-        raise ValueError(f"SOBOLEV_TRITON_DIRECT_LAUNCH: expected 0 or 1, got {raw!r}")
-    return raw == "1" and not interpreting() and not _failed
+    return env_flag("SOBOLEV_TRITON_DIRECT_LAUNCH", "1") and not interpreting() and not _failed
 
 
 class Launcher:
@@ -65,9 +61,10 @@ class Launcher:
             self.kernel[grid](*args, **self.constexprs)
             return
         device = driver.active.get_current_device()
-        entry = self._compiled.get((device, _fingerprint(args)))
+        key = (device, _fingerprint(args))
+        entry = self._compiled.get(key)
         if entry is None:
-            self._first(device, grid, args)
+            self._first(key, grid, args)
             return
         compiled, values = entry
         stream = driver.active.get_current_stream(device)
@@ -86,7 +83,7 @@ class Launcher:
             _give_up(error)
             self.kernel[grid](*args, **self.constexprs)
 
-    def _first(self, device, grid: tuple, args: tuple) -> None:
+    def _first(self, key: tuple, grid: tuple, args: tuple) -> None:
         # through Triton, which compiles (or finds) the kernel and returns it
         kernel, constexprs = self.kernel, self.constexprs
         compiled = kernel[grid](*args, **constexprs)
@@ -95,7 +92,7 @@ class Launcher:
             self.direct = False  # (a runtime argument by name, or a default left out)
             return
         values = tuple(constexprs[p.name] for p in rest)
-        self._compiled[(device, _fingerprint(args))] = (compiled, values)
+        self._compiled[key] = (compiled, values)
 
 
 _launchers: dict[tuple, Launcher] = {}  # (kernel, constexprs, direct) -> its launcher

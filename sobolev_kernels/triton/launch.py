@@ -19,7 +19,7 @@ from triton.compiler.errors import CompileTimeAssertionFailure
 from triton.runtime.errors import OutOfResources, PTXASError
 
 from .. import tuning
-from . import direct_launch, interpreting
+from . import direct_launch, env_flag, interpreting
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
 from .backward_resident import _sobolev_bwd_resident_kernel
@@ -237,10 +237,7 @@ def _wide_tiles() -> bool:
     (``Layout.tensor_core_config``) to the backward kernels' candidates too (the forward
     always has it). Off by default: the H200 measured it in the forward only (2026-11-27);
     its first form, on 8 warps, computed wrong losses or faulted there."""
-    raw = os.environ.get("SOBOLEV_TRITON_WIDE_TILES", "0")
-    if raw not in ("0", "1"):
-        raise ValueError(f"SOBOLEV_TRITON_WIDE_TILES: expected 0 or 1, got {raw!r}")
-    return raw == "1"
+    return env_flag("SOBOLEV_TRITON_WIDE_TILES", "0")
 
 
 def _tuning_key(kernel: str, x: Tensor, constexprs: dict, allow_tf32: bool) -> tuple:
@@ -350,6 +347,7 @@ def _forward_plan(
     persistent = bool(hidden) and not save_activations and _backward_forced() == "persistent"
     kernel = _sobolev_fwd_persistent_kernel if persistent else _sobolev_fwd_kernel
     saved = layout.saved_elements(batch) if save_activations else 0
+    finish = direct_launch.launcher(_sobolev_loss_finish_kernel, {"BLOCK": 256})
 
     def plan(config: LaunchConfig) -> _ForwardPlan:
         programs, scratch = cdiv(batch, config.rows), 0
@@ -363,7 +361,6 @@ def _forward_plan(
             scratch = layout.scratch_elements(batch)
         launcher = direct_launch.launcher(run, {**_tuned(layout, config, "fwd"), **constexprs,
                                                 **extra})  # fmt: skip
-        finish = direct_launch.launcher(_sobolev_loss_finish_kernel, {"BLOCK": 256})
         return _ForwardPlan(launcher, finish, programs, scratch, saved, k, m, order)
 
     def launch(config: LaunchConfig) -> Tensor:
