@@ -52,7 +52,10 @@ class Launcher:
 
     def __init__(self, kernel, constexprs: dict, direct: bool):
         self.kernel, self.constexprs = kernel, constexprs
-        self.direct = direct and not kernel.pre_run_hooks
+        # Only a JITFunction (or what quacks like one) launches direct; a wrapper of one (a
+        # test's launch counter) has no pre_run_hooks and is launched as it asks, by [grid].
+        hooks = getattr(kernel, "pre_run_hooks", None)
+        self.direct = direct and hooks is not None and not hooks
         # (device, fingerprint) -> (compiled kernel, constexpr values in parameter order)
         self._compiled: dict[tuple, tuple] = {}
 
