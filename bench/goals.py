@@ -23,7 +23,7 @@ from bench.report import _num, load
 TRITON = ("triton", "triton_recompute", "triton_persistent", "triton_lean",
           "triton_lean_persistent", "triton_jit_launch", "triton_graphed",
           "triton_compiled")  # fmt: skip
-CUDA = ("cuda", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm", "cuda_fused_occupancy",
+CUDA = ("cuda", "cuda_tiled", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm",
         "cuda_graphed")  # fmt: skip
 
 

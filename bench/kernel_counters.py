@@ -41,9 +41,9 @@ import torch
 from bench.providers import PRECISIONS, make_problem, providers_available, set_precision, step_fn
 from bench.step import CONFIGS, device_label, points
 
-# the providers whose kernels need a reason: the Triton default, and #19's fused CUDA kernels
-# with cuBLAS weight gradients and with the in-kernel ones (4.6 of 8.6 ms at M on the H200)
-DEFAULT_PROVIDERS = ("triton", "cuda_fused_gemm", "cuda_fused")
+# the providers whose kernels need a reason: the two fused backends' defaults (the CUDA one:
+# #19's fused kernels, dW by cuBLAS, high occupancy)
+DEFAULT_PROVIDERS = ("triton", "cuda")
 SECTIONS = ("SpeedOfLight", "LaunchStats", "Occupancy", "WarpStateStats", "SchedulerStats",
             "ComputeWorkloadAnalysis", "MemoryWorkloadAnalysis_Tables")  # fmt: skip
 MIN_SECONDS = 10  # a point's run takes at least this long (imports, warm-up)

@@ -22,19 +22,19 @@ from bench import limits
 from sobolev_kernels.baselines import eager_autograd_loss
 
 BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
-# The CUDA backend's kernel variants besides its default ("tiled"), timed side by side on a
-# GPU until one has measured faster: SOBOLEV_CUDA_KERNEL, SOBOLEV_CUDA_WEIGHT_GRADS and
-# SOBOLEV_CUDA_FUSED_OCCUPANCY, read by the extension per call. cuda_fused_gemm differs
-# from cuda_fused in the backward only (its weight gradients by cuBLAS GEMMs): a step-only
-# provider. cuda_fused_occupancy is cuda_fused_gemm in the kernels' high-occupancy shapes
-# (width 128, config M: two blocks per SM; width 256, config L: blocks of 8 warps).
+# The CUDA backend's kernel variants besides its default (fused kernels, dW by cuBLAS GEMMs,
+# high occupancy: the fastest at S, M and L on the H200, 2026-11-27 run 5), set by
+# SOBOLEV_CUDA_KERNEL, SOBOLEV_CUDA_WEIGHT_GRADS and SOBOLEV_CUDA_FUSED_OCCUPANCY, which the
+# extension reads per call. cuda_tiled was the default until run 5 (the least memory: it
+# recomputes); cuda_fused forms dW in its own kernel (split-K), cuda_fused_gemm by GEMMs in
+# the low-occupancy shapes (the backward only: a step-only provider).
 # name -> {environment variable: value}
-_FUSED_GEMM = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"}
+_FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
+    "cuda_tiled": {"SOBOLEV_CUDA_KERNEL": "tiled"},
     "cuda_tiled_tc": {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
-    "cuda_fused": {"SOBOLEV_CUDA_KERNEL": "fused"},
-    "cuda_fused_gemm": _FUSED_GEMM,
-    "cuda_fused_occupancy": {**_FUSED_GEMM, "SOBOLEV_CUDA_FUSED_OCCUPANCY": "high"},
+    "cuda_fused": {**_FUSED, "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
+    "cuda_fused_gemm": {**_FUSED, "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing

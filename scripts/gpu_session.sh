@@ -60,18 +60,19 @@ TEST_JOBS=$(( NCPU / 2 > 1 ? NCPU / 2 : 1 ))
 COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # Every entry point's arguments, shared by the run and the dry run.
 # cuda_graphed left out: run 3 (2026-11-27) had it within 1% of cuda at S, M and L (the CUDA
-# steps are GPU-bound), and its time pays for the fused CUDA variants' rows
+# steps are GPU-bound); cuda_tiled_tc and cuda_fused_gemm too: run 5 had them slower than the
+# default and cuda_fused at every config (and the bench ran out of time before L in bf16)
 # triton_compiled: an inductor compile per point (seconds each); timed at M in bf16 by the
 # profile stage
 # triton_jit_launch: what direct launches save is host time, which the host profile times
 BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward
-            --exclude cuda_graphed triton_compiled triton_jit_launch)
+            --exclude cuda_graphed cuda_tiled_tc cuda_fused_gemm triton_compiled triton_jit_launch)
 # torch_compile's failure (no double backward) is structural: recorded by bench, not again;
 # the backends' variants are compared at S, M and L by bench, not at every batch (but
 # triton_graphed: the step's GPU time without its host time, the sweep's question)
 SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
-            triton_lean_persistent cuda_tiled_tc cuda_fused cuda_fused_gemm cuda_fused_occupancy
+            triton_lean_persistent cuda_tiled cuda_tiled_tc cuda_fused cuda_fused_gemm
             cuda_graphed triton_compiled triton_jit_launch)
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile triton_jit_launch --precompile "$COMPILE_JOBS"
@@ -87,8 +88,8 @@ COMPILED_ARGS=(--configs M --sweeps --precisions bf16 --modes step --providers t
                --out-dir "$WORK/bench")
 # four GPU runs timed the kernels; none said why the fp32 ones run at about 9 TFLOP/s
 # (then S: width 64, where #19's design should beat Triton)
-COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton cuda_fused_gemm
-               cuda_fused --work-dir "$WORK/counters")
+COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton cuda
+               --work-dir "$WORK/counters")
 TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is named
 # the step with the 64-row tiles among the backward's candidates (SOBOLEV_TRITON_WIDE_TILES=1:
 # the forward's are measured, the backward's not; their 8-warp form faulted on 2026-11-27)

@@ -47,11 +47,11 @@ VARIANTS = {
         {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
     ],
     "cuda": [
-        # the fused backward's weight gradients by GEMM (fused_gemm_operands.cuh, cuBLAS)
-        {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
-        {"SOBOLEV_CUDA_KERNEL": "fused"},
+        # (the default: fused kernels, dW by cuBLAS GEMMs); the fused backward's own dW kernel
+        {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
+        {"SOBOLEV_CUDA_KERNEL": "tiled"},
         {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
-        # (SOBOLEV_CUDA_FUSED_OCCUPANCY=high changes nothing at these widths, below 128)
+        # (SOBOLEV_CUDA_FUSED_OCCUPANCY changes nothing at these widths, below 128)
     ],
 }
 

@@ -569,7 +569,7 @@ def test_kernel_counters_inner_profiles_each_provider_it_can_run(tmp_path):
             str(order))  # fmt: skip
     assert order.read_text() == '["torch", "plain_step"]'
     plan = _module("bench.kernel_counters", "--dry-run", "--precisions", "fp32").stdout
-    assert "counters: configs M, fp32, providers triton cuda_fused_gemm cuda_fused" in plan
+    assert "counters: configs M, fp32, providers triton cuda" in plan
 
 
 FAKE_NCU = """#!{python}

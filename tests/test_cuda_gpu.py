@@ -164,11 +164,11 @@ def test_cuda_compile_fullgraph(order):
 
 
 # --------------------------------------------------------------------------- kernel variants
-# SOBOLEV_CUDA_KERNEL (read by the extension on every call): tiled (default), tiled_tc (the
-# tiled kernels with fp32 on tensor cores, 3xTF32) and fused (the fully fused tensor-core MLP;
-# fp64, and more streams than a tile has rows, run the tiled kernels).
+# SOBOLEV_CUDA_KERNEL (read by the extension on every call): fused (the default: the fully
+# fused tensor-core MLP; fp64, and more streams than a tile has rows, run the tiled kernels),
+# tiled and tiled_tc (the tiled kernels with fp32 on tensor cores, 3xTF32).
 
-VARIANTS = ["tiled_tc", "fused"]
+VARIANTS = ["tiled", "tiled_tc", "fused"]
 
 
 @pytest.mark.gpu
@@ -204,10 +204,11 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("settings", [
+    {"SOBOLEV_CUDA_KERNEL": "tiled"},
     {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
-    {"SOBOLEV_CUDA_KERNEL": "fused"},
-    {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
-], ids=["tiled_tc", "fused", "fused_gemm"])  # fmt: skip
+    {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
+    {},  # the default: fused kernels, dW by cuBLAS GEMMs, high occupancy
+], ids=["tiled", "tiled_tc", "fused_splitk", "default"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dtype):
     """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
@@ -228,7 +229,7 @@ def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dty
     assert all(torch.equal(a, b) for a, b in zip(step(), step()))
 
 
-# SOBOLEV_CUDA_WEIGHT_GRADS=gemm: the fused backward's dW by cuBLAS GEMMs over operands that a
+# SOBOLEV_CUDA_WEIGHT_GRADS=gemm (the default): the fused backward's dW by cuBLAS GEMMs over operands that a
 # kernel forms per layer (fused_gemm_operands.cuh), db by sums of the stored adjoints.
 
 
@@ -249,12 +250,16 @@ def test_cuda_fused_gemm_weight_grads_agree(monkeypatch, order, dtype):
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("width", [100, 256])
-def test_cuda_fused_high_occupancy_agrees(monkeypatch, order, dtype, width):
-    """SOBOLEV_CUDA_FUSED_OCCUPANCY=high: in fp32, width 128 (100 padded) staged in two 64-row
-    weight panels, width 256 in blocks of 8 warps; bf16 keeps its shapes."""
+@pytest.mark.parametrize("occupancy", ["high", "low"])
+@pytest.mark.parametrize("weight_grads", ["gemm", "splitk"])
+def test_cuda_fused_occupancy_agrees(monkeypatch, order, dtype, width, occupancy, weight_grads):
+    """SOBOLEV_CUDA_FUSED_OCCUPANCY=high (the default): in fp32, width 128 (100 padded) staged
+    in two 64-row weight panels, width 256 in blocks of 8 warps; bf16 keeps its shapes. =low:
+    one block of 8 (width 128) or 4 warps (256) per SM. Either with either dW."""
     _needs_cuda_kernels()
     monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
-    monkeypatch.setenv("SOBOLEV_CUDA_FUSED_OCCUPANCY", "high")
+    monkeypatch.setenv("SOBOLEV_CUDA_FUSED_OCCUPANCY", occupancy)
+    monkeypatch.setenv("SOBOLEV_CUDA_WEIGHT_GRADS", weight_grads)
     model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=width, k=3, layers=3,
                                         dtype=dtype, directions="per_row")  # fmt: skip
     assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
@@ -264,7 +269,7 @@ def test_cuda_fused_high_occupancy_agrees(monkeypatch, order, dtype, width):
 @pytest.mark.gpu
 @pytest.mark.parametrize("variable, value, expected", [
     ("SOBOLEV_CUDA_WEIGHT_GRADS", "cublas", "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm"),
-    ("SOBOLEV_CUDA_FUSED_OCCUPANCY", "max", "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected default"),
+    ("SOBOLEV_CUDA_FUSED_OCCUPANCY", "max", "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected high or"),
 ])  # fmt: skip
 def test_cuda_unknown_setting_is_named(monkeypatch, variable, value, expected):
     _needs_cuda_kernels()

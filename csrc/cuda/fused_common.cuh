@@ -36,8 +36,8 @@ SK_HD int fused_width(const SobolevLaunch& p) {
 // Shape of the fused kernels at WIDTH for operands op_t (float: TF32). Rows of X and of the
 // staged weights are 4 (fp32) or 8 (16-bit) elements longer than WIDTH, so the fragment loads
 // of a warp hit 32 different banks (mma_fragments.cuh's layouts).
-// HIGH_OCCUPANCY (SOBOLEV_CUDA_FUSED_OCCUPANCY=high; fp32 at widths 128 and 256 only) puts
-// more warps on an SM where the default leaves one block of 8 (width 128) or 4 (width 256):
+// HIGH_OCCUPANCY (SOBOLEV_CUDA_FUSED_OCCUPANCY=high, the default; fp32 at widths 128 and 256
+// only) puts more warps on an SM where =low leaves one block of 8 (width 128) or 4 (width 256):
 //   width 128: the weights staged in two 64-row panels, 101 KB of shared memory a block
 //              instead of 135 KB, so two blocks share an SM (128 registers a thread);
 //   width 256: blocks of 8 warps (128 rows) instead of 4, 195 KB (up to 255 registers).

@@ -31,35 +31,38 @@ DType dtype_of(at::ScalarType t) {
   }
 }
 
-// SOBOLEV_CUDA_KERNEL, read on every call (so one process can time every variant): "tiled"
-// (or unset: the default), "tiled_tc" or "fused" (see KernelVariant).
+// The defaults below are the variants an H200 measured fastest at configs S, M and L, fp32
+// and bf16, step and forward (bench/results/h200-2026-11-27/run5): fused kernels, dW by GEMM,
+// high occupancy. "tiled" keeps the least memory (it recomputes instead of storing).
+// SOBOLEV_CUDA_KERNEL, read on every call (so one process can time every variant): "fused"
+// (or unset: the default), "tiled" or "tiled_tc" (see KernelVariant).
 KernelVariant requested_variant() {
   const char* env = std::getenv("SOBOLEV_CUDA_KERNEL");
   const std::string name = env == nullptr ? "" : env;
-  if (name.empty() || name == "tiled") return KernelVariant::kTiled;
+  if (name.empty() || name == "fused") return KernelVariant::kFused;
+  if (name == "tiled") return KernelVariant::kTiled;
   if (name == "tiled_tc") return KernelVariant::kTiledTensorCores;
-  if (name == "fused") return KernelVariant::kFused;
   TORCH_CHECK(false, "SOBOLEV_CUDA_KERNEL: expected tiled, tiled_tc or fused, got '", name, "'");
 }
 
-// SOBOLEV_CUDA_WEIGHT_GRADS, read on every call as SOBOLEV_CUDA_KERNEL: "splitk" (or unset)
-// or "gemm" (see WeightGrads).
+// SOBOLEV_CUDA_WEIGHT_GRADS, read on every call as SOBOLEV_CUDA_KERNEL: "gemm" (or unset)
+// or "splitk" (see WeightGrads).
 WeightGrads requested_weight_grads() {
   const char* env = std::getenv("SOBOLEV_CUDA_WEIGHT_GRADS");
   const std::string name = env == nullptr ? "" : env;
-  if (name.empty() || name == "splitk") return WeightGrads::kSplitK;
-  if (name == "gemm") return WeightGrads::kGemm;
+  if (name.empty() || name == "gemm") return WeightGrads::kGemm;
+  if (name == "splitk") return WeightGrads::kSplitK;
   TORCH_CHECK(false, "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm, got '", name, "'");
 }
 
-// SOBOLEV_CUDA_FUSED_OCCUPANCY, read on every call: "default" (or unset) or "high" (the fused
-// kernels' shapes with more warps per SM at widths 128 and 256; FusedShape).
+// SOBOLEV_CUDA_FUSED_OCCUPANCY, read on every call: "high" (or unset: the fused kernels'
+// shapes with more warps per SM at widths 128 and 256 in fp32; FusedShape) or "low".
 bool requested_high_occupancy() {
   const char* env = std::getenv("SOBOLEV_CUDA_FUSED_OCCUPANCY");
   const std::string name = env == nullptr ? "" : env;
-  if (name.empty() || name == "default") return false;
-  if (name == "high") return true;
-  TORCH_CHECK(false, "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected default or high, got '", name, "'");
+  if (name.empty() || name == "high") return true;
+  if (name == "low") return false;
+  TORCH_CHECK(false, "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected high or low, got '", name, "'");
 }
 
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.

@@ -4,7 +4,7 @@
 // shared memory, workspace), allocates the workspace it asks for and launches with it.
 //
 // Two families of kernels, chosen per call by SobolevLaunch::variant (KernelVariant):
-// - tiled (the default; forward_kernel.cuh, backward_kernel.cuh; the same structure as the CPU
+// - tiled (the least memory; forward_kernel.cuh, backward_kernel.cuh; the same structure as the CPU
 //   kernel in csrc/cpu, which checks its logic on every CI run): a persistent grid of thread
 //   blocks walks over tiles of 32 stacked rows, S R rows [values; tangents] (S = 1 + K), or
 //   [values; tangents; second-order tangents] (S = 1 + 2K, order 2, docs/math.md), in shared
@@ -16,7 +16,7 @@
 //   Products (tile_gemm.cuh): FMA for fp64 and fp32; bf16 and fp16 on tensor cores (WMMA, fp32
 //   accumulation, mma_gemm.cuh) from sm_80, their tile operands rounded to the storage type as
 //   torch's GEMMs see them; fp32 on tensor cores too in the variant tiled_tc (3xTF32).
-// - fused (fused_common.cuh): tiny-cuda-nn's fully fused MLP with the tangent streams as extra
+// - fused (the default; fused_common.cuh): tiny-cuda-nn's fully fused MLP with the tangent streams as extra
 //   16-row fragments, every product on tensor cores (mma.sync; fp32 as 3xTF32), 128 stacked
 //   rows per block; its backward stores the layers' adjoints and forms dW in one product per
 //   layer over all rows (fused_weight_grads.cuh; or, WeightGrads::kGemm, cuBLAS GEMMs that
@@ -43,19 +43,19 @@ enum class DType : int { kFloat64, kFloat32, kBFloat16, kFloat16 };
 
 // Which kernels run; the binding reads it from SOBOLEV_CUDA_KERNEL on every call.
 enum class KernelVariant : int {
-  kTiled,             // "tiled" (default): today's tile kernels (forward_kernel.cuh,
+  kTiled,             // "tiled": the tile kernels (forward_kernel.cuh,
                       // backward_kernel.cuh), fp32 and fp64 products on FMA
   kTiledTensorCores,  // "tiled_tc": the same kernels, fp32 products on tensor cores (3xTF32,
                       // or TF32 where allow_tf32)
-  kFused,             // "fused": the fully fused tensor-core MLP (fused_*.cuh); fp64, and
+  kFused,             // "fused" (default): the fully fused tensor-core MLP (fused_*.cuh); fp64, and
                       // problems it cannot take, run kTiled
 };
 
 // How the fused backward forms the weight gradients; the binding reads it from
 // SOBOLEV_CUDA_WEIGHT_GRADS on every call. The tiled kernels ignore it.
 enum class WeightGrads : int {
-  kSplitK,  // "splitk" (default): fused_weight_grads.cuh, in-kernel products over row splits
-  kGemm,    // "gemm": per layer, fused_gemm_operands.cuh forms the operands and the binding
+  kSplitK,  // "splitk": fused_weight_grads.cuh, in-kernel products over row splits
+  kGemm,    // "gemm" (default): per layer, fused_gemm_operands.cuh forms the operands and the binding
             // runs one cuBLAS GEMM (launch_gemm_operands below)
 };
 

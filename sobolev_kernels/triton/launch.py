@@ -192,7 +192,7 @@ def _launch_config(
     static, tensor_core = _precisions(x.dtype, allow_tf32)
     resident = []
     offer = kernel == "fwd" and forced == "auto" and _offers_resident(x, layout)
-    if forced == "resident" or offer:
+    if (forced == "resident" and _resident_trusted(kernel, x, layout)) or offer:
         resident = layout.resident_configs(x.element_size(), limit, tensor_core, kernel)
     if forced == "resident" and resident:  # (else the shape does not fit it: chunked)
         if not tuning.can_measure(x.device):
@@ -212,6 +212,14 @@ def _offers_resident(x: Tensor, layout: Layout) -> bool:
     # order 2 take the same tensor-core path but were not measured, and in fp32 the chunked
     # kernel won
     return x.dtype == torch.bfloat16 and layout.order == 1
+
+
+def _resident_trusted(kernel: str, x: Tensor, layout: Layout) -> bool:
+    # H200, 2026-11-27 run 5: the resident backward's weight gradients in bf16 at order 2
+    # differed from the reference (1% of one layer's elements, by up to 8% of its largest)
+    # where fp32 agreed and the interpreter agrees; until that is found, it declines 16-bit
+    # order 2 (the chunked kernel runs)
+    return not (kernel == "bwd" and x.element_size() == 2 and layout.order == 2)
 
 
 KERNEL_FORMS = ("chunked", "resident")  # what SOBOLEV_TRITON_FORWARD / _BACKWARD_KERNEL take
