@@ -7,7 +7,7 @@
 #   bash scripts/gpu_session.sh explore         # an extra stage, not in the default run
 # Stages, each under its own time limit in seconds (LIMIT below):
 #   env      10  the device, versions, commit (or a digest of the sources where git is absent)
-#   build    60  the CUDA extension against the machine's torch; when it fails, the rest
+#   build    90  the CUDA extension against the machine's torch; when it fails, the rest
 #                still runs (the Triton backend needs no build)
 #   checks  170  at once: the gpu tests (part "tests"; pytest-xdist when installed),
 #                compute-sanitizer memcheck and racecheck of every fused kernel ("sanitize"),
@@ -17,11 +17,13 @@
 #                compiling the benchmark's Triton kernels in parallel ("compile"). In a
 #                run with the build, the compile part starts before it (it needs no
 #                extension) and has the build's and the checks' limits together
-#   bench   170  configs S, M, L in fp32 and bf16, training step and forward; where the
+#   bench   180  configs S, M, L in fp32 and bf16, training step and forward; where the
 #                compile part did not finish its jobs, the bench first compiles in $NCPU
-#                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the sweep's limit
+#                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the profile's
 #                (so that its tuner does not compile a shape's candidates one after another)
-#   sweep    40  batch 2^10 to 2^20 at config M, fp32 and bf16, training step
+#   sweep    40  (only when named) batch 2^10 to 2^20 at config M, fp32 and bf16, training
+#                step: in the default run it measured 2 of its 12 points in its 40 s (run 5,
+#                2026-11-27; a new batch is tuned afresh), so its time went to build and bench
 #   profile 100  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
 #                of memory; where a host-bound step's host time goes: M in bf16
 #                (bench.host_profile); that step with its loss under torch.compile(mode=
@@ -31,12 +33,12 @@
 #                of each kernel of the triton and fused CUDA steps at M, fp32 then bf16,
 #                then S (bench.kernel_counters), which also take the session's time that
 #                earlier stages left unused
-#   report   10  tables and plots of bench and sweep, and the open issues' goals checked
+#   report   10  tables (and plots of the sweep, where it ran), and the open issues' goals checked
 #   explore 280  (only when named; a second command on the warm machine) the Triton backward
 #                and forward kernels under launch configs the tuner does not offer, and the
 #                resident forward (bench.launch_configs), at S and M
-# The default stages' limits add up to 560 s (the 2026-11-27 run used 442 s, its tests,
-# sanitizers and sweep cut by their limits), and no stage runs past 560 s from the start of
+# The default stages' limits add up to 560 s (2026-11-27 run 5 used 557 s, its build, tests,
+# bench and sweep cut by their limits), and no stage runs past 560 s from the start of
 # a call: run it with the device's timeout at 585 s or more.
 # A stage that fails or runs out of time does not stop the others; the exit status says.
 # Work in .gpu_work/ (ignored; kept while the machine stays warm). $OUT (default
@@ -51,8 +53,9 @@ WORK="$ROOT/.gpu_work"
 OUT="${OUT:-$WORK/out}"
 TOTAL="${GPU_SESSION_SECONDS:-560}"
 STAGES=(env build checks bench sweep profile report explore)
-DEFAULT_STAGES=(env build checks bench sweep profile report)
-declare -A LIMIT=([env]=10 [build]=60 [checks]=170 [bench]=170 [sweep]=40 [profile]=100 [report]=10
+DEFAULT_STAGES=(env build checks bench profile report)
+# build: 70 s in run 5 (2026-11-27), beside the compile part
+declare -A LIMIT=([env]=10 [build]=90 [checks]=170 [bench]=180 [sweep]=40 [profile]=100 [report]=10
                   [explore]=280)
 BENCH_PRECOMPILE_SECONDS=60
 NCPU="$(nproc 2>/dev/null || echo 4)"
@@ -476,9 +479,9 @@ main() {
     local t first=""
     if [ "$s" = bench ]; then
       first="$(bench_precompile)"
-      if [ -n "$first" ]; then  # its time from the sweep's: S, M and L come first
+      if [ -n "$first" ]; then  # its time from the profile's: S, M and L come first
         LIMIT[bench]=$(( LIMIT[bench] + BENCH_PRECOMPILE_SECONDS ))
-        LIMIT[sweep]=$(( LIMIT[sweep] - BENCH_PRECOMPILE_SECONDS ))
+        LIMIT[profile]=$(( LIMIT[profile] - BENCH_PRECOMPILE_SECONDS ))
       fi
     fi
     t="$(limit_for "$s")"
@@ -499,7 +502,7 @@ main() {
     case "$s" in
       checks) stage_checks "$t" ${part_args[@]+"${part_args[@]}"} ;;
       bench)
-        [ -z "$first" ] || say "the compile part did not finish its jobs: the bench compiles first ($first; $BENCH_PRECOMPILE_SECONDS s taken from the sweep)"
+        [ -z "$first" ] || say "the compile part did not finish its jobs: the bench compiles first ($first; $BENCH_PRECOMPILE_SECONDS s taken from the profile)"
         # shellcheck disable=SC2086  # the words of $first are arguments
         run_part bench "$t" stage_bench "$t" bench.log "${BENCH_ARGS[@]}" $first ;;
       sweep) run_part sweep "$t" stage_bench "$t" sweep.log "${SWEEP_ARGS[@]}" ;;

@@ -711,7 +711,7 @@ def test_gpu_session_dry_run():
     out = _run("bash", "scripts/gpu_session.sh", "--dry-run", env=env, timeout=240)
     total = int(re.search(r"limits add up to (\d+) s", out.stdout).group(1))
     assert total <= 560
-    for stage in ("env", "build", "checks", "bench", "sweep", "profile", "report"):
+    for stage in ("env", "build", "checks", "bench", "profile", "report"):
         assert re.search(rf"^  {stage} +\d+ s$", out.stdout, re.M), stage
     for entry in (
         "bench",

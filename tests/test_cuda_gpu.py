@@ -229,8 +229,9 @@ def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dty
     assert all(torch.equal(a, b) for a, b in zip(step(), step()))
 
 
-# SOBOLEV_CUDA_WEIGHT_GRADS=gemm (the default): the fused backward's dW by cuBLAS GEMMs over operands that a
-# kernel forms per layer (fused_gemm_operands.cuh), db by sums of the stored adjoints.
+# SOBOLEV_CUDA_WEIGHT_GRADS=gemm (the default): the fused backward's dW by cuBLAS GEMMs over
+# operands that a kernel forms per layer (fused_gemm_operands.cuh), db by sums of the stored
+# adjoints.
 
 
 @pytest.mark.gpu
