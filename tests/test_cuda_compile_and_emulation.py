@@ -75,50 +75,48 @@ def test_tiled_kernels_fp32_on_tensor_cores_in_host_emulation(emulation):
 
 
 def test_fused_kernels_in_host_emulation(emulation):
-    """SOBOLEV_CUDA_KERNEL=fused: the fully fused kernels (mma.sync fragments, emulated lane by
-    lane from the PTX ISA's layouts) on every case: fp32 as 3xTF32 within 1e-5 and as plain
-    TF32 above it, bf16 and fp16 (scaled operands) within their bounds; widths 16 to 256 (one
-    and four weight panels), K up to 40 (one sample per tile), several tiles and blocks, the
-    weight gradients in three row splits. Plain TF32 on four of the cases (both orders, widths
-    of 256): it changes the products, not the code paths (CI's time)."""
-    proc = subprocess.run([str(emulation), "--variant=fused", "--dtypes=fp32,bf16,fp16"],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    """The CUDA backend's default: the fully fused kernels (mma.sync fragments, emulated lane
+    by lane from the PTX ISA's layouts), dW from the GEMM operands that
+    fused_gemm_operands.cuh forms per layer (layer inputs recomputed from the saved
+    pre-activations, order 2's tt rows included; bf16 adjoints rounded; the GEMM and bias sums
+    done on the host as the binding has cuBLAS do them), the high-occupancy shapes (fp32 at
+    width 128, here 96 padded, in two 64-row weight panels; width 256 in blocks of 8 warps).
+    Every case: fp32 as 3xTF32 within 1e-5 and as plain TF32 above it, bf16 and fp16 (scaled
+    operands) within their bounds; widths 16 to 256 (one and four weight panels), K up to 40
+    (one sample per tile), several tiles and blocks. Plain TF32 on six of the cases (both
+    orders, widths 96 and 256): it changes the products, not the code paths (CI's time)."""
+    default = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--occupancy=high"]
+    proc = subprocess.run([*default, "--dtypes=fp32,bf16,fp16"], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("(fp32)") == 21, proc.stdout  # every case
     assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 21 - 4, proc.stdout
     assert "(fp64)" not in proc.stdout  # fp64 stays on the tiled kernels
-    tf32_cases = ["tanh, per-row", "widths 256", "order 2, sigmoid"]  # (the first: both orders)
-    tf32 = subprocess.run([str(emulation), "--variant=fused", "--dtypes=tf32", *tf32_cases],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    tf32_cases = ["tanh, per-row", "widths 256", "order 2, sigmoid", "width 96"]
+    tf32 = subprocess.run([*default, "--dtypes=tf32", *tf32_cases], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
     assert tf32.returncode == 0, tf32.stdout + tf32.stderr
-    assert tf32.stdout.count("(tf32:") == len(tf32_cases) + 1, tf32.stdout
+    assert tf32.stdout.count("(tf32:") == 6, tf32.stdout  # (two cases each of both orders)
     _assert_tf32_lines(proc.stdout + tf32.stdout)
 
 
-def test_fused_backward_with_gemm_weight_grads_in_host_emulation(emulation):
-    """SOBOLEV_CUDA_WEIGHT_GRADS=gemm: the fused backward's weight gradients from the GEMM
-    operands that fused_gemm_operands.cuh forms per layer (layer inputs recomputed from the
-    saved pre-activations, order 2's tt rows included; bf16 adjoints rounded), the GEMM and
-    bias sums done on the host as the binding has cuBLAS do them, on every case and dtype
-    (plain TF32 aside: it changes the kernels' products, not the GEMM operands)."""
-    args = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--dtypes=fp32,bf16,fp16"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
+def test_fused_kernels_with_their_own_weight_grads_at_low_occupancy_in_host_emulation(
+    emulation,
+):
+    """SOBOLEV_CUDA_WEIGHT_GRADS=splitk and SOBOLEV_CUDA_FUSED_OCCUPANCY=low (the emulation's
+    defaults): dW in the fused backward's own product over row splits (three at 1024 rows),
+    in fp32, bf16 and fp16; and in fp32, the only dtype whose shapes the occupancy changes,
+    one block of 8 (width 128, here 96 padded) or 4 warps (256) per SM."""
+    fused = [str(emulation), "--variant=fused"]
+    cases = ["tanh, per-row", "1024 rows", "K=40", "order 2, silu"]
+    proc = subprocess.run([*fused, "--dtypes=fp32,bf16,fp16", *cases], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("(fp32)") == 21, proc.stdout
-    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 21 - 4, proc.stdout
-
-
-def test_fused_kernels_at_high_occupancy_in_host_emulation(emulation):
-    """SOBOLEV_CUDA_FUSED_OCCUPANCY=high (fp32 only): width 128 staged in two 64-row weight
-    panels (two blocks per SM), width 256 in blocks of 8 warps; on the cases of those widths
-    (96 padded to 128; 256 and 200), both orders at width 128, as 3xTF32 and plain TF32.
-    (The GEMM weight gradients read the adjoints whatever shape wrote them.)"""
-    args = [str(emulation), "--variant=fused", "--occupancy=high", "--dtypes=fp32,tf32",
-            "width 96", "widths 256"]  # fmt: skip
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    _assert_tf32_lines(proc.stdout)
-    assert proc.stdout.count("(fp32)") == 3, proc.stdout
+    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 5, proc.stdout
+    wide = subprocess.run([*fused, "--dtypes=fp32", "width 96", "widths 256"],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert wide.returncode == 0, wide.stdout + wide.stderr
+    assert proc.stdout.count("(fp32)") + wide.stdout.count("(fp32)") == 5 + 3
 
 
 @pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
@@ -126,19 +124,24 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     """The emulation under ThreadSanitizer: two threads of a block touching the same word
     without a barrier between them (a missing __syncthreads or __syncwarp) is a report and a
     failure, however the threads happened to interleave. The tiled kernels on five cases (both
-    orders, tile buffers in global memory, several weight panels), the fused kernels on four
-    (both orders, four weight panels at width 256, fp16 scales over several tiles). The
-    high-occupancy shapes synchronise as these do (more warps, more panels of the same code)."""
+    orders, tile buffers in global memory, several weight panels; fp64 runs fp32's code), the
+    fused kernels on four: the default's (GEMM operands for dW, the high-occupancy shapes:
+    8 warps at width 256) in fp32, both orders; the split-K dW with fp16's scale words over
+    several tiles."""
     exe = tmp_path / "emulate_kernels_tsan"
     proc = _build_emulation(exe, "-g", "-fsanitize=thread", "-Wno-tsan")
     if proc.returncode != 0 and "tsan" in proc.stderr.lower():
         pytest.skip(f"no ThreadSanitizer here: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr
     runs = [
-        ([], ["tanh, per-row", "3 blocks", "widths 256"], 5 * 4),  # five cases, four dtypes
+        (["--dtypes=fp32,bf16,fp16"], ["tanh, per-row", "3 blocks", "widths 256"], 5 * 3),
         # fused: fp32 (3xTF32) with four weight panels, fp16 with its scale words over several
         # tiles; bf16 and TF32 synchronise as these do
-        (["--variant=fused", "--dtypes=fp32"], ["tanh, per-row", "widths 256"], 3),
+        (
+            ["--variant=fused", "--weight-grads=gemm", "--occupancy=high", "--dtypes=fp32"],
+            ["tanh, per-row", "widths 256"],
+            3,
+        ),  # fmt: skip
         (["--variant=fused", "--dtypes=fp16"], ["tanh, per-row", "1024 rows"], 3),
     ]
     for variant, cases, lines in runs:

@@ -289,7 +289,11 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
     widths = (shape["dim"], shape["width"], shape["width"], shape["out"])
     limit = shared_memory_limit(torch.device(device))
     configs = Layout(widths, shape["k"], order).launch_configs(4, limit, "ieee", "tf32x3", True)
-    for pick in range(len(configs)):
+    picks = range(len(configs))
+    if device == "cpu":  # the interpreter runs a program as one thread: warps change nothing
+        firsts = {c._replace(warps=0): i for i, c in reversed(list(enumerate(configs)))}
+        picks = sorted(firsts.values())
+    for pick in picks:
         tuning.clear()
         monkeypatch.setattr(tuning, "time_ms", _timer_preferring(pick, len(configs)))
         model, x, y, kw = sample_inputs(dtype=torch.float32, device=device, seed=pick, **shape)
