@@ -12,7 +12,7 @@
 #   checks  170  at once: the gpu tests (part "tests"; pytest-xdist when installed),
 #                compute-sanitizer memcheck and racecheck of every fused kernel ("sanitize"),
 #                the training step with the 64-row column-block tiles offered to the
-#                backward too (opt-in) at config M, a process per case, and where one
+#                backward in bf16 too (opt-in) at config M, a process per case, and where one
 #                faults memcheck of it ("wide"; 64-row tiles faulted on 2026-11-27), and
 #                compiling the benchmark's Triton kernels in parallel ("compile"). In a
 #                run with the build, the compile part starts before it (it needs no
@@ -94,8 +94,9 @@ COMPILED_ARGS=(--configs M --sweeps --precisions bf16 --modes step --providers t
 COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton cuda
                --work-dir "$WORK/counters")
 TEST_ARGS=(-v -rfE -m gpu -p no:cacheprovider tests)  # -v: a test that hangs is named
-# the step with the 64-row tiles among the backward's candidates (SOBOLEV_TRITON_WIDE_TILES=1:
-# the forward's are measured, the backward's not; their 8-warp form faulted on 2026-11-27)
+# the step with the 64-row tiles among the backward's candidates in bf16 too
+# (SOBOLEV_TRITON_WIDE_TILES=1; fp32 has them by default since run 5, 2026-11-27; their
+# 8-warp form faulted in run 1)
 WIDE_ARGS=(--configs M --batches 16384 --precisions fp32 bf16 --providers triton
            --modes step --jobs 2)
 # the backward first: the forward's configs were timed on 2026-11-27 (run 4), the backward's never

@@ -453,8 +453,9 @@ def test_backward_method_choice(monkeypatch):
 
 def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
     """The persistent kernel's tuner candidates: the static launch and the tensor-core ones
-    only (fp32: the static launch in 3xTF32, and the wide one where opted in), each a long
-    compile."""
+    only (fp32: the static launch in 3xTF32, and the wide one), each a long compile. The
+    wide one (SOBOLEV_TRITON_WIDE_TILES) is offered to fp32 unless it is 0, to bf16 where it
+    is 1."""
     from sobolev_kernels import tuning
     from sobolev_kernels.triton import launch
     from sobolev_kernels.triton.layout import Layout
@@ -464,6 +465,7 @@ def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     monkeypatch.setattr(tuning, "fastest", lambda key, configs, run, skip: offered.setdefault(
         key[1], configs)[0])  # fmt: skip
+    monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "0")
     for kernel, only in (("bwd", False), ("bwd_persistent", True)):
         launch._launch_config(kernel, layout, x, {}, False, lambda c: None, only)
     assert offered["bwd"] == layout.launch_configs(4, None, "ieee", "tf32x3")
@@ -471,9 +473,22 @@ def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
         ("ieee", 0),
         ("tf32x3", 0),
     ]
-    # with the opt-in 64-row one (SOBOLEV_TRITON_WIDE_TILES=1), under a key of its own
-    offered.clear()
+
+    # with the 64-row one, under a key of its own: fp32's default, and bf16's where it is 1
+    def offered_to(x):
+        offered.clear()
+        launch._launch_config("bwd", layout, x, {}, False, lambda c: None)
+        return offered["bwd"]
+
+    x16 = x.to(torch.bfloat16)
+    bf16 = launch._precisions(torch.bfloat16, False)
+    monkeypatch.delenv("SOBOLEV_TRITON_WIDE_TILES")
+    assert offered_to(x) == layout.launch_configs(4, None, "ieee", "tf32x3", wide=True)
+    assert offered_to(x16) == layout.launch_configs(2, None, *bf16)
     monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")
+    assert offered_to(x16) == layout.launch_configs(2, None, *bf16, wide=True)
+    assert offered_to(x16) != layout.launch_configs(2, None, *bf16)  # (it adds one)
+    offered.clear()
     for kernel, only in (("bwd", False), ("bwd_persistent", True)):
         launch._launch_config(kernel, layout, x, {}, False, lambda c: None, only)
     assert offered["bwd"] == layout.launch_configs(4, None, "ieee", "tf32x3", wide=True)

@@ -178,7 +178,7 @@ def _launch_config(
     SOBOLEV_TRITON_FORWARD narrows them to one kernel. The backward ("bwd") takes the
     resident kernel's only when SOBOLEV_TRITON_BACKWARD_KERNEL=resident asks for it."""
     limit = shared_memory_limit(x.device)
-    wide = _wide_tiles()
+    wide = _wide_tiles(x.dtype)
     forced = "auto"
     if kernel == "fwd":
         forced = _forward_forced()
@@ -240,11 +240,16 @@ def _backward_kernel_forced() -> str:
     return _forced_method("SOBOLEV_TRITON_BACKWARD_KERNEL", KERNEL_FORMS)
 
 
-def _wide_tiles() -> bool:
-    """SOBOLEV_TRITON_WIDE_TILES=1 adds the 64-row column-block launch config
-    (``Layout.tensor_core_config``) to the backward kernels' candidates too (the forward
-    always has it). Off by default: the H200 measured it in the forward only (2026-11-27);
-    its first form, on 8 warps, computed wrong losses or faulted there."""
+def _wide_tiles(dtype: torch.dtype) -> bool:
+    """Whether the backward kernels' candidates include the 64-row column-block launch config
+    (``Layout.tensor_core_config``; the forward's always do). SOBOLEV_TRITON_WIDE_TILES: 1
+    (every dtype) or 0 (none); unset, fp32 only. On the H200 (2026-11-27, run 5) every
+    backward config agreed with the reference in fp32 at both orders (the gpu test of every
+    launch config), and the step in bf16 ran without a fault, its gradients unchecked there.
+    Its speed in the backward is unmeasured: the tuner measures it beside the others. (Its
+    first form, on 8 warps, computed wrong losses or faulted there: ``tf32_splits_rows``.)"""
+    if os.environ.get("SOBOLEV_TRITON_WIDE_TILES") is None:
+        return dtype == torch.float32
     return env_flag("SOBOLEV_TRITON_WIDE_TILES", "0")
 
 
