@@ -193,10 +193,16 @@ part_tests() {
   local parallel=()
   "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "$TEST_JOBS")
   # static launch configs: the autotuner would time every candidate of every test shape
-  rm -f "$WORK/gpu_test_failures.txt"
-  SOBOLEV_AUTOTUNE=0 SOBOLEV_TEST_FAILURES="$WORK/gpu_test_failures.txt" limited "$1" \
+  rm -f "$WORK/gpu_test_failures.txt" "$WORK/gpu_test_durations.txt"
+  SOBOLEV_AUTOTUNE=0 SOBOLEV_TEST_FAILURES="$WORK/gpu_test_failures.txt" \
+    SOBOLEV_TEST_DURATIONS="$WORK/gpu_test_durations.txt" limited "$1" \
     "$WORK/gpu_tests.txt" "$PY" -m pytest ${parallel[@]+"${parallel[@]}"} "${TEST_ARGS[@]}"
   local rc=$?
+  # where the tests' time went, as far as they got (runs 3 to 6 cut them at their limit)
+  if [ -s "$WORK/gpu_test_durations.txt" ]; then
+    { echo "==== slowest tests (setup or call), as far as they ran"
+      sort -rn "$WORK/gpu_test_durations.txt" | head -40; } >> "$WORK/gpu_tests.txt"
+  fi
   # each failure's traceback as it happened (a time limit cuts pytest's own summary)
   if [ -s "$WORK/gpu_test_failures.txt" ]; then
     { echo "==== failures, as they happened"; cat "$WORK/gpu_test_failures.txt"; } \

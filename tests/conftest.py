@@ -53,12 +53,17 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_runtest_logreport(report):
     """With SOBOLEV_TEST_FAILURES=<file>, each failure's traceback is appended to the file as
-    it happens (the controller's hook under xdist): the GPU script's tests run under a time
-    limit, which ends pytest before its summary of failures."""
+    it happens (the controller's hook under xdist), and with SOBOLEV_TEST_DURATIONS=<file>
+    each test's seconds (setup and call): the GPU script's tests run under a time limit,
+    which ends pytest before its summaries of failures and durations."""
     path = os.environ.get("SOBOLEV_TEST_FAILURES")
     if path and report.failed:
         with open(path, "a") as fh:
             fh.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext}\n")
+    path = os.environ.get("SOBOLEV_TEST_DURATIONS")
+    if path and report.when in ("setup", "call"):
+        with open(path, "a") as fh:
+            fh.write(f"{report.duration:8.2f} s {report.when:<5} {report.nodeid}\n")
 
 
 def count_launches(monkeypatch, owner, name: str) -> list:

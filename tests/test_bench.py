@@ -732,6 +732,19 @@ def test_gpu_session_dry_run():
     assert "FAIL" not in out.stdout
 
 
+def test_the_gpu_scripts_tests_record_their_durations_as_they_go(tmp_path):
+    """SOBOLEV_TEST_DURATIONS (tests/conftest.py), which gpu_session.sh sets: a time limit
+    ends pytest before its --durations summary, so each test's seconds are written as it
+    ends."""
+    record = tmp_path / "durations.txt"
+    test = "tests/test_direct_launch.py::test_a_bad_setting_is_named"
+    _run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test,
+         env={**os.environ, "SOBOLEV_TEST_DURATIONS": str(record)})  # fmt: skip
+    lines = record.read_text().splitlines()
+    assert [line.split()[2:] for line in lines] == [["setup", test], ["call", test]]
+    assert all(float(line.split()[0]) >= 0 for line in lines)
+
+
 @pytest.mark.gpu
 def test_step_quick_on_gpu(tmp_path):
     _module("bench.step", "--quick", "--device", "cuda", "--precisions", "fp32", "tf32", "bf16",
