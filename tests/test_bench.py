@@ -37,8 +37,10 @@ def _module(name, *args, **kwargs):
 
 
 def test_step_quick_writes_the_csv_and_report(tmp_path):
-    # (the forward's rows: the tests of --modes forward below; CI's time)
-    _module("bench.step", "--quick", "--modes", "step", "--out-dir", str(tmp_path))
+    # (the forward's rows: the tests of --modes forward below; torch_compile's, an inductor
+    # compile of each point: test_step_precompiles_in_worker_processes; CI's time)
+    _module("bench.step", "--quick", "--modes", "step", "--exclude", "torch_compile",
+            "--out-dir", str(tmp_path))  # fmt: skip
     (csv_path,) = tmp_path.glob("*.csv")
     with csv_path.open() as fh:
         reader = csv.DictReader(fh)
@@ -50,9 +52,6 @@ def test_step_quick_writes_the_csv_and_report(tmp_path):
     # the CPU time to issue a step, for every provider and point that ran
     hosts = {(r["provider"], r["config"], r["mode"]) for r in rows if r["metric"] == "host"}
     assert hosts == measured
-    # every Sobolev formulation users write today fails under torch.compile: recorded, not hidden
-    errors = [r for r in rows if r["provider"] == "torch_compile"]
-    assert errors and all(r["metric"] == "error" for r in errors)
     assert not [r for r in rows if "disagrees" in r["unit"]]
     times = [float(r["p50"]) for r in rows if r["metric"] == "time"]
     assert all(t > 0 for t in times)
@@ -200,8 +199,10 @@ def test_step_precompiles_in_worker_processes(tmp_path):
                   "--out-dir", str(tmp_path))  # fmt: skip
     assert "[precompile 1/1]" in out.stderr
     (csv_path,) = tmp_path.glob("*.csv")
-    providers = {row["provider"] for row in csv.DictReader(csv_path.open())}
-    assert providers == {"plain_step", "torch_compile"}
+    rows = list(csv.DictReader(csv_path.open()))
+    assert {row["provider"] for row in rows} == {"plain_step", "torch_compile"}
+    # every Sobolev formulation users write today fails under torch.compile: recorded, not hidden
+    assert all(r["metric"] == "error" for r in rows if r["provider"] == "torch_compile")
 
 
 def test_precompile_stops_its_jobs_at_its_time_limit(capsys):
