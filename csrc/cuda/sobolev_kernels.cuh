@@ -4,8 +4,8 @@
 // shared memory, workspace), allocates the workspace it asks for and launches with it.
 //
 // Two families of kernels, chosen per call by SobolevLaunch::variant (KernelVariant):
-// - tiled (the least memory; forward_kernel.cuh, backward_kernel.cuh; the same structure as the CPU
-//   kernel in csrc/cpu, which checks its logic on every CI run): a persistent grid of thread
+// - tiled (the least memory; forward_kernel.cuh, backward_kernel.cuh; the CPU kernel's
+//   structure, csrc/cpu, which checks its logic on every CI run): a persistent grid of thread
 //   blocks walks over tiles of 32 stacked rows, S R rows [values; tangents] (S = 1 + K), or
 //   [values; tangents; second-order tangents] (S = 1 + 2K, order 2, docs/math.md), in shared
 //   memory, through all layers, the weights staged through shared memory panel by panel.
@@ -16,11 +16,12 @@
 //   Products (tile_gemm.cuh): FMA for fp64 and fp32; bf16 and fp16 on tensor cores (WMMA, fp32
 //   accumulation, mma_gemm.cuh) from sm_80, their tile operands rounded to the storage type as
 //   torch's GEMMs see them; fp32 on tensor cores too in the variant tiled_tc (3xTF32).
-// - fused (the default; fused_common.cuh): tiny-cuda-nn's fully fused MLP with the tangent streams as extra
-//   16-row fragments, every product on tensor cores (mma.sync; fp32 as 3xTF32), 128 stacked
-//   rows per block; its backward stores the layers' adjoints and forms dW in one product per
-//   layer over all rows (fused_weight_grads.cuh; or, WeightGrads::kGemm, cuBLAS GEMMs that
-//   the binding runs on operands from fused_gemm_operands.cuh). fp64 runs the tiled kernels.
+// - fused (the default; fused_common.cuh): tiny-cuda-nn's fully fused MLP with the tangent
+//   streams as extra 16-row fragments, every product on tensor cores (mma.sync; fp32 as
+//   3xTF32), 128 stacked rows per block; its backward stores the layers' adjoints and forms
+//   dW in one product per layer over all rows (fused_weight_grads.cuh; or, WeightGrads::kGemm,
+//   cuBLAS GEMMs that the binding runs on operands from fused_gemm_operands.cuh). fp64 runs
+//   the tiled kernels.
 // Everything else (activations, tangent updates, sums) runs in the accumulation type. All
 // kernels are deterministic: no floating-point atomics, fixed tile-to-block assignment and
 // summation orders. emulation/ runs them on the host to test their logic without a GPU. Needs
@@ -55,8 +56,8 @@ enum class KernelVariant : int {
 // SOBOLEV_CUDA_WEIGHT_GRADS on every call. The tiled kernels ignore it.
 enum class WeightGrads : int {
   kSplitK,  // "splitk": fused_weight_grads.cuh, in-kernel products over row splits
-  kGemm,    // "gemm" (default): per layer, fused_gemm_operands.cuh forms the operands and the binding
-            // runs one cuBLAS GEMM (launch_gemm_operands below)
+  kGemm,    // "gemm" (default): per layer, fused_gemm_operands.cuh forms the operands and
+            // the binding runs one cuBLAS GEMM (launch_gemm_operands below)
 };
 
 // One problem as raw device pointers. x, directions, weights, biases, f, u, w and their
