@@ -205,6 +205,32 @@ def test_weight_gradients_by_gemm_where_the_split_k_offsets_would_overflow(monke
     _agree(RTOL_FP32, dtype=torch.float32, batch=37, dim=3, width=24, out=2, k=3, layers=3)
 
 
+def test_16_bit_weight_gradient_gemms_add_their_partials_in_fp32():
+    """launch._full_precision_reductions: around the dW GEMMs of a 16-bit step on a GPU,
+    torch's allow_*_reduced_precision_reduction is off (cuBLAS may otherwise add split-K
+    partials in 16 bits), and afterwards as it was, after an error too; fp32 and CPU
+    operands leave it alone."""
+    from types import SimpleNamespace
+
+    from sobolev_kernels.triton import launch
+
+    flags = torch.backends.cuda.matmul
+    for dtype, name in ((torch.bfloat16, "allow_bf16_reduced_precision_reduction"),
+                        (torch.float16, "allow_fp16_reduced_precision_reduction")):  # fmt: skip
+        before = getattr(flags, name)
+        with launch._full_precision_reductions(SimpleNamespace(is_cuda=True, dtype=dtype)):
+            assert getattr(flags, name) is False
+        assert getattr(flags, name) == before
+        with pytest.raises(RuntimeError, match="inside"):
+            with launch._full_precision_reductions(SimpleNamespace(is_cuda=True, dtype=dtype)):
+                raise RuntimeError("inside")
+        assert getattr(flags, name) == before
+        for operand in (SimpleNamespace(is_cuda=False, dtype=dtype),
+                        SimpleNamespace(is_cuda=True, dtype=torch.float32)):  # fmt: skip
+            with launch._full_precision_reductions(operand):
+                assert getattr(flags, name) == before
+
+
 def test_recompute_stores_no_inputs_stacks(monkeypatch):
     """The lean method's backward allocates no inputs stacks (its memory saving) and still
     gives the gradients."""
@@ -620,12 +646,14 @@ def test_many_directions_in_groups_on_gpu(dtype, order):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["splitk", "recompute"])
+@pytest.mark.parametrize("method", ["gemm", "splitk", "recompute"])
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_weight_gradient_methods_on_gpu(monkeypatch, method, order, dtype):
-    """The split-K weight gradients on a GPU's tensor cores, reading the stored inputs or
-    forming them from the saved pre-activations, over many split row ranges."""
+    """The weight gradients by cuBLAS GEMMs (in bf16 at order 2 they were off the reference
+    on the H200, 2026-11-27, before their split-K partials were added in fp32), and by the
+    split-K kernel on tensor cores, reading the stored inputs or forming them from the saved
+    pre-activations, over many split row ranges."""
     monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")  # (where they are used)
     _agree_on_gpu(dtype, order, k=3, layers=4)

@@ -9,6 +9,7 @@ the accumulation dtype (fp32). No autograd here: ``triton/ops.py`` registers the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Hashable
 from typing import NamedTuple
@@ -192,7 +193,7 @@ def _launch_config(
     static, tensor_core = _precisions(x.dtype, allow_tf32)
     resident = []
     offer = kernel == "fwd" and forced == "auto" and _offers_resident(x, layout)
-    if (forced == "resident" and _resident_trusted(kernel, x, layout)) or offer:
+    if forced == "resident" or offer:
         resident = layout.resident_configs(x.element_size(), limit, tensor_core, kernel)
     if forced == "resident" and resident:  # (else the shape does not fit it: chunked)
         if not tuning.can_measure(x.device):
@@ -212,14 +213,6 @@ def _offers_resident(x: Tensor, layout: Layout) -> bool:
     # order 2 take the same tensor-core path but were not measured, and in fp32 the chunked
     # kernel won
     return x.dtype == torch.bfloat16 and layout.order == 1
-
-
-def _resident_trusted(kernel: str, x: Tensor, layout: Layout) -> bool:
-    # H200, 2026-11-27 run 5: the resident backward's weight gradients in bf16 at order 2
-    # differed from the reference (1% of one layer's elements, by up to 8% of its largest)
-    # where fp32 agreed and the interpreter agrees; until that is found, it declines 16-bit
-    # order 2 (the chunked kernel runs)
-    return not (kernel == "bwd" and x.element_size() == 2 and layout.order == 2)
 
 
 KERNEL_FORMS = ("chunked", "resident")  # what SOBOLEV_TRITON_FORWARD / _BACKWARD_KERNEL take
@@ -789,16 +782,40 @@ def _grads_by_gemm(
     per-program bias partials."""
     widths, stack = layout.widths, layout.blocks * batch
     grad_weights = []
-    for l in range(layout.num_layers):
-        # layer 1's inputs have no second-order rows (tt_0 = 0): the first (1 + K) B rows
-        used = stack if l > 0 else (1 + layout.k) * batch
-        a_l = adj.narrow(0, stack * layout.out_cum[l], used * widths[l + 1]).view(used, -1)
-        s_l = inputs.narrow(0, stack * layout.in_cum[l], used * widths[l]).view(used, -1)
-        grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
+    with _full_precision_reductions(adj):
+        for l in range(layout.num_layers):
+            # layer 1's inputs have no second-order rows (tt_0 = 0): the first (1 + K) B rows
+            used = stack if l > 0 else (1 + layout.k) * batch
+            a_l = adj.narrow(0, stack * layout.out_cum[l], used * widths[l + 1]).view(used, -1)
+            s_l = inputs.narrow(0, stack * layout.in_cum[l], used * widths[l]).view(used, -1)
+            grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
     grad_biases = [_empty_like(b) for b in biases]
     if biases:
         _sum_partials(db_partial, grad_biases, layout.b_offsets, adj.dtype)
     return grad_weights, grad_biases
+
+
+@contextlib.contextmanager
+def _full_precision_reductions(operand: Tensor):
+    """cuBLAS's 16-bit GEMMs with their split-K partial sums added in fp32, whatever torch's
+    ``allow_bf16/fp16_reduced_precision_reduction`` (True by default: the partials may be
+    added in the operands' 16 bits). On the H200 (2026-11-27, run 5) the bf16 dW by GEMM
+    over (1 + 2K) B = 20495 stacked rows at order 2 differed from the reference by up to 8%
+    of a layer's largest element, where the split-K kernel, adding the same stacks in fp32,
+    agreed. 16-bit partial sums are the suspect (K = 16 at three layers agreed with the same
+    GEMMs); the next GPU run's test_weight_gradient_methods_on_gpu[gemm] says."""
+    if not operand.is_cuda or operand.dtype == torch.float32:
+        yield
+        return
+    flags = torch.backends.cuda.matmul
+    name = ("allow_bf16_reduced_precision_reduction" if operand.dtype == torch.bfloat16
+            else "allow_fp16_reduced_precision_reduction")  # fmt: skip
+    saved = getattr(flags, name)
+    setattr(flags, name, False)
+    try:
+        yield
+    finally:
+        setattr(flags, name, saved)
 
 
 def _grads_by_splitk(
