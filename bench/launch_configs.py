@@ -45,7 +45,8 @@ def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tu
     """(config, precision, kernel, LaunchConfig), kernel "chunked" or "resident" (forwards,
     for "fwd" in ``kernels``) or "bwd" or "bwd_resident", in the order of ``kernels``: the
     tuner's candidates (with the column-block tiles), 32- and 64-row tiles with column
-    blocks (not ones whose TF32 dots two warpgroups share: they fault), and the resident
+    blocks (not ones whose TF32 dots two warpgroups share: they fault), the forward's
+    activated twins of those that activate a layer more than once, and the resident
     kernels' configs (the forward's also 128 rows on 8 warps; the backward's those with
     every direction in one pass)."""
     from sobolev_kernels.triton.layout import CHUNK, LaunchConfig, Layout, tf32_splits_rows
@@ -70,6 +71,9 @@ def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tu
                 resident.append(LaunchConfig(128, 8, CHUNK, group, tc, resident=True))
             if "fwd" in kernels:
                 out["fwd"] += [(name, precision, "chunked", c) for c in chunked]
+                # the forms that store their activated layers (launch._forward_activated)
+                out["fwd"] += [(name, precision, "chunked", c._replace(activated=True))
+                               for c in chunked if layout.activates_per_pass(c)]  # fmt: skip
                 out["fwd"] += [(name, precision, "resident", c) for c in resident]
             if "bwd" in kernels:
                 out["bwd"] += [(name, precision, "bwd", c) for c in chunked]
@@ -202,7 +206,7 @@ def _wall_ms(fn) -> list[float]:
 def _label(case: tuple) -> str:
     name, precision, kernel, c = case
     return (f"{name} {precision} {kernel:12s} rows {c.rows:3d} warps {c.warps:2d} group {c.group} "
-            f"cols {c.cols:3d} {c.precision}")  # fmt: skip
+            f"cols {c.cols:3d} {c.precision}" + (" activated" if c.activated else ""))  # fmt: skip
 
 
 def _spawn(argv: list[str], seconds: float) -> tuple[int, str]:

@@ -48,8 +48,9 @@ def _label(key) -> str:
 
 
 def _candidate(candidate) -> str:
-    if hasattr(candidate, "_asdict"):  # a Triton LaunchConfig (its kernel named if resident)
+    if hasattr(candidate, "_asdict"):  # a Triton LaunchConfig (its kernel's form named)
         fields = candidate._asdict()
-        resident = fields.pop("resident", False)
-        return ("resident: " if resident else "") + ", ".join(f"{k} {v}" for k, v in fields.items())
+        resident, activated = fields.pop("resident", False), fields.pop("activated", False)
+        form = "resident: " if resident else "activated: " if activated else ""
+        return form + ", ".join(f"{k} {v}" for k, v in fields.items())
     return str(candidate)

@@ -6,7 +6,8 @@ report registers, stack (spills) and shared memory of every variant.
     python scripts/check_triton_compile.py --quick    # two small variants, sm_90 (CI)
 
 Each variant compiles as the static launch and as the autotuner's tensor-core candidate
-(fp32: 3xTF32 dots), the static backward once more without its inputs stores (the
+(fp32: 3xTF32 dots; its forward also in the form that stores its activated layers), the
+static backward once more without its inputs stores (the
 ``recompute`` weight gradients' backward), the persistent forward and backward of a step
 that keeps nothing and the persistent backward after one that saves (``persistent_backward.py``),
 the split-K weight-gradient kernel with
@@ -70,6 +71,9 @@ def check(variant, arch: int) -> list[str]:
     problems = []
     for config, needs_tensor_cores in ((static, dtype != "fp32"), (tensor_core, True)):
         problems += _check_config(layout, config, variant, arch, needs_tensor_cores)
+    # the tuner's activated twin of the tensor-core candidate (launch._forward_activated)
+    if layout.activates_per_pass(tensor_core):
+        problems += _check_config(layout, tensor_core, variant, arch, True, ("fwd_activated",))
     problems += _check_config(layout, static, variant, arch, dtype != "fp32", ("bwd",), False)
     # the persistent kernels: of a step that keeps nothing, and the backward after a forward
     # that saved (the backward's weight gradients on tensor cores in every dtype)

@@ -27,6 +27,11 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # script's time limit may cut the list.
 VARIANTS = {
     "triton": [
+        # the forward storing its activated layers (here on the static launch of order 2, two
+        # direction groups of K = 3: the second reloads z after a barrier; order 1 takes all
+        # three at once and stays as it is), with and without a backward's saved stacks
+        {"SOBOLEV_TRITON_FORWARD_ACTIVATED": "1"},
+        {"SOBOLEV_TRITON_FORWARD_ACTIVATED": "1", "SOBOLEV_SAVE_ACTIVATIONS": "0"},
         # the forward and backward with their tiles in registers (forward_resident.py,
         # backward_resident.py; the backward opt-in)
         {

@@ -764,7 +764,7 @@ def test_tuning_table_lists_every_candidate_and_marks_the_winner(monkeypatch):
 
     tuning.clear()
     assert "Nothing was measured" in tuning_markdown()
-    times = iter([2.0, 1.0])
+    times = iter([2.0, 1.0, 1.5])
     monkeypatch.setattr(tuning, "time_ms", lambda fn: next(times))
     key = (
         "triton",
@@ -777,9 +777,12 @@ def test_tuning_table_lists_every_candidate_and_marks_the_winner(monkeypatch):
     )
     static = LaunchConfig(16, 8, 32, 2, "ieee")
     wide = LaunchConfig(64, 8, 32, 2, "tf32x3", 32)
-    assert tuning.fastest(key, [static, wide], lambda c: None) == wide
+    twin = wide._replace(activated=True)
+    assert tuning.fastest(key, [static, wide, twin], lambda c: None) == wide
     text = tuning_markdown()
     tuning.clear()
     assert "triton fwd, widths (16, 128, 8), K 2, order 1, float32, B <= 1024" in text
     assert "precision ieee" in text and "| 2.0000 |  |" in text
-    assert "precision tf32x3, cols 32 | 1.0000 | **chosen** |" in text
+    config = "rows 64, warps 8, chunk 32, group 2, precision tf32x3, cols 32"
+    assert f"| {config} | 1.0000 | **chosen** |" in text
+    assert f"| activated: {config} | 1.5000 |  |" in text

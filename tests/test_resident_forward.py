@@ -141,7 +141,9 @@ def test_the_forwards_tuner_candidates(monkeypatch):
         return offered[0] if offered else None
 
     chunked32 = Layout.of((16, 128, 128, 8), 2, 1).launch_configs(4, None, "ieee", "tf32x3", True)
-    assert candidates(torch.float32) == chunked32  # the column-block tiles among them
+    wide = chunked32[-1]
+    assert wide.cols  # the column-block tiles among them, and their activated twin
+    assert candidates(torch.float32) == [*chunked32, wide._replace(activated=True)]
     bf16 = candidates(torch.bfloat16)
     resident = [c for c in bf16 if c.resident]
     assert resident == Layout.of((16, 128, 128, 8), 2, 1).resident_configs(2, None, "ieee")

@@ -188,8 +188,9 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     # one candidate differs from the static choice in directions per pass alone
     other_group = [c for c in exact[1:] if c[:3] == configs[0][:3]]
     assert len(other_group) == (layout.kp > 1)
-    for rows, warps, chunk, group, _, cols, resident in configs:
+    for rows, warps, chunk, group, _, cols, resident, activated in configs:
         assert not resident  # the resident kernel's configs are Layout.resident_configs
+        assert not activated  # the forward's activated twins are the launcher's
         assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8, 16)
         assert chunk in (MIN_PAD, CHUNK) and cols in (0, 16, 32, 64, 128, 256)
         assert 1 <= group <= layout.kp and group & (group - 1) == 0
@@ -280,22 +281,31 @@ def test_every_launch_config_is_correct_on_the_gpu(monkeypatch, order):
 
 
 def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
+    """Each forward candidate in turn (the activated twins too, each with the backward on
+    the config it is the twin of), each backward candidate with the forward on the same."""
     from sobolev_kernels.triton.launch import WEIGHT_GRAD_METHODS
     from sobolev_kernels.triton.layout import Layout, shared_memory_limit
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")  # (the persistent one: below)
     monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")  # every candidate, the opt-in one too
+    monkeypatch.delenv("SOBOLEV_TRITON_FORWARD_ACTIVATED", raising=False)  # twins offered
     widths = (shape["dim"], shape["width"], shape["width"], shape["out"])
     limit = shared_memory_limit(torch.device(device))
-    configs = Layout(widths, shape["k"], order).launch_configs(4, limit, "ieee", "tf32x3", True)
-    picks = range(len(configs))
+    layout = Layout(widths, shape["k"], order)
+    configs = layout.launch_configs(4, limit, "ieee", "tf32x3", True)
+    twins = [c._replace(activated=True) for c in configs if c.cols and layout.activates_per_pass(c)]
+    assert twins, "the column-block candidate's activated twin is among the forward's"
+    forwards = configs + twins
+    picks = range(len(forwards))
     if device == "cpu":  # the interpreter runs a program as one thread: warps change nothing
-        firsts = {c._replace(warps=0): i for i, c in reversed(list(enumerate(configs)))}
+        firsts = {c._replace(warps=0): i for i, c in reversed(list(enumerate(forwards)))}
         picks = sorted(firsts.values())
     for pick in picks:
         tuning.clear()
-        monkeypatch.setattr(tuning, "time_ms", _timer_preferring(pick, len(configs)))
+        bwd_pick = configs.index(forwards[pick]._replace(activated=False))
+        monkeypatch.setattr(tuning, "time_ms", _timer_preferring(
+            (pick, len(forwards)), (bwd_pick, len(configs))))  # fmt: skip
         model, x, y, kw = sample_inputs(dtype=torch.float32, device=device, seed=pick, **shape)
         if order == 2:
             kw["order"] = 2
@@ -306,11 +316,11 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
         expected = upcast_model(model)
         assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=expected)
         chosen = {key[1]: config for key, config in tuning.choices().items()}
-        method = WEIGHT_GRAD_METHODS[pick % len(WEIGHT_GRAD_METHODS)]
-        assert chosen == {"fwd": configs[pick], "bwd": configs[pick], "weight_grad": method}
+        method = WEIGHT_GRAD_METHODS[bwd_pick % len(WEIGHT_GRAD_METHODS)]
+        assert chosen == {"fwd": forwards[pick], "bwd": configs[bwd_pick], "weight_grad": method}
         # the forward alone: scratch regions instead of the saved stacks
         assert_forward_only_agrees(model, x, y, kw, "triton", rtol, expected,
-                                   name=f"loss, launch config {configs[pick]}")  # fmt: skip
+                                   name=f"loss, launch config {forwards[pick]}")  # fmt: skip
 
 
 @needs_triton
@@ -326,6 +336,8 @@ def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, s
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
     monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")
+    # (the saving forward's activated twins: test_every_launch_config_the_tuner_may_pick_...)
+    monkeypatch.setenv("SOBOLEV_TRITON_FORWARD_ACTIVATED", "0")
     shape = dict(batch=17, dim=3, width=40, out=2, k=3)  # (two tiles at 16 rows, ragged)
     layout = Layout((3, 40, 40, 2), 3, 1)
     configs = layout.launch_configs(4, None, "ieee", "tf32x3", wide=True)
@@ -358,21 +370,26 @@ def _scripted_timer(fastest: list[bool]):
     return timer
 
 
-def _timer_preferring(pick, per_kernel):
-    """Reports 0 ms for launch config ``pick`` of each kernel (forward, then backward) and
-    1 ms for the others; then for weight-gradient method ``pick`` modulo their number (gemm,
-    splitk, recompute)."""
+def _timer_preferring(*picks):
+    """Reports 0 ms for candidate ``pick`` of each kernel in turn (``picks``: (pick, number of
+    candidates) of the forward, then of the backward) and 1 ms for the others; then for
+    weight-gradient method ``pick`` modulo their number (gemm, splitk, recompute), the last
+    kernel's pick."""
     from sobolev_kernels.triton.launch import WEIGHT_GRAD_METHODS
 
     calls = []
+    methods = len(WEIGHT_GRAD_METHODS)
+    schedule = [*picks, (picks[-1][0] % methods, methods)]
 
     def timer(fn):
         fn()
         calls.append(None)
         i = len(calls) - 1
-        if i < 2 * per_kernel:
-            return 0.0 if i % per_kernel == pick else 1.0
-        return 0.0 if i - 2 * per_kernel == pick % len(WEIGHT_GRAD_METHODS) else 1.0
+        for pick, count in schedule:
+            if i < count:
+                return 0.0 if i == pick else 1.0
+            i -= count
+        return 1.0
 
     return timer
 

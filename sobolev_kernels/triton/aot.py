@@ -44,7 +44,8 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 # Pointer arguments of the two kernels, in order; the saved stacks, the loss partials and
 # the upstream loss gradient are fp32 whatever the model's dtype (sobolev_kernels/fused.py).
 # (w_ptrs, b_ptrs: a tuple of one pointer per layer)
-_FWD_PTRS = "x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs b_ptrs f_ptr u_ptr w2_ptr z_ptr partial_ptr"
+_FWD_PTRS = ("x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs b_ptrs f_ptr u_ptr w2_ptr z_ptr act_ptr "
+             "partial_ptr")  # fmt: skip
 _BWD_PTRS = ("x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs z_ptr f_ptr u_ptr w2_ptr gloss_ptr gf_ptr "
              "gu_ptr gw_ptr a_ptr s_ptr dx_ptr db_ptr")  # fmt: skip
 _PERSISTENT_PTRS = ("x_ptr v_ptr y_ptr g_ptr g2_ptr w_ptrs b_ptrs f_ptr u_ptr w2_ptr gloss_ptr "
@@ -67,8 +68,17 @@ def step_constexprs(
                   TARGET2=TARGET_HESS if layout.order == 2 else TARGET_NONE,
                   PRECISION=precision, EMULATE_BF16=False,
                   CHUNKS=layout.chunks(chunk))  # fmt: skip
+    scratch = layout.hidden_stacks(save=False)
     return {
-        "fwd": dict(common, **layout.hidden_stacks(save=True), COLS=layout.col_blocks(cols, "fwd")),
+        "fwd": dict(
+            common,
+            **layout.hidden_stacks(save=True),
+            COLS=layout.col_blocks(cols, "fwd"),
+            ACTIVATED=False,
+            STORE_Z=True,
+            A_OFFS=scratch["Z_OFFS"],
+            A_STRIDES=scratch["Z_STRIDES"],
+        ),
         "bwd": dict(
             common,
             IN_CUM=layout.in_cum,
@@ -107,8 +117,9 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
                  kernels: tuple[str, ...] = ("fwd", "bwd"),
                  store_inputs: bool = True) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
-    "fwd", "bwd", "fwd_persistent", "bwd_persistent", "bwd_persistent_saved", and
-    "fwd_resident" and "bwd_resident", the resident kernels of a training step) for ``arch``
+    "fwd", "fwd_activated" (the forward storing its activated layers), "bwd",
+    "fwd_persistent", "bwd_persistent", "bwd_persistent_saved", and "fwd_resident" and
+    "bwd_resident", the resident kernels of a training step) for ``arch``
     (80, 90, ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile
     raises."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
@@ -117,10 +128,15 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
     constexprs["bwd_persistent_saved"] = persistent_constexprs(layout, constexprs["bwd"], dtype,
                                                                cols, recompute=False)  # fmt: skip
     # the forward that keeps nothing, per row tile into scratch of its own
-    constexprs["fwd_persistent"] = dict(constexprs["fwd"], **layout.hidden_stacks(save=False))
-    constexprs["fwd_resident"] = dict(constexprs["fwd"], STORE_HIDDEN=True)
+    # the chunked forward storing its activated layers (launch._forward_activated)
+    constexprs["fwd_activated"] = dict(constexprs["fwd"], ACTIVATED=True)
+    chunked_only = ("ACTIVATED", "STORE_Z", "A_OFFS", "A_STRIDES")
+    fwd = {k: v for k, v in constexprs["fwd"].items() if k not in chunked_only}
+    constexprs["fwd_persistent"] = dict(fwd, **layout.hidden_stacks(save=False))
+    constexprs["fwd_resident"] = dict(fwd, STORE_HIDDEN=True)
     constexprs["bwd_resident"] = constexprs["bwd"]
     every = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
+             ("fwd_activated", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("bwd", _sobolev_bwd_kernel, _BWD_PTRS, _BWD_SCALARS),
              ("fwd_persistent", _sobolev_fwd_persistent_kernel, _FWD_PTRS, _FWD_SCALARS),
              ("fwd_resident", _sobolev_fwd_resident_kernel, _FWD_PTRS, _FWD_SCALARS),

@@ -24,7 +24,10 @@ Dots run as K loops (CHUNKS): each layer stores its [z; tz; ttz] and the next la
 them CHUNK columns at a time, activating each chunk, so that no dot holds its whole K extent
 in registers (Triton's exact fp32 dot does; the kernels spilled kilobytes per thread). The
 rows a program reloads were written by its other threads: a barrier separates each layer's
-stores from the next layer's reloads. Tangent streams run GROUP directions per pass over a
+stores from the next layer's reloads. The next layer activates what it reloads once per
+pass (column block and direction group) of its own; the ``activated`` form (ACTIVATED,
+``launch._forward_activated``) stores a layer's [h; t; tt] once into scratch of their own
+for the next layer to reload as they are. Tangent streams run GROUP directions per pass over a
 layer's weights (the values ride with the first group), so the register tiles hold GROUP
 directions, not K: many directions do not spill.
 
@@ -37,8 +40,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .activations import act_series
 from .tiles import (
     _activate,
+    _activate_tangents,
     _cast,
     _dot,
     _target_second,
@@ -51,18 +56,20 @@ from .tiles import (
 
 @triton.jit
 def _fwd_layer(
-    x_ptr, v_ptr, w_ptrs, z_ptr, pid, g, n0, rows, row_ok, B, slope, l: tl.constexpr,
+    x_ptr, v_ptr, w_ptrs, z_ptr, act_ptr, pid, g, n0, rows, row_ok, B, slope, l: tl.constexpr,
     NB: tl.constexpr, WIDTHS: tl.constexpr, PADS: tl.constexpr,
     K: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
     ACT: tl.constexpr, SHARED: tl.constexpr, VALUES: tl.constexpr, PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, Z_OFFS: tl.constexpr,
-    Z_STRIDES: tl.constexpr,
+    Z_STRIDES: tl.constexpr, ACTIVATED: tl.constexpr, A_OFFS: tl.constexpr,
+    A_STRIDES: tl.constexpr,
 ):  # fmt: skip
     """Columns n0 .. n0 + NB of layer l's pre-activations [tz; ttz] of direction group g, and
     with VALUES also z (no bias): a K loop over the layer's inputs, CHUNKS[l] columns at a
     time. They come back from memory (x and the directions, or the previous layer's stored
-    [z; tz; ttz], activated per chunk), so no dot holds a whole K extent in registers, and no
-    accumulator more than NB columns."""
+    [z; tz; ttz], activated per chunk; with ACTIVATED its [h; t; tt], activated once where
+    they were formed), so no dot holds a whole K extent in registers, and no accumulator
+    more than NB columns."""
     D: tl.constexpr = WIDTHS[0]
     S: tl.constexpr = 1 + ORDER * K
     co = n0 + tl.arange(0, NB)
@@ -83,6 +90,18 @@ def _fwd_layer(
                 hc = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
                              mask=row_ok[:, None] & in_ok, other=0.0)  # fmt: skip
                 z += _dot(hc, wt, PRECISION, EMULATE_BF16)
+        elif ACTIVATED:
+            src = act_ptr + S * B * A_OFFS[l - 1] + ci[None, :]
+            tc = tl.load(src + t_rows[:, None] * A_STRIDES[l - 1],
+                         mask=t_ok[:, None] & in_ok, other=0.0)  # fmt: skip
+            if VALUES:
+                hc = tl.load(src + rows[:, None] * A_STRIDES[l - 1],
+                             mask=row_ok[:, None] & in_ok, other=0.0)  # fmt: skip
+                z += _dot(hc, wt, PRECISION, EMULATE_BF16)
+            if ORDER == 2:
+                ttc = tl.load(src + tt_rows[:, None] * A_STRIDES[l - 1],
+                              mask=t_ok[:, None] & in_ok, other=0.0)  # fmt: skip
+                ttz += _dot(ttc, wt, PRECISION, EMULATE_BF16)
         else:
             src = z_ptr + S * B * Z_OFFS[l - 1] + ci[None, :]
             zc = tl.load(src + rows[:, None] * Z_STRIDES[l - 1],
@@ -108,8 +127,8 @@ def _fwd_store_tangents(
     GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SHARED: tl.constexpr,
     EMULATE_BF16: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
 ):  # fmt: skip
-    """Columns co of hidden layer l's [tz; ttz] of direction group g into its stack (see
-    hidden_stacks)."""
+    """Columns co of hidden layer l's [tz; ttz] (or its activated [t; tt]) of direction group
+    g into its stack at z_ptr (see hidden_stacks)."""
     S: tl.constexpr = 1 + ORDER * K
     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
         pid, g, B, K, GROUP, ROWS, SHARED
@@ -154,46 +173,72 @@ def _fwd_tangent_outputs(
 
 @triton.jit
 def _fwd_hidden_block(
-    x_ptr, v_ptr, w_ptrs, b_ptrs, z_ptr, pid, n0, rows, row_ok, B, slope, l: tl.constexpr,
-    NB: tl.constexpr, WIDTHS: tl.constexpr, PADS: tl.constexpr,
+    x_ptr, v_ptr, w_ptrs, b_ptrs, z_ptr, act_ptr, pid, n0, rows, row_ok, B, slope,
+    l: tl.constexpr, NB: tl.constexpr, WIDTHS: tl.constexpr, PADS: tl.constexpr,
     B_OFFS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, GROUP: tl.constexpr,
     ROWS: tl.constexpr, ORDER: tl.constexpr, ACT: tl.constexpr, SHARED: tl.constexpr,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     CHUNKS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
+    ACTIVATED: tl.constexpr, STORE_Z: tl.constexpr, A_OFFS: tl.constexpr,
+    A_STRIDES: tl.constexpr,
 ):  # fmt: skip
-    """Columns n0 .. n0 + NB of hidden layer l's [z; tz; ttz], every direction group, into
-    its stack (the saved stacks, or without a backward one of two scratch regions taken in
-    turn: the next layer reloads from this one)."""
+    """Columns n0 .. n0 + NB of hidden layer l's [z; tz; ttz], every direction group: with
+    STORE_Z into its stack at z_ptr (the saved stacks, or without a backward one of two
+    scratch regions taken in turn: the next layer reloads from this one); with ACTIVATED
+    also activated, [h; t; tt], into act_ptr's scratch regions (A_OFFS, A_STRIDES), which
+    the next layer reloads instead: the activation once per element and direction group
+    (the further groups reload z, so STORE_Z), not once per column block and direction
+    group of the next layer."""
     S: tl.constexpr = 1 + ORDER * K
     co = n0 + tl.arange(0, NB)
     z, tz, ttz = _fwd_layer(
-        x_ptr, v_ptr, w_ptrs, z_ptr, pid, 0, n0, rows, row_ok, B, slope, l, NB, WIDTHS, PADS,
-        K, GROUP, ROWS, ORDER, ACT, SHARED, True, PRECISION, EMULATE_BF16, CHUNKS,
-        Z_OFFS, Z_STRIDES,
+        x_ptr, v_ptr, w_ptrs, z_ptr, act_ptr, pid, 0, n0, rows, row_ok, B, slope, l, NB,
+        WIDTHS, PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, True, PRECISION, EMULATE_BF16,
+        CHUNKS, Z_OFFS, Z_STRIDES, ACTIVATED, A_OFFS, A_STRIDES,
     )  # fmt: skip
     if HAS_BIAS:
         bias = tl.load(b_ptrs[l] + co, mask=co < WIDTHS[l + 1], other=0.0)
         z += bias.to(tl.float32)[None, :]
-    tl.store(z_ptr + S * B * Z_OFFS[l] + rows[:, None] * Z_STRIDES[l] + co[None, :],
-             _cast(z, z_ptr.dtype.element_ty, EMULATE_BF16),
-             mask=row_ok[:, None] & (co[None, :] < WIDTHS[l + 1]))  # fmt: skip
-    _fwd_store_tangents(z_ptr, tz, ttz, pid, 0, co, B, l, WIDTHS, K, GROUP, ROWS, ORDER, SHARED,
-                        EMULATE_BF16, Z_OFFS, Z_STRIDES)  # fmt: skip
+    z_ok = row_ok[:, None] & (co[None, :] < WIDTHS[l + 1])
+    if STORE_Z:
+        tl.store(z_ptr + S * B * Z_OFFS[l] + rows[:, None] * Z_STRIDES[l] + co[None, :],
+                 _cast(z, z_ptr.dtype.element_ty, EMULATE_BF16), mask=z_ok)  # fmt: skip
+        _fwd_store_tangents(z_ptr, tz, ttz, pid, 0, co, B, l, WIDTHS, K, GROUP, ROWS, ORDER,
+                            SHARED, EMULATE_BF16, Z_OFFS, Z_STRIDES)  # fmt: skip
+    if ACTIVATED:
+        h, s1, s2, s3_unused = act_series(z, slope, ACT)
+        t, tt = _activate_tangents(s1, s2, tz, ttz, GROUP, ROWS, ORDER)
+        tl.store(act_ptr + S * B * A_OFFS[l] + rows[:, None] * A_STRIDES[l] + co[None, :],
+                 _cast(h, act_ptr.dtype.element_ty, EMULATE_BF16), mask=z_ok)  # fmt: skip
+        _fwd_store_tangents(act_ptr, t, tt, pid, 0, co, B, l, WIDTHS, K, GROUP, ROWS, ORDER,
+                            SHARED, EMULATE_BF16, A_OFFS, A_STRIDES)  # fmt: skip
     if KP // GROUP > 1:
-        for g in tl.range(1, KP // GROUP):
+        if ACTIVATED:
+            tl.debug_barrier()  # the z columns other threads stored, reloaded below
+        # (activated: each pass reloads z for s' and s''; held in registers across the
+        # passes they spilled 1.6x more, ahead-of-time for sm_90)
+        for g in tl.range(1, KP // GROUP, disable_licm=ACTIVATED):
             z_unused, tz, ttz = _fwd_layer(
-                x_ptr, v_ptr, w_ptrs, z_ptr, pid, g, n0, rows, row_ok, B, slope, l, NB, WIDTHS,
-                PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, False, PRECISION,
-                EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES,
+                x_ptr, v_ptr, w_ptrs, z_ptr, act_ptr, pid, g, n0, rows, row_ok, B, slope, l,
+                NB, WIDTHS, PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, False, PRECISION,
+                EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES, ACTIVATED, A_OFFS, A_STRIDES,
             )  # fmt: skip
-            _fwd_store_tangents(z_ptr, tz, ttz, pid, g, co, B, l, WIDTHS, K, GROUP, ROWS, ORDER,
-                                SHARED, EMULATE_BF16, Z_OFFS, Z_STRIDES)  # fmt: skip
+            if STORE_Z:
+                _fwd_store_tangents(z_ptr, tz, ttz, pid, g, co, B, l, WIDTHS, K, GROUP, ROWS,
+                                    ORDER, SHARED, EMULATE_BF16, Z_OFFS, Z_STRIDES)  # fmt: skip
+            if ACTIVATED:
+                zs = tl.load(z_ptr + S * B * Z_OFFS[l] + rows[:, None] * Z_STRIDES[l] + co[None, :],
+                             mask=z_ok, other=0.0).to(tl.float32)  # fmt: skip
+                hs_unused, s1, s2, s3_unused = act_series(zs, slope, ACT)
+                t, tt = _activate_tangents(s1, s2, tz, ttz, GROUP, ROWS, ORDER)
+                _fwd_store_tangents(act_ptr, t, tt, pid, g, co, B, l, WIDTHS, K, GROUP, ROWS,
+                                    ORDER, SHARED, EMULATE_BF16, A_OFFS, A_STRIDES)  # fmt: skip
 
 
 @triton.jit
 def _sobolev_fwd_kernel(
     x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs,
-    f_ptr, u_ptr, w2_ptr, z_ptr, partial_ptr,
+    f_ptr, u_ptr, w2_ptr, z_ptr, act_ptr, partial_ptr,
     B, slope,
     WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
     OUT_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
@@ -201,14 +246,16 @@ def _sobolev_fwd_kernel(
     SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr,
     TARGET2: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
+    ACTIVATED: tl.constexpr, STORE_Z: tl.constexpr, A_OFFS: tl.constexpr,
+    A_STRIDES: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * ROWS + tl.arange(0, ROWS)
     sum_f, sum_u, sum_w = _fwd_rows(
-        x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr, z_ptr, pid,
-        rows, rows < B, B, slope, WIDTHS, PADS, B_OFFS, NUM_LAYERS, K, KP, ROWS, GROUP, ORDER,
-        ACT, SHARED, HAS_BIAS, HAS_Y, TARGET, TARGET2, PRECISION, EMULATE_BF16, CHUNKS, COLS,
-        Z_OFFS, Z_STRIDES,
+        x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr, z_ptr,
+        act_ptr, pid, rows, rows < B, B, slope, WIDTHS, PADS, B_OFFS, NUM_LAYERS, K, KP, ROWS,
+        GROUP, ORDER, ACT, SHARED, HAS_BIAS, HAS_Y, TARGET, TARGET2, PRECISION, EMULATE_BF16,
+        CHUNKS, COLS, Z_OFFS, Z_STRIDES, ACTIVATED, STORE_Z, A_OFFS, A_STRIDES,
     )  # fmt: skip
     tl.store(partial_ptr + pid * 3, sum_f)
     tl.store(partial_ptr + pid * 3 + 1, sum_u)
@@ -217,7 +264,7 @@ def _sobolev_fwd_kernel(
 
 @triton.jit
 def _fwd_rows(
-    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr, z_ptr,
+    x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr, z_ptr, act_ptr,
     pid, rows, row_ok, B, slope,
     WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
     NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
@@ -225,6 +272,8 @@ def _fwd_rows(
     SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr,
     TARGET2: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
+    ACTIVATED: tl.constexpr, STORE_Z: tl.constexpr, A_OFFS: tl.constexpr,
+    A_STRIDES: tl.constexpr,
 ):  # fmt: skip
     """The forward of program ``pid``'s ROWS samples ``rows`` (``row_ok``: those < B) of a
     batch of B, its stacks of (1 + order K) B rows: f, u and w stored, and the sums of
@@ -247,9 +296,10 @@ def _fwd_rows(
             # the next layer reloads from this one)
             for n0 in tl.range(0, PADS[l + 1], COLS[l], num_stages=1):
                 _fwd_hidden_block(
-                    x_ptr, v_ptr, w_ptrs, b_ptrs, z_ptr, pid, n0, rows, row_ok, B, slope, l,
-                    COLS[l], WIDTHS, PADS, B_OFFS, K, KP, GROUP, ROWS, ORDER, ACT,
+                    x_ptr, v_ptr, w_ptrs, b_ptrs, z_ptr, act_ptr, pid, n0, rows, row_ok, B,
+                    slope, l, COLS[l], WIDTHS, PADS, B_OFFS, K, KP, GROUP, ROWS, ORDER, ACT,
                     SHARED, HAS_BIAS, PRECISION, EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES,
+                    ACTIVATED, STORE_Z, A_OFFS, A_STRIDES,
                 )  # fmt: skip
             # the next layer's chunks hold columns other threads wrote; and it writes the
             # other scratch region, whose last reads (this layer's) all happened before here
@@ -257,9 +307,9 @@ def _fwd_rows(
         else:
             # output layer, all MP columns at once: f, u, w and the loss partials
             z, tz, ttz = _fwd_layer(
-                x_ptr, v_ptr, w_ptrs, z_ptr, pid, 0, 0, rows, row_ok, B, slope, l, MP, WIDTHS,
-                PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, True, PRECISION, EMULATE_BF16,
-                CHUNKS, Z_OFFS, Z_STRIDES,
+                x_ptr, v_ptr, w_ptrs, z_ptr, act_ptr, pid, 0, 0, rows, row_ok, B, slope, l, MP,
+                WIDTHS, PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, True, PRECISION,
+                EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES, ACTIVATED, A_OFFS, A_STRIDES,
             )  # fmt: skip
             if HAS_BIAS:
                 co = tl.arange(0, MP)
@@ -272,9 +322,10 @@ def _fwd_rows(
             if KP // GROUP > 1:
                 for g in tl.range(1, KP // GROUP):
                     z_unused, tz, ttz = _fwd_layer(
-                        x_ptr, v_ptr, w_ptrs, z_ptr, pid, g, 0, rows, row_ok, B, slope, l, MP,
-                        WIDTHS, PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, False,
-                        PRECISION, EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES,
+                        x_ptr, v_ptr, w_ptrs, z_ptr, act_ptr, pid, g, 0, rows, row_ok, B, slope,
+                        l, MP, WIDTHS, PADS, K, GROUP, ROWS, ORDER, ACT, SHARED, False,
+                        PRECISION, EMULATE_BF16, CHUNKS, Z_OFFS, Z_STRIDES, ACTIVATED, A_OFFS,
+                        A_STRIDES,
                     )  # fmt: skip
                     group_u, group_w = _fwd_tangent_outputs(
                         tz, ttz, v_ptr, g_ptr, g2_ptr, u_ptr, w2_ptr, pid, g, rows, row_ok, B,
@@ -306,7 +357,7 @@ def _fwd_value_outputs(z, y_ptr, f_ptr, rows, row_ok, M: tl.constexpr, MP: tl.co
 @triton.jit
 def _sobolev_fwd_persistent_kernel(
     x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs,
-    f_ptr, u_ptr, w2_ptr, z_ptr, partial_ptr,
+    f_ptr, u_ptr, w2_ptr, z_ptr, act_ptr, partial_ptr,
     B, slope,
     WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
     OUT_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
@@ -318,7 +369,7 @@ def _sobolev_fwd_persistent_kernel(
     """The forward that keeps nothing, over a persistent grid: each program takes row tiles
     in turn (as the persistent backward does, see persistent_backward.py), its two scratch regions
     sized for one tile, and adds the tiles' sums of squares in its fixed order. Its scratch
-    is the programs', not the batch's."""
+    is the programs', not the batch's. (act_ptr: unread, its layers reload [z; tz; ttz].)"""
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     D: tl.constexpr = WIDTHS[0]
@@ -342,10 +393,10 @@ def _sobolev_fwd_persistent_kernel(
             TARGET, TARGET2,
         )  # fmt: skip
         tile_f, tile_u, tile_w = _fwd_rows(
-            x_t, v_t, y_t, g_t, g2_t, w_ptrs, b_ptrs, f_t, u_t, w2_t, z_mine, 0, rows,
+            x_t, v_t, y_t, g_t, g2_t, w_ptrs, b_ptrs, f_t, u_t, w2_t, z_mine, z_mine, 0, rows,
             rows < valid, valid, slope, WIDTHS, PADS, B_OFFS, NUM_LAYERS, K, KP, ROWS,
             GROUP, ORDER, ACT, SHARED, HAS_BIAS, HAS_Y, TARGET, TARGET2, PRECISION,
-            EMULATE_BF16, CHUNKS, COLS, Z_OFFS, Z_STRIDES,
+            EMULATE_BF16, CHUNKS, COLS, Z_OFFS, Z_STRIDES, False, True, Z_OFFS, Z_STRIDES,
         )  # fmt: skip
         sum_f += tile_f
         sum_u += tile_u

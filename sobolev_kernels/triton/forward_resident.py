@@ -116,7 +116,7 @@ def _resident_pass(
 @triton.jit
 def _sobolev_fwd_resident_kernel(
     x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs,
-    f_ptr, u_ptr, w2_ptr, z_ptr, partial_ptr,
+    f_ptr, u_ptr, w2_ptr, z_ptr, act_ptr, partial_ptr,
     B, slope,
     WIDTHS: tl.constexpr, PADS: tl.constexpr, B_OFFS: tl.constexpr,
     OUT_CUM: tl.constexpr, NUM_LAYERS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
@@ -127,7 +127,9 @@ def _sobolev_fwd_resident_kernel(
     STORE_HIDDEN: tl.constexpr,
 ):  # fmt: skip
     """``_sobolev_fwd_kernel``'s arguments (CHUNKS and COLS unused: whole-K dots, all
-    columns), and STORE_HIDDEN: whether the hidden pre-activations go to the saved stacks."""
+    columns; act_ptr unread: activations stay in registers; not its ACTIVATED, STORE_Z,
+    A_OFFS, A_STRIDES), and STORE_HIDDEN: whether the hidden pre-activations go to the saved
+    stacks."""
     M: tl.constexpr = WIDTHS[NUM_LAYERS]
     MP: tl.constexpr = PADS[NUM_LAYERS]
     pid = tl.program_id(0).to(tl.int64)

@@ -57,7 +57,8 @@ _plans: dict[Hashable, object] = {}
 _SETTINGS = ("SOBOLEV_TRITON_FORWARD", "SOBOLEV_TRITON_BACKWARD",
              "SOBOLEV_TRITON_BACKWARD_KERNEL", "SOBOLEV_TRITON_WIDE_TILES",
              "SOBOLEV_TRITON_WEIGHT_GRAD", "SOBOLEV_TRITON_RECOMPUTE_ROWS", "SOBOLEV_AUTOTUNE",
-             "SOBOLEV_TRITON_DIRECT_LAUNCH", "TRITON_INTERPRET")  # fmt: skip
+             "SOBOLEV_TRITON_DIRECT_LAUNCH", "SOBOLEV_TRITON_FORWARD_ACTIVATED",
+             "TRITON_INTERPRET")  # fmt: skip
 _ENVIRON = getattr(os.environ, "_data", None) if os.name == "posix" else None
 _SETTINGS_KEYS = tuple(os.fsencode(name) for name in _SETTINGS)
 
@@ -185,8 +186,10 @@ def _launch_config(
         forced = _forward_forced()
     elif kernel == "bwd":
         forced = _backward_kernel_forced()
+    activated = _forward_activated() if kernel == "fwd" else "0"
     key = _tuning_key(kernel, x, constexprs, allow_tf32) + (("wide tiles",) if wide else ())
     key += (forced,) if forced != "auto" else ()
+    key += ("activated", activated) if activated != "auto" else ()
     chosen = tuning.chosen(key)
     if chosen is not None:  # every call after a shape's first: no candidates to build
         return chosen
@@ -200,12 +203,44 @@ def _launch_config(
             return resident[0]
         return tuning.fastest(key, resident, launch, _DOES_NOT_FIT)
     if not tuning.can_measure(x.device):
-        return layout.static_config(x.element_size(), limit, static)
+        return _with_activated(layout, [layout.static_config(x.element_size(), limit, static)],
+                               activated)[0]  # fmt: skip
     configs = layout.launch_configs(x.element_size(), limit, static, tensor_core,
                                     wide or kernel == "fwd")  # fmt: skip
     if tensor_core_only:
         configs = configs[:1] + [c for c in configs[1:] if c.precision != static or c.cols]
+    configs = _with_activated(layout, configs, activated)
     return tuning.fastest(key, configs + resident, launch, _DOES_NOT_FIT)
+
+
+def _forward_activated() -> str:
+    """SOBOLEV_TRITON_FORWARD_ACTIVATED: unset (auto), 1 or 0. The chunked forward activates
+    a hidden layer's outputs where the next layer reloads them, once per column block and
+    direction group of that layer (``Layout.activates_per_pass``): at config L (width 256,
+    32 columns a block, four groups) 32 times. Its ``activated`` form stores them activated
+    once and reloads those (forward.py). Auto: the tuner measures the activated twin of the
+    column-block candidate (``Layout.tensor_core_config``) beside the rest; 1: every chunked
+    forward config (the static one too) is activated; 0: none. The twin's speed is
+    unmeasured on a GPU (2026-11-27): the reloading form, which the H200 measured, stays a
+    candidate and the static choice."""
+    raw = os.environ.get("SOBOLEV_TRITON_FORWARD_ACTIVATED")
+    if raw is None:
+        return "auto"
+    return "1" if env_flag("SOBOLEV_TRITON_FORWARD_ACTIVATED", "0") else "0"
+
+
+def _with_activated(layout: Layout, configs: list[LaunchConfig],
+                    activated: str) -> list[LaunchConfig]:  # fmt: skip
+    """The forward's candidates under ``_forward_activated``: as they are ("0"), each
+    activated where that saves work ("1"), or the column-block candidates' activated twins
+    added ("auto")."""
+    if activated == "0":
+        return configs
+    if activated == "1":
+        return [c._replace(activated=layout.activates_per_pass(c)) for c in configs]
+    twins = [c._replace(activated=True) for c in configs
+             if c.cols and layout.activates_per_pass(c)]  # fmt: skip
+    return configs + twins
 
 
 def _offers_resident(x: Tensor, layout: Layout) -> bool:
@@ -326,6 +361,7 @@ class _ForwardPlan(NamedTuple):
     programs: int
     scratch: int  # elements of the per-call scratch stacks; 0: none (the saved ones, or f)
     saved: int  # elements of the saved pre-activations (0: the forward keeps none)
+    activated: int  # elements of the activated layers' scratch, in x's dtype (0: none)
     k: int
     m: int
     order: int
@@ -356,18 +392,29 @@ def _forward_plan(
     finish = direct_launch.launcher(_sobolev_loss_finish_kernel, {"BLOCK": 256})
 
     def plan(config: LaunchConfig) -> _ForwardPlan:
-        programs, scratch = cdiv(batch, config.rows), 0
+        programs, scratch, activated = cdiv(batch, config.rows), 0, 0
         run, extra = kernel, {}
         if config.resident:  # its activations stay in registers: no scratch
             run, extra = _sobolev_fwd_resident_kernel, {"STORE_HIDDEN": save_activations}
         elif persistent:
             programs = _persistent_programs(batch, config, dev)
             scratch = programs * layout.scratch_elements(config.rows)
-        elif hidden and not save_activations:
-            scratch = layout.scratch_elements(batch)
+        else:
+            on = config.activated and bool(hidden)
+            scratch_layout = layout.hidden_stacks(False)
+            # activated: the layers reload [h; t; tt] from scratch of their own; the
+            # pre-activations are stored for a backward, or for the further direction
+            # groups' passes (which reload them)
+            store_z = save_activations or not on or layout.kp > config.group
+            extra = dict(ACTIVATED=on, STORE_Z=store_z, A_OFFS=scratch_layout["Z_OFFS"],
+                         A_STRIDES=scratch_layout["Z_STRIDES"])  # fmt: skip
+            if on:
+                activated = layout.scratch_elements(batch)
+            if hidden and store_z and not save_activations:
+                scratch = layout.scratch_elements(batch)
         launcher = direct_launch.launcher(run, {**_tuned(layout, config, "fwd"), **constexprs,
                                                 **extra})  # fmt: skip
-        return _ForwardPlan(launcher, finish, programs, scratch, saved, k, m, order)
+        return _ForwardPlan(launcher, finish, programs, scratch, saved, activated, k, m, order)
 
     def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
@@ -389,9 +436,11 @@ def _forward_with(plan: _ForwardPlan, tensors: tuple, negative_slope: float) -> 
     saved = torch.empty(plan.saved, device=dev, dtype=acc)
     stacks = torch.empty(plan.scratch, device=dev, dtype=acc) if plan.scratch else (
         saved if plan.saved else f)  # fmt: skip
+    # (in x's dtype: the dots read their operands in it, whether loaded so or cast)
+    activated = torch.empty(plan.activated, device=dev, dtype=dtype) if plan.activated else f
     partial = torch.empty(plan.programs, 3, device=dev, dtype=torch.float32)
     plan.launcher((plan.programs,), (*tensors, f, u, w if plan.order == 2 else u, stacks,
-                                     partial, batch, negative_slope))  # fmt: skip
+                                     activated, partial, batch, negative_slope))  # fmt: skip
     return partial, f, u, w, saved
 
 

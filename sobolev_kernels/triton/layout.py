@@ -51,6 +51,9 @@ class LaunchConfig(NamedTuple):
     precision: str  # tl.dot input_precision of fp32 operands: "ieee", "tf32x3" or "tf32"
     cols: int = 0  # output columns per pass of a layer (0: all of them)
     resident: bool = False  # the forward with its activations in registers (forward_resident.py)
+    # the chunked forward storing each hidden layer's activated outputs once for the next
+    # layer to reload, instead of its pre-activations activated again per pass (forward.py)
+    activated: bool = False
 
 
 def tf32_splits_rows(config: LaunchConfig) -> bool:
@@ -375,6 +378,17 @@ class Layout:
             else:
                 break
         return LaunchConfig(rows, warps, CHUNK, group, precision, cols)
+
+    def activates_per_pass(self, config: LaunchConfig) -> bool:
+        """Whether the chunked forward under ``config`` activates a hidden layer's outputs
+        more than once (where an ``activated`` twin saves work): the next layer reloads and
+        activates them once per pass, and its passes are its column blocks (``cols``
+        narrower than a hidden layer that follows another) times its direction groups."""
+        hidden = self.pads[1:-1]
+        if not hidden or config.resident:
+            return False
+        narrow = 0 < config.cols < max(hidden[1:], default=config.cols)
+        return narrow or config.group < self.kp
 
     def col_blocks(self, cols: int, kernel: str) -> tuple[int, ...]:
         """COLS of a kernel: per layer l, the columns one pass computes (0: all of them) —

@@ -170,9 +170,10 @@ def _sobolev_bwd_persistent_kernel(
             for l in tl.static_range(NUM_LAYERS - 1):
                 for n0 in tl.range(0, PADS[l + 1], FWD_COLS[l], num_stages=1):
                     _fwd_hidden_block(
-                        x_t, v_t, w_ptrs, b_ptrs, z_mine, 0, n0, rows, row_ok, valid, slope,
-                        l, FWD_COLS[l], WIDTHS, PADS, B_OFFS, K, KP, GROUP, ROWS, ORDER, ACT,
-                        SHARED, HAS_BIAS, PRECISION, EMULATE_BF16, CHUNKS, OUT_CUM, Z_STRIDES,
+                        x_t, v_t, w_ptrs, b_ptrs, z_mine, z_mine, 0, n0, rows, row_ok, valid,
+                        slope, l, FWD_COLS[l], WIDTHS, PADS, B_OFFS, K, KP, GROUP, ROWS, ORDER,
+                        ACT, SHARED, HAS_BIAS, PRECISION, EMULATE_BF16, CHUNKS, OUT_CUM,
+                        Z_STRIDES, False, True, OUT_CUM, Z_STRIDES,
                     )  # fmt: skip
                 tl.debug_barrier()  # the next layer (or the backward) reloads others' rows
         else:

@@ -56,13 +56,22 @@ def _activate(z, tz, ttz, slope, ACT: tl.constexpr, G: tl.constexpr, ROWS: tl.co
     s'(z) ttz + s''(z) tz^2] in fp32 (tangent tiles of G directions, (G * ROWS, n); for
     order 1, tt is t)."""
     s, s1, s2, _ = act_series(z.to(tl.float32), slope, ACT)
+    t, tt = _activate_tangents(s1, s2, tz, ttz, G, ROWS, ORDER)
+    return s, t, tt
+
+
+@triton.jit
+def _activate_tangents(s1, s2, tz, ttz, G: tl.constexpr, ROWS: tl.constexpr,
+                       ORDER: tl.constexpr):  # fmt: skip
+    """[t; tt] = [s'(z) tz; s'(z) ttz + s''(z) tz^2] of G directions ((G * ROWS, n) tiles)
+    from s' and s'' of the values' z ((ROWS, n), fp32); for order 1, tt is t."""
     tz3 = _by_direction(tz.to(tl.float32), G, ROWS)
     t = _rows(tz3 * s1[None, :, :], G, ROWS)
     tt = t
     if ORDER == 2:
         ttz3 = _by_direction(ttz.to(tl.float32), G, ROWS)
         tt = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], G, ROWS)
-    return s, t, tt
+    return t, tt
 
 
 @triton.jit
