@@ -55,11 +55,14 @@ void plan_gemm_grads(const SobolevLaunch& p, LaunchPlan* plan) {
   FusedPlan& fused = plan->fused;
   fused.grads_by_gemm = true;
   for (int l = 1; l <= p.num_layers; ++l) {
-    fused.gemm_input_elems = std::max(fused.gemm_input_elems, gemm_rows(p, l) * p.widths[l - 1]);
+    if (!gemm_inputs_over_adjoints(p, l))
+      fused.gemm_input_elems =
+          std::max(fused.gemm_input_elems, gemm_rows(p, l) * p.widths[l - 1]);
     if (!std::is_same_v<op_t, float>)
       fused.gemm_copy_elems = std::max(fused.gemm_copy_elems, gemm_rows(p, l) * p.widths[l]);
   }
-  // adjoints | layer input stack | adjoint copy
+  // adjoints | layer input stack (of the layers whose inputs are not formed over the adjoints)
+  // | adjoint copy
   plan->workspace_bytes = align_up(sizeof(float) * fused.adjoint_elems) +
                           align_up(sizeof(op_t) * fused.gemm_input_elems) +
                           sizeof(op_t) * fused.gemm_copy_elems;
@@ -131,10 +134,12 @@ cudaError_t gemm_operands_for(const SobolevLaunch& p, const LaunchPlan& plan, vo
   args.p = p;
   args.layer = layer;
   args.adjoints = reinterpret_cast<const float*>(base) + adjoint_offset(p, streams, layer);
-  args.inputs = base + align_up(sizeof(float) * fused.adjoint_elems);
+  unsigned char* own_inputs = base + align_up(sizeof(float) * fused.adjoint_elems);
+  args.inputs = gemm_inputs_over_adjoints(p, layer)
+                    ? base + sizeof(float) * adjoint_offset(p, streams, layer - 1)
+                    : own_inputs;
   if (fused.gemm_copy_elems > 0)
-    args.adjoint_copy = static_cast<unsigned char*>(args.inputs) +
-                        align_up(sizeof(op_t) * fused.gemm_input_elems);
+    args.adjoint_copy = own_inputs + align_up(sizeof(op_t) * fused.gemm_input_elems);
   out->rows = gemm_rows(p, layer);
   out->inputs = args.inputs;
   out->adjoints = args.adjoint_copy != nullptr ? args.adjoint_copy : args.adjoints;

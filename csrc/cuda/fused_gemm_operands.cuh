@@ -31,6 +31,19 @@ SK_HD int64_t gemm_rows(const SobolevLaunch& p, int layer) {
   return int64_t(streams) * p.batch;
 }
 
+// Whether layer l's input operand S_{l-1} is formed over layer l-1's adjoints in the workspace
+// (l >= 2, where those start 16-byte aligned, as cuBLAS's vector loads want): the binding runs
+// the layers in order on one stream, so layer l-1's GEMM and bias sums have read them by then.
+// Else S_{l-1} takes a buffer of its own after the adjoints, sized for such layers only (layer
+// 1's [x; v] at least): not a stack of the largest layer beside the adjoints (config M in fp32:
+// 13 MB instead of 100 MB).
+SK_HD bool gemm_inputs_over_adjoints(const SobolevLaunch& p, int layer) {
+  if (layer < 2) return false;
+  int64_t before = 0;  // adjoint_offset(p, S, layer - 1) in floats
+  for (int l = 1; l < layer - 1; ++l) before += p.widths[l];
+  return int64_t(1 + p.order * p.num_directions) * p.batch * before % 4 == 0;
+}
+
 struct GemmOperandArgs {
   SobolevLaunch p;
   int layer = 1;                   // l, 1..L

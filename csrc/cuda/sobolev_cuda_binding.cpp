@@ -174,7 +174,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
 // WeightGrads::kGemm, after the fused backward kernel: per layer, its operands (one launch),
 // dW_l = A_l^T S_{l-1} on cuBLAS at torch's matmul precision (the op's allow_tf32 is read off
 // it) and db_l = the column sums of A_l's value rows. The workspace buffers are reused layer by
-// layer: every launch is on the current stream, so each layer's GEMM reads them before the
+// layer, and layer l's inputs are formed over layer l-1's adjoints (gemm_inputs_over_adjoints):
+// every launch is on the current stream, so each layer's GEMM and sums read them before the
 // next layer's operands overwrite them.
 void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const at::Tensor& ws,
                           std::vector<at::Tensor>& grad_weights,

@@ -167,9 +167,10 @@ bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
 
 // WeightGrads::kGemm as fused_backward.cu and the binding run it: per layer the operand
 // kernel (three blocks), then the GEMM and the bias sums on the host in fp32, as cuBLAS
-// accumulates, written in T.
+// accumulates, written in T. Layer l's inputs are formed over layer l-1's adjoints where the
+// launcher puts them there (gemm_inputs_over_adjoints), in a copy of the adjoints.
 template <typename T>
-void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, const std::vector<float>& adjoints) {
+void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adjoints) {
   namespace sc = sobolev::cuda;
   using op_t = sc::gemm_operand_t<T>;
   const SobolevLaunch& s = a.p;
@@ -181,8 +182,12 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, const std::vector<floa
     g.p = s;
     g.layer = l;
     g.adjoints = adjoints.data() + sc::adjoint_offset(s, streams, l);
-    std::vector<op_t> inputs(rows * n_in), copy(std::is_same_v<op_t, float> ? 0 : rows * n_out);
-    g.inputs = inputs.data();
+    const bool over = sc::gemm_inputs_over_adjoints(s, l);
+    std::vector<op_t> own(over ? 0 : rows * n_in);
+    std::vector<op_t> copy(std::is_same_v<op_t, float> ? 0 : rows * n_out);
+    float* previous = adjoints.data() + (over ? sc::adjoint_offset(s, streams, l - 1) : 0);
+    op_t* inputs = over ? reinterpret_cast<op_t*>(previous) : own.data();
+    g.inputs = inputs;
     g.adjoint_copy = copy.empty() ? nullptr : copy.data();
     emulate_launch(sc::fused_gemm_operands_kernel<T>, 3, 64, g);
     const auto adjoint = [&](int64_t r, int i) {

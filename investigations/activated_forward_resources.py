@@ -1,0 +1,61 @@
+"""Registers, spills and tensor-core instructions of the chunked forward in its two forms,
+the one that reloads pre-activations and activates them per pass and the ``activated`` one
+(``launch._forward_activated``), compiled ahead of time for sm_90 (no GPU) on the tuner's
+column-block candidate of configs S, M and L, as the benchmark runs them (a directional
+target, biases, y).
+
+    python investigations/activated_forward_resources.py > out.md
+    PYTHONPATH=.venv/triton-3.6.0 python investigations/activated_forward_resources.py
+
+Spills are clues, not speed: the tuner times both forms on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences a 3.9 notice; same default
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+
+from bench.step import CONFIGS  # noqa: E402
+from sobolev_kernels.triton import aot  # noqa: E402
+from sobolev_kernels.triton.launch import TARGET_JVP  # noqa: E402
+from sobolev_kernels.triton.layout import Layout  # noqa: E402
+
+
+def main() -> int:
+    aot.TARGET_GRAD = TARGET_JVP  # the benchmark's target: (B, K, m) directional derivatives
+    print(f"# The chunked forward's two forms, sm_90, triton {triton.__version__}\n")
+    print("| config | dtype | launch config | form | REG | STACK | shared | tensor-core "
+          "instructions |")  # fmt: skip
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for name in ("S", "M", "L"):
+        sizes = CONFIGS[name]
+        widths = (sizes["dim"],) + (sizes["width"],) * (sizes["layers"] - 1) + (sizes["out"],)
+        layout = Layout(widths, sizes["k"], sizes["order"])
+        for dtype in ("fp32", "bf16"):
+            c = layout.tensor_core_config("tf32x3" if dtype == "fp32" else "ieee")
+            label = f"rows {c.rows}, warps {c.warps}, group {c.group}, cols {c.cols}, {c.precision}"
+            for kernel in ("fwd", "fwd_activated"):
+                start = time.perf_counter()
+                ((_, compiled),) = aot.compile_step(layout, c.rows, c.warps, 0, c.precision,
+                                                    c.chunk, dtype, 90, c.group, c.cols,
+                                                    (kernel,))  # fmt: skip
+                res = aot.resources(compiled)
+                tensor_ops = len(re.findall(r"\bH(?:G)?MMA\b", aot.sass(compiled)))
+                form = "activated" if kernel == "fwd_activated" else "reloading"
+                print(f"| {name} | {dtype} | {label} | {form} | {res.get('REG')} | "
+                      f"{res.get('STACK')} | {compiled.metadata.shared} | {tensor_ops} |",
+                      flush=True)  # fmt: skip
+                print(f"({name} {dtype} {form}: {time.perf_counter() - start:.0f} s)",
+                      file=sys.stderr)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
