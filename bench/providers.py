@@ -27,7 +27,9 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # SOBOLEV_CUDA_KERNEL, SOBOLEV_CUDA_WEIGHT_GRADS and SOBOLEV_CUDA_FUSED_OCCUPANCY, which the
 # extension reads per call. cuda_tiled was the default until run 5 (the least memory: it
 # recomputes); cuda_fused forms dW in its own kernel (split-K), cuda_fused_gemm by GEMMs in
-# the low-occupancy shapes (the backward only: a step-only provider).
+# the low-occupancy shapes (the backward only: a step-only provider); cuda_bias_gemv is the
+# default with its GEMM weight gradients' bias sums by cuBLAS's gemv instead of torch's sum
+# (SOBOLEV_CUDA_BIAS_SUMS; step only, timed by the GPU script's kernel profile).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -35,6 +37,7 @@ CUDA_VARIANTS = {
     "cuda_tiled_tc": {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
     "cuda_fused": {**_FUSED, "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
     "cuda_fused_gemm": {**_FUSED, "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
+    "cuda_bias_gemv": {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing
@@ -58,7 +61,7 @@ TRITON_VARIANTS = {
     },
     "triton_jit_launch": {"SOBOLEV_TRITON_DIRECT_LAUNCH": "0"},
 }
-STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "triton_compiled"}
+STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "triton_compiled"}
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of
 # 2026-11-27: 2.3-2.8 ms of host time a Triton step). What a user gets by capturing the

@@ -64,21 +64,23 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # Every entry point's arguments, shared by the run and the dry run.
 # cuda_graphed left out: run 3 (2026-11-27) had it within 1% of cuda at S, M and L (the CUDA
 # steps are GPU-bound); cuda_tiled_tc and cuda_fused_gemm too: run 5 had them slower than the
-# default and cuda_fused at every config (and the bench ran out of time before L in bf16)
+# default and cuda_fused at every config (and the bench ran out of time before L in bf16);
+# cuda_bias_gemv: its bias sums are timed by the profile stage's kernel table
 # triton_compiled: an inductor compile per point (seconds each); timed at M in bf16 by the
 # profile stage
 # triton_jit_launch: what direct launches save is host time, which the host profile times
 BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward
-            --exclude cuda_graphed cuda_tiled_tc cuda_fused_gemm triton_compiled triton_jit_launch)
+            --exclude cuda_graphed cuda_tiled_tc cuda_fused_gemm cuda_bias_gemv triton_compiled
+            triton_jit_launch)
 # torch_compile's failure (no double backward) is structural: recorded by bench, not again;
 # the backends' variants are compared at S, M and L by bench, not at every batch (but
 # triton_graphed: the step's GPU time without its host time, the sweep's question)
 SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
             triton_lean_persistent cuda_tiled cuda_tiled_tc cuda_fused cuda_fused_gemm
-            cuda_graphed triton_compiled triton_jit_launch)
+            cuda_bias_gemv cuda_graphed triton_compiled triton_jit_launch)
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
-              --exclude torch_compile triton_jit_launch --precompile "$COMPILE_JOBS"
+              --exclude torch_compile triton_jit_launch cuda_bias_gemv --precompile "$COMPILE_JOBS"
               --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
 # bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms);

@@ -208,7 +208,8 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
     {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
     {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
     {},  # the default: fused kernels, dW by cuBLAS GEMMs, high occupancy
-], ids=["tiled", "tiled_tc", "fused_splitk", "default"])  # fmt: skip
+    {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},  # the default, db by cuBLAS's gemv
+], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dtype):
     """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
@@ -278,6 +279,17 @@ def test_cuda_unknown_setting_is_named(monkeypatch, variable, value, expected):
     model, x, y, kw = sample_inputs(device="cuda")
     with pytest.raises(RuntimeError, match=expected):
         sk.sobolev_loss(model, x, y, backend="cuda", **kw)
+
+
+@pytest.mark.gpu
+def test_cuda_unknown_bias_sums_are_named(monkeypatch):
+    """Read where they run: by the backward's GEMM weight gradients (fp32, the default)."""
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_BIAS_SUMS", "atomic")
+    model, x, y, kw = sample_inputs(device="cuda", dtype=torch.float32)
+    loss = sk.sobolev_loss(model, x, y, backend="cuda", **kw)
+    with pytest.raises(RuntimeError, match="SOBOLEV_CUDA_BIAS_SUMS: expected reduce or gemv"):
+        loss.backward()
 
 
 @pytest.mark.gpu

@@ -5,6 +5,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mv.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -63,6 +65,19 @@ bool requested_high_occupancy() {
   if (name.empty() || name == "high") return true;
   if (name == "low") return false;
   TORCH_CHECK(false, "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected high or low, got '", name, "'");
+}
+
+// SOBOLEV_CUDA_BIAS_SUMS, read on every call: how the GEMM weight gradients' bias sums (the
+// column sums of each layer's (B, n_l) fp32 value adjoints) run. "reduce" (or unset: torch's
+// sum over dim 0; on the H200 at config M 52 us a layer of width 128, about 0.6 TB/s, run 5)
+// or "gemv" (cuBLAS's A^T 1 through ATen, one ones vector a call; unmeasured on a GPU, timed
+// by the GPU script's kernel profile as provider cuda_bias_gemv).
+bool requested_bias_gemv() {
+  const char* env = std::getenv("SOBOLEV_CUDA_BIAS_SUMS");
+  const std::string name = env == nullptr ? "" : env;
+  if (name.empty() || name == "reduce") return false;
+  if (name == "gemv") return true;
+  TORCH_CHECK(false, "SOBOLEV_CUDA_BIAS_SUMS: expected reduce or gemv, got '", name, "'");
 }
 
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
@@ -182,6 +197,9 @@ void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const 
                           std::vector<at::Tensor>& grad_biases) {
   const auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto options = ws.options();
+  at::Tensor ones;  // SOBOLEV_CUDA_BIAS_SUMS=gemv: db_l = values^T 1
+  if (requested_bias_gemv() && !grad_biases.empty())
+    ones = at::ones({p.batch}, options.dtype(at::kFloat));
   for (int l = 1; l <= p.num_layers; ++l) {
     GemmOperands ops;
     C10_CUDA_CHECK(launch_gemm_operands(p, plan, ws.data_ptr(), l, &ops, stream));
@@ -200,7 +218,11 @@ void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const 
     const auto values = at::from_blob(const_cast<float*>(ops.bias_adjoints),
                                       {p.batch, p.widths[l]}, options.dtype(at::kFloat));
     at::Tensor& db = grad_biases[l - 1];
-    if (db.scalar_type() == at::kFloat)
+    if (ones.defined() && db.scalar_type() == at::kFloat)
+      at::mv_out(db, values.t(), ones);
+    else if (ones.defined())
+      db.copy_(at::mv(values.t(), ones));
+    else if (db.scalar_type() == at::kFloat)
       at::sum_out(db, values, {0});
     else
       db.copy_(at::sum(values, {0}));
