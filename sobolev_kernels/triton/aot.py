@@ -57,12 +57,13 @@ _BWD_SCALARS = dict(_FWD_SCALARS, coef_f="fp32", coef_u="fp32", coef_w="fp32")
 
 def step_constexprs(
     layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
-    group: int | None = None, cols: int = 0, store_inputs: bool = True,
+    group: int | None = None, cols: int = 0, store_inputs: bool = True, index64: bool = False,
 ) -> dict[str, dict]:  # fmt: skip
     """The constexprs of both kernels as the launchers set them for a training step with a
     Jacobian (and, for order 2, Hessian) target, biases and y (``group``: directions per
     pass, default the static choice; ``cols``: output columns per pass, 0 for all;
-    ``store_inputs``: false for the backward of the ``recompute`` weight gradients)."""
+    ``store_inputs``: false for the backward of the ``recompute`` weight gradients;
+    ``index64``: 64-bit index arithmetic, which the launchers take past 2^31 elements)."""
     common = dict(layout.constexprs(), ROWS=rows, GROUP=group or layout.group(rows, warps),
                   ACT=act, SHARED=False, HAS_BIAS=True, HAS_Y=True, TARGET=TARGET_GRAD,
                   TARGET2=TARGET_HESS if layout.order == 2 else TARGET_NONE,
@@ -78,6 +79,7 @@ def step_constexprs(
             STORE_Z=True,
             A_OFFS=scratch["Z_OFFS"],
             A_STRIDES=scratch["Z_STRIDES"],
+            INDEX64=index64,
         ),
         "bwd": dict(
             common,
@@ -90,6 +92,7 @@ def step_constexprs(
             NEED_DX=True,
             STORE_INPUTS=store_inputs,
             COLS=layout.col_blocks(cols, "bwd"),
+            INDEX64=index64,
         ),  # fmt: skip
     }
 
@@ -100,7 +103,7 @@ def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0,
     from the backward kernel's ``bwd`` (the same tiles, dots and seeds); ``recompute``: after
     a forward that kept nothing, else after one that saved its pre-activations."""
     geometry = layout.weight_grad_constexprs(True)
-    out = {k: v for k, v in bwd.items() if k != "STORE_INPUTS"}
+    out = {k: v for k, v in bwd.items() if k not in ("STORE_INPUTS", "INDEX64")}
     out.update(
         NEED_PARAMS=True, FWD_COLS=layout.col_blocks(cols, "fwd"),
         Z_STRIDES=layout.hidden_stacks(True)["Z_STRIDES"], W_OFFS=geometry["W_OFFS"],
@@ -115,7 +118,7 @@ def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0,
 def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
                  dtype: str, arch: int, group: int | None = None, cols: int = 0,
                  kernels: tuple[str, ...] = ("fwd", "bwd"),
-                 store_inputs: bool = True) -> Iterator[tuple]:  # fmt: skip
+                 store_inputs: bool = True, index64: bool = False) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
     "fwd", "fwd_activated" (the forward storing its activated layers), "bwd",
     "fwd_persistent", "bwd_persistent", "bwd_persistent_saved", and "fwd_resident" and
@@ -123,7 +126,7 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
     (80, 90, ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile
     raises."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
-                                 store_inputs)  # fmt: skip
+                                 store_inputs, index64)  # fmt: skip
     constexprs["bwd_persistent"] = persistent_constexprs(layout, constexprs["bwd"], dtype, cols)
     constexprs["bwd_persistent_saved"] = persistent_constexprs(layout, constexprs["bwd"], dtype,
                                                                cols, recompute=False)  # fmt: skip
@@ -132,7 +135,8 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
     constexprs["fwd_activated"] = dict(constexprs["fwd"], ACTIVATED=True)
     chunked_only = ("ACTIVATED", "STORE_Z", "A_OFFS", "A_STRIDES")
     fwd = {k: v for k, v in constexprs["fwd"].items() if k not in chunked_only}
-    constexprs["fwd_persistent"] = dict(fwd, **layout.hidden_stacks(save=False))
+    persistent = {k: v for k, v in fwd.items() if k != "INDEX64"}  # (64-bit tile offsets)
+    constexprs["fwd_persistent"] = dict(persistent, **layout.hidden_stacks(save=False))
     constexprs["fwd_resident"] = dict(fwd, STORE_HIDDEN=True)
     constexprs["bwd_resident"] = constexprs["bwd"]
     every = [("fwd", _sobolev_fwd_kernel, _FWD_PTRS, _FWD_SCALARS),

@@ -303,8 +303,12 @@ def _sobolev_bwd_kernel(
     HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
     NEED_DX: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
+    INDEX64: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    if INDEX64:  # an offset may pass 2^31 elements (launch._index64)
+        pid = pid.to(tl.int64)
+        B = tl.cast(B, tl.int64)
     rows = pid * ROWS + tl.arange(0, ROWS)
     _bwd_rows(
         x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, z_ptr, f_ptr, u_ptr, w2_ptr, gloss_ptr,

@@ -40,6 +40,7 @@ def _sobolev_bwd_resident_kernel(
     HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
     NEED_DX: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
+    INDEX64: tl.constexpr,
 ):  # fmt: skip
     """``_sobolev_bwd_kernel``'s arguments (CHUNKS and COLS unused: whole-K dots, all
     columns; GROUP must be KP)."""
@@ -47,7 +48,10 @@ def _sobolev_bwd_resident_kernel(
     D: tl.constexpr = WIDTHS[0]
     S: tl.constexpr = 1 + ORDER * K
     NB: tl.constexpr = B_OFFS[NUM_LAYERS - 1] + WIDTHS[NUM_LAYERS]  # biases in all layers
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    if INDEX64:  # an offset may pass 2^31 elements (launch._index64)
+        pid = pid.to(tl.int64)
+        B = tl.cast(B, tl.int64)
     rows = pid * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(

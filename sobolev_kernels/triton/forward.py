@@ -247,9 +247,12 @@ def _sobolev_fwd_kernel(
     TARGET2: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
     ACTIVATED: tl.constexpr, STORE_Z: tl.constexpr, A_OFFS: tl.constexpr,
-    A_STRIDES: tl.constexpr,
+    A_STRIDES: tl.constexpr, INDEX64: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    if INDEX64:  # an offset may pass 2^31 elements (launch._index64)
+        pid = pid.to(tl.int64)
+        B = tl.cast(B, tl.int64)
     rows = pid * ROWS + tl.arange(0, ROWS)
     sum_f, sum_u, sum_w = _fwd_rows(
         x_ptr, v_ptr, y_ptr, g_ptr, g2_ptr, w_ptrs, b_ptrs, f_ptr, u_ptr, w2_ptr, z_ptr,

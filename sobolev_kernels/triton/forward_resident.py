@@ -124,7 +124,7 @@ def _sobolev_fwd_resident_kernel(
     SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Y: tl.constexpr, TARGET: tl.constexpr,
     TARGET2: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     CHUNKS: tl.constexpr, COLS: tl.constexpr, Z_OFFS: tl.constexpr, Z_STRIDES: tl.constexpr,
-    STORE_HIDDEN: tl.constexpr,
+    STORE_HIDDEN: tl.constexpr, INDEX64: tl.constexpr,
 ):  # fmt: skip
     """``_sobolev_fwd_kernel``'s arguments (CHUNKS and COLS unused: whole-K dots, all
     columns; act_ptr unread: activations stay in registers; not its ACTIVATED, STORE_Z,
@@ -132,7 +132,10 @@ def _sobolev_fwd_resident_kernel(
     stacks."""
     M: tl.constexpr = WIDTHS[NUM_LAYERS]
     MP: tl.constexpr = PADS[NUM_LAYERS]
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    if INDEX64:  # an offset may pass 2^31 elements (launch._index64)
+        pid = pid.to(tl.int64)
+        B = tl.cast(B, tl.int64)
     rows = pid * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
     z, sum_u, sum_w = _resident_pass(

@@ -58,7 +58,7 @@ _SETTINGS = ("SOBOLEV_TRITON_FORWARD", "SOBOLEV_TRITON_BACKWARD",
              "SOBOLEV_TRITON_BACKWARD_KERNEL", "SOBOLEV_TRITON_WIDE_TILES",
              "SOBOLEV_TRITON_WEIGHT_GRAD", "SOBOLEV_TRITON_RECOMPUTE_ROWS", "SOBOLEV_AUTOTUNE",
              "SOBOLEV_TRITON_DIRECT_LAUNCH", "SOBOLEV_TRITON_FORWARD_ACTIVATED",
-             "TRITON_INTERPRET")  # fmt: skip
+             "SOBOLEV_TRITON_INDEX", "TRITON_INTERPRET")  # fmt: skip
 _ENVIRON = getattr(os.environ, "_data", None) if os.name == "posix" else None
 _SETTINGS_KEYS = tuple(os.fsencode(name) for name in _SETTINGS)
 
@@ -211,6 +211,19 @@ def _launch_config(
         configs = configs[:1] + [c for c in configs[1:] if c.precision != static or c.cols]
     configs = _with_activated(layout, configs, activated)
     return tuning.fastest(key, configs + resident, launch, _DOES_NOT_FIT)
+
+
+def _index64(*numels: int) -> bool:
+    """Whether the chunked and resident kernels index in 64 bits (INDEX64): where a tensor
+    they index, of these numbers of elements, may hold an offset past 2^31 - 1, or where
+    SOBOLEV_TRITON_INDEX=64 asks for it everywhere (auto: 32 bits where every offset fits).
+    64-bit rows and batch take more registers: ahead of time for sm_90 the spills of config
+    M's column-block kernels were 20-45% fewer in 32 bits (the H200 measured only the
+    64-bit form, 2026-11-27); and a 32-bit stack offset past 2^31, S B times a layer's
+    column offset, wrapped before 64-bit rows were added to it."""
+    if _forced_method("SOBOLEV_TRITON_INDEX", ("64",)) == "64":
+        return True
+    return max(numels, default=0) > _INT32_LIMIT
 
 
 def _forward_activated() -> str:
@@ -390,12 +403,17 @@ def _forward_plan(
     kernel = _sobolev_fwd_persistent_kernel if persistent else _sobolev_fwd_kernel
     saved = layout.saved_elements(batch) if save_activations else 0
     finish = direct_launch.launcher(_sobolev_loss_finish_kernel, {"BLOCK": 256})
+    # every tensor the kernels index, and the largest stack they may take (scratch, the
+    # activated layers'); f, u and w are no larger than the targets' (B, K, m)
+    sizes = (*(t.numel() for t in tensors[:5]), batch * k * m, saved,
+             layout.scratch_elements(batch))  # fmt: skip
 
     def plan(config: LaunchConfig) -> _ForwardPlan:
         programs, scratch, activated = cdiv(batch, config.rows), 0, 0
         run, extra = kernel, {}
         if config.resident:  # its activations stay in registers: no scratch
-            run, extra = _sobolev_fwd_resident_kernel, {"STORE_HIDDEN": save_activations}
+            run, extra = _sobolev_fwd_resident_kernel, {"STORE_HIDDEN": save_activations,
+                                                        "INDEX64": _index64(*sizes)}  # fmt: skip
         elif persistent:
             programs = _persistent_programs(batch, config, dev)
             scratch = programs * layout.scratch_elements(config.rows)
@@ -407,7 +425,8 @@ def _forward_plan(
             # groups' passes (which reload them)
             store_z = save_activations or not on or layout.kp > config.group
             extra = dict(ACTIVATED=on, STORE_Z=store_z, A_OFFS=scratch_layout["Z_OFFS"],
-                         A_STRIDES=scratch_layout["Z_STRIDES"])  # fmt: skip
+                         A_STRIDES=scratch_layout["Z_STRIDES"],
+                         INDEX64=_index64(*sizes))  # fmt: skip
             if on:
                 activated = layout.scratch_elements(batch)
             if hidden and store_z and not save_activations:
@@ -562,6 +581,8 @@ def _backward(
             **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
             SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias, **seeds,
             NEED_DX=need_grad_x, STORE_INPUTS=store_inputs, EMULATE_BF16=_emulate_bf16(dtype),
+            INDEX64=_index64(*(t.numel() for t in args if isinstance(t, Tensor)),
+                             saved.numel(), adj.numel(), inputs.numel()),
         )  # fmt: skip
 
         def plan_of(config: LaunchConfig) -> _BackwardPlan:
