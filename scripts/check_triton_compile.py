@@ -7,17 +7,16 @@ report registers, stack (spills) and shared memory of every variant.
 
 Each variant compiles as the static launch and as the autotuner's tensor-core candidate
 (fp32: 3xTF32 dots; its forward also in the form that stores its activated layers), the
-static backward once more without its inputs stores (the
-``recompute`` weight gradients' backward), the persistent forward and backward of a step
-that keeps nothing and the persistent backward after one that saves (``persistent_backward.py``),
-the split-K weight-gradient kernel with
-tensor-core dots, reading the stored inputs and forming them itself (recompute), and the
-resident forward and backward (``forward_resident.py``, ``backward_resident.py``) in their
-configs. Exit
-status 1 if one fails to compile, needs more shared memory than the
-backend estimated (the estimate decides whether a problem fits), or, as a tensor-core
-launch, has no tensor-core instruction in its SASS. Resource surveys over launch
-configs live in investigations/triton_resource_survey.py.
+static launch with 64-bit indices (past 2^31 elements), the static backward once more
+without its inputs stores (the ``recompute`` weight gradients' backward), the persistent
+forward and backward of a step that keeps nothing and the persistent backward after one
+that saves (``persistent_backward.py``), the split-K weight-gradient kernel with tensor-core
+dots, reading the stored inputs and forming them itself (recompute), and the resident
+forward and backward (``forward_resident.py``, ``backward_resident.py``) in their configs.
+Exit status 1 if one fails to compile, needs more shared memory than the backend estimated
+(the estimate decides whether a problem fits), or, as a tensor-core launch, has no
+tensor-core instruction in its SASS. Resource surveys over launch configs live in
+investigations/triton_resource_survey.py.
 """
 
 from __future__ import annotations
@@ -75,6 +74,8 @@ def check(variant, arch: int) -> list[str]:
     if layout.activates_per_pass(tensor_core):
         problems += _check_config(layout, tensor_core, variant, arch, True, ("fwd_activated",))
     problems += _check_config(layout, static, variant, arch, dtype != "fp32", ("bwd",), False)
+    # the static launch with 64-bit indices (launch._index64: tensors past 2^31 elements)
+    problems += _check_config(layout, static, variant, arch, dtype != "fp32", index64=True)
     # the persistent kernels: of a step that keeps nothing, and the backward after a forward
     # that saved (the backward's weight gradients on tensor cores in every dtype)
     problems += _check_config(layout, static, variant, arch, dtype != "fp32", ("fwd_persistent",))
@@ -116,7 +117,7 @@ def _check_weight_grad(layout, precision, variant, arch, recompute) -> list[str]
 
 
 def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("fwd", "bwd"),
-                  store_inputs=True) -> list[str]:  # fmt: skip
+                  store_inputs=True, index64=False) -> list[str]:  # fmt: skip
     widths, k, order, dtype, act = variant
     size = 4 if dtype == "fp32" else 2
     estimate = layout.shared_bytes(config.rows, size, config.chunk, config.group,
@@ -125,6 +126,7 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
         f"sm_{arch} widths={widths} K={k} order={order} {dtype} act={act} rows="
         f"{config.rows} warps={config.warps} {config.precision} cols={config.cols or 'all'}"
         + ("" if store_inputs else " no inputs stores")
+        + (" 64-bit indices" if index64 else "")
     )
     problems = []
     start = time.perf_counter()
@@ -132,7 +134,7 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
         for name, compiled in compile_step(layout, config.rows, config.warps, act,
                                            config.precision, config.chunk, dtype, arch,
                                            config.group, config.cols, kernels,
-                                           store_inputs):  # fmt: skip
+                                           store_inputs, index64):  # fmt: skip
             shared, res = compiled.metadata.shared, resources(compiled)
             tensor_ops = len(re.findall(r"\bH(?:G)?MMA\b", sass(compiled)))
             print(f"{label} {name}: shared={shared} (estimated {estimate}) reg={res.get('REG')} "

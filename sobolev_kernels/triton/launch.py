@@ -217,10 +217,11 @@ def _index64(*numels: int) -> bool:
     """Whether the chunked and resident kernels index in 64 bits (INDEX64): where a tensor
     they index, of these numbers of elements, may hold an offset past 2^31 - 1, or where
     SOBOLEV_TRITON_INDEX=64 asks for it everywhere (auto: 32 bits where every offset fits).
-    64-bit rows and batch take more registers: ahead of time for sm_90 the spills of config
-    M's column-block kernels were 20-45% fewer in 32 bits (the H200 measured only the
-    64-bit form, 2026-11-27); and a 32-bit stack offset past 2^31, S B times a layer's
-    column offset, wrapped before 64-bit rows were added to it."""
+    64-bit rows and batch take more registers: ahead of time for sm_90 with triton 3.6 the
+    column-block kernels of configs S, M and L spilled less in 32 bits in 17 of 18 cases (M's
+    backward 23-40% less; bench/results/triton_activated_forward_sm90.md; the H200 measured
+    only 64-bit rows, 2026-11-27). The 64-bit form also computes each layer's stack offset,
+    S B times its column offset, in 64 bits: in 32 it wrapped past 2^31 elements."""
     if _forced_method("SOBOLEV_TRITON_INDEX", ("64",)) == "64":
         return True
     return max(numels, default=0) > _INT32_LIMIT
