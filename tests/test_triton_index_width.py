@@ -1,7 +1,7 @@
 """The chunked and resident Triton kernels index in 32 bits where every offset fits, in 64
-where one may not (INDEX64, ``launch._index64``) or where SOBOLEV_TRITON_INDEX=64 asks: the
-same losses and gradients bit for bit, and 64 bits chosen past the limit (here a limit
-lowered to the test's sizes)."""
+where one may not (INDEX64, ``launch._index64``) or where SOBOLEV_TRITON_INDEX=64 asks (and
+in the interpreter unless it is 32): the same losses and gradients bit for bit, and 64 bits
+chosen past the limit (here a limit lowered to the test's sizes)."""
 
 from __future__ import annotations
 
@@ -33,40 +33,45 @@ def _index64_of_plans() -> dict[str, set[bool]]:
 def test_the_index_width_is_chosen_by_the_largest_tensor(monkeypatch):
     from sobolev_kernels.triton import launch
 
-    assert not launch._index64(5, 2**31 - 1)
-    assert launch._index64(5, 2**31)
-    assert not launch._index64()
+    monkeypatch.setattr(launch, "interpreting", lambda: False)  # (auto: 32 bits on a GPU)
+    for setting in ("auto", "32"):
+        monkeypatch.setenv("SOBOLEV_TRITON_INDEX", setting)
+        assert not launch._index64(5, 2**31 - 1)
+        assert launch._index64(5, 2**31)
+        assert not launch._index64()
     monkeypatch.setenv("SOBOLEV_TRITON_INDEX", "64")
     assert launch._index64(5)
-    monkeypatch.setenv("SOBOLEV_TRITON_INDEX", "32")
-    with pytest.raises(ValueError, match="SOBOLEV_TRITON_INDEX: expected auto, 64"):
+    monkeypatch.setattr(launch, "interpreting", lambda: True)
+    for setting, wide in (("auto", True), ("32", False)):
+        monkeypatch.setenv("SOBOLEV_TRITON_INDEX", setting)
+        assert launch._index64(5) == wide
+    monkeypatch.setenv("SOBOLEV_TRITON_INDEX", "16")
+    with pytest.raises(ValueError, match="SOBOLEV_TRITON_INDEX: expected auto, 32, 64"):
         launch._index64(5)
 
 
 @pytest.mark.parametrize("forward", ["chunked", "resident"])
 def test_64_bit_indexing_gives_the_same_results(monkeypatch, forward):
-    """Order 2 (a second-order target along the directions), two hidden layers: 32 bits (the
-    test's sizes fit), then 64 chosen because the limit is lowered below the sizes
-    (SOBOLEV_TRITON_INDEX=64 takes the same path: the test above); and against the
-    reference."""
+    """Order 2 (a second-order target along the directions), two hidden layers: 32 bits
+    (SOBOLEV_TRITON_INDEX=32: the test's sizes fit), then 64 chosen because the limit is
+    lowered below the sizes; and against the reference."""
     from sobolev_kernels.triton import launch
 
     monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", forward)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
+    monkeypatch.setenv("SOBOLEV_TRITON_INDEX", "32")
     if forward == "resident":
         monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD_KERNEL", "resident")
     model, x, y, kw = inputs_of_order(2, target="hvp2", dtype=torch.float32, device=DEVICE,
                                       batch=19, dim=3, width=20, out=2, k=2,
                                       layers=3)  # fmt: skip
     runs = {}
-    monkeypatch.delenv("SOBOLEV_TRITON_INDEX", raising=False)
-    for name, limit in (("32", None), ("auto 64", 100)):
+    for name, limit in (("32", None), ("64", 100)):
         if limit is not None:
             monkeypatch.setattr(launch, "_INT32_LIMIT", limit)
         launch.clear_plans()
         runs[name] = loss_and_grads(model, x, y, kw, "triton")
-        wide = name != "32"
-        assert _index64_of_plans() == {"fwd": {wide}, "bwd": {wide}}, name
-    assert torch.equal(runs["auto 64"][0], runs["32"][0])
-    assert all(torch.equal(a, b) for a, b in zip(runs["auto 64"][1], runs["32"][1]))
+        assert _index64_of_plans() == {"fwd": {name == "64"}, "bwd": {name == "64"}}, name
+    assert torch.equal(runs["64"][0], runs["32"][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs["64"][1], runs["32"][1]))
     assert_backends_agree(model, x, y, kw, "triton", TOLERANCES[torch.float32])

@@ -186,10 +186,10 @@ def _launch_config(
         forced = _forward_forced()
     elif kernel == "bwd":
         forced = _backward_kernel_forced()
-    activated = _forward_activated() if kernel == "fwd" else "0"
+    activated = _forward_activated() if kernel == "fwd" else "0"  # (the chunked forward's)
     key = _tuning_key(kernel, x, constexprs, allow_tf32) + (("wide tiles",) if wide else ())
     key += (forced,) if forced != "auto" else ()
-    key += ("activated", activated) if activated != "auto" else ()
+    key += ("activated " + activated,) if kernel == "fwd" and activated != "auto" else ()
     chosen = tuning.chosen(key)
     if chosen is not None:  # every call after a shape's first: no candidates to build
         return chosen
@@ -214,15 +214,18 @@ def _launch_config(
 
 
 def _index64(*numels: int) -> bool:
-    """Whether the chunked and resident kernels index in 64 bits (INDEX64): where a tensor
-    they index, of these numbers of elements, may hold an offset past 2^31 - 1, or where
-    SOBOLEV_TRITON_INDEX=64 asks for it everywhere (auto: 32 bits where every offset fits).
+    """Whether the chunked and resident kernels index in 64 bits (INDEX64).
+    SOBOLEV_TRITON_INDEX: ``32``, 32 bits unless a tensor they index, of these numbers of
+    elements, may hold an offset past 2^31 - 1; ``64``, 64 bits always; ``auto`` (unset),
+    ``32`` on a GPU and ``64`` in the interpreter, whose 32-bit arithmetic checks every
+    operation for overflow (the CPU tuner sweep took 139 s instead of 87).
     64-bit rows and batch take more registers: ahead of time for sm_90 with triton 3.6 the
     column-block kernels of configs S, M and L spilled less in 32 bits in 17 of 18 cases (M's
     backward 23-40% less; bench/results/triton_activated_forward_sm90.md; the H200 measured
     only 64-bit rows, 2026-11-27). The 64-bit form also computes each layer's stack offset,
     S B times its column offset, in 64 bits: in 32 it wrapped past 2^31 elements."""
-    if _forced_method("SOBOLEV_TRITON_INDEX", ("64",)) == "64":
+    forced = _forced_method("SOBOLEV_TRITON_INDEX", ("32", "64"))
+    if forced == "64" or (forced == "auto" and interpreting()):
         return True
     return max(numels, default=0) > _INT32_LIMIT
 
