@@ -341,7 +341,7 @@ def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, s
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
     monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")
-    # (the saving forward's activated twins: test_every_launch_config_the_tuner_may_pick_...)
+    # (the forward's activated twins: test_forward_activated.py, and on a GPU the sweep above)
     monkeypatch.setenv("SOBOLEV_TRITON_FORWARD_ACTIVATED", "0")
     shape = dict(batch=17, dim=3, width=40, out=2, k=3)  # (two tiles at 16 rows, ragged)
     layout = Layout((3, 40, 40, 2), 3, 1)
