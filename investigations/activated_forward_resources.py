@@ -23,6 +23,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import triton  # noqa: E402
 
+from bench.limits import widths  # noqa: E402
 from bench.step import CONFIGS  # noqa: E402
 from sobolev_kernels.triton import aot  # noqa: E402
 from sobolev_kernels.triton.launch import TARGET_JVP  # noqa: E402
@@ -37,8 +38,8 @@ def main() -> int:
     print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for name in ("S", "M", "L"):
         sizes = CONFIGS[name]
-        widths = (sizes["dim"],) + (sizes["width"],) * (sizes["layers"] - 1) + (sizes["out"],)
-        layout = Layout(widths, sizes["k"], sizes["order"])
+        shape = widths(sizes["dim"], sizes["width"], sizes["layers"], sizes["out"])
+        layout = Layout(tuple(shape), sizes["k"], sizes["order"])
         for dtype in ("fp32", "bf16"):
             c = layout.tensor_core_config("tf32x3" if dtype == "fp32" else "ieee")
             label = f"rows {c.rows}, warps {c.warps}, group {c.group}, cols {c.cols}, {c.precision}"

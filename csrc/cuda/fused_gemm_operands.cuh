@@ -38,10 +38,7 @@ SK_HD int64_t gemm_rows(const SobolevLaunch& p, int layer) {
 // 1's [x; v] at least): not a stack of the largest layer beside the adjoints (config M in fp32:
 // 13 MB instead of 100 MB).
 SK_HD bool gemm_inputs_over_adjoints(const SobolevLaunch& p, int layer) {
-  if (layer < 2) return false;
-  int64_t before = 0;  // adjoint_offset(p, S, layer - 1) in floats
-  for (int l = 1; l < layer - 1; ++l) before += p.widths[l];
-  return int64_t(1 + p.order * p.num_directions) * p.batch * before % 4 == 0;
+  return layer >= 2 && adjoint_offset(p, 1 + p.order * p.num_directions, layer - 1) % 4 == 0;
 }
 
 struct GemmOperandArgs {

@@ -585,8 +585,8 @@ def _backward(
             **layout.constexprs(), IN_CUM=layout.in_cum, ACT=activation,
             SMOOTH=activation in SMOOTH, SHARED=v.ndim == 2, HAS_BIAS=has_bias, **seeds,
             NEED_DX=need_grad_x, STORE_INPUTS=store_inputs, EMULATE_BF16=_emulate_bf16(dtype),
-            INDEX64=_index64(*(t.numel() for t in args if isinstance(t, Tensor)),
-                             saved.numel(), adj.numel(), inputs.numel()),
+            # (args holds every tensor the kernel indexes: the stacks too)
+            INDEX64=_index64(*(t.numel() for t in args if isinstance(t, Tensor))),
         )  # fmt: skip
 
         def plan_of(config: LaunchConfig) -> _BackwardPlan:
