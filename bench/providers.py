@@ -29,7 +29,10 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # recomputes); cuda_fused forms dW in its own kernel (split-K), cuda_fused_gemm by GEMMs in
 # the low-occupancy shapes (the backward only: a step-only provider); cuda_bias_gemv is the
 # default with its GEMM weight gradients' bias sums by cuBLAS's gemv instead of torch's sum
-# (SOBOLEV_CUDA_BIAS_SUMS; step only, timed by the GPU script's kernel profile).
+# (SOBOLEV_CUDA_BIAS_SUMS; step only, timed by the GPU script's kernel profile);
+# cuda_staged_split is the default with the fp32 weights split into 3xTF32's parts once as a
+# block stages them instead of by every warp (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only:
+# 16-bit operands are not split; timed by the GPU script's kernel profile and its fp32 bench).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -38,6 +41,7 @@ CUDA_VARIANTS = {
     "cuda_fused": {**_FUSED, "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
     "cuda_fused_gemm": {**_FUSED, "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
     "cuda_bias_gemv": {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},
+    "cuda_staged_split": {"SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT": "staged"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing

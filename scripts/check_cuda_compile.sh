@@ -102,7 +102,8 @@ print("\n".join(out))
     echo
     echo "Written by \`bash scripts/check_cuda_compile.sh --resources $RESOURCES\` with nvcc"
     echo "$("$NVCC" --version | tail -1), -O3 and torch's flags. Template arguments: storage"
-    echo "type, order, then TF32 (tiled kernels: fp32 on tensor cores) or WIDTH (fused kernels)."
+    echo "type, order, then TF32 (tiled kernels: fp32 on tensor cores) or WIDTH, HIGH_OCCUPANCY"
+    echo "and STAGED_SPLIT (fused kernels: FusedShape in csrc/cuda/fused_common.cuh)."
     echo "A clue for the GPU run, not a measurement of speed."
     echo
     cat "$OUT/resources.md"

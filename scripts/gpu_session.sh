@@ -66,21 +66,24 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # steps are GPU-bound); cuda_tiled_tc and cuda_fused_gemm too: run 5 had them slower than the
 # default and cuda_fused at every config (and the bench ran out of time before L in bf16);
 # cuda_bias_gemv: its bias sums are timed by the profile stage's kernel table
+# cuda_staged_split: its fp32 kernels are timed by the profile stage's kernel table (M) and
+# counters (M and S); in bf16 it is the default's kernels (16-bit operands are not split)
 # triton_compiled: an inductor compile per point (seconds each); timed at M in bf16 by the
 # profile stage
 # triton_jit_launch: what direct launches save is host time, which the host profile times
 BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward
-            --exclude cuda_graphed cuda_tiled_tc cuda_fused_gemm cuda_bias_gemv triton_compiled
-            triton_jit_launch)
+            --exclude cuda_graphed cuda_tiled_tc cuda_fused_gemm cuda_bias_gemv cuda_staged_split
+            triton_compiled triton_jit_launch)
 # torch_compile's failure (no double backward) is structural: recorded by bench, not again;
 # the backends' variants are compared at S, M and L by bench, not at every batch (but
 # triton_graphed: the step's GPU time without its host time, the sweep's question)
 SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
             triton_lean_persistent cuda_tiled cuda_tiled_tc cuda_fused cuda_fused_gemm
-            cuda_bias_gemv cuda_graphed triton_compiled triton_jit_launch)
+            cuda_bias_gemv cuda_staged_split cuda_graphed triton_compiled triton_jit_launch)
 COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
-              --exclude torch_compile triton_jit_launch cuda_bias_gemv --precompile "$COMPILE_JOBS"
+              --exclude torch_compile triton_jit_launch cuda_bias_gemv cuda_staged_split
+              --precompile "$COMPILE_JOBS"
               --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
 # bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms);
@@ -92,8 +95,9 @@ HOST_ARGS=(--config M --batch 65536 --precision bf16 --providers triton triton_j
 COMPILED_ARGS=(--configs M --sweeps --precisions bf16 --modes step --providers triton_compiled
                --out-dir "$WORK/bench")
 # four GPU runs timed the kernels; none said why the fp32 ones run at about 9 TFLOP/s
-# (then S: width 64, where #19's design should beat Triton)
-COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton cuda
+# (then S: width 64, where #19's design should beat Triton); cuda_staged_split: whether
+# splitting the weights once took the fused kernels' ALU-bound time away (run 5's counters)
+COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton cuda cuda_staged_split
                --work-dir "$WORK/counters")
 # -v: a test that hangs is named. test_step_quick_on_gpu (bench.step --quick on every
 # provider) is the bench stage's own job: in run 5 it was still running at the tests' limit,

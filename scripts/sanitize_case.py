@@ -56,6 +56,8 @@ VARIANTS = {
         {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
         {"SOBOLEV_CUDA_KERNEL": "tiled"},
         {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
+        # the fp32 weights staged as their TF32 parts (width 64 here: one panel)
+        {"SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT": "staged"},
         # (SOBOLEV_CUDA_FUSED_OCCUPANCY changes nothing at these widths, below 128)
     ],
 }

@@ -89,8 +89,8 @@ def test_fused_kernels_in_host_emulation(emulation):
     proc = subprocess.run([*default, "--dtypes=fp32,bf16,fp16"], capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("(fp32)") == 21, proc.stdout  # every case
-    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 21 - 4, proc.stdout
+    assert proc.stdout.count("(fp32)") == 22, proc.stdout  # every case
+    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 22 - 4, proc.stdout
     assert "(fp64)" not in proc.stdout  # fp64 stays on the tiled kernels
     tf32_cases = ["tanh, per-row", "widths 256", "order 2, sigmoid", "width 96"]
     tf32 = subprocess.run([*default, "--dtypes=tf32", *tf32_cases], capture_output=True,
@@ -98,6 +98,21 @@ def test_fused_kernels_in_host_emulation(emulation):
     assert tf32.returncode == 0, tf32.stdout + tf32.stderr
     assert tf32.stdout.count("(tf32:") == 6, tf32.stdout  # (two cases each of both orders)
     _assert_tf32_lines(proc.stdout + tf32.stdout)
+
+
+def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
+    """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights staged as 3xTF32 pairs, split
+    once per block instead of by each warp, in the shapes that have it (width 64; widths 128,
+    here 96 padded, and 256 at high occupancy, in 32-row panels: three and seven of them).
+    Each case runs both ways and must give the same bits; a case whose shape has no staged
+    split (width 16) is checked against the reference as usual."""
+    staged = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--occupancy=high",
+              "--weight-split=staged", "--dtypes=fp32"]  # fmt: skip
+    cases = ["width 64", "width 96", "widths 256", "tanh, per-row"]
+    proc = subprocess.run([*staged, *cases], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("bit for bit the per-warp split's") == 4, proc.stdout
+    assert proc.stdout.count("(fp32)") == 2, proc.stdout  # tanh, per-row: both orders
 
 
 def test_fused_kernels_with_their_own_weight_grads_at_low_occupancy_in_host_emulation(
@@ -127,7 +142,8 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     failure, however the threads happened to interleave. The tiled kernels on four cases (both
     orders, tile buffers in global memory; fp64 runs fp32's code), the fused kernels on six:
     the default's (GEMM operands for dW; the high-occupancy shape of width 128, here 96
-    padded: two 64-row weight panels) in fp32, both orders; the split-K dW with fp16's scale
+    padded: two 64-row weight panels) in fp32, both orders, and at width 96 its staged weight
+    split too (three 32-row panels of TF32 parts); the split-K dW with fp16's scale
     words over several tiles. (Width 256's 8-warp blocks synchronise as these do: 43 s
     under TSan, CI's time.)"""
     exe = tmp_path / "emulate_kernels_tsan"
@@ -135,15 +151,14 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     if proc.returncode != 0 and "tsan" in proc.stderr.lower():
         pytest.skip(f"no ThreadSanitizer here: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr
+    default_and_staged = ["--variant=fused", "--weight-grads=gemm", "--occupancy=high",
+                          "--weight-split=staged", "--dtypes=fp32"]  # fmt: skip
     runs = [
         (["--dtypes=fp32,bf16,fp16"], ["tanh, per-row", "3 blocks"], 4 * 3),
-        # fused: fp32 (3xTF32) in the default's form, fp16 with its scale words over several
-        # tiles; bf16 and TF32 synchronise as these do
-        (
-            ["--variant=fused", "--weight-grads=gemm", "--occupancy=high", "--dtypes=fp32"],
-            ["tanh, per-row", "width 96"],
-            4,
-        ),  # fmt: skip
+        # fused: fp32 (3xTF32) in the default's form and with the staged weight split (width
+        # 96 runs both: three 32-row panels, and two of 64), fp16 with its scale words over
+        # several tiles; bf16 and TF32 synchronise as these do
+        (default_and_staged, ["tanh, per-row", "width 96"], 4),
         (["--variant=fused", "--dtypes=fp16"], ["tanh, per-row", "1024 rows"], 3),
     ]
     for variant, cases, lines in runs:

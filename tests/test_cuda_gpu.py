@@ -269,9 +269,39 @@ def test_cuda_fused_occupancy_agrees(monkeypatch, order, dtype, width, occupancy
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("allow_tf32", [False, True])
+@pytest.mark.parametrize("width", [48, 100, 256])
+def test_cuda_staged_weight_split_is_bitwise_the_per_warp_split(
+    monkeypatch, order, allow_tf32, width
+):
+    """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights split into their TF32 parts
+    once as a block stages them (FusedShape's STAGED_SPLIT; widths 64, 128 and 256, here 48
+    and 100 padded, the latter two in 32-row panels) instead of by each warp as it loads
+    them. The same parts and products in the same order: the same bits, forward and
+    backward, as 3xTF32 and as plain TF32."""
+    _needs_cuda_kernels()
+    model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=width, k=3, layers=3,
+                                        dtype=torch.float32, directions="per_row")  # fmt: skip
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+    results = {}
+    for split in ("warp", "staged"):
+        monkeypatch.setenv("SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT", split)
+        xi = x.detach().requires_grad_(True)
+        loss = sk.sobolev_loss(model, xi, y, backend="cuda", **kw, **extra)
+        results[split] = [loss, *torch.autograd.grad(loss, [xi, *model.parameters()])]
+    assert all(torch.equal(a, b) for a, b in zip(results["warp"], results["staged"]))
+    if not allow_tf32:
+        assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[torch.float32],
+                              expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("variable, value, expected", [
     ("SOBOLEV_CUDA_WEIGHT_GRADS", "cublas", "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm"),
     ("SOBOLEV_CUDA_FUSED_OCCUPANCY", "max", "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected high or"),
+    ("SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT", "lane",
+     "SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT: expected warp or staged, got 'lane'"),
 ])  # fmt: skip
 def test_cuda_unknown_setting_is_named(monkeypatch, variable, value, expected):
     _needs_cuda_kernels()

@@ -12,11 +12,13 @@ namespace sobolev::cuda {
 
 constexpr int kPassBatch = 4;  // elements of the activation pass whose loads go out together
 
-template <typename scalar_t, int ORDER, int WIDTH, bool HIGH_OCCUPANCY = false>
-__global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY>::kThreads,
-                                  FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY>::kMinBlocks)
+template <typename scalar_t, int ORDER, int WIDTH, bool HIGH_OCCUPANCY = false,
+          bool STAGED_SPLIT = false>
+__global__ void __launch_bounds__(
+    FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY, STAGED_SPLIT>::kThreads,
+    FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY, STAGED_SPLIT>::kMinBlocks)
     fused_backward_kernel(const __grid_constant__ FusedArgs args) {
-  using Shape = FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY>;
+  using Shape = FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY, STAGED_SPLIT>;
   constexpr int ld = Shape::kLead;
   constexpr bool second_order = ORDER == 2;
   const SobolevLaunch& p = args.p;
@@ -28,7 +30,7 @@ __global__ void __launch_bounds__(FusedShape<scalar_t, WIDTH, HIGH_OCCUPANCY>::k
   float* adjoints = p.grad_weights[0] != nullptr ? args.adjoints : nullptr;
   extern __shared__ __align__(128) unsigned char smem[];
   float* X = reinterpret_cast<float*>(smem);  // the tile: (tile_rows, WIDTH), row s R + r
-  auto* staged = reinterpret_cast<scalar_t*>(X + Shape::kTileRows * ld);
+  auto* staged = reinterpret_cast<typename Shape::staged_type*>(X + Shape::kTileRows * ld);
   auto* amax = reinterpret_cast<unsigned*>(staged + Shape::kPanel * ld);  // fp16 scales
   const auto weights = [&](int l) { return static_cast<const scalar_t*>(p.weights[l - 1]); };
   for (int e = threadIdx.x; e < Shape::kTileRows * ld; e += blockDim.x) X[e] = 0;

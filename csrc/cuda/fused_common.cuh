@@ -3,7 +3,8 @@
 // 256) and carries it through every layer on chip. The tile's rows are [h; t_1..t_K] (order 2:
 // also tt_1..tt_K) of R = tile_rows / S samples, stream-major: row s R + r. Per layer:
 //   - the block stages the layer's weights in shared memory, once for all 1 + K (1 + 2K) streams
-//     (in 64-column panels at width 256), in the operand type (fp32 for TF32, else 16-bit);
+//     (in 64-column panels at width 256), in the operand type (fp32 for TF32, else 16-bit; or,
+//     STAGED_SPLIT, fp32 as its 3xTF32 parts, split once here for every warp);
 //   - each warp multiplies its own 16 rows on tensor cores (mma_fragments.cuh), the whole
 //     output row block in registers (WIDTH / 2 accumulators per thread), then writes it over
 //     its rows: one fp32 tile X of tile_rows x WIDTH holds a layer's input and then its output;
@@ -34,17 +35,28 @@ SK_HD int fused_width(const SobolevLaunch& p) {
 }
 
 // Shape of the fused kernels at WIDTH for operands op_t (float: TF32). Rows of X and of the
-// staged weights are 4 (fp32) or 8 (16-bit) elements longer than WIDTH, so the fragment loads
-// of a warp hit 32 different banks (mma_fragments.cuh's layouts).
+// staged weights are 4 (fp32, and Tf32Parts) or 8 (16-bit) elements longer than WIDTH, so the
+// fragment loads of a warp hit 32 different banks (mma_fragments.cuh's layouts; an 8-byte
+// load of Tf32Parts is served per half warp, whose 16 lanes then cover the 32 banks once).
 // HIGH_OCCUPANCY (SOBOLEV_CUDA_FUSED_OCCUPANCY=high, the default; fp32 at widths 128 and 256
 // only) puts more warps on an SM where =low leaves one block of 8 (width 128) or 4 (width 256):
 //   width 128: the weights staged in two 64-row panels, 101 KB of shared memory a block
 //              instead of 135 KB, so two blocks share an SM (128 registers a thread);
 //   width 256: blocks of 8 warps (128 rows) instead of 4, 195 KB (up to 255 registers).
 // 16-bit operands halve the staged weights: two blocks share an SM there already.
-template <typename op_t, int WIDTH, bool HIGH_OCCUPANCY = false>
+// STAGED_SPLIT (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged; fp32 at width 64 and the
+// HIGH_OCCUPANCY shapes, has_staged_split) stages the weights as their 3xTF32 parts
+// (Tf32Parts), split once by the block. Otherwise every warp splits each weight fragment it
+// loads, for each k step: in the sm_90 SASS, the k loop took 11.6 instructions per mma.sync
+// (cvt.rna.tf32 is four there), and run 5's counters (2026-11-27) had the fp32 kernels
+// ALU-bound; staged, 6.9-7.3 at widths 128 and 256 (the activations' split remains) and 5.6
+// at 64. The parts take twice the bytes, so at widths 128 and 256 the panels have 32 rows:
+// the same shared memory, and blocks per SM, as before.
+template <typename op_t, int WIDTH, bool HIGH_OCCUPANCY = false, bool STAGED_SPLIT = false>
 struct FusedShape {
+  static_assert(!STAGED_SPLIT || std::is_same_v<op_t, float>, "only fp32 operands are split");
   using op_type = op_t;
+  using staged_type = std::conditional_t<STAGED_SPLIT, Tf32Parts, op_t>;  // a staged weight
   static constexpr int kWidth = WIDTH;
   static constexpr int kWarps = WIDTH <= 128 || HIGH_OCCUPANCY ? 8 : 4;
   static constexpr int kThreads = 32 * kWarps;
@@ -52,10 +64,12 @@ struct FusedShape {
   // at width <= 64 two blocks share an SM: they then have 128 registers per thread
   static constexpr int kMinBlocks = WIDTH <= 64 || (WIDTH == 128 && HIGH_OCCUPANCY) ? 2 : 1;
   // weight rows staged at once
-  static constexpr int kPanel = WIDTH <= 64 || (WIDTH == 128 && !HIGH_OCCUPANCY) ? WIDTH : 64;
+  static constexpr int kPanel = STAGED_SPLIT && WIDTH >= 128                        ? 32
+                                : WIDTH <= 64 || (WIDTH == 128 && !HIGH_OCCUPANCY) ? WIDTH
+                                                                                    : 64;
   static constexpr int kLead = WIDTH + (std::is_same_v<op_t, float> ? 4 : 8);
   static constexpr size_t kSmemBytes = sizeof(float) * kTileRows * kLead +
-                                       sizeof(op_t) * kPanel * kLead + 2 * sizeof(unsigned);
+                                       sizeof(staged_type) * kPanel * kLead + 2 * sizeof(unsigned);
 };
 
 // Whether the HIGH_OCCUPANCY shapes exist for operands op_t at `width`.
@@ -64,25 +78,41 @@ constexpr bool has_high_occupancy(int width) {
   return std::is_same_v<op_t, float> && width >= 128;
 }
 
-// f(std::integral_constant<int, WIDTH>, std::bool_constant<HIGH_OCCUPANCY>) for the shape the
-// fused kernels take p at (FusedPlan's width and high_occupancy), for operands op_t.
+// Whether the STAGED_SPLIT shapes exist for operands op_t at `width` (with high_occupancy):
+// fp32, where the splits cost most, in the shapes the default runs (widths 16 and 32 and the
+// low-occupancy shapes keep their per-warp splits, and CI's compile time).
+template <typename op_t>
+constexpr bool has_staged_split(int width, bool high_occupancy) {
+  return std::is_same_v<op_t, float> && (width == 64 || (width >= 128 && high_occupancy));
+}
+
+// f(std::integral_constant<int, WIDTH>, std::bool_constant<HIGH_OCCUPANCY>,
+// std::bool_constant<STAGED_SPLIT>) for the shape the fused kernels take p at (FusedPlan's
+// width, high_occupancy and staged_split), for operands op_t.
 template <typename op_t, typename F>
-auto with_fused_shape(int width, bool high_occupancy, F f) {
+auto with_fused_shape(int width, bool high_occupancy, bool staged_split, F f) {
   using std::integral_constant;
-  const std::false_type normal;
-  const std::true_type high;
+  const std::false_type no;
+  const std::true_type yes;
   switch (width) {
-    case 16: return f(integral_constant<int, 16>{}, normal);
-    case 32: return f(integral_constant<int, 32>{}, normal);
-    case 64: return f(integral_constant<int, 64>{}, normal);
+    case 16: return f(integral_constant<int, 16>{}, no, no);
+    case 32: return f(integral_constant<int, 32>{}, no, no);
+    case 64:
+      if constexpr (has_staged_split<op_t>(64, false))
+        if (staged_split) return f(integral_constant<int, 64>{}, no, yes);
+      return f(integral_constant<int, 64>{}, no, no);
     case 128:
-      if constexpr (has_high_occupancy<op_t>(128))
-        if (high_occupancy) return f(integral_constant<int, 128>{}, high);
-      return f(integral_constant<int, 128>{}, normal);
+      if constexpr (has_high_occupancy<op_t>(128)) {
+        if (high_occupancy && staged_split) return f(integral_constant<int, 128>{}, yes, yes);
+        if (high_occupancy) return f(integral_constant<int, 128>{}, yes, no);
+      }
+      return f(integral_constant<int, 128>{}, no, no);
     default:
-      if constexpr (has_high_occupancy<op_t>(256))
-        if (high_occupancy) return f(integral_constant<int, 256>{}, high);
-      return f(integral_constant<int, 256>{}, normal);
+      if constexpr (has_high_occupancy<op_t>(256)) {
+        if (high_occupancy && staged_split) return f(integral_constant<int, 256>{}, yes, yes);
+        if (high_occupancy) return f(integral_constant<int, 256>{}, yes, no);
+      }
+      return f(integral_constant<int, 256>{}, no, no);
   }
 }
 
@@ -94,21 +124,25 @@ bool make_fused_plan(const SobolevLaunch& p, const DeviceLimits& device, FusedPl
   if (std::is_same_v<scalar_t, double> || device.major < 8 || p.num_layers < 1) return false;
   using op_t = std::conditional_t<std::is_same_v<scalar_t, double>, float, scalar_t>;
   const int width = fused_width(p);
-  const auto shape_of = [&](bool high) {
-    return with_fused_shape<op_t>(width, high, [](auto w, auto high_occupancy) {
-      using Shape = FusedShape<op_t, decltype(w)::value, decltype(high_occupancy)::value>;
+  const auto shape_of = [&](bool high, bool staged) {
+    return with_fused_shape<op_t>(width, high, staged, [](auto w, auto h, auto staged_split) {
+      using Shape = FusedShape<op_t, decltype(w)::value, decltype(h)::value,
+                               decltype(staged_split)::value>;
       return std::pair<int, size_t>{Shape::kTileRows, Shape::kSmemBytes};
     });
   };
   // the high-occupancy shape where asked for and it fits (width 256 in fp32 needs 195 KB of
-  // shared memory a block: an sm_90, not an sm_80 with 163 KB)
+  // shared memory a block: an sm_90, not an sm_80 with 163 KB); the staged split where asked
+  // for and that shape has it
   bool high = p.fused_high_occupancy && has_high_occupancy<op_t>(width);
-  if (high && shape_of(true).second > device.smem_per_block) high = false;
-  const auto [tile_rows, smem] = shape_of(high);
+  if (high && shape_of(true, false).second > device.smem_per_block) high = false;
+  const bool staged = p.fused_staged_split && has_staged_split<op_t>(width, high);
+  const auto [tile_rows, smem] = shape_of(high, staged);
   const int streams = 1 + p.order * p.num_directions;
   if (width == 0 || streams > tile_rows || smem > device.smem_per_block) return false;
   plan->width = width;
   plan->high_occupancy = high;
+  plan->staged_split = staged;
   plan->tile_rows = tile_rows;
   plan->rows = tile_rows / streams;
   plan->num_tiles = (p.batch + plan->rows - 1) / plan->rows;
@@ -191,11 +225,12 @@ __device__ __forceinline__ void copy_batched(int outer, int inner, Load load, St
 // (staged[n][k] = W[n0 + n][k], W: n_out x n_in) or, TRANSPOSE, the backward's W_l^T
 // (staged[n][k] = W[k][n0 + n]). Rows up to the product's padded n, columns up to its padded
 // k; zeros past the layer. Consecutive threads read consecutive weights: k in the forward, n
-// in the backward.
+// in the backward. Staged as the operand type, or as Tf32Parts (Shape::staged_type).
 template <bool TRANSPOSE, typename Shape, typename scalar_t>
 __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
-                            typename Shape::op_type* staged) {
+                            typename Shape::staged_type* staged) {
   using op_t = typename Shape::op_type;
+  using staged_t = typename Shape::staged_type;
   const int n_size = TRANSPOSE ? n_in : n_out, k_size = TRANSPOSE ? n_out : n_in;
   const int n0 = panel * Shape::kPanel;
   const int rows = min(Shape::kPanel, pad16(n_size) - n0), cols = pad16(k_size);
@@ -205,7 +240,10 @@ __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
                                    : W[int64_t(n0 + n) * n_in + k]);
   };
   const auto store = [&](int n, int k, float v) {  // 16-bit weights convert exactly
-    staged[n * Shape::kLead + k] = from_acc<op_t>(v);
+    if constexpr (std::is_same_v<staged_t, Tf32Parts>)
+      store_tf32_parts(staged + n * Shape::kLead, k, v);
+    else
+      staged[n * Shape::kLead + k] = from_acc<op_t>(v);
   };
   if constexpr (TRANSPOSE)
     copy_batched<8>(
@@ -220,7 +258,7 @@ __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
 // 1 / scale. Panel 0 is staged by the caller before a barrier; later panels are staged here by
 // stage(panel) between barriers, so every thread of the block calls this.
 template <typename Shape, typename Stage>
-__device__ void fused_product(float* X, const typename Shape::op_type* staged, int k_pad,
+__device__ void fused_product(float* X, const typename Shape::staged_type* staged, int k_pad,
                               int n_pad, float scale, bool split, Stage stage) {
   using op_t = typename Shape::op_type;
   constexpr int WIDTH = Shape::kWidth, ld = Shape::kLead, panel_tiles = Shape::kPanel / 8;
@@ -240,11 +278,33 @@ __device__ void fused_product(float* X, const typename Shape::op_type* staged, i
     const int tiles = min(Shape::kPanel, n_pad - p * Shape::kPanel) / 8;
     for (int k0 = 0; k0 < k_pad; k0 += kMmaK<op_t>) {
       const FragmentA a = load_a<op_t>(rows, ld, k0, scale, split);
+      if constexpr (std::is_same_v<typename Shape::staged_type, Tf32Parts>) {
+        // the panel's fragments first, then each of 3xTF32's three products for every tile in
+        // turn: mma.sync is asm volatile, kept in program order, so tile by tile each product
+        // waited for the one before it on the same accumulator. Each accumulator gets mma()'s
+        // products in mma()'s order, so the same bits.
+        FragmentB b[panel_tiles];
 #pragma unroll
-      for (int j = 0; j < panel_tiles; ++j) {
-        if (j >= tiles) break;
-        const FragmentB b = load_b_staged<op_t>(staged + j * 8 * ld, ld, k0, split);
-        mma<op_t>(acc[p * panel_tiles + j], a, b, split);
+        for (int j = 0; j < panel_tiles; ++j)
+          if (j < tiles) b[j] = load_b_staged(staged + j * 8 * ld, ld, k0, split);
+        if (split) {
+#pragma unroll
+          for (int j = 0; j < panel_tiles; ++j)
+            if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.lo, b[j].hi);
+#pragma unroll
+          for (int j = 0; j < panel_tiles; ++j)
+            if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.hi, b[j].lo);
+        }
+#pragma unroll
+        for (int j = 0; j < panel_tiles; ++j)
+          if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.hi, b[j].hi);
+      } else {
+#pragma unroll
+        for (int j = 0; j < panel_tiles; ++j) {
+          if (j >= tiles) break;
+          const FragmentB b = load_b_staged(staged + j * 8 * ld, ld, k0, split);
+          mma<op_t>(acc[p * panel_tiles + j], a, b, split);
+        }
       }
     }
   }

@@ -11,12 +11,13 @@ namespace {
 
 template <typename scalar_t>
 auto forward_kernel(const SobolevLaunch& p, const FusedPlan& plan) {
-  return with_fused_shape<scalar_t>(plan.width, plan.high_occupancy, [&](auto w, auto high) {
-    constexpr int W = decltype(w)::value;
-    constexpr bool H = decltype(high)::value;
-    return p.order == 2 ? fused_forward_kernel<scalar_t, 2, W, H>
-                        : fused_forward_kernel<scalar_t, 1, W, H>;
-  });
+  return with_fused_shape<scalar_t>(
+      plan.width, plan.high_occupancy, plan.staged_split, [&](auto w, auto high, auto staged) {
+        constexpr int W = decltype(w)::value;
+        constexpr bool H = decltype(high)::value, P = decltype(staged)::value;
+        return p.order == 2 ? fused_forward_kernel<scalar_t, 2, W, H, P>
+                            : fused_forward_kernel<scalar_t, 1, W, H, P>;
+      });
 }
 
 template <typename scalar_t>

@@ -105,6 +105,40 @@ __device__ __forceinline__ void tf32_parts(float v, bool split, uint32_t& hi, ui
   if (split) lo = to_tf32(v - tf32_value(hi));
 }
 
+// fp32 weights split once for every product that reads them (the fused kernels' staged
+// weights, FusedShape's STAGED_SPLIT): their 3xTF32 parts as tf32_parts makes them, two words
+// a weight. Each group of 8 columns k0..k0+7 of a row is 16 words: the high parts of columns
+// k0, k0 + 4, k0 + 1, k0 + 5, ..., k0 + 3, k0 + 7, then their remainders in the same order.
+// A B fragment's two high parts (k0 + t, k0 + t + 4) are then one 8-byte load, and its two
+// remainders another: as registers in the pairs mma.sync reads, without moves between them.
+struct alignas(8) Tf32Parts {
+  uint32_t word[2];  // (sizes the buffer; the words are laid out as above)
+};
+
+// The word of column k's high part in its row of Tf32Parts (its remainder: 8 words on).
+__device__ __forceinline__ int tf32_high_word(int k) {
+  return (k & ~7) * 2 + (k & 3) * 2 + ((k >> 2) & 1);
+}
+
+__device__ __forceinline__ void store_tf32_parts(Tf32Parts* row, int k, float v) {
+  uint32_t* words = reinterpret_cast<uint32_t*>(row);
+  uint32_t hi, lo;
+  tf32_parts(v, true, hi, lo);
+  words[tf32_high_word(k)] = hi;
+  words[tf32_high_word(k) + 8] = lo;
+}
+
+// Two consecutive words of shared memory (8-byte aligned) in one load.
+__device__ __forceinline__ void load_word_pair(const uint32_t* p, uint32_t (&pair)[2]) {
+#ifdef SK_HOST_EMULATION
+  std::memcpy(pair, p, 8);
+#else
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  pair[0] = v.x;
+  pair[1] = v.y;
+#endif
+}
+
 // A (16 x kK) at column k0 of 16 fp32 rows (row stride ld), times `scale` (16-bit operands).
 template <typename op_t>
 __device__ __forceinline__ FragmentA load_a(const float* rows, int ld, int k0, float scale,
@@ -165,6 +199,17 @@ __device__ __forceinline__ FragmentB load_b_staged(const op_t* rows, int ld, int
     f.hi[1] = load_pair(p + 8);
     return f;
   }
+}
+
+// load_b_staged of weights staged as Tf32Parts: the fragment load_b<float> would split.
+__device__ __forceinline__ FragmentB load_b_staged(const Tf32Parts* rows, int ld, int k0,
+                                                   bool /*split: lo is there either way*/) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(rows + g * ld) + 2 * k0 + 2 * t;
+  FragmentB f;
+  load_word_pair(p, f.hi);
+  load_word_pair(p + 8, f.lo);
+  return f;
 }
 
 // One mma.sync: d += a b.

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cuda/sobolev_kernels.cuh"
 #include "op_checks.h"
@@ -33,51 +34,61 @@ DType dtype_of(at::ScalarType t) {
   }
 }
 
-// The defaults below are the variants an H200 measured fastest at configs S, M and L, fp32
+// The variants below are read from the environment on every call, so one process can time
+// every variant. Their defaults are what an H200 measured fastest at configs S, M and L, fp32
 // and bf16, step and forward (bench/results/h200-2026-11-27/run5): fused kernels, dW by GEMM,
 // high occupancy. "tiled" keeps the least memory (it recomputes instead of storing).
-// SOBOLEV_CUDA_KERNEL, read on every call (so one process can time every variant): "fused"
-// (or unset: the default), "tiled" or "tiled_tc" (see KernelVariant).
+
+// The value of environment variable `name`: one of `values` (the error lists them in this
+// order), `fallback` where unset or empty.
+std::string env_choice(const char* name, const std::string& fallback,
+                       const std::vector<std::string>& values) {
+  const char* env = std::getenv(name);
+  const std::string value = env == nullptr || *env == '\0' ? fallback : env;
+  if (std::find(values.begin(), values.end(), value) != values.end()) return value;
+  std::string expected = values[0];
+  for (size_t i = 1; i < values.size(); ++i)
+    expected += (i + 1 == values.size() ? " or " : ", ") + values[i];
+  TORCH_CHECK(false, name, ": expected ", expected, ", got '", value, "'");
+}
+
+// SOBOLEV_CUDA_KERNEL: "fused" (the default), "tiled" or "tiled_tc" (see KernelVariant).
 KernelVariant requested_variant() {
-  const char* env = std::getenv("SOBOLEV_CUDA_KERNEL");
-  const std::string name = env == nullptr ? "" : env;
-  if (name.empty() || name == "fused") return KernelVariant::kFused;
-  if (name == "tiled") return KernelVariant::kTiled;
-  if (name == "tiled_tc") return KernelVariant::kTiledTensorCores;
-  TORCH_CHECK(false, "SOBOLEV_CUDA_KERNEL: expected tiled, tiled_tc or fused, got '", name, "'");
+  const std::string name =
+      env_choice("SOBOLEV_CUDA_KERNEL", "fused", {"tiled", "tiled_tc", "fused"});
+  return name == "fused"   ? KernelVariant::kFused
+         : name == "tiled" ? KernelVariant::kTiled
+                           : KernelVariant::kTiledTensorCores;
 }
 
-// SOBOLEV_CUDA_WEIGHT_GRADS, read on every call as SOBOLEV_CUDA_KERNEL: "gemm" (or unset)
-// or "splitk" (see WeightGrads).
+// SOBOLEV_CUDA_WEIGHT_GRADS: "gemm" (the default) or "splitk" (see WeightGrads).
 WeightGrads requested_weight_grads() {
-  const char* env = std::getenv("SOBOLEV_CUDA_WEIGHT_GRADS");
-  const std::string name = env == nullptr ? "" : env;
-  if (name.empty() || name == "gemm") return WeightGrads::kGemm;
-  if (name == "splitk") return WeightGrads::kSplitK;
-  TORCH_CHECK(false, "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm, got '", name, "'");
+  return env_choice("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm", {"splitk", "gemm"}) == "gemm"
+             ? WeightGrads::kGemm
+             : WeightGrads::kSplitK;
 }
 
-// SOBOLEV_CUDA_FUSED_OCCUPANCY, read on every call: "high" (or unset: the fused kernels'
-// shapes with more warps per SM at widths 128 and 256 in fp32; FusedShape) or "low".
+// SOBOLEV_CUDA_FUSED_OCCUPANCY: "high" (the default: the fused kernels' shapes with more
+// warps per SM at widths 128 and 256 in fp32; FusedShape) or "low".
 bool requested_high_occupancy() {
-  const char* env = std::getenv("SOBOLEV_CUDA_FUSED_OCCUPANCY");
-  const std::string name = env == nullptr ? "" : env;
-  if (name.empty() || name == "high") return true;
-  if (name == "low") return false;
-  TORCH_CHECK(false, "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected high or low, got '", name, "'");
+  return env_choice("SOBOLEV_CUDA_FUSED_OCCUPANCY", "high", {"high", "low"}) == "high";
 }
 
-// SOBOLEV_CUDA_BIAS_SUMS, read on every call: how the GEMM weight gradients' bias sums (the
-// column sums of each layer's (B, n_l) fp32 value adjoints) run. "reduce" (or unset: torch's
-// sum over dim 0; on the H200 at config M 52 us a layer of width 128, about 0.6 TB/s, run 5)
-// or "gemv" (cuBLAS's A^T 1 through ATen, one ones vector a call; unmeasured on a GPU, timed
-// by the GPU script's kernel profile as provider cuda_bias_gemv).
+// SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT: how the fused kernels' fp32 (3xTF32) products split the
+// staged weights. "warp" (the default: each warp splits every fragment it loads, measured in
+// run 5) or "staged" (split once as the block stages them, FusedShape's STAGED_SPLIT;
+// unmeasured on a GPU, timed by the GPU script as provider cuda_staged_split).
+bool requested_staged_split() {
+  return env_choice("SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT", "warp", {"warp", "staged"}) == "staged";
+}
+
+// SOBOLEV_CUDA_BIAS_SUMS: how the GEMM weight gradients' bias sums (the column sums of each
+// layer's (B, n_l) fp32 value adjoints) run. "reduce" (the default: torch's sum over dim 0; on
+// the H200 at config M 52 us a layer of width 128, about 0.6 TB/s, run 5) or "gemv" (cuBLAS's
+// A^T 1 through ATen, one ones vector a call; unmeasured on a GPU, timed by the GPU script's
+// kernel profile as provider cuda_bias_gemv).
 bool requested_bias_gemv() {
-  const char* env = std::getenv("SOBOLEV_CUDA_BIAS_SUMS");
-  const std::string name = env == nullptr ? "" : env;
-  if (name.empty() || name == "reduce") return false;
-  if (name == "gemv") return true;
-  TORCH_CHECK(false, "SOBOLEV_CUDA_BIAS_SUMS: expected reduce or gemv, got '", name, "'");
+  return env_choice("SOBOLEV_CUDA_BIAS_SUMS", "reduce", {"reduce", "gemv"}) == "gemv";
 }
 
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
@@ -130,6 +141,7 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars&
   p.variant = requested_variant();
   p.weight_grads = requested_weight_grads();
   p.fused_high_occupancy = requested_high_occupancy();
+  p.fused_staged_split = requested_staged_split();
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {

@@ -87,6 +87,9 @@ struct SobolevLaunch {
   // the fused kernels' shapes with more warps per SM at widths 128 and 256 (fused_common.cuh's
   // FusedShape); the binding reads it from SOBOLEV_CUDA_FUSED_OCCUPANCY
   bool fused_high_occupancy = false;
+  // the fused kernels' fp32 weights staged as 3xTF32 pairs (FusedShape's STAGED_SPLIT); the
+  // binding reads it from SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT
+  bool fused_staged_split = false;
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m
@@ -147,6 +150,7 @@ struct TilePlan {
 struct FusedPlan {
   int width = 0;          // the kernels' WIDTH: the widest layer (d, n_l, m) rounded up to 16..256
   bool high_occupancy = false;  // the kernels' HIGH_OCCUPANCY shape
+  bool staged_split = false;    // the kernels' STAGED_SPLIT shape
   int tile_rows = 0;      // stacked rows per tile, 16 per warp (128, or 64 at width 256)
   int rows = 0;           // R samples per tile: S R <= tile_rows
   int64_t num_tiles = 0;

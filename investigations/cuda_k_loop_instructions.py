@@ -1,0 +1,105 @@
+"""Instructions per tensor-core product in the fused CUDA kernels' k loops (fp32, 3xTF32), from
+their sm_90 SASS: each warp splitting the staged fp32 weights as it loads them (the default)
+against the weights staged as their TF32 parts (``SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged``,
+FusedShape's STAGED_SPLIT). Compiles fused_forward.cu and fused_backward.cu with nvcc (about
+three minutes on 2 cores; no GPU) and reads the SASS with cuobjdump (the CUDA toolkit's, or the
+copy triton ships).
+
+    python investigations/cuda_k_loop_instructions.py > out.md
+
+A k loop: a backward branch whose body holds HMMA instructions and fewer than 600 instructions
+(the layer loops around them hold thousands). Fewer instructions per HMMA is a clue, not speed:
+the GPU script times both (provider ``cuda_staged_split``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["-std=c++17", "-O3", "-DWITH_CUDA", "-D__CUDA_NO_HALF_OPERATORS__",
+         "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+         "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr", f"-I{ROOT / 'csrc'}",
+         "-gencode", "arch=compute_90,code=sm_90"]  # fmt: skip
+# fp32 kernels in the shapes that have both forms: order, WIDTH, HIGH_OCCUPANCY, STAGED_SPLIT
+KERNEL = re.compile(r"fused_(forward|backward)_kernelIfLi([12])ELi(\d+)ELb([01])ELb([01])E")
+INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
+BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)")
+
+
+def cuobjdump() -> str:
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+
+
+def k_loops(body: str) -> list[tuple[int, int, Counter]]:
+    """(instructions, HMMAs, opcode counts) of each k loop in one function's SASS."""
+    code = [(int(m.group(1), 16), m.group(2)) for m in map(INSTRUCTION.match, body.split("\n"))
+            if m]  # fmt: skip
+    at = {address: i for i, (address, _) in enumerate(code)}
+    loops = []
+    for i, (address, text) in enumerate(code):
+        branch = BRANCH.search(text)
+        if not branch or int(branch.group(1), 16) >= address:
+            continue
+        start = at.get(int(branch.group(1), 16))
+        loop = [t for _, t in code[start : i + 1]] if start is not None else []
+        hmma = sum("HMMA" in t for t in loop)
+        if hmma and len(loop) < 600:
+            ops = Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in loop)
+            loops.append((len(loop), hmma, ops))
+    return loops
+
+
+def main() -> int:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sass = ""
+        for name in ("fused_forward", "fused_backward"):
+            obj = Path(tmp) / f"{name}.o"
+            subprocess.run(["nvcc", *FLAGS, "-c", str(ROOT / "csrc" / "cuda" / f"{name}.cu"),
+                            "-o", str(obj)], check=True)  # fmt: skip
+            sass += subprocess.run([cuobjdump(), "-sass", str(obj)], check=True,
+                                   capture_output=True, text=True).stdout  # fmt: skip
+    for function in re.split(r"\n\s+Function : ", sass)[1:]:
+        kernel = KERNEL.search(function.split("\n", 1)[0])
+        if not kernel:
+            continue
+        which, order, width, high, staged = kernel.groups()
+        if not (int(width) == 64 or (int(width) >= 128 and high == "1")):
+            continue  # shapes without a staged form
+        loops = k_loops(function)
+        if not loops:
+            continue
+        instructions = sum(n for n, _, _ in loops)
+        hmma = sum(h for _, h, _ in loops)
+        ops = sum((o for _, _, o in loops), Counter())
+        common = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
+        rows.append((which, order, width, high, "staged" if staged == "1" else "warp",
+                     len(loops), instructions / hmma, common))  # fmt: skip
+    rows.sort()
+    print(
+        "| kernel | order | WIDTH | high occupancy | weight split | k loops | "
+        "instructions / HMMA | most common (all k loops) |"
+    )
+    print("| --- | ---: | ---: | --- | --- | ---: | ---: | --- |")
+    for which, order, width, high, split, loops, per, common in rows:
+        print(f"| {which} | {order} | {width} | {'yes' if high == '1' else 'no'} | {split} | "
+              f"{loops} | {per:.2f} | {common} |")  # fmt: skip
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main())
