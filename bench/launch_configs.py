@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from bench.limits import widths
 from bench.step import CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +55,8 @@ def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tu
     out = {kernel: [] for kernel in kernels}
     for name in configs:
         sizes = CONFIGS[name]
-        widths = (sizes["dim"],) + (sizes["width"],) * (sizes["layers"] - 1) + (sizes["out"],)
-        layout = Layout(widths, sizes["k"], sizes["order"])
+        shape = widths(sizes["dim"], sizes["width"], sizes["layers"], sizes["out"])
+        layout = Layout(tuple(shape), sizes["k"], sizes["order"])
         for precision in precisions:
             size = 4 if precision == "fp32" else 2
             tc = "tf32x3" if precision == "fp32" else "ieee"

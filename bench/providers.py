@@ -32,7 +32,8 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # (SOBOLEV_CUDA_BIAS_SUMS; step only, timed by the GPU script's kernel profile);
 # cuda_staged_split is the default with the fp32 weights split into 3xTF32's parts once as a
 # block stages them instead of by every warp (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only:
-# 16-bit operands are not split; timed by the GPU script's kernel profile and its fp32 bench).
+# 16-bit operands are not split, FP32_ONLY; timed by the GPU script's bench, kernel profile
+# and counters).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -66,6 +67,9 @@ TRITON_VARIANTS = {
     "triton_jit_launch": {"SOBOLEV_TRITON_DIRECT_LAUNCH": "0"},
 }
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "triton_compiled"}
+# Variants that differ from their default in fp32 models only (16-bit operands are not
+# split): measured only there (bench.step)
+FP32_ONLY = {"cuda_staged_split"}
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of
 # 2026-11-27: 2.3-2.8 ms of host time a Triton step). What a user gets by capturing the

@@ -82,6 +82,24 @@ def test_step_runs_each_precision_class(tmp_path):
     assert got == {(p, c, c) for p in ("plain_step", "torch") for c in ("fp32", "bf16")}
 
 
+def test_fp32_only_variants_are_measured_on_fp32_models_only(tmp_path, monkeypatch):
+    """A provider in FP32_ONLY (e.g. cuda_staged_split: in bf16 it runs the default's kernels)
+    is neither checked nor timed at a bf16 point; fp32 and tf32 points (fp32 models) time it."""
+    from bench import step
+
+    monkeypatch.setattr(step, "FP32_ONLY", {"torch"})
+    try:
+        step.main(["--quick", "--configs", "S", "--modes", "step", "--providers",
+                   "plain_step", "torch", "--precisions", "fp32", "tf32", "bf16",
+                   "--out-dir", str(tmp_path)])  # fmt: skip
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False  # the test process's default again
+    (csv_path,) = tmp_path.glob("*.csv")
+    got = {(r["provider"], r["precision"]) for r in csv.DictReader(csv_path.open())}
+    assert got == {("plain_step", "fp32"), ("plain_step", "tf32"), ("plain_step", "bf16"),
+                   ("torch", "fp32"), ("torch", "tf32")}  # fmt: skip
+
+
 def test_a_failing_point_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     from bench import step
 
