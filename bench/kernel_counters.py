@@ -38,7 +38,14 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.providers import PRECISIONS, make_problem, providers_available, set_precision, step_fn
+from bench.providers import (
+    FP32_ONLY,
+    PRECISIONS,
+    make_problem,
+    providers_available,
+    set_precision,
+    step_fn,
+)
 from bench.step import CONFIGS, device_label, points
 
 # the providers whose kernels need a reason: the two fused backends' defaults (the CUDA one:
@@ -252,6 +259,8 @@ def inner(args) -> int:
         if provider not in available:
             print(f"[counters] {provider}: not available here", file=sys.stderr, flush=True)
             continue
+        if provider in FP32_ONLY and PRECISIONS[args.precision][0] != torch.float32:
+            continue  # the kernels of the provider it varies
         try:
             fn = step_fn(provider, problem, "step")
             for _ in range(args.warmup):

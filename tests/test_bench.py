@@ -508,6 +508,27 @@ def test_kernel_profile_quick(tmp_path):
         assert "`sobolev_kernels::sobolev_backward`" in text
 
 
+def test_fp32_only_variants_are_profiled_on_fp32_models_only(tmp_path, monkeypatch):
+    """The kernel profile and the counters' inner process skip an FP32_ONLY provider at a
+    bf16 point (in process, with torch standing in for cuda_staged_split)."""
+    from bench import kernel_counters, kernel_profile
+
+    monkeypatch.setattr(kernel_profile, "FP32_ONLY", {"torch"})
+    monkeypatch.setattr(kernel_counters, "FP32_ONLY", {"torch"})
+    out = tmp_path / "kernels.md"
+    kernel_profile.main(["--quick", "--device", "cpu", "--configs", "S", "--precisions", "fp32",
+                         "bf16", "--providers", "plain_step", "torch", "--steps", "1", "--out",
+                         str(out)])  # fmt: skip
+    fp32, bf16 = out.read_text().split("## bf16")
+    assert "| S | torch | **total** |" in fp32 and "| S | torch |" not in bf16
+    assert "| S | plain_step | **total** |" in bf16
+    order = tmp_path / "order.json"
+    kernel_counters.main(["--inner", "--device", "cpu", "--quick", "--config", "S",
+                          "--precision", "bf16", "--providers", "torch", "plain_step",
+                          "--warmup", "1", "--order-file", str(order)])  # fmt: skip
+    assert order.read_text() == '["plain_step"]'
+
+
 def test_host_profile_names_the_functions_a_step_spends_its_host_time_in(tmp_path):
     out = tmp_path / "host.md"
     _module("bench.host_profile", "--device", "cpu", "--batch", "32", "--providers", "torch",
