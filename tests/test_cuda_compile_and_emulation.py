@@ -101,17 +101,18 @@ def test_fused_kernels_in_host_emulation(emulation):
 
 
 def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
-    """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights staged as 3xTF32 pairs, split
-    once per block instead of by each warp, in the shapes that have it (width 64; widths 128,
-    here 96 padded, and 256 at high occupancy, in 32-row panels: three and seven of them).
-    Each case runs both ways and must give the same bits; a case whose shape has no staged
-    split (width 16) is checked against the reference as usual."""
+    """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights staged as their 3xTF32 parts,
+    split once per block instead of by each warp, in the shapes that have it (width 64 in one
+    panel; width 256 at high occupancy in seven 32-row panels, the last one half full; width
+    128 at high occupancy, here 96 padded, runs under ThreadSanitizer below). Each case runs
+    both ways and must give the same bits; a case whose shape has no staged split (width 16)
+    is checked against the reference as usual."""
     staged = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--occupancy=high",
               "--weight-split=staged", "--dtypes=fp32"]  # fmt: skip
-    cases = ["width 64", "width 96", "widths 256", "tanh, per-row"]
+    cases = ["width 64", "widths 256", "tanh, per-row"]
     proc = subprocess.run([*staged, *cases], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("bit for bit the per-warp split's") == 4, proc.stdout
+    assert proc.stdout.count("bit for bit the per-warp split's") == 2, proc.stdout
     assert proc.stdout.count("(fp32)") == 2, proc.stdout  # tanh, per-row: both orders
 
 
@@ -169,3 +170,5 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
         assert "WARNING: ThreadSanitizer" not in proc.stderr, proc.stderr[-6000:]
         assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
         assert proc.stdout.count("ok  ") == lines, proc.stdout
+        staged = 2 if variant is default_and_staged else 0  # width 96, both orders
+        assert proc.stdout.count("bit for bit the per-warp split's") == staged, proc.stdout

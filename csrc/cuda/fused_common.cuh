@@ -48,10 +48,10 @@ SK_HD int fused_width(const SobolevLaunch& p) {
 // HIGH_OCCUPANCY shapes, has_staged_split) stages the weights as their 3xTF32 parts
 // (Tf32Parts), split once by the block. Otherwise every warp splits each weight fragment it
 // loads, for each k step: in the sm_90 SASS, the k loop took 11.6 instructions per mma.sync
-// (cvt.rna.tf32 is four there), and run 5's counters (2026-11-27) had the fp32 kernels
-// ALU-bound; staged, 6.9-7.3 at widths 128 and 256 (the activations' split remains) and 5.6
-// at 64. The parts take twice the bytes, so at widths 128 and 256 the panels have 32 rows:
-// the same shared memory, and blocks per SM, as before.
+// (cvt.rna.tf32 is four there; run 5's counters, 2026-11-27, had ALU the busiest pipe of the
+// fp32 kernels); staged, 6.9-7.4 at widths 128 and 256 (the activations' split remains) and
+// 5.6 at 64. The parts take twice the bytes, so at widths 128 and 256 the panels have 32
+// rows: the same shared memory, and blocks per SM, as before.
 template <typename op_t, int WIDTH, bool HIGH_OCCUPANCY = false, bool STAGED_SPLIT = false>
 struct FusedShape {
   static_assert(!STAGED_SPLIT || std::is_same_v<op_t, float>, "only fp32 operands are split");
