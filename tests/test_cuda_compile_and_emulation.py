@@ -102,17 +102,19 @@ def test_fused_kernels_in_host_emulation(emulation):
 
 def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
     """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights staged as their 3xTF32 parts,
-    split once per block instead of by each warp, in the shapes that have it (width 64 in one
-    panel; width 256 at high occupancy in seven 32-row panels, the last one half full; width
-    128 at high occupancy, here 96 padded, runs under ThreadSanitizer below). Each case runs
-    both ways and must give the same bits; a case whose shape has no staged split (width 16)
-    is checked against the reference as usual."""
+    split once per block instead of by each warp, in the shapes that have it: width 64 (one
+    panel), as 3xTF32 and as plain TF32. (Width 128 at high occupancy, here 96 padded, in
+    32-row panels, full and partial, runs under ThreadSanitizer below; width 256's shape has
+    the same code in more panels, on a GPU in test_cuda_staged_weight_split_is_bitwise_the_
+    per_warp_split: CI's time.) Each case runs both ways and must give the same bits; a case
+    whose shape has no staged split (width 16) is checked against the reference as usual."""
     staged = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--occupancy=high",
-              "--weight-split=staged", "--dtypes=fp32"]  # fmt: skip
-    cases = ["width 64", "widths 256", "tanh, per-row"]
+              "--weight-split=staged", "--dtypes=fp32,tf32"]  # fmt: skip
+    cases = ["width 64", "tanh, per-row"]
     proc = subprocess.run([*staged, *cases], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("bit for bit the per-warp split's") == 2, proc.stdout
+    assert proc.stdout.count("(fp32)") == proc.stdout.count("(tf32:") == 2, proc.stdout
     assert proc.stdout.count("(fp32)") == 2, proc.stdout  # tanh, per-row: both orders
 
 

@@ -548,9 +548,7 @@ std::vector<Case> cases() {
     c.smem_limit = 40 * 1024;
   });
   // (last: a case's seed is its place in this list, which the tolerances above were seen at)
-  add("silu, width 64 (one weight panel)", [](Case& c) {
-    c.act = kSilu, c.hidden = {64, 40}, c.batch = 9;
-  });
+  add("silu, width 64 (one weight panel)", [](Case& c) { c.act = kSilu, c.hidden = {64}; });
   return all;
 }
 
