@@ -114,8 +114,8 @@ def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
     proc = subprocess.run([*staged, *cases], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("bit for bit the per-warp split's") == 2, proc.stdout
+    # tanh, per-row (width 16), both orders: checked against the reference
     assert proc.stdout.count("(fp32)") == proc.stdout.count("(tf32:") == 2, proc.stdout
-    assert proc.stdout.count("(fp32)") == 2, proc.stdout  # tanh, per-row: both orders
 
 
 def test_fused_kernels_with_their_own_weight_grads_at_low_occupancy_in_host_emulation(

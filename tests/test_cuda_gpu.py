@@ -8,6 +8,7 @@ from conftest import (
     TOLERANCES,
     assert_backends_agree,
     assert_close,
+    loss_and_grads,
     order2_inputs,
     sample_inputs,
     upcast_model,
@@ -287,9 +288,8 @@ def test_cuda_staged_weight_split_is_bitwise_the_per_warp_split(
     results = {}
     for split in ("warp", "staged"):
         monkeypatch.setenv("SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT", split)
-        xi = x.detach().requires_grad_(True)
-        loss = sk.sobolev_loss(model, xi, y, backend="cuda", **kw, **extra)
-        results[split] = [loss, *torch.autograd.grad(loss, [xi, *model.parameters()])]
+        loss, grads = loss_and_grads(model, x, y, kw, "cuda", **extra)
+        results[split] = [loss, *grads]
     assert all(torch.equal(a, b) for a, b in zip(results["warp"], results["staged"]))
     if not allow_tf32:
         assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[torch.float32],
