@@ -30,6 +30,12 @@ while [ "$#" -gt 0 ]; do
   esac
 done
 
+# Without --resources or --sass (CI), ptxas optimises at -O1: the same front end, PTX and
+# checks, in about 14% less time (fused_backward.cu for sm_90: 55 instead of 64 s); the
+# resource table and the SASS come from ptxas's default -O3, as a build makes them.
+PTXAS_OPT=(-Xptxas -O1)
+if [ -n "$RESOURCES" ] || [ "$SASS" -eq 1 ]; then PTXAS_OPT=(); fi
+
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 ARCHS=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
@@ -45,7 +51,8 @@ for cu in "$ROOT"/csrc/cuda/*.cu; do
   echo "[nvcc] $name (sm_80, sm_90)"
   mkdir -p "$OUT/keep-$name"
   "$NVCC" -std=c++17 -O3 -DWITH_CUDA "${TORCH_FLAGS[@]}" -I"$ROOT/csrc" "${ARCHS[@]}" \
-    -Xptxas -v -keep -keep-dir "$OUT/keep-$name" -c "$cu" -o "$OUT/$name.o" \
+    -Xptxas -v ${PTXAS_OPT[@]+"${PTXAS_OPT[@]}"} -keep -keep-dir "$OUT/keep-$name" \
+    -c "$cu" -o "$OUT/$name.o" \
     2> "$OUT/ptxas-$name.log" &
   pids+=($!)
 done
