@@ -961,3 +961,23 @@ def test_launch_plans_made_while_nothing_can_be_measured_are_not_kept(monkeypatc
         launch._keep("key", "plan", device)
         assert ("key" in launch._plans) == kept, (enabled, can_measure, device)
         launch._plans.clear()
+
+
+def test_ahead_of_time_compiles_can_know_what_the_launcher_knows():
+    """aot's ``aligned`` compiles mark what Triton's launcher marks on 16-byte aligned
+    tensors and integers that are multiples of 16 (each pointer, a tuple's too, and each
+    i32), in the backend's own attribute form, and nothing else."""
+    from triton.backends.compiler import BaseBackend
+
+    from sobolev_kernels.triton import aot
+    from sobolev_kernels.triton.forward import _sobolev_fwd_kernel
+
+    signature = {"x_ptr": "*fp32", "w_ptrs": ("*bf16", "*bf16"), "B": "i32",
+                 "slope": "fp32", "ACT": "constexpr"}  # fmt: skip
+    names = _sobolev_fwd_kernel.arg_names
+    at = {name: names.index(name) for name in signature}
+    marked = BaseBackend.parse_attr("D")
+    assert aot._aligned(_sobolev_fwd_kernel, signature) == {
+        (at["x_ptr"],): marked, (at["w_ptrs"], 0): marked, (at["w_ptrs"], 1): marked,
+        (at["B"],): marked,
+    }  # fmt: skip

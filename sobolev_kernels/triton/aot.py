@@ -118,13 +118,15 @@ def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0,
 def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
                  dtype: str, arch: int, group: int | None = None, cols: int = 0,
                  kernels: tuple[str, ...] = ("fwd", "bwd"),
-                 store_inputs: bool = True, index64: bool = False) -> Iterator[tuple]:  # fmt: skip
+                 store_inputs: bool = True, index64: bool = False,
+                 aligned: bool = False) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
     "fwd", "fwd_activated" (the forward storing its activated layers), "bwd",
     "fwd_persistent", "bwd_persistent", "bwd_persistent_saved", and "fwd_resident" and
     "bwd_resident", the resident kernels of a training step) for ``arch``
     (80, 90, ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile
-    raises."""
+    raises. ``aligned``: as launched on 16-byte aligned tensors and sizes that are multiples
+    of 16 (``_aligned``), else assuming nothing of them."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
                                  store_inputs, index64)  # fmt: skip
     constexprs["bwd_persistent"] = persistent_constexprs(layout, constexprs["bwd"], dtype, cols)
@@ -156,17 +158,35 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
             sig[p] = (ty,) * layout.num_layers if p.endswith("_ptrs") else ty
         sig.update(scalars)
         sig.update({c: "constexpr" for c in constexprs[name]})
-        src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs[name])
+        src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs[name],
+                        attrs=_aligned(kernel, sig) if aligned else None)  # fmt: skip
         target = GPUTarget("cuda", arch, 32)
         yield name, triton.compile(src, target=target, options={"num_warps": warps})
 
 
+def _aligned(kernel, signature: dict) -> dict:
+    """The specialisation Triton's launcher gives a kernel where every pointer is 16-byte
+    aligned (as torch allocates) and every integer a multiple of 16 (the benchmarks'
+    batches): each such argument known divisible by 16. The pointers' alignment is what lets
+    loads and stores be vectorised (``investigations/triton_alignment.py``); without it an
+    ahead-of-time compile assumes nothing of them, unlike the launches on a GPU."""
+    attrs, divisible = {}, [["tt.divisibility", 16]]
+    for name, ty in signature.items():
+        i = kernel.arg_names.index(name)
+        if isinstance(ty, tuple):
+            attrs.update({(i, j): divisible for j in range(len(ty))})
+        elif ty.startswith("*") or ty == "i32":
+            attrs[(i,)] = divisible
+    return attrs
+
+
 def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, warps: int = 4,
-                        recompute: bool = False, act: int = 0) -> tuple:  # fmt: skip
+                        recompute: bool = False, act: int = 0,
+                        aligned: bool = False) -> tuple:  # fmt: skip
     """(name, compiled) of the split-K weight-gradient kernel (``weight_grad.py``) as
     ``launch.py`` sets it up for a model with biases and per-sample directions: "dW" reading
     the inputs stacks (in ``dtype``), or "dW recompute" forming them from the fp32 saved
-    pre-activations (activation ``act``)."""
+    pre-activations (activation ``act``). ``aligned``: see compile_step."""
     constexprs = dict(layout.weight_grad_constexprs(True), ACT=act, SHARED=False,
                       RECOMPUTE=recompute, PRECISION=precision, EMULATE_BF16=False)  # fmt: skip
     sig = {"adj_ptr": "*" + dtype, "inputs_ptr": "*" + ("fp32" if recompute else dtype),
@@ -174,7 +194,12 @@ def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, w
     sig.update(dict.fromkeys(["batch", "stack", "first_rows", "rows_per_split"], "i32"))
     sig.update({"slope": "fp32"})
     sig.update({c: "constexpr" for c in constexprs})
-    src = ASTSource(fn=_weight_grad_partials_kernel, signature=sig, constexprs=constexprs)
+    src = ASTSource(
+        fn=_weight_grad_partials_kernel,
+        signature=sig,
+        constexprs=constexprs,
+        attrs=_aligned(_weight_grad_partials_kernel, sig) if aligned else None,
+    )
     target = GPUTarget("cuda", arch, 32)
     name = "dW recompute" if recompute else "dW"
     return name, triton.compile(src, target=target, options={"num_warps": warps})

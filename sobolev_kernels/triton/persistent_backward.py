@@ -83,6 +83,7 @@ def _tile_weight_grads(
                 a_ptr, z_ptr, x_ptr, v_ptr, acc, db, i, j, 0, used, valid, stack, slope, l,
                 OUT_CUM, IN_CUM, WIDTHS, HAS_BIAS, BK, K, ORDER, ACT, SHARED, True, PRECISION,
                 EMULATE_BF16, 1,  # (pipelined, the loop spilled 1.5-2.7 KB: sm_90, M and L)
+                False,  # (db summed per step: its rows' registers spilled 8-80 B more)
             )  # fmt: skip
             tl.store(w_dst, acc, mask=w_ok)
             if HAS_BIAS:
