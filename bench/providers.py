@@ -51,7 +51,9 @@ CUDA_VARIANTS = {
 # (triton_lean) or per row tile in one persistent launch (triton_lean_persistent); and every
 # launch through Triton's own launch path (triton_jit_launch), for the host time that
 # ``direct_launch`` saves. Steps only: their forwards are the triton provider's (but the lean
-# ones', which keep nothing).
+# ones', which keep nothing). triton_split_tf32x3 forms the 3xTF32 dots in the kernels
+# (SOBOLEV_TRITON_TF32X3=split, ``tiles._dot_acc``) instead of by Triton's "tf32x3": its
+# forward differs too, and only in fp32 (FP32_ONLY).
 # name -> {environment variable: value}
 TRITON_VARIANTS = {
     "triton_recompute": {
@@ -65,11 +67,13 @@ TRITON_VARIANTS = {
         "SOBOLEV_TRITON_BACKWARD": "persistent",
     },
     "triton_jit_launch": {"SOBOLEV_TRITON_DIRECT_LAUNCH": "0"},
+    "triton_split_tf32x3": {"SOBOLEV_TRITON_TF32X3": "split"},
 }
-STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "triton_compiled"}
 # Variants that differ from their default in fp32 models only (16-bit operands are not
 # split): measured only there (bench.step)
-FP32_ONLY = {"cuda_staged_split"}
+FP32_ONLY = {"cuda_staged_split", "triton_split_tf32x3"}
+STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "triton_compiled"}
+STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of
 # 2026-11-27: 2.3-2.8 ms of host time a Triton step). What a user gets by capturing the

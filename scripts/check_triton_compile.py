@@ -11,7 +11,9 @@ static launch with 64-bit indices (past 2^31 elements), the static backward once
 without its inputs stores (the ``recompute`` weight gradients' backward), the persistent
 forward and backward of a step that keeps nothing and the persistent backward after one
 that saves (``persistent_backward.py``), the split-K weight-gradient kernel with tensor-core
-dots, reading the stored inputs and forming them itself (recompute), and the resident
+dots, reading the stored inputs and forming them itself (recompute), in fp32 the
+tensor-core candidate and the split-K kernel with the kernels' own 3xTF32 dots
+(``SOBOLEV_TRITON_TF32X3=split``), and the resident
 forward and backward (``forward_resident.py``, ``backward_resident.py``) in their configs.
 Exit status 1 if one fails to compile, needs more shared memory than the backend estimated
 (the estimate decides whether a problem fits), or, as a tensor-core launch, has no
@@ -83,6 +85,10 @@ def check(variant, arch: int) -> list[str]:
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
+    if dtype == "fp32":  # the kernels' own 3xTF32 dots (SOBOLEV_TRITON_TF32X3=split)
+        split = tensor_core._replace(precision="tf32x3_split")
+        problems += _check_config(layout, split, variant, arch, True)
+        problems += _check_weight_grad(layout, split.precision, variant, arch, False)
     # the resident kernels in their configs (the forward: the tuner's in bf16, else forced;
     # the backward forced, where it carries every direction at once); the interpreter missed
     # a compile error of the forward's order 2

@@ -58,7 +58,7 @@ _SETTINGS = ("SOBOLEV_TRITON_FORWARD", "SOBOLEV_TRITON_BACKWARD",
              "SOBOLEV_TRITON_BACKWARD_KERNEL", "SOBOLEV_TRITON_WIDE_TILES",
              "SOBOLEV_TRITON_WEIGHT_GRAD", "SOBOLEV_TRITON_RECOMPUTE_ROWS", "SOBOLEV_AUTOTUNE",
              "SOBOLEV_TRITON_DIRECT_LAUNCH", "SOBOLEV_TRITON_FORWARD_ACTIVATED",
-             "SOBOLEV_TRITON_INDEX", "TRITON_INTERPRET")  # fmt: skip
+             "SOBOLEV_TRITON_INDEX", "SOBOLEV_TRITON_TF32X3", "TRITON_INTERPRET")  # fmt: skip
 _ENVIRON = getattr(os.environ, "_data", None) if os.name == "posix" else None
 _SETTINGS_KEYS = tuple(os.fsencode(name) for name in _SETTINGS)
 
@@ -95,6 +95,22 @@ def _precisions(dtype: torch.dtype, allow_tf32: bool) -> tuple[str, str]:
     if dtype != torch.float32:
         return "ieee", "ieee"
     return ("tf32", "tf32") if allow_tf32 else ("ieee", "tf32x3")
+
+
+TF32X3_FORMS = ("triton", "split")
+
+
+def _kernel_precision(precision: str) -> str:
+    """The kernels' PRECISION for a launch's dot precision. SOBOLEV_TRITON_TF32X3: how the
+    3xTF32 dots are formed, Triton's own "tf32x3" (``triton``, the default) or split by the
+    kernels into three TF32 dots on one accumulator (``split``: "tf32x3_split",
+    ``tiles._dot_acc``; unmeasured on a GPU, which times both: provider
+    ``triton_split_tf32x3``)."""
+    form = os.environ.get("SOBOLEV_TRITON_TF32X3", "triton")
+    if form not in TF32X3_FORMS:
+        raise ValueError(f"SOBOLEV_TRITON_TF32X3: expected {' or '.join(TF32X3_FORMS)}; "
+                         f"got {form!r}")  # fmt: skip
+    return "tf32x3_split" if precision == "tf32x3" and form == "split" else precision
 
 
 def _emulate_bf16(dtype: torch.dtype) -> bool:
@@ -306,15 +322,18 @@ def _tuning_key(kernel: str, x: Tensor, constexprs: dict, allow_tf32: bool) -> t
     batch = next_power_of_2(max(1, x.shape[0]))
     # (in the call site's order, which is fixed: sorting cost microseconds a launch)
     constants = tuple(kv for kv in constexprs.items() if kv[0] != "STORE_INPUTS")
-    return ("triton", kernel, str(x.device), x.dtype, allow_tf32, batch, constants)
+    key = ("triton", kernel, str(x.device), x.dtype, allow_tf32, batch, constants)
+    # (3xTF32 dots formed by the kernels: their candidates measured apart)
+    return key + ("tf32x3 split",) if _kernel_precision("tf32x3") != "tf32x3" else key
 
 
 def _tuned(layout: Layout, config: LaunchConfig, kernel: str) -> dict:
     """A kernel's launch arguments that the config sets (built once per layout, config and
     kernel; callers unpack it, never change it)."""
-    return layout.cached(("tuned", config, kernel), lambda: dict(
+    precision = _kernel_precision(config.precision)
+    return layout.cached(("tuned", config, kernel, precision), lambda: dict(
         ROWS=config.rows, GROUP=config.group, num_warps=config.warps,
-        CHUNKS=layout.chunks(config.chunk), PRECISION=config.precision,
+        CHUNKS=layout.chunks(config.chunk), PRECISION=precision,
         COLS=layout.col_blocks(config.cols, kernel),
     ))  # fmt: skip
 
@@ -764,7 +783,8 @@ def _backward_persistent(
         Z_STRIDES=layout.hidden_stacks(True)["Z_STRIDES"], W_OFFS=geometry["W_OFFS"],
         DB_OFFS=geometry["B_OFFS"], N_PARTIAL=geometry["N_PARTIAL"], BM=geometry["BM"],
         BN=geometry["BN"], BK=geometry["BK"],
-        DW_PRECISION=_precisions(dtype, allow_tf32)[1], RECOMPUTE=saved is None,
+        DW_PRECISION=_kernel_precision(_precisions(dtype, allow_tf32)[1]),
+        RECOMPUTE=saved is None,
     )  # fmt: skip
 
     def launch(config: LaunchConfig) -> Tensor:
@@ -949,7 +969,8 @@ def _weight_grad_partials(
         splits, rows_per_split = _split_rows(layout, batch, x.device)
         launcher = direct_launch.launcher(_weight_grad_partials_kernel, dict(
             ACT=activation, SHARED=shared, RECOMPUTE=recompute,
-            PRECISION=_precisions(x.dtype, allow_tf32)[1], EMULATE_BF16=_emulate_bf16(x.dtype),
+            PRECISION=_kernel_precision(_precisions(x.dtype, allow_tf32)[1]),
+            EMULATE_BF16=_emulate_bf16(x.dtype),
             num_warps=4, **geometry,
         ))  # fmt: skip
         grid = (geometry["TILE_CUM"][-1], splits)

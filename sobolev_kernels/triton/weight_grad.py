@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .activations import act_series
-from .tiles import _cast
+from .tiles import _cast, _dot_acc
 
 
 @triton.jit
@@ -113,7 +113,7 @@ def _weight_grad_rows(
         if EMULATE_BF16:  # the interpreter's bf16 dot is wrong (see launch.py)
             a = a.to(tl.float32)
             s = s.to(tl.float32)
-        acc = tl.dot(tl.trans(a), s, acc, input_precision=PRECISION)
+        acc = _dot_acc(tl.trans(a), s, acc, PRECISION)
         if HAS_BIAS:  # the bias moves the values only: their rows come first
             values = tl.where(r[:, None] < batch, a.to(tl.float32), 0.0)
             if DB_AFTER_LOOP:
