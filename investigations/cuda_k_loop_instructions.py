@@ -23,6 +23,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import sass_loops
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["-std=c++17", "-O3", "-DWITH_CUDA", "-D__CUDA_NO_HALF_OPERATORS__",
          "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
@@ -30,8 +32,6 @@ FLAGS = ["-std=c++17", "-O3", "-DWITH_CUDA", "-D__CUDA_NO_HALF_OPERATORS__",
          "-gencode", "arch=compute_90,code=sm_90"]  # fmt: skip
 # fp32 kernels in the shapes that have both forms: order, WIDTH, HIGH_OCCUPANCY, STAGED_SPLIT
 KERNEL = re.compile(r"fused_(forward|backward)_kernelIfLi([12])ELi(\d+)ELb([01])ELb([01])E")
-INSTRUCTION = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);")
-BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)")
 
 
 def cuobjdump() -> str:
@@ -45,21 +45,12 @@ def cuobjdump() -> str:
 
 def k_loops(body: str) -> list[tuple[int, int, Counter]]:
     """(instructions, HMMAs, opcode counts) of each k loop in one function's SASS."""
-    code = [(int(m.group(1), 16), m.group(2)) for m in map(INSTRUCTION.match, body.split("\n"))
-            if m]  # fmt: skip
-    at = {address: i for i, (address, _) in enumerate(code)}
-    loops = []
-    for i, (address, text) in enumerate(code):
-        branch = BRANCH.search(text)
-        if not branch or int(branch.group(1), 16) >= address:
-            continue
-        start = at.get(int(branch.group(1), 16))
-        loop = [t for _, t in code[start : i + 1]] if start is not None else []
+    found = []
+    for loop in sass_loops.loops(body):
         hmma = sum("HMMA" in t for t in loop)
         if hmma and len(loop) < 600:
-            ops = Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in loop)
-            loops.append((len(loop), hmma, ops))
-    return loops
+            found.append((len(loop), hmma, sass_loops.opcodes(loop)))
+    return found
 
 
 def main() -> int:

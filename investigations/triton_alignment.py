@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
+import sass_loops  # noqa: E402
 import triton  # noqa: E402
 
 from sobolev_kernels.triton.aot import (  # noqa: E402
@@ -39,13 +39,11 @@ CONFIGS = [
     ("M", (16, 128, 128, 128, 8), 2, 1, "bf16"),
     ("L", (64, 256, 256, 256, 256, 256, 16), 4, 1, "fp32"),
 ]
-INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
-BRANCH = re.compile(r"\bBRA\b.*?0x([0-9a-f]+)")
 
 
 def counts(code: str) -> str:
     """SASS instructions, and 128-bit global loads / stores."""
-    lines = INSTRUCTION.findall(code)
+    lines = sass_loops.INSTRUCTION.findall(code)
     wide_loads = len(re.findall(r"\bLDG\.E\.128\b", code))
     wide_stores = len(re.findall(r"\bSTG\.E\.128\b", code))
     return f"{len(lines)} | {wide_loads} / {wide_stores}"
@@ -53,17 +51,11 @@ def counts(code: str) -> str:
 
 def row_loop(code: str) -> str:
     """Instructions, barriers, shared loads / stores and wgmma of the split-K kernel's row loop
-    (the first backward branch holding HGMMA: the layers' loops are alike)."""
-    found = [(int(a, 16), t) for a, t in INSTRUCTION.findall(code)]
-    for i, (address, text) in enumerate(found):
-        branch = BRANCH.search(text)
-        if branch and int(branch.group(1), 16) < address:
-            target = int(branch.group(1), 16)
-            body = [t for a, t in found[: i + 1] if a >= target]
-            ops = Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in body)
-            if ops["HGMMA"]:
-                return (f"{len(body)} | {ops['BAR']} | {ops['LDS']} / {ops['STS']} | "
-                        f"{ops['HGMMA']}")  # fmt: skip
+    (the first loop holding HGMMA: the layers' loops are alike)."""
+    for loop in sass_loops.loops(code):
+        ops = sass_loops.opcodes(loop)
+        if ops["HGMMA"]:
+            return f"{len(loop)} | {ops['BAR']} | {ops['LDS']} / {ops['STS']} | {ops['HGMMA']}"
     return "- | - | - | -"
 
 

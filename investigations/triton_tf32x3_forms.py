@@ -19,7 +19,8 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import triton  # noqa: E402
-from triton_alignment import CONFIGS, INSTRUCTION, row_loop  # noqa: E402
+from sass_loops import INSTRUCTION  # noqa: E402
+from triton_alignment import CONFIGS, row_loop  # noqa: E402
 
 from sobolev_kernels.triton.aot import (  # noqa: E402
     compile_step,
