@@ -228,6 +228,20 @@ def step_fn(provider: str, p: Problem, mode: str = "step") -> Callable[[], Tenso
 _compile_failure: str | None = None
 
 
+def compile_failure() -> str | None:
+    """torch_compile's error in this process, once a point has met it."""
+    return _compile_failure
+
+
+def adopt_compile_failure(message: str | None) -> None:
+    """Take torch_compile's error from another process (bench.step's precompile workers): the
+    timed pass records it instead of compiling again (an inductor compile: seconds to a
+    minute)."""
+    global _compile_failure
+    if message is not None:
+        _compile_failure = message
+
+
 def _compiled_user_loss(p: Problem) -> Callable[[], Tensor]:
     """torch.compile of what users write: eager double backward, else torch.func."""
     global _compile_failure

@@ -42,7 +42,9 @@ from bench.providers import (
     PRECISIONS,
     STEP_ONLY,
     TRITON_VARIANTS,
+    adopt_compile_failure,
     check_agreement,
+    compile_failure,
     make_problem,
     providers_available,
     set_precision,
@@ -244,14 +246,22 @@ def precompile(args, providers: list[str], workers: int) -> None:
     With ``args.precompile_seconds``, the jobs still running then are stopped (what they
     compiled so far stays in the caches) and the timed pass compiles the rest itself."""
     jobs = precompile_jobs(args, providers)
+
+    def problems_of(result: tuple[str, str | None]) -> str:
+        problems, failure = result
+        adopt_compile_failure(failure)  # torch_compile's error: not compiled again
+        return problems
+
     if jobs:
-        run_jobs(_warm_point, jobs, workers, getattr(args, "precompile_seconds", None))
+        run_jobs(_warm_point, jobs, workers, getattr(args, "precompile_seconds", None),
+                 problems_of)  # fmt: skip
 
 
-def run_jobs(fn, jobs: list, workers: int, seconds: float | None = None) -> int:
+def run_jobs(fn, jobs: list, workers: int, seconds: float | None = None, describe=None) -> int:
     """``fn(job)`` for every job in ``workers`` spawned processes (CUDA cannot be used in
-    forked children), printing each result in job order; after ``seconds`` (None: no limit)
-    the processes still running are terminated. Returns how many jobs were reported done."""
+    forked children), printing each result (or ``describe(result)``; empty or None: ok) in
+    job order; after ``seconds`` (None: no limit) the processes still running are terminated.
+    Returns how many jobs were reported done."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures import TimeoutError as Timeout
@@ -265,6 +275,7 @@ def run_jobs(fn, jobs: list, workers: int, seconds: float | None = None) -> int:
         for future in futures:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             problems = future.result(timeout=left)
+            problems = problems if describe is None else describe(problems)
             done += 1
             print(f"[precompile {done}/{len(jobs)}] {problems or 'ok'}", file=sys.stderr,
                   flush=True)  # fmt: skip
@@ -313,9 +324,10 @@ def precompile_jobs(args, providers: list[str]) -> list[tuple]:
     return jobs + later
 
 
-def _warm_point(job) -> str:
+def _warm_point(job) -> tuple[str, str | None]:
     """Run one compiling provider (or a Triton variant) once on one point (in a worker
-    process); for Triton, only its autotuner's candidate ``candidate`` of each kernel."""
+    process); for Triton, only its autotuner's candidate ``candidate`` of each kernel.
+    Returns the problems met, and torch_compile's error where it failed."""
     sizes, precision, provider, modes, device, candidate = job
     if candidate is not None:
         _only_candidate(candidate)
@@ -331,7 +343,7 @@ def _warm_point(job) -> str:
             problems.append(f"{provider}/{mode}: {type(exc).__name__}")
     if device == "cuda":
         torch.cuda.synchronize()
-    return "; ".join(problems)
+    return "; ".join(problems), compile_failure()
 
 
 class _NoSuchCandidate(Exception):

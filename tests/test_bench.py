@@ -223,6 +223,32 @@ def test_step_precompiles_in_worker_processes(tmp_path):
     assert all(r["metric"] == "error" for r in rows if r["provider"] == "torch_compile")
 
 
+def test_the_timed_pass_takes_torch_compiles_error_from_the_precompile(monkeypatch, capsys):
+    """A worker's torch_compile error reaches the timed pass, which records it instead of
+    compiling again (an inductor compile a point: seconds on a GPU machine, 20 s here)."""
+    from types import SimpleNamespace
+
+    from bench import providers, step
+
+    monkeypatch.setattr(providers, "_compile_failure", None)
+    message = "eager: RuntimeError: no double backward"
+
+    def run_jobs(fn, jobs, workers, seconds=None, describe=None):
+        assert fn is step._warm_point and jobs
+        print(describe(("torch_compile/forward: RuntimeError", message)))
+        return len(jobs)
+
+    monkeypatch.setattr(step, "run_jobs", run_jobs)
+    args = SimpleNamespace(configs=["S"], sweeps=[], precisions=["fp32"], modes=["forward"],
+                           device="cpu", quick=True)  # fmt: skip
+    step.precompile(args, ["plain_step", "torch_compile"], 1)
+    assert capsys.readouterr().out == "torch_compile/forward: RuntimeError\n"
+    assert providers.compile_failure() == message
+    problem = providers.make_problem(batch=8, dim=2, width=8, layers=2, out=1, k=1)
+    with pytest.raises(RuntimeError, match="no double backward"):  # at once: no compile
+        providers.step_fn("torch_compile", problem, "forward")
+
+
 def test_precompile_stops_its_jobs_at_its_time_limit(capsys):
     """--precompile-seconds: the jobs done by then are reported in order, the one still
     running is terminated (not waited for), and the timed pass then goes on; so it does
@@ -532,7 +558,7 @@ def test_fp32_only_variants_are_profiled_on_fp32_models_only(tmp_path, monkeypat
 def test_host_profile_names_the_functions_a_step_spends_its_host_time_in(tmp_path):
     out = tmp_path / "host.md"
     _module("bench.host_profile", "--device", "cpu", "--batch", "32", "--providers", "torch",
-            "nosuch", "--steps", "3", "--top", "5", "--out", str(out))  # fmt: skip
+            "nosuch", "--steps", "3", "--top", "20", "--out", str(out))  # fmt: skip
     text = out.read_text()
     assert re.search(r"## torch: host [0-9.]+ ms a step", text)
     assert re.search(r"\| `sobolev_kernels/.+` \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|", text)
