@@ -53,7 +53,10 @@ CUDA_VARIANTS = {
 # ``direct_launch`` saves. Steps only: their forwards are the triton provider's (but the lean
 # ones', which keep nothing). triton_split_tf32x3 forms the 3xTF32 dots in the kernels
 # (SOBOLEV_TRITON_TF32X3=split, ``tiles._dot_acc``) instead of by Triton's "tf32x3": its
-# forward differs too, and only in fp32 (FP32_ONLY).
+# forward differs too, and only in fp32 (FP32_ONLY). triton_kmajor_inputs: the backward
+# stores the layer inputs stacks transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor), which the
+# split-K weight gradients' fp32 dots read without transposing them on every step (fp32
+# only: 16-bit wgmma takes either layout; its tuner chooses between gemm and splitk anew).
 # name -> {environment variable: value}
 TRITON_VARIANTS = {
     "triton_recompute": {
@@ -68,10 +71,11 @@ TRITON_VARIANTS = {
     },
     "triton_jit_launch": {"SOBOLEV_TRITON_DIRECT_LAUNCH": "0"},
     "triton_split_tf32x3": {"SOBOLEV_TRITON_TF32X3": "split"},
+    "triton_kmajor_inputs": {"SOBOLEV_TRITON_INPUTS_LAYOUT": "kmajor"},
 }
 # Variants that differ from their default in fp32 models only (16-bit operands are not
 # split): measured only there (bench.step)
-FP32_ONLY = {"cuda_staged_split", "triton_split_tf32x3"}
+FP32_ONLY = {"cuda_staged_split", "triton_split_tf32x3", "triton_kmajor_inputs"}
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "triton_compiled"}
 STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU

@@ -31,7 +31,8 @@ BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 PROVIDER_ORDER = ["eager_autograd", "torch_func", "torch_compile", "jax_jit", "plain_step",
                   "reference", "torch", "triton", "triton_recompute", "triton_persistent",
                   "triton_lean", "triton_lean_persistent", "triton_split_tf32x3",
-                  "triton_jit_launch", "triton_graphed", "triton_compiled", "cuda", "cuda_tiled",
+                  "triton_kmajor_inputs", "triton_jit_launch", "triton_graphed",
+                  "triton_compiled", "cuda", "cuda_tiled",
                   "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm", "cuda_bias_gemv",
                   "cuda_staged_split", "cuda_graphed",
                   "cuda_fused_occupancy"]  # (runs before 2026-11-27 run 5)  # fmt: skip

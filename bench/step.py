@@ -317,8 +317,10 @@ def precompile_jobs(args, providers: list[str]) -> list[tuple]:
             for provider in wanted:
                 if provider == "triton":
                     jobs.append((sizes, precision, provider, args.modes, args.device, c))
+                    fp32_model = PRECISIONS[precision][0] == torch.float32
                     later += [(sizes, precision, variant, ("step",), args.device, c)
-                              for variant in variants]  # fmt: skip
+                              for variant in variants
+                              if fp32_model or variant not in FP32_ONLY]  # fmt: skip
                 elif c == 0:
                     jobs.append((sizes, precision, provider, args.modes, args.device, None))
     return jobs + later

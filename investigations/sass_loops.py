@@ -1,6 +1,6 @@
 """The loops of a kernel's SASS (``cuobjdump -sass``), for the investigations that count what
 a loop issues: ``cuda_k_loop_instructions.py``, ``triton_alignment.py``,
-``triton_tf32x3_forms.py``."""
+``triton_tf32x3_forms.py``, ``triton_kmajor_inputs.py``."""
 
 from __future__ import annotations
 

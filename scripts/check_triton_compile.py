@@ -5,6 +5,8 @@ report registers, stack (spills) and shared memory of every variant.
     python scripts/check_triton_compile.py            # the default set, sm_80 and sm_90
     python scripts/check_triton_compile.py --quick    # two small variants, sm_90 (CI;
                                                       # fewer forms of the bf16 one)
+    python scripts/check_triton_compile.py --quick --core  # their main kernels only (CI,
+                                                      # with the newer triton)
 
 Each variant compiles as the static launch and as the autotuner's tensor-core candidate
 (fp32: 3xTF32 dots; its forward also in the form that stores its activated layers), the
@@ -14,7 +16,8 @@ forward and backward of a step that keeps nothing and the persistent backward af
 that saves (``persistent_backward.py``), the split-K weight-gradient kernel with tensor-core
 dots, reading the stored inputs and forming them itself (recompute), in fp32 the
 tensor-core candidate and the split-K kernel with the kernels' own 3xTF32 dots
-(``SOBOLEV_TRITON_TF32X3=split``), and the resident
+(``SOBOLEV_TRITON_TF32X3=split``), in fp32 the split-K kernel and the backward with the
+inputs stacks transposed (``SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor``), and the resident
 forward and backward (``forward_resident.py``, ``backward_resident.py``) in their configs.
 Exit status 1 if one fails to compile, needs more shared memory than the backend estimated
 (the estimate decides whether a problem fits), or, as a tensor-core launch, has no
@@ -56,11 +59,12 @@ VARIANTS = [
 QUICK = [((4, 32, 24, 2), 3, 2, "fp32", 3), ((3, 17, 5, 1), 3, 1, "bf16", 7)]
 
 
-def check(variant, arch: int, quick: bool = False) -> list[str]:
+def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[str]:
     """Compile one variant as the launchers would on ``arch`` (the static launch, and the
     autotuner's tensor-core candidate); report, and list problems: a compile error, more
     shared memory than Layout.shared_bytes estimated, or a tensor-core candidate whose SASS
-    holds no tensor-core instruction (HMMA: mma.sync; HGMMA: wgmma on sm_90)."""
+    holds no tensor-core instruction (HMMA: mma.sync; HGMMA: wgmma on sm_90). ``core``: the
+    forward, backward and split-K kernels on those two configs only."""
     widths, k, order, dtype, act = variant
     layout = Layout(widths, k, order)
     size = 4 if dtype == "fp32" else 2
@@ -73,6 +77,8 @@ def check(variant, arch: int, quick: bool = False) -> list[str]:
     problems = []
     for config, needs_tensor_cores in ((static, dtype != "fp32"), (tensor_core, True)):
         problems += _check_config(layout, config, variant, arch, needs_tensor_cores)
+    if core:
+        return problems + _check_weight_grad(layout, tensor_core.precision, variant, arch, False)
     # the tuner's activated twin of the tensor-core candidate (launch._forward_activated)
     if layout.activates_per_pass(tensor_core):
         problems += _check_config(layout, tensor_core, variant, arch, True, ("fwd_activated",))
@@ -90,6 +96,11 @@ def check(variant, arch: int, quick: bool = False) -> list[str]:
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
+    if dtype == "fp32":  # the inputs stacks transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor)
+        problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, False, True)
+        if not quick:  # (quick: the backward's stores differ by their offsets only)
+            problems += _check_config(layout, static, variant, arch, False, ("bwd",),
+                                      inputs_kmajor=True)  # fmt: skip
     if dtype == "fp32":  # the kernels' own 3xTF32 dots (SOBOLEV_TRITON_TF32X3=split)
         split = tensor_core._replace(precision="tf32x3_split")
         if not quick:  # (quick: the split-K kernel compiles the same tiles._dot_acc)
@@ -105,14 +116,15 @@ def check(variant, arch: int, quick: bool = False) -> list[str]:
     return problems
 
 
-def _check_weight_grad(layout, precision, variant, arch, recompute) -> list[str]:
+def _check_weight_grad(layout, precision, variant, arch, recompute, kmajor=False) -> list[str]:
     """The split-K weight-gradient kernel: it compiles, fits in shared memory and runs its
     products on tensor cores (3xTF32 for fp32)."""
     label = f"sm_{arch} widths={variant[0]} K={variant[1]} order={variant[2]} {variant[3]} " \
             f"{precision}"  # fmt: skip
     try:
         name, compiled = compile_weight_grad(layout, precision, variant[3], arch,
-                                             recompute=recompute, act=variant[4])  # fmt: skip
+                                             recompute=recompute, act=variant[4],
+                                             kmajor=kmajor)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - report every failing variant
         print(f"{label}: compile error: {str(exc).strip().splitlines()[-1]}")
         return [f"{label}: compile error: {str(exc).strip().splitlines()[-1]}"]
@@ -129,7 +141,7 @@ def _check_weight_grad(layout, precision, variant, arch, recompute) -> list[str]
 
 
 def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("fwd", "bwd"),
-                  store_inputs=True, index64=False) -> list[str]:  # fmt: skip
+                  store_inputs=True, index64=False, inputs_kmajor=False) -> list[str]:  # fmt: skip
     widths, k, order, dtype, act = variant
     size = 4 if dtype == "fp32" else 2
     estimate = layout.shared_bytes(config.rows, size, config.chunk, config.group,
@@ -139,6 +151,7 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
         f"{config.rows} warps={config.warps} {config.precision} cols={config.cols or 'all'}"
         + ("" if store_inputs else " no inputs stores")
         + (" 64-bit indices" if index64 else "")
+        + (" inputs k-major" if inputs_kmajor else "")
     )
     problems = []
     start = time.perf_counter()
@@ -146,7 +159,8 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
         for name, compiled in compile_step(layout, config.rows, config.warps, act,
                                            config.precision, config.chunk, dtype, arch,
                                            config.group, config.cols, kernels,
-                                           store_inputs, index64):  # fmt: skip
+                                           store_inputs, index64,
+                                           inputs_kmajor=inputs_kmajor):  # fmt: skip
             shared, res = compiled.metadata.shared, resources(compiled)
             tensor_ops = len(re.findall(r"\bH(?:G)?MMA\b", sass(compiled)))
             print(f"{label} {name}: shared={shared} (estimated {estimate}) reg={res.get('REG')} "
@@ -170,9 +184,12 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small variants on sm_90")
+    parser.add_argument("--core", action="store_true",
+                        help="the forward, backward and split-K kernels only")  # fmt: skip
     args = parser.parse_args(argv)
     variants, archs = (QUICK, [90]) if args.quick else (VARIANTS, [80, 90])
-    problems = [p for arch in archs for v in variants for p in check(v, arch, args.quick)]
+    problems = [p for arch in archs for v in variants
+                for p in check(v, arch, args.quick, args.core)]  # fmt: skip
     print("\n".join(["", *problems]) if problems else "check_triton_compile: ok")
     return 1 if problems else 0
 

@@ -185,6 +185,12 @@ def test_precompile_takes_the_triton_variants_after_every_default_job():
     configs = [job[0]["width"] for job in jobs[:defaults]]
     assert [job[5] for job in jobs[:defaults]] == sorted(list(range(candidates)) * 2)
     assert configs[:2] == [64, 128] and configs[2:4] == [64, 128]
+    # an fp32-only variant compiles at fp32 points only
+    args.precisions = ["fp32", "bf16"]
+    jobs = precompile_jobs(args, ["triton", "triton_kmajor_inputs"])
+    variant = [job[1] for job in jobs if job[2] == "triton_kmajor_inputs"]
+    assert variant and set(variant) == {"fp32"}
+    assert {job[1] for job in jobs if job[2] == "triton"} == {"fp32", "bf16"}
 
 
 def test_precompile_job_runs_its_candidate_of_each_config_and_every_method(monkeypatch):

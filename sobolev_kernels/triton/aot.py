@@ -58,12 +58,14 @@ _BWD_SCALARS = dict(_FWD_SCALARS, coef_f="fp32", coef_u="fp32", coef_w="fp32")
 def step_constexprs(
     layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
     group: int | None = None, cols: int = 0, store_inputs: bool = True, index64: bool = False,
+    inputs_kmajor: bool = False,
 ) -> dict[str, dict]:  # fmt: skip
     """The constexprs of both kernels as the launchers set them for a training step with a
     Jacobian (and, for order 2, Hessian) target, biases and y (``group``: directions per
     pass, default the static choice; ``cols``: output columns per pass, 0 for all;
     ``store_inputs``: false for the backward of the ``recompute`` weight gradients;
-    ``index64``: 64-bit index arithmetic, which the launchers take past 2^31 elements)."""
+    ``index64``: 64-bit index arithmetic, which the launchers take past 2^31 elements;
+    ``inputs_kmajor``: the backward's inputs stacks transposed, launch._inputs_kmajor)."""
     common = dict(layout.constexprs(), ROWS=rows, GROUP=group or layout.group(rows, warps),
                   ACT=act, SHARED=False, HAS_BIAS=True, HAS_Y=True, TARGET=TARGET_GRAD,
                   TARGET2=TARGET_HESS if layout.order == 2 else TARGET_NONE,
@@ -93,6 +95,7 @@ def step_constexprs(
             STORE_INPUTS=store_inputs,
             COLS=layout.col_blocks(cols, "bwd"),
             INDEX64=index64,
+            INPUTS_KMAJOR=inputs_kmajor,
         ),  # fmt: skip
     }
 
@@ -103,7 +106,7 @@ def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0,
     from the backward kernel's ``bwd`` (the same tiles, dots and seeds); ``recompute``: after
     a forward that kept nothing, else after one that saved its pre-activations."""
     geometry = layout.weight_grad_constexprs(True)
-    out = {k: v for k, v in bwd.items() if k not in ("STORE_INPUTS", "INDEX64")}
+    out = {k: v for k, v in bwd.items() if k not in ("STORE_INPUTS", "INDEX64", "INPUTS_KMAJOR")}
     out.update(
         NEED_PARAMS=True, FWD_COLS=layout.col_blocks(cols, "fwd"),
         Z_STRIDES=layout.hidden_stacks(True)["Z_STRIDES"], W_OFFS=geometry["W_OFFS"],
@@ -118,17 +121,18 @@ def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0,
 def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str, chunk: int,
                  dtype: str, arch: int, group: int | None = None, cols: int = 0,
                  kernels: tuple[str, ...] = ("fwd", "bwd"),
-                 store_inputs: bool = True, index64: bool = False,
-                 aligned: bool = False) -> Iterator[tuple]:  # fmt: skip
+                 store_inputs: bool = True, index64: bool = False, aligned: bool = False,
+                 inputs_kmajor: bool = False) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
     "fwd", "fwd_activated" (the forward storing its activated layers), "bwd",
     "fwd_persistent", "bwd_persistent", "bwd_persistent_saved", and "fwd_resident" and
     "bwd_resident", the resident kernels of a training step) for ``arch``
     (80, 90, ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile
     raises. ``aligned``: as launched on 16-byte aligned tensors and sizes that are multiples
-    of 16 (``_aligned``), else assuming nothing of them."""
+    of 16 (``_aligned``), else assuming nothing of them. ``inputs_kmajor``: see
+    step_constexprs."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
-                                 store_inputs, index64)  # fmt: skip
+                                 store_inputs, index64, inputs_kmajor)  # fmt: skip
     constexprs["bwd_persistent"] = persistent_constexprs(layout, constexprs["bwd"], dtype, cols)
     constexprs["bwd_persistent_saved"] = persistent_constexprs(layout, constexprs["bwd"], dtype,
                                                                cols, recompute=False)  # fmt: skip
@@ -182,13 +186,15 @@ def _aligned(kernel, signature: dict) -> dict:
 
 def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, warps: int = 4,
                         recompute: bool = False, act: int = 0,
-                        aligned: bool = False) -> tuple:  # fmt: skip
+                        aligned: bool = False, kmajor: bool = False) -> tuple:  # fmt: skip
     """(name, compiled) of the split-K weight-gradient kernel (``weight_grad.py``) as
     ``launch.py`` sets it up for a model with biases and per-sample directions: "dW" reading
     the inputs stacks (in ``dtype``), or "dW recompute" forming them from the fp32 saved
-    pre-activations (activation ``act``). ``aligned``: see compile_step."""
+    pre-activations (activation ``act``), or "dW kmajor" reading transposed inputs stacks
+    (launch._inputs_kmajor). ``aligned``: see compile_step."""
     constexprs = dict(layout.weight_grad_constexprs(True), ACT=act, SHARED=False,
-                      RECOMPUTE=recompute, PRECISION=precision, EMULATE_BF16=False)  # fmt: skip
+                      RECOMPUTE=recompute, PRECISION=precision, EMULATE_BF16=False,
+                      KMAJOR=kmajor)  # fmt: skip
     sig = {"adj_ptr": "*" + dtype, "inputs_ptr": "*" + ("fp32" if recompute else dtype),
            "x_ptr": "*" + dtype, "v_ptr": "*" + dtype, "part_ptr": "*fp32"}  # fmt: skip
     sig.update(dict.fromkeys(["batch", "stack", "first_rows", "rows_per_split"], "i32"))
@@ -201,7 +207,7 @@ def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, w
         attrs=_aligned(_weight_grad_partials_kernel, sig) if aligned else None,
     )
     target = GPUTarget("cuda", arch, 32)
-    name = "dW recompute" if recompute else "dW"
+    name = "dW recompute" if recompute else "dW kmajor" if kmajor else "dW"
     return name, triton.compile(src, target=target, options={"num_warps": warps})
 
 

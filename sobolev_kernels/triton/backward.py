@@ -32,6 +32,7 @@ from .tiles import (
     _cast,
     _dot,
     _rows,
+    _stack_offsets,
     _target_second,
     _target_tangents,
     _tile_rows,
@@ -83,11 +84,12 @@ def _bwd_tangents(
     WIDTHS: tl.constexpr, OUT_CUM: tl.constexpr, IN_CUM: tl.constexpr, K: tl.constexpr,
     GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr, SMOOTH: tl.constexpr,
     SHARED: tl.constexpr, STORE_INPUTS: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    INPUTS_KMAJOR: tl.constexpr = False,
 ):  # fmt: skip
     """Columns ci of hidden layer l (the input side of W_l), direction group g: stores the
     tangent rows of A_{l-1} = [a_z; a_tz; a_ttz] and, with STORE_INPUTS, of S_{l-1} = [h; t;
-    tt] (recomputed from the saved pre-activations); returns a_z plus the group's term (its
-    sum over directions)."""
+    tt] (recomputed from the saved pre-activations; INPUTS_KMAJOR: transposed, see
+    tiles._stack_offsets); returns a_z plus the group's term (its sum over directions)."""
     S: tl.constexpr = 1 + ORDER * K
     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
         pid, g, B, K, GROUP, ROWS, SHARED
@@ -105,13 +107,15 @@ def _bwd_tangents(
     tz3 = _by_direction(tl.load(z_base + t_off, mask=ok, other=0.0).to(tl.float32), GROUP, ROWS)
     if STORE_INPUTS:
         t_in = _rows(tz3 * s1[None, :, :], GROUP, ROWS)
-        tl.store(s_base + t_off, _cast(t_in, st_ty, EMULATE_BF16), mask=ok)
+        tl.store(s_base + _stack_offsets(t_rows, ci, WIDTHS[l], S * B, INPUTS_KMAJOR),
+                 _cast(t_in, st_ty, EMULATE_BF16), mask=ok)  # fmt: skip
     if ORDER == 2:
         ttz = tl.load(z_base + tt_off, mask=ok, other=0.0).to(tl.float32)
         ttz3 = _by_direction(ttz, GROUP, ROWS)
         if STORE_INPUTS:
             tt_in = _rows(ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :], GROUP, ROWS)
-            tl.store(s_base + tt_off, _cast(tt_in, st_ty, EMULATE_BF16), mask=ok)
+            tl.store(s_base + _stack_offsets(tt_rows, ci, WIDTHS[l], S * B, INPUTS_KMAJOR),
+                     _cast(tt_in, st_ty, EMULATE_BF16), mask=ok)  # fmt: skip
         a_tt3 = _by_direction(a_tt, GROUP, ROWS)
         if SMOOTH:
             a_z += s2 * tl.sum(a_t3 * tz3 + a_tt3 * ttz3, axis=0)
@@ -137,7 +141,7 @@ def _bwd_hidden_block(
     KP: tl.constexpr, GROUP: tl.constexpr, ROWS: tl.constexpr, ORDER: tl.constexpr,
     ACT: tl.constexpr, SMOOTH: tl.constexpr, SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
     NUM_BIASES: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, INPUTS_KMAJOR: tl.constexpr = False,
 ):  # fmt: skip
     """Columns n0 .. n0 + NB of hidden layer l (the input side of W_l): [a_h; a_t; a_tt] =
     A_l W_l for every direction group, through the activation into A_{l-1}, and (with
@@ -155,12 +159,14 @@ def _bwd_hidden_block(
                 mask=row_ok[:, None] & in_col, other=0.0).to(tl.float32)  # fmt: skip
     s, s1, s2, s3 = act_series(z, slope, ACT)
     if STORE_INPUTS:
-        tl.store(s_ptr + S * B * IN_CUM[l] + rows[:, None] * WIDTHS[l] + ci[None, :],
+        tl.store(s_ptr + S * B * IN_CUM[l]
+                 + _stack_offsets(rows, ci, WIDTHS[l], S * B, INPUTS_KMAJOR),
                  _cast(s, s_ptr.dtype.element_ty, EMULATE_BF16),
                  mask=row_ok[:, None] & in_col)  # fmt: skip
     a_z = _bwd_tangents(
         a_h * s1, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, 0, B, l, WIDTHS,
         OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, STORE_INPUTS, EMULATE_BF16,
+        INPUTS_KMAJOR,
     )  # fmt: skip
     if KP // GROUP > 1:
         for g in tl.range(1, KP // GROUP):
@@ -171,7 +177,7 @@ def _bwd_hidden_block(
             a_z = _bwd_tangents(
                 a_z, a_t, a_tt, s1, s2, s3, z_ptr, a_ptr, s_ptr, ci, pid, g, B, l, WIDTHS,
                 OUT_CUM, IN_CUM, K, GROUP, ROWS, ORDER, SMOOTH, SHARED, STORE_INPUTS,
-                EMULATE_BF16,
+                EMULATE_BF16, INPUTS_KMAJOR,
             )  # fmt: skip
     # A_{l-1}'s value rows (its tangent rows are stored), for dW_{l-1} = A^T S
     tl.store(a_ptr + S * B * OUT_CUM[l - 1] + rows[:, None] * WIDTHS[l] + ci[None, :],
@@ -303,7 +309,7 @@ def _sobolev_bwd_kernel(
     HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
     NEED_DX: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
-    INDEX64: tl.constexpr,
+    INDEX64: tl.constexpr, INPUTS_KMAJOR: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     if INDEX64:  # an offset may pass 2^31 elements (launch._index64)
@@ -316,6 +322,7 @@ def _sobolev_bwd_kernel(
         coef_f, coef_u, coef_w, WIDTHS, PADS, B_OFFS, OUT_CUM, IN_CUM, NUM_LAYERS, K, KP, ROWS,
         GROUP, ORDER, ACT, SMOOTH, SHARED, HAS_BIAS, HAS_Y, TARGET, TARGET2, HAS_GL, HAS_GF,
         HAS_GU, HAS_GW, NEED_DX, STORE_INPUTS, PRECISION, EMULATE_BF16, CHUNKS, COLS,
+        INPUTS_KMAJOR,
     )  # fmt: skip
 
 
@@ -332,11 +339,13 @@ def _bwd_rows(
     HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
     NEED_DX: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
+    INPUTS_KMAJOR: tl.constexpr = False,
 ):  # fmt: skip
     """The backward of program ``pid``'s ROWS samples ``rows`` (``row_ok``: those < B) of a
-    batch of B, into stacks of (1 + order K) B rows: the seeds, then every layer top down.
-    The persistent backward (``persistent_backward.py``) calls it per row tile with the tile's
-    tensors and stacks of its own (pid 0, B its samples)."""
+    batch of B, into stacks of (1 + order K) B rows: the seeds, then every layer top down
+    (INPUTS_KMAJOR: the inputs stacks transposed, see tiles._stack_offsets). The persistent
+    backward (``persistent_backward.py``) calls it per row tile with the tile's tensors and
+    stacks of its own (pid 0, B its samples)."""
     D: tl.constexpr = WIDTHS[0]
     S: tl.constexpr = 1 + ORDER * K
     NB: tl.constexpr = B_OFFS[NUM_LAYERS - 1] + WIDTHS[NUM_LAYERS]  # biases in all layers
@@ -361,7 +370,7 @@ def _bwd_rows(
                     a_ptr, s_ptr, z_ptr, w_ptrs, db_ptr, pid, n0, rows, row_ok, B, slope, l,
                     COLS[l], WIDTHS, PADS, B_OFFS, OUT_CUM, IN_CUM, K, KP, GROUP, ROWS,
                     ORDER, ACT, SMOOTH, SHARED, HAS_BIAS, NB, STORE_INPUTS, PRECISION,
-                    EMULATE_BF16, CHUNKS,
+                    EMULATE_BF16, CHUNKS, INPUTS_KMAJOR,
                 )  # fmt: skip
         else:
             if STORE_INPUTS:
@@ -370,16 +379,16 @@ def _bwd_rows(
                 in_col = ci[None, :] < D
                 x = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
                             mask=row_ok[:, None] & in_col, other=0.0)  # fmt: skip
-                tl.store(s_base + rows[:, None] * D + ci[None, :], x.to(st_ty),
-                         mask=row_ok[:, None] & in_col)  # fmt: skip
+                tl.store(s_base + _stack_offsets(rows, ci, D, S * B, INPUTS_KMAJOR),
+                         x.to(st_ty), mask=row_ok[:, None] & in_col)  # fmt: skip
                 for g in tl.range(0, KP // GROUP):
                     k_of_r, b_of_r, t_ok, t_rows, tt_rows, v_rows, bk_rows = _tile_rows(
                         pid, g, B, K, GROUP, ROWS, SHARED
                     )
                     v = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
                                 mask=t_ok[:, None] & in_col, other=0.0)  # fmt: skip
-                    tl.store(s_base + t_rows[:, None] * D + ci[None, :], v.to(st_ty),
-                             mask=t_ok[:, None] & in_col)  # fmt: skip
+                    tl.store(s_base + _stack_offsets(t_rows, ci, D, S * B, INPUTS_KMAJOR),
+                             v.to(st_ty), mask=t_ok[:, None] & in_col)  # fmt: skip
             if NEED_DX:
                 for n0 in tl.range(0, PADS[0], COLS[0], num_stages=1):
                     _bwd_input_block(

@@ -23,7 +23,15 @@ import triton.language as tl
 
 from .activations import act_series
 from .backward import _bwd_seeds
-from .tiles import _by_direction, _cast, _dot, _rows, _tile_rows, _weight_rows
+from .tiles import (
+    _by_direction,
+    _cast,
+    _dot,
+    _rows,
+    _stack_offsets,
+    _tile_rows,
+    _weight_rows,
+)
 
 
 @triton.jit
@@ -40,7 +48,7 @@ def _sobolev_bwd_resident_kernel(
     HAS_GL: tl.constexpr, HAS_GF: tl.constexpr, HAS_GU: tl.constexpr, HAS_GW: tl.constexpr,
     NEED_DX: tl.constexpr, STORE_INPUTS: tl.constexpr, PRECISION: tl.constexpr,
     EMULATE_BF16: tl.constexpr, CHUNKS: tl.constexpr, COLS: tl.constexpr,
-    INDEX64: tl.constexpr,
+    INDEX64: tl.constexpr, INPUTS_KMAJOR: tl.constexpr,
 ):  # fmt: skip
     """``_sobolev_bwd_kernel``'s arguments (CHUNKS and COLS unused: whole-K dots, all
     columns; GROUP must be KP)."""
@@ -88,9 +96,11 @@ def _sobolev_bwd_resident_kernel(
             tz3 = _by_direction(tl.load(z_base + t_off, mask=ok, other=0.0).to(tl.float32), KP,
                                 ROWS)  # fmt: skip
             if STORE_INPUTS:
-                tl.store(s_base + v_off, _cast(s, st_ty, EMULATE_BF16), mask=v_ok)
-                tl.store(s_base + t_off, _cast(_rows(tz3 * s1[None, :, :], KP, ROWS), st_ty,
-                                               EMULATE_BF16), mask=ok)  # fmt: skip
+                tl.store(s_base + _stack_offsets(rows, ci, WIDTHS[l], S * B, INPUTS_KMAJOR),
+                         _cast(s, st_ty, EMULATE_BF16), mask=v_ok)  # fmt: skip
+                tl.store(s_base + _stack_offsets(t_rows, ci, WIDTHS[l], S * B, INPUTS_KMAJOR),
+                         _cast(_rows(tz3 * s1[None, :, :], KP, ROWS), st_ty, EMULATE_BF16),
+                         mask=ok)  # fmt: skip
             a_z = a_h * s1
             if ORDER == 2:
                 a_tt3 = _by_direction(_dot(att, wl, PRECISION, EMULATE_BF16), KP, ROWS)
@@ -98,7 +108,9 @@ def _sobolev_bwd_resident_kernel(
                                      KP, ROWS)  # fmt: skip
                 if STORE_INPUTS:
                     tt_in = ttz3 * s1[None, :, :] + tz3 * tz3 * s2[None, :, :]
-                    tl.store(s_base + tt_off, _cast(_rows(tt_in, KP, ROWS), st_ty, EMULATE_BF16),
+                    tl.store(s_base
+                             + _stack_offsets(tt_rows, ci, WIDTHS[l], S * B, INPUTS_KMAJOR),
+                             _cast(_rows(tt_in, KP, ROWS), st_ty, EMULATE_BF16),
                              mask=ok)  # fmt: skip
                 if SMOOTH:
                     a_z += s2 * tl.sum(a_t3 * tz3 + a_tt3 * ttz3, axis=0)
@@ -125,12 +137,12 @@ def _sobolev_bwd_resident_kernel(
                 s_base = s_ptr + S * B * IN_CUM[0]
                 x = tl.load(x_ptr + rows[:, None] * D + ci[None, :],
                             mask=row_ok[:, None] & in_col, other=0.0)  # fmt: skip
-                tl.store(s_base + rows[:, None] * D + ci[None, :], x.to(st_ty),
-                         mask=row_ok[:, None] & in_col)  # fmt: skip
+                tl.store(s_base + _stack_offsets(rows, ci, D, S * B, INPUTS_KMAJOR),
+                         x.to(st_ty), mask=row_ok[:, None] & in_col)  # fmt: skip
                 v = tl.load(v_ptr + v_rows[:, None] * D + ci[None, :],
                             mask=t_ok[:, None] & in_col, other=0.0)  # fmt: skip
-                tl.store(s_base + t_rows[:, None] * D + ci[None, :], v.to(st_ty),
-                         mask=t_ok[:, None] & in_col)  # fmt: skip
+                tl.store(s_base + _stack_offsets(t_rows, ci, D, S * B, INPUTS_KMAJOR),
+                         v.to(st_ty), mask=t_ok[:, None] & in_col)  # fmt: skip
             if NEED_DX:  # dL/dx = a_z W_1 (the value rows of A_1)
                 dx = _dot(a, wl, PRECISION, EMULATE_BF16)
                 tl.store(dx_ptr + rows[:, None] * D + ci[None, :],

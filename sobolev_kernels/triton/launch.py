@@ -58,7 +58,8 @@ _SETTINGS = ("SOBOLEV_TRITON_FORWARD", "SOBOLEV_TRITON_BACKWARD",
              "SOBOLEV_TRITON_BACKWARD_KERNEL", "SOBOLEV_TRITON_WIDE_TILES",
              "SOBOLEV_TRITON_WEIGHT_GRAD", "SOBOLEV_TRITON_RECOMPUTE_ROWS", "SOBOLEV_AUTOTUNE",
              "SOBOLEV_TRITON_DIRECT_LAUNCH", "SOBOLEV_TRITON_FORWARD_ACTIVATED",
-             "SOBOLEV_TRITON_INDEX", "SOBOLEV_TRITON_TF32X3", "TRITON_INTERPRET")  # fmt: skip
+             "SOBOLEV_TRITON_INDEX", "SOBOLEV_TRITON_TF32X3", "SOBOLEV_TRITON_INPUTS_LAYOUT",
+             "TRITON_INTERPRET")  # fmt: skip
 _ENVIRON = getattr(os.environ, "_data", None) if os.name == "posix" else None
 _SETTINGS_KEYS = tuple(os.fsencode(name) for name in _SETTINGS)
 
@@ -111,6 +112,24 @@ def _kernel_precision(precision: str) -> str:
         raise ValueError(f"SOBOLEV_TRITON_TF32X3: expected {' or '.join(TF32X3_FORMS)}; "
                          f"got {form!r}")  # fmt: skip
     return "tf32x3_split" if precision == "tf32x3" and form == "split" else precision
+
+
+INPUTS_LAYOUTS = ("rows", "kmajor")
+
+
+def _inputs_kmajor() -> bool:
+    """SOBOLEV_TRITON_INPUTS_LAYOUT: how the backward stores the layer inputs stacks S_{l-1}
+    that the weight gradients read, row-major (``rows``, the default) or transposed
+    (``kmajor``: (n_{l-1}, stack), the stacked rows contiguous; ``tiles._stack_offsets``).
+    The split-K kernel's fp32 dots take the transposed ones without transposing them through
+    shared memory on every step (``weight_grad.py``; sm_90 ahead of time: no scalar shared
+    stores left in its row loop); cuBLAS takes either. Unmeasured on a GPU, which times it:
+    provider ``triton_kmajor_inputs``."""
+    layout = os.environ.get("SOBOLEV_TRITON_INPUTS_LAYOUT", "rows")
+    if layout not in INPUTS_LAYOUTS:
+        raise ValueError(f"SOBOLEV_TRITON_INPUTS_LAYOUT: expected {' or '.join(INPUTS_LAYOUTS)}; "
+                         f"got {layout!r}")  # fmt: skip
+    return layout == "kmajor"
 
 
 def _emulate_bf16(dtype: torch.dtype) -> bool:
@@ -606,13 +625,15 @@ def _backward(
             NEED_DX=need_grad_x, STORE_INPUTS=store_inputs, EMULATE_BF16=_emulate_bf16(dtype),
             # (args holds every tensor the kernel indexes: the stacks too)
             INDEX64=_index64(*(t.numel() for t in args if isinstance(t, Tensor))),
+            INPUTS_KMAJOR=_inputs_kmajor(),
         )  # fmt: skip
 
         def plan_of(config: LaunchConfig) -> _BackwardPlan:
             kernel = _sobolev_bwd_resident_kernel if config.resident else _sobolev_bwd_kernel
             launcher = direct_launch.launcher(kernel, {**_tuned(layout, config, "bwd"),
                                                        **constexprs})  # fmt: skip
-            return _BackwardPlan(layout, launcher, cdiv(batch, config.rows), method)
+            return _BackwardPlan(layout, launcher, cdiv(batch, config.rows), method,
+                                 constexprs["INPUTS_KMAJOR"])  # fmt: skip
 
         plan = plan_of(_launch_config("bwd", layout, x, constexprs, allow_tf32,
                                       lambda config: launch(plan_of(config))))  # fmt: skip
@@ -632,9 +653,12 @@ def _backward(
 
     def parameter_grads(method: str) -> tuple[list[Tensor], list[Tensor]]:
         if method == "gemm":
-            return _grads_by_gemm(layout, batch, adj, inputs, db_partial, weights, biases)
+            return _grads_by_gemm(layout, batch, adj, inputs, db_partial, weights, biases,
+                                  plan.inputs_kmajor)  # fmt: skip
+        if method == "recompute":
+            return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32, **lean)
         return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32,
-                                **(lean if method == "recompute" else {}))  # fmt: skip
+                                kmajor=plan.inputs_kmajor)  # fmt: skip
 
     if method is None:
         method = _weight_grad_method(layout, x, has_bias, allow_tf32, parameter_grads)
@@ -648,6 +672,7 @@ class _BackwardPlan(NamedTuple):
     launcher: direct_launch.Launcher  # the kernel, its launch config's and shape's constexprs
     programs: int
     method: str | None  # how the weight gradients are formed (None: no weight gradients)
+    inputs_kmajor: bool  # the inputs stacks stored transposed (_inputs_kmajor)
 
 
 # Samples per chunk when the backward recomputes what the forward did not keep (the forward
@@ -842,7 +867,8 @@ def _weight_grad_method(
     methods = WEIGHT_GRAD_METHODS if _splitk_fits(layout, x.shape[0]) else ("gemm",)
     if forced != "auto":
         return forced if forced in methods else "gemm"
-    constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths)
+    constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths,
+                     INPUTS_KMAJOR=_inputs_kmajor())  # fmt: skip
     key = _tuning_key("weight_grad", x, constants, allow_tf32)
     if run is not None and tuning.can_measure(x.device):
         choice = tuning.fastest(key, methods, run, _DOES_NOT_FIT)
@@ -870,10 +896,10 @@ def _splitk_max_batch(layout: Layout) -> int:
 
 def _grads_by_gemm(
     layout: Layout, batch: int, adj: Tensor, inputs: Tensor, db_partial: Tensor,
-    weights: list[Tensor], biases: list[Tensor],
+    weights: list[Tensor], biases: list[Tensor], kmajor: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
     """dW_l by one GEMM per layer (cuBLAS on a GPU), db_l by summing the backward kernel's
-    per-program bias partials."""
+    per-program bias partials; ``kmajor``: the inputs stacks stored transposed."""
     widths, stack = layout.widths, layout.blocks * batch
     grad_weights = []
     with _full_precision_reductions(adj):
@@ -881,7 +907,11 @@ def _grads_by_gemm(
             # layer 1's inputs have no second-order rows (tt_0 = 0): the first (1 + K) B rows
             used = stack if l > 0 else (1 + layout.k) * batch
             a_l = adj.narrow(0, stack * layout.out_cum[l], used * widths[l + 1]).view(used, -1)
-            s_l = inputs.narrow(0, stack * layout.in_cum[l], used * widths[l]).view(used, -1)
+            if kmajor:  # S_{l-1}^T, (n_{l-1}, stack): its first ``used`` columns
+                s_l = inputs.narrow(0, stack * layout.in_cum[l], stack * widths[l])
+                s_l = s_l.view(widths[l], stack).narrow(1, 0, used).t()
+            else:
+                s_l = inputs.narrow(0, stack * layout.in_cum[l], used * widths[l]).view(used, -1)
             grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
     grad_biases = [_empty_like(b) for b in biases]
     if biases:
@@ -915,13 +945,14 @@ def _full_precision_reductions(operand: Tensor):
 def _grads_by_splitk(
     layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, weights: list[Tensor],
     biases: list[Tensor], allow_tf32: bool, saved: Tensor | None = None,
-    v: Tensor | None = None, activation: int = 0, slope: float = 0.0,
+    v: Tensor | None = None, activation: int = 0, slope: float = 0.0, kmajor: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
     """Every dW_l and db_l by one split-K kernel over all layers, then one reduction. With
     ``saved`` (the forward's pre-activations), the directions ``v`` and the activation, the
-    kernel forms the inputs stacks itself as it reads them: ``inputs`` goes unread."""
+    kernel forms the inputs stacks itself as it reads them: ``inputs`` goes unread.
+    ``kmajor``: the inputs stacks stored transposed."""
     partial = _weight_grad_partials(layout, x, adj, inputs, bool(biases), allow_tf32, saved, v,
-                                    activation, slope)  # fmt: skip
+                                    activation, slope, kmajor=kmajor)  # fmt: skip
     return _parameter_grads_of(partial, layout, weights, biases, x.dtype)
 
 
@@ -954,21 +985,22 @@ def _split_rows(layout: Layout, batch: int, device: torch.device) -> tuple[int, 
 def _weight_grad_partials(
     layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, has_bias: bool, allow_tf32: bool,
     saved: Tensor | None = None, v: Tensor | None = None, activation: int = 0,
-    slope: float = 0.0, out: Tensor | None = None,
+    slope: float = 0.0, out: Tensor | None = None, kmajor: bool = False,
 ) -> Tensor:  # fmt: skip
     """The split-K kernel's (splits, N) fp32 partial sums (the first rows of ``out`` where
     given); see _grads_by_splitk."""
     recompute = saved is not None
+    kmajor = kmajor and not recompute
     batch = x.shape[0]
     shared = recompute and v.ndim == 2
     key = ("weight_grad", layout, batch, x.dtype, x.device, has_bias, allow_tf32, recompute,
-           shared, activation, _settings())  # fmt: skip
+           shared, activation, kmajor, _settings())  # fmt: skip
     plan = _plans.get(key)
     if plan is None:
         geometry = layout.weight_grad_constexprs(has_bias)
         splits, rows_per_split = _split_rows(layout, batch, x.device)
         launcher = direct_launch.launcher(_weight_grad_partials_kernel, dict(
-            ACT=activation, SHARED=shared, RECOMPUTE=recompute,
+            ACT=activation, SHARED=shared, RECOMPUTE=recompute, KMAJOR=kmajor,
             PRECISION=_kernel_precision(_precisions(x.dtype, allow_tf32)[1]),
             EMULATE_BF16=_emulate_bf16(x.dtype),
             num_warps=4, **geometry,

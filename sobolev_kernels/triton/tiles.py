@@ -81,6 +81,18 @@ def _by_direction(x, G: tl.constexpr, ROWS: tl.constexpr):
 
 
 @triton.jit
+def _stack_offsets(rows, cols, width, stack, KMAJOR: tl.constexpr):
+    """Offsets of rows ``rows``, columns ``cols`` in a layer's block of a stack of ``stack``
+    rows and ``width`` columns: row-major, or with KMAJOR transposed, (width, stack) with
+    the stacked rows contiguous (launch.INPUTS_LAYOUTS)."""
+    if KMAJOR:
+        offsets = cols[None, :] * stack + rows[:, None]
+    else:
+        offsets = rows[:, None] * width + cols[None, :]
+    return offsets
+
+
+@triton.jit
 def _rows(x3, G: tl.constexpr, ROWS: tl.constexpr):
     """(G, ROWS, n) -> (G * ROWS, n)."""
     return tl.reshape(x3, (G * ROWS, x3.shape[2]))

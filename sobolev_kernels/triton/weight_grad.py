@@ -81,7 +81,7 @@ def _weight_grad_rows(
     HAS_BIAS: tl.constexpr, BK: tl.constexpr, K: tl.constexpr, ORDER: tl.constexpr,
     ACT: tl.constexpr, SHARED: tl.constexpr, RECOMPUTE: tl.constexpr,
     PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, STAGES: tl.constexpr = None,
-    DB_AFTER_LOOP: tl.constexpr = True,
+    DB_AFTER_LOOP: tl.constexpr = True, KMAJOR: tl.constexpr = False,
 ):  # fmt: skip
     """acc + rows i, columns j of dW_l = A_l^T S_{l-1} summed over the stacked rows [start,
     end), and db + the sums of A_l's columns i over the value rows among them (the first
@@ -90,7 +90,13 @@ def _weight_grad_rows(
     elementwise in the loop and summed across rows once after it (a sum per row block
     crosses the warps: shared memory and a barrier every step; ahead of time for sm_90 the
     split-K loop is 30% shorter in bf16, 5% in fp32), else summed on every step (fewer
-    registers, for the persistent backward, which spills)."""
+    registers, for the persistent backward, which spills). KMAJOR: the inputs stacks are
+    stored transposed, S_{l-1}^T (n_in, stack) (launch.INPUTS_LAYOUTS; not with RECOMPUTE):
+    the dot's second operand then has the reduction's rows contiguous, as fp32's TF32 wgmma
+    takes it. Row-major, Triton transposes it through shared memory on every step, with
+    scalar stores (the H200's counters: 83% of the kernel's shared stores in bank conflicts;
+    bench/results/triton_kmajor_inputs_sm90.md). A_l stays row-major: the backward reloads
+    it by rows."""
     n_out: tl.constexpr = WIDTHS[l + 1]
     n_in: tl.constexpr = WIDTHS[l]
     # 64-bit layer bases; offsets within a layer are 32-bit (the launcher takes the split-K
@@ -108,6 +114,9 @@ def _weight_grad_rows(
         if RECOMPUTE:
             s = _recomputed_inputs(inputs_ptr, x_ptr, v_ptr, r, j, s_ok, batch, stack, slope, l,
                                    n_in, OUT_CUM, K, ORDER, ACT, SHARED, EMULATE_BF16)  # fmt: skip
+        elif KMAJOR:  # S_{l-1}^T as stored: the tile read with its rows contiguous
+            s = tl.trans(tl.load(s_base + j[:, None] * stack + r[None, :],
+                                 mask=(j[:, None] < n_in) & live[None, :], other=0.0))  # fmt: skip
         else:
             s = tl.load(s_base + r[:, None] * n_in + j[None, :], mask=s_ok, other=0.0)
         if EMULATE_BF16:  # the interpreter's bf16 dot is wrong (see launch.py)
@@ -133,7 +142,7 @@ def _weight_grad_partials_kernel(
     NUM_LAYERS: tl.constexpr, N_PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, K: tl.constexpr,
     ORDER: tl.constexpr, ACT: tl.constexpr, SHARED: tl.constexpr, RECOMPUTE: tl.constexpr,
-    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, KMAJOR: tl.constexpr = False,
 ):  # fmt: skip
     """Program (t, s): output tile t of dW (layers in turn, TILE_CUM[l] <= t < TILE_CUM[l + 1],
     row-major BM x BN tiles of the (n_l, n_{l-1}) matrix) summed over split s's rows
@@ -142,7 +151,7 @@ def _weight_grad_partials_kernel(
     (the first ``batch``) only. Every program stores its tile, zeros included, so the buffer
     needs no initialisation. ``inputs_ptr`` is the inputs stacks, or under RECOMPUTE the
     forward's saved pre-activations (x_ptr, v_ptr: layer 1's inputs; ACT, slope: the hidden
-    activation)."""
+    activation). KMAJOR: the inputs stacks are stored transposed (see _weight_grad_rows)."""
     tile = tl.program_id(0)
     split = tl.program_id(1)
     for l in tl.static_range(NUM_LAYERS):
@@ -163,7 +172,7 @@ def _weight_grad_partials_kernel(
                 adj_ptr, inputs_ptr, x_ptr, v_ptr, tl.zeros((BM, BN), tl.float32),
                 tl.zeros((BM,), tl.float32), i, j, start, end, batch, stack, slope, l, OUT_CUM,
                 IN_CUM, WIDTHS, HAS_BIAS, BK, K, ORDER, ACT, SHARED, RECOMPUTE, PRECISION,
-                EMULATE_BF16,
+                EMULATE_BF16, KMAJOR=KMAJOR,
             )  # fmt: skip
             row = part_ptr + split * N_PARTIAL
             tl.store(row + W_OFFS[l] + i[:, None] * n_in + j[None, :], acc,
