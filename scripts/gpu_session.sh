@@ -97,9 +97,11 @@ COMPILED_ARGS=(--configs M --sweeps --precisions bf16 --modes step --providers t
                --out-dir "$WORK/bench")
 # four GPU runs timed the kernels; none said why the fp32 ones run at about 9 TFLOP/s
 # (then S: width 64, where #19's design should beat Triton); cuda_staged_split: whether
-# splitting the weights once took the fused kernels' ALU-bound time away (run 5's counters)
-COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton cuda cuda_staged_split
-               --work-dir "$WORK/counters")
+# splitting the weights once took the fused kernels' ALU-bound time away (run 5's counters);
+# triton_kmajor_inputs: whether the split-K weight gradients' shared-store bank conflicts
+# went with the transposed inputs stacks (where its tuner chose split-K)
+COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton triton_kmajor_inputs
+               cuda cuda_staged_split --work-dir "$WORK/counters")
 # -v: a test that hangs is named. test_step_quick_on_gpu (bench.step --quick on every
 # provider) is the bench stage's own job: in run 5 it was still running at the tests' limit,
 # and the 8 tests queued behind it in its worker never ran (the other 260 took under 170 s)

@@ -7,8 +7,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # and the GPU machines' triton version, to compile the kernels with it as well
 source "$ROOT/scripts/setup_env.sh" test bench other_triton
 cd "$ROOT"
-# one test process per core where pytest-xdist is installed (SOBOLEV_TEST_WORKERS to change)
+# one test process per core where pytest-xdist is installed (SOBOLEV_TEST_WORKERS to change);
+# tests handed out one at a time where it can (the heavy ones go first: tests/conftest.py)
 parallel=()
-"$PY" -c "import xdist" 2>/dev/null && parallel=(-n "${SOBOLEV_TEST_WORKERS:-auto}")
+if "$PY" -c "import xdist" 2>/dev/null; then
+  parallel=(-n "${SOBOLEV_TEST_WORKERS:-auto}")
+  "$PY" -c "import inspect, sys, xdist.plugin as p; sys.exit('maxschedchunk' not in inspect.getsource(p))" \
+    2>/dev/null && parallel+=(--maxschedchunk 1)
+fi
 # the slowest tests listed at the end: where CI's 20 minutes go
 exec "$PY" -m pytest -q --durations=15 ${parallel[@]+"${parallel[@]}"} "$@"

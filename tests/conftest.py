@@ -49,6 +49,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and not SLOW:
             item.add_marker(skip_slow)
+    # the heavy tests first, longest first: handed out one at a time (scripts/run_tests.sh,
+    # --maxschedchunk 1), pytest-xdist's workers then finish within a short test of each
+    # other, where a heavy test begun late ran on alone (the order is otherwise unchanged)
+    items.sort(key=_heavy_seconds, reverse=True)
+
+
+def _heavy_seconds(item) -> float:
+    mark = item.get_closest_marker("heavy")
+    return mark.args[0] if mark is not None else 0.0
 
 
 def pytest_runtest_logreport(report):

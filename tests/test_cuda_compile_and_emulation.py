@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.heavy(95)
 @pytest.mark.skipif(shutil.which(os.environ.get("NVCC", "nvcc")) is None, reason="no nvcc")
 def test_cuda_sources_compile_for_sm80_and_sm90():
     script = ROOT / "scripts" / "check_cuda_compile.sh"
@@ -30,17 +31,28 @@ def _build_emulation(exe, *flags):
     return subprocess.run(build, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def emulation(tmp_path_factory):
-    """The emulation, built once for the tests below (~1 min on 2 cores)."""
+    """The emulation, built once for the tests below (~1 min on 2 cores), and once for all
+    pytest-xdist workers: the heavy tests run first, interleaved across modules
+    (conftest.py), so a module-scoped build would be made again and again."""
     if NO_CXX:
         pytest.skip("no C++ compiler")
-    exe = tmp_path_factory.mktemp("emulation") / "emulate_kernels"
-    proc = _build_emulation(exe)
-    assert proc.returncode == 0, proc.stderr
+    from filelock import FileLock  # (torch's dependency)
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this run's folder, common to its workers
+    exe = shared / "emulate_kernels"
+    with FileLock(str(shared / "emulate_kernels.lock")):
+        if not exe.exists():
+            proc = _build_emulation(shared / "emulate_kernels.partial")
+            assert proc.returncode == 0, proc.stderr
+            (shared / "emulate_kernels.partial").rename(exe)
     return exe
 
 
+@pytest.mark.heavy(100)
 def test_cuda_kernels_in_host_emulation(emulation):
     """The CUDA kernels run on the host (std::threads and barriers for a block's threads,
     csrc/cuda/emulation/host_shim.h) against a direct implementation of DESIGN section 2 and
@@ -62,6 +74,7 @@ def _assert_tf32_lines(stdout):
     assert stdout.count("above fp32's 1e-5") == tf32, stdout
 
 
+@pytest.mark.heavy(30)
 def test_tiled_kernels_fp32_on_tensor_cores_in_host_emulation(emulation):
     """SOBOLEV_CUDA_KERNEL=tiled_tc: the tiled kernels' fp32 products on tensor cores (WMMA
     TF32). 3xTF32 (each operand a TF32 high part and remainder, three products) meets fp32's
@@ -74,6 +87,7 @@ def test_tiled_kernels_fp32_on_tensor_cores_in_host_emulation(emulation):
     _assert_tf32_lines(proc.stdout)
 
 
+@pytest.mark.heavy(87)
 def test_fused_kernels_in_host_emulation(emulation):
     """The CUDA backend's default: the fully fused kernels (mma.sync fragments, emulated lane
     by lane from the PTX ISA's layouts), dW from the GEMM operands that
@@ -100,6 +114,7 @@ def test_fused_kernels_in_host_emulation(emulation):
     _assert_tf32_lines(proc.stdout + tf32.stdout)
 
 
+@pytest.mark.heavy(27)
 def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
     """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights staged as their 3xTF32 parts,
     split once per block instead of by each warp, in the shapes that have it: width 64 (one
@@ -123,6 +138,7 @@ def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
     assert panels.stdout.count("bit for bit the per-warp split's") == 2, panels.stdout
 
 
+@pytest.mark.heavy(66)
 def test_fused_kernels_with_their_own_weight_grads_at_low_occupancy_in_host_emulation(
     emulation,
 ):
@@ -143,6 +159,7 @@ def test_fused_kernels_with_their_own_weight_grads_at_low_occupancy_in_host_emul
     assert proc.stdout.count("(fp32)") + wide.stdout.count("(fp32)") == 5 + 1
 
 
+@pytest.mark.heavy(140)
 @pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
 def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     """The emulation under ThreadSanitizer: two threads of a block touching the same word

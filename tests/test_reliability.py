@@ -37,7 +37,8 @@ def _batches(n=2, batch=24, dim=3, out=2, k=2, seed=0):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", CPU_FUSED)
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.heavy(28)) if b == "torch"
+                                     else b for b in CPU_FUSED])  # fmt: skip
 def test_compiled_training_matches_eager(backend):
     """torch.compile(fullgraph=True) of the loss (backward and optimizer outside, as users
     compile training code): no graph break, no double-backward error, same parameters."""

@@ -801,7 +801,13 @@ def test_training_step_launches_few_kernels(monkeypatch, env, kernel, most):
 OTHER_TRITON = os.environ.get("SOBOLEV_OTHER_TRITON", "")
 
 
-@pytest.mark.parametrize("which", ["this_triton", "other_triton"])
+@pytest.mark.parametrize(
+    "which",
+    [
+        pytest.param("this_triton", marks=pytest.mark.heavy(50)),
+        pytest.param("other_triton", marks=pytest.mark.heavy(120)),
+    ],
+)
 def test_kernels_compile_for_a_real_gpu_ahead_of_time(which):
     """Compiled for sm_90 with no GPU (Triton's own ptxas): catches what the interpreter does
     not check, e.g. a tl.constexpr name re-assigned inside a static loop, or a shape that
