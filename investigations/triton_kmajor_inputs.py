@@ -65,6 +65,22 @@ def main() -> None:
                 print(f"| {label} | {dtype} | {form} | {'k-major' if kmajor else 'rows'} | "
                       f"{res.get('REG')} | {res.get('STACK', 0)} | "
                       f"{row_loop(sass(compiled))} |", flush=True)  # fmt: skip
+    print("\nThe same loop not software-pipelined (num_stages=1: the tiles loaded into "
+          "registers, then stored to shared memory; weight-gradient method "
+          "`splitk_unpipelined`), at M in fp32:\n")  # fmt: skip
+    print("| dots | inputs | stages | REG | STACK | loop instructions | BAR | "
+          "shared loads and stores | HGMMA |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    layout = Layout((16, 128, 128, 128, 8), 2, 1)
+    for form in ("tf32x3", "tf32x3_split"):
+        for kmajor in (False, True):
+            for stages in (None, 1):
+                _, compiled = compile_weight_grad(layout, form, "fp32", 90, aligned=True,
+                                                  kmajor=kmajor, stages=stages)  # fmt: skip
+                res = resources(compiled)
+                print(f"| {form} | {'k-major' if kmajor else 'rows'} | {stages or 'default'} | "
+                      f"{res.get('REG')} | {res.get('STACK', 0)} | "
+                      f"{row_loop(sass(compiled))} |", flush=True)  # fmt: skip
     print("\nThe backward kernel that stores them (fp32; static launch and the tuner's "
           "tensor-core candidate):\n")  # fmt: skip
     print("| config | launch | inputs | REG | STACK | SASS |")

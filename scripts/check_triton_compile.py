@@ -16,8 +16,9 @@ forward and backward of a step that keeps nothing and the persistent backward af
 that saves (``persistent_backward.py``), the split-K weight-gradient kernel with tensor-core
 dots, reading the stored inputs and forming them itself (recompute), in fp32 the
 tensor-core candidate and the split-K kernel with the kernels' own 3xTF32 dots
-(``SOBOLEV_TRITON_TF32X3=split``), in fp32 the split-K kernel and the backward with the
-inputs stacks transposed (``SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor``), and the resident
+(``SOBOLEV_TRITON_TF32X3=split``), in fp32 the split-K kernel (its row loop pipelined and
+not) and the backward with the inputs stacks transposed
+(``SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor``), and the resident
 forward and backward (``forward_resident.py``, ``backward_resident.py``) in their configs.
 Exit status 1 if one fails to compile, needs more shared memory than the backend estimated
 (the estimate decides whether a problem fits), or, as a tensor-core launch, has no
@@ -96,8 +97,11 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
-    if dtype == "fp32":  # the inputs stacks transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor)
-        problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, False, True)
+    if dtype == "fp32":  # the inputs stacks transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor),
+        # with the row loop pipelined or not (splitk_unpipelined)
+        for stages in (None, 1):
+            problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, False,
+                                           True, stages)  # fmt: skip
         if not quick:  # (quick: the backward's stores differ by their offsets only)
             problems += _check_config(layout, static, variant, arch, False, ("bwd",),
                                       inputs_kmajor=True)  # fmt: skip
@@ -116,7 +120,8 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
     return problems
 
 
-def _check_weight_grad(layout, precision, variant, arch, recompute, kmajor=False) -> list[str]:
+def _check_weight_grad(layout, precision, variant, arch, recompute, kmajor=False,
+                       stages=None) -> list[str]:  # fmt: skip
     """The split-K weight-gradient kernel: it compiles, fits in shared memory and runs its
     products on tensor cores (3xTF32 for fp32)."""
     label = f"sm_{arch} widths={variant[0]} K={variant[1]} order={variant[2]} {variant[3]} " \
@@ -124,7 +129,7 @@ def _check_weight_grad(layout, precision, variant, arch, recompute, kmajor=False
     try:
         name, compiled = compile_weight_grad(layout, precision, variant[3], arch,
                                              recompute=recompute, act=variant[4],
-                                             kmajor=kmajor)  # fmt: skip
+                                             kmajor=kmajor, stages=stages)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - report every failing variant
         print(f"{label}: compile error: {str(exc).strip().splitlines()[-1]}")
         return [f"{label}: compile error: {str(exc).strip().splitlines()[-1]}"]

@@ -646,14 +646,14 @@ def test_many_directions_in_groups_on_gpu(dtype, order):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["gemm", "splitk", "recompute"])
+@pytest.mark.parametrize("method", ["gemm", "splitk", "recompute", "splitk_unpipelined"])
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_weight_gradient_methods_on_gpu(monkeypatch, method, order, dtype):
     """The weight gradients by cuBLAS GEMMs (in bf16 at order 2 they were off the reference
     on the H200, 2026-11-27, before their split-K partials were added in fp32), and by the
     split-K kernel on tensor cores, reading the stored inputs or forming them from the saved
-    pre-activations, over many split row ranges."""
+    pre-activations, over many split row ranges, its row loop pipelined or not."""
     monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")  # (where they are used)
     _agree_on_gpu(dtype, order, k=3, layers=4)

@@ -98,6 +98,29 @@ def test_the_resident_backward_stores_them_transposed_too(monkeypatch):
     assert calls, "the resident backward ran"
 
 
+def test_the_unpipelined_split_k_launch_asks_for_one_stage(monkeypatch):
+    """splitk_unpipelined: the split-K kernel launched with num_stages=1 (its row loop not
+    software-pipelined; the interpreter ignores it), over transposed inputs here, and the
+    gradients the reference's."""
+    from sobolev_kernels.triton import direct_launch, launch
+
+    launched = []
+    original = direct_launch.launcher
+
+    def recording(kernel, constexprs):
+        if kernel is launch._weight_grad_partials_kernel:
+            launched.append(constexprs)
+        return original(kernel, constexprs)
+
+    monkeypatch.setattr(launch.direct_launch, "launcher", recording)
+    _kmajor(monkeypatch, "splitk_unpipelined")
+    model, x, y, kw = inputs_of_order(1, batch=37, dim=3, width=24, out=2, k=3, layers=3,
+                                      dtype=torch.float32, device=DEVICE)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "triton", tolerance("triton", torch.float32, DEVICE),
+                          expected_model=upcast_model(model))  # fmt: skip
+    assert launched and all(c["num_stages"] == 1 and c["KMAJOR"] for c in launched), launched
+
+
 def test_an_unknown_inputs_layout_is_refused(monkeypatch):
     model, x, y, kw = inputs_of_order(1, batch=5, dim=3, width=8, out=2, k=2, layers=2,
                                       dtype=torch.float32, device=DEVICE)  # fmt: skip

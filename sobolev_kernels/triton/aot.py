@@ -186,12 +186,14 @@ def _aligned(kernel, signature: dict) -> dict:
 
 def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, warps: int = 4,
                         recompute: bool = False, act: int = 0,
-                        aligned: bool = False, kmajor: bool = False) -> tuple:  # fmt: skip
+                        aligned: bool = False, kmajor: bool = False,
+                        stages: int | None = None) -> tuple:  # fmt: skip
     """(name, compiled) of the split-K weight-gradient kernel (``weight_grad.py``) as
     ``launch.py`` sets it up for a model with biases and per-sample directions: "dW" reading
     the inputs stacks (in ``dtype``), or "dW recompute" forming them from the fp32 saved
     pre-activations (activation ``act``), or "dW kmajor" reading transposed inputs stacks
-    (launch._inputs_kmajor). ``aligned``: see compile_step."""
+    (launch._inputs_kmajor). ``aligned``: see compile_step. ``stages``: the row loop's
+    software pipelining (None: Triton's default; 1: none, ``splitk_unpipelined``)."""
     constexprs = dict(layout.weight_grad_constexprs(True), ACT=act, SHARED=False,
                       RECOMPUTE=recompute, PRECISION=precision, EMULATE_BF16=False,
                       KMAJOR=kmajor)  # fmt: skip
@@ -208,7 +210,10 @@ def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, w
     )
     target = GPUTarget("cuda", arch, 32)
     name = "dW recompute" if recompute else "dW kmajor" if kmajor else "dW"
-    return name, triton.compile(src, target=target, options={"num_warps": warps})
+    options = {"num_warps": warps}
+    if stages is not None:
+        name, options["num_stages"] = f"{name} stages={stages}", stages
+    return name, triton.compile(src, target=target, options=options)
 
 
 def _cuobjdump(compiled, *flags: str) -> str:

@@ -657,8 +657,9 @@ def _backward(
                                   plan.inputs_kmajor)  # fmt: skip
         if method == "recompute":
             return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32, **lean)
+        stages = 1 if method == "splitk_unpipelined" else None
         return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32,
-                                kmajor=plan.inputs_kmajor)  # fmt: skip
+                                kmajor=plan.inputs_kmajor, stages=stages)  # fmt: skip
 
     if method is None:
         method = _weight_grad_method(layout, x, has_bias, allow_tf32, parameter_grads)
@@ -852,7 +853,13 @@ def _persistent_programs(batch: int, config: LaunchConfig, device: torch.device)
 # first is the choice wherever nothing is measured, until a GPU has measured another faster.
 # ``recompute`` is the lean one: the backward stores no inputs stacks (one stack per layer
 # less memory); the tuner times it with them stored, so without the stores it saves.
-WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute")
+# ``splitk_unpipelined`` is splitk with its row loop not software-pipelined (num_stages=1):
+# each step's tiles go from global memory to registers, then to shared memory in the dots'
+# swizzled layout, with no cp.async staging ring read back by scalar shared loads (sm_90
+# ahead of time, fp32 at M over transposed inputs: 193 instead of 261 loop instructions, no
+# scalar shared access; bench/results/triton_kmajor_inputs_sm90.md); its memory latency is
+# then hidden by the other programs only. Unmeasured on a GPU: a candidate, never static.
+WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute", "splitk_unpipelined")
 
 
 def _weight_grad_method(
@@ -946,13 +953,15 @@ def _grads_by_splitk(
     layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, weights: list[Tensor],
     biases: list[Tensor], allow_tf32: bool, saved: Tensor | None = None,
     v: Tensor | None = None, activation: int = 0, slope: float = 0.0, kmajor: bool = False,
+    stages: int | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
     """Every dW_l and db_l by one split-K kernel over all layers, then one reduction. With
     ``saved`` (the forward's pre-activations), the directions ``v`` and the activation, the
     kernel forms the inputs stacks itself as it reads them: ``inputs`` goes unread.
-    ``kmajor``: the inputs stacks stored transposed."""
+    ``kmajor``: the inputs stacks stored transposed; ``stages``: the row loop's software
+    pipelining (None: Triton's default)."""
     partial = _weight_grad_partials(layout, x, adj, inputs, bool(biases), allow_tf32, saved, v,
-                                    activation, slope, kmajor=kmajor)  # fmt: skip
+                                    activation, slope, kmajor=kmajor, stages=stages)  # fmt: skip
     return _parameter_grads_of(partial, layout, weights, biases, x.dtype)
 
 
@@ -986,6 +995,7 @@ def _weight_grad_partials(
     layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, has_bias: bool, allow_tf32: bool,
     saved: Tensor | None = None, v: Tensor | None = None, activation: int = 0,
     slope: float = 0.0, out: Tensor | None = None, kmajor: bool = False,
+    stages: int | None = None,
 ) -> Tensor:  # fmt: skip
     """The split-K kernel's (splits, N) fp32 partial sums (the first rows of ``out`` where
     given); see _grads_by_splitk."""
@@ -994,7 +1004,7 @@ def _weight_grad_partials(
     batch = x.shape[0]
     shared = recompute and v.ndim == 2
     key = ("weight_grad", layout, batch, x.dtype, x.device, has_bias, allow_tf32, recompute,
-           shared, activation, kmajor, _settings())  # fmt: skip
+           shared, activation, kmajor, stages, _settings())  # fmt: skip
     plan = _plans.get(key)
     if plan is None:
         geometry = layout.weight_grad_constexprs(has_bias)
@@ -1003,7 +1013,7 @@ def _weight_grad_partials(
             ACT=activation, SHARED=shared, RECOMPUTE=recompute, KMAJOR=kmajor,
             PRECISION=_kernel_precision(_precisions(x.dtype, allow_tf32)[1]),
             EMULATE_BF16=_emulate_bf16(x.dtype),
-            num_warps=4, **geometry,
+            num_warps=4, **geometry, **({} if stages is None else {"num_stages": stages}),
         ))  # fmt: skip
         grid = (geometry["TILE_CUM"][-1], splits)
         sizes = (layout.blocks * batch, (1 + layout.k) * batch, rows_per_split)
