@@ -566,8 +566,9 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
     layout = Layout.of((3, 8, 2), 2, 1)
     tuning.clear()
     try:
-        cases = (([2.0, 1.0, 3.0], "splitk", 4), ([3.0, 2.0, 1.0], "recompute", 8),
-                 ([1.0, 1.0, 1.0], "gemm", 40))  # fmt: skip
+        cases = (([2.0, 1.0, 3.0, 4.0], "splitk", 4), ([3.0, 2.0, 1.0, 4.0], "recompute", 8),
+                 ([2.0, 3.0, 4.0, 1.0], "splitk_unpipelined", 16),
+                 ([1.0, 1.0, 1.0, 1.0], "gemm", 40))  # fmt: skip
         for times, expected, batch in cases:
             timings = iter(times)
             monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
@@ -585,6 +586,7 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
     assert "triton weight_grad, widths (3, 8, 2), K 2, order 1, float32, B <= 4" in text
     assert "| splitk | 1.0000 | **chosen** |" in text
     assert "| recompute | 1.0000 | **chosen** |" in text
+    assert "| splitk_unpipelined | 1.0000 | **chosen** |" in text
 
 
 def test_deterministic():
