@@ -39,10 +39,10 @@ from types import SimpleNamespace
 import torch
 
 from bench.providers import (
-    FP32_ONLY,
     PRECISIONS,
     make_problem,
     providers_available,
+    runs_at,
     set_precision,
     step_fn,
 )
@@ -259,7 +259,7 @@ def inner(args) -> int:
         if provider not in available:
             print(f"[counters] {provider}: not available here", file=sys.stderr, flush=True)
             continue
-        if provider in FP32_ONLY and PRECISIONS[args.precision][0] != torch.float32:
+        if not runs_at(provider, args.precision):
             continue  # the kernels of the provider it varies
         try:
             fn = step_fn(provider, problem, "step")

@@ -22,10 +22,10 @@ from types import SimpleNamespace
 import torch
 
 from bench.providers import (
-    FP32_ONLY,
     PRECISIONS,
     make_problem,
     providers_available,
+    runs_at,
     set_precision,
     step_fn,
 )
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             p = make_problem(**{**cfg, "order": args.order}, precision=precision,
                              device=args.device)  # fmt: skip
             for provider in providers:
-                if provider in FP32_ONLY and PRECISIONS[precision][0] != torch.float32:
+                if not runs_at(provider, precision):
                     continue  # the default's kernels there
                 try:
                     fn = step_fn(provider, p, "step")

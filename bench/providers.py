@@ -103,6 +103,14 @@ PRECISIONS = {
     "bf16": (torch.bfloat16, False),
     "fp16": (torch.float16, False),
 }
+
+
+def runs_at(provider: str, precision: str) -> bool:
+    """Whether ``provider`` is measured at ``precision``: an FP32_ONLY variant at fp32 models
+    only (elsewhere it runs the kernels of the provider it varies)."""
+    return provider not in FP32_ONLY or PRECISIONS[precision][0] == torch.float32
+
+
 # Relative error (max |a - b| / max |b|) allowed against torch_func in the same class.
 TOLERANCE = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 5e-2, "fp16": 5e-2}
 

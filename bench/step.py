@@ -37,7 +37,6 @@ import torch
 from bench.limits import SIZE_COLUMNS
 from bench.providers import (
     COMPILED,
-    FP32_ONLY,
     GRAPHED,
     PRECISIONS,
     STEP_ONLY,
@@ -47,6 +46,7 @@ from bench.providers import (
     compile_failure,
     make_problem,
     providers_available,
+    runs_at,
     set_precision,
     step_flops,
     step_fn,
@@ -152,8 +152,7 @@ def measure(args, sink) -> int:
         point = {**meta, "precision": precision, **sizes,
                  "dtype": DTYPE_NAMES[PRECISIONS[precision][0]]}  # fmt: skip
         rows: list[dict] = []
-        fp32_model = PRECISIONS[precision][0] == torch.float32
-        point_providers = [p for p in providers if fp32_model or p not in FP32_ONLY]
+        point_providers = [p for p in providers if runs_at(p, precision)]
         try:
             problem = make_problem(**sizes, precision=precision, device=device)
             rejected = check_agreement(problem, point_providers)
@@ -317,10 +316,8 @@ def precompile_jobs(args, providers: list[str]) -> list[tuple]:
             for provider in wanted:
                 if provider == "triton":
                     jobs.append((sizes, precision, provider, args.modes, args.device, c))
-                    fp32_model = PRECISIONS[precision][0] == torch.float32
                     later += [(sizes, precision, variant, ("step",), args.device, c)
-                              for variant in variants
-                              if fp32_model or variant not in FP32_ONLY]  # fmt: skip
+                              for variant in variants if runs_at(variant, precision)]  # fmt: skip
                 elif c == 0:
                     jobs.append((sizes, precision, provider, args.modes, args.device, None))
     return jobs + later

@@ -85,9 +85,9 @@ def test_step_runs_each_precision_class(tmp_path):
 def test_fp32_only_variants_are_measured_on_fp32_models_only(tmp_path, monkeypatch):
     """A provider in FP32_ONLY (e.g. cuda_staged_split: in bf16 it runs the default's kernels)
     is neither checked nor timed at a bf16 point; fp32 and tf32 points (fp32 models) time it."""
-    from bench import step
+    from bench import providers, step
 
-    monkeypatch.setattr(step, "FP32_ONLY", {"torch"})
+    monkeypatch.setattr(providers, "FP32_ONLY", {"torch"})
     try:
         step.main(["--quick", "--configs", "S", "--modes", "step", "--providers",
                    "plain_step", "torch", "--precisions", "fp32", "tf32", "bf16",
@@ -544,10 +544,9 @@ def test_kernel_profile_quick(tmp_path):
 def test_fp32_only_variants_are_profiled_on_fp32_models_only(tmp_path, monkeypatch):
     """The kernel profile and the counters' inner process skip an FP32_ONLY provider at a
     bf16 point (in process, with torch standing in for cuda_staged_split)."""
-    from bench import kernel_counters, kernel_profile
+    from bench import kernel_counters, kernel_profile, providers
 
-    monkeypatch.setattr(kernel_profile, "FP32_ONLY", {"torch"})
-    monkeypatch.setattr(kernel_counters, "FP32_ONLY", {"torch"})
+    monkeypatch.setattr(providers, "FP32_ONLY", {"torch"})
     out = tmp_path / "kernels.md"
     kernel_profile.main(["--quick", "--device", "cpu", "--configs", "S", "--precisions", "fp32",
                          "bf16", "--providers", "plain_step", "torch", "--steps", "1", "--out",
