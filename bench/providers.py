@@ -31,7 +31,8 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # default with its GEMM weight gradients' bias sums by cuBLAS's gemv instead of torch's sum
 # (SOBOLEV_CUDA_BIAS_SUMS; step only, timed by the GPU script's kernel profile);
 # cuda_staged_split is the default with the fp32 weights split into 3xTF32's parts once as a
-# block stages them instead of by every warp (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only:
+# block stages them instead of by every warp, and the activations split by integer arithmetic
+# (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only:
 # 16-bit operands are not split, FP32_ONLY; timed by the GPU script's bench, kernel profile
 # and counters).
 # name -> {environment variable: value}

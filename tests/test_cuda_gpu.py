@@ -273,14 +273,17 @@ def test_cuda_fused_occupancy_agrees(monkeypatch, order, dtype, width, occupancy
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("allow_tf32", [False, True])
 @pytest.mark.parametrize("width", [48, 100, 256])
-def test_cuda_staged_weight_split_is_bitwise_the_per_warp_split(
+def test_cuda_staged_weight_split_agrees_with_the_per_warp_split(
     monkeypatch, order, allow_tf32, width
 ):
     """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights split into their TF32 parts
     once as a block stages them (FusedShape's STAGED_SPLIT; widths 64, 128 and 256, here 48
     and 100 padded, the latter two in 32-row panels) instead of by each warp as it loads
-    them. The same parts and products in the same order: the same bits, forward and
-    backward, as 3xTF32 and as plain TF32."""
+    them, and the activations split by integer arithmetic (tf32_parts<true>). Plain TF32:
+    the same high parts and products in the same order, so the same bits, forward and
+    backward. 3xTF32: the remainders truncated by the product instead of rounded, within
+    3e-6 of the per-warp split's (relative to each tensor's largest), as in the emulation,
+    and against the reference at fp32's tolerance."""
     _needs_cuda_kernels()
     model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=width, k=3, layers=3,
                                         dtype=torch.float32, directions="per_row")  # fmt: skip
@@ -290,8 +293,11 @@ def test_cuda_staged_weight_split_is_bitwise_the_per_warp_split(
         monkeypatch.setenv("SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT", split)
         loss, grads = loss_and_grads(model, x, y, kw, "cuda", **extra)
         results[split] = [loss, *grads]
-    assert all(torch.equal(a, b) for a, b in zip(results["warp"], results["staged"]))
-    if not allow_tf32:
+    if allow_tf32:
+        assert all(torch.equal(a, b) for a, b in zip(results["warp"], results["staged"]))
+    else:
+        for a, b in zip(results["staged"], results["warp"]):
+            assert (a - b).abs().max() <= 3e-6 * b.abs().max(), (a - b).abs().max()
         assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[torch.float32],
                               expected_model=upcast_model(model), **extra)  # fmt: skip
 

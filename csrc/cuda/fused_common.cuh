@@ -46,11 +46,12 @@ SK_HD int fused_width(const SobolevLaunch& p) {
 // 16-bit operands halve the staged weights: two blocks share an SM there already.
 // STAGED_SPLIT (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged; fp32 at width 64 and the
 // HIGH_OCCUPANCY shapes, has_staged_split) stages the weights as their 3xTF32 parts
-// (Tf32Parts), split once by the block. Otherwise every warp splits each weight fragment it
-// loads, for each k step: in the sm_90 SASS, the k loop took 11.6 instructions per mma.sync
-// (cvt.rna.tf32 is four there; run 5's counters, 2026-11-27, had ALU the busiest pipe of the
-// fp32 kernels); staged, 6.9-7.4 at widths 128 and 256 (the activations' split remains) and
-// 5.6 at 64. The parts take twice the bytes, so at widths 128 and 256 the panels have 32
+// (Tf32Parts), split once by the block, and splits the activations by integer arithmetic
+// (tf32_parts<true>: 3 instructions instead of 9). Otherwise every warp splits each weight
+// fragment it loads, for each k step, by cvt.rna.tf32 (four instructions on sm_90): in the
+// sm_90 SASS, the k loop took 11.6 instructions per mma.sync (run 5's counters, 2026-11-27,
+// had ALU the busiest pipe of the fp32 kernels); staged, 5.3-6.2 at widths 128 and 256 and
+// 4.7 at 64. The parts take twice the bytes, so at widths 128 and 256 the panels have 32
 // rows: the same shared memory, and blocks per SM, as before.
 template <typename op_t, int WIDTH, bool HIGH_OCCUPANCY = false, bool STAGED_SPLIT = false>
 struct FusedShape {
@@ -262,6 +263,8 @@ __device__ void fused_product(float* X, const typename Shape::staged_type* stage
                               int n_pad, float scale, bool split, Stage stage) {
   using op_t = typename Shape::op_type;
   constexpr int WIDTH = Shape::kWidth, ld = Shape::kLead, panel_tiles = Shape::kPanel / 8;
+  // the weights staged as their parts, and the activations split by integer arithmetic
+  constexpr bool kStagedSplit = std::is_same_v<typename Shape::staged_type, Tf32Parts>;
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   float* rows = X + threadIdx.x / 32 * 16 * ld;
   float acc[WIDTH / 8][4];
@@ -277,8 +280,8 @@ __device__ void fused_product(float* X, const typename Shape::staged_type* stage
     }
     const int tiles = min(Shape::kPanel, n_pad - p * Shape::kPanel) / 8;
     for (int k0 = 0; k0 < k_pad; k0 += kMmaK<op_t>) {
-      const FragmentA a = load_a<op_t>(rows, ld, k0, scale, split);
-      if constexpr (std::is_same_v<typename Shape::staged_type, Tf32Parts>) {
+      const FragmentA a = load_a<op_t, kStagedSplit>(rows, ld, k0, scale, split);
+      if constexpr (kStagedSplit) {
         // the panel's fragments first, then each of 3xTF32's three products for every tile in
         // turn: mma.sync is asm volatile, kept in program order, so tile by tile each product
         // waited for the one before it on the same accumulator. Each accumulator gets mma()'s

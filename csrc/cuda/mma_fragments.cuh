@@ -99,15 +99,45 @@ __device__ __forceinline__ void load_two(const float* p, float& a, float& b) {
 #endif
 }
 
+__device__ __forceinline__ uint32_t float_bits(float v) {
+#ifdef SK_HOST_EMULATION
+  return std::bit_cast<uint32_t>(v);
+#else
+  return __float_as_uint(v);
+#endif
+}
+
 // An fp32 value as a TF32 operand: rounded once (plain TF32) or as hi + lo (3xTF32).
 __device__ __forceinline__ void tf32_parts(float v, bool split, uint32_t& hi, uint32_t& lo) {
   hi = to_tf32(v);
   if (split) lo = to_tf32(v - tf32_value(hi));
 }
 
+// tf32_parts by integer arithmetic (FAST; hi as the triton backend's tf32x3_split rounds it;
+// CUTLASS's fast fp32 splits similarly): hi rounded as cvt.rna rounds (to nearest, ties away
+// from zero) by an add and a mask, lo the exact rest, left for the product to truncate (mma.sync
+// reads a TF32 operand's upper 19 bits). Three instructions where tf32_parts takes nine on
+// sm_90 (cvt.rna.tf32 is four there). The products differ in lo's last bit: its error is at
+// most 2^-21 |v| instead of 2^-22, beside the 2^-22 |v v'| that 3xTF32 drops (lo lo') either
+// way. A NaN keeps its NaN lo (its hi wraps to a zero), an inf gives hi = inf and lo = NaN:
+// the products are NaN, as tf32_parts makes them. Plain TF32 (no split) stays cvt.rna's.
+template <bool FAST>
+__device__ __forceinline__ void tf32_parts(float v, bool split, uint32_t& hi, uint32_t& lo) {
+  if constexpr (FAST) {
+    if (split) {
+      hi = (float_bits(v) + 0x1000u) & 0xffffe000u;
+      lo = float_bits(v - tf32_value(hi));
+      return;
+    }
+  }
+  tf32_parts(v, split, hi, lo);
+}
+
 // fp32 weights split once for every product that reads them (the fused kernels' staged
-// weights, FusedShape's STAGED_SPLIT): their 3xTF32 parts as tf32_parts makes them, two words
-// a weight. Each group of 8 columns k0..k0+7 of a row is 16 words: the high parts of columns
+// weights, FusedShape's STAGED_SPLIT): their 3xTF32 parts, two words a weight: hi by cvt.rna
+// (once per block: its cost does not matter, and plain TF32, which reads hi alone, keeps a NaN
+// weight NaN), lo the exact rest as tf32_parts<true> leaves it (the same bits for finite
+// weights). Each group of 8 columns k0..k0+7 of a row is 16 words: the high parts of columns
 // k0, k0 + 4, k0 + 1, k0 + 5, ..., k0 + 3, k0 + 7, then their remainders in the same order.
 // A B fragment's two high parts (k0 + t, k0 + t + 4) are then one 8-byte load, and its two
 // remainders another: as registers in the pairs mma.sync reads, without moves between them.
@@ -122,8 +152,7 @@ __device__ __forceinline__ int tf32_high_word(int k) {
 
 __device__ __forceinline__ void store_tf32_parts(Tf32Parts* row, int k, float v) {
   uint32_t* words = reinterpret_cast<uint32_t*>(row);
-  uint32_t hi, lo;
-  tf32_parts(v, true, hi, lo);
+  const uint32_t hi = to_tf32(v), lo = float_bits(v - tf32_value(hi));
   words[tf32_high_word(k)] = hi;
   words[tf32_high_word(k) + 8] = lo;
 }
@@ -139,18 +168,19 @@ __device__ __forceinline__ void load_word_pair(const uint32_t* p, uint32_t (&pai
 #endif
 }
 
-// A (16 x kK) at column k0 of 16 fp32 rows (row stride ld), times `scale` (16-bit operands).
-template <typename op_t>
+// A (16 x kK) at column k0 of 16 fp32 rows (row stride ld), times `scale` (16-bit operands);
+// FAST_SPLIT: TF32 parts by tf32_parts<true>.
+template <typename op_t, bool FAST_SPLIT = false>
 __device__ __forceinline__ FragmentA load_a(const float* rows, int ld, int k0, float scale,
                                             bool split) {
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   FragmentA f;
   if constexpr (std::is_same_v<op_t, float>) {
     const float* p = rows + g * ld + k0 + t;
-    tf32_parts(p[0], split, f.hi[0], f.lo[0]);
-    tf32_parts(p[8 * ld], split, f.hi[1], f.lo[1]);
-    tf32_parts(p[4], split, f.hi[2], f.lo[2]);
-    tf32_parts(p[8 * ld + 4], split, f.hi[3], f.lo[3]);
+    tf32_parts<FAST_SPLIT>(p[0], split, f.hi[0], f.lo[0]);
+    tf32_parts<FAST_SPLIT>(p[8 * ld], split, f.hi[1], f.lo[1]);
+    tf32_parts<FAST_SPLIT>(p[4], split, f.hi[2], f.lo[2]);
+    tf32_parts<FAST_SPLIT>(p[8 * ld + 4], split, f.hi[3], f.lo[3]);
   } else {
     const float* p = rows + g * ld + k0 + 2 * t;
 #pragma unroll

@@ -427,14 +427,25 @@ bool check(const Case& c, unsigned seed, Mode mode) {
   const Problem p = rounded<T>(make_problem(c, seed));
   const Result want = reference(p), got = emulate<T>(p, mode);
   if (mode.fused_staged_split && g_ran_staged_split) {
-    // the weights split once as staged: the same TF32 parts, the same products, in the same
-    // order as each warp splitting them, so the same bits
+    // the weights split once as staged, the activations by integer arithmetic
+    // (tf32_parts<true>): plain TF32 reads the same high parts as each warp splitting them
+    // (the same products in the same order, so the same bits); 3xTF32's remainders are
+    // truncated by the product instead of rounded, a difference in their last bit (about
+    // 2^-21 of a value), far inside fp32's 1e-5
     Mode per_warp = mode;
     per_warp.fused_staged_split = false;
-    const bool ok = identical(got, emulate<T>(p, per_warp));
-    std::printf("%s %s (%s, staged weight split: %s the per-warp split's)\n", ok ? "ok  " : "FAIL",
-                c.name.c_str(), mode.allow_tf32 ? "tf32" : "fp32",
-                ok ? "bit for bit" : "differs from");
+    const Result warp = emulate<T>(p, per_warp);
+    if (mode.allow_tf32) {
+      const bool ok = identical(got, warp);
+      std::printf("%s %s (tf32, staged weight split: %s the per-warp split's)\n",
+                  ok ? "ok  " : "FAIL", c.name.c_str(), ok ? "bit for bit" : "differs from");
+      return ok;
+    }
+    const double apart = worst_error(got, warp, c), err = worst_error(got, want, c);
+    const bool ok = apart <= 3e-6 && err <= 1e-5;
+    std::printf("%s %s (fp32, staged weight split: %.2g from the per-warp split's; worst "
+                "error %.2g, per-warp %.2g)\n",
+                ok ? "ok  " : "FAIL", c.name.c_str(), apart, err, worst_error(warp, want, c));
     return ok;
   }
   if (mode.allow_tf32) {
