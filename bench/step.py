@@ -124,8 +124,13 @@ def points(args, device: str) -> list[tuple[str, dict]]:
 
 def plan(args) -> list[tuple[str, dict, str]]:
     """(label, sizes, precision), point by point with its precisions together, so a run cut
-    short by a time limit has measured whole points."""
-    return [(label, sizes, precision) for label, sizes in points(args, args.device)
+    short by a time limit has measured whole points; --precision-major: every point of the
+    first precision before any of the next (a cut run has the first precision whole)."""
+    pts = points(args, args.device)
+    if getattr(args, "precision_major", False):  # (callers that build args themselves)
+        return [(label, sizes, precision) for precision in args.precisions
+                for label, sizes in pts]  # fmt: skip
+    return [(label, sizes, precision) for label, sizes in pts
             for precision in args.precisions]  # fmt: skip
 
 
@@ -463,6 +468,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="*", default=None, choices=list(CONFIGS))
     parser.add_argument("--sweeps", nargs="*", default=None, choices=list(SWEEPS))
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(PRECISIONS))
+    parser.add_argument("--precision-major", action="store_true",
+                        help="every config at one precision before the next")  # fmt: skip
     parser.add_argument("--providers", nargs="*", default=[], help="default: all there are")
     parser.add_argument("--exclude", nargs="*", default=[], metavar="PROVIDER")
     parser.add_argument("--modes", nargs="*", default=["step", "forward"],

@@ -17,7 +17,9 @@
 #                compiling the benchmark's Triton kernels in parallel ("compile"). In a
 #                run with the build, the compile part starts before it (it needs no
 #                extension) and has the build's and the checks' limits together
-#   bench   180  configs S, M, L in fp32 and bf16, training step and forward; where the
+#   bench   180  configs M, S, L in fp32, then in bf16 (the fp32 variants are what the
+#                next run must settle; run 5 measured bf16 at S and M), training step and
+#                forward; where the
 #                compile part did not finish its jobs, the bench first compiles in $NCPU
 #                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the profile's
 #                (so that its tuner does not compile a shape's candidates one after another)
@@ -71,7 +73,8 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # triton_compiled: an inductor compile per point (seconds each); timed at M in bf16 by the
 # profile stage
 # triton_jit_launch: what direct launches save is host time, which the host profile times
-BENCH_ARGS=(--configs S M L --sweeps --precisions fp32 bf16 --modes step forward
+BENCH_ARGS=(--configs M S L --sweeps --precisions fp32 bf16 --precision-major
+            --modes step forward
             --exclude cuda_graphed cuda_tiled_tc cuda_fused_gemm cuda_bias_gemv triton_compiled
             triton_jit_launch)
 # torch_compile's failure (no double backward) is structural: recorded by bench, not again;
@@ -82,7 +85,7 @@ SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             triton_lean_persistent cuda_tiled cuda_tiled_tc cuda_fused cuda_fused_gemm
             cuda_bias_gemv cuda_staged_split cuda_graphed triton_compiled triton_jit_launch
             triton_split_tf32x3 triton_kmajor_inputs)
-COMPILE_ARGS=(--configs S M L --sweeps batch --precisions fp32 bf16 --modes step forward
+COMPILE_ARGS=(--configs M S L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile triton_jit_launch cuda_bias_gemv cuda_staged_split
               --precompile "$COMPILE_JOBS"
               --compile-only)

@@ -858,3 +858,17 @@ def test_tuning_table_lists_every_candidate_and_marks_the_winner(monkeypatch):
     config = "rows 64, warps 8, chunk 32, group 2, precision tf32x3, cols 32"
     assert f"| {config} | 1.0000 | **chosen** |" in text
     assert f"| activated: {config} | 1.5000 |  |" in text
+
+
+def test_precision_major_plan_measures_one_precision_whole_first():
+    """--precision-major (the GPU script's bench stage): every config at fp32 before any at
+    bf16, so a stage cut by its time limit has the first precision whole; by default each
+    config's precisions go together."""
+    from bench import step
+
+    argv = ["--configs", "M", "S", "--sweeps", "--precisions", "fp32", "bf16", "--device", "cpu"]
+    default = [(label, precision) for label, _, precision in step.plan(step.parse(argv))]
+    assert default == [("M", "fp32"), ("M", "bf16"), ("S", "fp32"), ("S", "bf16")]
+    major = step.plan(step.parse([*argv, "--precision-major"]))
+    assert [(label, precision) for label, _, precision in major] == [
+        ("M", "fp32"), ("S", "fp32"), ("M", "bf16"), ("S", "bf16")]  # fmt: skip
