@@ -8,8 +8,11 @@ copy triton ships).
     python investigations/cuda_k_loop_instructions.py > out.md
 
 A k loop: a backward branch whose body holds HMMA instructions and fewer than 600 instructions
-(the layer loops around them hold thousands). Fewer instructions per HMMA is a clue, not speed:
-the GPU script times both (provider ``cuda_staged_split``).
+(the layer loops around them hold thousands). The staged form has a k loop of its own for
+3xTF32 (the fp32 default; its loops subtract the high parts, FADD) and for plain TF32 (the op's
+allow_tf32), each counted apart; the per-warp form has one loop for both, the remainders'
+split predicated. Fewer instructions per HMMA is a clue, not speed: the GPU script times both
+(provider ``cuda_staged_split``).
 """
 
 from __future__ import annotations
@@ -70,24 +73,26 @@ def main() -> int:
         which, order, width, high, staged = kernel.groups()
         if not (int(width) == 64 or (int(width) >= 128 and high == "1")):
             continue  # shapes without a staged form
-        loops = k_loops(function)
-        if not loops:
-            continue
-        instructions = sum(n for n, _, _ in loops)
-        hmma = sum(h for _, h, _ in loops)
-        ops = sum((o for _, _, o in loops), Counter())
-        common = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
-        rows.append((which, order, width, high, "staged" if staged == "1" else "warp",
-                     len(loops), instructions / hmma, common))  # fmt: skip
+        by_mode: dict[str, list] = {}
+        for loop in k_loops(function):
+            mode = "both" if staged == "0" else "3xTF32" if loop[2]["FADD"] else "TF32"
+            by_mode.setdefault(mode, []).append(loop)
+        for mode, loops in by_mode.items():
+            instructions = sum(n for n, _, _ in loops)
+            hmma = sum(h for _, h, _ in loops)
+            ops = sum((o for _, _, o in loops), Counter())
+            common = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
+            rows.append((which, order, width, high, "staged" if staged == "1" else "warp",
+                         mode, len(loops), instructions / hmma, common))  # fmt: skip
     rows.sort()
     print(
-        "| kernel | order | WIDTH | high occupancy | weight split | k loops | "
+        "| kernel | order | WIDTH | high occupancy | weight split | products | k loops | "
         "instructions / HMMA | most common (all k loops) |"
     )
-    print("| --- | ---: | ---: | --- | --- | ---: | ---: | --- |")
-    for which, order, width, high, split, loops, per, common in rows:
+    print("| --- | ---: | ---: | --- | --- | --- | ---: | ---: | --- |")
+    for which, order, width, high, split, mode, loops, per, common in rows:
         print(f"| {which} | {order} | {width} | {'yes' if high == '1' else 'no'} | {split} | "
-              f"{loops} | {per:.2f} | {common} |")  # fmt: skip
+              f"{mode} | {loops} | {per:.2f} | {common} |")  # fmt: skip
     return 0 if rows else 1
 
 

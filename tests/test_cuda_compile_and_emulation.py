@@ -141,6 +141,19 @@ def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
     assert panels.stdout.count("(fp32, staged weight split: ") == 2, panels.stdout
 
 
+def test_integer_tf32_split_matches_cvt_rna_in_host_emulation(emulation):
+    """tf32_parts<true>, the staged kernels' split of the activations (an add and a mask for
+    the high part, the exact rest for the remainder, which the product truncates), against
+    cvt.rna's split (tf32_parts): over every exponent, the same high part, hi + lo = v
+    exactly, the remainder as read within a TF32 step of cvt.rna's; near fp32's largest both
+    give inf and -inf; NaN and inf leave a remainder read as NaN, so no product hides them
+    (the integer high part of a NaN wraps to a zero)."""
+    proc = subprocess.run([str(emulation), "--tf32-parts"], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok   tf32 parts: integer split against cvt.rna's"), proc.stdout
+
+
 @pytest.mark.heavy(66)
 def test_fused_kernels_with_their_own_weight_grads_at_low_occupancy_in_host_emulation(
     emulation,

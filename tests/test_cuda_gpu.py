@@ -303,6 +303,30 @@ def test_cuda_staged_weight_split_agrees_with_the_per_warp_split(
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("allow_tf32", [False, True])
+@pytest.mark.parametrize("split", ["warp", "staged"])
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_cuda_fused_non_finite_values_propagate(monkeypatch, where, split, allow_tf32):
+    """A NaN input or weight makes the fused fp32 kernels' loss NaN in either weight split, as
+    3xTF32 and as plain TF32: the staged split's integer high part of a NaN is a zero, and the
+    NaN must then reach the products through its remainder (tf32_parts<true>), or, for plain
+    TF32, through cvt.rna's high parts (the staged weights keep them)."""
+    _needs_cuda_kernels()
+    monkeypatch.setenv("SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT", split)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+    model, x, y, kw = sample_inputs(device="cuda", batch=300, width=64, dtype=torch.float32,
+                                    x_grad=False)  # fmt: skip
+    if where == "x":
+        x = x.clone()
+        x[5, 0] = float("nan")
+    else:
+        with torch.no_grad():
+            model.layers[1].weight[3, 7] = float("nan")
+    loss = sk.sobolev_loss(model, x, y, backend="cuda", check_finite=False, **kw)
+    assert torch.isnan(loss)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("variable, value, expected", [
     ("SOBOLEV_CUDA_WEIGHT_GRADS", "cublas", "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm"),
     ("SOBOLEV_CUDA_FUSED_OCCUPANCY", "max", "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected high or"),

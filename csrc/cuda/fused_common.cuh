@@ -50,9 +50,10 @@ SK_HD int fused_width(const SobolevLaunch& p) {
 // (tf32_parts<true>: 3 instructions instead of 9). Otherwise every warp splits each weight
 // fragment it loads, for each k step, by cvt.rna.tf32 (four instructions on sm_90): in the
 // sm_90 SASS, the k loop took 11.6 instructions per mma.sync (run 5's counters, 2026-11-27,
-// had ALU the busiest pipe of the fp32 kernels); staged, 5.3-6.2 at widths 128 and 256 and
-// 4.7 at 64. The parts take twice the bytes, so at widths 128 and 256 the panels have 32
-// rows: the same shared memory, and blocks per SM, as before.
+// had ALU the busiest pipe of the fp32 kernels); staged, 3xTF32's 4.0-4.2 at widths 128 and
+// 256 and 3.0 at 64 (bench/results/cuda_staged_split_sm90.md). The parts take twice the
+// bytes, so at widths 128 and 256 the panels have 32 rows: the same shared memory, and
+// blocks per SM, as before.
 template <typename op_t, int WIDTH, bool HIGH_OCCUPANCY = false, bool STAGED_SPLIT = false>
 struct FusedShape {
   static_assert(!STAGED_SPLIT || std::is_same_v<op_t, float>, "only fp32 operands are split");
@@ -279,29 +280,42 @@ __device__ void fused_product(float* X, const typename Shape::staged_type* stage
       __syncthreads();
     }
     const int tiles = min(Shape::kPanel, n_pad - p * Shape::kPanel) / 8;
-    for (int k0 = 0; k0 < k_pad; k0 += kMmaK<op_t>) {
-      const FragmentA a = load_a<op_t, kStagedSplit>(rows, ld, k0, scale, split);
-      if constexpr (kStagedSplit) {
-        // the panel's fragments first, then each of 3xTF32's three products for every tile in
-        // turn: mma.sync is asm volatile, kept in program order, so tile by tile each product
-        // waited for the one before it on the same accumulator. Each accumulator gets mma()'s
-        // products in mma()'s order, so the same bits.
-        FragmentB b[panel_tiles];
-#pragma unroll
-        for (int j = 0; j < panel_tiles; ++j)
-          if (j < tiles) b[j] = load_b_staged(staged + j * 8 * ld, ld, k0, split);
-        if (split) {
-#pragma unroll
-          for (int j = 0; j < panel_tiles; ++j)
-            if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.lo, b[j].hi);
+    if constexpr (kStagedSplit) {
+      // a k loop for 3xTF32 and one for plain TF32 (`split` is uniform: the op's allow_tf32):
+      // with one loop for both, the SASS issued both forms' split of the activations, one
+      // predicated off (tf32_parts<true> splits them otherwise than cvt.rna's tf32_parts)
+      const auto k_loop = [&](auto split_constant) {
+        constexpr bool kSplit = decltype(split_constant)::value;
+        for (int k0 = 0; k0 < k_pad; k0 += kMmaK<op_t>) {
+          const FragmentA a = load_a<op_t, true>(rows, ld, k0, scale, kSplit);
+          // the panel's fragments first, then each of 3xTF32's three products for every tile
+          // in turn: mma.sync is asm volatile, kept in program order, so tile by tile each
+          // product waited for the one before it on the same accumulator. Each accumulator
+          // gets mma()'s products in mma()'s order.
+          FragmentB b[panel_tiles];
 #pragma unroll
           for (int j = 0; j < panel_tiles; ++j)
-            if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.hi, b[j].lo);
+            if (j < tiles) b[j] = load_b_staged(staged + j * 8 * ld, ld, k0, kSplit);
+          if constexpr (kSplit) {
+#pragma unroll
+            for (int j = 0; j < panel_tiles; ++j)
+              if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.lo, b[j].hi);
+#pragma unroll
+            for (int j = 0; j < panel_tiles; ++j)
+              if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.hi, b[j].lo);
+          }
+#pragma unroll
+          for (int j = 0; j < panel_tiles; ++j)
+            if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.hi, b[j].hi);
         }
-#pragma unroll
-        for (int j = 0; j < panel_tiles; ++j)
-          if (j < tiles) mma_sync<op_t>(acc[p * panel_tiles + j], a.hi, b[j].hi);
-      } else {
+      };
+      if (split)
+        k_loop(std::true_type{});
+      else
+        k_loop(std::false_type{});
+    } else {
+      for (int k0 = 0; k0 < k_pad; k0 += kMmaK<op_t>) {
+        const FragmentA a = load_a<op_t>(rows, ld, k0, scale, split);
 #pragma unroll
         for (int j = 0; j < panel_tiles; ++j) {
           if (j >= tiles) break;

@@ -231,14 +231,15 @@ __device__ __forceinline__ FragmentB load_b_staged(const op_t* rows, int ld, int
   }
 }
 
-// load_b_staged of weights staged as Tf32Parts: the fragment load_b<float> would split.
+// load_b_staged of weights staged as Tf32Parts: the fragment load_b<float> would split (the
+// remainders only for 3xTF32, `split`).
 __device__ __forceinline__ FragmentB load_b_staged(const Tf32Parts* rows, int ld, int k0,
-                                                   bool /*split: lo is there either way*/) {
+                                                   bool split) {
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   const uint32_t* p = reinterpret_cast<const uint32_t*>(rows + g * ld) + 2 * k0 + 2 * t;
-  FragmentB f;
+  FragmentB f;  // (lo unset for plain TF32, which never reads it; as load_b leaves it)
   load_word_pair(p, f.hi);
-  load_word_pair(p + 8, f.lo);
+  if (split) load_word_pair(p + 8, f.lo);
   return f;
 }
 

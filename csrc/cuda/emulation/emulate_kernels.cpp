@@ -563,13 +563,64 @@ std::vector<Case> cases() {
   return all;
 }
 
+// tf32_parts<true> (the staged kernels' split of the activations) against tf32_parts
+// (cvt.rna's): over every exponent and many mantissas, and the special values. Finite values:
+// the same hi, a lo with hi + lo = v exactly, and the product reading lo within one TF32 step
+// of cvt.rna's lo; those within half a TF32 step of fp32's largest, hi = inf and lo = -inf
+// as cvt.rna's. NaN and inf: a lo that the product reads as NaN (so every product with the
+// value is NaN), and hi = inf for inf.
+bool check_tf32_parts() {
+  namespace sc = sobolev::cuda;
+  const auto read = [](uint32_t reg) {  // as mma.sync reads a TF32 operand
+    return emulated_operand(EmulatedMma::kTf32, reg, 0);
+  };
+  int bad = 0, finite = 0;
+  uint32_t state = 12345;
+  const auto check_one = [&](float v) {
+    uint32_t hi, lo, hi_cvt, lo_cvt;
+    sc::tf32_parts<true>(v, true, hi, lo);
+    sc::tf32_parts(v, true, hi_cvt, lo_cvt);
+    const float h = sc::tf32_value(hi), l = sc::tf32_value(lo);
+    bool ok;
+    if (std::isfinite(v) && std::isfinite(sc::tf32_value(hi_cvt))) {
+      ++finite;
+      // one TF32 step of lo: 10 bits below its leading one, or a subnormal's 2^-136
+      const float l_cvt = sc::tf32_value(lo_cvt);
+      const float step = std::fmax(std::ldexp(std::fabs(l), -10), std::ldexp(1.0f, -136));
+      ok = hi == hi_cvt && double(h) + double(l) == double(v) &&
+           std::fabs(read(lo) - l_cvt) <= step;
+    } else if (std::isfinite(v)) {  // within half a TF32 step of fp32's largest: hi = inf
+      ok = hi == hi_cvt && read(lo) == read(lo_cvt);  // and lo = -inf, both ways
+    } else {
+      ok = std::isnan(read(lo)) && (!std::isinf(v) || h == v);
+    }
+    if (!ok && ++bad <= 5)
+      std::printf("FAIL tf32 parts of %a (bits %08x): hi %08x (cvt.rna %08x), lo %08x\n", v,
+                  std::bit_cast<uint32_t>(v), hi, hi_cvt, lo);
+  };
+  for (uint32_t exponent = 0; exponent < 256; ++exponent)
+    for (int i = 0; i < 200; ++i) {
+      state = state * 1664525u + 1013904223u;  // (a fixed sequence: the same values each run)
+      check_one(std::bit_cast<float>((state & 0x807fffffu) | (exponent << 23)));
+    }
+  for (uint32_t bits : {0x00000000u, 0x80000000u, 0x00000001u, 0x00001000u, 0x00000fffu,
+                        0x3f801000u, 0x3f800fffu, 0x7f7fefffu, 0x7f7ff000u, 0x7f7fffffu,
+                        0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7fffffffu, 0xffffffffu,
+                        0x7f800001u, 0xff800001u})
+    check_one(std::bit_cast<float>(bits));
+  std::printf("%s tf32 parts: integer split against cvt.rna's, %d finite values and the "
+              "special ones\n",
+              bad == 0 ? "ok  " : "FAIL", finite);
+  return bad == 0;
+}
+
 }  // namespace
 
-// Arguments: --variant=tiled (default), tiled_tc or fused, --weight-grads=gemm (the fused
-// backward's WeightGrads::kGemm), --occupancy=high (the fused kernels' HIGH_OCCUPANCY
-// shapes), --weight-split=staged (their STAGED_SPLIT shapes: where a case's plan takes one,
-// its line says whether the results equal the per-warp split's bit for bit, instead of
-// checking them against the reference) and --dtypes=fp32,fp16,... (the
+// Arguments: --tf32-parts (check_tf32_parts only), or --variant=tiled (default), tiled_tc or
+// fused, --weight-grads=gemm (the fused backward's WeightGrads::kGemm), --occupancy=high (the
+// fused kernels' HIGH_OCCUPANCY shapes), --weight-split=staged (their STAGED_SPLIT shapes:
+// where a case's plan takes one, its line compares the results with the per-warp split's,
+// bit for bit for plain TF32, within 3e-6 for 3xTF32) and --dtypes=fp32,fp16,... (the
 // labels of the lines below; all by default) first, then, optionally, parts of case names:
 // only those cases run (all without any).
 //   tiled:    fp64, fp32, bf16 and fp16 (today's kernels)
@@ -577,6 +628,7 @@ std::vector<Case> cases() {
 //   fused:    fp32 as 3xTF32 and as plain TF32, bf16, fp16 (fp64 runs the tiled kernels)
 int main(int argc, char** argv) {
   std::vector<std::string> only(argv + 1, argv + argc);
+  if (!only.empty() && only[0] == "--tf32-parts") return check_tf32_parts() ? 0 : 1;
   std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
   auto weight_grads = sobolev::cuda::WeightGrads::kSplitK;
   bool high_occupancy = false, staged_split = false;
