@@ -84,12 +84,18 @@ bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* pl
   fused.grid = static_cast<int>(
       std::min<int64_t>(fused.num_tiles, int64_t(std::max(per_sm, 1)) * device.num_sms));
   plan->variant = KernelVariant::kFused;
-  if (p.grad_weights[0] == nullptr) return true;  // no workspace
-  fused.adjoint_elems = adjoint_offset(p, 1 + p.order * p.num_directions, p.num_layers + 1);
-  if (p.weight_grads == WeightGrads::kGemm)
-    plan_gemm_grads<scalar_t>(p, plan);
-  else
-    plan_splitk_grads<scalar_t>(p, device, plan, err);
+  if (p.grad_weights[0] != nullptr) {  // (else no workspace for them)
+    fused.adjoint_elems = adjoint_offset(p, 1 + p.order * p.num_directions, p.num_layers + 1);
+    if (p.weight_grads == WeightGrads::kGemm)
+      plan_gemm_grads<scalar_t>(p, plan);
+    else
+      plan_splitk_grads<scalar_t>(p, device, plan, err);
+  }
+  if (fused.staged_split) {  // (| weight images)
+    fused.weight_images_at = align_up(plan->workspace_bytes);
+    plan->workspace_bytes =
+        fused.weight_images_at + weight_image_bytes(p, fused_lead<scalar_t>(fused), true);
+  }
   return true;
 }
 
@@ -104,6 +110,13 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   args.adjoints = reinterpret_cast<float*>(base);
   args.grad_partials =
       reinterpret_cast<float*>(base + align_up(sizeof(float) * fused.adjoint_elems));
+  if (fused.staged_split) {
+    void* images = base + fused.weight_images_at;
+    if (cudaError_t err = launch_split_weights(p, fused_lead<scalar_t>(fused), true, images,
+                                               plan.num_sms, stream))
+      return err;
+    args.weight_images = static_cast<const Tf32Parts*>(images);
+  }
   backward_kernel<scalar_t>(p, fused)<<<fused.grid, 2 * fused.tile_rows, fused.smem_bytes,
                                        stream>>>(args);
   if (cudaError_t err = cudaGetLastError()) return err;

@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(
       }
       note_max<scalar_t>(amax + step % 2, largest);
     }
-    stage_panel<true, Shape>(weights(L), m, p.widths[L - 1], 0, staged);
+    stage_layer<true, Shape>(args, L, weights(L), m, p.widths[L - 1], 0, staged);
     __syncthreads();
 
     for (int l = L; l >= 1; --l) {
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(
       const float scale = scale_from<scalar_t>(amax + step % 2);
       if (threadIdx.x == 0) amax[(step + 1) % 2] = 0;  // its last reader was product step - 1
       fused_product<Shape>(X, staged, pad16(n_out), pad16(n_in), scale, split, [&](int panel) {
-        stage_panel<true, Shape>(weights(l), n_out, n_in, panel, staged);
+        stage_layer<true, Shape>(args, l, weights(l), n_out, n_in, panel, staged);
       });
       ++step;
       __syncthreads();
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(
         break;
       }
       if (l > 2 || p.grad_x != nullptr)  // layer 1's product only makes dL/dx
-        stage_panel<true, Shape>(weights(l - 1), n_in, p.widths[l - 2], 0, staged);
+        stage_layer<true, Shape>(args, l - 1, weights(l - 1), n_in, p.widths[l - 2], 0, staged);
       // through the activation of layer l - 1 (z = z_{l-1}, from the forward):
       //   a_z = a_h s'(z) + s''(z) sum_k a_t_k tz_k,  a_tz_k = a_t_k s'(z)
       // order 2:

@@ -46,12 +46,13 @@ SK_HD int fused_width(const SobolevLaunch& p) {
 // 16-bit operands halve the staged weights: two blocks share an SM there already.
 // STAGED_SPLIT (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged; fp32 at width 64 and the
 // HIGH_OCCUPANCY shapes, has_staged_split) stages the weights as their 3xTF32 parts
-// (Tf32Parts), split once by the block, and splits the activations by integer arithmetic
+// (Tf32Parts), split once per launch into the workspace (split_weights_kernel, the weight
+// images) and copied from there, and splits the activations by integer arithmetic
 // (tf32_parts<true>: 3 instructions instead of 9). Otherwise every warp splits each weight
 // fragment it loads, for each k step, by cvt.rna.tf32 (four instructions on sm_90): in the
 // sm_90 SASS, the k loop took 11.6 instructions per mma.sync (run 5's counters, 2026-11-27,
-// had ALU the busiest pipe of the fp32 kernels); staged, 3xTF32's 4.0-4.2 at widths 128 and
-// 256 and 3.0 at 64 (bench/results/cuda_staged_split_sm90.md). The parts take twice the
+// had ALU the busiest pipe of the fp32 kernels); staged, 3xTF32's 4.0-4.25 at widths 128 and
+// 256 and 3.1-3.3 at 64 (bench/results/cuda_staged_split_sm90.md). The parts take twice the
 // bytes, so at widths 128 and 256 the panels have 32 rows: the same shared memory, and
 // blocks per SM, as before.
 template <typename op_t, int WIDTH, bool HIGH_OCCUPANCY = false, bool STAGED_SPLIT = false>
@@ -118,6 +119,16 @@ auto with_fused_shape(int width, bool high_occupancy, bool staged_split, F f) {
   }
 }
 
+// Shape::kLead of the shape the fused kernels take at `plan`: the weight images' row stride.
+template <typename op_t>
+int fused_lead(const FusedPlan& plan) {
+  return with_fused_shape<op_t>(
+      plan.width, plan.high_occupancy, plan.staged_split, [](auto w, auto high, auto staged) {
+        return FusedShape<op_t, decltype(w)::value, decltype(high)::value,
+                          decltype(staged)::value>::kLead;
+      });
+}
+
 // The fused kernels' cut of the batch for p, or false where they cannot take it: fp64 (its
 // products stay on FMA, in the tiled kernels), a GPU older than sm_80, more streams than a
 // tile has rows (S > tile_rows), or a tile larger than the device's shared memory.
@@ -160,6 +171,7 @@ struct FusedArgs {
   unsigned int* counter = nullptr;  // forward: blocks done, to find the last one
   float* adjoints = nullptr;        // backward: every layer's output adjoints (adjoint_offset)
   float* grad_partials = nullptr;   // backward: per row split, dW_1..dW_L, db_1..db_L
+  const Tf32Parts* weight_images = nullptr;  // STAGED_SPLIT: weight_image_offset's images
 };
 
 // Layer l's (1..L) output adjoints [a_z; a_tz (; a_ttz)] in FusedArgs::adjoints, as (S, B, n_l)
@@ -227,12 +239,11 @@ __device__ __forceinline__ void copy_batched(int outer, int inner, Load load, St
 // (staged[n][k] = W[n0 + n][k], W: n_out x n_in) or, TRANSPOSE, the backward's W_l^T
 // (staged[n][k] = W[k][n0 + n]). Rows up to the product's padded n, columns up to its padded
 // k; zeros past the layer. Consecutive threads read consecutive weights: k in the forward, n
-// in the backward. Staged as the operand type, or as Tf32Parts (Shape::staged_type).
+// in the backward. Staged as the operand type (STAGED_SPLIT's Tf32Parts: stage_image).
 template <bool TRANSPOSE, typename Shape, typename scalar_t>
 __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
-                            typename Shape::staged_type* staged) {
+                            typename Shape::op_type* staged) {
   using op_t = typename Shape::op_type;
-  using staged_t = typename Shape::staged_type;
   const int n_size = TRANSPOSE ? n_in : n_out, k_size = TRANSPOSE ? n_out : n_in;
   const int n0 = panel * Shape::kPanel;
   const int rows = min(Shape::kPanel, pad16(n_size) - n0), cols = pad16(k_size);
@@ -242,10 +253,7 @@ __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
                                    : W[int64_t(n0 + n) * n_in + k]);
   };
   const auto store = [&](int n, int k, float v) {  // 16-bit weights convert exactly
-    if constexpr (std::is_same_v<staged_t, Tf32Parts>)
-      store_tf32_parts(staged + n * Shape::kLead, k, v);
-    else
-      staged[n * Shape::kLead + k] = from_acc<op_t>(v);
+    staged[n * Shape::kLead + k] = from_acc<op_t>(v);
   };
   if constexpr (TRANSPOSE)
     copy_batched<8>(
@@ -253,6 +261,103 @@ __device__ void stage_panel(const scalar_t* W, int n_out, int n_in, int panel,
         [&](int k, int n, float v) { store(n, k, v); });
   else
     copy_batched<8>(rows, cols, load, store);
+}
+
+// STAGED_SPLIT's weight images: every layer's weights as their 3xTF32 parts, laid out as
+// stage_panel stores them (rows of the shape's kLead Tf32Parts; columns up to the product's
+// padded k, zeros past the layer; the rows' last words zero), split once per launch by
+// split_weights_kernel into the workspace. A panel is then a run of whole rows, which
+// stage_image copies 16 bytes at a time: in the sm_90 SASS, stage_panel's loads, index
+// arithmetic, splits and scattered stores took about as many instructions a layer as the
+// panel's 3xTF32 products (2026-11-28, width 128).
+// Layer l's image (1..L): W_l's for the forward (pad16(n_l) rows) or, TRANSPOSE, W_l^T's for
+// the backward (pad16(n_{l-1}) rows), after the layers before it; in Tf32Parts, at row
+// stride ld.
+SK_HD int64_t weight_image_offset(const SobolevLaunch& p, int ld, int layer, bool transpose) {
+  int64_t rows = 0;
+  for (int l = 1; l < layer; ++l) rows += pad16(transpose ? p.widths[l - 1] : p.widths[l]);
+  return rows * ld;
+}
+
+struct WeightImageArgs {
+  SobolevLaunch p;
+  int ld = 0;  // the kernels' Shape::kLead
+  Tf32Parts* images = nullptr;
+};
+
+// Every layer's image (weight_image_offset), a 32-bit word per thread at a time
+// (tf32_parts_column, tf32_parts_word).
+template <bool TRANSPOSE>
+__global__ void __launch_bounds__(256)
+    split_weights_kernel(const __grid_constant__ WeightImageArgs args) {
+  const SobolevLaunch& p = args.p;
+  const int row_words = 2 * args.ld;
+  auto* words = reinterpret_cast<uint32_t*>(args.images);
+  const int64_t total = 2 * weight_image_offset(p, args.ld, p.num_layers + 1, TRANSPOSE);
+  for (int64_t w = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; w < total;
+       w += int64_t(gridDim.x) * blockDim.x) {
+    int64_t row = w / row_words;
+    bool remainder;
+    const int k = tf32_parts_column(static_cast<int>(w % row_words), remainder);
+    int l = 1;  // the layer of `row`
+    for (;; ++l) {
+      const int rows = pad16(TRANSPOSE ? p.widths[l - 1] : p.widths[l]);
+      if (row < rows || l == p.num_layers) break;
+      row -= rows;
+    }
+    const int n_out = p.widths[l], n_in = p.widths[l - 1];
+    const int n = static_cast<int>(row);
+    const int n_size = TRANSPOSE ? n_in : n_out, k_size = TRANSPOSE ? n_out : n_in;
+    uint32_t word = 0;  // past the product's padded k: never read, zero
+    if (k < pad16(k_size)) {
+      const float* W = static_cast<const float*>(p.weights[l - 1]);
+      const float v = n < n_size && k < k_size
+                          ? (TRANSPOSE ? W[int64_t(k) * n_in + n] : W[int64_t(n) * n_in + k])
+                          : 0.0f;
+      word = tf32_parts_word(v, remainder);
+    }
+    words[w] = word;
+  }
+}
+
+// stage_panel for STAGED_SPLIT from the layer's image (weight_image_offset): n_size is the
+// image's unpadded rows (n_out in the forward, n_in in the backward).
+// Four 16-byte loads a thread are issued before their stores (two at width 64, where four
+// pushed the order-2 backward's k loop to spill): one load, then its store, waited an L2
+// round trip each (as copy_batched's comment says of stage_panel's).
+template <typename Shape>
+__device__ void stage_image(const Tf32Parts* image, int n_size, int panel, Tf32Parts* staged) {
+  static_assert(Shape::kLead % 2 == 0, "rows of whole 16-byte chunks");
+  constexpr int kBatch = Shape::kWidth <= 64 ? 2 : 4;
+  const int n0 = panel * Shape::kPanel;
+  const int chunks = min(Shape::kPanel, pad16(n_size) - n0) * Shape::kLead / 2;
+  const Tf32Parts* from = image + int64_t(n0) * Shape::kLead;
+  for (int first = threadIdx.x; first < chunks; first += kBatch * blockDim.x) {
+    Bytes16 v[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = first + b * blockDim.x;
+      if (i < chunks) v[b] = load_16_bytes(from + 2 * i);
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = first + b * blockDim.x;
+      if (i < chunks) store_16_bytes(staged + 2 * i, v[b]);
+    }
+  }
+}
+
+// Panel `panel` of layer l's weights W (n_out x n_in; TRANSPOSE: W^T, as stage_panel stages
+// them): from the layer's image for STAGED_SPLIT, else by stage_panel.
+template <bool TRANSPOSE, typename Shape, typename scalar_t>
+__device__ __forceinline__ void stage_layer(const FusedArgs& args, int l, const scalar_t* W,
+                                            int n_out, int n_in, int panel,
+                                            typename Shape::staged_type* staged) {
+  if constexpr (std::is_same_v<typename Shape::staged_type, Tf32Parts>)
+    stage_image<Shape>(args.weight_images + weight_image_offset(args.p, Shape::kLead, l, TRANSPOSE),
+                       TRANSPOSE ? n_in : n_out, panel, staged);
+  else
+    stage_panel<TRANSPOSE, Shape>(W, n_out, n_in, panel, staged);
 }
 
 // A layer's product for the warp's 16 rows of X: the rows (columns < k_pad) times the staged

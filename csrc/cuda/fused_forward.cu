@@ -36,8 +36,12 @@ bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* pl
   fused.grid = static_cast<int>(
       std::min<int64_t>(fused.num_tiles, int64_t(std::max(per_sm, 1)) * device.num_sms));
   plan->variant = KernelVariant::kFused;
-  // counter | loss partials
+  // counter | loss partials (| weight images)
   plan->workspace_bytes = 256 + align_up(kLossTerms * sizeof(double) * fused.grid);
+  if (fused.staged_split) {
+    fused.weight_images_at = plan->workspace_bytes;
+    plan->workspace_bytes += weight_image_bytes(p, fused_lead<scalar_t>(fused), false);
+  }
   return true;
 }
 
@@ -51,6 +55,13 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   args.counter = reinterpret_cast<unsigned int*>(base);
   args.loss_partials = reinterpret_cast<double*>(base + 256);
   if (cudaError_t err = cudaMemsetAsync(args.counter, 0, sizeof(unsigned int), stream)) return err;
+  if (plan.fused.staged_split) {
+    void* images = base + plan.fused.weight_images_at;
+    if (cudaError_t err = launch_split_weights(p, fused_lead<scalar_t>(plan.fused), false, images,
+                                               plan.num_sms, stream))
+      return err;
+    args.weight_images = static_cast<const Tf32Parts*>(images);
+  }
   const int threads = 2 * plan.fused.tile_rows;
   forward_kernel<scalar_t>(p, plan.fused)<<<plan.fused.grid, threads, plan.fused.smem_bytes,
                                             stream>>>(args);
@@ -58,6 +69,26 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
 }
 
 }  // namespace
+
+size_t weight_image_bytes(const SobolevLaunch& p, int ld, bool transpose) {
+  return align_up(sizeof(Tf32Parts) * weight_image_offset(p, ld, p.num_layers + 1, transpose));
+}
+
+cudaError_t launch_split_weights(const SobolevLaunch& p, int ld, bool transpose, void* images,
+                                 int num_sms, cudaStream_t stream) {
+  WeightImageArgs args;
+  args.p = p;
+  args.ld = ld;
+  args.images = static_cast<Tf32Parts*>(images);
+  const int64_t words = 2 * weight_image_offset(p, ld, p.num_layers + 1, transpose);
+  const int blocks = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>((words + 255) / 256, int64_t(num_sms) * 4)));
+  if (transpose)
+    split_weights_kernel<true><<<blocks, 256, 0, stream>>>(args);
+  else
+    split_weights_kernel<false><<<blocks, 256, 0, stream>>>(args);
+  return cudaGetLastError();
+}
 
 bool plan_fused_forward(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
                         cudaError_t* err) {

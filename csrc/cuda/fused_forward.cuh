@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(
     const int64_t r0 = tile * R;
     const int valid = static_cast<int>(p.batch - r0 < R ? p.batch - r0 : R);
     note_max<scalar_t>(amax + step % 2, load_fused_input<scalar_t>(p, r0, R, valid, S, X, ld));
-    stage_panel<false, Shape>(weights(1), p.widths[1], p.widths[0], 0, staged);
+    stage_layer<false, Shape>(args, 1, weights(1), p.widths[1], p.widths[0], 0, staged);
     __syncthreads();
     for (int l = 1; l <= L; ++l) {
       const int n_in = p.widths[l - 1], n_out = p.widths[l];
@@ -49,12 +49,12 @@ __global__ void __launch_bounds__(
       const float scale = scale_from<scalar_t>(amax + step % 2);
       if (threadIdx.x == 0) amax[(step + 1) % 2] = 0;  // its last reader was product step - 1
       fused_product<Shape>(X, staged, pad16(n_in), pad16(n_out), scale, split, [&](int panel) {
-        stage_panel<false, Shape>(weights(l), n_out, n_in, panel, staged);
+        stage_layer<false, Shape>(args, l, weights(l), n_out, n_in, panel, staged);
       });
       ++step;
       __syncthreads();
       if (l == L) break;
-      stage_panel<false, Shape>(weights(l + 1), p.widths[l + 1], n_out, 0, staged);
+      stage_layer<false, Shape>(args, l + 1, weights(l + 1), p.widths[l + 1], n_out, 0, staged);
       // h = s(z), t_k = s'(z) tz_k (, tt_k = s'(z) ttz_k + s''(z) tz_k^2) in place: the next
       // layer's input; z, tz (, ttz) saved for the backward. Padding stays zero.
       const auto* bias = static_cast<const scalar_t*>(p.biases[l - 1]);

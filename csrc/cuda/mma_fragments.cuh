@@ -135,7 +135,7 @@ __device__ __forceinline__ void tf32_parts(float v, bool split, uint32_t& hi, ui
 
 // fp32 weights split once for every product that reads them (the fused kernels' staged
 // weights, FusedShape's STAGED_SPLIT): their 3xTF32 parts, two words a weight: hi by cvt.rna
-// (once per block: its cost does not matter, and plain TF32, which reads hi alone, keeps a NaN
+// (once per launch: its cost does not matter, and plain TF32, which reads hi alone, keeps a NaN
 // weight NaN), lo the exact rest as tf32_parts<true> leaves it (the same bits for finite
 // weights). Each group of 8 columns k0..k0+7 of a row is 16 words: the high parts of columns
 // k0, k0 + 4, k0 + 1, k0 + 5, ..., k0 + 3, k0 + 7, then their remainders in the same order.
@@ -145,16 +145,39 @@ struct alignas(8) Tf32Parts {
   uint32_t word[2];  // (sizes the buffer; the words are laid out as above)
 };
 
-// The word of column k's high part in its row of Tf32Parts (its remainder: 8 words on).
-__device__ __forceinline__ int tf32_high_word(int k) {
-  return (k & ~7) * 2 + (k & 3) * 2 + ((k >> 2) & 1);
+// Word w of a row of Tf32Parts: its column and whether it holds the remainder.
+__device__ __forceinline__ int tf32_parts_column(int w, bool& remainder) {
+  const int r = w & 7;
+  remainder = (w & 15) >= 8;
+  return (w >> 4) * 8 + (r >> 1) + (r & 1) * 4;
 }
 
-__device__ __forceinline__ void store_tf32_parts(Tf32Parts* row, int k, float v) {
-  uint32_t* words = reinterpret_cast<uint32_t*>(row);
-  const uint32_t hi = to_tf32(v), lo = float_bits(v - tf32_value(hi));
-  words[tf32_high_word(k)] = hi;
-  words[tf32_high_word(k) + 8] = lo;
+// That word for the column's value v.
+__device__ __forceinline__ uint32_t tf32_parts_word(float v, bool remainder) {
+  const uint32_t hi = to_tf32(v);
+  return remainder ? float_bits(v - tf32_value(hi)) : hi;
+}
+
+// 16 bytes (16-byte aligned) as one load or one store.
+struct alignas(16) Bytes16 {
+  uint32_t word[4];
+};
+__device__ __forceinline__ Bytes16 load_16_bytes(const void* from) {
+  Bytes16 v;
+#ifdef SK_HOST_EMULATION
+  std::memcpy(&v, from, 16);
+#else
+  const uint4 u = *reinterpret_cast<const uint4*>(from);
+  v.word[0] = u.x, v.word[1] = u.y, v.word[2] = u.z, v.word[3] = u.w;
+#endif
+  return v;
+}
+__device__ __forceinline__ void store_16_bytes(void* to, const Bytes16& v) {
+#ifdef SK_HOST_EMULATION
+  std::memcpy(to, &v, 16);
+#else
+  *reinterpret_cast<uint4*>(to) = make_uint4(v.word[0], v.word[1], v.word[2], v.word[3]);
+#endif
 }
 
 // Two consecutive words of shared memory (8-byte aligned) in one load.

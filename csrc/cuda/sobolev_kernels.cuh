@@ -151,6 +151,7 @@ struct FusedPlan {
   int width = 0;          // the kernels' WIDTH: the widest layer (d, n_l, m) rounded up to 16..256
   bool high_occupancy = false;  // the kernels' HIGH_OCCUPANCY shape
   bool staged_split = false;    // the kernels' STAGED_SPLIT shape
+  size_t weight_images_at = 0;  // STAGED_SPLIT: the weight images' bytes into the workspace
   int tile_rows = 0;      // stacked rows per tile, 16 per warp (128, or 64 at width 256)
   int rows = 0;           // R samples per tile: S R <= tile_rows
   int64_t num_tiles = 0;

@@ -148,6 +148,25 @@ const sobolev::cuda::DeviceLimits kEmulatedDevice{1, 227 * 1024, 9};
 // Whether the last fused forward ran the STAGED_SPLIT shape (its plan's choice).
 bool g_ran_staged_split = false;
 
+// A STAGED_SPLIT plan's weight images for the forward or (transpose) the backward, split into
+// `images` by split_weights_kernel (two blocks of 64 threads), as the launchers do.
+template <typename T>
+void split_weights(sobolev::cuda::FusedArgs& a, bool transpose,
+                   std::vector<sobolev::cuda::Tf32Parts>& images) {
+  namespace sc = sobolev::cuda;
+  if (!a.plan.staged_split) return;
+  sc::WeightImageArgs w;
+  w.p = a.p;
+  w.ld = sc::fused_lead<T>(a.plan);
+  images.resize(sc::weight_image_offset(a.p, w.ld, a.p.num_layers + 1, transpose));
+  w.images = images.data();
+  if (transpose)
+    emulate_launch(sc::split_weights_kernel<true>, 2, 64, w);
+  else
+    emulate_launch(sc::split_weights_kernel<false>, 2, 64, w);
+  a.weight_images = images.data();
+}
+
 template <typename T>
 bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
   namespace sc = sobolev::cuda;
@@ -161,6 +180,8 @@ bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
   unsigned counter = 0;
   a.loss_partials = loss_partials.data();
   a.counter = &counter;
+  std::vector<sc::Tf32Parts> images;
+  split_weights<T>(a, false, images);
   const auto& plan = a.plan;
   sc::with_fused_shape<T>(plan.width, plan.high_occupancy, plan.staged_split,
                           [&](auto w, auto high, auto staged) {
@@ -239,6 +260,8 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
   std::vector<float> partials(a.plan.grad_splits * a.plan.partial_size + 1);
   a.adjoints = adjoints.data();
   a.grad_partials = partials.data();
+  std::vector<sc::Tf32Parts> images;
+  split_weights<T>(a, true, images);
   const auto& plan = a.plan;
   sc::with_fused_shape<T>(plan.width, plan.high_occupancy, plan.staged_split,
                           [&](auto w, auto high, auto staged) {
