@@ -322,9 +322,9 @@ __global__ void __launch_bounds__(256)
 
 // stage_panel for STAGED_SPLIT from the layer's image (weight_image_offset): n_size is the
 // image's unpadded rows (n_out in the forward, n_in in the backward).
-// Four 16-byte loads a thread are issued before their stores (two at width 64, where four
-// pushed the order-2 backward's k loop to spill): one load, then its store, waited an L2
-// round trip each (as copy_batched's comment says of stage_panel's).
+// Each thread issues four 16-byte loads (two at width 64, where four pushed the order-2
+// backward's k loop to spill) before their stores: a load and then its store would wait an
+// L2 round trip each (as copy_batched's comment says of stage_panel's).
 template <typename Shape>
 __device__ void stage_image(const Tf32Parts* image, int n_size, int panel, Tf32Parts* staged) {
   static_assert(Shape::kLead % 2 == 0, "rows of whole 16-byte chunks");

@@ -15,6 +15,8 @@ bool plan_fused_backward(const SobolevLaunch& p, const DeviceLimits& device, Lau
 
 cudaError_t launch_fused_forward(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
                                  cudaStream_t stream);
+cudaError_t launch_fused_backward(const SobolevLaunch& p, const LaunchPlan& plan,
+                                  void* workspace, cudaStream_t stream);
 
 // STAGED_SPLIT: the workspace bytes of the weight images (weight_image_offset) of the forward
 // or (transpose) the backward, and their split into them (split_weights_kernel), at row
@@ -22,7 +24,5 @@ cudaError_t launch_fused_forward(const SobolevLaunch& p, const LaunchPlan& plan,
 size_t weight_image_bytes(const SobolevLaunch& p, int ld, bool transpose);
 cudaError_t launch_split_weights(const SobolevLaunch& p, int ld, bool transpose, void* images,
                                  int num_sms, cudaStream_t stream);
-cudaError_t launch_fused_backward(const SobolevLaunch& p, const LaunchPlan& plan,
-                                  void* workspace, cudaStream_t stream);
 
 }  // namespace sobolev::cuda

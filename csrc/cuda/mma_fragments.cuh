@@ -56,6 +56,15 @@ __device__ __forceinline__ float tf32_value(uint32_t bits) {
 #endif
 }
 
+// The bits of an fp32 value (tf32_value's inverse).
+__device__ __forceinline__ uint32_t float_bits(float v) {
+#ifdef SK_HOST_EMULATION
+  return std::bit_cast<uint32_t>(v);
+#else
+  return __float_as_uint(v);
+#endif
+}
+
 // Two fp32 values as one register of 16-bit operands (the first in the low half).
 template <typename op_t>
 __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
@@ -96,14 +105,6 @@ __device__ __forceinline__ void load_two(const float* p, float& a, float& b) {
   const float2 v = *reinterpret_cast<const float2*>(p);
   a = v.x;
   b = v.y;
-#endif
-}
-
-__device__ __forceinline__ uint32_t float_bits(float v) {
-#ifdef SK_HOST_EMULATION
-  return std::bit_cast<uint32_t>(v);
-#else
-  return __float_as_uint(v);
 #endif
 }
 
