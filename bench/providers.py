@@ -30,11 +30,10 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # the low-occupancy shapes (the backward only: a step-only provider); cuda_bias_gemv is the
 # default with its GEMM weight gradients' bias sums by cuBLAS's gemv instead of torch's sum
 # (SOBOLEV_CUDA_BIAS_SUMS; step only, timed by the GPU script's kernel profile);
-# cuda_staged_split is the default with the fp32 weights split into 3xTF32's parts once as a
-# block stages them instead of by every warp, and the activations split by integer arithmetic
-# (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only:
-# 16-bit operands are not split, FP32_ONLY; timed by the GPU script's bench, kernel profile
-# and counters).
+# cuda_staged_split is the default with the fp32 weights split into 3xTF32's parts once per
+# launch (the blocks copy them) instead of by every warp, and the activations split by integer
+# arithmetic (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only: 16-bit operands are not split,
+# FP32_ONLY; timed by the GPU script's bench, kernel profile and counters).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {

@@ -19,10 +19,10 @@
 #                extension) and has the build's and the checks' limits together
 #   bench   180  configs M, S, L in fp32, then in bf16 (the fp32 variants are what the
 #                next run must settle; run 5 measured bf16 at S and M), training step and
-#                forward; where the
-#                compile part did not finish its jobs, the bench first compiles in $NCPU
-#                processes for at most BENCH_PRECOMPILE_SECONDS, taken from the profile's
-#                (so that its tuner does not compile a shape's candidates one after another)
+#                forward; where the compile part did not finish its jobs, the bench first
+#                compiles in $NCPU processes for at most BENCH_PRECOMPILE_SECONDS, taken
+#                from the profile's (so that its tuner does not compile a shape's
+#                candidates one after another)
 #   sweep    40  (only when named) batch 2^10 to 2^20 at config M, fp32 and bf16, training
 #                step: in the default run it measured 2 of its 12 points in its 40 s (run 5,
 #                2026-11-27; a new batch is tuned afresh), so its time went to build and bench

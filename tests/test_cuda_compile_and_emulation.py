@@ -117,7 +117,8 @@ def test_fused_kernels_in_host_emulation(emulation):
 @pytest.mark.heavy(27)
 def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
     """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights staged as their 3xTF32 parts,
-    split once per block instead of by each warp, and the activations split by integer
+    split once per launch (split_weights_kernel) instead of by each warp, copied into each
+    block's panels, and the activations split by integer
     arithmetic, in the shapes that have it: width 64 (one panel) as 3xTF32 and as plain TF32,
     width 128 at high occupancy (here 96 padded: 32-row panels, full and partial) as 3xTF32,
     both orders. (Width 256's shape has the same code in more panels: on a GPU in

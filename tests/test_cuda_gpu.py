@@ -277,13 +277,13 @@ def test_cuda_staged_weight_split_agrees_with_the_per_warp_split(
     monkeypatch, order, allow_tf32, width
 ):
     """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights split into their TF32 parts
-    once as a block stages them (FusedShape's STAGED_SPLIT; widths 64, 128 and 256, here 48
-    and 100 padded, the latter two in 32-row panels) instead of by each warp as it loads
-    them, and the activations split by integer arithmetic (tf32_parts<true>). Plain TF32:
-    the same high parts and products in the same order, so the same bits, forward and
-    backward. 3xTF32: the remainders truncated by the product instead of rounded, within
-    3e-6 of the per-warp split's (relative to each tensor's largest), as in the emulation,
-    and against the reference at fp32's tolerance."""
+    once per launch and copied into each block's panels (FusedShape's STAGED_SPLIT; widths
+    64, 128 and 256, here 48 and 100 padded, the latter two in 32-row panels) instead of by
+    each warp as it loads them, and the activations split by integer arithmetic
+    (tf32_parts<true>). Plain TF32: the same high parts and products in the same order, so
+    the same bits, forward and backward. 3xTF32: the remainders truncated by the product
+    instead of rounded, within 3e-6 of the per-warp split's (relative to each tensor's
+    largest), as in the emulation, and against the reference at fp32's tolerance."""
     _needs_cuda_kernels()
     model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=width, k=3, layers=3,
                                         dtype=torch.float32, directions="per_row")  # fmt: skip

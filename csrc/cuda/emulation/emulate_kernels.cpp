@@ -450,7 +450,7 @@ bool check(const Case& c, unsigned seed, Mode mode) {
   const Problem p = rounded<T>(make_problem(c, seed));
   const Result want = reference(p), got = emulate<T>(p, mode);
   if (mode.fused_staged_split && g_ran_staged_split) {
-    // the weights split once as staged, the activations by integer arithmetic
+    // the weights split once per launch, the activations by integer arithmetic
     // (tf32_parts<true>): plain TF32 reads the same high parts as each warp splitting them
     // (the same products in the same order, so the same bits); 3xTF32's remainders are
     // truncated by the product instead of rounded, a difference in their last bit (about
