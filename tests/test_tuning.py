@@ -259,7 +259,7 @@ def test_direction_groups_where_all_directions_overflow_the_registers():
 @pytest.mark.skipif(HAS_CUDA, reason="the gpu variant below runs on the GPU")
 @pytest.mark.parametrize(
     "order",
-    [pytest.param(1, marks=pytest.mark.heavy(30)), pytest.param(2, marks=pytest.mark.heavy(110))],
+    [pytest.param(1, marks=pytest.mark.heavy(30)), pytest.param(2, marks=pytest.mark.heavy(90))],
 )
 def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order):
     """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
@@ -310,8 +310,13 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
         monkeypatch.delenv("SOBOLEV_TRITON_FORWARD_ACTIVATED", raising=False)  # twins offered
     forwards = configs + twins
     picks = range(len(forwards))
-    if device == "cpu":  # the interpreter runs a program as one thread: warps change nothing
-        firsts = {c._replace(warps=0): i for i, c in reversed(list(enumerate(forwards)))}
+    if device == "cpu":  # the interpreter runs a program as one thread, so warps change
+        # nothing, and its tl.dot is numpy's matmul whatever input_precision says: the
+        # twins that differ only there run the same code (order 2: 4 picks instead of 5,
+        # still each weight-gradient method)
+        firsts = {
+            c._replace(warps=0, precision=""): i for i, c in reversed(list(enumerate(forwards)))
+        }
         picks = sorted(firsts.values())
     for pick in picks:
         tuning.clear()
