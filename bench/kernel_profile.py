@@ -44,6 +44,7 @@ FUSED = (
     "cuda_fused",  # dW by its own split-K kernel (7.3 ms)
     "cuda_fused_gemm",  # dW by cuBLAS, the low-occupancy shapes (3.6 ms)
     "cuda_bias_gemv",  # the default, its bias sums by cuBLAS's gemv (torch's sum: 0.22 ms)
+    "cuda_bias_operands",  # the default, its bias sums as the operand kernels' partials
     "cuda_staged_split",  # fp32 weights split once per launch (the default's fp32 fused kernels
     # at M: 0.88 ms forward, 0.96 ms backward in run 5)
 )

@@ -29,7 +29,9 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # recomputes); cuda_fused forms dW in its own kernel (split-K), cuda_fused_gemm by GEMMs in
 # the low-occupancy shapes (the backward only: a step-only provider); cuda_bias_gemv is the
 # default with its GEMM weight gradients' bias sums by cuBLAS's gemv instead of torch's sum
-# (SOBOLEV_CUDA_BIAS_SUMS; step only, timed by the GPU script's kernel profile);
+# (SOBOLEV_CUDA_BIAS_SUMS; step only, timed by the GPU script's kernel profile), and
+# cuda_bias_operands with them as per-block partials of the operand kernels, added in one
+# launch (same);
 # cuda_staged_split is the default with the fp32 weights split into 3xTF32's parts once per
 # launch (the blocks copy them) instead of by every warp, and the activations split by integer
 # arithmetic (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only: 16-bit operands are not split,
@@ -42,6 +44,7 @@ CUDA_VARIANTS = {
     "cuda_fused": {**_FUSED, "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
     "cuda_fused_gemm": {**_FUSED, "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"},
     "cuda_bias_gemv": {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},
+    "cuda_bias_operands": {"SOBOLEV_CUDA_BIAS_SUMS": "operands"},
     "cuda_staged_split": {"SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT": "staged"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
@@ -76,7 +79,8 @@ TRITON_VARIANTS = {
 # Variants that differ from their default in fp32 models only (16-bit operands are not
 # split): measured only there (bench.step)
 FP32_ONLY = {"cuda_staged_split", "triton_split_tf32x3", "triton_kmajor_inputs"}
-STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "triton_compiled"}
+STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "cuda_bias_operands",
+             "triton_compiled"}  # fmt: skip
 STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of

@@ -98,7 +98,9 @@ def test_fused_kernels_in_host_emulation(emulation):
     Every case: fp32 as 3xTF32 within 1e-5 and as plain TF32 above it, bf16 and fp16 (scaled
     operands) within their bounds; widths 16 to 256 (one and four weight panels), K up to 40
     (one sample per tile), several tiles and blocks. Plain TF32 on six of the cases (both
-    orders, widths 96 and 256): it changes the products, not the code paths (CI's time)."""
+    orders, widths 96 and 256): it changes the products, not the code paths (CI's time); those
+    with SOBOLEV_CUDA_BIAS_SUMS=operands (the bias sums from the operand kernels' partials,
+    widths below and above the emulated block's 64 threads)."""
     default = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--occupancy=high"]
     proc = subprocess.run([*default, "--dtypes=fp32,bf16,fp16"], capture_output=True,
                           text=True, timeout=900)  # fmt: skip
@@ -107,8 +109,8 @@ def test_fused_kernels_in_host_emulation(emulation):
     assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 22 - 4, proc.stdout
     assert "(fp64)" not in proc.stdout  # fp64 stays on the tiled kernels
     tf32_cases = ["tanh, per-row", "widths 256", "order 2, sigmoid", "width 96"]
-    tf32 = subprocess.run([*default, "--dtypes=tf32", *tf32_cases], capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    tf32 = subprocess.run([*default, "--bias-sums=operands", "--dtypes=tf32", *tf32_cases],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
     assert tf32.returncode == 0, tf32.stdout + tf32.stderr
     assert tf32.stdout.count("(tf32:") == 6, tf32.stdout  # (two cases each of both orders)
     _assert_tf32_lines(proc.stdout + tf32.stdout)
@@ -184,7 +186,8 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     failure, however the threads happened to interleave. The tiled kernels on four cases (both
     orders, tile buffers in global memory; fp64 runs fp32's code, bf16 fp16's without its
     scale words), in fp32 and fp16; the fused kernels:
-    the default's (GEMM operands for dW; the high-occupancy shape of width 128, here 96
+    the default's (GEMM operands for dW, with their bias partials,
+    SOBOLEV_CUDA_BIAS_SUMS=operands; the high-occupancy shape of width 128, here 96
     padded: two 64-row weight panels) in fp32, both orders, and the staged weight split at
     width 64 (one panel of TF32 parts); the split-K dW with fp16's scale
     words over several tiles. (Width 256's 8-warp blocks synchronise as these do: 43 s
@@ -203,7 +206,7 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
         # (and the default's again, to compare: the staged parts are stored and read
         # between the same barriers as the per-warp weights, whose panels width 96 runs);
         # fp16 with its scale words over several tiles; bf16 and TF32 synchronise as these do
-        (default, ["tanh, per-row", "width 96"], 4),
+        ([*default, "--bias-sums=operands"], ["tanh, per-row", "width 96"], 4),
         (staged, ["width 64"], 1),
         (["--variant=fused", "--dtypes=fp16"], ["tanh, per-row", "1024 rows"], 3),
     ]

@@ -210,7 +210,8 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
     {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
     {},  # the default: fused kernels, dW by cuBLAS GEMMs, high occupancy
     {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},  # the default, db by cuBLAS's gemv
-], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv"])  # fmt: skip
+    {"SOBOLEV_CUDA_BIAS_SUMS": "operands"},  # the default, db from the operand kernels
+], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv", "bias_operands"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dtype):
     """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
@@ -348,7 +349,8 @@ def test_cuda_unknown_bias_sums_are_named(monkeypatch):
     monkeypatch.setenv("SOBOLEV_CUDA_BIAS_SUMS", "atomic")
     model, x, y, kw = sample_inputs(device="cuda", dtype=torch.float32)
     loss = sk.sobolev_loss(model, x, y, backend="cuda", **kw)
-    with pytest.raises(RuntimeError, match="SOBOLEV_CUDA_BIAS_SUMS: expected reduce or gemv"):
+    expected = "SOBOLEV_CUDA_BIAS_SUMS: expected reduce, gemv or operands"
+    with pytest.raises(RuntimeError, match=expected):
         loss.backward()
 
 

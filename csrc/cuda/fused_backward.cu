@@ -49,24 +49,34 @@ void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, Launc
                           sizeof(float) * fused.partial_size * fused.grad_splits;
 }
 
-// WeightGrads::kGemm: buffers for the largest layer's GEMM operands, reused layer by layer.
+// WeightGrads::kGemm: buffers for the largest layer's GEMM operands, reused layer by layer;
+// with SOBOLEV_CUDA_BIAS_SUMS=operands, the bias sums' partials of every layer, in as many
+// chunks of samples as the smallest of the operand kernels' grids.
 template <typename scalar_t>
-void plan_gemm_grads(const SobolevLaunch& p, LaunchPlan* plan) {
+void plan_gemm_grads(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan) {
   using op_t = gemm_operand_t<scalar_t>;
   FusedPlan& fused = plan->fused;
   fused.grads_by_gemm = true;
+  const bool bias_partials = p.bias_sums_in_operands && p.grad_biases[0] != nullptr;
+  fused.bias_chunks = bias_partials ? static_cast<int>(operand_blocks(p, 1, device.num_sms)) : 0;
   for (int l = 1; l <= p.num_layers; ++l) {
     if (!gemm_inputs_over_adjoints(p, l))
       fused.gemm_input_elems =
           std::max(fused.gemm_input_elems, gemm_rows(p, l) * p.widths[l - 1]);
     if (!std::is_same_v<op_t, float>)
       fused.gemm_copy_elems = std::max(fused.gemm_copy_elems, gemm_rows(p, l) * p.widths[l]);
+    if (bias_partials)
+      fused.bias_chunks = std::min(fused.bias_chunks,
+                                   static_cast<int>(operand_blocks(p, l, device.num_sms)));
   }
   // adjoints | layer input stack (of the layers whose inputs are not formed over the adjoints)
-  // | adjoint copy
-  plan->workspace_bytes = align_up(sizeof(float) * fused.adjoint_elems) +
-                          align_up(sizeof(op_t) * fused.gemm_input_elems) +
-                          sizeof(op_t) * fused.gemm_copy_elems;
+  // | adjoint copy | bias partials
+  fused.bias_partials_at = align_up(sizeof(float) * fused.adjoint_elems) +
+                           align_up(sizeof(op_t) * fused.gemm_input_elems) +
+                           align_up(sizeof(op_t) * fused.gemm_copy_elems);
+  plan->workspace_bytes =
+      fused.bias_partials_at +
+      sizeof(float) * fused.bias_chunks * static_cast<size_t>(bias_column(p, p.num_layers + 1));
 }
 
 template <typename scalar_t>
@@ -87,7 +97,7 @@ bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* pl
   if (p.grad_weights[0] != nullptr) {  // (else no workspace for them)
     fused.adjoint_elems = adjoint_offset(p, 1 + p.order * p.num_directions, p.num_layers + 1);
     if (p.weight_grads == WeightGrads::kGemm)
-      plan_gemm_grads<scalar_t>(p, plan);
+      plan_gemm_grads<scalar_t>(p, device, plan);
     else
       plan_splitk_grads<scalar_t>(p, device, plan, err);
   }
@@ -154,16 +164,32 @@ cudaError_t gemm_operands_for(const SobolevLaunch& p, const LaunchPlan& plan, vo
                     : own_inputs;
   if (fused.gemm_copy_elems > 0)
     args.adjoint_copy = own_inputs + align_up(sizeof(op_t) * fused.gemm_input_elems);
+  if (fused.bias_chunks > 0) {
+    args.bias_partials = reinterpret_cast<float*>(base + fused.bias_partials_at);
+    args.bias_chunks = fused.bias_chunks;
+  }
   out->rows = gemm_rows(p, layer);
   out->inputs = args.inputs;
   out->adjoints = args.adjoint_copy != nullptr ? args.adjoint_copy : args.adjoints;
   out->bias_adjoints = args.adjoints;
   out->dtype = std::is_same_v<op_t, float> ? DType::kFloat32 : p.dtype;
-  const int64_t elems = out->rows * std::max(p.widths[layer - 1], p.widths[layer]);
-  const int64_t blocks = std::min<int64_t>((elems + kOperandThreads - 1) / kOperandThreads,
-                                           int64_t(plan.num_sms) * 8);
-  fused_gemm_operands_kernel<scalar_t>
-      <<<static_cast<int>(std::max<int64_t>(blocks, 1)), kOperandThreads, 0, stream>>>(args);
+  const int blocks = static_cast<int>(operand_blocks(p, layer, plan.num_sms));
+  const int smem = args.bias_partials != nullptr ? kBiasSumSmem : 0;
+  fused_gemm_operands_kernel<scalar_t><<<blocks, kOperandThreads, smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t bias_sums_for(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                          cudaStream_t stream) {
+  BiasSumArgs args;
+  args.p = p;
+  args.partials = reinterpret_cast<const float*>(static_cast<unsigned char*>(workspace) +
+                                                 plan.fused.bias_partials_at);
+  args.chunks = plan.fused.bias_chunks;
+  const int blocks = (bias_column(p, p.num_layers + 1) + 31) / 32;
+  bias_sums_kernel<scalar_t><<<blocks, kOperandThreads, sizeof(float) * kOperandThreads,
+                               stream>>>(args);
   return cudaGetLastError();
 }
 
@@ -200,6 +226,18 @@ cudaError_t launch_gemm_operands(const SobolevLaunch& p, const LaunchPlan& plan,
     case DType::kBFloat16:
       return gemm_operands_for<__nv_bfloat16>(p, plan, workspace, layer, out, stream);
     case DType::kFloat16: return gemm_operands_for<__half>(p, plan, workspace, layer, out, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_bias_sums(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                             cudaStream_t stream) {
+  if (plan.variant != KernelVariant::kFused || plan.fused.bias_chunks == 0)
+    return cudaErrorInvalidValue;
+  switch (p.dtype) {
+    case DType::kFloat32: return bias_sums_for<float>(p, plan, workspace, stream);
+    case DType::kBFloat16: return bias_sums_for<__nv_bfloat16>(p, plan, workspace, stream);
+    case DType::kFloat16: return bias_sums_for<__half>(p, plan, workspace, stream);
     default: return cudaErrorInvalidValue;
   }
 }

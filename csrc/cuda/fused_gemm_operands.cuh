@@ -41,13 +41,62 @@ SK_HD bool gemm_inputs_over_adjoints(const SobolevLaunch& p, int layer) {
   return layer >= 2 && adjoint_offset(p, 1 + p.order * p.num_directions, layer - 1) % 4 == 0;
 }
 
+// The operand kernel's blocks for layer l: a grid-stride loop over its larger stack, at most
+// 8 blocks of kOperandThreads per SM.
+SK_HD int64_t operand_blocks(const SobolevLaunch& p, int layer, int num_sms) {
+  const int widest = p.widths[layer - 1] > p.widths[layer] ? p.widths[layer - 1] : p.widths[layer];
+  const int64_t blocks = (gemm_rows(p, layer) * widest + kOperandThreads - 1) / kOperandThreads;
+  return blocks < 1 ? 1 : blocks < int64_t(num_sms) * 8 ? blocks : int64_t(num_sms) * 8;
+}
+
+// SOBOLEV_CUDA_BIAS_SUMS=operands: db_l's columns stacked, [n_1, ..., n_L], in the partials'
+// rows: layer l's start at bias_column(p, l).
+SK_HD int bias_column(const SobolevLaunch& p, int layer) {
+  int column = 0;
+  for (int l = 1; l < layer; ++l) column += p.widths[l];
+  return column;
+}
+
 struct GemmOperandArgs {
   SobolevLaunch p;
   int layer = 1;                   // l, 1..L
   const float* adjoints = nullptr;  // the backward's A_l, (S B, n_l) fp32
   void* inputs = nullptr;          // out: S_{l-1}, (gemm_rows, n_{l-1}) operands
   void* adjoint_copy = nullptr;    // out: A_l's first gemm_rows rows as operands; null for fp32
+  // SOBOLEV_CUDA_BIAS_SUMS=operands, else null: out, the column sums of A_l's value rows over
+  // each of bias_chunks ranges of samples, (bias_chunks, bias_column(p, L + 1)) fp32; blocks
+  // 0..bias_chunks-1 sum one range each (dynamic shared memory: kBiasSumSmem bytes)
+  float* bias_partials = nullptr;
+  int bias_chunks = 0;
 };
+
+constexpr int kBiasSumSmem = sizeof(float) * (kOperandThreads > kMaxWidth ? kOperandThreads
+                                                                          : kMaxWidth);
+
+// This block's partial sums of db_l = the column sums of A_l's (B, n_l) value rows: its range
+// of samples, `lanes` rows side by side per column (coalesced), the lanes added in order.
+__device__ __forceinline__ void bias_partials(const GemmOperandArgs& args) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const SobolevLaunch& p = args.p;
+  const int n = p.widths[args.layer], columns = bias_column(p, p.num_layers + 1);
+  const int64_t per = (p.batch + args.bias_chunks - 1) / args.bias_chunks;
+  const int64_t r0 = blockIdx.x * per, r1 = r0 + per < p.batch ? r0 + per : p.batch;
+  const int lanes = int(blockDim.x) > n ? int(blockDim.x) / n : 1;
+  const int lane = threadIdx.x / n;  // (0 wherever n >= the block's threads)
+  auto* red = reinterpret_cast<float*>(smem);  // (lanes, n)
+  for (int c = threadIdx.x % n; lane < lanes && c < n; c += blockDim.x) {
+    float sum = 0;
+    for (int64_t r = r0 + lane; r < r1; r += lanes) sum += args.adjoints[r * n + c];
+    red[lane * n + c] = sum;
+  }
+  __syncthreads();
+  float* out = args.bias_partials + int64_t(blockIdx.x) * columns + bias_column(p, args.layer);
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    float sum = 0;
+    for (int i = 0; i < lanes; ++i) sum += red[i * n + c];
+    out[c] = sum;
+  }
+}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kOperandThreads)
@@ -90,9 +139,41 @@ __global__ void __launch_bounds__(kOperandThreads)
       }
     }
   }
+  if (args.bias_partials != nullptr && int(blockIdx.x) < args.bias_chunks) bias_partials(args);
   if (args.adjoint_copy == nullptr) return;
   auto* copy = static_cast<op_t*>(args.adjoint_copy);
   for (int64_t e = first; e < rows * n_out; e += stride) copy[e] = from_acc<op_t>(args.adjoints[e]);
+}
+
+struct BiasSumArgs {
+  SobolevLaunch p;
+  const float* partials = nullptr;  // GemmOperandArgs::bias_partials, every layer's
+  int chunks = 0;
+};
+
+// SOBOLEV_CUDA_BIAS_SUMS=operands, after every layer's operand kernel: db_l = the sums of the
+// partials, in chunk order. A block per 32 stacked columns; warp w adds chunks w, w + warps, ..
+// (a row of 32 columns a load), then warp 0 adds the warps' sums in order.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kOperandThreads)
+    bias_sums_kernel(const __grid_constant__ BiasSumArgs args) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const SobolevLaunch& p = args.p;
+  const int columns = bias_column(p, p.num_layers + 1), warps = blockDim.x / 32;
+  const int w = threadIdx.x / 32, c = blockIdx.x * 32 + threadIdx.x % 32;
+  auto* red = reinterpret_cast<float*>(smem);  // (warps, 32)
+  float sum = 0;
+  for (int b = w; c < columns && b < args.chunks; b += warps)
+    sum += args.partials[int64_t(b) * columns + c];
+  red[threadIdx.x] = sum;
+  __syncthreads();
+  if (w != 0 || c >= columns) return;
+  float total = 0;
+  for (int i = 0; i < warps; ++i) total += red[i * 32 + threadIdx.x];
+  int layer = 1;
+  while (c >= bias_column(p, layer + 1)) ++layer;
+  static_cast<scalar_t*>(p.grad_biases[layer - 1])[c - bias_column(p, layer)] =
+      from_acc<scalar_t>(total);
 }
 
 }  // namespace sobolev::cuda

@@ -84,11 +84,13 @@ bool requested_staged_split() {
 
 // SOBOLEV_CUDA_BIAS_SUMS: how the GEMM weight gradients' bias sums (the column sums of each
 // layer's (B, n_l) fp32 value adjoints) run. "reduce" (the default: torch's sum over dim 0; on
-// the H200 at config M 52 us a layer of width 128, about 0.6 TB/s, run 5) or "gemv" (cuBLAS's
-// A^T 1 through ATen, one ones vector a call; unmeasured on a GPU, timed by the GPU script's
-// kernel profile as provider cuda_bias_gemv).
-bool requested_bias_gemv() {
-  return env_choice("SOBOLEV_CUDA_BIAS_SUMS", "reduce", {"reduce", "gemv"}) == "gemv";
+// the H200 at config M 52 us a layer of width 128, about 0.6 TB/s, run 5), "gemv" (cuBLAS's
+// A^T 1 through ATen, one ones vector a call) or "operands" (per-block partial sums in the
+// operand kernels, which read the adjoints' value rows once more, then one launch adds every
+// layer's in order: launch_bias_sums). The last two unmeasured on a GPU, timed by the GPU
+// script's kernel profile as providers cuda_bias_gemv and cuda_bias_operands.
+std::string requested_bias_sums() {
+  return env_choice("SOBOLEV_CUDA_BIAS_SUMS", "reduce", {"reduce", "gemv", "operands"});
 }
 
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
@@ -142,6 +144,7 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars&
   p.weight_grads = requested_weight_grads();
   p.fused_high_occupancy = requested_high_occupancy();
   p.fused_staged_split = requested_staged_split();
+  p.bias_sums_in_operands = requested_bias_sums() == "operands";
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {
@@ -200,18 +203,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
 
 // WeightGrads::kGemm, after the fused backward kernel: per layer, its operands (one launch),
 // dW_l = A_l^T S_{l-1} on cuBLAS at torch's matmul precision (the op's allow_tf32 is read off
-// it) and db_l = the column sums of A_l's value rows. The workspace buffers are reused layer by
-// layer, and layer l's inputs are formed over layer l-1's adjoints (gemm_inputs_over_adjoints):
-// every launch is on the current stream, so each layer's GEMM and sums read them before the
-// next layer's operands overwrite them.
+// it) and db_l = the column sums of A_l's value rows (SOBOLEV_CUDA_BIAS_SUMS=operands: the
+// operand launches' partials, added after the last layer's). The workspace buffers are reused
+// layer by layer, and layer l's inputs are formed over layer l-1's adjoints
+// (gemm_inputs_over_adjoints): every launch is on the current stream, so each layer's GEMM and
+// sums read them before the next layer's operands overwrite them.
 void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const at::Tensor& ws,
                           std::vector<at::Tensor>& grad_weights,
                           std::vector<at::Tensor>& grad_biases) {
   const auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto options = ws.options();
   at::Tensor ones;  // SOBOLEV_CUDA_BIAS_SUMS=gemv: db_l = values^T 1
-  if (requested_bias_gemv() && !grad_biases.empty())
+  if (requested_bias_sums() == "gemv" && !grad_biases.empty())
     ones = at::ones({p.batch}, options.dtype(at::kFloat));
+  const bool bias_partials = plan.fused.bias_chunks > 0;
   for (int l = 1; l <= p.num_layers; ++l) {
     GemmOperands ops;
     C10_CUDA_CHECK(launch_gemm_operands(p, plan, ws.data_ptr(), l, &ops, stream));
@@ -226,7 +231,7 @@ void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const 
       at::mm_out(dw, a.t(), s);
     else
       dw.copy_(at::mm(a.t(), s));
-    if (grad_biases.empty()) continue;
+    if (grad_biases.empty() || bias_partials) continue;
     const auto values = at::from_blob(const_cast<float*>(ops.bias_adjoints),
                                       {p.batch, p.widths[l]}, options.dtype(at::kFloat));
     at::Tensor& db = grad_biases[l - 1];
@@ -239,6 +244,7 @@ void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const 
     else
       db.copy_(at::sum(values, {0}));
   }
+  if (bias_partials) C10_CUDA_CHECK(launch_bias_sums(p, plan, ws.data_ptr(), stream));
 }
 
 }  // namespace

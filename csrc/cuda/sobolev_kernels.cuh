@@ -90,6 +90,9 @@ struct SobolevLaunch {
   // the fused kernels' fp32 weights staged as 3xTF32 pairs (FusedShape's STAGED_SPLIT); the
   // binding reads it from SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT
   bool fused_staged_split = false;
+  // WeightGrads::kGemm's bias sums as per-block partials of the operand kernels, added by
+  // launch_bias_sums; the binding reads it from SOBOLEV_CUDA_BIAS_SUMS ("operands")
+  bool bias_sums_in_operands = false;
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m
@@ -166,6 +169,8 @@ struct FusedPlan {
   bool grads_by_gemm = false;
   int64_t gemm_input_elems = 0;  // the largest layer input stack S_{l-1}
   int64_t gemm_copy_elems = 0;   // the largest adjoint copy (16-bit operands), else 0
+  int bias_chunks = 0;           // bias_sums_in_operands: sample ranges of the partials, else 0
+  size_t bias_partials_at = 0;   // and their bytes into the workspace
 };
 
 // One call's launch plan: made once (plan_*), sizes the workspace, then launches (launch_*).
@@ -205,5 +210,9 @@ struct GemmOperands {
 };
 cudaError_t launch_gemm_operands(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
                                  int layer, GemmOperands* out, cudaStream_t stream);
+// With bias_sums_in_operands (plan.fused.bias_chunks > 0), after every layer's
+// launch_gemm_operands: db_1..db_L from the partials those launches wrote, in one launch.
+cudaError_t launch_bias_sums(const SobolevLaunch& p, const LaunchPlan& plan, void* workspace,
+                             cudaStream_t stream);
 
 }  // namespace sobolev::cuda

@@ -138,6 +138,7 @@ struct Mode {
   sobolev::cuda::WeightGrads weight_grads = sobolev::cuda::WeightGrads::kSplitK;
   bool fused_high_occupancy = false;
   bool fused_staged_split = false;
+  bool bias_sums_in_operands = false;
 };
 
 // The fused kernels (fp32, bf16, fp16), as fused_forward.cu and fused_backward.cu plan and run
@@ -197,14 +198,19 @@ bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
 
 // WeightGrads::kGemm as fused_backward.cu and the binding run it: per layer the operand
 // kernel (three blocks), then the GEMM and the bias sums on the host in fp32, as cuBLAS
-// accumulates, written in T. Layer l's inputs are formed over layer l-1's adjoints where the
-// launcher puts them there (gemm_inputs_over_adjoints), in a copy of the adjoints.
+// accumulates, written in T; with bias_sums_in_operands, the bias sums by the operand kernels'
+// partials (three chunks of samples) and bias_sums_kernel instead. Layer l's inputs are formed
+// over layer l-1's adjoints where the launcher puts them there (gemm_inputs_over_adjoints), in
+// a copy of the adjoints.
 template <typename T>
 void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adjoints) {
   namespace sc = sobolev::cuda;
   using op_t = sc::gemm_operand_t<T>;
   const SobolevLaunch& s = a.p;
   const int streams = 1 + s.order * s.num_directions;
+  const bool bias_partials = s.bias_sums_in_operands && s.grad_biases[0] != nullptr;
+  constexpr int kChunks = 3;  // the operand kernels' grid below
+  std::vector<float> partials(bias_partials ? kChunks * sc::bias_column(s, s.num_layers + 1) : 0);
   for (int l = 1; l <= s.num_layers; ++l) {
     const int64_t rows = sc::gemm_rows(s, l);
     const int n_in = s.widths[l - 1], n_out = s.widths[l];
@@ -219,7 +225,9 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
     op_t* inputs = over ? reinterpret_cast<op_t*>(previous) : own.data();
     g.inputs = inputs;
     g.adjoint_copy = copy.empty() ? nullptr : copy.data();
-    emulate_launch(sc::fused_gemm_operands_kernel<T>, 3, 64, g);
+    g.bias_partials = bias_partials ? partials.data() : nullptr;
+    g.bias_chunks = bias_partials ? kChunks : 0;
+    emulate_launch(sc::fused_gemm_operands_kernel<T>, kChunks, 64, g);
     const auto adjoint = [&](int64_t r, int i) {
       return copy.empty() ? g.adjoints[r * n_out + i] : to_double(copy[r * n_out + i]);
     };
@@ -230,7 +238,7 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
         for (int64_t r = 0; r < rows; ++r) sum += adjoint(r, i) * to_double(inputs[r * n_in + j]);
         dw[i * n_in + j] = to_storage<T>(sum);
       }
-    if (s.grad_biases[l - 1] == nullptr) continue;
+    if (s.grad_biases[l - 1] == nullptr || bias_partials) continue;
     auto* db = static_cast<T*>(s.grad_biases[l - 1]);
     for (int i = 0; i < n_out; ++i) {
       float sum = 0;
@@ -238,6 +246,13 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
       db[i] = to_storage<T>(sum);
     }
   }
+  if (!bias_partials) return;
+  sc::BiasSumArgs sums;
+  sums.p = s;
+  sums.partials = partials.data();
+  sums.chunks = kChunks;
+  emulate_launch(sc::bias_sums_kernel<T>, (sc::bias_column(s, s.num_layers + 1) + 31) / 32, 64,
+                 sums);
 }
 
 template <typename T>
@@ -355,6 +370,7 @@ Result emulate(const Problem& p, Mode mode) {
   s.weight_grads = mode.weight_grads;
   s.fused_high_occupancy = mode.fused_high_occupancy;
   s.fused_staged_split = mode.fused_staged_split;
+  s.bias_sums_in_operands = mode.bias_sums_in_operands;
 
   // forward
   std::vector<T> f(B * c.m), u(B * c.K * c.m), w(second ? B * c.K * c.m : 0);
@@ -643,7 +659,8 @@ bool check_tf32_parts() {
 // fused, --weight-grads=gemm (the fused backward's WeightGrads::kGemm), --occupancy=high (the
 // fused kernels' HIGH_OCCUPANCY shapes), --weight-split=staged (their STAGED_SPLIT shapes:
 // where a case's plan takes one, its line compares the results with the per-warp split's,
-// bit for bit for plain TF32, within 3e-6 for 3xTF32) and --dtypes=fp32,fp16,... (the
+// bit for bit for plain TF32, within 3e-6 for 3xTF32), --bias-sums=operands (with gemm: the
+// bias sums from the operand kernels' partials) and --dtypes=fp32,fp16,... (the
 // labels of the lines below; all by default) first, then, optionally, parts of case names:
 // only those cases run (all without any).
 //   tiled:    fp64, fp32, bf16 and fp16 (today's kernels)
@@ -654,13 +671,14 @@ int main(int argc, char** argv) {
   if (!only.empty() && only[0] == "--tf32-parts") return check_tf32_parts() ? 0 : 1;
   std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
   auto weight_grads = sobolev::cuda::WeightGrads::kSplitK;
-  bool high_occupancy = false, staged_split = false;
+  bool high_occupancy = false, staged_split = false, bias_operands = false;
   while (!only.empty() && only[0].rfind("--", 0) == 0) {
     if (only[0].rfind("--variant=", 0) == 0) variant = only[0].substr(10);
     if (only[0].rfind("--dtypes=", 0) == 0) dtypes = only[0].substr(9);
     if (only[0] == "--weight-grads=gemm") weight_grads = sobolev::cuda::WeightGrads::kGemm;
     if (only[0] == "--occupancy=high") high_occupancy = true;
     if (only[0] == "--weight-split=staged") staged_split = true;
+    if (only[0] == "--bias-sums=operands") bias_operands = true;
     only.erase(only.begin());
   }
   const auto wanted = [&](const char* label) { return dtypes.find(label) != dtypes.npos; };
@@ -676,8 +694,8 @@ int main(int argc, char** argv) {
     if (!only.empty() && std::none_of(only.begin(), only.end(), named)) continue;
     // a kink (relu) can flip under 16-bit or TF32 rounding, as in the torch tests
     const bool kink = c.act == sobolev::kRelu || c.act == sobolev::kLeakyRelu;
-    const Mode exact{v, false, weight_grads, high_occupancy, staged_split};
-    const Mode tf32{v, true, weight_grads, high_occupancy, staged_split};
+    const Mode exact{v, false, weight_grads, high_occupancy, staged_split, bias_operands};
+    const Mode tf32{v, true, weight_grads, high_occupancy, staged_split, bias_operands};
     if (v == KernelVariant::kTiled && wanted("fp64")) ok = check<double>(c, seed, exact) && ok;
     if (wanted("fp32")) ok = check<float>(c, seed, exact) && ok;
     if (v != KernelVariant::kTiled && !kink && wanted("tf32"))
