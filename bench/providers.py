@@ -35,7 +35,11 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # cuda_staged_split is the default with the fp32 weights split into 3xTF32's parts once per
 # launch (the blocks copy them) instead of by every warp, and the activations split by integer
 # arithmetic (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only: 16-bit operands are not split,
-# FP32_ONLY; timed by the GPU script's bench, kernel profile and counters).
+# FP32_ONLY; timed by the GPU script's bench, kernel profile and counters); cuda_splitk_tc
+# is the default with fp32's weight gradients by the fused backward's own tensor-core split-K
+# (3xTF32, 128 x 128 blocks, fused_weight_grads_tc.cuh) instead of the operand kernels and
+# cuBLAS's SIMT GEMMs (SOBOLEV_CUDA_WEIGHT_GRADS=splitk_tc; step only, FP32_ONLY: 16-bit runs
+# the default's GEMMs; timed by the bench and the kernel profile).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -46,6 +50,7 @@ CUDA_VARIANTS = {
     "cuda_bias_gemv": {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},
     "cuda_bias_operands": {"SOBOLEV_CUDA_BIAS_SUMS": "operands"},
     "cuda_staged_split": {"SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT": "staged"},
+    "cuda_splitk_tc": {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing
@@ -78,9 +83,10 @@ TRITON_VARIANTS = {
 }
 # Variants that differ from their default in fp32 models only (16-bit operands are not
 # split): measured only there (bench.step)
-FP32_ONLY = {"cuda_staged_split", "triton_split_tf32x3", "triton_kmajor_inputs"}
+FP32_ONLY = {"cuda_staged_split", "cuda_splitk_tc", "triton_split_tf32x3",
+             "triton_kmajor_inputs"}  # fmt: skip
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "cuda_bias_operands",
-             "triton_compiled"}  # fmt: skip
+             "cuda_splitk_tc", "triton_compiled"}  # fmt: skip
 STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of

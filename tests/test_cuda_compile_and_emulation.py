@@ -178,6 +178,27 @@ def test_fused_kernels_with_their_own_weight_grads_at_low_occupancy_in_host_emul
     assert proc.stdout.count("(fp32)") + wide.stdout.count("(fp32)") == 5 + 1
 
 
+@pytest.mark.heavy(20)
+def test_fused_tensor_core_split_k_weight_grads_in_host_emulation(emulation):
+    """SOBOLEV_CUDA_WEIGHT_GRADS=splitk_tc: fp32's dW in the fused backward's tensor-core
+    split-K (fused_weight_grads_tc.cuh: 128 x 128 blocks of dW, 8 warps of 32 x 64, operands
+    split by integer arithmetic, the bias sums on the value rows' staging), three row splits:
+    3xTF32 within fp32's 1e-5 of the reference, plain TF32 (order 2) above it; whole blocks
+    (width 256, the loop without tile predicates) and partial ones (widths 16 to 200, the last
+    layer's few rows), both orders, a ragged last chunk (1024 rows), K = 3 at order 2. bf16
+    runs the GEMM path (the default's, checked above)."""
+    tc = [str(emulation), "--variant=fused", "--weight-grads=splitk_tc", "--occupancy=high"]
+    cases = ["tanh, per-row", "widths 256", "1024 rows", "order 2, silu"]
+    proc = subprocess.run([*tc, "--dtypes=fp32", *cases], capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("(fp32)") == 5, proc.stdout  # (tanh, per-row: both orders)
+    tf32 = subprocess.run([*tc, "--dtypes=tf32", "order 2, silu"], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert tf32.returncode == 0, tf32.stdout + tf32.stderr
+    _assert_tf32_lines(proc.stdout + tf32.stdout)
+
+
 @pytest.mark.heavy(140)
 @pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
 def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
@@ -189,7 +210,8 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     the default's (GEMM operands for dW, with their bias partials,
     SOBOLEV_CUDA_BIAS_SUMS=operands; the high-occupancy shape of width 128, here 96
     padded: two 64-row weight panels) in fp32, both orders, and the staged weight split at
-    width 64 (one panel of TF32 parts); the split-K dW with fp16's scale
+    width 64 (one panel of TF32 parts), as the tensor-core split-K dW (splitk_tc) there too;
+    the split-K dW with fp16's scale
     words over several tiles. (Width 256's 8-warp blocks synchronise as these do: 43 s
     under TSan, CI's time.)"""
     exe = tmp_path / "emulate_kernels_tsan"
@@ -208,6 +230,8 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
         # fp16 with its scale words over several tiles; bf16 and TF32 synchronise as these do
         ([*default, "--bias-sums=operands"], ["tanh, per-row", "width 96"], 4),
         (staged, ["width 64"], 1),
+        # the tensor-core split-K dW (splitk_tc): its staging, products and bias sums
+        (["--variant=fused", "--weight-grads=splitk_tc", "--dtypes=fp32"], ["width 64"], 1),
         (["--variant=fused", "--dtypes=fp16"], ["tanh, per-row", "1024 rows"], 3),
     ]
     for variant, cases, lines in runs:

@@ -211,7 +211,9 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
     {},  # the default: fused kernels, dW by cuBLAS GEMMs, high occupancy
     {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},  # the default, db by cuBLAS's gemv
     {"SOBOLEV_CUDA_BIAS_SUMS": "operands"},  # the default, db from the operand kernels
-], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv", "bias_operands"])  # fmt: skip
+    {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},  # fp32: dW by the tensor-core split-K
+], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv", "bias_operands",
+        "splitk_tc"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dtype):
     """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
@@ -255,11 +257,13 @@ def test_cuda_fused_gemm_weight_grads_agree(monkeypatch, order, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("width", [100, 256])
 @pytest.mark.parametrize("occupancy", ["high", "low"])
-@pytest.mark.parametrize("weight_grads", ["gemm", "splitk"])
+@pytest.mark.parametrize("weight_grads", ["gemm", "splitk", "splitk_tc"])
 def test_cuda_fused_occupancy_agrees(monkeypatch, order, dtype, width, occupancy, weight_grads):
     """SOBOLEV_CUDA_FUSED_OCCUPANCY=high (the default): in fp32, width 128 (100 padded) staged
     in two 64-row weight panels, width 256 in blocks of 8 warps; bf16 keeps its shapes. =low:
-    one block of 8 (width 128) or 4 warps (256) per SM. Either with either dW."""
+    one block of 8 (width 128) or 4 warps (256) per SM. Either with each dW (splitk_tc: fp32's
+    tensor-core split-K, in 128 x 128 blocks, partial at width 100, four a layer at 256; bf16
+    runs the GEMMs)."""
     _needs_cuda_kernels()
     monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
     monkeypatch.setenv("SOBOLEV_CUDA_FUSED_OCCUPANCY", occupancy)
@@ -329,7 +333,8 @@ def test_cuda_fused_non_finite_values_propagate(monkeypatch, where, split, allow
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variable, value, expected", [
-    ("SOBOLEV_CUDA_WEIGHT_GRADS", "cublas", "SOBOLEV_CUDA_WEIGHT_GRADS: expected splitk or gemm"),
+    ("SOBOLEV_CUDA_WEIGHT_GRADS", "cublas",
+     "SOBOLEV_CUDA_WEIGHT_GRADS: expected gemm, splitk or splitk_tc"),
     ("SOBOLEV_CUDA_FUSED_OCCUPANCY", "max", "SOBOLEV_CUDA_FUSED_OCCUPANCY: expected high or"),
     ("SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT", "lane",
      "SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT: expected warp or staged, got 'lane'"),

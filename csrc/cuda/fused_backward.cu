@@ -12,6 +12,7 @@
 #include "cuda/fused_gemm_operands.cuh"
 #include "cuda/fused_launch.h"
 #include "cuda/fused_weight_grads.cuh"
+#include "cuda/fused_weight_grads_tc.cuh"
 
 namespace sobolev::cuda {
 namespace {
@@ -27,20 +28,38 @@ auto backward_kernel(const SobolevLaunch& p, const FusedPlan& plan) {
       });
 }
 
+template <bool SPLIT>
+void set_tc_grad_smem(const SobolevLaunch& p, cudaError_t* err) {
+  if (*err == cudaSuccess)
+    *err = cudaFuncSetAttribute(fused_weight_grad_tc_kernel<SPLIT>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(tc_grad_smem_bytes(p)));
+}
+
 // WeightGrads::kSplitK: dW blocks times row splits (fused_weight_grads.cuh), about four blocks
-// per SM in all, a split at least one chunk of samples.
+// per SM in all, a split at least one chunk of samples. kSplitKTensorCores (fp32, where its
+// chunk fits in shared memory): fused_weight_grads_tc.cuh's blocks, two per SM.
 template <typename scalar_t>
 void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
                        cudaError_t* err) {
   FusedPlan& fused = plan->fused;
   const int streams = 1 + p.order * p.num_directions;
-  fused.grad_blocks = grad_blocks(p);
+  fused.grads_tc = std::is_same_v<scalar_t, float> &&
+                   p.weight_grads == WeightGrads::kSplitKTensorCores &&
+                   tc_grad_smem_bytes(p) <= device.smem_per_block;
+  fused.grad_blocks = fused.grads_tc ? tc_grad_blocks(p) : grad_blocks(p);
   fused.partial_size = partial_size(p);
-  const int64_t chunks = (p.batch + kGradChunk / streams - 1) / (kGradChunk / streams);
-  const int64_t want = (4 * int64_t(device.num_sms) + fused.grad_blocks - 1) / fused.grad_blocks;
+  const int per_chunk = fused.grads_tc ? tc_grad_samples(p) : kGradChunk / streams;
+  const int64_t chunks = (p.batch + per_chunk - 1) / per_chunk;
+  const int64_t blocks = (fused.grads_tc ? 2 : 4) * int64_t(device.num_sms);
+  const int64_t want = (blocks + fused.grad_blocks - 1) / fused.grad_blocks;
   fused.grad_splits =
       static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, chunks, 1024})));
-  if (*err == cudaSuccess)
+  if (fused.grads_tc && p.allow_tf32)
+    set_tc_grad_smem<false>(p, err);
+  else if (fused.grads_tc)
+    set_tc_grad_smem<true>(p, err);
+  else if (*err == cudaSuccess)
     *err = cudaFuncSetAttribute(fused_weight_grad_kernel<scalar_t>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 static_cast<int>(GradShape<scalar_t>::kSmemBytes));
@@ -96,7 +115,8 @@ bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* pl
   plan->variant = KernelVariant::kFused;
   if (p.grad_weights[0] != nullptr) {  // (else no workspace for them)
     fused.adjoint_elems = adjoint_offset(p, 1 + p.order * p.num_directions, p.num_layers + 1);
-    if (p.weight_grads == WeightGrads::kGemm)
+    const bool tc = p.weight_grads == WeightGrads::kSplitKTensorCores;
+    if (p.weight_grads == WeightGrads::kGemm || (tc && !std::is_same_v<scalar_t, float>))
       plan_gemm_grads<scalar_t>(p, device, plan);
     else
       plan_splitk_grads<scalar_t>(p, device, plan, err);
@@ -132,8 +152,12 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   if (cudaError_t err = cudaGetLastError()) return err;
   if (p.grad_weights[0] == nullptr || fused.grads_by_gemm) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(fused.grad_blocks), fused.grad_splits);
-  fused_weight_grad_kernel<scalar_t>
-      <<<grid, kGradThreads, GradShape<scalar_t>::kSmemBytes, stream>>>(args);
+  if (fused.grads_tc)
+    (p.allow_tf32 ? fused_weight_grad_tc_kernel<false> : fused_weight_grad_tc_kernel<true>)
+        <<<grid, kTcGradThreads, tc_grad_smem_bytes(p), stream>>>(args);
+  else
+    fused_weight_grad_kernel<scalar_t>
+        <<<grid, kGradThreads, GradShape<scalar_t>::kSmemBytes, stream>>>(args);
   if (cudaError_t err = cudaGetLastError()) return err;
   // the splits' partial sums, added in order (sum_partials_kernel's layout)
   KernelArgs sums;

@@ -61,11 +61,14 @@ KernelVariant requested_variant() {
                            : KernelVariant::kTiledTensorCores;
 }
 
-// SOBOLEV_CUDA_WEIGHT_GRADS: "gemm" (the default) or "splitk" (see WeightGrads).
+// SOBOLEV_CUDA_WEIGHT_GRADS: "gemm" (the default), "splitk" or "splitk_tc" (see WeightGrads;
+// splitk_tc unmeasured on a GPU, timed by the GPU script as provider cuda_splitk_tc).
 WeightGrads requested_weight_grads() {
-  return env_choice("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm", {"splitk", "gemm"}) == "gemm"
-             ? WeightGrads::kGemm
-             : WeightGrads::kSplitK;
+  const std::string name =
+      env_choice("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm", {"gemm", "splitk", "splitk_tc"});
+  return name == "gemm"     ? WeightGrads::kGemm
+         : name == "splitk" ? WeightGrads::kSplitK
+                            : WeightGrads::kSplitKTensorCores;
 }
 
 // SOBOLEV_CUDA_FUSED_OCCUPANCY: "high" (the default: the fused kernels' shapes with more

@@ -58,6 +58,8 @@ enum class WeightGrads : int {
   kSplitK,  // "splitk": fused_weight_grads.cuh, in-kernel products over row splits
   kGemm,    // "gemm" (default): per layer, fused_gemm_operands.cuh forms the operands and
             // the binding runs one cuBLAS GEMM (launch_gemm_operands below)
+  kSplitKTensorCores,  // "splitk_tc": fp32, fused_weight_grads_tc.cuh (3xTF32 split-K in
+                       // 128 x 128 blocks); bf16/fp16 run kGemm's
 };
 
 // One problem as raw device pointers. x, directions, weights, biases, f, u, w and their
@@ -165,6 +167,7 @@ struct FusedPlan {
   int grad_splits = 1;        // row ranges whose partial dW are added in order
   int64_t grad_blocks = 0;    // blocks of one split: (layer, 64 x 64 block of dW_l) pairs
   int64_t partial_size = 0;   // dW_1..dW_L, db_1..db_L
+  bool grads_tc = false;      // the splits by fused_weight_grads_tc.cuh's kernel
   // WeightGrads::kGemm: the caller forms dW and db (launch_gemm_operands)
   bool grads_by_gemm = false;
   int64_t gemm_input_elems = 0;  // the largest layer input stack S_{l-1}

@@ -18,6 +18,7 @@
 #include "cuda/fused_backward.cuh"
 #include "cuda/fused_forward.cuh"
 #include "cuda/fused_gemm_operands.cuh"
+#include "cuda/fused_weight_grads_tc.cuh"
 #include "cuda/fused_weight_grads.cuh"
 
 namespace {
@@ -264,11 +265,15 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
   a.plan.grid = int(std::min<int64_t>(a.plan.num_tiles, c.grid));
   const int streams = 1 + s.order * s.num_directions;
   const bool params = s.grad_weights[0] != nullptr;
+  // WeightGrads::kSplitKTensorCores: fp32's own kernel, 16-bit dtypes the GEMM path
+  const bool tc = s.weight_grads == sc::WeightGrads::kSplitKTensorCores;
+  a.plan.grads_tc = tc && std::is_same_v<T, float>;
   if (params) {
     a.plan.adjoint_elems = sc::adjoint_offset(s, streams, s.num_layers + 1);
-    a.plan.grad_blocks = sc::grad_blocks(s);
+    a.plan.grad_blocks = a.plan.grads_tc ? sc::tc_grad_blocks(s) : sc::grad_blocks(s);
     a.plan.partial_size = sc::partial_size(s);
-    const int64_t chunks = (s.batch + sc::kGradChunk / streams - 1) / (sc::kGradChunk / streams);
+    const int per_chunk = a.plan.grads_tc ? sc::tc_grad_samples(s) : sc::kGradChunk / streams;
+    const int64_t chunks = (s.batch + per_chunk - 1) / per_chunk;
     a.plan.grad_splits = int(std::min<int64_t>(3, chunks));
   }
   std::vector<float> adjoints(a.plan.adjoint_elems + 1);
@@ -288,12 +293,17 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
                                            plan.grid, 2 * plan.tile_rows, a);
                           });
   if (!params) return true;
-  if (s.weight_grads == sc::WeightGrads::kGemm) {
+  if (s.weight_grads == sc::WeightGrads::kGemm || (tc && !a.plan.grads_tc)) {
     gemm_weight_grads<T>(a, adjoints);
     return true;
   }
-  emulate_launch_2d(sc::fused_weight_grad_kernel<T>, int(a.plan.grad_blocks),
-                    a.plan.grad_splits, sc::kGradThreads, a);
+  if (a.plan.grads_tc)
+    emulate_launch_2d(s.allow_tf32 ? sc::fused_weight_grad_tc_kernel<false>
+                                   : sc::fused_weight_grad_tc_kernel<true>,
+                      int(a.plan.grad_blocks), a.plan.grad_splits, sc::kTcGradThreads, a);
+  else
+    emulate_launch_2d(sc::fused_weight_grad_kernel<T>, int(a.plan.grad_blocks),
+                      a.plan.grad_splits, sc::kGradThreads, a);
   KernelArgs sums;
   sums.p = s;
   sums.plan.grid = a.plan.grad_splits;
@@ -656,7 +666,8 @@ bool check_tf32_parts() {
 }  // namespace
 
 // Arguments: --tf32-parts (check_tf32_parts only), or --variant=tiled (default), tiled_tc or
-// fused, --weight-grads=gemm (the fused backward's WeightGrads::kGemm), --occupancy=high (the
+// fused, --weight-grads=gemm or =splitk_tc (the fused backward's WeightGrads::kGemm or
+// kSplitKTensorCores), --occupancy=high (the
 // fused kernels' HIGH_OCCUPANCY shapes), --weight-split=staged (their STAGED_SPLIT shapes:
 // where a case's plan takes one, its line compares the results with the per-warp split's,
 // bit for bit for plain TF32, within 3e-6 for 3xTF32), --bias-sums=operands (with gemm: the
@@ -676,6 +687,8 @@ int main(int argc, char** argv) {
     if (only[0].rfind("--variant=", 0) == 0) variant = only[0].substr(10);
     if (only[0].rfind("--dtypes=", 0) == 0) dtypes = only[0].substr(9);
     if (only[0] == "--weight-grads=gemm") weight_grads = sobolev::cuda::WeightGrads::kGemm;
+    if (only[0] == "--weight-grads=splitk_tc")
+      weight_grads = sobolev::cuda::WeightGrads::kSplitKTensorCores;
     if (only[0] == "--occupancy=high") high_occupancy = true;
     if (only[0] == "--weight-split=staged") staged_split = true;
     if (only[0] == "--bias-sums=operands") bias_operands = true;

@@ -1,0 +1,202 @@
+// The fused backward's fp32 weight gradients as a tensor-core split-K
+// (SOBOLEV_CUDA_WEIGHT_GRADS=splitk_tc, WeightGrads::kSplitKTensorCores): the same sums as
+// fused_weight_grads.cuh,
+//   dW_l = [a_z; a_tz (; a_ttz)]^T [h; t (; tt)]_{l-1},   db_l = sum over rows of a_z,
+// the layer inputs recomputed from the saved z/tz/ttz as they are staged, one range of samples
+// per block (split-K) and the splits added in order by sum_partials_kernel (deterministic).
+// What differs, so that the products stay on the tensor cores rather than on the staging and
+// the operand splits (fused_weight_grads.cuh: 4.6 ms at config M on the H200, run 5, against
+// the GEMM path's 0.82 ms):
+// - a block takes a 128 x 128 block of dW_l (8 warps, each 32 x 64): a layer of width 128 is
+//   read once per split, not once per 64 x 64 block;
+// - both operands are staged as they lie in memory, rows of stacked samples ([k][i] and
+//   [k][j]), so the staging copies rows (consecutive threads, consecutive columns) instead of
+//   transposing them; the row stride is 8 mod 32 words, so the fragments' loads (lane 4 g + t
+//   at t ld + g) fall in 32 different banks;
+// - the operands are split into their 3xTF32 parts in registers by integer arithmetic
+//   (tf32_parts<true>): three instructions a value where cvt.rna's split takes nine;
+// - the bias sums ride on the staging of the value rows: each thread sums its column.
+// fp32 only (bf16/fp16 run the GEMM path). Also compiled on the host by emulation/.
+#pragma once
+
+#include <type_traits>
+
+#include "cuda/backward_kernel.cuh"
+#include "cuda/fused_common.cuh"
+
+namespace sobolev::cuda {
+
+constexpr int kTcGradTile = 128;     // rows and columns of a dW block
+constexpr int kTcGradThreads = 256;  // 8 warps: 4 along dW's rows (32 each) x 2 along its columns
+constexpr int kTcGradLead = kTcGradTile + 8;  // the staged rows' stride: 8 mod 32 words
+constexpr int kTcGradRows = 64;      // stacked rows staged at once, about
+static_assert(kTcGradThreads % kTcGradTile == 0, "a thread stages one column of each operand");
+
+// Samples staged at once, all their streams: Q with S Q <= kTcGradRows (at least one).
+SK_HD int tc_grad_samples(const SobolevLaunch& p) {
+  const int S = 1 + p.order * p.num_directions;
+  return S < kTcGradRows ? kTcGradRows / S : 1;
+}
+
+// The staged rows (S Q, padded to the k of a product: zero rows past S Q).
+SK_HD int tc_grad_chunk_rows(const SobolevLaunch& p) {
+  const int S = 1 + p.order * p.num_directions;
+  return (S * tc_grad_samples(p) + 7) / 8 * 8;
+}
+
+SK_HD size_t tc_grad_smem_bytes(const SobolevLaunch& p) {
+  return sizeof(float) * 2 * size_t(tc_grad_chunk_rows(p)) * kTcGradLead + sizeof(float) * 2 *
+         kTcGradTile;
+}
+
+// Blocks of one split: the 128 x 128 blocks of dW_1, then dW_2, ...
+SK_HD int64_t tc_grad_blocks(const SobolevLaunch& p) {
+  int64_t blocks = 0;
+  for (int l = 1; l <= p.num_layers; ++l)
+    blocks += int64_t((p.widths[l] + kTcGradTile - 1) / kTcGradTile) *
+              ((p.widths[l - 1] + kTcGradTile - 1) / kTcGradTile);
+  return blocks;
+}
+
+// grid (tc_grad_blocks, grad_splits), kTcGradThreads threads, tc_grad_smem_bytes: block
+// (b, split) takes dW block b over split's samples into the split's partial sums (the layout
+// of backward_kernel.cuh's partial_size). SPLIT: 3xTF32 (else plain TF32, allow_tf32).
+template <bool SPLIT>
+__global__ void __launch_bounds__(kTcGradThreads, 2)
+    fused_weight_grad_tc_kernel(const __grid_constant__ FusedArgs args) {
+  constexpr int ld = kTcGradLead;
+  const SobolevLaunch& p = args.p;
+  const int K = p.num_directions, S = 1 + p.order * K, Q = tc_grad_samples(p);
+  const int rows = tc_grad_chunk_rows(p);
+  const float slope = static_cast<float>(p.negative_slope);
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* As = reinterpret_cast<float*>(smem);  // a: As[s Q + q][i - i0]
+  float* Hs = As + rows * ld;                  // h: Hs[s Q + q][j - j0]
+  float* bias_sums = Hs + rows * ld;           // (2, kTcGradTile)
+  // which layer and block
+  int layer = 1;
+  int64_t b = blockIdx.x;
+  for (;; ++layer) {
+    const int64_t here = int64_t((p.widths[layer] + kTcGradTile - 1) / kTcGradTile) *
+                         ((p.widths[layer - 1] + kTcGradTile - 1) / kTcGradTile);
+    if (b < here) break;
+    b -= here;
+  }
+  const int n_out = p.widths[layer], n_in = p.widths[layer - 1];
+  const int j_blocks = (n_in + kTcGradTile - 1) / kTcGradTile;
+  const int i0 = static_cast<int>(b / j_blocks) * kTcGradTile;
+  const int j0 = static_cast<int>(b % j_blocks) * kTcGradTile;
+  const int64_t per_split = (p.batch + gridDim.y - 1) / gridDim.y;
+  const int64_t first = blockIdx.y * per_split;
+  const int64_t last = first + per_split < p.batch ? first + per_split : p.batch;
+  const float* a_l = args.adjoints + adjoint_offset(p, S, layer);
+  const float* z_saved =
+      layer > 1 ? static_cast<const float*>(p.saved_in) + saved_offset(p, S, layer - 1) : nullptr;
+  const auto* x = static_cast<const float*>(p.x);
+  const auto* dirs = static_cast<const float*>(p.directions);
+  const bool with_bias = p.biases[0] != nullptr && j0 == 0;
+  // this thread's column of both operands, and its first sample of each chunk (then every
+  // kTcGradThreads / kTcGradTile-th)
+  const int c = threadIdx.x % kTcGradTile, q_first = threadIdx.x / kTcGradTile;
+  constexpr int q_step = kTcGradThreads / kTcGradTile;
+  const int i = i0 + c, j = j0 + c;
+  for (int e = threadIdx.x; e < 2 * rows * ld; e += blockDim.x) As[e] = 0;  // rows past S Q
+  float bias = 0;  // db_l[i] over this thread's value rows
+
+  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const int wi = warp % 4 * 32, wj = warp / 4 * 64;  // the warp's dW rows and columns
+  // the warp's live 16-row halves and 8-column tiles (uniform: no products past the layer)
+  const int halves = n_out - i0 - wi >= 32 ? 2 : n_out - i0 - wi > 0 ? 1 + (n_out - i0 - wi > 16)
+                                                                      : 0;
+  const int col_tiles = n_in - j0 - wj >= 64 ? 8 : n_in - j0 - wj > 0 ? (n_in - j0 - wj + 7) / 8
+                                                                       : 0;
+  float acc[2][8][4] = {};
+  for (int64_t b0 = first; b0 < last; b0 += Q) {
+    __syncthreads();  // the previous chunk is no longer read
+    // the chunk's rows: a_l's and the recomputed inputs (zeros past `last` and the layer)
+#pragma unroll 2
+    for (int q = q_first; q < Q; q += q_step) {
+      const int64_t row = b0 + q;
+      const bool live = row < last;
+      for (int s = 0; s < S; ++s) {
+        const float v = live && i < n_out ? a_l[(s * p.batch + row) * n_out + i] : 0.0f;
+        As[(s * Q + q) * ld + c] = v;
+        if (s == 0) bias += v;
+      }
+      if (!live || j >= n_in) {
+        for (int s = 0; s < S; ++s) Hs[(s * Q + q) * ld + c] = 0.0f;
+      } else if (layer == 1) {  // [x; v_k; 0]
+        const int d = p.in_features;
+        Hs[q * ld + c] = x[row * d + j];
+        for (int s = 1; s < S; ++s)
+          Hs[(s * Q + q) * ld + c] =
+              s > K ? 0.0f
+                    : p.shared_directions ? dirs[(s - 1) * d + j] : dirs[(row * K + s - 1) * d + j];
+      } else {  // [s(z); s'(z) tz_k (; s'(z) ttz_k + s''(z) tz_k^2)]
+        const int64_t at = row * n_in + j, next = p.batch * n_in;
+        float h, s1, s2, s3;
+        activation_at<float>(p.activation, slope, z_saved[at], h, s1, s2, s3);
+        Hs[q * ld + c] = h;
+        for (int k = 1; k <= K; ++k) {
+          const float tz = z_saved[k * next + at];
+          Hs[(k * Q + q) * ld + c] = s1 * tz;
+          if (p.order == 2)
+            Hs[((K + k) * Q + q) * ld + c] = fmaf(s1, z_saved[(K + k) * next + at], s2 * tz * tz);
+        }
+      }
+    }
+    __syncthreads();
+    // dW block (the warp's 32 x 64) += a^T h over the chunk's rows; a loop of its own for a
+    // warp whose block is whole (FULL: no tile predicates, which also had nvcc guard each
+    // product with a WARPSYNC)
+    const auto products = [&](auto full) {
+      constexpr bool FULL = decltype(full)::value;
+      for (int k0 = 0; k0 < rows; k0 += 8) {
+        FragmentA fa[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // A(i, k) = As[k][i]: a0 (g, t), a1 (g + 8, t), a2, a3
+          const float* at = As + (k0 + t) * ld + wi + 16 * h + g;  // (a2, a3: k + 4)
+          tf32_parts<true>(at[0], SPLIT, fa[h].hi[0], fa[h].lo[0]);
+          tf32_parts<true>(at[8], SPLIT, fa[h].hi[1], fa[h].lo[1]);
+          tf32_parts<true>(at[4 * ld], SPLIT, fa[h].hi[2], fa[h].lo[2]);
+          tf32_parts<true>(at[4 * ld + 8], SPLIT, fa[h].hi[3], fa[h].lo[3]);
+        }
+#pragma unroll
+        for (int jt = 0; jt < 8; ++jt) {
+          if (!FULL && jt >= col_tiles) break;
+          const float* at = Hs + (k0 + t) * ld + wj + 8 * jt + g;  // B(k, n) = Hs[k][n]
+          FragmentB fb;
+          tf32_parts<true>(at[0], SPLIT, fb.hi[0], fb.lo[0]);
+          tf32_parts<true>(at[4 * ld], SPLIT, fb.hi[1], fb.lo[1]);
+          mma<float>(acc[0][jt], fa[0], fb, SPLIT);
+          if (FULL || halves > 1) mma<float>(acc[1][jt], fa[1], fb, SPLIT);
+        }
+      }
+    };
+    if (halves == 2 && col_tiles == 8)
+      products(std::true_type{});
+    else if (halves > 0)
+      products(std::false_type{});
+  }
+
+  // the block's dW and (first column block) db into this split's partial sums
+  float* partial = args.grad_partials + blockIdx.y * args.plan.partial_size;
+  float* dw = partial + weight_offset(p, layer - 1);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int jt = 0; jt < 8; ++jt)
+      for (int v = 0; v < 4; ++v) {
+        const int row = i0 + wi + 16 * h + g + 8 * (v / 2), col = j0 + wj + 8 * jt + 2 * t + v % 2;
+        if (row < n_out && col < n_in) dw[int64_t(row) * n_in + col] = acc[h][jt][v];
+      }
+  if (!with_bias) return;
+  bias_sums[threadIdx.x] = bias;  // (q_step, kTcGradTile), then added in order
+  __syncthreads();
+  if (threadIdx.x >= kTcGradTile || i >= n_out) return;
+  float sum = 0;
+  for (int r = 0; r < q_step; ++r) sum += bias_sums[r * kTcGradTile + threadIdx.x];
+  partial[bias_offset(p, layer - 1) + i] = sum;
+}
+
+}  // namespace sobolev::cuda
