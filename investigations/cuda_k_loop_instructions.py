@@ -12,7 +12,9 @@ A k loop: a backward branch whose body holds HMMA instructions and fewer than 60
 3xTF32 (the fp32 default; its loops subtract the high parts, FADD) and for plain TF32 (the op's
 allow_tf32), each counted apart; the per-warp form has one loop for both, the remainders'
 split predicated. Fewer instructions per HMMA is a clue, not speed: the GPU script times both
-(provider ``cuda_staged_split``).
+(provider ``cuda_staged_split``). A second table counts the fp32 weight-gradient kernels'
+k loops: ``SOBOLEV_CUDA_WEIGHT_GRADS=splitk``'s and ``splitk_tc``'s (provider
+``cuda_splitk_tc``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ FLAGS = ["-std=c++17", "-O3", "-DWITH_CUDA", "-D__CUDA_NO_HALF_OPERATORS__",
          "-gencode", "arch=compute_90,code=sm_90"]  # fmt: skip
 # fp32 kernels in the shapes that have both forms: order, WIDTH, HIGH_OCCUPANCY, STAGED_SPLIT
 KERNEL = re.compile(r"fused_(forward|backward)_kernelIfLi([12])ELi(\d+)ELb([01])ELb([01])E")
+# the fp32 weight-gradient split-K kernels: SOBOLEV_CUDA_WEIGHT_GRADS=splitk's (fp32) and
+# splitk_tc's (SPLIT: 3xTF32, else plain TF32)
+GRAD_KERNEL = re.compile(r"(fused_weight_grad_kernelIfE|fused_weight_grad_tc_kernelILb([01])E)")
 
 
 def cuobjdump() -> str:
@@ -66,7 +71,17 @@ def main() -> int:
                             "-o", str(obj)], check=True)  # fmt: skip
             sass += subprocess.run([cuobjdump(), "-sass", str(obj)], check=True,
                                    capture_output=True, text=True).stdout  # fmt: skip
+    grad_rows = []
     for function in re.split(r"\n\s+Function : ", sass)[1:]:
+        grad = GRAD_KERNEL.search(function.split("\n", 1)[0])
+        if grad:
+            name = "splitk" if grad.group(2) is None else "splitk_tc"
+            products = "TF32" if grad.group(2) == "0" else "3xTF32"
+            if name == "splitk":
+                products = "both"  # (the split predicated, as the per-warp form's)
+            for n, hmma, ops in k_loops(function):
+                common = ", ".join(f"{op} {c}" for op, c in ops.most_common(6))
+                grad_rows.append((name, products, n, hmma, n / hmma, common))
         kernel = KERNEL.search(function.split("\n", 1)[0])
         if not kernel:
             continue
@@ -93,7 +108,17 @@ def main() -> int:
     for which, order, width, high, split, mode, loops, per, common in rows:
         print(f"| {which} | {order} | {width} | {'yes' if high == '1' else 'no'} | {split} | "
               f"{mode} | {loops} | {per:.2f} | {common} |")  # fmt: skip
-    return 0 if rows else 1
+    print()
+    print(
+        "Weight gradients (fp32), each k loop: splitk_tc has one for whole 128 x 128 blocks of "
+        "dW (no tile predicates) and one for partial ones."
+    )
+    print()
+    print("| kernel | products | instructions | HMMA | instructions / HMMA | most common |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for name, products, n, hmma, per, common in sorted(grad_rows):
+        print(f"| {name} | {products} | {n} | {hmma} | {per:.2f} | {common} |")
+    return 0 if rows and grad_rows else 1
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ void set_tc_grad_smem(const SobolevLaunch& p, cudaError_t* err) {
 
 // WeightGrads::kSplitK: dW blocks times row splits (fused_weight_grads.cuh), about four blocks
 // per SM in all, a split at least one chunk of samples. kSplitKTensorCores (fp32, where its
-// chunk fits in shared memory): fused_weight_grads_tc.cuh's blocks, two per SM.
+// chunk fits in shared memory): fused_weight_grads_tc.cuh's blocks, as many (two resident
+// per SM: two waves, so the blocks of wide layers fill the SMs the narrow ones leave early).
 template <typename scalar_t>
 void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
                        cudaError_t* err) {
@@ -51,8 +52,7 @@ void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, Launc
   fused.partial_size = partial_size(p);
   const int per_chunk = fused.grads_tc ? tc_grad_samples(p) : kGradChunk / streams;
   const int64_t chunks = (p.batch + per_chunk - 1) / per_chunk;
-  const int64_t blocks = (fused.grads_tc ? 2 : 4) * int64_t(device.num_sms);
-  const int64_t want = (blocks + fused.grad_blocks - 1) / fused.grad_blocks;
+  const int64_t want = (4 * int64_t(device.num_sms) + fused.grad_blocks - 1) / fused.grad_blocks;
   fused.grad_splits =
       static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, chunks, 1024})));
   if (fused.grads_tc && p.allow_tf32)
