@@ -36,10 +36,10 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # launch (the blocks copy them) instead of by every warp, and the activations split by integer
 # arithmetic (SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT; fp32 only: 16-bit operands are not split,
 # FP32_ONLY; timed by the GPU script's bench, kernel profile and counters); cuda_splitk_tc
-# is the default with fp32's weight gradients by the fused backward's own tensor-core split-K
-# (3xTF32, 128 x 128 blocks, fused_weight_grads_tc.cuh) instead of the operand kernels and
-# cuBLAS's SIMT GEMMs (SOBOLEV_CUDA_WEIGHT_GRADS=splitk_tc; step only, FP32_ONLY: 16-bit runs
-# the default's GEMMs; timed by the bench and the kernel profile).
+# is the default with the weight gradients by the fused backward's own tensor-core split-K
+# (fp32 in 3xTF32, bf16; 128 x 128 blocks, fused_weight_grads_tc.cuh) instead of the operand
+# kernels, cuBLAS's GEMMs and the bias sums (SOBOLEV_CUDA_WEIGHT_GRADS=splitk_tc; step only;
+# timed by the bench and the kernel profile).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -83,8 +83,7 @@ TRITON_VARIANTS = {
 }
 # Variants that differ from their default in fp32 models only (16-bit operands are not
 # split): measured only there (bench.step)
-FP32_ONLY = {"cuda_staged_split", "cuda_splitk_tc", "triton_split_tf32x3",
-             "triton_kmajor_inputs"}  # fmt: skip
+FP32_ONLY = {"cuda_staged_split", "triton_split_tf32x3", "triton_kmajor_inputs"}
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "cuda_bias_operands",
              "cuda_splitk_tc", "triton_compiled"}  # fmt: skip
 STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)

@@ -69,8 +69,8 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # default and cuda_fused at every config (and the bench ran out of time before L in bf16);
 # cuda_bias_gemv, cuda_bias_operands: their bias sums are timed by the profile stage's kernel
 # table
-# (cuda_staged_split, cuda_splitk_tc, triton_split_tf32x3 and triton_kmajor_inputs are timed
-# in fp32 only: in bf16 they run the default's kernels, or nearly)
+# (cuda_staged_split, triton_split_tf32x3 and triton_kmajor_inputs are timed in fp32 only: in
+# bf16 they run the default's kernels, or nearly)
 # triton_compiled: an inductor compile per point (seconds each); timed at M in bf16 by the
 # profile stage
 # triton_jit_launch: what direct launches save is host time, which the host profile times

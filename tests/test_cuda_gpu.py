@@ -211,7 +211,7 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
     {},  # the default: fused kernels, dW by cuBLAS GEMMs, high occupancy
     {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},  # the default, db by cuBLAS's gemv
     {"SOBOLEV_CUDA_BIAS_SUMS": "operands"},  # the default, db from the operand kernels
-    {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},  # fp32: dW by the tensor-core split-K
+    {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},  # dW by the tensor-core split-K (fp16: gemm)
 ], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv", "bias_operands",
         "splitk_tc"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -261,9 +261,8 @@ def test_cuda_fused_gemm_weight_grads_agree(monkeypatch, order, dtype):
 def test_cuda_fused_occupancy_agrees(monkeypatch, order, dtype, width, occupancy, weight_grads):
     """SOBOLEV_CUDA_FUSED_OCCUPANCY=high (the default): in fp32, width 128 (100 padded) staged
     in two 64-row weight panels, width 256 in blocks of 8 warps; bf16 keeps its shapes. =low:
-    one block of 8 (width 128) or 4 warps (256) per SM. Either with each dW (splitk_tc: fp32's
-    tensor-core split-K, in 128 x 128 blocks, partial at width 100, four a layer at 256; bf16
-    runs the GEMMs)."""
+    one block of 8 (width 128) or 4 warps (256) per SM. Either with each dW (splitk_tc: the
+    tensor-core split-K, in 128 x 128 blocks, partial at width 100, four a layer at 256)."""
     _needs_cuda_kernels()
     monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
     monkeypatch.setenv("SOBOLEV_CUDA_FUSED_OCCUPANCY", occupancy)

@@ -28,26 +28,29 @@ auto backward_kernel(const SobolevLaunch& p, const FusedPlan& plan) {
       });
 }
 
-template <bool SPLIT>
-void set_tc_grad_smem(const SobolevLaunch& p, cudaError_t* err) {
-  if (*err == cudaSuccess)
-    *err = cudaFuncSetAttribute(fused_weight_grad_tc_kernel<SPLIT>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(tc_grad_smem_bytes(p)));
+// fused_weight_grads_tc.cuh's kernel for p: fp32 in 3xTF32 or (allow_tf32) plain TF32; bf16.
+template <typename scalar_t>
+auto tc_grad_kernel(const SobolevLaunch& p) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    return p.allow_tf32 ? fused_weight_grad_tc_kernel<float, false>
+                        : fused_weight_grad_tc_kernel<float, true>;
+  else
+    return fused_weight_grad_tc_kernel<scalar_t, false>;
 }
 
 // WeightGrads::kSplitK: dW blocks times row splits (fused_weight_grads.cuh), about four blocks
-// per SM in all, a split at least one chunk of samples. kSplitKTensorCores (fp32, where its
-// chunk fits in shared memory): fused_weight_grads_tc.cuh's blocks, as many (two resident
-// per SM: two waves, so the blocks of wide layers fill the SMs the narrow ones leave early).
+// per SM in all, a split at least one chunk of samples. kSplitKTensorCores (fp32 and bf16,
+// where its chunk fits in shared memory): fused_weight_grads_tc.cuh's blocks, as many (two
+// resident per SM: two waves, so the blocks of wide layers fill the SMs the narrow ones leave
+// early).
 template <typename scalar_t>
 void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* plan,
                        cudaError_t* err) {
   FusedPlan& fused = plan->fused;
   const int streams = 1 + p.order * p.num_directions;
-  fused.grads_tc = std::is_same_v<scalar_t, float> &&
-                   p.weight_grads == WeightGrads::kSplitKTensorCores &&
-                   tc_grad_smem_bytes(p) <= device.smem_per_block;
+  if constexpr (kHasTcGrads<scalar_t>)
+    fused.grads_tc = p.weight_grads == WeightGrads::kSplitKTensorCores &&
+                     tc_grad_smem_bytes<scalar_t>(p) <= device.smem_per_block;
   fused.grad_blocks = fused.grads_tc ? tc_grad_blocks(p) : grad_blocks(p);
   fused.partial_size = partial_size(p);
   const int per_chunk = fused.grads_tc ? tc_grad_samples(p) : kGradChunk / streams;
@@ -55,11 +58,13 @@ void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, Launc
   const int64_t want = (4 * int64_t(device.num_sms) + fused.grad_blocks - 1) / fused.grad_blocks;
   fused.grad_splits =
       static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, chunks, 1024})));
-  if (fused.grads_tc && p.allow_tf32)
-    set_tc_grad_smem<false>(p, err);
-  else if (fused.grads_tc)
-    set_tc_grad_smem<true>(p, err);
-  else if (*err == cudaSuccess)
+  if constexpr (kHasTcGrads<scalar_t>) {
+    if (fused.grads_tc && *err == cudaSuccess)
+      *err = cudaFuncSetAttribute(tc_grad_kernel<scalar_t>(p),
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(tc_grad_smem_bytes<scalar_t>(p)));
+  }
+  if (!fused.grads_tc && *err == cudaSuccess)
     *err = cudaFuncSetAttribute(fused_weight_grad_kernel<scalar_t>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 static_cast<int>(GradShape<scalar_t>::kSmemBytes));
@@ -116,7 +121,7 @@ bool plan_for(const SobolevLaunch& p, const DeviceLimits& device, LaunchPlan* pl
   if (p.grad_weights[0] != nullptr) {  // (else no workspace for them)
     fused.adjoint_elems = adjoint_offset(p, 1 + p.order * p.num_directions, p.num_layers + 1);
     const bool tc = p.weight_grads == WeightGrads::kSplitKTensorCores;
-    if (p.weight_grads == WeightGrads::kGemm || (tc && !std::is_same_v<scalar_t, float>))
+    if (p.weight_grads == WeightGrads::kGemm || (tc && !kHasTcGrads<scalar_t>))
       plan_gemm_grads<scalar_t>(p, device, plan);
     else
       plan_splitk_grads<scalar_t>(p, device, plan, err);
@@ -152,10 +157,14 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   if (cudaError_t err = cudaGetLastError()) return err;
   if (p.grad_weights[0] == nullptr || fused.grads_by_gemm) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(fused.grad_blocks), fused.grad_splits);
-  if (fused.grads_tc)
-    (p.allow_tf32 ? fused_weight_grad_tc_kernel<false> : fused_weight_grad_tc_kernel<true>)
-        <<<grid, kTcGradThreads, tc_grad_smem_bytes(p), stream>>>(args);
-  else
+  bool launched = false;
+  if constexpr (kHasTcGrads<scalar_t>) {
+    if (fused.grads_tc)
+      tc_grad_kernel<scalar_t>(p)<<<grid, kTcGradThreads, tc_grad_smem_bytes<scalar_t>(p),
+                                    stream>>>(args);
+    launched = fused.grads_tc;
+  }
+  if (!launched)
     fused_weight_grad_kernel<scalar_t>
         <<<grid, kGradThreads, GradShape<scalar_t>::kSmemBytes, stream>>>(args);
   if (cudaError_t err = cudaGetLastError()) return err;

@@ -1,4 +1,4 @@
-// The fused backward's fp32 weight gradients as a tensor-core split-K
+// The fused backward's weight gradients as a tensor-core split-K
 // (SOBOLEV_CUDA_WEIGHT_GRADS=splitk_tc, WeightGrads::kSplitKTensorCores): the same sums as
 // fused_weight_grads.cuh,
 //   dW_l = [a_z; a_tz (; a_ttz)]^T [h; t (; tt)]_{l-1},   db_l = sum over rows of a_z,
@@ -13,10 +13,12 @@
 //   [k][j]), so the staging copies rows (consecutive threads, consecutive columns) instead of
 //   transposing them; the row stride is 8 mod 32 words, so the fragments' loads (lane 4 g + t
 //   at t ld + g) fall in 32 different banks;
-// - the operands are split into their 3xTF32 parts in registers by integer arithmetic
+// - fp32's operands are split into their 3xTF32 parts in registers by integer arithmetic
 //   (tf32_parts<true>): three instructions a value where cvt.rna's split takes nine;
 // - the bias sums ride on the staging of the value rows: each thread sums its column.
-// fp32 only (bf16/fp16 run the GEMM path). Also compiled on the host by emulation/.
+// fp32 and bf16 (bf16's operands rounded in registers, as the GEMM path rounds them); fp16
+// runs the GEMM path (its products need scaled operands). Also compiled on the host by
+// emulation/.
 #pragma once
 
 #include <type_traits>
@@ -28,9 +30,19 @@ namespace sobolev::cuda {
 
 constexpr int kTcGradTile = 128;     // rows and columns of a dW block
 constexpr int kTcGradThreads = 256;  // 8 warps: 4 along dW's rows (32 each) x 2 along its columns
-constexpr int kTcGradLead = kTcGradTile + 8;  // the staged rows' stride: 8 mod 32 words
 constexpr int kTcGradRows = 64;      // stacked rows staged at once, about
 static_assert(kTcGradThreads % kTcGradTile == 0, "a thread stages one column of each operand");
+
+// The staged rows' stride, in words, so that a warp's fragment loads hit 32 banks: TF32 reads
+// row t at column g (lane 4 g + t: t ld + g, ld = 8 mod 32), bf16 rows 2t and 2t + 1 (2 t ld +
+// g, ld = 4 mod 32).
+template <typename scalar_t>
+inline constexpr int kTcGradLead = kTcGradTile + (std::is_same_v<scalar_t, float> ? 8 : 4);
+
+// The dtypes it takes: fp32 (3xTF32 or TF32) and bf16 (fp16 would need its scaled operands).
+template <typename scalar_t>
+inline constexpr bool kHasTcGrads =
+    std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, __nv_bfloat16>;
 
 // Samples staged at once, all their streams: Q with S Q <= kTcGradRows (at least one).
 SK_HD int tc_grad_samples(const SobolevLaunch& p) {
@@ -39,14 +51,16 @@ SK_HD int tc_grad_samples(const SobolevLaunch& p) {
 }
 
 // The staged rows (S Q, padded to the k of a product: zero rows past S Q).
+template <typename scalar_t>
 SK_HD int tc_grad_chunk_rows(const SobolevLaunch& p) {
-  const int S = 1 + p.order * p.num_directions;
-  return (S * tc_grad_samples(p) + 7) / 8 * 8;
+  const int S = 1 + p.order * p.num_directions, k = kMmaK<scalar_t>;
+  return (S * tc_grad_samples(p) + k - 1) / k * k;
 }
 
+template <typename scalar_t>
 SK_HD size_t tc_grad_smem_bytes(const SobolevLaunch& p) {
-  return sizeof(float) * 2 * size_t(tc_grad_chunk_rows(p)) * kTcGradLead + sizeof(float) * 2 *
-         kTcGradTile;
+  return sizeof(float) * 2 * size_t(tc_grad_chunk_rows<scalar_t>(p)) * kTcGradLead<scalar_t> +
+         sizeof(float) * 2 * kTcGradTile;
 }
 
 // Blocks of one split: the 128 x 128 blocks of dW_1, then dW_2, ...
@@ -58,16 +72,59 @@ SK_HD int64_t tc_grad_blocks(const SobolevLaunch& p) {
   return blocks;
 }
 
+// The A fragment of rows i0..i0+15 (A(i, k) = As[k0 + k][i]) and the B fragment of columns
+// j0..j0+7 (B(k, n) = Hs[k0 + k][n]) of operands staged as rows of samples, in fp32: TF32 parts
+// by tf32_parts<true> (SPLIT: 3xTF32), or bf16 pairs, two rows a register (mma_fragments.cuh's
+// layouts, k and k + 1 in a pair).
+template <typename scalar_t, bool SPLIT>
+__device__ __forceinline__ FragmentA tc_grad_a(const float* As, int ld, int k0, int i0) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  FragmentA f;
+  if constexpr (std::is_same_v<scalar_t, float>) {  // a0 (g, t), a1 (g + 8, t), a2, a3: k + 4
+    const float* at = As + (k0 + t) * ld + i0 + g;
+    tf32_parts<true>(at[0], SPLIT, f.hi[0], f.lo[0]);
+    tf32_parts<true>(at[8], SPLIT, f.hi[1], f.lo[1]);
+    tf32_parts<true>(at[4 * ld], SPLIT, f.hi[2], f.lo[2]);
+    tf32_parts<true>(at[4 * ld + 8], SPLIT, f.hi[3], f.lo[3]);
+  } else {  // a0 (g, 2t..2t+1), a1 (g + 8, ..), a2, a3: k + 8
+    const float* at = As + (k0 + 2 * t) * ld + i0 + g;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float* v = at + (r & 1) * 8 + (r >> 1) * 8 * ld;
+      f.hi[r] = pack_pair<scalar_t>(v[0], v[ld]);
+    }
+  }
+  return f;
+}
+
+template <typename scalar_t, bool SPLIT>
+__device__ __forceinline__ FragmentB tc_grad_b(const float* Hs, int ld, int k0, int j0) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  FragmentB f;
+  if constexpr (std::is_same_v<scalar_t, float>) {  // b0 (t, g), b1 (t + 4, g)
+    const float* at = Hs + (k0 + t) * ld + j0 + g;
+    tf32_parts<true>(at[0], SPLIT, f.hi[0], f.lo[0]);
+    tf32_parts<true>(at[4 * ld], SPLIT, f.hi[1], f.lo[1]);
+  } else {  // b0 (2t..2t+1, g), b1 (2t+8..2t+9, g)
+    const float* at = Hs + (k0 + 2 * t) * ld + j0 + g;
+    f.hi[0] = pack_pair<scalar_t>(at[0], at[ld]);
+    f.hi[1] = pack_pair<scalar_t>(at[8 * ld], at[9 * ld]);
+  }
+  return f;
+}
+
 // grid (tc_grad_blocks, grad_splits), kTcGradThreads threads, tc_grad_smem_bytes: block
 // (b, split) takes dW block b over split's samples into the split's partial sums (the layout
-// of backward_kernel.cuh's partial_size). SPLIT: 3xTF32 (else plain TF32, allow_tf32).
-template <bool SPLIT>
+// of backward_kernel.cuh's partial_size). fp32: SPLIT, 3xTF32 (else plain TF32, allow_tf32);
+// bf16: the operands rounded to bf16 as the GEMM path's are (SPLIT false).
+template <typename scalar_t, bool SPLIT>
 __global__ void __launch_bounds__(kTcGradThreads, 2)
     fused_weight_grad_tc_kernel(const __grid_constant__ FusedArgs args) {
-  constexpr int ld = kTcGradLead;
+  static_assert(kHasTcGrads<scalar_t> && (SPLIT ? std::is_same_v<scalar_t, float> : true));
+  constexpr int ld = kTcGradLead<scalar_t>, kK = kMmaK<scalar_t>;
   const SobolevLaunch& p = args.p;
   const int K = p.num_directions, S = 1 + p.order * K, Q = tc_grad_samples(p);
-  const int rows = tc_grad_chunk_rows(p);
+  const int rows = tc_grad_chunk_rows<scalar_t>(p);
   const float slope = static_cast<float>(p.negative_slope);
   extern __shared__ __align__(128) unsigned char smem[];
   float* As = reinterpret_cast<float*>(smem);  // a: As[s Q + q][i - i0]
@@ -92,8 +149,8 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
   const float* a_l = args.adjoints + adjoint_offset(p, S, layer);
   const float* z_saved =
       layer > 1 ? static_cast<const float*>(p.saved_in) + saved_offset(p, S, layer - 1) : nullptr;
-  const auto* x = static_cast<const float*>(p.x);
-  const auto* dirs = static_cast<const float*>(p.directions);
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto* dirs = static_cast<const scalar_t*>(p.directions);
   const bool with_bias = p.biases[0] != nullptr && j0 == 0;
   // this thread's column of both operands, and its first sample of each chunk (then every
   // kTcGradThreads / kTcGradTile-th)
@@ -127,11 +184,12 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
         for (int s = 0; s < S; ++s) Hs[(s * Q + q) * ld + c] = 0.0f;
       } else if (layer == 1) {  // [x; v_k; 0]
         const int d = p.in_features;
-        Hs[q * ld + c] = x[row * d + j];
+        Hs[q * ld + c] = to_acc<float>(x[row * d + j]);
         for (int s = 1; s < S; ++s)
           Hs[(s * Q + q) * ld + c] =
               s > K ? 0.0f
-                    : p.shared_directions ? dirs[(s - 1) * d + j] : dirs[(row * K + s - 1) * d + j];
+                    : to_acc<float>(p.shared_directions ? dirs[(s - 1) * d + j]
+                                                        : dirs[(row * K + s - 1) * d + j]);
       } else {  // [s(z); s'(z) tz_k (; s'(z) ttz_k + s''(z) tz_k^2)]
         const int64_t at = row * n_in + j, next = p.batch * n_in;
         float h, s1, s2, s3;
@@ -151,25 +209,15 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
     // product with a WARPSYNC)
     const auto products = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
-      for (int k0 = 0; k0 < rows; k0 += 8) {
-        FragmentA fa[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {  // A(i, k) = As[k][i]: a0 (g, t), a1 (g + 8, t), a2, a3
-          const float* at = As + (k0 + t) * ld + wi + 16 * h + g;  // (a2, a3: k + 4)
-          tf32_parts<true>(at[0], SPLIT, fa[h].hi[0], fa[h].lo[0]);
-          tf32_parts<true>(at[8], SPLIT, fa[h].hi[1], fa[h].lo[1]);
-          tf32_parts<true>(at[4 * ld], SPLIT, fa[h].hi[2], fa[h].lo[2]);
-          tf32_parts<true>(at[4 * ld + 8], SPLIT, fa[h].hi[3], fa[h].lo[3]);
-        }
+      for (int k0 = 0; k0 < rows; k0 += kK) {
+        const FragmentA fa[2] = {tc_grad_a<scalar_t, SPLIT>(As, ld, k0, wi),
+                                 tc_grad_a<scalar_t, SPLIT>(As, ld, k0, wi + 16)};
 #pragma unroll
         for (int jt = 0; jt < 8; ++jt) {
           if (!FULL && jt >= col_tiles) break;
-          const float* at = Hs + (k0 + t) * ld + wj + 8 * jt + g;  // B(k, n) = Hs[k][n]
-          FragmentB fb;
-          tf32_parts<true>(at[0], SPLIT, fb.hi[0], fb.lo[0]);
-          tf32_parts<true>(at[4 * ld], SPLIT, fb.hi[1], fb.lo[1]);
-          mma<float>(acc[0][jt], fa[0], fb, SPLIT);
-          if (FULL || halves > 1) mma<float>(acc[1][jt], fa[1], fb, SPLIT);
+          const FragmentB fb = tc_grad_b<scalar_t, SPLIT>(Hs, ld, k0, wj + 8 * jt);
+          mma<scalar_t>(acc[0][jt], fa[0], fb, SPLIT);
+          if (FULL || halves > 1) mma<scalar_t>(acc[1][jt], fa[1], fb, SPLIT);
         }
       }
     };

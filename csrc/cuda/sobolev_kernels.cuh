@@ -58,8 +58,8 @@ enum class WeightGrads : int {
   kSplitK,  // "splitk": fused_weight_grads.cuh, in-kernel products over row splits
   kGemm,    // "gemm" (default): per layer, fused_gemm_operands.cuh forms the operands and
             // the binding runs one cuBLAS GEMM (launch_gemm_operands below)
-  kSplitKTensorCores,  // "splitk_tc": fp32, fused_weight_grads_tc.cuh (3xTF32 split-K in
-                       // 128 x 128 blocks); bf16/fp16 run kGemm's
+  kSplitKTensorCores,  // "splitk_tc": fp32 and bf16, fused_weight_grads_tc.cuh (a
+                       // tensor-core split-K in 128 x 128 blocks); fp16 runs kGemm's
 };
 
 // One problem as raw device pointers. x, directions, weights, biases, f, u, w and their

@@ -265,9 +265,9 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
   a.plan.grid = int(std::min<int64_t>(a.plan.num_tiles, c.grid));
   const int streams = 1 + s.order * s.num_directions;
   const bool params = s.grad_weights[0] != nullptr;
-  // WeightGrads::kSplitKTensorCores: fp32's own kernel, 16-bit dtypes the GEMM path
+  // WeightGrads::kSplitKTensorCores: fp32's and bf16's own kernel, fp16 the GEMM path
   const bool tc = s.weight_grads == sc::WeightGrads::kSplitKTensorCores;
-  a.plan.grads_tc = tc && std::is_same_v<T, float>;
+  a.plan.grads_tc = tc && sc::kHasTcGrads<T>;
   if (params) {
     a.plan.adjoint_elems = sc::adjoint_offset(s, streams, s.num_layers + 1);
     a.plan.grad_blocks = a.plan.grads_tc ? sc::tc_grad_blocks(s) : sc::grad_blocks(s);
@@ -297,11 +297,16 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
     gemm_weight_grads<T>(a, adjoints);
     return true;
   }
-  if (a.plan.grads_tc)
-    emulate_launch_2d(s.allow_tf32 ? sc::fused_weight_grad_tc_kernel<false>
-                                   : sc::fused_weight_grad_tc_kernel<true>,
-                      int(a.plan.grad_blocks), a.plan.grad_splits, sc::kTcGradThreads, a);
-  else
+  if constexpr (sc::kHasTcGrads<T>) {
+    if (a.plan.grads_tc) {
+      const auto kernel = std::is_same_v<T, float> && !s.allow_tf32
+                              ? sc::fused_weight_grad_tc_kernel<T, std::is_same_v<T, float>>
+                              : sc::fused_weight_grad_tc_kernel<T, false>;
+      emulate_launch_2d(kernel, int(a.plan.grad_blocks), a.plan.grad_splits,
+                        sc::kTcGradThreads, a);
+    }
+  }
+  if (!a.plan.grads_tc)
     emulate_launch_2d(sc::fused_weight_grad_kernel<T>, int(a.plan.grad_blocks),
                       a.plan.grad_splits, sc::kGradThreads, a);
   KernelArgs sums;
