@@ -12,9 +12,9 @@ A k loop: a backward branch whose body holds HMMA instructions and fewer than 60
 3xTF32 (the fp32 default; its loops subtract the high parts, FADD) and for plain TF32 (the op's
 allow_tf32), each counted apart; the per-warp form has one loop for both, the remainders'
 split predicated. Fewer instructions per HMMA is a clue, not speed: the GPU script times both
-(provider ``cuda_staged_split``). A second table counts the fp32 weight-gradient kernels'
+(provider ``cuda_staged_split``). A second table counts the weight-gradient kernels'
 k loops: ``SOBOLEV_CUDA_WEIGHT_GRADS=splitk``'s and ``splitk_tc``'s (provider
-``cuda_splitk_tc``).
+``cuda_splitk_tc``), and splitk_tc's bf16 loops.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ FLAGS = ["-std=c++17", "-O3", "-DWITH_CUDA", "-D__CUDA_NO_HALF_OPERATORS__",
          "-gencode", "arch=compute_90,code=sm_90"]  # fmt: skip
 # fp32 kernels in the shapes that have both forms: order, WIDTH, HIGH_OCCUPANCY, STAGED_SPLIT
 KERNEL = re.compile(r"fused_(forward|backward)_kernelIfLi([12])ELi(\d+)ELb([01])ELb([01])E")
-# the fp32 weight-gradient split-K kernels: SOBOLEV_CUDA_WEIGHT_GRADS=splitk's (fp32) and
-# splitk_tc's (SPLIT: 3xTF32, else plain TF32)
-GRAD_KERNEL = re.compile(r"(fused_weight_grad_kernelIfE|fused_weight_grad_tc_kernelILb([01])E)")
+# the weight-gradient split-K kernels: SOBOLEV_CUDA_WEIGHT_GRADS=splitk's (fp32) and
+# splitk_tc's (fp32 with SPLIT: 3xTF32, else plain TF32; bf16)
+GRAD_KERNEL = re.compile(
+    r"(fused_weight_grad_kernelIfE|fused_weight_grad_tc_kernelI(f|13__nv_bfloat16)Lb([01])E)"
+)
 
 
 def cuobjdump() -> str:
@@ -76,9 +78,12 @@ def main() -> int:
         grad = GRAD_KERNEL.search(function.split("\n", 1)[0])
         if grad:
             name = "splitk" if grad.group(2) is None else "splitk_tc"
-            products = "TF32" if grad.group(2) == "0" else "3xTF32"
             if name == "splitk":
                 products = "both"  # (the split predicated, as the per-warp form's)
+            elif grad.group(2) != "f":
+                products = "bf16"
+            else:
+                products = "3xTF32" if grad.group(3) == "1" else "TF32"
             for n, hmma, ops in k_loops(function):
                 common = ", ".join(f"{op} {c}" for op, c in ops.most_common(6))
                 grad_rows.append((name, products, n, hmma, n / hmma, common))
@@ -110,8 +115,8 @@ def main() -> int:
               f"{mode} | {loops} | {per:.2f} | {common} |")  # fmt: skip
     print()
     print(
-        "Weight gradients (fp32), each k loop: splitk_tc has one for whole 128 x 128 blocks of "
-        "dW (no tile predicates) and one for partial ones."
+        "Weight gradients, each k loop: splitk_tc has one for whole 128 x 128 blocks of dW (no "
+        "tile predicates) and one for partial ones; bf16's HMMA is m16n8k16, twice TF32's k."
     )
     print()
     print("| kernel | products | instructions | HMMA | instructions / HMMA | most common |")
