@@ -28,16 +28,6 @@ auto backward_kernel(const SobolevLaunch& p, const FusedPlan& plan) {
       });
 }
 
-// fused_weight_grads_tc.cuh's kernel for p: fp32 in 3xTF32 or (allow_tf32) plain TF32; bf16.
-template <typename scalar_t>
-auto tc_grad_kernel(const SobolevLaunch& p) {
-  if constexpr (std::is_same_v<scalar_t, float>)
-    return p.allow_tf32 ? fused_weight_grad_tc_kernel<float, false>
-                        : fused_weight_grad_tc_kernel<float, true>;
-  else
-    return fused_weight_grad_tc_kernel<scalar_t, false>;
-}
-
 // WeightGrads::kSplitK: dW blocks times row splits (fused_weight_grads.cuh), about four blocks
 // per SM in all, a split at least one chunk of samples. kSplitKTensorCores (fp32 and bf16,
 // where its chunk fits in shared memory): fused_weight_grads_tc.cuh's blocks, as many (two

@@ -11,8 +11,8 @@
 //   read once per split, not once per 64 x 64 block;
 // - both operands are staged as they lie in memory, rows of stacked samples ([k][i] and
 //   [k][j]), so the staging copies rows (consecutive threads, consecutive columns) instead of
-//   transposing them; the row stride is 8 mod 32 words, so the fragments' loads (lane 4 g + t
-//   at t ld + g) fall in 32 different banks;
+//   transposing them; the row stride (kTcGradLead) puts a warp's fragment loads in 32
+//   different banks;
 // - fp32's operands are split into their 3xTF32 parts in registers by integer arithmetic
 //   (tf32_parts<true>): three instructions a value where cvt.rna's split takes nine;
 // - the bias sums ride on the staging of the value rows: each thread sums its column.
@@ -245,6 +245,16 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
   float sum = 0;
   for (int r = 0; r < q_step; ++r) sum += bias_sums[r * kTcGradTile + threadIdx.x];
   partial[bias_offset(p, layer - 1) + i] = sum;
+}
+
+// The kernel for p: fp32 in 3xTF32 or (allow_tf32) plain TF32; bf16.
+template <typename scalar_t>
+auto tc_grad_kernel(const SobolevLaunch& p) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    return p.allow_tf32 ? fused_weight_grad_tc_kernel<float, false>
+                        : fused_weight_grad_tc_kernel<float, true>;
+  else
+    return fused_weight_grad_tc_kernel<scalar_t, false>;
 }
 
 }  // namespace sobolev::cuda

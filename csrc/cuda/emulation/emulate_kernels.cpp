@@ -18,8 +18,8 @@
 #include "cuda/fused_backward.cuh"
 #include "cuda/fused_forward.cuh"
 #include "cuda/fused_gemm_operands.cuh"
-#include "cuda/fused_weight_grads_tc.cuh"
 #include "cuda/fused_weight_grads.cuh"
+#include "cuda/fused_weight_grads_tc.cuh"
 
 namespace {
 
@@ -298,13 +298,9 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
     return true;
   }
   if constexpr (sc::kHasTcGrads<T>) {
-    if (a.plan.grads_tc) {
-      const auto kernel = std::is_same_v<T, float> && !s.allow_tf32
-                              ? sc::fused_weight_grad_tc_kernel<T, std::is_same_v<T, float>>
-                              : sc::fused_weight_grad_tc_kernel<T, false>;
-      emulate_launch_2d(kernel, int(a.plan.grad_blocks), a.plan.grad_splits,
+    if (a.plan.grads_tc)
+      emulate_launch_2d(sc::tc_grad_kernel<T>(s), int(a.plan.grad_blocks), a.plan.grad_splits,
                         sc::kTcGradThreads, a);
-    }
   }
   if (!a.plan.grads_tc)
     emulate_launch_2d(sc::fused_weight_grad_kernel<T>, int(a.plan.grad_blocks),
@@ -672,8 +668,8 @@ bool check_tf32_parts() {
 
 // Arguments: --tf32-parts (check_tf32_parts only), or --variant=tiled (default), tiled_tc or
 // fused, --weight-grads=gemm or =splitk_tc (the fused backward's WeightGrads::kGemm or
-// kSplitKTensorCores), --occupancy=high (the
-// fused kernels' HIGH_OCCUPANCY shapes), --weight-split=staged (their STAGED_SPLIT shapes:
+// kSplitKTensorCores), --occupancy=high (the fused kernels' HIGH_OCCUPANCY shapes),
+// --weight-split=staged (their STAGED_SPLIT shapes:
 // where a case's plan takes one, its line compares the results with the per-warp split's,
 // bit for bit for plain TF32, within 3e-6 for 3xTF32), --bias-sums=operands (with gemm: the
 // bias sums from the operand kernels' partials) and --dtypes=fp32,fp16,... (the
