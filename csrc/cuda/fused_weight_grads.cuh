@@ -23,14 +23,30 @@ struct GradShape {
       sizeof(float) * 2 * kGradBlock * kLead + 2 * sizeof(unsigned);
 };
 
-// Blocks of one split: the 64 x 64 blocks of dW_1, then dW_2, ...
-SK_HD int64_t grad_blocks(const SobolevLaunch& p) {
+// dW_l's blocks of tile x tile.
+SK_HD int64_t dw_blocks_of_layer(const SobolevLaunch& p, int tile, int layer) {
+  return int64_t((p.widths[layer] + tile - 1) / tile) * ((p.widths[layer - 1] + tile - 1) / tile);
+}
+
+// Blocks of one split: the tile x tile blocks of dW_1, then dW_2, ...
+SK_HD int64_t dw_blocks(const SobolevLaunch& p, int tile) {
   int64_t blocks = 0;
-  for (int l = 1; l <= p.num_layers; ++l)
-    blocks += int64_t((p.widths[l] + kGradBlock - 1) / kGradBlock) *
-              ((p.widths[l - 1] + kGradBlock - 1) / kGradBlock);
+  for (int l = 1; l <= p.num_layers; ++l) blocks += dw_blocks_of_layer(p, tile, l);
   return blocks;
 }
+
+// Block b of dw_blocks' order: its layer (1..L) and its first row i0 and column j0 of dW_l.
+struct DwBlock {
+  int layer, i0, j0;
+};
+SK_HD DwBlock dw_block(const SobolevLaunch& p, int tile, int64_t b) {
+  int layer = 1;
+  for (; b >= dw_blocks_of_layer(p, tile, layer); ++layer) b -= dw_blocks_of_layer(p, tile, layer);
+  const int j_blocks = (p.widths[layer - 1] + tile - 1) / tile;
+  return {layer, static_cast<int>(b / j_blocks) * tile, static_cast<int>(b % j_blocks) * tile};
+}
+
+SK_HD int64_t grad_blocks(const SobolevLaunch& p) { return dw_blocks(p, kGradBlock); }
 
 // grid (grad_blocks, grad_splits): block (b, split) takes dW block b over split's samples and
 // writes it to the split's partial sums (the layout of backward_kernel.cuh's partial_size).
@@ -47,19 +63,8 @@ __global__ void __launch_bounds__(kGradThreads)
   float* A = reinterpret_cast<float*>(smem);  // a^T: A[i][s Q + q]
   float* H = A + kGradBlock * ld;             // h^T: H[j][s Q + q]
   auto* amax = reinterpret_cast<unsigned*>(H + kGradBlock * ld);
-  // which layer and block
-  int layer = 1;
-  int64_t b = blockIdx.x;
-  for (;; ++layer) {
-    const int64_t here = int64_t((p.widths[layer] + kGradBlock - 1) / kGradBlock) *
-                         ((p.widths[layer - 1] + kGradBlock - 1) / kGradBlock);
-    if (b < here) break;
-    b -= here;
-  }
+  const auto [layer, i0, j0] = dw_block(p, kGradBlock, blockIdx.x);
   const int n_out = p.widths[layer], n_in = p.widths[layer - 1];
-  const int j_blocks = (n_in + kGradBlock - 1) / kGradBlock;
-  const int i0 = static_cast<int>(b / j_blocks) * kGradBlock;
-  const int j0 = static_cast<int>(b % j_blocks) * kGradBlock;
   // the split's samples, Q per chunk (S Q <= 128 stacked rows)
   const int Q = kGradChunk / S;
   const int64_t per_split = (p.batch + gridDim.y - 1) / gridDim.y;

@@ -25,6 +25,7 @@
 
 #include "cuda/backward_kernel.cuh"
 #include "cuda/fused_common.cuh"
+#include "cuda/fused_weight_grads.cuh"
 
 namespace sobolev::cuda {
 
@@ -64,13 +65,7 @@ SK_HD size_t tc_grad_smem_bytes(const SobolevLaunch& p) {
 }
 
 // Blocks of one split: the 128 x 128 blocks of dW_1, then dW_2, ...
-SK_HD int64_t tc_grad_blocks(const SobolevLaunch& p) {
-  int64_t blocks = 0;
-  for (int l = 1; l <= p.num_layers; ++l)
-    blocks += int64_t((p.widths[l] + kTcGradTile - 1) / kTcGradTile) *
-              ((p.widths[l - 1] + kTcGradTile - 1) / kTcGradTile);
-  return blocks;
-}
+SK_HD int64_t tc_grad_blocks(const SobolevLaunch& p) { return dw_blocks(p, kTcGradTile); }
 
 // The A fragment of rows i0..i0+15 (A(i, k) = As[k0 + k][i]) and the B fragment of columns
 // j0..j0+7 (B(k, n) = Hs[k0 + k][n]) of operands staged as rows of samples, in fp32: TF32 parts
@@ -130,19 +125,8 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
   float* As = reinterpret_cast<float*>(smem);  // a: As[s Q + q][i - i0]
   float* Hs = As + rows * ld;                  // h: Hs[s Q + q][j - j0]
   float* bias_sums = Hs + rows * ld;           // (2, kTcGradTile)
-  // which layer and block
-  int layer = 1;
-  int64_t b = blockIdx.x;
-  for (;; ++layer) {
-    const int64_t here = int64_t((p.widths[layer] + kTcGradTile - 1) / kTcGradTile) *
-                         ((p.widths[layer - 1] + kTcGradTile - 1) / kTcGradTile);
-    if (b < here) break;
-    b -= here;
-  }
+  const auto [layer, i0, j0] = dw_block(p, kTcGradTile, blockIdx.x);
   const int n_out = p.widths[layer], n_in = p.widths[layer - 1];
-  const int j_blocks = (n_in + kTcGradTile - 1) / kTcGradTile;
-  const int i0 = static_cast<int>(b / j_blocks) * kTcGradTile;
-  const int j0 = static_cast<int>(b % j_blocks) * kTcGradTile;
   const int64_t per_split = (p.batch + gridDim.y - 1) / gridDim.y;
   const int64_t first = blockIdx.y * per_split;
   const int64_t last = first + per_split < p.batch ? first + per_split : p.batch;
