@@ -104,9 +104,11 @@ COMPILED_ARGS=(--configs M --sweeps --precisions bf16 --modes step --providers t
 # (then S: width 64, where #19's design should beat Triton); cuda_staged_split: whether
 # splitting the weights once took the fused kernels' ALU-bound time away (run 5's counters);
 # triton_kmajor_inputs: whether the split-K weight gradients' shared-store bank conflicts
-# went with the transposed inputs stacks (where its tuner chose split-K)
+# went with the transposed inputs stacks (where its tuner chose split-K); cuda_splitk_tc:
+# whether the tensor-core split-K's staging leaves its products waiting on memory (last: the
+# stage's time may end first)
 COUNTERS_ARGS=(--configs M S --precisions fp32 bf16 --providers triton triton_kmajor_inputs
-               cuda cuda_staged_split --work-dir "$WORK/counters")
+               cuda cuda_staged_split cuda_splitk_tc --work-dir "$WORK/counters")
 # -v: a test that hangs is named. test_step_quick_on_gpu (bench.step --quick on every
 # provider) is the bench stage's own job: in run 5 it was still running at the tests' limit,
 # and the 8 tests queued behind it in its worker never ran (the other 260 took under 170 s)
