@@ -182,6 +182,40 @@ SK_HD int64_t adjoint_offset(const SobolevLaunch& p, int streams, int layer) {
   return int64_t(streams) * p.batch * before;
 }
 
+// The weight-gradient products' layer inputs (fused_weight_grads*.cuh, fused_gemm_operands.cuh)
+// of sample `row`, column j of layer l (1..L), stream by stream: store(s, v), s < S. Layer 1's
+// are [x; v_k; 0] (`streams` of them: S, or 1 + K where the caller has no tt rows); later
+// layers' are recomputed from layer l-1's saved z/tz(/ttz) (z_saved: p.saved_in at
+// saved_offset(p, S, l - 1)), s(z) and its derivatives once for all streams:
+//   h = s(z),  t_k = s'(z) tz_k,  tt_k = s'(z) ttz_k + s''(z) tz_k^2
+template <typename scalar_t, typename Store>
+__device__ __forceinline__ void layer_inputs_at(const SobolevLaunch& p, int layer,
+                                                const float* z_saved, int64_t row, int j,
+                                                int streams, Store store) {
+  const int K = p.num_directions;
+  if (layer == 1) {
+    const int d = p.in_features;
+    const auto* x = static_cast<const scalar_t*>(p.x);
+    const auto* dirs = static_cast<const scalar_t*>(p.directions);
+    store(0, to_acc<float>(x[row * d + j]));
+    for (int s = 1; s < streams; ++s)
+      store(s, s > K ? 0.0f
+                     : to_acc<float>(p.shared_directions ? dirs[(s - 1) * d + j]
+                                                         : dirs[(row * K + s - 1) * d + j]));
+    return;
+  }
+  const int64_t at = row * p.widths[layer - 1] + j, next = p.batch * p.widths[layer - 1];
+  float h, s1, s2, s3;
+  activation_at<float>(p.activation, static_cast<float>(p.negative_slope), z_saved[at], h, s1,
+                       s2, s3);
+  store(0, h);
+  for (int k = 1; k <= K; ++k) {
+    const float tz = z_saved[k * next + at];
+    store(k, s1 * tz);
+    if (p.order == 2) store(K + k, fmaf(s1, z_saved[(K + k) * next + at], s2 * tz * tz));
+  }
+}
+
 // max |v| of a pass over the tile, for the fp16 scale of the product that reads it: the
 // block's largest in *word (non-negative floats order as their bits).
 template <typename op_t>

@@ -103,14 +103,11 @@ __global__ void __launch_bounds__(kOperandThreads)
     fused_gemm_operands_kernel(const __grid_constant__ GemmOperandArgs args) {
   using op_t = gemm_operand_t<scalar_t>;
   const SobolevLaunch& p = args.p;
-  const int l = args.layer, K = p.num_directions, S = 1 + p.order * K, d = p.in_features;
+  const int l = args.layer, S = 1 + p.order * p.num_directions;
   const int n_in = p.widths[l - 1], n_out = p.widths[l];
   const int64_t rows = gemm_rows(p, l), B = p.batch;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const float slope = static_cast<float>(p.negative_slope);
-  const auto* x = static_cast<const scalar_t*>(p.x);
-  const auto* dirs = static_cast<const scalar_t*>(p.directions);
   const float* z = l > 1 ? static_cast<const float*>(p.saved_in) + saved_offset(p, S, l - 1)
                          : nullptr;
   auto* inputs = static_cast<op_t*>(args.inputs);
@@ -118,26 +115,8 @@ __global__ void __launch_bounds__(kOperandThreads)
   const int streams = static_cast<int>(rows / B);
   const int64_t next = B * n_in;  // from one stream's rows to the next
   for (int64_t at = first; at < next; at += stride) {
-    const int64_t r = at / n_in;
-    const int j = static_cast<int>(at % n_in);
-    if (l == 1) {  // [x; v_k]
-      inputs[at] = from_acc<op_t>(to_acc<float>(x[r * d + j]));
-      for (int s = 1; s < streams; ++s)
-        inputs[s * next + at] = from_acc<op_t>(to_acc<float>(
-            p.shared_directions ? dirs[(s - 1) * d + j] : dirs[(r * K + s - 1) * d + j]));
-      continue;
-    }
-    float h, s1, s2, s3;
-    activation_at<float>(p.activation, slope, z[at], h, s1, s2, s3);
-    inputs[at] = from_acc<op_t>(h);
-    for (int k = 1; k <= K; ++k) {
-      const float tz = z[k * next + at];
-      inputs[k * next + at] = from_acc<op_t>(s1 * tz);
-      if (p.order == 2) {  // tt_k = s' ttz_k + s'' tz_k^2
-        const float tt = fmaf(s1, z[(K + k) * next + at], s2 * tz * tz);
-        inputs[(K + k) * next + at] = from_acc<op_t>(tt);
-      }
-    }
+    layer_inputs_at<scalar_t>(p, l, z, at / n_in, static_cast<int>(at % n_in), streams,
+                              [&](int s, float v) { inputs[s * next + at] = from_acc<op_t>(v); });
   }
   if (args.bias_partials != nullptr && int(blockIdx.x) < args.bias_chunks) bias_partials(args);
   if (args.adjoint_copy == nullptr) return;

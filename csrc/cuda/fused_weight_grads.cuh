@@ -58,7 +58,6 @@ __global__ void __launch_bounds__(kGradThreads)
   const SobolevLaunch& p = args.p;
   const int K = p.num_directions, S = 1 + p.order * K;
   const bool split = !p.allow_tf32;
-  const float slope = static_cast<float>(p.negative_slope);
   extern __shared__ __align__(128) unsigned char smem[];
   float* A = reinterpret_cast<float*>(smem);  // a^T: A[i][s Q + q]
   float* H = A + kGradBlock * ld;             // h^T: H[j][s Q + q]
@@ -74,8 +73,6 @@ __global__ void __launch_bounds__(kGradThreads)
   const float* a_l = args.adjoints + adjoint_offset(p, S, layer);
   const float* z_saved =
       layer > 1 ? static_cast<const float*>(p.saved_in) + saved_offset(p, S, layer - 1) : nullptr;
-  const auto* x = static_cast<const scalar_t*>(p.x);
-  const auto* dirs = static_cast<const scalar_t*>(p.directions);
   for (int e = threadIdx.x; e < 2 * kGradBlock * ld; e += blockDim.x) A[e] = 0;  // k padding
   if (threadIdx.x < 2) amax[threadIdx.x] = 0;
 
@@ -98,34 +95,11 @@ __global__ void __launch_bounds__(kGradThreads)
       const int j = j0 + c;
       if (!in_rows || j >= n_in) {
         for (int s = 0; s < S; ++s) H[c * ld + s * Q + q] = 0.0f;
-      } else if (layer == 1) {  // [x; v_k; 0]
-        const int d = p.in_features;
-        for (int s = 0; s < S; ++s) {
-          float v = 0;
-          if (s == 0)
-            v = to_acc<float>(x[row * d + j]);
-          else if (s <= K)
-            v = to_acc<float>(p.shared_directions ? dirs[(s - 1) * d + j]
-                                                  : dirs[(row * K + s - 1) * d + j]);
+      } else {
+        layer_inputs_at<scalar_t>(p, layer, z_saved, row, j, S, [&](int s, float v) {
           H[c * ld + s * Q + q] = v;
           largest_h = fmaxf(largest_h, fabsf(v));
-        }
-      } else {  // [s(z); s'(z) tz_k (; s'(z) ttz_k + s''(z) tz_k^2)]
-        const int64_t at = row * n_in + j, next = p.batch * n_in;
-        float h, s1, s2, s3;
-        activation_at<float>(p.activation, slope, z_saved[at], h, s1, s2, s3);
-        H[c * ld + q] = h;
-        largest_h = fmaxf(largest_h, fabsf(h));
-        for (int k = 1; k <= K; ++k) {
-          const float tz = z_saved[k * next + at], tk = s1 * tz;
-          H[c * ld + k * Q + q] = tk;
-          largest_h = fmaxf(largest_h, fabsf(tk));
-          if (p.order == 2) {
-            const float tt = fmaf(s1, z_saved[(K + k) * next + at], s2 * tz * tz);
-            H[c * ld + (K + k) * Q + q] = tt;
-            largest_h = fmaxf(largest_h, fabsf(tt));
-          }
-        }
+        });
       }
     }
     note_max<scalar_t>(amax, largest_a);

@@ -120,7 +120,6 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
   const SobolevLaunch& p = args.p;
   const int K = p.num_directions, S = 1 + p.order * K, Q = tc_grad_samples(p);
   const int rows = tc_grad_chunk_rows<scalar_t>(p);
-  const float slope = static_cast<float>(p.negative_slope);
   extern __shared__ __align__(128) unsigned char smem[];
   float* As = reinterpret_cast<float*>(smem);  // a: As[s Q + q][i - i0]
   float* Hs = As + rows * ld;                  // h: Hs[s Q + q][j - j0]
@@ -133,8 +132,6 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
   const float* a_l = args.adjoints + adjoint_offset(p, S, layer);
   const float* z_saved =
       layer > 1 ? static_cast<const float*>(p.saved_in) + saved_offset(p, S, layer - 1) : nullptr;
-  const auto* x = static_cast<const scalar_t*>(p.x);
-  const auto* dirs = static_cast<const scalar_t*>(p.directions);
   const bool with_bias = p.biases[0] != nullptr && j0 == 0;
   // this thread's column of both operands, and its first sample of each chunk (then every
   // kTcGradThreads / kTcGradTile-th)
@@ -166,25 +163,9 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
       }
       if (!live || j >= n_in) {
         for (int s = 0; s < S; ++s) Hs[(s * Q + q) * ld + c] = 0.0f;
-      } else if (layer == 1) {  // [x; v_k; 0]
-        const int d = p.in_features;
-        Hs[q * ld + c] = to_acc<float>(x[row * d + j]);
-        for (int s = 1; s < S; ++s)
-          Hs[(s * Q + q) * ld + c] =
-              s > K ? 0.0f
-                    : to_acc<float>(p.shared_directions ? dirs[(s - 1) * d + j]
-                                                        : dirs[(row * K + s - 1) * d + j]);
-      } else {  // [s(z); s'(z) tz_k (; s'(z) ttz_k + s''(z) tz_k^2)]
-        const int64_t at = row * n_in + j, next = p.batch * n_in;
-        float h, s1, s2, s3;
-        activation_at<float>(p.activation, slope, z_saved[at], h, s1, s2, s3);
-        Hs[q * ld + c] = h;
-        for (int k = 1; k <= K; ++k) {
-          const float tz = z_saved[k * next + at];
-          Hs[(k * Q + q) * ld + c] = s1 * tz;
-          if (p.order == 2)
-            Hs[((K + k) * Q + q) * ld + c] = fmaf(s1, z_saved[(K + k) * next + at], s2 * tz * tz);
-        }
+      } else {
+        layer_inputs_at<scalar_t>(p, layer, z_saved, row, j, S,
+                                  [&](int s, float v) { Hs[(s * Q + q) * ld + c] = v; });
       }
     }
     __syncthreads();
