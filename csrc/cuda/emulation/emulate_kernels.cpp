@@ -664,9 +664,44 @@ bool check_tf32_parts() {
   return bad == 0;
 }
 
+// The emulation's own barriers, checked with kernels of their own: thread 1 reads a shared
+// word that thread 0 wrote, with or without a __syncthreads between (under ThreadSanitizer,
+// "race" must be reported and "synced" must not: the fibers' annotations neither hide a race
+// nor invent one); and thread 0 leaving before a __syncthreads that the others wait at (the
+// scheduler must stop with a deadlock, where threads would hang).
+template <bool kBarrier>
+void shared_word_kernel(float* out) {
+  auto* word = reinterpret_cast<float*>(sobolev::cuda::smem);
+  if (threadIdx.x == 0) word[0] = 1.0f;
+  if (kBarrier) __syncthreads();
+  if (threadIdx.x == 1) out[0] = word[0];
+}
+
+void early_exit_kernel(float* out) {
+  if (threadIdx.x == 0) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.0f;
+}
+
+int check_barriers(const std::string& which) {
+  float out[64] = {};
+  if (which == "race") emulate_launch(shared_word_kernel<false>, 1, 64, &out[0]);
+  if (which == "synced") emulate_launch(shared_word_kernel<true>, 1, 64, &out[0]);
+  if (which == "deadlock") emulate_launch(early_exit_kernel, 1, 64, &out[0]);
+  if (which != "race" && which != "synced") {
+    std::printf("unknown --barrier-check=%s (expected race, synced or deadlock)\n", which.c_str());
+    return 2;
+  }
+  const bool read = out[0] == 1.0f;
+  std::printf("%s barrier check %s: thread 1 read %g\n", read ? "ok  " : "FAIL", which.c_str(),
+              out[0]);
+  return read ? 0 : 1;
+}
+
 }  // namespace
 
-// Arguments: --tf32-parts (check_tf32_parts only), or --variant=tiled (default), tiled_tc or
+// Arguments: --tf32-parts (check_tf32_parts only), --barrier-check=race, synced or deadlock
+// (check_barriers only), or --variant=tiled (default), tiled_tc or
 // fused, --weight-grads=gemm or =splitk_tc (the fused backward's WeightGrads::kGemm or
 // kSplitKTensorCores), --occupancy=high (the fused kernels' HIGH_OCCUPANCY shapes),
 // --weight-split=staged (their STAGED_SPLIT shapes:
@@ -681,6 +716,8 @@ bool check_tf32_parts() {
 int main(int argc, char** argv) {
   std::vector<std::string> only(argv + 1, argv + argc);
   if (!only.empty() && only[0] == "--tf32-parts") return check_tf32_parts() ? 0 : 1;
+  if (!only.empty() && only[0].rfind("--barrier-check=", 0) == 0)
+    return check_barriers(only[0].substr(16));
   std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
   auto weight_grads = sobolev::cuda::WeightGrads::kSplitK;
   bool high_occupancy = false, staged_split = false, bias_operands = false;

@@ -1,6 +1,7 @@
 // Just enough of CUDA to run the kernels of csrc/cuda on the host: each block's threads are
-// std::threads meeting at a std::barrier for __syncthreads (and one per warp for __syncwarp),
-// blocks run one after another, and shared memory is one static array. Slow, but it executes
+// fibers meeting at a barrier for __syncthreads (and one per warp for __syncwarp; fibers on one
+// OS thread, block_fibers.h), blocks run one after another, and shared memory is one static
+// array. Slow, but it executes
 // the kernels' real indexing, synchronisation and reductions, so their logic is tested without
 // a GPU (see emulate_kernels.cpp). bf16 and fp16 are storage types that round to nearest even
 // as the GPU's conversions do; wmma_shim.h stands in for the tensor cores.
@@ -10,14 +11,14 @@
 
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <deque>
-#include <functional>
-#include <thread>
+#include <string>
 #include <vector>
+
+#include "cuda/emulation/block_fibers.h"
 
 #define __global__
 #define __device__
@@ -39,10 +40,10 @@ using std::min;
 struct EmulatedDim3 {
   unsigned x = 0, y = 0, z = 0;
 };
-inline thread_local EmulatedDim3 threadIdx;
-inline EmulatedDim3 blockIdx, blockDim, gridDim;
-inline std::barrier<>* emulated_barrier = nullptr;
-inline std::deque<std::barrier<>>* emulated_warp_barriers = nullptr;
+inline EmulatedDim3 threadIdx, blockIdx, blockDim, gridDim;  // threadIdx: the running fiber's
+inline sobolev::emulation::BlockFibers emulated_fibers;
+inline sobolev::emulation::FiberBarrier* emulated_barrier = nullptr;
+inline std::deque<sobolev::emulation::FiberBarrier>* emulated_warp_barriers = nullptr;
 // Each warp's registers of an mma.sync operand, gathered so that every lane can read the
 // others' (the tensor core's view of the warp's fragments).
 struct EmulatedWarpRegisters {
@@ -54,10 +55,10 @@ namespace sobolev::cuda {
 __attribute__((aligned(128))) inline unsigned char smem[1 << 20];
 }
 
-inline void __syncthreads() { emulated_barrier->arrive_and_wait(); }
+inline void __syncthreads() { emulated_fibers.arrive_and_wait(*emulated_barrier); }
 // all 32 lanes must arrive, as for a full-mask __syncwarp in converged code
 inline void __syncwarp(unsigned = 0xffffffffu) {
-  (*emulated_warp_barriers)[threadIdx.x / 32].arrive_and_wait();
+  emulated_fibers.arrive_and_wait((*emulated_warp_barriers)[threadIdx.x / 32]);
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned atomicAdd(unsigned* address, unsigned value) {
@@ -141,20 +142,16 @@ void emulate_launch_2d(Kernel kernel, int grid_x, int grid_y, int threads, const
     for (int bx = 0; bx < grid_x; ++bx) {
       blockIdx.x = bx;
       blockIdx.y = by;
-      std::barrier<> barrier(threads);
+      sobolev::emulation::FiberBarrier barrier(threads);
       emulated_barrier = &barrier;
-      std::deque<std::barrier<>> warp_barriers;
+      std::deque<sobolev::emulation::FiberBarrier> warp_barriers;
       for (int w = 0; w < (threads + 31) / 32; ++w) warp_barriers.emplace_back(32);
       emulated_warp_barriers = &warp_barriers;
       std::deque<EmulatedWarpRegisters> warp_registers((threads + 31) / 32);
       emulated_warp_registers = &warp_registers;
-      std::vector<std::thread> pool;
-      for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-          threadIdx.x = t;
-          kernel(args);
-        });
-      for (auto& th : pool) th.join();
+      auto body = [&] { kernel(args); };
+      const std::string name = "block (" + std::to_string(bx) + ", " + std::to_string(by) + ")";
+      emulated_fibers.run(threads, body, &threadIdx.x, name.c_str());
     }
 }
 
