@@ -88,9 +88,8 @@ void plan_gemm_grads(const SobolevLaunch& p, const DeviceLimits& device, LaunchP
   fused.bias_partials_at = align_up(sizeof(float) * fused.adjoint_elems) +
                            align_up(sizeof(op_t) * fused.gemm_input_elems) +
                            align_up(sizeof(op_t) * fused.gemm_copy_elems);
-  plan->workspace_bytes =
-      fused.bias_partials_at +
-      sizeof(float) * fused.bias_chunks * static_cast<size_t>(bias_column(p, p.num_layers + 1));
+  const size_t all_columns = output_columns_before(p, p.num_layers + 1);
+  plan->workspace_bytes = fused.bias_partials_at + sizeof(float) * fused.bias_chunks * all_columns;
 }
 
 template <typename scalar_t>
@@ -210,7 +209,7 @@ cudaError_t bias_sums_for(const SobolevLaunch& p, const LaunchPlan& plan, void* 
   args.partials = reinterpret_cast<const float*>(static_cast<unsigned char*>(workspace) +
                                                  plan.fused.bias_partials_at);
   args.chunks = plan.fused.bias_chunks;
-  const int blocks = (bias_column(p, p.num_layers + 1) + 31) / 32;
+  const int blocks = (output_columns_before(p, p.num_layers + 1) + 31) / 32;
   bias_sums_kernel<scalar_t><<<blocks, kOperandThreads, sizeof(float) * kOperandThreads,
                                stream>>>(args);
   return cudaGetLastError();

@@ -174,12 +174,17 @@ struct FusedArgs {
   const Tf32Parts* weight_images = nullptr;  // STAGED_SPLIT: weight_image_offset's images
 };
 
+// n_1 + ... + n_{l-1}: the output columns of the layers before layer l (1..L + 1).
+SK_HD int output_columns_before(const SobolevLaunch& p, int layer) {
+  int columns = 0;
+  for (int l = 1; l < layer; ++l) columns += p.widths[l];
+  return columns;
+}
+
 // Layer l's (1..L) output adjoints [a_z; a_tz (; a_ttz)] in FusedArgs::adjoints, as (S, B, n_l)
 // after the layers before it: what the weight-gradient products read.
 SK_HD int64_t adjoint_offset(const SobolevLaunch& p, int streams, int layer) {
-  int64_t before = 0;
-  for (int l = 1; l < layer; ++l) before += p.widths[l];
-  return int64_t(streams) * p.batch * before;
+  return int64_t(streams) * p.batch * output_columns_before(p, layer);
 }
 
 // The weight-gradient products' layer inputs (fused_weight_grads*.cuh, fused_gemm_operands.cuh)

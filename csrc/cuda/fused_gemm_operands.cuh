@@ -49,14 +49,6 @@ SK_HD int64_t operand_blocks(const SobolevLaunch& p, int layer, int num_sms) {
   return blocks < 1 ? 1 : blocks < int64_t(num_sms) * 8 ? blocks : int64_t(num_sms) * 8;
 }
 
-// SOBOLEV_CUDA_BIAS_SUMS=operands: db_l's columns stacked, [n_1, ..., n_L], in the partials'
-// rows: layer l's start at bias_column(p, l).
-SK_HD int bias_column(const SobolevLaunch& p, int layer) {
-  int column = 0;
-  for (int l = 1; l < layer; ++l) column += p.widths[l];
-  return column;
-}
-
 struct GemmOperandArgs {
   SobolevLaunch p;
   int layer = 1;                   // l, 1..L
@@ -64,7 +56,8 @@ struct GemmOperandArgs {
   void* inputs = nullptr;          // out: S_{l-1}, (gemm_rows, n_{l-1}) operands
   void* adjoint_copy = nullptr;    // out: A_l's first gemm_rows rows as operands; null for fp32
   // SOBOLEV_CUDA_BIAS_SUMS=operands, else null: out, the column sums of A_l's value rows over
-  // each of bias_chunks ranges of samples, (bias_chunks, bias_column(p, L + 1)) fp32; blocks
+  // each of bias_chunks ranges of samples, (bias_chunks, output_columns_before(p, L + 1)) fp32:
+  // db_l's columns stacked, [n_1, ..., n_L], layer l's from output_columns_before(p, l); blocks
   // 0..bias_chunks-1 sum one range each (dynamic shared memory: kBiasSumSmem bytes)
   float* bias_partials = nullptr;
   int bias_chunks = 0;
@@ -78,7 +71,7 @@ constexpr int kBiasSumSmem = sizeof(float) * (kOperandThreads > kMaxWidth ? kOpe
 __device__ __forceinline__ void bias_partials(const GemmOperandArgs& args) {
   extern __shared__ __align__(128) unsigned char smem[];
   const SobolevLaunch& p = args.p;
-  const int n = p.widths[args.layer], columns = bias_column(p, p.num_layers + 1);
+  const int n = p.widths[args.layer], columns = output_columns_before(p, p.num_layers + 1);
   const int64_t per = (p.batch + args.bias_chunks - 1) / args.bias_chunks;
   const int64_t r0 = blockIdx.x * per, r1 = r0 + per < p.batch ? r0 + per : p.batch;
   const int lanes = int(blockDim.x) > n ? int(blockDim.x) / n : 1;
@@ -90,7 +83,8 @@ __device__ __forceinline__ void bias_partials(const GemmOperandArgs& args) {
     red[lane * n + c] = sum;
   }
   __syncthreads();
-  float* out = args.bias_partials + int64_t(blockIdx.x) * columns + bias_column(p, args.layer);
+  float* out =
+      args.bias_partials + int64_t(blockIdx.x) * columns + output_columns_before(p, args.layer);
   for (int c = threadIdx.x; c < n; c += blockDim.x) {
     float sum = 0;
     for (int i = 0; i < lanes; ++i) sum += red[i * n + c];
@@ -138,7 +132,7 @@ __global__ void __launch_bounds__(kOperandThreads)
     bias_sums_kernel(const __grid_constant__ BiasSumArgs args) {
   extern __shared__ __align__(128) unsigned char smem[];
   const SobolevLaunch& p = args.p;
-  const int columns = bias_column(p, p.num_layers + 1), warps = blockDim.x / 32;
+  const int columns = output_columns_before(p, p.num_layers + 1), warps = blockDim.x / 32;
   const int w = threadIdx.x / 32, c = blockIdx.x * 32 + threadIdx.x % 32;
   auto* red = reinterpret_cast<float*>(smem);  // (warps, 32)
   float sum = 0;
@@ -150,8 +144,8 @@ __global__ void __launch_bounds__(kOperandThreads)
   float total = 0;
   for (int i = 0; i < warps; ++i) total += red[i * 32 + threadIdx.x];
   int layer = 1;
-  while (c >= bias_column(p, layer + 1)) ++layer;
-  static_cast<scalar_t*>(p.grad_biases[layer - 1])[c - bias_column(p, layer)] =
+  while (c >= output_columns_before(p, layer + 1)) ++layer;
+  static_cast<scalar_t*>(p.grad_biases[layer - 1])[c - output_columns_before(p, layer)] =
       from_acc<scalar_t>(total);
 }
 

@@ -211,7 +211,8 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
   const int streams = 1 + s.order * s.num_directions;
   const bool bias_partials = s.bias_sums_in_operands && s.grad_biases[0] != nullptr;
   constexpr int kChunks = 3;  // the operand kernels' grid below
-  std::vector<float> partials(bias_partials ? kChunks * sc::bias_column(s, s.num_layers + 1) : 0);
+  const int all_columns = sc::output_columns_before(s, s.num_layers + 1);
+  std::vector<float> partials(bias_partials ? kChunks * all_columns : 0);
   for (int l = 1; l <= s.num_layers; ++l) {
     const int64_t rows = sc::gemm_rows(s, l);
     const int n_in = s.widths[l - 1], n_out = s.widths[l];
@@ -252,8 +253,7 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
   sums.p = s;
   sums.partials = partials.data();
   sums.chunks = kChunks;
-  emulate_launch(sc::bias_sums_kernel<T>, (sc::bias_column(s, s.num_layers + 1) + 31) / 32, 64,
-                 sums);
+  emulate_launch(sc::bias_sums_kernel<T>, (all_columns + 31) / 32, 64, sums);
 }
 
 template <typename T>
