@@ -14,9 +14,11 @@
 //   transposing them; the row stride (kTcGradLead) puts a warp's fragment loads in 32
 //   different banks;
 // - fp32's operands are split into their 3xTF32 parts in registers by integer arithmetic
-//   (tf32_parts<true>): three instructions a value where cvt.rna's split takes nine;
+//   (tf32_parts<true>): three instructions a value where cvt.rna's split takes nine; bf16's
+//   are rounded as they are staged, two consecutive rows to a word (the pair a fragment
+//   register holds): one load a register;
 // - the bias sums ride on the staging of the value rows: each thread sums its column.
-// fp32 and bf16 (bf16's operands rounded in registers, as the GEMM path rounds them); fp16
+// fp32 and bf16 (bf16's operands rounded as the GEMM path rounds them); fp16
 // runs the GEMM path (its products need scaled operands). Also compiled on the host by
 // emulation/.
 #pragma once
@@ -34,11 +36,9 @@ constexpr int kTcGradThreads = 256;  // 8 warps: 4 along dW's rows (32 each) x 2
 constexpr int kTcGradRows = 64;      // stacked rows staged at once, about
 static_assert(kTcGradThreads % kTcGradTile == 0, "a thread stages one column of each operand");
 
-// The staged rows' stride, in words, so that a warp's fragment loads hit 32 banks: TF32 reads
-// row t at column g (lane 4 g + t: t ld + g, ld = 8 mod 32), bf16 rows 2t and 2t + 1 (2 t ld +
-// g, ld = 4 mod 32).
-template <typename scalar_t>
-inline constexpr int kTcGradLead = kTcGradTile + (std::is_same_v<scalar_t, float> ? 8 : 4);
+// The staged rows' stride, in words, so that a warp's fragment loads hit 32 banks: lane 4 g + t
+// reads word t ld + g (TF32: row t; bf16: the word of rows 2t and 2t + 1), ld = 8 mod 32.
+constexpr int kTcGradLead = kTcGradTile + 8;
 
 // The dtypes it takes: fp32 (3xTF32 or TF32) and bf16 (fp16 would need its scaled operands).
 template <typename scalar_t>
@@ -58,19 +58,37 @@ SK_HD int tc_grad_chunk_rows(const SobolevLaunch& p) {
   return (S * tc_grad_samples(p) + k - 1) / k * k;
 }
 
+// Words a staged row takes per operand column: one fp32, or half a word (bf16 rows in pairs).
+template <typename scalar_t>
+SK_HD int tc_grad_staged_words(const SobolevLaunch& p) {
+  const int rows = tc_grad_chunk_rows<scalar_t>(p);
+  return std::is_same_v<scalar_t, float> ? rows : rows / 2;
+}
+
 template <typename scalar_t>
 SK_HD size_t tc_grad_smem_bytes(const SobolevLaunch& p) {
-  return sizeof(float) * 2 * size_t(tc_grad_chunk_rows<scalar_t>(p)) * kTcGradLead<scalar_t> +
+  return sizeof(float) * 2 * size_t(tc_grad_staged_words<scalar_t>(p)) * kTcGradLead +
          sizeof(float) * 2 * kTcGradTile;
 }
 
 // Blocks of one split: the 128 x 128 blocks of dW_1, then dW_2, ...
 SK_HD int64_t tc_grad_blocks(const SobolevLaunch& p) { return dw_blocks(p, kTcGradTile); }
 
+// Stores v as staged row `row`, column c of an operand: an fp32 word, or bf16 (rounded as the
+// GEMM path rounds) in the half of word (row / 2, c) that mma_fragments.cuh's layouts put row
+// `row` in (k and k + 1 in a pair, k in the low half).
+template <typename scalar_t>
+__device__ __forceinline__ void tc_grad_stage(float* staged, int row, int c, float v) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    staged[row * kTcGradLead + c] = v;
+  else
+    reinterpret_cast<scalar_t*>(staged)[(row / 2 * kTcGradLead + c) * 2 + row % 2] =
+        from_acc<scalar_t>(v);
+}
+
 // The A fragment of rows i0..i0+15 (A(i, k) = As[k0 + k][i]) and the B fragment of columns
-// j0..j0+7 (B(k, n) = Hs[k0 + k][n]) of operands staged as rows of samples, in fp32: TF32 parts
-// by tf32_parts<true> (SPLIT: 3xTF32), or bf16 pairs, two rows a register (mma_fragments.cuh's
-// layouts, k and k + 1 in a pair).
+// j0..j0+7 (B(k, n) = Hs[k0 + k][n]) of staged operands: fp32 split into TF32 parts by
+// tf32_parts<true> (SPLIT: 3xTF32), or bf16 pairs, a word a register.
 template <typename scalar_t, bool SPLIT>
 __device__ __forceinline__ FragmentA tc_grad_a(const float* As, int ld, int k0, int i0) {
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
@@ -82,12 +100,9 @@ __device__ __forceinline__ FragmentA tc_grad_a(const float* As, int ld, int k0, 
     tf32_parts<true>(at[4 * ld], SPLIT, f.hi[2], f.lo[2]);
     tf32_parts<true>(at[4 * ld + 8], SPLIT, f.hi[3], f.lo[3]);
   } else {  // a0 (g, 2t..2t+1), a1 (g + 8, ..), a2, a3: k + 8
-    const float* at = As + (k0 + 2 * t) * ld + i0 + g;
+    const auto* at = reinterpret_cast<const uint32_t*>(As) + (k0 / 2 + t) * ld + i0 + g;
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const float* v = at + (r & 1) * 8 + (r >> 1) * 8 * ld;
-      f.hi[r] = pack_pair<scalar_t>(v[0], v[ld]);
-    }
+    for (int r = 0; r < 4; ++r) f.hi[r] = at[(r & 1) * 8 + (r >> 1) * 4 * ld];
   }
   return f;
 }
@@ -101,9 +116,9 @@ __device__ __forceinline__ FragmentB tc_grad_b(const float* Hs, int ld, int k0, 
     tf32_parts<true>(at[0], SPLIT, f.hi[0], f.lo[0]);
     tf32_parts<true>(at[4 * ld], SPLIT, f.hi[1], f.lo[1]);
   } else {  // b0 (2t..2t+1, g), b1 (2t+8..2t+9, g)
-    const float* at = Hs + (k0 + 2 * t) * ld + j0 + g;
-    f.hi[0] = pack_pair<scalar_t>(at[0], at[ld]);
-    f.hi[1] = pack_pair<scalar_t>(at[8 * ld], at[9 * ld]);
+    const auto* at = reinterpret_cast<const uint32_t*>(Hs) + (k0 / 2 + t) * ld + j0 + g;
+    f.hi[0] = at[0];
+    f.hi[1] = at[4 * ld];
   }
   return f;
 }
@@ -116,14 +131,14 @@ template <typename scalar_t, bool SPLIT>
 __global__ void __launch_bounds__(kTcGradThreads, 2)
     fused_weight_grad_tc_kernel(const __grid_constant__ FusedArgs args) {
   static_assert(kHasTcGrads<scalar_t> && (SPLIT ? std::is_same_v<scalar_t, float> : true));
-  constexpr int ld = kTcGradLead<scalar_t>, kK = kMmaK<scalar_t>;
+  constexpr int ld = kTcGradLead, kK = kMmaK<scalar_t>;
   const SobolevLaunch& p = args.p;
   const int K = p.num_directions, S = 1 + p.order * K, Q = tc_grad_samples(p);
-  const int rows = tc_grad_chunk_rows<scalar_t>(p);
+  const int rows = tc_grad_chunk_rows<scalar_t>(p), words = tc_grad_staged_words<scalar_t>(p);
   extern __shared__ __align__(128) unsigned char smem[];
-  float* As = reinterpret_cast<float*>(smem);  // a: As[s Q + q][i - i0]
-  float* Hs = As + rows * ld;                  // h: Hs[s Q + q][j - j0]
-  float* bias_sums = Hs + rows * ld;           // (2, kTcGradTile)
+  float* As = reinterpret_cast<float*>(smem);  // a: row s Q + q, column i - i0 (tc_grad_stage)
+  float* Hs = As + words * ld;                 // h: row s Q + q, column j - j0
+  float* bias_sums = Hs + words * ld;          // (2, kTcGradTile)
   const auto [layer, i0, j0] = dw_block(p, kTcGradTile, blockIdx.x);
   const int n_out = p.widths[layer], n_in = p.widths[layer - 1];
   const int64_t per_split = (p.batch + gridDim.y - 1) / gridDim.y;
@@ -138,7 +153,7 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
   const int c = threadIdx.x % kTcGradTile, q_first = threadIdx.x / kTcGradTile;
   constexpr int q_step = kTcGradThreads / kTcGradTile;
   const int i = i0 + c, j = j0 + c;
-  for (int e = threadIdx.x; e < 2 * rows * ld; e += blockDim.x) As[e] = 0;  // rows past S Q
+  for (int e = threadIdx.x; e < 2 * words * ld; e += blockDim.x) As[e] = 0;  // rows past S Q
   float bias = 0;  // db_l[i] over this thread's value rows
 
   const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
@@ -158,14 +173,15 @@ __global__ void __launch_bounds__(kTcGradThreads, 2)
       const bool live = row < last;
       for (int s = 0; s < S; ++s) {
         const float v = live && i < n_out ? a_l[(s * p.batch + row) * n_out + i] : 0.0f;
-        As[(s * Q + q) * ld + c] = v;
+        tc_grad_stage<scalar_t>(As, s * Q + q, c, v);
         if (s == 0) bias += v;
       }
       if (!live || j >= n_in) {
-        for (int s = 0; s < S; ++s) Hs[(s * Q + q) * ld + c] = 0.0f;
+        for (int s = 0; s < S; ++s) tc_grad_stage<scalar_t>(Hs, s * Q + q, c, 0.0f);
       } else {
-        layer_inputs_at<scalar_t>(p, layer, z_saved, row, j, S,
-                                  [&](int s, float v) { Hs[(s * Q + q) * ld + c] = v; });
+        layer_inputs_at<scalar_t>(p, layer, z_saved, row, j, S, [&](int s, float v) {
+          tc_grad_stage<scalar_t>(Hs, s * Q + q, c, v);
+        });
       }
     }
     __syncthreads();
