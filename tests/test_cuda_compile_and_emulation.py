@@ -250,3 +250,49 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
         assert proc.stdout.count("ok  ") == lines, proc.stdout
         compared = 1 if variant is staged else 0
         assert proc.stdout.count("staged weight split: ") == compared, proc.stdout
+
+
+@pytest.mark.heavy(100)
+@pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
+def test_cuda_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
+    """The emulation under AddressSanitizer, with bounds, shift and signed-overflow checks: a
+    kernel that reads or writes outside the buffers its launch was given (their ends are
+    redzones), or past the dynamic shared memory the launch asks for (host_shim.h poisons
+    the rest; the sizes are the real launches' own: plan.smem_bytes, tc_grad_smem_bytes,
+    kBiasSumSmem, ...) is a report and a failure; so is an index outside a fixed-size array
+    (the fragments' accumulators) or an int index that overflows. First a control: a write
+    one word past the launch's shared memory is reported. Then the tiled kernels (both
+    orders, every dtype; global-memory tile buffers, several blocks; weight panels), the fused
+    default (GEMM operands with their bias partials) in fp32, bf16 and fp16, the fused
+    split-K dW at low occupancy, and splitk_tc in fp32 and bf16.
+    (A mutant seen caught, 2026-11-28: splitk_tc's shared memory asked 4 bytes short.)"""
+    exe = tmp_path / "emulate_kernels_asan"
+    checks = "address,bounds,shift,signed-integer-overflow"
+    proc = _build_emulation(exe, "-g", f"-fsanitize={checks}", "-fno-sanitize-recover=all",
+                            "-fno-omit-frame-pointer")  # fmt: skip
+    if proc.returncode != 0 and "asan" in proc.stderr.lower():
+        pytest.skip(f"no AddressSanitizer here: {proc.stderr[-300:]}")
+    assert proc.returncode == 0, proc.stderr
+    control = subprocess.run([str(exe), "--shared-bounds-check"], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    if "AddressSanitizer failed" in control.stderr or "Shadow memory" in control.stderr:
+        pytest.skip(f"AddressSanitizer cannot run here: {control.stderr[-300:]}")
+    assert control.returncode != 0, control.stdout + control.stderr
+    assert "ERROR: AddressSanitizer: use-after-poison" in control.stderr, control.stderr[-3000:]
+    assert "shifted_word_kernel" in control.stderr, control.stderr[-3000:]
+    default = ["--variant=fused", "--weight-grads=gemm", "--occupancy=high", "--bias-sums=operands"]
+    tc = ["--variant=fused", "--weight-grads=splitk_tc", "--occupancy=high"]
+    some = ["tanh, per-row", "widths 256", "1024 rows", "K=40"]
+    runs = [
+        ([], ["tanh, per-row", "order 2, gelu", "3 blocks"], 5 * 4),
+        ([*default, "--dtypes=fp32,bf16,fp16"], some, 5 * 3),
+        (["--variant=fused", "--dtypes=fp32,bf16"], some, 5 * 2),
+        ([*tc, "--dtypes=fp32,bf16"], some, 5 * 2),
+    ]
+    for variant, cases, lines in runs:
+        proc = subprocess.run([str(exe), *variant, *cases], capture_output=True, text=True,
+                              timeout=900)  # fmt: skip
+        assert "ERROR: AddressSanitizer" not in proc.stderr, proc.stderr[-6000:]
+        assert "runtime error:" not in proc.stderr, proc.stderr[-6000:]
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        assert proc.stdout.count("ok  ") == lines, (variant, proc.stdout)

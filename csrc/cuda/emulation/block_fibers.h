@@ -74,7 +74,7 @@ class BlockFibers {
   }
 
  private:
-  static constexpr size_t kStackBytes = size_t{1} << 20;
+  static constexpr size_t kStackBytes = size_t{1} << 18;
   static constexpr size_t kGuardBytes = size_t{1} << 16;  // below each stack: overflows fault
 
   struct Fiber {

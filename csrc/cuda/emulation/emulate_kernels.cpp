@@ -1,10 +1,12 @@
 // Runs the CUDA kernels (forward, backward, partial sums) on the host through host_shim.h and
 // compares them with a direct row-by-row implementation of DESIGN section 2 and, for order 2,
 // of docs/math.md (reference_rows.h). Exit status 0 when every case agrees. Built and run by
-// tests/test_cuda_backend.py:
+// tests/test_cuda_compile_and_emulation.py:
 //   g++ -std=c++20 -O1 -pthread -I csrc csrc/cuda/emulation/emulate_kernels.cpp
 // and, for a few cases, with -fsanitize=thread: ThreadSanitizer then reports any two threads of
-// a block touching the same shared word without a barrier between them.
+// a block touching the same shared word without a barrier between them; and with
+// -fsanitize=address (and bounds): any access outside the buffers a launch was given, its
+// shared memory included (host_shim.h poisons what lies past the launch's dynamic size).
 #include "cuda/emulation/host_shim.h"
 // (the shim comes first: it defines the CUDA keywords the kernels use)
 #include <cstdio>
@@ -109,7 +111,7 @@ void run_tiled_forward(const SobolevLaunch& s, const Case& c) {
   fa.counter = &counter;
   emulate_launch(s.order == 2 ? sc::sobolev_forward_kernel<T, 2, TF32>
                               : sc::sobolev_forward_kernel<T, 1, TF32>,
-                 fa.plan.grid, sc::kThreads, fa);
+                 fa.plan.grid, sc::kThreads, fa.plan.smem_bytes, fa);
 }
 
 template <typename T, bool TF32>
@@ -128,8 +130,8 @@ void run_tiled_backward(const SobolevLaunch& s, const Case& c) {
   ba.grad_partials = partials.data();
   emulate_launch(s.order == 2 ? sc::sobolev_backward_kernel<T, 2, TF32>
                               : sc::sobolev_backward_kernel<T, 1, TF32>,
-                 ba.plan.grid, sc::kThreads, ba);
-  if (c.need_params) emulate_launch(sc::sum_partials_kernel<T>, 2, sc::kThreads, ba);
+                 ba.plan.grid, sc::kThreads, ba.plan.smem_bytes, ba);
+  if (c.need_params) emulate_launch(sc::sum_partials_kernel<T>, 2, sc::kThreads, 0, ba);
 }
 
 // Which kernels run: the variant, and (fp32 on tensor cores) whether plain TF32 is allowed.
@@ -163,9 +165,9 @@ void split_weights(sobolev::cuda::FusedArgs& a, bool transpose,
   images.resize(sc::weight_image_offset(a.p, w.ld, a.p.num_layers + 1, transpose));
   w.images = images.data();
   if (transpose)
-    emulate_launch(sc::split_weights_kernel<true>, 2, 64, w);
+    emulate_launch(sc::split_weights_kernel<true>, 2, 64, 0, w);
   else
-    emulate_launch(sc::split_weights_kernel<false>, 2, 64, w);
+    emulate_launch(sc::split_weights_kernel<false>, 2, 64, 0, w);
   a.weight_images = images.data();
 }
 
@@ -192,7 +194,7 @@ bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
                             constexpr bool P = decltype(staged)::value;
                             emulate_launch(s.order == 2 ? sc::fused_forward_kernel<T, 2, W, H, P>
                                                         : sc::fused_forward_kernel<T, 1, W, H, P>,
-                                           plan.grid, 2 * plan.tile_rows, a);
+                                           plan.grid, 2 * plan.tile_rows, plan.smem_bytes, a);
                           });
   return true;
 }
@@ -229,7 +231,8 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
     g.adjoint_copy = copy.empty() ? nullptr : copy.data();
     g.bias_partials = bias_partials ? partials.data() : nullptr;
     g.bias_chunks = bias_partials ? kChunks : 0;
-    emulate_launch(sc::fused_gemm_operands_kernel<T>, kChunks, 64, g);
+    emulate_launch(sc::fused_gemm_operands_kernel<T>, kChunks, 64,
+                   bias_partials ? sc::kBiasSumSmem : 0, g);
     const auto adjoint = [&](int64_t r, int i) {
       return copy.empty() ? g.adjoints[r * n_out + i] : to_double(copy[r * n_out + i]);
     };
@@ -253,7 +256,7 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
   sums.p = s;
   sums.partials = partials.data();
   sums.chunks = kChunks;
-  emulate_launch(sc::bias_sums_kernel<T>, (all_columns + 31) / 32, 64, sums);
+  emulate_launch(sc::bias_sums_kernel<T>, (all_columns + 31) / 32, 64, sizeof(float) * 64, sums);
 }
 
 template <typename T>
@@ -290,7 +293,7 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
                             constexpr bool P = decltype(staged)::value;
                             emulate_launch(s.order == 2 ? sc::fused_backward_kernel<T, 2, W, H, P>
                                                         : sc::fused_backward_kernel<T, 1, W, H, P>,
-                                           plan.grid, 2 * plan.tile_rows, a);
+                                           plan.grid, 2 * plan.tile_rows, plan.smem_bytes, a);
                           });
   if (!params) return true;
   if (s.weight_grads == sc::WeightGrads::kGemm || (tc && !a.plan.grads_tc)) {
@@ -300,17 +303,17 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
   if constexpr (sc::kHasTcGrads<T>) {
     if (a.plan.grads_tc)
       emulate_launch_2d(sc::tc_grad_kernel<T>(s), int(a.plan.grad_blocks), a.plan.grad_splits,
-                        sc::kTcGradThreads, a);
+                        sc::kTcGradThreads, sc::tc_grad_smem_bytes<T>(s), a);
   }
   if (!a.plan.grads_tc)
     emulate_launch_2d(sc::fused_weight_grad_kernel<T>, int(a.plan.grad_blocks),
-                      a.plan.grad_splits, sc::kGradThreads, a);
+                      a.plan.grad_splits, sc::kGradThreads, sc::GradShape<T>::kSmemBytes, a);
   KernelArgs sums;
   sums.p = s;
   sums.plan.grid = a.plan.grad_splits;
   sums.partial_size = a.plan.partial_size;
   sums.grad_partials = partials.data();
-  emulate_launch(sc::sum_partials_kernel<T>, 2, sc::kThreads, sums);
+  emulate_launch(sc::sum_partials_kernel<T>, 2, sc::kThreads, 0, sums);
   return true;
 }
 
@@ -685,9 +688,9 @@ void early_exit_kernel(float* out) {
 
 int check_barriers(const std::string& which) {
   float out[64] = {};
-  if (which == "race") emulate_launch(shared_word_kernel<false>, 1, 64, &out[0]);
-  if (which == "synced") emulate_launch(shared_word_kernel<true>, 1, 64, &out[0]);
-  if (which == "deadlock") emulate_launch(early_exit_kernel, 1, 64, &out[0]);
+  if (which == "race") emulate_launch(shared_word_kernel<false>, 1, 64, sizeof(float), &out[0]);
+  if (which == "synced") emulate_launch(shared_word_kernel<true>, 1, 64, sizeof(float), &out[0]);
+  if (which == "deadlock") emulate_launch(early_exit_kernel, 1, 64, 0, &out[0]);
   if (which != "race" && which != "synced") {
     std::printf("unknown --barrier-check=%s (expected race, synced or deadlock)\n", which.c_str());
     return 2;
@@ -698,10 +701,22 @@ int check_barriers(const std::string& which) {
   return read ? 0 : 1;
 }
 
+// And the launch's shared memory: a kernel whose thread t writes word t + 1 of a launch that
+// asked for one word a thread writes past it (under AddressSanitizer, a report).
+void shifted_word_kernel(float*) {
+  reinterpret_cast<float*>(sobolev::cuda::smem)[threadIdx.x + 1] = 1.0f;
+}
+
+int check_shared_bounds() {
+  emulate_launch(shifted_word_kernel, 1, 64, 64 * sizeof(float), static_cast<float*>(nullptr));
+  std::printf("ok   shared memory check: word 64 of 64 written (a report under ASan)\n");
+  return 0;
+}
+
 }  // namespace
 
 // Arguments: --tf32-parts (check_tf32_parts only), --barrier-check=race, synced or deadlock
-// (check_barriers only), or --variant=tiled (default), tiled_tc or
+// (check_barriers only), --shared-bounds-check (check_shared_bounds only), or --variant=tiled (default), tiled_tc or
 // fused, --weight-grads=gemm or =splitk_tc (the fused backward's WeightGrads::kGemm or
 // kSplitKTensorCores), --occupancy=high (the fused kernels' HIGH_OCCUPANCY shapes),
 // --weight-split=staged (their STAGED_SPLIT shapes:
@@ -718,6 +733,7 @@ int main(int argc, char** argv) {
   if (!only.empty() && only[0] == "--tf32-parts") return check_tf32_parts() ? 0 : 1;
   if (!only.empty() && only[0].rfind("--barrier-check=", 0) == 0)
     return check_barriers(only[0].substr(16));
+  if (!only.empty() && only[0] == "--shared-bounds-check") return check_shared_bounds();
   std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
   auto weight_grads = sobolev::cuda::WeightGrads::kSplitK;
   bool high_occupancy = false, staged_split = false, bias_operands = false;

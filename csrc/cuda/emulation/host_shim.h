@@ -14,11 +14,22 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <string>
 #include <vector>
 
 #include "cuda/emulation/block_fibers.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define SK_POISON_MEMORY(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define SK_UNPOISON_MEMORY(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define SK_POISON_MEMORY(p, n) ((void)(p), (void)(n))
+#define SK_UNPOISON_MEMORY(p, n) ((void)(p), (void)(n))
+#endif
 
 #define __global__
 #define __device__
@@ -132,9 +143,19 @@ inline void emulated_mma_sync(EmulatedMma kind, float (&d)[4], const uint32_t (&
   }
 }
 
-// kernel<<<dim3(grid_x, grid_y), threads>>>(args), one block at a time.
+// kernel<<<dim3(grid_x, grid_y), threads, smem_bytes>>>(args), one block at a time. Under
+// AddressSanitizer the shared memory past smem_bytes is poisoned for the launch: a kernel that
+// reads or writes beyond the dynamic shared memory its launch asks for is a report.
 template <typename Kernel, typename Args>
-void emulate_launch_2d(Kernel kernel, int grid_x, int grid_y, int threads, const Args& args) {
+void emulate_launch_2d(Kernel kernel, int grid_x, int grid_y, int threads, size_t smem_bytes,
+                       const Args& args) {
+  using sobolev::cuda::smem;
+  if (smem_bytes > sizeof(smem)) {
+    std::fprintf(stderr, "emulation: %zu bytes of shared memory asked, %zu emulated\n",
+                 smem_bytes, sizeof(smem));
+    std::abort();
+  }
+  SK_POISON_MEMORY(smem + smem_bytes, sizeof(smem) - smem_bytes);
   gridDim.x = grid_x;
   gridDim.y = grid_y;
   blockDim.x = threads;
@@ -153,12 +174,13 @@ void emulate_launch_2d(Kernel kernel, int grid_x, int grid_y, int threads, const
       const std::string name = "block (" + std::to_string(bx) + ", " + std::to_string(by) + ")";
       emulated_fibers.run(threads, body, &threadIdx.x, name.c_str());
     }
+  SK_UNPOISON_MEMORY(smem, sizeof(smem));
 }
 
-// kernel<<<grid, threads>>>(args)
+// kernel<<<grid, threads, smem_bytes>>>(args)
 template <typename Kernel, typename Args>
-void emulate_launch(Kernel kernel, int grid, int threads, const Args& args) {
-  emulate_launch_2d(kernel, grid, 1, threads, args);
+void emulate_launch(Kernel kernel, int grid, int threads, size_t smem_bytes, const Args& args) {
+  emulate_launch_2d(kernel, grid, 1, threads, smem_bytes, args);
 }
 
 #include "cuda/emulation/wmma_shim.h"
