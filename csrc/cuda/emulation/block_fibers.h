@@ -74,6 +74,7 @@ class BlockFibers {
   }
 
  private:
+  // (AddressSanitizer clears the shadow of a whole stack at each switch to it: small stacks)
   static constexpr size_t kStackBytes = size_t{1} << 18;
   static constexpr size_t kGuardBytes = size_t{1} << 16;  // below each stack: overflows fault
 
