@@ -34,6 +34,10 @@ using sobolev::emulation::Second;
 using sobolev::emulation::make_problem;
 using sobolev::emulation::reference;
 
+// A buffer's size: exactly what the kernels may touch (so AddressSanitizer's redzone follows
+// its last element), or one element where they touch none (a non-null pointer all the same).
+size_t exact_or_one(int64_t elems) { return elems > 0 ? size_t(elems) : 1; }
+
 // double <-> storage type T through its accumulation type, with the kernels' own conversions
 // (bf16 and fp16 through fp32, as the GPU converts them)
 template <typename T>
@@ -125,7 +129,7 @@ void run_tiled_backward(const SobolevLaunch& s, const Case& c) {
   ba.plan.grid = int(std::min<int64_t>(ba.plan.num_tiles, c.grid));
   ba.partial_size = c.need_params ? sc::partial_size(s) : 0;
   std::vector<A> bwd_scratch(ba.plan.buffers_in_smem ? 0 : ba.plan.grid * ba.plan.buffer_elems);
-  std::vector<A> partials(ba.plan.grid * ba.partial_size + 1);
+  std::vector<A> partials(exact_or_one(ba.plan.grid * ba.partial_size));
   ba.scratch = bwd_scratch.data();
   ba.grad_partials = partials.data();
   emulate_launch(s.order == 2 ? sc::sobolev_backward_kernel<T, 2, TF32>
@@ -279,8 +283,8 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
     const int64_t chunks = (s.batch + per_chunk - 1) / per_chunk;
     a.plan.grad_splits = int(std::min<int64_t>(3, chunks));
   }
-  std::vector<float> adjoints(a.plan.adjoint_elems + 1);
-  std::vector<float> partials(a.plan.grad_splits * a.plan.partial_size + 1);
+  std::vector<float> adjoints(exact_or_one(a.plan.adjoint_elems));
+  std::vector<float> partials(exact_or_one(a.plan.grad_splits * a.plan.partial_size));
   a.adjoints = adjoints.data();
   a.grad_partials = partials.data();
   std::vector<sc::Tf32Parts> images;
@@ -391,7 +395,7 @@ Result emulate(const Problem& p, Mode mode) {
   std::vector<A> loss(1);
   int hidden = 0;
   for (int l = 1; l < L; ++l) hidden += p.widths[l];
-  std::vector<A> saved((1 + c.order * c.K) * B * hidden + 1);
+  std::vector<A> saved(exact_or_one((1 + c.order * c.K) * B * hidden));
   s.f = f.data();
   s.u = u.data();
   s.w = second ? w.data() : nullptr;
@@ -716,15 +720,14 @@ int check_shared_bounds() {
 }  // namespace
 
 // Arguments: --tf32-parts (check_tf32_parts only), --barrier-check=race, synced or deadlock
-// (check_barriers only), --shared-bounds-check (check_shared_bounds only), or --variant=tiled (default), tiled_tc or
-// fused, --weight-grads=gemm or =splitk_tc (the fused backward's WeightGrads::kGemm or
-// kSplitKTensorCores), --occupancy=high (the fused kernels' HIGH_OCCUPANCY shapes),
-// --weight-split=staged (their STAGED_SPLIT shapes:
-// where a case's plan takes one, its line compares the results with the per-warp split's,
-// bit for bit for plain TF32, within 3e-6 for 3xTF32), --bias-sums=operands (with gemm: the
-// bias sums from the operand kernels' partials) and --dtypes=fp32,fp16,... (the
-// labels of the lines below; all by default) first, then, optionally, parts of case names:
-// only those cases run (all without any).
+// (check_barriers only), --shared-bounds-check (check_shared_bounds only), or --variant=tiled
+// (default), tiled_tc or fused, --weight-grads=gemm or =splitk_tc (the fused backward's
+// WeightGrads::kGemm or kSplitKTensorCores), --occupancy=high (the fused kernels' HIGH_OCCUPANCY
+// shapes), --weight-split=staged (their STAGED_SPLIT shapes: where a case's plan takes one, its
+// line compares the results with the per-warp split's, bit for bit for plain TF32, within 3e-6 for
+// 3xTF32), --bias-sums=operands (with gemm: the bias sums from the operand kernels' partials) and
+// --dtypes=fp32,fp16,... (the labels of the lines below; all by default) first, then, optionally,
+// parts of case names: only those cases run (all without any).
 //   tiled:    fp64, fp32, bf16 and fp16 (today's kernels)
 //   tiled_tc: fp32 on tensor cores, as 3xTF32 and as plain TF32 (bf16/fp16 are tiled's)
 //   fused:    fp32 as 3xTF32 and as plain TF32, bf16, fp16 (fp64 runs the tiled kernels)
