@@ -1,9 +1,8 @@
 // Just enough of CUDA to run the kernels of csrc/cuda on the host: each block's threads are
 // fibers meeting at a barrier for __syncthreads (and one per warp for __syncwarp; fibers on one
 // OS thread, block_fibers.h), blocks run one after another, and shared memory is one static
-// array. Slow, but it executes
-// the kernels' real indexing, synchronisation and reductions, so their logic is tested without
-// a GPU (see emulate_kernels.cpp). bf16 and fp16 are storage types that round to nearest even
+// array. Slow, but it executes the kernels' real indexing, synchronisation and reductions, so
+// their logic is tested without a GPU (see emulate_kernels.cpp). bf16 and fp16 are storage types that round to nearest even
 // as the GPU's conversions do; wmma_shim.h stands in for the tensor cores.
 #pragma once
 
