@@ -2,8 +2,9 @@
 // fibers meeting at a barrier for __syncthreads (and one per warp for __syncwarp; fibers on one
 // OS thread, block_fibers.h), blocks run one after another, and shared memory is one static
 // array. Slow, but it executes the kernels' real indexing, synchronisation and reductions, so
-// their logic is tested without a GPU (see emulate_kernels.cpp). bf16 and fp16 are storage types that round to nearest even
-// as the GPU's conversions do; wmma_shim.h stands in for the tensor cores.
+// their logic is tested without a GPU (see emulate_kernels.cpp). bf16 and fp16 are storage
+// types that round to nearest even as the GPU's conversions do; wmma_shim.h stands in for the
+// tensor cores.
 #pragma once
 
 #define SK_HOST_EMULATION 1
