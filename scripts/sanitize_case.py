@@ -27,6 +27,8 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # script's time limit may cut the list.
 VARIANTS = {
     "triton": [
+        # the layer inputs stacks stored transposed, read so by the split-K weight gradients
+        {"SOBOLEV_TRITON_INPUTS_LAYOUT": "kmajor", "SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"},
         # the forward storing its activated layers (here on the static launch of order 2, two
         # direction groups of K = 3: the second reloads z after a barrier; order 1 takes all
         # three at once and stays as it is), with and without a backward's saved stacks
@@ -52,7 +54,11 @@ VARIANTS = {
         {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
     ],
     "cuda": [
-        # (the default: fused kernels, dW by cuBLAS GEMMs); the fused backward's own dW kernel
+        # (the default: fused kernels, dW by cuBLAS GEMMs); dW by the tensor-core split-K
+        # (fp32 and bf16: ALSO_BF16) and db from the operand kernels' partials, neither yet
+        # run on a GPU; the fused backward's own dW kernel
+        {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},
+        {"SOBOLEV_CUDA_BIAS_SUMS": "operands"},
         {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
         {"SOBOLEV_CUDA_KERNEL": "tiled"},
         {"SOBOLEV_CUDA_KERNEL": "tiled_tc"},
@@ -63,15 +69,22 @@ VARIANTS = {
 }
 
 
+# The variants whose bf16 kernels are more than fp32's with other products: run in bf16 too
+# (splitk_tc stages bf16's operands as pairs of rows, fp32's as words).
+ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}]
+
+
 def cases(backends) -> list[tuple]:
     """(backend, {variable: value} or None, order, dtype): the defaults in every dtype, then
-    the variants in fp32, taking the backends in turn (the GPU script's time limit cut run 3
-    of 2026-11-27 before any CUDA variant when they came after all of Triton's)."""
+    the variants in fp32 (and ALSO_BF16's in bf16), taking the backends in turn (the GPU
+    script's time limit cut run 3 of 2026-11-27 before any CUDA variant when they came after
+    all of Triton's)."""
     out = [(b, None, o, d) for b, o, d in itertools.product(backends, ORDERS, DTYPES)]
     per_backend = [[(b, v) for v in VARIANTS[b]] for b in backends]
     for turn in itertools.zip_longest(*per_backend):
         for backend, v in filter(None, turn):
-            out += [(backend, v, o, torch.float32) for o in ORDERS]
+            dtypes = (torch.float32, torch.bfloat16) if v in ALSO_BF16 else (torch.float32,)
+            out += [(backend, v, o, d) for d in dtypes for o in ORDERS]
     return out
 
 

@@ -805,6 +805,41 @@ def test_gpu_session_dry_run():
     assert "FAIL" not in out.stdout
 
 
+# Settings that select nothing new under scripts/sanitize_case.py: the defaults (the Triton
+# backward's, where the sanitizer's static launches cannot measure), and the fused CUDA
+# kernels' occupancy, which changes nothing at its widths (below 128).
+_SANITIZER_DEFAULTS = {("SOBOLEV_CUDA_KERNEL", "fused"), ("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm"),
+                       ("SOBOLEV_TRITON_BACKWARD", "separate"),
+                       ("SOBOLEV_CUDA_FUSED_OCCUPANCY", "low")}  # fmt: skip
+# The benchmark's variants that run no kernel code of their own under the sanitizer.
+_NOT_SANITIZED = {
+    "cuda_bias_gemv": "cuBLAS's gemv: no kernel of ours",
+    "triton_jit_launch": "the same kernels, launched through Triton's own path",
+    "triton_split_tf32x3": "a form of the tf32x3 dots; the sanitizer's static launches take ieee",
+}
+
+
+def test_every_kernel_variant_of_the_bench_runs_under_the_gpu_sanitizers():
+    """Each variant the benchmark times (bench/providers.py VARIANTS) is among the cases that
+    the GPU script runs under compute-sanitizer's memcheck and racecheck
+    (scripts/sanitize_case.py), so a new kernel's first GPU run checks it too: most are
+    written without a GPU."""
+    from bench.providers import VARIANTS
+
+    spec = importlib.util.spec_from_file_location("sanitize_case", ROOT / "scripts" /
+                                                  "sanitize_case.py")  # fmt: skip
+    sanitize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sanitize)
+    missing = []
+    for name, (backend, settings) in VARIANTS.items():
+        wanted = set(settings.items()) - _SANITIZER_DEFAULTS
+        cases = [set(v.items()) for v in sanitize.VARIANTS[backend]]
+        if name not in _NOT_SANITIZED and wanted and not any(wanted <= c for c in cases):
+            missing.append(name)
+    assert not missing, f"not in scripts/sanitize_case.py's VARIANTS: {missing}"
+    assert set(_NOT_SANITIZED) <= set(VARIANTS)  # (a name gone from the bench goes here too)
+
+
 def test_the_gpu_scripts_tests_record_their_durations_as_they_go(tmp_path):
     """SOBOLEV_TEST_DURATIONS (tests/conftest.py), which gpu_session.sh sets: a time limit
     ends pytest before its --durations summary, so each test's seconds are written as it
