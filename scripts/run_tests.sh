@@ -14,6 +14,11 @@ if "$PY" -c "import xdist" 2>/dev/null; then
   parallel=(-n "${SOBOLEV_TEST_WORKERS:-auto}")
   "$PY" -c "import inspect, sys, xdist.plugin as p; sys.exit('maxschedchunk' not in inspect.getsource(p))" \
     2>/dev/null && parallel+=(--maxschedchunk 1)
+  # one intra-op thread per test process (torch's OpenMP, numpy's BLAS for the interpreter's
+  # dots): with a worker per core, two threads spin-waiting for each other while the other
+  # worker holds one of their cores made torch-heavy tests 8-10x slower (2026-11-28, 2 cores:
+  # the paper regression's quick test 12.6 s alone, 122 s beside one busy core, 14.5 s so)
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 fi
 # the slowest tests listed at the end: where CI's 20 minutes go
 exec "$PY" -m pytest -q --durations=15 ${parallel[@]+"${parallel[@]}"} "$@"

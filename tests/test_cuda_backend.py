@@ -232,12 +232,15 @@ def _fp32_loss_and_grads(order, batch=1000, width=64, directions="per_row"):
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("directions", ["shared", "per_row"])
 def test_deterministic(order, directions):
-    """Bitwise identical across runs and thread counts (fixed blocking and summation order)."""
-    first = _fp32_loss_and_grads(order, directions=directions)
-    again = _fp32_loss_and_grads(order, directions=directions)
+    """Bitwise identical across runs and thread counts (fixed blocking and summation order):
+    twice on two threads at least (scripts/run_tests.sh runs a test process on one), then on
+    one."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(2, threads))
     try:
+        first = _fp32_loss_and_grads(order, directions=directions)
+        again = _fp32_loss_and_grads(order, directions=directions)
+        torch.set_num_threads(1)
         single = _fp32_loss_and_grads(order, directions=directions)
     finally:
         torch.set_num_threads(threads)
