@@ -212,11 +212,14 @@ stage_build() {
 part_tests() {
   local parallel=()
   "$PY" -c "import xdist" 2>/dev/null && parallel=(-n "$TEST_JOBS")
-  # static launch configs: the autotuner would time every candidate of every test shape
+  # static launch configs: the autotuner would time every candidate of every test shape; one
+  # intra-op thread per worker (the checks' parts share the cores: torch's OpenMP threads
+  # spin-waiting on busy cores made CPU tests 8-10x slower on CI's machine, 2026-11-28)
   rm -f "$WORK/gpu_test_failures.txt" "$WORK/gpu_test_durations.txt"
-  SOBOLEV_AUTOTUNE=0 SOBOLEV_TEST_FAILURES="$WORK/gpu_test_failures.txt" \
-    SOBOLEV_TEST_DURATIONS="$WORK/gpu_test_durations.txt" limited "$1" \
-    "$WORK/gpu_tests.txt" "$PY" -m pytest ${parallel[@]+"${parallel[@]}"} "${TEST_ARGS[@]}"
+  OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" \
+    SOBOLEV_AUTOTUNE=0 SOBOLEV_TEST_FAILURES="$WORK/gpu_test_failures.txt" \
+      SOBOLEV_TEST_DURATIONS="$WORK/gpu_test_durations.txt" limited "$1" \
+      "$WORK/gpu_tests.txt" "$PY" -m pytest ${parallel[@]+"${parallel[@]}"} "${TEST_ARGS[@]}"
   local rc=$?
   # where the tests' time went, as far as they got (runs 3 to 6 cut them at their limit)
   if [ -s "$WORK/gpu_test_durations.txt" ]; then

@@ -217,7 +217,7 @@ def test_precompile_job_runs_its_candidate_of_each_config_and_every_method(monke
     assert ran == ["separate", "persistent"]
 
 
-@pytest.mark.heavy(89)
+@pytest.mark.heavy(40)
 def test_step_precompiles_in_worker_processes(tmp_path):
     out = _module("bench.step", "--quick", "--configs", "S", "--modes", "forward",
                   "--providers", "plain_step", "torch_compile", "--precompile", "2",
@@ -711,7 +711,7 @@ def test_kernel_counters_stop_a_run_at_the_time_limit_with_its_children(tmp_path
     assert sleeping.stdout.strip() == "", "the fake ncu's sleep outlived the time limit"
 
 
-@pytest.mark.heavy(80)
+@pytest.mark.heavy(31)
 def test_main_job_quick(tmp_path):
     out = _module("bench.run", "--quick", "--out", str(tmp_path))
     assert "sobolev" in out.stdout and "torch_func" in out.stdout

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.heavy(95)
+@pytest.mark.heavy(50)
 @pytest.mark.skipif(shutil.which(os.environ.get("NVCC", "nvcc")) is None, reason="no nvcc")
 def test_cuda_sources_compile_for_sm80_and_sm90():
     script = ROOT / "scripts" / "check_cuda_compile.sh"
@@ -193,7 +193,7 @@ def test_fused_tensor_core_split_k_weight_grads_in_host_emulation(emulation):
     _assert_tf32_lines(proc.stdout)
 
 
-@pytest.mark.heavy(67)
+@pytest.mark.heavy(75)
 @pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
 def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     """The emulation under ThreadSanitizer: two threads of a block touching the same word
@@ -252,7 +252,7 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
         assert proc.stdout.count("staged weight split: ") == compared, proc.stdout
 
 
-@pytest.mark.heavy(100)
+@pytest.mark.heavy(106)
 @pytest.mark.skipif(NO_CXX, reason="no C++ compiler")
 def test_cuda_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
     """The emulation under AddressSanitizer, with bounds, shift and signed-overflow checks: a

@@ -139,7 +139,7 @@ def test_no_compiler_with_require_extension_is_an_error(sdist, tmp_path):
     assert "SOBOLEV_REQUIRE_EXTENSION=1 but no C++ compiler" in run.stdout + run.stderr
 
 
-@pytest.mark.heavy(56)
+@pytest.mark.heavy(34)
 def test_no_build_isolation_builds_the_cpu_kernel_from_the_sdist(sdist, tmp_path):
     python = _fresh_venv(tmp_path / "venv")
     run = _pip_install(python, sdist, "--no-build-isolation", SOBOLEV_CPU_ONLY="1",

@@ -40,7 +40,7 @@ def _needs(module: str) -> None:
         pytest.skip(f"{module} is not installed (pip install -e .[bench])")
 
 
-@pytest.mark.heavy(40)
+@pytest.mark.heavy(13)
 def test_regression_quick(tmp_path):
     regression = _script("regression")
     regression.main(_args(tmp_path))
@@ -85,7 +85,7 @@ def test_distillation_quick(tmp_path):
     assert _columns(tmp_path / "paper_distillation.csv") == distillation.COLUMNS
 
 
-@pytest.mark.heavy(39)
+@pytest.mark.heavy(17)
 def test_synthetic_gradients_quick(tmp_path):
     _needs("sklearn")
     synthetic_gradients = _script("synthetic_gradients")

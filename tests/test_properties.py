@@ -130,5 +130,5 @@ def _property_test(backend):
 
 
 test_torch_matches_reference = _property_test("torch")
-test_triton_matches_reference = pytest.mark.heavy(38)(_property_test("triton"))
+test_triton_matches_reference = pytest.mark.heavy(12)(_property_test("triton"))
 test_cuda_matches_reference = _property_test("cuda")

@@ -806,8 +806,8 @@ OTHER_TRITON = os.environ.get("SOBOLEV_OTHER_TRITON", "")
 @pytest.mark.parametrize(
     "which",
     [
-        pytest.param("this_triton", marks=pytest.mark.heavy(50)),
-        pytest.param("other_triton", marks=pytest.mark.heavy(120)),
+        pytest.param("this_triton", marks=pytest.mark.heavy(33)),
+        pytest.param("other_triton", marks=pytest.mark.heavy(83)),
     ],
 )
 def test_kernels_compile_for_a_real_gpu_ahead_of_time(which):

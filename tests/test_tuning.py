@@ -259,7 +259,7 @@ def test_direction_groups_where_all_directions_overflow_the_registers():
 @pytest.mark.skipif(HAS_CUDA, reason="the gpu variant below runs on the GPU")
 @pytest.mark.parametrize(
     "order",
-    [pytest.param(1, marks=pytest.mark.heavy(30)), pytest.param(2, marks=pytest.mark.heavy(90))],
+    [pytest.param(1, marks=pytest.mark.heavy(18)), pytest.param(2, marks=pytest.mark.heavy(43))],
 )
 def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order):
     """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
