@@ -17,7 +17,24 @@
 #include <cstdlib>
 #include <vector>
 
+// Which sanitizer this build has: GCC says so by __SANITIZE_THREAD__ / __SANITIZE_ADDRESS__,
+// clang by __has_feature.
 #if defined(__SANITIZE_THREAD__)
+#define SK_WITH_TSAN 1
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define SK_WITH_ASAN 1
+#endif
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer) && !defined(SK_WITH_TSAN)
+#define SK_WITH_TSAN 1
+#endif
+#if __has_feature(address_sanitizer) && !defined(SK_WITH_ASAN)
+#define SK_WITH_ASAN 1
+#endif
+#endif
+
+#if defined(SK_WITH_TSAN)
 #include <sanitizer/tsan_interface.h>
 #define SK_FIBERS_TSAN 1
 // The scheduler's own state (whose turn it is, the barriers' counts, threadIdx) is shared by

@@ -22,7 +22,7 @@
 
 #include "cuda/emulation/block_fibers.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SK_WITH_ASAN)
 #include <sanitizer/asan_interface.h>
 #define SK_POISON_MEMORY(p, n) ASAN_POISON_MEMORY_REGION(p, n)
 #define SK_UNPOISON_MEMORY(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
