@@ -38,6 +38,19 @@ def _cuda_case(order, **kwargs):
     return (*order2_inputs(device="cuda", **kwargs), ORDER2)
 
 
+def _assert_agrees_under(monkeypatch, settings, order, dtype, **shape):
+    """The cuda backend with the environment's `settings` against the reference at dtype's
+    tolerance (the reference on the fp64 model): 1000 rows, K = 3 per-row directions, the
+    rest of the shape as given."""
+    _needs_cuda_kernels()
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    model, x, y, kw, extra = _cuda_case(order, batch=1000, k=3, dtype=dtype,
+                                        directions="per_row", **shape)  # fmt: skip
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
+                          expected_model=upcast_model(model), **extra)  # fmt: skip
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
@@ -180,12 +193,8 @@ VARIANTS = ["tiled", "tiled_tc", "fused"]
 def test_cuda_variants_agree(monkeypatch, variant, order, dtype, width):
     """fp32 at fp32's rtol 1e-5 (3xTF32 on tensor cores), bf16 and fp16 at theirs; every
     width template of the fused kernels (16..256; 48 pads to 64)."""
-    _needs_cuda_kernels()
-    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", variant)
-    model, x, y, kw, extra = _cuda_case(order, batch=1000, width=width, k=3, dtype=dtype,
-                                        directions="per_row")  # fmt: skip
-    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
-                          expected_model=upcast_model(model), **extra)  # fmt: skip
+    _assert_agrees_under(monkeypatch, {"SOBOLEV_CUDA_KERNEL": variant}, order, dtype,
+                         width=width)  # fmt: skip
 
 
 # the last two run the tiled kernels under "fused": more streams than a tile of 64 rows has
@@ -243,13 +252,8 @@ def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dty
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_fused_gemm_weight_grads_agree(monkeypatch, order, dtype):
-    _needs_cuda_kernels()
-    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
-    monkeypatch.setenv("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm")
-    model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=48, k=3, layers=4,
-                                        dtype=dtype, directions="per_row")  # fmt: skip
-    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
-                          expected_model=upcast_model(model), **extra)  # fmt: skip
+    settings = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "gemm"}
+    _assert_agrees_under(monkeypatch, settings, order, dtype, dim=5, width=48, layers=4)
 
 
 @pytest.mark.gpu
@@ -262,14 +266,9 @@ def test_cuda_fused_occupancy_agrees(monkeypatch, order, dtype, width, occupancy
     """SOBOLEV_CUDA_FUSED_OCCUPANCY=high (the default): in fp32, width 128 (100 padded) staged
     in two 64-row weight panels, width 256 in blocks of 8 warps; bf16 keeps its shapes. =low:
     one block of 8 (width 128) or 4 warps (256) per SM. Either with either dW."""
-    _needs_cuda_kernels()
-    monkeypatch.setenv("SOBOLEV_CUDA_KERNEL", "fused")
-    monkeypatch.setenv("SOBOLEV_CUDA_FUSED_OCCUPANCY", occupancy)
-    monkeypatch.setenv("SOBOLEV_CUDA_WEIGHT_GRADS", weight_grads)
-    model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=width, k=3, layers=3,
-                                        dtype=dtype, directions="per_row")  # fmt: skip
-    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
-                          expected_model=upcast_model(model), **extra)  # fmt: skip
+    settings = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": occupancy,
+                "SOBOLEV_CUDA_WEIGHT_GRADS": weight_grads}  # fmt: skip
+    _assert_agrees_under(monkeypatch, settings, order, dtype, dim=5, width=width, layers=3)
 
 
 @pytest.mark.gpu
@@ -281,12 +280,8 @@ def test_cuda_tensor_core_split_k_weight_grads_agree(monkeypatch, order, dtype, 
     (fused_weight_grads_tc.cuh), 128 x 128 blocks of dW: partial at width 100, four a layer
     at 256 (whole); fp32 as 3xTF32, bf16 rounded as the GEMM path rounds. (The fused kernels'
     occupancy does not change it: the default's.)"""
-    _needs_cuda_kernels()
-    monkeypatch.setenv("SOBOLEV_CUDA_WEIGHT_GRADS", "splitk_tc")
-    model, x, y, kw, extra = _cuda_case(order, batch=1000, dim=5, width=width, k=3, layers=3,
-                                        dtype=dtype, directions="per_row")  # fmt: skip
-    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[dtype],
-                          expected_model=upcast_model(model), **extra)  # fmt: skip
+    _assert_agrees_under(monkeypatch, {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, order, dtype,
+                         dim=5, width=width, layers=3)  # fmt: skip
 
 
 @pytest.mark.gpu
