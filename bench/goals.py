@@ -22,7 +22,8 @@ from bench.report import _num, load
 
 TRITON = ("triton", "triton_recompute", "triton_persistent", "triton_lean",
           "triton_lean_persistent", "triton_jit_launch", "triton_graphed",
-          "triton_compiled", "triton_split_tf32x3", "triton_kmajor_inputs")  # fmt: skip
+          "triton_compiled", "triton_split_tf32x3", "triton_kmajor_inputs",
+          "triton_resident_backward", "triton_wide_tiles")  # fmt: skip
 # (cuda_fused_occupancy: the default's settings, a provider of its own before 2026-11-27 run 5)
 CUDA = ("cuda", "cuda_tiled", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm",
         "cuda_bias_gemv", "cuda_bias_operands", "cuda_staged_split", "cuda_splitk_tc",

@@ -39,6 +39,8 @@ FUSED = (
     "triton_lean_persistent",
     "triton_split_tf32x3",  # 3xTF32 dots formed by the kernels (fp32: run 5's 0.60 ms forward)
     "triton_kmajor_inputs",  # inputs stacks transposed (fp32 split-K dW: run 5's 0.75 ms)
+    "triton_resident_backward",  # adjoints in registers (bf16 backward at M: 0.40 ms, run 5)
+    "triton_wide_tiles",  # the backward's 64-row column-block tiles in bf16 too (same)
     "cuda",  # fused kernels, dW by cuBLAS, high occupancy (2.7 ms at M in fp32, run 5)
     "cuda_tiled",  # the default until run 5 (8.8 ms)
     "cuda_fused",  # dW by its own split-K kernel (7.3 ms)

@@ -65,6 +65,16 @@ CUDA_VARIANTS = {
 # stores the layer inputs stacks transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor), which the
 # split-K weight gradients' fp32 dots read without transposing them on every step (fp32
 # only: 16-bit wgmma takes either layout; its tuner chooses between gemm and splitk anew).
+# triton_resident_backward runs the separate backward's resident kernel (adjoints in
+# registers, every direction in one pass: SOBOLEV_TRITON_BACKWARD_KERNEL=resident, opt-in;
+# where no resident config fits, the chunked kernel; 16-bit models only, SIXTEEN_BIT_ONLY: in
+# fp32 the resident forward lost to the chunked one on the H200, and ahead of time for sm_90
+# this backward spills 7.4 KB at config M in fp32, 2.7 KB in bf16). triton_wide_tiles offers
+# the backward the 64-row column-block tiles in 16-bit models too (SOBOLEV_TRITON_WIDE_TILES=1;
+# fp32 has them by default). In bf16 at config M the backward took 0.40 of the
+# step's 0.87 ms of kernels on the H200 (run 5) on its 16-row tiles, where the resident
+# forward had made the forward 2.7x faster than those: these two are the candidates to
+# replace them, and no GPU run has timed either yet.
 # name -> {environment variable: value}
 TRITON_VARIANTS = {
     "triton_recompute": {
@@ -80,10 +90,17 @@ TRITON_VARIANTS = {
     "triton_jit_launch": {"SOBOLEV_TRITON_DIRECT_LAUNCH": "0"},
     "triton_split_tf32x3": {"SOBOLEV_TRITON_TF32X3": "split"},
     "triton_kmajor_inputs": {"SOBOLEV_TRITON_INPUTS_LAYOUT": "kmajor"},
+    "triton_resident_backward": {
+        "SOBOLEV_TRITON_BACKWARD_KERNEL": "resident",
+        "SOBOLEV_TRITON_BACKWARD": "separate",
+    },
+    "triton_wide_tiles": {"SOBOLEV_TRITON_WIDE_TILES": "1"},
 }
 # Variants that differ from their default in fp32 models only (16-bit operands are not
 # split): measured only there (bench.step)
 FP32_ONLY = {"cuda_staged_split", "triton_split_tf32x3", "triton_kmajor_inputs"}
+# and the other way round: variants that differ from their default in 16-bit models only
+SIXTEEN_BIT_ONLY = {"triton_resident_backward", "triton_wide_tiles"}
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "cuda_bias_operands",
              "cuda_splitk_tc", "triton_compiled"}  # fmt: skip
 STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)
@@ -116,8 +133,10 @@ PRECISIONS = {
 
 def runs_at(provider: str, precision: str) -> bool:
     """Whether ``provider`` is measured at ``precision``: an FP32_ONLY variant at fp32 models
-    only (elsewhere it runs the kernels of the provider it varies)."""
-    return provider not in FP32_ONLY or PRECISIONS[precision][0] == torch.float32
+    only, a SIXTEEN_BIT_ONLY one at bf16 and fp16 models only (elsewhere each runs the
+    kernels of the provider it varies)."""
+    fp32 = PRECISIONS[precision][0] == torch.float32
+    return (provider not in FP32_ONLY or fp32) and (provider not in SIXTEEN_BIT_ONLY or not fp32)
 
 
 # Relative error (max |a - b| / max |b|) allowed against torch_func in the same class.

@@ -69,6 +69,7 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # default and cuda_fused at every config (and the bench ran out of time before L in bf16);
 # cuda_bias_gemv, cuda_bias_operands: their bias sums are timed by the profile stage's kernel
 # table
+# (triton_resident_backward and triton_wide_tiles in bf16 only: bench/providers.py)
 # (cuda_staged_split, triton_split_tf32x3 and triton_kmajor_inputs are timed in fp32 only: in
 # bf16 they run the default's kernels, or nearly)
 # triton_compiled: an inductor compile per point (seconds each); timed at M in bf16 by the
@@ -85,7 +86,8 @@ SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
             triton_lean_persistent cuda_tiled cuda_tiled_tc cuda_fused cuda_fused_gemm
             cuda_bias_gemv cuda_bias_operands cuda_staged_split cuda_splitk_tc cuda_graphed
-            triton_compiled triton_jit_launch triton_split_tf32x3 triton_kmajor_inputs)
+            triton_compiled triton_jit_launch triton_split_tf32x3 triton_kmajor_inputs
+            triton_resident_backward triton_wide_tiles)
 COMPILE_ARGS=(--configs M S L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile triton_jit_launch cuda_bias_gemv cuda_bias_operands
               cuda_staged_split cuda_splitk_tc

@@ -100,6 +100,17 @@ def test_fp32_only_variants_are_measured_on_fp32_models_only(tmp_path, monkeypat
                    ("torch", "fp32"), ("torch", "tf32")}  # fmt: skip
 
 
+def test_sixteen_bit_only_variants_are_measured_on_bf16_and_fp16_models_only():
+    """A provider in SIXTEEN_BIT_ONLY (triton_wide_tiles: fp32 has its tiles by default) is
+    timed at bf16 and fp16 points, not at fp32 and tf32 ones; the others everywhere."""
+    from bench.providers import SIXTEEN_BIT_ONLY, runs_at
+
+    assert "triton_wide_tiles" in SIXTEEN_BIT_ONLY
+    at = {c for c in ("fp32", "tf32", "bf16", "fp16") if runs_at("triton_wide_tiles", c)}
+    assert at == {"bf16", "fp16"}
+    assert all(runs_at("triton", c) for c in ("fp32", "tf32", "bf16", "fp16"))
+
+
 def test_a_failing_point_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     from bench import step
 
@@ -698,7 +709,8 @@ def test_kernel_counters_stop_a_run_at_the_time_limit_with_its_children(tmp_path
     sleep), said so in the table, and the next precision goes without time."""
     from bench import kernel_counters as kc
 
-    _fake_ncu(tmp_path, monkeypatch, sleep=60)
+    sleep = f"60.{os.getpid()}"  # (pgrep below must find this test's sleep, no other's)
+    _fake_ncu(tmp_path, monkeypatch, sleep=sleep)
     monkeypatch.setattr(kc, "MIN_SECONDS", 1)
     out = tmp_path / "counters.md"
     start = time.monotonic()
@@ -707,7 +719,7 @@ def test_kernel_counters_stop_a_run_at_the_time_limit_with_its_children(tmp_path
     assert status == 1 and time.monotonic() - start < 30
     text = out.read_text()
     assert "## M fp32: out of time after 2 s" in text and "## M bf16: no time left" in text
-    sleeping = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True)
+    sleeping = subprocess.run(["pgrep", "-f", f"sleep {sleep}"], capture_output=True, text=True)
     assert sleeping.stdout.strip() == "", "the fake ncu's sleep outlived the time limit"
 
 
@@ -816,6 +828,7 @@ _NOT_SANITIZED = {
     "cuda_bias_gemv": "cuBLAS's gemv: no kernel of ours",
     "triton_jit_launch": "the same kernels, launched through Triton's own path",
     "triton_split_tf32x3": "a form of the tf32x3 dots; the sanitizer's static launches take ieee",
+    "triton_wide_tiles": "a tuner candidate; the sanitizer's static launches never take it",
 }
 
 

@@ -258,16 +258,19 @@ def test_direction_groups_where_all_directions_overflow_the_registers():
 @needs_triton
 @pytest.mark.skipif(HAS_CUDA, reason="the gpu variant below runs on the GPU")
 @pytest.mark.parametrize(
-    "order",
-    [pytest.param(1, marks=pytest.mark.heavy(18)), pytest.param(2, marks=pytest.mark.heavy(43))],
-)
-def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order):
+    ("order", "dtype"),
+    [pytest.param(1, torch.float32, marks=pytest.mark.heavy(18)),
+     pytest.param(2, torch.float32, marks=pytest.mark.heavy(43)),
+     pytest.param(1, torch.bfloat16, marks=pytest.mark.heavy(16))],
+)  # fmt: skip
+def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order, dtype):
     """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
     the result must match the reference whichever rows per program, warps, K chunk and
     directions per pass it chose (width 40: several K chunks; one chunk is the static choice
     of narrow layers, which other tests cover; B = 17: a ragged last tile at 16 rows and
-    more, in few programs, this being one of CI's slowest tests)."""
-    _every_launch_config_agrees(monkeypatch, "cpu", order, TOLERANCES[torch.float32],
+    more, in few programs, this being one of CI's slowest tests). bf16 with the backward's
+    opt-in column-block tiles among its candidates, as the GPU's bf16 check below."""
+    _every_launch_config_agrees(monkeypatch, "cpu", order, TOLERANCES[dtype], dtype=dtype,
                                 batch=17, dim=3, width=40, out=2, k=3)  # fmt: skip
 
 
@@ -283,10 +286,26 @@ def test_every_launch_config_is_correct_on_the_gpu(monkeypatch, order):
                                 batch=4099, dim=16, width=128, out=8, k=2)  # fmt: skip
 
 
-def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_every_launch_config_is_correct_in_bf16_on_the_gpu(monkeypatch):
+    """The same in bf16, the backward's 64-row column-block tiles among its candidates
+    (SOBOLEV_TRITON_WIDE_TILES=1, opt-in in 16-bit models: on the H200 they ran a bf16 step
+    without a fault and the right loss, 2026-11-27, its gradients unchecked there). Before
+    they can be offered in bf16 by default, each candidate's gradients must agree."""
+    _every_launch_config_agrees(monkeypatch, "cuda", 1, TOLERANCES[torch.bfloat16],
+                                dtype=torch.bfloat16, batch=4099, dim=16, width=128, out=8,
+                                k=2)  # fmt: skip
+
+
+def _every_launch_config_agrees(monkeypatch, device, order, rtol, dtype=torch.float32,
+                                **shape):  # fmt: skip
     """Each forward candidate in turn (on the GPU the activated twins too, each with the
     backward on the config it is the twin of; the interpreter's check of them is
-    test_forward_activated.py's), each backward candidate with the forward on the same."""
+    test_forward_activated.py's), each backward candidate with the forward on the same.
+    In a 16-bit ``dtype`` the chunked forward's candidates only (the resident forward's:
+    test_resident_forward.py)."""
     from sobolev_kernels.triton import launch
     from sobolev_kernels.triton.layout import Layout, shared_memory_limit
 
@@ -300,7 +319,10 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
     widths = (shape["dim"], shape["width"], shape["width"], shape["out"])
     limit = shared_memory_limit(torch.device(device))
     layout = Layout(widths, shape["k"], order)
-    configs = layout.launch_configs(4, limit, "ieee", "tf32x3", True)
+    static, tensor_core = launch._precisions(dtype, False)
+    if dtype != torch.float32:
+        monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "chunked")
+    configs = layout.launch_configs(dtype.itemsize, limit, static, tensor_core, True)
     twins = [c._replace(activated=True) for c in configs if c.cols and layout.activates_per_pass(c)]
     assert twins, "the column-block candidate's activated twin is among the forward's"
     if device == "cpu":  # (CI's minutes)
@@ -323,7 +345,7 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, **shape):
         bwd_pick = configs.index(forwards[pick]._replace(activated=False))
         monkeypatch.setattr(tuning, "time_ms", _timer_preferring(
             (pick, len(forwards)), (bwd_pick, len(configs))))  # fmt: skip
-        model, x, y, kw = sample_inputs(dtype=torch.float32, device=device, seed=pick, **shape)
+        model, x, y, kw = sample_inputs(dtype=dtype, device=device, seed=pick, **shape)
         if order == 2:
             kw["order"] = 2
             kw["target_hvp2"] = torch.randn(shape["batch"], shape["k"], shape["out"],
