@@ -72,7 +72,7 @@ def cases(configs: list[str], precisions: list[str], kernels=KERNELS) -> list[tu
                 resident.append(LaunchConfig(128, 8, CHUNK, group, tc, resident=True))
             if "fwd" in kernels:
                 out["fwd"] += [(name, precision, "chunked", c) for c in chunked]
-                # the forms that store their activated layers (launch._forward_activated)
+                # the forms that store their activated layers (choices._forward_activated)
                 out["fwd"] += [(name, precision, "chunked", c._replace(activated=True))
                                for c in chunked if layout.activates_per_pass(c)]  # fmt: skip
                 out["fwd"] += [(name, precision, "resident", c) for c in resident]
@@ -111,12 +111,12 @@ def run_case(case: tuple, batch: int | None = None, device: str = "cuda") -> str
 def _forward_case(p, config, key: tuple, device: str) -> tuple[float, float]:
     import sobolev_kernels as sk
     from sobolev_kernels import fused
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import launch, plans
     from sobolev_kernels.validation import build_problem
 
     _launch_config(launch)  # the real one kept, before it is replaced
     launch._launch_config = lambda *args, **kwargs: config  # config.resident: which kernel
-    launch.clear_plans()  # (a plan of this shape would keep the config it was made with)
+    plans.clear_plans()  # (a plan of this shape would keep the config it was made with)
     problem = build_problem(
         p.model, p.x, p.y, target_grad=None, target_jvp=p.target_jvp, teacher=None,
         directions=p.directions, num_directions=1, alpha=1.0, beta=1.0, generator=None,
@@ -143,7 +143,7 @@ def _forward_case(p, config, key: tuple, device: str) -> tuple[float, float]:
 
 def _backward_case(p, config, key: tuple, device: str) -> tuple[float, float]:
     from bench.providers import _graphed, step_fn
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import launch, plans
 
     os.environ.update(BACKWARD_ENV)
     real = _launch_config(launch)
@@ -152,7 +152,7 @@ def _backward_case(p, config, key: tuple, device: str) -> tuple[float, float]:
         return config if kernel == "bwd" else real(kernel, *args, **kwargs)
 
     launch._launch_config = backward_config
-    launch.clear_plans()  # (a plan of this shape would keep the config it was made with)
+    plans.clear_plans()  # (a plan of this shape would keep the config it was made with)
     step = step_fn("triton", p)
     if device == "cuda":
         step = _graphed(step, p.x.device)

@@ -1,7 +1,7 @@
 """Registers, spills and tensor-core instructions of the chunked forward in its two forms,
 the one that reloads pre-activations and activates them per pass and the ``activated`` one
-(``launch._forward_activated``), and of the backward, each with 64- and 32-bit index
-arithmetic (``launch._index64``), compiled ahead of time for sm_90 (no GPU) on the tuner's
+(``choices._forward_activated``), and of the backward, each with 64- and 32-bit index
+arithmetic (``choices._index64``), compiled ahead of time for sm_90 (no GPU) on the tuner's
 column-block candidate of configs S, M and L, as the benchmark runs them (a directional
 target, biases, y).
 

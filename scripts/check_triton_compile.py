@@ -80,7 +80,7 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
         problems += _check_config(layout, config, variant, arch, needs_tensor_cores)
     if core:
         return problems + _check_weight_grad(layout, tensor_core.precision, variant, arch, False)
-    # the tuner's activated twin of the tensor-core candidate (launch._forward_activated)
+    # the tuner's activated twin of the tensor-core candidate (choices._forward_activated)
     if layout.activates_per_pass(tensor_core):
         problems += _check_config(layout, tensor_core, variant, arch, True, ("fwd_activated",))
     # (quick, CI: the inputs stores and the index width are the same code in every dtype:
@@ -88,7 +88,7 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
     if not quick or dtype == "fp32":
         problems += _check_config(layout, static, variant, arch, dtype != "fp32", ("bwd",),
                                   False)  # fmt: skip
-        # the static launch with 64-bit indices (launch._index64: past 2^31 elements)
+        # the static launch with 64-bit indices (choices._index64: past 2^31 elements)
         problems += _check_config(layout, static, variant, arch, dtype != "fp32", index64=True)
     # the persistent kernels: of a step that keeps nothing, and the backward after a forward
     # that saved (the backward's weight gradients on tensor cores in every dtype)

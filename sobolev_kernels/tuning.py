@@ -1,7 +1,7 @@
 """Choices made by measurement on the GPU, once per shape, then remembered by the process.
 
 Two callers: the Triton launchers pick rows per program and warps for each kernel
-(``triton/launch.py``), and ``backend="auto"`` picks the faster of the fused ``cuda`` and
+(``triton/choices.py``), and ``backend="auto"`` picks the faster of the fused ``cuda`` and
 ``triton`` backends when both can take a CUDA problem (``backends/__init__.py``). As with
 ``torch.backends.cudnn.benchmark``, the first call with a new shape pays for the measurement
 (one untimed run and a few timed ones per candidate, about 25 ms each). Set

@@ -1,5 +1,5 @@
 """The chunked forward that stores its activated layers (SOBOLEV_TRITON_FORWARD_ACTIVATED,
-``launch._forward_activated``): bit for bit the losses, outputs and gradients of the form
+``choices._forward_activated``): bit for bit the losses, outputs and gradients of the form
 that reloads pre-activations and activates them per pass (the same fp32 activations, the
 same dots), inside its tensors; and what the tuner is offered under each setting."""
 
@@ -35,9 +35,9 @@ def _column_block_tiles(monkeypatch):
 
 
 def _forward_plans():
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import plans
 
-    return [plan for key, plan in launch._plans.items() if key[0] == "fwd"]
+    return [plan for key, plan in plans._plans.items() if key[0] == "fwd"]
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="the interpreter's check; the GPU runs the tuner's test")
@@ -47,7 +47,7 @@ def _forward_plans():
      (torch.bfloat16, 1, 2, "0")],  # no backward kept: the activated scratch alone
 )  # fmt: skip
 def test_activated_forward_matches_the_reloading_one(monkeypatch, dtype, order, k, save):
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import plans
 
     _column_block_tiles(monkeypatch)
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
@@ -58,14 +58,14 @@ def test_activated_forward_matches_the_reloading_one(monkeypatch, dtype, order, 
     results = {}
     for activated in ("0", "1"):
         monkeypatch.setenv("SOBOLEV_TRITON_FORWARD_ACTIVATED", activated)
-        launch.clear_plans()
+        plans.clear_plans()
         checked = bounds_checked() if activated == "1" else contextlib.nullcontext()
         with checked:
             results[activated] = loss_and_grads(model, x, y, kw, "triton")
         # (the plans' activated scratch: the form that ran; without saved stacks, the
         # backward's forward per row chunk is a plan too)
-        plans = _forward_plans()
-        assert plans and all(bool(plan.activated) == (activated == "1") for plan in plans)
+        forwards = _forward_plans()
+        assert forwards and all(bool(plan.activated) == (activated == "1") for plan in forwards)
     (loss, grads), (act_loss, act_grads) = results["0"], results["1"]
     assert torch.equal(loss, act_loss), (loss, act_loss)
     for name, a, b in zip(("x", *dict(model.named_parameters())), grads, act_grads):

@@ -195,39 +195,41 @@ def test_weight_gradients_by_gemm_where_the_split_k_offsets_would_overflow(monke
     """The split-K kernel's offsets within a layer's stack are 32-bit: where the stacked rows
     times a width would pass 2^31 (here a limit made small), the GEMMs form the weight
     gradients whatever was asked, and the backward stores the inputs they read."""
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import choices, launch, parameter_grads
 
     layout = launch.Layout.of((3, 24, 24, 2), 3, 1)
     monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
-    assert launch._weight_grad_method(layout, torch.zeros(37, 3), True, False) == method
-    monkeypatch.setattr(launch, "_INT32_LIMIT", 4 * 37 * 24 - 1)
-    assert launch._weight_grad_method(layout, torch.zeros(37, 3), True, False) == "gemm"
+    assert parameter_grads._weight_grad_method(layout, torch.zeros(37, 3), True, False) == method
+    monkeypatch.setattr(choices, "_INT32_LIMIT", 4 * 37 * 24 - 1)
+    assert parameter_grads._weight_grad_method(layout, torch.zeros(37, 3), True, False) == "gemm"
     _agree(RTOL_FP32, dtype=torch.float32, batch=37, dim=3, width=24, out=2, k=3, layers=3)
 
 
 def test_16_bit_weight_gradient_gemms_add_their_partials_in_fp32():
-    """launch._full_precision_reductions: around the dW GEMMs of a 16-bit step on a GPU,
+    """parameter_grads._full_precision_reductions: around the dW GEMMs of a 16-bit step on a GPU,
     torch's allow_*_reduced_precision_reduction is off (cuBLAS may otherwise add split-K
     partials in 16 bits), and afterwards as it was, after an error too; fp32 and CPU
     operands leave it alone."""
     from types import SimpleNamespace
 
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import parameter_grads
 
     flags = torch.backends.cuda.matmul
     for dtype, name in ((torch.bfloat16, "allow_bf16_reduced_precision_reduction"),
                         (torch.float16, "allow_fp16_reduced_precision_reduction")):  # fmt: skip
         before = getattr(flags, name)
-        with launch._full_precision_reductions(SimpleNamespace(is_cuda=True, dtype=dtype)):
+        with parameter_grads._full_precision_reductions(SimpleNamespace(is_cuda=True, dtype=dtype)):
             assert getattr(flags, name) is False
         assert getattr(flags, name) == before
         with pytest.raises(RuntimeError, match="inside"):
-            with launch._full_precision_reductions(SimpleNamespace(is_cuda=True, dtype=dtype)):
+            with parameter_grads._full_precision_reductions(
+                SimpleNamespace(is_cuda=True, dtype=dtype)
+            ):
                 raise RuntimeError("inside")
         assert getattr(flags, name) == before
         for operand in (SimpleNamespace(is_cuda=False, dtype=dtype),
                         SimpleNamespace(is_cuda=True, dtype=torch.float32)):  # fmt: skip
-            with launch._full_precision_reductions(operand):
+            with parameter_grads._full_precision_reductions(operand):
                 assert getattr(flags, name) == before
 
 
@@ -449,17 +451,17 @@ def test_backward_method_choice(monkeypatch):
     two whole backwards per shape and per whether the forward kept its pre-activations, a
     tie keeping separate."""
     from sobolev_kernels import tuning
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import choices
     from sobolev_kernels.triton.layout import Layout
 
     layout, x = Layout.of((3, 8, 8, 2), 2, 1), torch.zeros(4, 3)
     never = lambda method: pytest.fail("nothing is measured off a GPU")  # noqa: E731
-    assert launch._backward_method(layout, x, False, True, never) == "separate"
+    assert choices._backward_method(layout, x, False, True, never) == "separate"
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
-    assert launch._backward_method(layout, x, False, True, never) == "persistent"
+    assert choices._backward_method(layout, x, False, True, never) == "persistent"
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "fused")
     with pytest.raises(ValueError, match="SOBOLEV_TRITON_BACKWARD: expected auto, separate"):
-        launch._backward_method(layout, x, False, True, never)
+        choices._backward_method(layout, x, False, True, never)
     monkeypatch.delenv("SOBOLEV_TRITON_BACKWARD")
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     tuning.clear()
@@ -469,10 +471,10 @@ def test_backward_method_choice(monkeypatch):
             timings = iter(times)
             monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
             ran = []
-            assert launch._backward_method(layout, x, False, kept, ran.append) == expected
+            assert choices._backward_method(layout, x, False, kept, ran.append) == expected
             assert ran == []  # (time_ms is mocked: nothing runs)
         # measured once per shape and kept-or-not: the first choice stands
-        assert launch._backward_method(layout, x, False, True, never) == "persistent"
+        assert choices._backward_method(layout, x, False, True, never) == "persistent"
     finally:
         tuning.clear()
 
@@ -483,7 +485,7 @@ def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
     wide one (SOBOLEV_TRITON_WIDE_TILES) is offered to fp32 unless it is 0, to bf16 where it
     is 1."""
     from sobolev_kernels import tuning
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import choices, launch
     from sobolev_kernels.triton.layout import Layout
 
     layout, x = Layout.of((16, 128, 128, 8), 2, 1), torch.zeros(64, 16)
@@ -507,7 +509,7 @@ def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
         return offered["bwd"]
 
     x16 = x.to(torch.bfloat16)
-    bf16 = launch._precisions(torch.bfloat16, False)
+    bf16 = choices._precisions(torch.bfloat16, False)
     monkeypatch.delenv("SOBOLEV_TRITON_WIDE_TILES")
     assert offered_to(x) == layout.launch_configs(4, None, "ieee", "tf32x3", wide=True)
     assert offered_to(x16) == layout.launch_configs(2, None, *bf16)
@@ -541,17 +543,17 @@ def test_save_activations_and_recompute_rows_are_checked(monkeypatch):
 
 
 def test_weight_gradient_method_choice(monkeypatch):
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import parameter_grads
     from sobolev_kernels.triton.layout import Layout
 
     layout, x = Layout.of((3, 8, 2), 2, 1), torch.zeros(4, 3)
     never = lambda method: pytest.fail("nothing is measured off a GPU")  # noqa: E731
-    assert launch._weight_grad_method(layout, x, True, False, never) == "gemm"
+    assert parameter_grads._weight_grad_method(layout, x, True, False, never) == "gemm"
     monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk")
-    assert launch._weight_grad_method(layout, x, True, False, never) == "splitk"
+    assert parameter_grads._weight_grad_method(layout, x, True, False, never) == "splitk"
     monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "cublas")
     with pytest.raises(ValueError, match="SOBOLEV_TRITON_WEIGHT_GRAD: expected auto, gemm"):
-        launch._weight_grad_method(layout, x, True, False, never)
+        parameter_grads._weight_grad_method(layout, x, True, False, never)
 
 
 def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
@@ -559,8 +561,9 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
     benchmark's table of measurements names the choice."""
     from bench.tuning_table import tuning_markdown
     from sobolev_kernels import tuning
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import choices
     from sobolev_kernels.triton.layout import Layout
+    from sobolev_kernels.triton.parameter_grads import _weight_grad_method
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     layout = Layout.of((3, 8, 2), 2, 1)
@@ -574,13 +577,13 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
             monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
             x = torch.zeros(batch, 3)
             # before the backward: not measured yet (it stores the inputs every method reads)
-            assert launch._weight_grad_method(layout, x, True, False) is None
-            assert launch._weight_grad_method(layout, x, True, False, lambda m: None) == expected
-            assert launch._weight_grad_method(layout, x, True, False) == expected
+            assert _weight_grad_method(layout, x, True, False) is None
+            assert _weight_grad_method(layout, x, True, False, lambda m: None) == expected
+            assert _weight_grad_method(layout, x, True, False) == expected
         text = tuning_markdown()
         # a measured choice that this batch's offsets would overflow gives way to gemm
-        monkeypatch.setattr(launch, "_INT32_LIMIT", 1)
-        assert launch._weight_grad_method(layout, torch.zeros(8, 3), True, False) == "gemm"
+        monkeypatch.setattr(choices, "_INT32_LIMIT", 1)
+        assert _weight_grad_method(layout, torch.zeros(8, 3), True, False) == "gemm"
     finally:
         tuning.clear()
     assert "triton weight_grad, widths (3, 8, 2), K 2, order 1, float32, B <= 4" in text
@@ -868,13 +871,15 @@ def test_sum_partials_over_many_rows(rows):
 def test_bias_gradients_from_many_programs(monkeypatch):
     """The GEMM weight gradients' bias sums over more backward programs than one pass adds
     (the two-pass sum of _sum_partials), against the reference."""
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import parameter_grads
 
     monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "gemm")
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
-    monkeypatch.setattr(launch, "SUM_ONE_PASS_ROWS", 8)  # (a smaller batch than 1024 x 64)
-    monkeypatch.setattr(launch, "SUM_ROWS_PER_SPLIT", 4)  # (fewer than a pass's 32 at a time)
-    grids = count_launches(monkeypatch, launch, "_sum_row_blocks_kernel")
+    monkeypatch.setattr(parameter_grads, "SUM_ONE_PASS_ROWS", 8)  # (a smaller batch than 1024 x 64)
+    monkeypatch.setattr(
+        parameter_grads, "SUM_ROWS_PER_SPLIT", 4
+    )  # (fewer than a pass's 32 at a time)
+    grids = count_launches(monkeypatch, parameter_grads, "_sum_row_blocks_kernel")
     model, x, y, kw = sample_inputs(batch=2000, dim=2, width=8, out=1, k=1, layers=2,
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
     assert_backends_agree(model, x, y, kw, "triton", RTOL_FP32, expected_model=upcast_model(model))
@@ -927,7 +932,7 @@ def test_launch_plans_are_made_once_per_signature_and_follow_the_settings(monkey
     between calls (SOBOLEV_TRITON_WEIGHT_GRAD here) is part of the plan's key, so it takes
     effect at once; tuning.clear() forgets the plans with the choices in them."""
     from sobolev_kernels import tuning
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import launch, plans
 
     model, x, y, kw = sample_inputs(batch=9, dim=3, width=8, out=2, k=2, layers=3,
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
@@ -950,17 +955,17 @@ def test_launch_plans_are_made_once_per_signature_and_follow_the_settings(monkey
     for have, want in zip(by_splitk, first):
         assert_close(have, want, 1e-5, "split-K weight gradients")
     tuning.clear()
-    assert not launch._plans
+    assert not plans._plans
 
 
 def test_launch_plans_made_while_nothing_can_be_measured_are_not_kept(monkeypatch):
     """A plan's choices hold for later calls only where they were measured, or where nothing
     is ever measured; not those made while torch.compile traces or a graph is captured."""
     from sobolev_kernels import tuning
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import plans
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    monkeypatch.setattr(launch, "_plans", {})
+    monkeypatch.setattr(plans, "_plans", {})
     for enabled, can_measure, device, kept in [
         (True, False, cuda, False),  # capturing or tracing: the static choice, for now
         (True, True, cuda, True),  # measured
@@ -969,9 +974,9 @@ def test_launch_plans_made_while_nothing_can_be_measured_are_not_kept(monkeypatc
     ]:
         monkeypatch.setattr(tuning, "enabled", lambda e=enabled: e)
         monkeypatch.setattr(tuning, "can_measure", lambda d, c=can_measure: c)
-        launch._keep("key", "plan", device)
-        assert ("key" in launch._plans) == kept, (enabled, can_measure, device)
-        launch._plans.clear()
+        plans._keep("key", "plan", device)
+        assert ("key" in plans._plans) == kept, (enabled, can_measure, device)
+        plans._plans.clear()
 
 
 def test_ahead_of_time_compiles_can_know_what_the_launcher_knows():

@@ -1,5 +1,5 @@
 """The chunked and resident Triton kernels index in 32 bits where every offset fits, in 64
-where one may not (INDEX64, ``launch._index64``) or where SOBOLEV_TRITON_INDEX=64 asks (and
+where one may not (INDEX64, ``choices._index64``) or where SOBOLEV_TRITON_INDEX=64 asks (and
 in the interpreter unless it is 32): the same losses and gradients bit for bit, and 64 bits
 chosen past the limit (here a limit lowered to the test's sizes)."""
 
@@ -21,33 +21,33 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 def _index64_of_plans() -> dict[str, set[bool]]:
     """INDEX64 of each kernel the plans launch, by plan kind ("fwd", "bwd")."""
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import plans
 
     found: dict[str, set[bool]] = {}
-    for key, plan in launch._plans.items():
+    for key, plan in plans._plans.items():
         if isinstance(key, tuple) and key[0] in ("fwd", "bwd"):
             found.setdefault(key[0], set()).add(plan.launcher.constexprs["INDEX64"])
     return found
 
 
 def test_the_index_width_is_chosen_by_the_largest_tensor(monkeypatch):
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import choices
 
-    monkeypatch.setattr(launch, "interpreting", lambda: False)  # (auto: 32 bits on a GPU)
+    monkeypatch.setattr(choices, "interpreting", lambda: False)  # (auto: 32 bits on a GPU)
     for setting in ("auto", "32"):
         monkeypatch.setenv("SOBOLEV_TRITON_INDEX", setting)
-        assert not launch._index64(5, 2**31 - 1)
-        assert launch._index64(5, 2**31)
-        assert not launch._index64()
+        assert not choices._index64(5, 2**31 - 1)
+        assert choices._index64(5, 2**31)
+        assert not choices._index64()
     monkeypatch.setenv("SOBOLEV_TRITON_INDEX", "64")
-    assert launch._index64(5)
-    monkeypatch.setattr(launch, "interpreting", lambda: True)
+    assert choices._index64(5)
+    monkeypatch.setattr(choices, "interpreting", lambda: True)
     for setting, wide in (("auto", True), ("32", False)):
         monkeypatch.setenv("SOBOLEV_TRITON_INDEX", setting)
-        assert launch._index64(5) == wide
+        assert choices._index64(5) == wide
     monkeypatch.setenv("SOBOLEV_TRITON_INDEX", "16")
     with pytest.raises(ValueError, match="SOBOLEV_TRITON_INDEX: expected auto, 32, 64"):
-        launch._index64(5)
+        choices._index64(5)
 
 
 @pytest.mark.parametrize("forward", ["chunked", "resident"])
@@ -55,7 +55,7 @@ def test_64_bit_indexing_gives_the_same_results(monkeypatch, forward):
     """Order 2 (a second-order target along the directions), two hidden layers: 32 bits
     (SOBOLEV_TRITON_INDEX=32: the test's sizes fit), then 64 chosen because the limit is
     lowered below the sizes; and against the reference."""
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import choices, plans
 
     monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", forward)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
@@ -68,8 +68,8 @@ def test_64_bit_indexing_gives_the_same_results(monkeypatch, forward):
     runs = {}
     for name, limit in (("32", None), ("64", 100)):
         if limit is not None:
-            monkeypatch.setattr(launch, "_INT32_LIMIT", limit)
-        launch.clear_plans()
+            monkeypatch.setattr(choices, "_INT32_LIMIT", limit)
+        plans.clear_plans()
         runs[name] = loss_and_grads(model, x, y, kw, "triton")
         assert _index64_of_plans() == {"fwd": {name == "64"}, "bwd": {name == "64"}}, name
     assert torch.equal(runs["64"][0], runs["32"][0])

@@ -1,5 +1,5 @@
 """The backward's layer inputs stacks stored transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor,
-``launch._inputs_kmajor``): the stacks hold what the row-major ones hold, each layer's block
+``choices._inputs_kmajor``): the stacks hold what the row-major ones hold, each layer's block
 transposed, and the weight gradients read them so, by GEMM and by the split-K kernel, in the
 chunked and the resident backward."""
 
@@ -102,17 +102,17 @@ def test_the_unpipelined_split_k_launch_asks_for_one_stage(monkeypatch):
     """splitk_unpipelined: the split-K kernel launched with num_stages=1 (its row loop not
     software-pipelined; the interpreter ignores it), over transposed inputs here, and the
     gradients the reference's."""
-    from sobolev_kernels.triton import direct_launch, launch
+    from sobolev_kernels.triton import direct_launch, parameter_grads
 
     launched = []
     original = direct_launch.launcher
 
     def recording(kernel, constexprs):
-        if kernel is launch._weight_grad_partials_kernel:
+        if kernel is parameter_grads._weight_grad_partials_kernel:
             launched.append(constexprs)
         return original(kernel, constexprs)
 
-    monkeypatch.setattr(launch.direct_launch, "launcher", recording)
+    monkeypatch.setattr(parameter_grads.direct_launch, "launcher", recording)
     _kmajor(monkeypatch, "splitk_unpipelined")
     model, x, y, kw = inputs_of_order(1, batch=37, dim=3, width=24, out=2, k=3, layers=3,
                                       dtype=torch.float32, device=DEVICE)  # fmt: skip

@@ -97,7 +97,7 @@ def test_split_tf32x3_kernels_agree_on_the_gpu(monkeypatch, order):
 
 
 def _split_agrees(monkeypatch, device, order, rtol, **shape):
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import plans
 
     monkeypatch.setenv("SOBOLEV_TRITON_TF32X3", "split")
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
@@ -119,7 +119,7 @@ def _split_agrees(monkeypatch, device, order, rtol, **shape):
         # (the backward's launcher is not kept in a plan; its PRECISION comes from _tuned too)
         kinds = ("fwd", "weight_grad")
         precisions = {key[0]: (plan.launcher if key[0] == "fwd" else plan[0])
-                      .constexprs["PRECISION"] for key, plan in launch._plans.items()
+                      .constexprs["PRECISION"] for key, plan in plans._plans.items()
                       if isinstance(key, tuple) and key[0] in kinds}  # fmt: skip
         assert precisions == dict.fromkeys(kinds, "tf32x3_split")
     finally:
@@ -127,11 +127,11 @@ def _split_agrees(monkeypatch, device, order, rtol, **shape):
 
 
 def test_an_unknown_tf32x3_form_is_refused(monkeypatch):
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import choices
 
     monkeypatch.setenv("SOBOLEV_TRITON_TF32X3", "fast")
     with pytest.raises(ValueError, match="SOBOLEV_TRITON_TF32X3: expected triton or split"):
-        launch._kernel_precision("tf32x3")
+        choices._kernel_precision("tf32x3")
     monkeypatch.setenv("SOBOLEV_TRITON_TF32X3", "split")
-    assert launch._kernel_precision("ieee") == "ieee"  # only 3xTF32 changes form
-    assert launch._kernel_precision("tf32x3") == "tf32x3_split"
+    assert choices._kernel_precision("ieee") == "ieee"  # only 3xTF32 changes form
+    assert choices._kernel_precision("tf32x3") == "tf32x3_split"

@@ -306,20 +306,20 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, dtype=torch.fl
     test_forward_activated.py's), each backward candidate with the forward on the same.
     In a 16-bit ``dtype`` the chunked forward's candidates only (the resident forward's:
     test_resident_forward.py)."""
-    from sobolev_kernels.triton import launch
+    from sobolev_kernels.triton import choices, parameter_grads
     from sobolev_kernels.triton.layout import Layout, shared_memory_limit
 
-    methods = launch.WEIGHT_GRAD_METHODS
+    methods = parameter_grads.WEIGHT_GRAD_METHODS
     if device == "cpu":  # splitk_unpipelined is splitk with a launch option the interpreter
         methods = tuple(m for m in methods if m != "splitk_unpipelined")  # ignores (CI's time)
-        monkeypatch.setattr(launch, "WEIGHT_GRAD_METHODS", methods)
+        monkeypatch.setattr(parameter_grads, "WEIGHT_GRAD_METHODS", methods)
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")  # (the persistent one: below)
     monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")  # every candidate, the opt-in one too
     widths = (shape["dim"], shape["width"], shape["width"], shape["out"])
     limit = shared_memory_limit(torch.device(device))
     layout = Layout(widths, shape["k"], order)
-    static, tensor_core = launch._precisions(dtype, False)
+    static, tensor_core = choices._precisions(dtype, False)
     if dtype != torch.float32:
         monkeypatch.setenv("SOBOLEV_TRITON_FORWARD", "chunked")
     configs = layout.launch_configs(dtype.itemsize, limit, static, tensor_core, True)
@@ -414,10 +414,10 @@ def _timer_preferring(*picks):
     candidates) of the forward, then of the backward) and 1 ms for the others; then for
     weight-gradient method ``pick`` modulo their number (gemm, splitk, recompute), the last
     kernel's pick."""
-    from sobolev_kernels.triton.launch import WEIGHT_GRAD_METHODS
+    from sobolev_kernels.triton import parameter_grads
 
     calls = []
-    methods = len(WEIGHT_GRAD_METHODS)
+    methods = len(parameter_grads.WEIGHT_GRAD_METHODS)
     schedule = [*picks, (picks[-1][0] % methods, methods)]
 
     def timer(fn):

@@ -22,9 +22,10 @@ from triton.compiler import ASTSource
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
 from .backward_resident import _sobolev_bwd_resident_kernel
+from .choices import _precisions
 from .forward import _sobolev_fwd_kernel, _sobolev_fwd_persistent_kernel
 from .forward_resident import _sobolev_fwd_resident_kernel
-from .launch import TARGET_GRAD, TARGET_HESS, TARGET_NONE, _precisions
+from .launch import TARGET_GRAD, TARGET_HESS, TARGET_NONE
 from .layout import Layout
 from .persistent_backward import _sobolev_bwd_persistent_kernel
 from .weight_grad import _weight_grad_partials_kernel
@@ -65,7 +66,7 @@ def step_constexprs(
     pass, default the static choice; ``cols``: output columns per pass, 0 for all;
     ``store_inputs``: false for the backward of the ``recompute`` weight gradients;
     ``index64``: 64-bit index arithmetic, which the launchers take past 2^31 elements;
-    ``inputs_kmajor``: the backward's inputs stacks transposed, launch._inputs_kmajor)."""
+    ``inputs_kmajor``: the backward's inputs stacks transposed, choices._inputs_kmajor)."""
     common = dict(layout.constexprs(), ROWS=rows, GROUP=group or layout.group(rows, warps),
                   ACT=act, SHARED=False, HAS_BIAS=True, HAS_Y=True, TARGET=TARGET_GRAD,
                   TARGET2=TARGET_HESS if layout.order == 2 else TARGET_NONE,
@@ -137,7 +138,7 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
     constexprs["bwd_persistent_saved"] = persistent_constexprs(layout, constexprs["bwd"], dtype,
                                                                cols, recompute=False)  # fmt: skip
     # the forward that keeps nothing, per row tile into scratch of its own
-    # the chunked forward storing its activated layers (launch._forward_activated)
+    # the chunked forward storing its activated layers (choices._forward_activated)
     constexprs["fwd_activated"] = dict(constexprs["fwd"], ACTIVATED=True)
     chunked_only = ("ACTIVATED", "STORE_Z", "A_OFFS", "A_STRIDES")
     fwd = {k: v for k, v in constexprs["fwd"].items() if k not in chunked_only}
@@ -192,7 +193,7 @@ def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, w
     ``launch.py`` sets it up for a model with biases and per-sample directions: "dW" reading
     the inputs stacks (in ``dtype``), or "dW recompute" forming them from the fp32 saved
     pre-activations (activation ``act``), or "dW kmajor" reading transposed inputs stacks
-    (launch._inputs_kmajor). ``aligned``: see compile_step. ``stages``: the row loop's
+    (choices._inputs_kmajor). ``aligned``: see compile_step. ``stages``: the row loop's
     software pipelining (None: Triton's default; 1: none, ``splitk_unpipelined``)."""
     constexprs = dict(layout.weight_grad_constexprs(True), ACT=act, SHARED=False,
                       RECOMPUTE=recompute, PRECISION=precision, EMULATE_BF16=False,

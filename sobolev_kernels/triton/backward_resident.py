@@ -12,7 +12,7 @@ layer inputs; the seeds and the formulas are backward.py's.
 All K directions ride in one pass (GROUP = KP): a_z sums over every direction's terms, so a
 pass per group would need a_z carried between passes. Offered where the resident forward is
 (``Layout.resident_fits``), and only on request (SOBOLEV_TRITON_BACKWARD_KERNEL=resident in
-launch.py) until a GPU has measured it: the resident forward ran 2.2x faster than the
+choices.py) until a GPU has measured it: the resident forward ran 2.2x faster than the
 chunked one in bf16 on the H200 (2026-11-27), and lost in fp32.
 """
 

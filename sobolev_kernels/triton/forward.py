@@ -26,7 +26,7 @@ in registers (Triton's exact fp32 dot does; the kernels spilled kilobytes per th
 rows a program reloads were written by its other threads: a barrier separates each layer's
 stores from the next layer's reloads. The next layer activates what it reloads once per
 pass (column block and direction group) of its own; the ``activated`` form (ACTIVATED,
-``launch._forward_activated``) stores a layer's [h; t; tt] once into scratch of their own
+``choices._forward_activated``) stores a layer's [h; t; tt] once into scratch of their own
 for the next layer to reload as they are. Tangent streams run GROUP directions per pass over a
 layer's weights (the values ride with the first group), so the register tiles hold GROUP
 directions, not K: many directions do not spill.
@@ -250,7 +250,7 @@ def _sobolev_fwd_kernel(
     A_STRIDES: tl.constexpr, INDEX64: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
-    if INDEX64:  # an offset may pass 2^31 elements (launch._index64)
+    if INDEX64:  # an offset may pass 2^31 elements (choices._index64)
         pid = pid.to(tl.int64)
         B = tl.cast(B, tl.int64)
     rows = pid * ROWS + tl.arange(0, ROWS)

@@ -18,7 +18,7 @@ Measured on the H200 (2026-11-27, bench/results/h200-2026-11-27, run 4): at conf
 0.19 ms against the chunked kernel's best 0.41 ms, although ahead-of-time compiles for sm_90
 show it spilling 2 KB a thread there (spills are not speed); in fp32 (3xTF32) it lost to the
 chunked kernel's 64-row column-block tiles (0.95 against 0.61 ms), and on 8 warps with 64
-rows it faulted (``Layout.tf32_splits_rows``). So the tuner offers it in bf16 (launch.py), and
+rows it faulted (``Layout.tf32_splits_rows``). So the tuner offers it in bf16 (choices.py), and
 only where the widest padded layer is at most RESIDENT_MAX_WIDTH (``Layout.resident_fits``):
 whole W^T tiles of wider layers do not fit in shared memory next to their TF32 remainders.
 """

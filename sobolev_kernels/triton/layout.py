@@ -298,8 +298,8 @@ class Layout:
         H200 profile (2026-11-26) had fp32 dots on FMA units at 9 TFLOP/s; on the H200 runs
         of 2026-11-27 the static launch in 3xTF32 won the forward at S and M (up to 1.6x the
         exact one), and ``tensor_core_config`` (64 rows on 4 warps) beat it by 1.3x (S) and
-        1.7x (M); the forward offers it (launch.py), the backward in fp32 (correct there on
-        the H200, its speed unmeasured; ``launch._wide_tiles``). Never a config that
+        1.7x (M); the forward offers it (choices.py), the backward in fp32 (correct there on
+        the H200, its speed unmeasured; ``choices._wide_tiles``). Never a config that
         ``tf32_splits_rows``.
 
         Few on purpose: each is a compile of several seconds the first time a shape runs

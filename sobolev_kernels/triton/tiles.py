@@ -31,7 +31,7 @@ def _split_tf32(x):
 
 @triton.jit
 def _dot_acc(a, b, acc, PRECISION: tl.constexpr):
-    """acc + a @ b. PRECISION "tf32x3_split" (``launch._kernel_precision``) is Triton's
+    """acc + a @ b. PRECISION "tf32x3_split" (``choices._kernel_precision``) is Triton's
     "tf32x3" formed here: both operands split (_split_tf32), then lo.hi, hi.lo and hi.hi as
     TF32 dots into the one accumulator, with no NaN fix-up between them. Triton's own puts
     the small products in a fresh accumulator, replaces their NaNs (an inf operand's lo) by
@@ -84,7 +84,7 @@ def _by_direction(x, G: tl.constexpr, ROWS: tl.constexpr):
 def _stack_offsets(rows, cols, width, stack, KMAJOR: tl.constexpr):
     """Offsets of rows ``rows``, columns ``cols`` in a layer's block of a stack of ``stack``
     rows and ``width`` columns: row-major, or with KMAJOR transposed, (width, stack) with
-    the stacked rows contiguous (launch.INPUTS_LAYOUTS)."""
+    the stacked rows contiguous (choices.INPUTS_LAYOUTS)."""
     if KMAJOR:
         offsets = cols[None, :] * stack + rows[:, None]
     else:

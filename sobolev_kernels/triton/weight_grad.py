@@ -6,7 +6,7 @@ S B stacked rows (values, then the tangent blocks). Then
 
     dW_l = A_l^T S_{l-1}        db_l = sum of A_l's value rows (the bias moves no tangent)
 
-three ways, chosen per shape by measurement on the GPU (``launch.py``):
+three ways, chosen per shape by measurement on the GPU (``parameter_grads.py``):
 
 - ``gemm``: one cuBLAS GEMM per layer, and ``_sum_partials_kernel`` over the backward
   kernel's per-program bias partials: 1 + L launches;
@@ -91,7 +91,7 @@ def _weight_grad_rows(
     crosses the warps: shared memory and a barrier every step; ahead of time for sm_90 the
     split-K loop is 30% shorter in bf16, 5% in fp32), else summed on every step (fewer
     registers, for the persistent backward, which spills). KMAJOR: the inputs stacks are
-    stored transposed, S_{l-1}^T (n_in, stack) (launch.INPUTS_LAYOUTS; not with RECOMPUTE):
+    stored transposed, S_{l-1}^T (n_in, stack) (choices.INPUTS_LAYOUTS; not with RECOMPUTE):
     the dot's second operand then has the reduction's rows contiguous, as fp32's TF32 wgmma
     takes it. Row-major, Triton transposes it through shared memory on every step, with
     scalar stores (the H200's counters: 83% of the kernel's shared stores in bank conflicts;
@@ -119,7 +119,7 @@ def _weight_grad_rows(
                                  mask=(j[:, None] < n_in) & live[None, :], other=0.0))  # fmt: skip
         else:
             s = tl.load(s_base + r[:, None] * n_in + j[None, :], mask=s_ok, other=0.0)
-        if EMULATE_BF16:  # the interpreter's bf16 dot is wrong (see launch.py)
+        if EMULATE_BF16:  # the interpreter's bf16 dot is wrong (see choices._emulate_bf16)
             a = a.to(tl.float32)
             s = s.to(tl.float32)
         acc = _dot_acc(tl.trans(a), s, acc, PRECISION)
