@@ -45,6 +45,7 @@ from sobolev_kernels.triton.aot import (  # noqa: E402
     sass,
 )
 from sobolev_kernels.triton.layout import MIN_PAD, Layout  # noqa: E402
+from sobolev_kernels.triton.parameter_grads import WIDE_TILE, WIDE_WARPS  # noqa: E402
 
 # (widths, K, order, dtype, activation id): the configs of bench/step.py and the edges
 VARIANTS = [
@@ -97,6 +98,8 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
+    # the split-K kernel on output tiles of up to 128, 8 warps (splitk_wide)
+    problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, False, wide=True)
     if dtype == "fp32":  # the inputs stacks transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor),
         # with the row loop pipelined or not (splitk_unpipelined)
         for stages in (None, 1):
@@ -121,15 +124,16 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
 
 
 def _check_weight_grad(layout, precision, variant, arch, recompute, kmajor=False,
-                       stages=None) -> list[str]:  # fmt: skip
+                       stages=None, wide=False) -> list[str]:  # fmt: skip
     """The split-K weight-gradient kernel: it compiles, fits in shared memory and runs its
     products on tensor cores (3xTF32 for fp32)."""
     label = f"sm_{arch} widths={variant[0]} K={variant[1]} order={variant[2]} {variant[3]} " \
             f"{precision}"  # fmt: skip
     try:
-        name, compiled = compile_weight_grad(layout, precision, variant[3], arch,
-                                             recompute=recompute, act=variant[4],
-                                             kmajor=kmajor, stages=stages)  # fmt: skip
+        warps, tiles = (WIDE_WARPS, WIDE_TILE) if wide else (4, 64)
+        name, compiled = compile_weight_grad(layout, precision, variant[3], arch, warps,
+                                             recompute=recompute, act=variant[4], kmajor=kmajor,
+                                             stages=stages, max_tile=tiles)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - report every failing variant
         print(f"{label}: compile error: {str(exc).strip().splitlines()[-1]}")
         return [f"{label}: compile error: {str(exc).strip().splitlines()[-1]}"]

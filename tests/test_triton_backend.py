@@ -168,7 +168,27 @@ def test_weight_gradients_by_splitk(monkeypatch, method, dtype, width, bias):
     _agree(rtol, dtype=dtype, batch=37, dim=3, width=width, out=2, k=3, bias=bias, seed=width)
 
 
-@pytest.mark.parametrize("method", ["splitk", "recompute"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width, bias", [(17, True), (160, True), (130, False)])
+def test_weight_gradients_by_wide_splitk_tiles(monkeypatch, dtype, width, bias):
+    """splitk_wide: output tiles of up to 128 on 8 warps. Width 160 takes two tiles each way
+    (the second ragged; the bias from the first column tile only), width 130 two of mostly
+    padding; its own splits of the rows (half the programs: two 8-warp ones per SM). Width
+    17: splitk's tiles, which a narrow model's wide ones would be."""
+    from sobolev_kernels.triton import plans
+
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk_wide")
+    plans.clear_plans()
+    rtol = RTOL_FP32 if dtype == torch.float32 else TOLERANCES[dtype]
+    _agree(rtol, dtype=dtype, batch=37, dim=3, width=width, out=2, k=3, bias=bias, seed=width)
+    # (at width 64 and less, splitk's 64 x 64 tiles on 4 warps: 8 would split their rows)
+    tiles = (128, 8) if width > 64 else (max(16, 1 << (width - 1).bit_length()), 4)
+    launched = [(plan[0].constexprs["BM"], plan[0].constexprs["num_warps"])
+                for key, plan in plans._plans.items() if key[0] == "weight_grad"]  # fmt: skip
+    assert launched == [tiles]
+
+
+@pytest.mark.parametrize("method", ["splitk", "recompute", "splitk_wide"])
 @pytest.mark.parametrize("order", [1, 2])
 def test_weight_gradients_by_splitk_with_unequal_widths(monkeypatch, method, order):
     """Layer 1's inputs have no second-order rows: the split-K kernel stops at (1 + K) B.
@@ -566,12 +586,14 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
     from sobolev_kernels.triton.parameter_grads import _weight_grad_method
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
-    layout = Layout.of((3, 8, 2), 2, 1)
+    layout = Layout.of((3, 80, 2), 2, 1)  # (wider than 64: splitk_wide has tiles of its own)
     tuning.clear()
     try:
-        cases = (([2.0, 1.0, 3.0, 4.0], "splitk", 4), ([3.0, 2.0, 1.0, 4.0], "recompute", 8),
-                 ([2.0, 3.0, 4.0, 1.0], "splitk_unpipelined", 16),
-                 ([1.0, 1.0, 1.0, 1.0], "gemm", 40))  # fmt: skip
+        cases = (([2.0, 1.0, 3.0, 4.0, 5.0], "splitk", 4),
+                 ([3.0, 2.0, 1.0, 4.0, 5.0], "recompute", 8),
+                 ([2.0, 3.0, 4.0, 1.0, 5.0], "splitk_unpipelined", 16),
+                 ([2.0, 3.0, 4.0, 5.0, 1.0], "splitk_wide", 32),
+                 ([1.0, 1.0, 1.0, 1.0, 1.0], "gemm", 80))  # fmt: skip
         for times, expected, batch in cases:
             timings = iter(times)
             monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
@@ -586,10 +608,23 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
         assert _weight_grad_method(layout, torch.zeros(8, 3), True, False) == "gemm"
     finally:
         tuning.clear()
-    assert "triton weight_grad, widths (3, 8, 2), K 2, order 1, float32, B <= 4" in text
+    assert "triton weight_grad, widths (3, 80, 2), K 2, order 1, float32, B <= 4" in text
     assert "| splitk | 1.0000 | **chosen** |" in text
     assert "| recompute | 1.0000 | **chosen** |" in text
     assert "| splitk_unpipelined | 1.0000 | **chosen** |" in text
+    assert "| splitk_wide | 1.0000 | **chosen** |" in text
+    # at widths of 64 and less its tiles are splitk's: not a candidate of its own
+    timed = []
+    monkeypatch.setattr(tuning, "time_ms", lambda fn: timed.append(1) or 1.0)
+    monkeypatch.setattr(choices, "_INT32_LIMIT", 2**31 - 1)  # (every method fits again)
+    narrow = Layout.of((3, 64, 2), 2, 1)
+    try:
+        assert _weight_grad_method(narrow, torch.zeros(4, 3), True, False, lambda m: None) == "gemm"
+    finally:
+        tuning.clear()
+    assert len(timed) == 4
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk_wide")
+    assert _weight_grad_method(narrow, torch.zeros(4, 3), True, False) == "splitk"
 
 
 def test_deterministic():
@@ -651,7 +686,9 @@ def test_many_directions_in_groups_on_gpu(dtype, order):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["gemm", "splitk", "recompute", "splitk_unpipelined"])
+@pytest.mark.parametrize(
+    "method", ["gemm", "splitk", "recompute", "splitk_unpipelined", "splitk_wide"]
+)
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_weight_gradient_methods_on_gpu(monkeypatch, method, order, dtype):

@@ -188,14 +188,15 @@ def _aligned(kernel, signature: dict) -> dict:
 def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, warps: int = 4,
                         recompute: bool = False, act: int = 0,
                         aligned: bool = False, kmajor: bool = False,
-                        stages: int | None = None) -> tuple:  # fmt: skip
+                        stages: int | None = None, max_tile: int = 64) -> tuple:  # fmt: skip
     """(name, compiled) of the split-K weight-gradient kernel (``weight_grad.py``) as
     ``launch.py`` sets it up for a model with biases and per-sample directions: "dW" reading
     the inputs stacks (in ``dtype``), or "dW recompute" forming them from the fp32 saved
     pre-activations (activation ``act``), or "dW kmajor" reading transposed inputs stacks
     (choices._inputs_kmajor). ``aligned``: see compile_step. ``stages``: the row loop's
-    software pipelining (None: Triton's default; 1: none, ``splitk_unpipelined``)."""
-    constexprs = dict(layout.weight_grad_constexprs(True), ACT=act, SHARED=False,
+    software pipelining (None: Triton's default; 1: none, ``splitk_unpipelined``).
+    ``max_tile``: the output tiles' largest side (128 on 8 warps: ``splitk_wide``)."""
+    constexprs = dict(layout.weight_grad_constexprs(True, max_tile), ACT=act, SHARED=False,
                       RECOMPUTE=recompute, PRECISION=precision, EMULATE_BF16=False,
                       KMAJOR=kmajor)  # fmt: skip
     sig = {"adj_ptr": "*" + dtype, "inputs_ptr": "*" + ("fp32" if recompute else dtype),
@@ -214,6 +215,8 @@ def compile_weight_grad(layout: Layout, precision: str, dtype: str, arch: int, w
     options = {"num_warps": warps}
     if stages is not None:
         name, options["num_stages"] = f"{name} stages={stages}", stages
+    if max_tile != 64:
+        name += f" tiles<={max_tile}"
     return name, triton.compile(src, target=target, options=options)
 
 

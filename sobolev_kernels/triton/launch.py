@@ -422,7 +422,8 @@ def _backward(
             return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32, **lean)
         stages = 1 if method == "splitk_unpipelined" else None
         return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32,
-                                kmajor=plan.inputs_kmajor, stages=stages)  # fmt: skip
+                                kmajor=plan.inputs_kmajor, stages=stages,
+                                wide=method == "splitk_wide")  # fmt: skip
 
     if method is None:
         method = _weight_grad_method(layout, x, has_bias, allow_tf32, parameter_grads)

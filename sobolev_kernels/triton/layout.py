@@ -421,19 +421,19 @@ class Layout:
         """K-loop step of the dots whose K extent is each padded width."""
         return tuple(min(chunk, p) for p in self.pads)
 
-    def weight_grad_constexprs(self, has_bias: bool) -> dict:
+    def weight_grad_constexprs(self, has_bias: bool, max_tile: int = 64) -> dict:
         """The split-K weight-gradient kernel's constexprs (``weight_grad.py``): square
-        output tiles of up to 64 (at least 16, what tl.dot takes), TILE_CUM[l] the first tile
-        of layer l's dW (TILE_CUM[-1] tiles in all), W_OFFS / B_OFFS where dW_l / db_l start
-        in a row of N_PARTIAL partial sums, 32 stacked rows per step; K and ORDER place the
-        tangent blocks of the stacks. Built once per shape (a step asks three times); a
-        copy, which callers may extend."""
-        key = ("weight_grad", has_bias)
-        return dict(self.cached(key, lambda: self._weight_grad_constexprs(has_bias)))
+        output tiles of up to ``max_tile`` (at least 16, what tl.dot takes), TILE_CUM[l] the
+        first tile of layer l's dW (TILE_CUM[-1] tiles in all), W_OFFS / B_OFFS where dW_l /
+        db_l start in a row of N_PARTIAL partial sums (the same for every tile), 32 stacked
+        rows per step; K and ORDER place the tangent blocks of the stacks. Built once per
+        shape (a step asks three times); a copy, which callers may extend."""
+        key = ("weight_grad", has_bias, max_tile)
+        return dict(self.cached(key, lambda: self._weight_grad_constexprs(has_bias, max_tile)))
 
-    def _weight_grad_constexprs(self, has_bias: bool) -> dict:
+    def _weight_grad_constexprs(self, has_bias: bool, max_tile: int) -> dict:
         widths, layers = self.widths, self.num_layers
-        tile = max(16, min(64, next_power_of_2(max(widths))))
+        tile = max(16, min(max_tile, next_power_of_2(max(widths))))
         tiles = [-(-widths[l + 1] // tile) * -(-widths[l] // tile) for l in range(layers)]
         sizes = [widths[l + 1] * widths[l] for l in range(layers)]
         biases = sum(widths[1:]) if has_bias else 0

@@ -34,8 +34,26 @@ from .weight_grad import _sum_partials_kernel, _sum_row_blocks_kernel, _weight_g
 # swizzled layout, with no cp.async staging ring read back by scalar shared loads (sm_90
 # ahead of time, fp32 at M over transposed inputs: 193 instead of 261 loop instructions, no
 # scalar shared access; bench/results/triton_kmajor_inputs_sm90.md); its memory latency is
-# then hidden by the other programs only. Unmeasured on a GPU: a candidate, never static.
-WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute", "splitk_unpipelined")
+# then hidden by the other programs only. ``splitk_wide`` is splitk on output tiles of up to
+# WIDE_TILE (128 x 128, 8 warps, WIDE_WARPS) instead of 64 x 64 on 4: a layer of width 128 is
+# one tile, so each program reads its rows of the adjoints and inputs stacks once where four
+# 64 x 64 tiles read each twice (at config M in bf16 the stacks read a step go from about
+# 520 to 310 MB; the H200 measured splitk's bf16 dW there at 0.26 ms, run 5, 2 TB/s, where
+# 310 MB take 0.07 ms at its bandwidth), on 128-row wgmma tiles as the Triton matmul
+# tutorial's and the CUDA backend's splitk_tc; a narrow layer's tile is mostly padding.
+# Unmeasured on a GPU: candidates, never static.
+WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute", "splitk_unpipelined", "splitk_wide")
+WIDE_TILE, WIDE_WARPS = 128, 8
+
+
+def _splitk_tiles(layout: Layout, wide: bool) -> tuple[int, int]:
+    """(largest tile side, warps) of the split-K kernel: (64, 4), or for ``wide`` (128, 8)
+    where a layer is wider than 64. A narrower model's wide tiles would be 64 x 64 on 8
+    warps: TF32 dots of 64 rows on 8 warps computed wrong results or faulted on the H200
+    (``Layout.tf32_splits_rows``), and it is splitk's tile."""
+    if wide and max(layout.widths) > 64:
+        return WIDE_TILE, WIDE_WARPS
+    return 64, 4
 
 
 def _weight_grad_method(
@@ -45,9 +63,12 @@ def _weight_grad_method(
     """``SOBOLEV_TRITON_WEIGHT_GRAD`` (one of WEIGHT_GRAD_METHODS) where set, else measured
     once per shape on the GPU (``tuning``; without ``run``, None where that is still to
     come), else gemm. Only gemm where the split-K kernel's offsets do not fit
-    (``_splitk_fits``)."""
+    (``_splitk_fits``); no splitk_wide where its tiles are splitk's (``_splitk_tiles``)."""
     forced = _forced_method("SOBOLEV_TRITON_WEIGHT_GRAD", WEIGHT_GRAD_METHODS)
     methods = WEIGHT_GRAD_METHODS if _splitk_fits(layout, x.shape[0]) else ("gemm",)
+    if _splitk_tiles(layout, True) == _splitk_tiles(layout, False):
+        methods = tuple(m for m in methods if m != "splitk_wide")
+        forced = "splitk" if forced == "splitk_wide" else forced
     if forced != "auto":
         return forced if forced in methods else "gemm"
     constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths,
@@ -126,15 +147,16 @@ def _grads_by_splitk(
     layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, weights: list[Tensor],
     biases: list[Tensor], allow_tf32: bool, saved: Tensor | None = None,
     v: Tensor | None = None, activation: int = 0, slope: float = 0.0, kmajor: bool = False,
-    stages: int | None = None,
+    stages: int | None = None, wide: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
     """Every dW_l and db_l by one split-K kernel over all layers, then one reduction. With
     ``saved`` (the forward's pre-activations), the directions ``v`` and the activation, the
     kernel forms the inputs stacks itself as it reads them: ``inputs`` goes unread.
     ``kmajor``: the inputs stacks stored transposed; ``stages``: the row loop's software
-    pipelining (None: Triton's default)."""
+    pipelining (None: Triton's default); ``wide``: output tiles of up to WIDE_TILE."""
     partial = _weight_grad_partials(layout, x, adj, inputs, bool(biases), allow_tf32, saved, v,
-                                    activation, slope, kmajor=kmajor, stages=stages)  # fmt: skip
+                                    activation, slope, kmajor=kmajor, stages=stages,
+                                    wide=wide)  # fmt: skip
     return _parameter_grads_of(partial, layout, weights, biases, x.dtype)
 
 
@@ -151,14 +173,16 @@ def _parameter_grads_of(
     return grad_weights, grad_biases
 
 
-def _split_rows(layout: Layout, batch: int, device: torch.device) -> tuple[int, int]:
+def _split_rows(layout: Layout, batch: int, device: torch.device,
+                wide: bool = False) -> tuple[int, int]:  # fmt: skip
     """(splits, rows per split) of the split-K kernel over (1 + order K) batch stacked rows:
-    about four programs per SM in all (a few split row ranges where the interpreter runs
-    it), whole row blocks per split."""
+    about 16 warps per SM in all (four programs of 4 warps, two of the wide tiles' 8; a few
+    split row ranges where the interpreter runs it), whole row blocks per split."""
     stack = layout.blocks * batch
-    geometry = layout.weight_grad_constexprs(True)
+    max_tile, warps = _splitk_tiles(layout, wide)
+    geometry = layout.weight_grad_constexprs(True, max_tile)
     tiles, row_block = geometry["TILE_CUM"][-1], geometry["BK"]
-    programs = 4 * _multiprocessors(device)
+    programs = (16 // warps) * _multiprocessors(device)
     splits = max(1, min(cdiv(programs, tiles), cdiv(stack, row_block)))
     rows_per_split = cdiv(cdiv(stack, splits), row_block) * row_block
     return cdiv(stack, rows_per_split), rows_per_split
@@ -168,7 +192,7 @@ def _weight_grad_partials(
     layout: Layout, x: Tensor, adj: Tensor, inputs: Tensor, has_bias: bool, allow_tf32: bool,
     saved: Tensor | None = None, v: Tensor | None = None, activation: int = 0,
     slope: float = 0.0, out: Tensor | None = None, kmajor: bool = False,
-    stages: int | None = None,
+    stages: int | None = None, wide: bool = False,
 ) -> Tensor:  # fmt: skip
     """The split-K kernel's (splits, N) fp32 partial sums (the first rows of ``out`` where
     given); see _grads_by_splitk."""
@@ -177,16 +201,17 @@ def _weight_grad_partials(
     batch = x.shape[0]
     shared = recompute and v.ndim == 2
     key = ("weight_grad", layout, batch, x.dtype, x.device, has_bias, allow_tf32, recompute,
-           shared, activation, kmajor, stages, _settings())  # fmt: skip
+           shared, activation, kmajor, stages, wide, _settings())  # fmt: skip
     plan = _plans.get(key)
     if plan is None:
-        geometry = layout.weight_grad_constexprs(has_bias)
-        splits, rows_per_split = _split_rows(layout, batch, x.device)
+        max_tile, warps = _splitk_tiles(layout, wide)
+        geometry = layout.weight_grad_constexprs(has_bias, max_tile)
+        splits, rows_per_split = _split_rows(layout, batch, x.device, wide)
         launcher = direct_launch.launcher(_weight_grad_partials_kernel, dict(
             ACT=activation, SHARED=shared, RECOMPUTE=recompute, KMAJOR=kmajor,
             PRECISION=_kernel_precision(_precisions(x.dtype, allow_tf32)[1]),
-            EMULATE_BF16=_emulate_bf16(x.dtype),
-            num_warps=4, **geometry, **({} if stages is None else {"num_stages": stages}),
+            EMULATE_BF16=_emulate_bf16(x.dtype), num_warps=warps,
+            **geometry, **({} if stages is None else {"num_stages": stages}),
         ))  # fmt: skip
         grid = (geometry["TILE_CUM"][-1], splits)
         sizes = (layout.blocks * batch, (1 + layout.k) * batch, rows_per_split)
