@@ -25,8 +25,11 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # reads per call: the kernels a GPU's tuner may pick (or a user may force). fp32 only, to keep
 # the sanitizer's run short; the defaults run every dtype. The newest kernels first: the GPU
 # script's time limit may cut the list.
+# the split-K weight gradients on 128 x 128 tiles, 8 warps (the newest Triton kernel form)
+SPLITK_WIDE = {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk_wide", "SOBOLEV_TRITON_BACKWARD": "separate"}
 VARIANTS = {
     "triton": [
+        SPLITK_WIDE,  # (a model wider than 64: WIDER)
         # the layer inputs stacks stored transposed, read so by the split-K weight gradients
         {"SOBOLEV_TRITON_INPUTS_LAYOUT": "kmajor", "SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"},
         # the forward storing its activated layers (here on the static launch of order 2, two
@@ -71,7 +74,10 @@ VARIANTS = {
 
 # The variants whose bf16 kernels are more than fp32's with other products: run in bf16 too
 # (splitk_tc stages bf16's operands as pairs of rows, fp32's as words).
-ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}]
+ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, SPLITK_WIDE]
+# The variants that differ from another only in a model wider than 64 (first hidden layer 80
+# instead of 37): splitk_wide's tiles are splitk's up to 64.
+WIDER = [SPLITK_WIDE]
 
 
 def cases(backends) -> list[tuple]:
@@ -108,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         name = _name(backend, variant)
         os.environ.update(variant or {})
         try:
-            failures += not _one_case(backend, name, order, dtype, device)
+            width = 80 if variant in WIDER else 37
+            failures += not _one_case(backend, name, order, dtype, device, width)
         finally:
             for variable in variant or {}:
                 del os.environ[variable]
@@ -120,9 +127,11 @@ def _name(backend: str, variant: dict | None) -> str:
     return " ".join([backend, *(f"{k}={v}" for k, v in (variant or {}).items())])
 
 
-def _one_case(backend: str, name: str, order: int, dtype: torch.dtype, device: str) -> bool:
-    """One training step against reference; False on a mismatch."""
-    model = sk.SobolevMLP(5, [37, 21], 3, 3, activation="tanh").to(device, dtype)
+def _one_case(backend: str, name: str, order: int, dtype: torch.dtype, device: str,
+              width: int = 37) -> bool:  # fmt: skip
+    """One training step against reference (hidden layers of ``width`` and 21); False on a
+    mismatch."""
+    model = sk.SobolevMLP(5, [width, 21], 3, 3, activation="tanh").to(device, dtype)
     x = torch.randn(77, 5, device=device, dtype=dtype, requires_grad=True)
     y = torch.randn(77, 3, device=device, dtype=dtype)
     dirs = torch.randn(77, 3, 5, device=device, dtype=dtype)
