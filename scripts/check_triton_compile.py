@@ -98,8 +98,10 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
-    # the split-K kernel on output tiles of up to 128, 8 warps (splitk_wide)
-    problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, False, wide=True)
+    # the split-K kernel on output tiles of up to 128, 8 warps (splitk_wide, recompute_wide)
+    for recompute in (False, True):
+        problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute,
+                                       wide=True)  # fmt: skip
     if dtype == "fp32":  # the inputs stacks transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor),
         # with the row loop pipelined or not (splitk_unpipelined)
         for stages in (None, 1):

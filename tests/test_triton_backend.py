@@ -168,16 +168,17 @@ def test_weight_gradients_by_splitk(monkeypatch, method, dtype, width, bias):
     _agree(rtol, dtype=dtype, batch=37, dim=3, width=width, out=2, k=3, bias=bias, seed=width)
 
 
+@pytest.mark.parametrize("method", ["splitk_wide", "recompute_wide"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("width, bias", [(17, True), (160, True), (130, False)])
-def test_weight_gradients_by_wide_splitk_tiles(monkeypatch, dtype, width, bias):
-    """splitk_wide: output tiles of up to 128 on 8 warps. Width 160 takes two tiles each way
-    (the second ragged; the bias from the first column tile only), width 130 two of mostly
-    padding; its own splits of the rows (half the programs: two 8-warp ones per SM). Width
-    17: splitk's tiles, which a narrow model's wide ones would be."""
+def test_weight_gradients_by_wide_splitk_tiles(monkeypatch, method, dtype, width, bias):
+    """splitk_wide and recompute_wide: output tiles of up to 128 on 8 warps. Width 160 takes
+    two tiles each way (the second ragged; the bias from the first column tile only), width
+    130 two of mostly padding; their own splits of the rows (half the programs: two 8-warp
+    ones per SM). Width 17: splitk's tiles, which a narrow model's wide ones would be."""
     from sobolev_kernels.triton import plans
 
-    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk_wide")
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
     plans.clear_plans()
     rtol = RTOL_FP32 if dtype == torch.float32 else TOLERANCES[dtype]
     _agree(rtol, dtype=dtype, batch=37, dim=3, width=width, out=2, k=3, bias=bias, seed=width)
@@ -188,7 +189,7 @@ def test_weight_gradients_by_wide_splitk_tiles(monkeypatch, dtype, width, bias):
     assert launched == [tiles]
 
 
-@pytest.mark.parametrize("method", ["splitk", "recompute", "splitk_wide"])
+@pytest.mark.parametrize("method", ["splitk", "recompute", "splitk_wide", "recompute_wide"])
 @pytest.mark.parametrize("order", [1, 2])
 def test_weight_gradients_by_splitk_with_unequal_widths(monkeypatch, method, order):
     """Layer 1's inputs have no second-order rows: the split-K kernel stops at (1 + K) B.
@@ -256,10 +257,11 @@ def test_16_bit_weight_gradient_gemms_add_their_partials_in_fp32():
 def test_recompute_stores_no_inputs_stacks(monkeypatch):
     """The lean method's backward allocates no inputs stacks (its memory saving) and still
     gives the gradients."""
-    model, x, y, kw = sample_inputs(batch=19, dim=3, width=16, out=2, k=2, layers=3,
+    model, x, y, kw = sample_inputs(batch=19, dim=3, width=80, out=2, k=2, layers=3,
                                     dtype=torch.float32, device=DEVICE)  # fmt: skip
-    inputs_elements = 3 * 19 * (3 + 16 + 16)  # (1 + K) B rows times the layers' inputs
-    for method, stored in (("splitk", True), ("recompute", False)):
+    inputs_elements = 3 * 19 * (3 + 80 + 80)  # (1 + K) B rows times the layers' inputs
+    for method, stored in (("splitk", True), ("recompute", False), ("splitk_wide", True),
+                           ("recompute_wide", False)):  # fmt: skip
         monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", method)
         loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
         with _allocations(monkeypatch) as sizes:
@@ -589,11 +591,12 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
     layout = Layout.of((3, 80, 2), 2, 1)  # (wider than 64: splitk_wide has tiles of its own)
     tuning.clear()
     try:
-        cases = (([2.0, 1.0, 3.0, 4.0, 5.0], "splitk", 4),
-                 ([3.0, 2.0, 1.0, 4.0, 5.0], "recompute", 8),
-                 ([2.0, 3.0, 4.0, 1.0, 5.0], "splitk_unpipelined", 16),
-                 ([2.0, 3.0, 4.0, 5.0, 1.0], "splitk_wide", 32),
-                 ([1.0, 1.0, 1.0, 1.0, 1.0], "gemm", 80))  # fmt: skip
+        cases = (([2.0, 1.0, 3.0, 4.0, 5.0, 6.0], "splitk", 4),
+                 ([3.0, 2.0, 1.0, 4.0, 5.0, 6.0], "recompute", 8),
+                 ([2.0, 3.0, 4.0, 1.0, 5.0, 6.0], "splitk_unpipelined", 16),
+                 ([2.0, 3.0, 4.0, 5.0, 1.0, 6.0], "splitk_wide", 32),
+                 ([2.0, 3.0, 4.0, 5.0, 6.0, 1.0], "recompute_wide", 64),
+                 ([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], "gemm", 160))  # fmt: skip
         for times, expected, batch in cases:
             timings = iter(times)
             monkeypatch.setattr(tuning, "time_ms", lambda fn, t=timings: next(t))
@@ -613,6 +616,7 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
     assert "| recompute | 1.0000 | **chosen** |" in text
     assert "| splitk_unpipelined | 1.0000 | **chosen** |" in text
     assert "| splitk_wide | 1.0000 | **chosen** |" in text
+    assert "| recompute_wide | 1.0000 | **chosen** |" in text
     # at widths of 64 and less its tiles are splitk's: not a candidate of its own
     timed = []
     monkeypatch.setattr(tuning, "time_ms", lambda fn: timed.append(1) or 1.0)
@@ -623,8 +627,9 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
     finally:
         tuning.clear()
     assert len(timed) == 4
-    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "splitk_wide")
-    assert _weight_grad_method(narrow, torch.zeros(4, 3), True, False) == "splitk"
+    for wide, narrow_twin in (("splitk_wide", "splitk"), ("recompute_wide", "recompute")):
+        monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", wide)
+        assert _weight_grad_method(narrow, torch.zeros(4, 3), True, False) == narrow_twin
 
 
 def test_deterministic():
@@ -687,7 +692,8 @@ def test_many_directions_in_groups_on_gpu(dtype, order):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "method", ["gemm", "splitk", "recompute", "splitk_unpipelined", "splitk_wide"]
+    "method",
+    ["gemm", "splitk", "recompute", "splitk_unpipelined", "splitk_wide", "recompute_wide"],
 )
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -313,8 +313,8 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, dtype=torch.fl
     if device == "cpu":  # splitk_unpipelined is splitk with a launch option the interpreter
         methods = tuple(m for m in methods if m != "splitk_unpipelined")  # ignores (CI's time)
         monkeypatch.setattr(parameter_grads, "WEIGHT_GRAD_METHODS", methods)
-    if shape["width"] <= 64:  # (splitk_wide's tiles are splitk's: not a candidate there)
-        methods = tuple(m for m in methods if m != "splitk_wide")
+    if shape["width"] <= 64:  # (the wide methods' tiles are splitk's: no candidates there)
+        methods = tuple(m for m in methods if m not in parameter_grads.WIDE_METHODS)
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")  # (the persistent one: below)
     monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")  # every candidate, the opt-in one too

@@ -48,6 +48,7 @@ from .parameter_grads import (
     _sum_partials,
     _weight_grad_method,
     _weight_grad_partials,
+    method_form,
 )
 from .persistent_backward import _sobolev_bwd_persistent_kernel
 from .plans import _keep, _plans, _settings
@@ -365,7 +366,7 @@ def _backward(
         method = _weight_grad_method(layout, x, has_bias, allow_tf32)
     else:
         method = None
-    store_inputs = need_grad_params and method != "recompute"
+    store_inputs = need_grad_params and method_form(method or "")[0] != "recompute"
     adj = torch.empty(stack * sum(widths[1:]), device=dev, dtype=dtype)
     inputs = torch.empty(stack * sum(widths[:-1]) if store_inputs else 0, device=dev, dtype=dtype)
     nb = sum(widths[1:])
@@ -415,15 +416,16 @@ def _backward(
         return grad_x, [], []
 
     def parameter_grads(method: str) -> tuple[list[Tensor], list[Tensor]]:
-        if method == "gemm":
+        form, wide = method_form(method)
+        if form == "gemm":
             return _grads_by_gemm(layout, batch, adj, inputs, db_partial, weights, biases,
                                   plan.inputs_kmajor)  # fmt: skip
-        if method == "recompute":
-            return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32, **lean)
-        stages = 1 if method == "splitk_unpipelined" else None
+        if form == "recompute":
+            return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32, **lean,
+                                    wide=wide)  # fmt: skip
+        stages = 1 if form == "splitk_unpipelined" else None
         return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32,
-                                kmajor=plan.inputs_kmajor, stages=stages,
-                                wide=method == "splitk_wide")  # fmt: skip
+                                kmajor=plan.inputs_kmajor, stages=stages, wide=wide)  # fmt: skip
 
     if method is None:
         method = _weight_grad_method(layout, x, has_bias, allow_tf32, parameter_grads)

@@ -41,9 +41,22 @@ from .weight_grad import _sum_partials_kernel, _sum_row_blocks_kernel, _weight_g
 # 520 to 310 MB; the H200 measured splitk's bf16 dW there at 0.26 ms, run 5, 2 TB/s, where
 # 310 MB take 0.07 ms at its bandwidth), on 128-row wgmma tiles as the Triton matmul
 # tutorial's and the CUDA backend's splitk_tc; a narrow layer's tile is mostly padding.
-# Unmeasured on a GPU: candidates, never static.
-WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute", "splitk_unpipelined", "splitk_wide")
+# ``recompute_wide`` is recompute on those tiles: each program forms its rows of a layer's
+# inputs from the saved pre-activations once where the 64 x 64 tiles formed each twice, so
+# the lean method (no inputs stacks: at config M in fp32 the step's peak 600 instead of 894
+# MiB on the H200, under the 0.4 x eager goal) may come near the others' time (run 5: recompute
+# 0.49 ms against gemm's 0.24 in bf16 at M). Unmeasured on a GPU: candidates, never static.
+WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute", "splitk_unpipelined", "splitk_wide",
+                       "recompute_wide")  # fmt: skip
 WIDE_TILE, WIDE_WARPS = 128, 8
+# each method on the wide tiles -> the same method on splitk's
+WIDE_METHODS = {"splitk_wide": "splitk", "recompute_wide": "recompute"}
+
+
+def method_form(method: str) -> tuple[str, bool]:
+    """(the method on splitk's tiles, whether on the wide ones): ``recompute_wide`` is
+    (``recompute``, True), ``gemm`` (``gemm``, False)."""
+    return WIDE_METHODS.get(method, method), method in WIDE_METHODS
 
 
 def _splitk_tiles(layout: Layout, wide: bool) -> tuple[int, int]:
@@ -63,12 +76,12 @@ def _weight_grad_method(
     """``SOBOLEV_TRITON_WEIGHT_GRAD`` (one of WEIGHT_GRAD_METHODS) where set, else measured
     once per shape on the GPU (``tuning``; without ``run``, None where that is still to
     come), else gemm. Only gemm where the split-K kernel's offsets do not fit
-    (``_splitk_fits``); no splitk_wide where its tiles are splitk's (``_splitk_tiles``)."""
+    (``_splitk_fits``); no wide method where its tiles are splitk's (``_splitk_tiles``)."""
     forced = _forced_method("SOBOLEV_TRITON_WEIGHT_GRAD", WEIGHT_GRAD_METHODS)
     methods = WEIGHT_GRAD_METHODS if _splitk_fits(layout, x.shape[0]) else ("gemm",)
     if _splitk_tiles(layout, True) == _splitk_tiles(layout, False):
-        methods = tuple(m for m in methods if m != "splitk_wide")
-        forced = "splitk" if forced == "splitk_wide" else forced
+        methods = tuple(m for m in methods if m not in WIDE_METHODS)
+        forced = method_form(forced)[0]
     if forced != "auto":
         return forced if forced in methods else "gemm"
     constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths,
