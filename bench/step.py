@@ -238,8 +238,9 @@ COMPILING = ("triton", "torch_compile")
 
 
 # The Triton autotuner's candidates per kernel at most: the forward's 8 in bf16
-# (Layout.launch_configs' 5 and its column-block config, and the resident kernel's 2;
-# launch._launch_config). A precompile job per index: a kernel with fewer skips the rest.
+# (Layout.launch_configs' 5 and its column-block config, and the resident kernel's 2) and in
+# fp32 (4, the column-block configs of 64 and 128 rows and their activated twins;
+# choices._launch_config). A precompile job per index: a kernel with fewer skips the rest.
 TRITON_CANDIDATES = 8
 
 

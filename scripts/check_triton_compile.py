@@ -79,6 +79,9 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
     problems = []
     for config, needs_tensor_cores in ((static, dtype != "fp32"), (tensor_core, True)):
         problems += _check_config(layout, config, variant, arch, needs_tensor_cores)
+    if dtype == "fp32":  # the column-block tiles of 128 rows on 8 warps (fp32 candidates)
+        wide = layout.tensor_core_config(tensor_core.precision, rows=128)
+        problems += _check_config(layout, wide, variant, arch, True)
     if core:
         return problems + _check_weight_grad(layout, tensor_core.precision, variant, arch, False)
     # the tuner's activated twin of the tensor-core candidate (choices._forward_activated)

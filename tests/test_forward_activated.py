@@ -96,9 +96,9 @@ def test_the_forwards_activated_candidates(monkeypatch):
         launch._launch_config(kernel, layout, x, {}, False, lambda c: None)
         return offered[kernel]
 
-    wide = plain[-1]
-    assert wide.cols == 32 and layout.activates_per_pass(wide)
-    assert candidates(None) == [*plain, wide._replace(activated=True)]
+    wide = [c for c in plain if c.cols]  # (64 rows on 4 warps, 128 on 8)
+    assert [c.cols for c in wide] == [32, 32] and all(map(layout.activates_per_pass, wide))
+    assert candidates(None) == [*plain, *(c._replace(activated=True) for c in wide)]
     assert candidates("0") == plain
     forced = candidates("1")
     assert forced == [c._replace(activated=layout.activates_per_pass(c)) for c in plain]

@@ -141,9 +141,9 @@ def test_the_forwards_tuner_candidates(monkeypatch):
         return offered[0] if offered else None
 
     chunked32 = Layout.of((16, 128, 128, 8), 2, 1).launch_configs(4, None, "ieee", "tf32x3", True)
-    wide = chunked32[-1]
-    assert wide.cols  # the column-block tiles among them, and their activated twin
-    assert candidates(torch.float32) == [*chunked32, wide._replace(activated=True)]
+    wide = [c for c in chunked32 if c.cols]  # the column-block tiles (64 and 128 rows) among
+    assert len(wide) == 2  # them, and their activated twins
+    assert candidates(torch.float32) == [*chunked32, *(c._replace(activated=True) for c in wide)]
     bf16 = candidates(torch.bfloat16)
     resident = [c for c in bf16 if c.resident]
     assert resident == Layout.of((16, 128, 128, 8), 2, 1).resident_configs(2, None, "ieee")

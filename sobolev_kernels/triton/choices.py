@@ -115,8 +115,9 @@ def _launch_config(
                                activated)[0]  # fmt: skip
     configs = layout.launch_configs(x.element_size(), limit, static, tensor_core,
                                     wide or kernel == "fwd")  # fmt: skip
-    if tensor_core_only:
-        configs = configs[:1] + [c for c in configs[1:] if c.precision != static or c.cols]
+    if tensor_core_only:  # (not the 128-row tiles: a further compile of a long one)
+        configs = configs[:1] + [c for c in configs[1:]
+                                 if (c.precision != static or c.cols) and c.rows <= 64]  # fmt: skip
     configs = _with_activated(layout, configs, activated)
     return tuning.fastest(key, configs + resident, launch, _DOES_NOT_FIT)
 

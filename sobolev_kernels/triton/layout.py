@@ -318,12 +318,14 @@ class Layout:
             if tensor_core_precision != precision:
                 out.append(static._replace(precision=tensor_core_precision))
             if wide:
-                tiles = self.tensor_core_config(tensor_core_precision)
-                need = self.shared_bytes(
-                    tiles.rows, element_size, tiles.chunk, tiles.group, tiles.precision
-                )
-                if shared_limit is None or need <= shared_limit:
-                    out.append(tiles)
+                tiles = [self.tensor_core_config(tensor_core_precision)]
+                if tensor_core_precision in ("tf32x3", "tf32"):  # fp32: 128 rows too
+                    tiles.append(self.tensor_core_config(tensor_core_precision, rows=128))
+                for t in tiles:
+                    need = self.shared_bytes(t.rows, element_size, t.chunk, t.group,
+                                             t.precision)  # fmt: skip
+                    if shared_limit is None or need <= shared_limit:
+                        out.append(t)
         return [c for c in out if not tf32_splits_rows(c)]
 
     def resident_fits(self, shared_limit: int | None = None, element_size: int = 4) -> str | None:
@@ -358,15 +360,19 @@ class Layout:
         return [c for c in out if not tf32_splits_rows(c)
                 and (kernel == "fwd" or c.group == self.kp)]  # fmt: skip
 
-    def tensor_core_config(self, precision: str) -> LaunchConfig:
+    def tensor_core_config(self, precision: str, rows: int = 64) -> LaunchConfig:
         """64 batch rows on 4 warps, a layer's output columns a block at a time: wgmma tiles
         on sm_90 (16-row programs get mma.sync). Columns are halved down to 32, then the
         directions per pass, then columns down to 16, until the tiles fit the register
         budget. On the H200 (2026-11-27) this forward ran config M in fp32 (3xTF32) in
         0.61 ms, the static launch in 3xTF32 in 1.03 ms, and config S in 0.49 ms against
         0.66 ms (bench.launch_configs). The same tiles on 8 warps computed wrong losses or
-        faulted there (see tf32_splits_rows)."""
-        rows, warps = 64, 4
+        faulted there (see tf32_splits_rows). ``rows`` 128: on 8 warps, a warpgroup's 64
+        rows each (as the correct 128-row resident launches there), the weight tiles shared
+        by both: at M in fp32 the forward went from 0.90 ms on 32 rows to 0.61 on 64, and
+        128 was not measured (unmeasured on a GPU: a candidate beside the 64-row one, whose
+        registers a thread it keeps ahead of time, triton 3.6, configs S, M and L)."""
+        warps = rows // 16
         group, cols = self.kp, max(self.pads[1:-1] or self.pads)
         while self.tile_elements(rows, group, cols) > self.tile_budget(warps):
             if cols > 32:
