@@ -853,7 +853,7 @@ OTHER_TRITON = os.environ.get("SOBOLEV_OTHER_TRITON", "")
     "which",
     [
         pytest.param("this_triton", marks=pytest.mark.heavy(33)),
-        pytest.param("other_triton", marks=pytest.mark.heavy(83)),
+        pytest.param("other_triton", marks=pytest.mark.heavy(62)),
     ],
 )
 def test_kernels_compile_for_a_real_gpu_ahead_of_time(which):

@@ -263,9 +263,9 @@ def test_direction_groups_where_all_directions_overflow_the_registers():
 @pytest.mark.skipif(HAS_CUDA, reason="the gpu variant below runs on the GPU")
 @pytest.mark.parametrize(
     ("order", "dtype"),
-    [pytest.param(1, torch.float32, marks=pytest.mark.heavy(18)),
-     pytest.param(2, torch.float32, marks=pytest.mark.heavy(43)),
-     pytest.param(1, torch.bfloat16, marks=pytest.mark.heavy(16))],
+    [pytest.param(1, torch.float32, marks=pytest.mark.heavy(22)),
+     pytest.param(2, torch.float32, marks=pytest.mark.heavy(50)),
+     pytest.param(1, torch.bfloat16, marks=pytest.mark.heavy(17))],
 )  # fmt: skip
 def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order, dtype):
     """In the interpreter: the scripted timer makes each candidate the fastest in turn, and
