@@ -36,12 +36,14 @@ def _kmajor(monkeypatch, method: str) -> None:
     [("splitk", 1, torch.float32, 80, "per_row"),
      ("splitk", 2, torch.float32, 24, "shared"),
      ("gemm", 2, torch.float32, 24, "per_row"),
-     ("gemm", 1, torch.bfloat16, 17, "shared")],
+     ("gemm", 1, torch.bfloat16, 17, "shared"),
+     ("splitk_wide", 2, torch.float32, 80, "per_row")],
 )  # fmt: skip
 def test_weight_gradients_from_transposed_inputs_agree(monkeypatch, method, order, dtype,
                                                        width, directions):  # fmt: skip
     """Ragged batch (B = 37), K = 3, three layers; width 80: two 64-column tiles of dW each
-    way in the split-K kernel; order 2: the tt rows (layer 1's inputs stop at (1 + K) B)."""
+    way in the split-K kernel (one 128-column tile in splitk_wide's); order 2: the tt rows
+    (layer 1's inputs stop at (1 + K) B)."""
     _kmajor(monkeypatch, method)
     model, x, y, kw = inputs_of_order(order, batch=37, dim=3, width=width, out=2, k=3,
                                       layers=3, directions=directions, dtype=dtype,
