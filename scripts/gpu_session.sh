@@ -328,6 +328,15 @@ stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [wide] [compile]: 
   grep -c "^\[precompile" "$WORK/compile.log" 2>/dev/null | sed 's/^/compiled points: /'
 }
 
+# whether the checks saw a kernel fault (a lost CUDA context): then the later stages run the
+# Triton tuners without the candidates no GPU has run yet (SOBOLEV_TRITON_UNMEASURED=0,
+# docs/unmeasured.md), so that one of them cannot cost the benchmark's rows
+checks_faulted() {
+  local faults="illegal memory access|illegal instruction|misaligned address"
+  grep -qsE "$faults|unspecified launch failure" \
+    "$WORK/gpu_test_failures.txt" "$WORK/gpu_tests.txt" "$WORK/wide.txt"
+}
+
 stage_bench() {  # stage_bench <seconds> <log> <step.py arguments...>
   local t="$1" log="$2"
   shift 2
@@ -531,6 +540,12 @@ main() {
       start_compile "$early"
     fi
     say "=== $s (limit $t s)"
+    if [[ " bench sweep profile " == *" $s "* ]] && [ -z "${SOBOLEV_TRITON_UNMEASURED:-}" ] \
+      && checks_faulted; then
+      export SOBOLEV_TRITON_UNMEASURED=0
+      say "the checks saw a kernel fault: from here the Triton tuners leave out the" \
+        "unmeasured candidates (SOBOLEV_TRITON_UNMEASURED=0)"
+    fi
     case "$s" in
       checks) stage_checks "$t" ${part_args[@]+"${part_args[@]}"} ;;
       bench)

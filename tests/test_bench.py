@@ -853,6 +853,30 @@ def test_every_kernel_variant_of_the_bench_runs_under_the_gpu_sanitizers():
     assert set(_NOT_SANITIZED) <= set(VARIANTS)  # (a name gone from the bench goes here too)
 
 
+def test_the_gpu_script_leaves_out_unmeasured_candidates_after_a_kernel_fault(tmp_path):
+    """scripts/gpu_session.sh's checks_faulted: a lost CUDA context in the checks' logs (the
+    tests' failures, the wide tiles' cases) makes the later stages run the Triton tuners
+    with SOBOLEV_TRITON_UNMEASURED=0; other failures do not."""
+    script = (ROOT / "scripts" / "gpu_session.sh").read_text()
+    function = re.search(r"^checks_faulted\(\) \{.*?^\}", script, re.M | re.S).group(0)
+    assert "SOBOLEV_TRITON_UNMEASURED=0" in script.split("checks_faulted; then", 1)[1][:200]
+
+    def faulted(**logs) -> bool:
+        work = tmp_path / str(len(list(tmp_path.iterdir())))
+        work.mkdir()
+        for name, text in logs.items():
+            (work / f"{name}.txt").write_text(text)
+        run = subprocess.run(["bash", "-c", f"{function}\nchecks_faulted"],
+                             env={**os.environ, "WORK": str(work)})  # fmt: skip
+        return run.returncode == 0
+
+    assert not faulted()
+    assert not faulted(gpu_tests="FAILED tests/x.py::test_y - AssertionError: 3e-3 off")
+    assert faulted(gpu_test_failures="RuntimeError: CUDA error: an illegal memory access was "
+                                     "encountered")  # fmt: skip
+    assert faulted(wide="M B=16384 fp32 triton step FAILED: unspecified launch failure")
+
+
 def test_the_gpu_scripts_tests_record_their_durations_as_they_go(tmp_path):
     """SOBOLEV_TEST_DURATIONS (tests/conftest.py), which gpu_session.sh sets: a time limit
     ends pytest before its --durations summary, so each test's seconds are written as it

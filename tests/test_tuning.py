@@ -218,6 +218,42 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     assert not any(tf32_splits_rows(c) for c in configs)
 
 
+def test_unmeasured_candidates_can_be_left_out(monkeypatch):
+    """SOBOLEV_TRITON_UNMEASURED=0 (the GPU script's safety valve after a kernel fault): the
+    tuners offer only what a GPU has run, no 128-row column-block tiles, no activated
+    twins, no splitk_unpipelined, splitk_wide or recompute_wide; 1, the default, offers
+    them. Anything else raises, naming the variable."""
+    from sobolev_kernels.triton import choices, launch, parameter_grads
+    from sobolev_kernels.triton.layout import Layout
+
+    offered = {}
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    monkeypatch.setattr(tuning, "fastest", lambda key, candidates, run, skip: offered.setdefault(
+        key[1], candidates)[0])  # fmt: skip
+    layout, x = Layout.of((16, 128, 128, 128, 8), 2, 1), torch.zeros(64, 16)
+
+    def candidates(setting):
+        monkeypatch.setenv("SOBOLEV_TRITON_UNMEASURED", setting)
+        offered.clear()
+        for kernel in ("fwd", "bwd"):
+            choices._launch_config(kernel, layout, x, {}, False, lambda c: None)
+        parameter_grads._weight_grad_method(layout, x, True, False, lambda m: None)
+        return offered
+
+    every = {k: list(v) for k, v in candidates("1").items()}
+    assert any(c.rows == 128 for c in every["fwd"]) and any(c.activated for c in every["fwd"])
+    assert set(parameter_grads.UNMEASURED_METHODS) <= set(every["weight_grad"])
+    measured = candidates("0")
+    for kernel in ("fwd", "bwd"):
+        assert measured[kernel] == [
+            c for c in every[kernel] if not c.activated and not (c.cols and c.rows > 64)
+        ]
+    assert measured["weight_grad"] == ("gemm", "splitk", "recompute")
+    monkeypatch.setenv("SOBOLEV_TRITON_UNMEASURED", "maybe")
+    with pytest.raises(ValueError, match="SOBOLEV_TRITON_UNMEASURED: expected 0 or 1"):
+        launch._launch_config("fwd", layout, x, {}, False, lambda c: None)
+
+
 def test_tf32_dots_shared_by_two_warpgroups_are_never_offered():
     """The H200 (2026-11-27) measured 64-row TF32 tiles on 8 warps wrong or faulting, and the
     same tiles on 4 warps correct (bench.launch_configs)."""

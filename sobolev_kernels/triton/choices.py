@@ -95,7 +95,10 @@ def _launch_config(
     elif kernel == "bwd":
         forced = _backward_kernel_forced()
     activated = _forward_activated() if kernel == "fwd" else "0"  # (the chunked forward's)
+    unmeasured = _unmeasured_offered()
+    activated = "0" if activated == "auto" and not unmeasured else activated
     key = _tuning_key(kernel, x, constexprs, allow_tf32) + (("wide tiles",) if wide else ())
+    key += () if unmeasured else ("measured only",)
     key += (forced,) if forced != "auto" else ()
     key += ("activated " + activated,) if kernel == "fwd" and activated != "auto" else ()
     chosen = tuning.chosen(key)
@@ -118,8 +121,20 @@ def _launch_config(
     if tensor_core_only:  # (not the 128-row tiles: a further compile of a long one)
         configs = configs[:1] + [c for c in configs[1:]
                                  if (c.precision != static or c.cols) and c.rows <= 64]  # fmt: skip
+    if not unmeasured:  # (the 128-row column-block tiles: no GPU has run them yet)
+        configs = [c for c in configs if not (c.cols and c.rows > 64)]
     configs = _with_activated(layout, configs, activated)
     return tuning.fastest(key, configs + resident, launch, _DOES_NOT_FIT)
+
+
+def _unmeasured_offered() -> bool:
+    """SOBOLEV_TRITON_UNMEASURED: 1 (the default) or 0. With 0 the tuners leave out the
+    candidates no GPU has run yet (docs/unmeasured.md): the 128-row column-block tiles, the
+    forward's activated twins and the weight gradients' splitk_unpipelined, splitk_wide and
+    recompute_wide. A safety valve: the GPU script sets it where its checks saw a kernel
+    fault, so that one unmeasured candidate cannot lose a run's benchmark (a fault loses the
+    process's CUDA context)."""
+    return env_flag("SOBOLEV_TRITON_UNMEASURED", "1")
 
 
 def _index64(*numels: int) -> bool:

@@ -20,6 +20,7 @@ from .choices import (
     _kernel_precision,
     _precisions,
     _tuning_key,
+    _unmeasured_offered,
 )
 from .layout import Layout, cdiv, device_properties
 from .plans import _plans, _settings
@@ -51,6 +52,8 @@ WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute", "splitk_unpipelined", "spl
 WIDE_TILE, WIDE_WARPS = 128, 8
 # each method on the wide tiles -> the same method on splitk's
 WIDE_METHODS = {"splitk_wide": "splitk", "recompute_wide": "recompute"}
+# the methods no GPU has run yet (left out under SOBOLEV_TRITON_UNMEASURED=0)
+UNMEASURED_METHODS = ("splitk_unpipelined", "splitk_wide", "recompute_wide")
 
 
 def method_form(method: str) -> tuple[str, bool]:
@@ -84,8 +87,13 @@ def _weight_grad_method(
         forced = method_form(forced)[0]
     if forced != "auto":
         return forced if forced in methods else "gemm"
+    unmeasured = _unmeasured_offered()
+    if not unmeasured:
+        methods = tuple(m for m in methods if m not in UNMEASURED_METHODS)
     constants = dict(HAS_BIAS=has_bias, K=layout.k, ORDER=layout.order, WIDTHS=layout.widths,
                      INPUTS_KMAJOR=_inputs_kmajor())  # fmt: skip
+    if not unmeasured:  # (fewer candidates: measured apart)
+        constants["MEASURED_ONLY"] = True
     key = _tuning_key("weight_grad", x, constants, allow_tf32)
     if run is not None and tuning.can_measure(x.device):
         choice = tuning.fastest(key, methods, run, _DOES_NOT_FIT)
