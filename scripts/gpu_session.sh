@@ -328,13 +328,14 @@ stage_checks() {  # stage_checks <seconds> [tests] [sanitize] [wide] [compile]: 
   grep -c "^\[precompile" "$WORK/compile.log" 2>/dev/null | sed 's/^/compiled points: /'
 }
 
-# whether the checks saw a kernel fault (a lost CUDA context): then the later stages run the
-# Triton tuners without the candidates no GPU has run yet (SOBOLEV_TRITON_UNMEASURED=0,
+# whether the checks saw a kernel fault (a lost CUDA context; the compile part, which runs
+# every tuner candidate once, names only its exception's type): then the later stages run
+# the Triton tuners without the candidates no GPU has run yet (SOBOLEV_TRITON_UNMEASURED=0,
 # docs/unmeasured.md), so that one of them cannot cost the benchmark's rows
 checks_faulted() {
   local faults="illegal memory access|illegal instruction|misaligned address"
-  grep -qsE "$faults|unspecified launch failure" \
-    "$WORK/gpu_test_failures.txt" "$WORK/gpu_tests.txt" "$WORK/wide.txt"
+  grep -qsE "$faults|unspecified launch failure|AcceleratorError" \
+    "$WORK/gpu_test_failures.txt" "$WORK/gpu_tests.txt" "$WORK/wide.txt" "$WORK/compile.log"
 }
 
 stage_bench() {  # stage_bench <seconds> <log> <step.py arguments...>

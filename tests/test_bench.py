@@ -875,6 +875,12 @@ def test_the_gpu_script_leaves_out_unmeasured_candidates_after_a_kernel_fault(tm
     assert faulted(gpu_test_failures="RuntimeError: CUDA error: an illegal memory access was "
                                      "encountered")  # fmt: skip
     assert faulted(wide="M B=16384 fp32 triton step FAILED: unspecified launch failure")
+    (tmp_path / "compile").mkdir()  # the compile part's log names the exception's type only
+    (tmp_path / "compile" / "compile.log").write_text("[precompile 7/40] triton/step: "
+                                                      "AcceleratorError")  # fmt: skip
+    run = subprocess.run(["bash", "-c", f"{function}\nchecks_faulted"],
+                         env={**os.environ, "WORK": str(tmp_path / "compile")})  # fmt: skip
+    assert run.returncode == 0
 
 
 def test_the_gpu_scripts_tests_record_their_durations_as_they_go(tmp_path):
