@@ -86,7 +86,8 @@ def _launch_config(
     forward ("fwd") always has ``Layout.tensor_core_config`` among them and, in bf16, the
     resident kernel's configs (the H200 measured both faster and correct there);
     SOBOLEV_TRITON_FORWARD narrows them to one kernel. The backward ("bwd") takes the
-    resident kernel's only when SOBOLEV_TRITON_BACKWARD_KERNEL=resident asks for it."""
+    resident kernel's only when SOBOLEV_TRITON_BACKWARD_KERNEL=resident asks for it.
+    SOBOLEV_TRITON_UNMEASURED=0 leaves out what no GPU has run (``_unmeasured_offered``)."""
     limit = shared_memory_limit(x.device)
     wide = _wide_tiles(x.dtype)
     forced = "auto"
