@@ -45,7 +45,7 @@ from sobolev_kernels.triton.aot import (  # noqa: E402
     sass,
 )
 from sobolev_kernels.triton.layout import MIN_PAD, Layout  # noqa: E402
-from sobolev_kernels.triton.parameter_grads import WIDE_TILE, WIDE_WARPS  # noqa: E402
+from sobolev_kernels.triton.parameter_grads import _splitk_tiles  # noqa: E402
 
 # (widths, K, order, dtype, activation id): the configs of bench/step.py and the edges
 VARIANTS = [
@@ -101,9 +101,12 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
-    # the split-K kernel on output tiles of up to 128, 8 warps (splitk_wide, recompute_wide)
+    # the split-K kernel on output tiles of up to 128, 8 warps (splitk_wide, recompute_wide),
+    # on a model that takes them: at widths of 64 and less they are splitk's (_splitk_tiles)
+    wider = widths if max(widths) > 64 else (widths[0], 80, *widths[2:])
     for recompute in (False, True):
-        problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute,
+        problems += _check_weight_grad(Layout(wider, k, order), tensor_core.precision,
+                                       (wider, *variant[1:]), arch, recompute,
                                        wide=True)  # fmt: skip
     if dtype == "fp32":  # the inputs stacks transposed (SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor),
         # with the row loop pipelined or not (splitk_unpipelined)
@@ -135,7 +138,7 @@ def _check_weight_grad(layout, precision, variant, arch, recompute, kmajor=False
     label = f"sm_{arch} widths={variant[0]} K={variant[1]} order={variant[2]} {variant[3]} " \
             f"{precision}"  # fmt: skip
     try:
-        warps, tiles = (WIDE_WARPS, WIDE_TILE) if wide else (4, 64)
+        tiles, warps = _splitk_tiles(layout, wide)
         name, compiled = compile_weight_grad(layout, precision, variant[3], arch, warps,
                                              recompute=recompute, act=variant[4], kmajor=kmajor,
                                              stages=stages, max_tile=tiles)  # fmt: skip
