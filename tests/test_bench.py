@@ -896,6 +896,27 @@ def test_the_gpu_scripts_tests_record_their_durations_as_they_go(tmp_path):
     assert all(float(line.split()[0]) >= 0 for line in lines)
 
 
+def test_the_gpu_scripts_tests_of_unmeasured_forms_run_first():
+    """The gpu tests' order (tests/conftest.py): the tests marked ``unmeasured`` (the kernel
+    forms of docs/unmeasured.md) come first, so that the GPU script's time limit, which cut
+    runs 3 to 6, cuts others: it is their verdicts that let a run's measurements be adopted."""
+
+    def collected(marks):
+        out = _run(sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
+                   "no:cacheprovider", "-m", marks, "tests")  # fmt: skip
+        return [line for line in out.stdout.splitlines() if "::" in line]
+
+    order, first = collected("gpu"), collected("gpu and unmeasured")
+    assert len(first) >= 40 and len(order) > len(first)
+    assert order[: len(first)] == first
+    names = {item.split("::")[1].split("[")[0] for item in first}
+    assert {"test_every_launch_config_is_correct_in_bf16_on_the_gpu",
+            "test_resident_backward_on_gpu",
+            "test_cuda_tensor_core_split_k_weight_grads_agree"} <= names  # fmt: skip
+    assert not any("[gemm" in item or "-gemm]" in item for item in first
+                   if "test_weight_gradient_methods_on_gpu" in item)  # fmt: skip
+
+
 @pytest.mark.gpu
 def test_step_quick_on_gpu(tmp_path):
     _module("bench.step", "--quick", "--device", "cuda", "--precisions", "fp32", "tf32", "bf16",

@@ -219,8 +219,10 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
     {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_WEIGHT_GRADS": "splitk"},
     {},  # the default: fused kernels, dW by cuBLAS GEMMs, high occupancy
     {"SOBOLEV_CUDA_BIAS_SUMS": "gemv"},  # the default, db by cuBLAS's gemv
-    {"SOBOLEV_CUDA_BIAS_SUMS": "operands"},  # the default, db from the operand kernels
-    {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},  # dW by the tensor-core split-K (fp16: gemm)
+    # the default, db from the operand kernels
+    pytest.param({"SOBOLEV_CUDA_BIAS_SUMS": "operands"}, marks=pytest.mark.unmeasured),
+    # dW by the tensor-core split-K (fp16: gemm)
+    pytest.param({"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, marks=pytest.mark.unmeasured),
 ], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv", "bias_operands",
         "splitk_tc"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -272,6 +274,7 @@ def test_cuda_fused_occupancy_agrees(monkeypatch, order, dtype, width, occupancy
 
 
 @pytest.mark.gpu
+@pytest.mark.unmeasured
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("width", [100, 256])
@@ -285,6 +288,7 @@ def test_cuda_tensor_core_split_k_weight_grads_agree(monkeypatch, order, dtype, 
 
 
 @pytest.mark.gpu
+@pytest.mark.unmeasured
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("allow_tf32", [False, True])
 @pytest.mark.parametrize("width", [48, 100, 256])

@@ -96,6 +96,7 @@ def test_an_unknown_backward_kernel_is_refused(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.unmeasured
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -134,6 +134,7 @@ def test_an_unknown_inputs_layout_is_refused(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.unmeasured
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", ["splitk", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

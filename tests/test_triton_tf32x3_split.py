@@ -88,6 +88,7 @@ def test_split_tf32x3_kernels_agree_with_the_reference(monkeypatch, order):
 
 
 @pytest.mark.gpu
+@pytest.mark.unmeasured
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("order", [1, 2])
 def test_split_tf32x3_kernels_agree_on_the_gpu(monkeypatch, order):

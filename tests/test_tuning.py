@@ -315,6 +315,7 @@ def test_every_launch_config_the_tuner_may_pick_is_correct(monkeypatch, order, d
 
 
 @pytest.mark.gpu
+@pytest.mark.unmeasured
 @needs_triton
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("order", [1, 2])
@@ -327,6 +328,7 @@ def test_every_launch_config_is_correct_on_the_gpu(monkeypatch, order):
 
 
 @pytest.mark.gpu
+@pytest.mark.unmeasured
 @needs_triton
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_every_launch_config_is_correct_in_bf16_on_the_gpu(monkeypatch):
