@@ -35,7 +35,8 @@
 #                of each kernel of the triton and fused CUDA steps at M, fp32 then bf16,
 #                then S (bench.kernel_counters), which also take the session's time that
 #                earlier stages left unused
-#   report   10  tables (and plots of the sweep, where it ran), and the open issues' goals checked
+#   report   10  tables (and plots of the sweep, where it ran), the open issues' goals checked,
+#                and the verdicts on the forms no GPU had run (bench/verdicts.py)
 #   explore 280  (only when named; a second command on the warm machine) the Triton backward
 #                and forward kernels under launch configs the tuner does not offer, and the
 #                resident forward (bench.launch_configs), at S and M
@@ -414,6 +415,13 @@ stage_report() {
   for csv in "$WORK"/bench/*.csv; do
     [ -f "$csv" ] && timeout 10 "$PY" -m bench.goals "$csv"
   done
+  # what the run says of each form no GPU had run (docs/unmeasured.md): its rows against its
+  # baseline's, the tuners' choices, its gpu tests; into BENCHMARKS.md
+  for csv in "$WORK"/bench/*.csv; do
+    [ -f "$csv" ] && timeout 10 "$PY" -m bench.verdicts "$csv" --tests "$WORK/gpu_tests.txt" \
+      --kernels "$WORK/kernels_M.md" --tuning "$WORK"/bench/*_tuning_*.md \
+      | tee -a "$WORK/report/BENCHMARKS.md"
+  done
   return $rc
 }
 
@@ -477,6 +485,7 @@ dry_run() {
     "$PY" -m bench.kernel_counters "${COUNTERS_ARGS[@]}" --dry-run
   check "report: python -m bench.report" "$PY" -m bench.report --help
   check "goals: python -m bench.goals" "$PY" -m bench.goals --help
+  check "verdicts: python -m bench.verdicts" "$PY" -m bench.verdicts --help
   check "sanitize: python scripts/sanitize_case.py" "$PY" scripts/sanitize_case.py --dry-run
   check "wide: python -m bench.isolate ${WIDE_ARGS[*]}" "$PY" -m bench.isolate "${WIDE_ARGS[@]}" --dry-run
   check "tests: python -m pytest ${TEST_ARGS[*]}" "$PY" -m pytest --version

@@ -807,6 +807,7 @@ def test_gpu_session_dry_run():
         "counters",
         "report",
         "goals",
+        "verdicts",
         "sanitize",
         "tests",
         "explore",
