@@ -50,6 +50,7 @@ FUSED = (
     "cuda_staged_split",  # fp32 weights split once per launch (the default's fp32 fused kernels
     # at M: 0.88 ms forward, 0.96 ms backward in run 5)
     "cuda_splitk_tc",  # dW by the tensor-core split-K (the default's at M: 0.82 ms fp32, run 5)
+    "cuda_cutlass_gemm",  # fp32 dW GEMMs by CUTLASS's 3xTF32 (cuBLAS's SIMT: 0.41 ms at M)
 )
 
 

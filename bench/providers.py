@@ -39,7 +39,10 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # is the default with the weight gradients by the fused backward's own tensor-core split-K
 # (fp32 in 3xTF32, bf16; 128 x 128 blocks, fused_weight_grads_tc.cuh) instead of the operand
 # kernels, cuBLAS's GEMMs and the bias sums (SOBOLEV_CUDA_WEIGHT_GRADS=splitk_tc; step only;
-# timed by the bench and the kernel profile).
+# timed by the bench and the kernel profile); cuda_cutlass_gemm is the default with each fp32
+# GEMM of its weight gradients by CUTLASS's 3xTF32 split-K GEMM instead of cuBLAS's, which
+# torch's default fp32 precision keeps on the FMA units (SOBOLEV_CUDA_WEIGHT_GRADS=cutlass;
+# weight_grad_gemm.h; fp32 only, step only).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -51,6 +54,7 @@ CUDA_VARIANTS = {
     "cuda_bias_operands": {"SOBOLEV_CUDA_BIAS_SUMS": "operands"},
     "cuda_staged_split": {"SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT": "staged"},
     "cuda_splitk_tc": {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},
+    "cuda_cutlass_gemm": {"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing
@@ -98,11 +102,12 @@ TRITON_VARIANTS = {
 }
 # Variants that differ from their default in fp32 models only (16-bit operands are not
 # split): measured only there (bench.step)
-FP32_ONLY = {"cuda_staged_split", "triton_split_tf32x3", "triton_kmajor_inputs"}
+FP32_ONLY = {"cuda_staged_split", "cuda_cutlass_gemm", "triton_split_tf32x3",
+             "triton_kmajor_inputs"}  # fmt: skip
 # and the other way round: variants that differ from their default in 16-bit models only
 SIXTEEN_BIT_ONLY = {"triton_resident_backward", "triton_wide_tiles"}
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "cuda_bias_operands",
-             "cuda_splitk_tc", "triton_compiled"}  # fmt: skip
+             "cuda_splitk_tc", "cuda_cutlass_gemm", "triton_compiled"}  # fmt: skip
 STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of

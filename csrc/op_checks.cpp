@@ -159,4 +159,16 @@ void check_backward_inputs(const SobolevDims& dims, const at::Tensor& x,
               "saved: expected 0 or ", dims.saved_numel(true), " elements, got ", saved.numel());
 }
 
+void check_weight_grad_gemm(const at::Tensor& adjoints, const at::Tensor& inputs) {
+  TORCH_CHECK(adjoints.dim() == 2, "adjoints: expected (rows, n_out), got shape ",
+              adjoints.sizes());
+  TORCH_CHECK(inputs.dim() == 2, "inputs: expected (rows, n_in), got shape ", inputs.sizes());
+  TORCH_CHECK(inputs.size(0) == adjoints.size(0), "inputs: expected ", adjoints.size(0),
+              " rows as adjoints has, got ", inputs.size(0));
+  TORCH_CHECK(inputs.scalar_type() == adjoints.scalar_type(), "inputs: dtype ",
+              inputs.scalar_type(), ", but adjoints is ", adjoints.scalar_type());
+  TORCH_CHECK(inputs.device() == adjoints.device(), "inputs: on ", inputs.device(),
+              ", but adjoints is on ", adjoints.device());
+}
+
 }  // namespace sobolev

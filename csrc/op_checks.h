@@ -57,4 +57,7 @@ void check_backward_inputs(const SobolevDims& dims, const at::Tensor& x,
                            const std::optional<at::Tensor>& grad_w, const at::Tensor& f,
                            const at::Tensor& u, const at::Tensor& w, const at::Tensor& saved);
 
+// weight_grad_gemm's: adjoints (R, n_out) and inputs (R, n_in), one dtype and device.
+void check_weight_grad_gemm(const at::Tensor& adjoints, const at::Tensor& inputs);
+
 }  // namespace sobolev

@@ -33,4 +33,7 @@ using BackwardOp = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<a
     double alpha, double beta, double gamma, int64_t order, bool allow_tf32,
     bool need_grad_x, bool need_grad_params);
 
+// adjoints^T inputs over the stacked rows (weight_grad_gemm in ops.cpp)
+using WeightGradGemmOp = at::Tensor(const at::Tensor& adjoints, const at::Tensor& inputs);
+
 }  // namespace sobolev

@@ -14,14 +14,31 @@
 // gradients grad_loss (0-dim), grad_f, grad_u and grad_w (each None: zero). grad_x is empty
 // unless need_grad_x; grad_weights/grad_biases are empty unless need_grad_params. Directions
 // and targets get no gradient.
+//
+// weight_grad_gemm: adjoints^T inputs, (n_out, n_in), for a layer's weight gradient over its
+// stacked rows (adjoints (R, n_out), inputs (R, n_in)). On a GPU, in fp32 where the extension
+// was built with CUTLASS and the shapes suit it: fp32-accurate on tensor cores (3xTF32 split-K,
+// cuda/weight_grad_gemm.h); else, and on the CPU, at::mm at torch's matmul precision.
+#include <ATen/ops/mm.h>
 #include <Python.h>
 #include <torch/library.h>
 
 #include "cpu/sobolev_cpu.h"
+#include "op_checks.h"
 #ifdef WITH_CUDA
 #include "cuda/sobolev_cuda.h"
 #include "cuda/sobolev_kernels.cuh"
+#include "cuda/weight_grad_gemm.h"
 #endif
+
+namespace {
+
+at::Tensor weight_grad_gemm_cpu(const at::Tensor& adjoints, const at::Tensor& inputs) {
+  sobolev::check_weight_grad_gemm(adjoints, inputs);
+  return at::mm(adjoints.t(), inputs);
+}
+
+}  // namespace
 
 extern "C" {
 // `import sobolev_kernels._C` runs the static registrations below; the module itself only
@@ -32,11 +49,14 @@ PyObject* PyInit__C(void) {
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
 #ifdef WITH_CUDA
-  const bool ok = PyModule_AddIntConstant(m, "WITH_CUDA", 1) == 0 &&
-                  PyModule_AddIntConstant(m, "CUDA_MAX_LAYERS", sobolev::cuda::kMaxLayers) == 0 &&
-                  PyModule_AddIntConstant(m, "CUDA_MAX_WIDTH", sobolev::cuda::kMaxWidth) == 0;
+  const bool ok =
+      PyModule_AddIntConstant(m, "WITH_CUDA", 1) == 0 &&
+      PyModule_AddIntConstant(m, "CUDA_MAX_LAYERS", sobolev::cuda::kMaxLayers) == 0 &&
+      PyModule_AddIntConstant(m, "CUDA_MAX_WIDTH", sobolev::cuda::kMaxWidth) == 0 &&
+      PyModule_AddIntConstant(m, "WITH_CUTLASS", sobolev::cuda::weight_grad_gemm_compiled()) == 0;
 #else
-  const bool ok = PyModule_AddIntConstant(m, "WITH_CUDA", 0) == 0;
+  const bool ok = PyModule_AddIntConstant(m, "WITH_CUDA", 0) == 0 &&
+                  PyModule_AddIntConstant(m, "WITH_CUTLASS", 0) == 0;
 #endif
   if (!ok) {
     Py_DECREF(m);
@@ -63,17 +83,20 @@ TORCH_LIBRARY(sobolev_kernels, m) {
       "-> (Tensor grad_x, Tensor[] grad_weights, Tensor[] grad_biases)");
   // (4, *z.shape): s, s', s'', s''' as the CPU kernels compute them; lets tests check them
   m.def("activation_series(Tensor z, int activation, float negative_slope) -> Tensor");
+  m.def("weight_grad_gemm(Tensor adjoints, Tensor inputs) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sobolev_kernels, CPU, m) {
   m.impl("sobolev_forward", &sobolev::cpu::sobolev_forward);
   m.impl("sobolev_backward", &sobolev::cpu::sobolev_backward);
   m.impl("activation_series", &sobolev::cpu::activation_series);
+  m.impl("weight_grad_gemm", &weight_grad_gemm_cpu);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(sobolev_kernels, CUDA, m) {
   m.impl("sobolev_forward", &sobolev::cuda::sobolev_forward);
   m.impl("sobolev_backward", &sobolev::cuda::sobolev_backward);
+  m.impl("weight_grad_gemm", &sobolev::cuda::weight_grad_gemm);
 }
 #endif

@@ -3,7 +3,8 @@
 # a CUDA compile error fails CI on machines without a GPU, with the flags torch's extension
 # build adds, and checks the PTX of each kernel file for tensor-core products: every file has
 # them (WMMA or mma.sync), for fp32 too (TF32: the tiled kernels' tiled_tc instantiations, the
-# fused kernels) and for bf16. When torch is importable, also syntax-checks the ATen binding and
+# fused kernels, CUTLASS's 3xTF32 weight-gradient GEMM) and for bf16 (but weight_grad_gemm.cu,
+# fp32 only; its products also show that the vendored CUTLASS headers were found). When torch is importable, also syntax-checks the ATen binding and
 # ops.cpp with WITH_CUDA against torch's headers (a CPU torch ships the c10/cuda and ATen/cuda
 # headers; one generated header is stubbed).
 #
@@ -52,7 +53,8 @@ for cu in "$ROOT"/csrc/cuda/*.cu; do
   name="$(basename "$cu")"
   echo "[nvcc] $name (sm_80, sm_90)"
   mkdir -p "$OUT/keep-$name"
-  "$NVCC" -std=c++17 -O3 -DWITH_CUDA "${TORCH_FLAGS[@]}" -I"$ROOT/csrc" "${ARCHS[@]}" \
+  "$NVCC" -std=c++17 -O3 -DWITH_CUDA "${TORCH_FLAGS[@]}" -I"$ROOT/csrc" \
+    -I"$ROOT/third_party/cutlass/include" "${ARCHS[@]}" \
     -Xptxas -v ${DEVICE_OPT[@]+"${DEVICE_OPT[@]}"} -keep -keep-dir "$OUT/keep-$name" \
     -c "$cu" -o "$OUT/$name.o" \
     2> "$OUT/ptxas-$name.log" &
@@ -68,7 +70,9 @@ ptx_files=0
 for ptx in "$OUT"/keep-*/*.compute_{80,90}.ptx; do
   [ -f "$ptx" ] || continue
   ptx_files=$((ptx_files + 1))
-  for what in "mma.sync" "mma.sync.aligned.*tf32" "mma.sync.aligned.*bf16"; do
+  wanted=("mma.sync" "mma.sync.aligned.*tf32" "mma.sync.aligned.*bf16")
+  [[ "$(basename "$ptx")" == weight_grad_gemm.* ]] && wanted=("mma.sync.aligned.*tf32")
+  for what in "${wanted[@]}"; do
     if ! grep -q "$what" "$ptx"; then
       echo "check_cuda_compile: no tensor-core products ($what) in $(basename "$ptx")" >&2
       status=1

@@ -86,12 +86,13 @@ BENCH_ARGS=(--configs M S L --sweeps --precisions fp32 bf16 --precision-major
 SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
             triton_lean_persistent cuda_tiled cuda_tiled_tc cuda_fused cuda_fused_gemm
-            cuda_bias_gemv cuda_bias_operands cuda_staged_split cuda_splitk_tc cuda_graphed
+            cuda_bias_gemv cuda_bias_operands cuda_staged_split cuda_splitk_tc cuda_cutlass_gemm
+            cuda_graphed
             triton_compiled triton_jit_launch triton_split_tf32x3 triton_kmajor_inputs
             triton_resident_backward triton_wide_tiles)
 COMPILE_ARGS=(--configs M S L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile triton_jit_launch cuda_bias_gemv cuda_bias_operands
-              cuda_staged_split cuda_splitk_tc
+              cuda_staged_split cuda_splitk_tc cuda_cutlass_gemm
               --precompile "$COMPILE_JOBS"
               --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)

@@ -27,9 +27,12 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # script's time limit may cut the list.
 # the split-K weight gradients on 128 x 128 tiles, 8 warps (the newest Triton kernel form)
 SPLITK_WIDE = {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk_wide", "SOBOLEV_TRITON_BACKWARD": "separate"}
+# the fp32 weight gradients' GEMMs by CUTLASS's 3xTF32 split-K GEMM (the newest CUDA form; the
+# Triton backend's "cutlass" method calls the same op)
+CUTLASS = {"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"}
 VARIANTS = {
     "triton": [
-        SPLITK_WIDE,  # (a model wider than 64: WIDER)
+        SPLITK_WIDE,  # (a model wider than 64: HIDDEN)
         # the layer inputs stacks stored transposed, read so by the split-K weight gradients
         {"SOBOLEV_TRITON_INPUTS_LAYOUT": "kmajor", "SOBOLEV_TRITON_WEIGHT_GRAD": "splitk"},
         # the forward storing its activated layers (here on the static launch of order 2, two
@@ -57,6 +60,7 @@ VARIANTS = {
         {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
     ],
     "cuda": [
+        CUTLASS,  # (hidden widths 80 and 24: HIDDEN)
         # (the default: fused kernels, dW by cuBLAS GEMMs); dW by the tensor-core split-K
         # (fp32 and bf16: ALSO_BF16) and db from the operand kernels' partials, neither yet
         # run on a GPU; the fused backward's own dW kernel
@@ -75,9 +79,14 @@ VARIANTS = {
 # The variants whose bf16 kernels are more than fp32's with other products: run in bf16 too
 # (splitk_tc stages bf16's operands as pairs of rows, fp32's as words).
 ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, SPLITK_WIDE]
-# The variants that differ from another only in a model wider than 64 (first hidden layer 80
-# instead of 37): splitk_wide's tiles are splitk's up to 64.
-WIDER = [SPLITK_WIDE]
+# The variants that differ from another only in other hidden widths than 37 and 21:
+# splitk_wide's tiles are splitk's up to 64; CUTLASS's GEMM takes a layer whose widths are
+# multiples of 4 (here the second: 24 x 80), the others go to cuBLAS.
+HIDDEN = [(SPLITK_WIDE, [80, 21]), (CUTLASS, [80, 24])]
+
+
+def hidden_widths(variant: dict | None) -> list[int]:
+    return next((hidden for v, hidden in HIDDEN if v == variant), [37, 21])
 
 
 def cases(backends) -> list[tuple]:
@@ -114,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         name = _name(backend, variant)
         os.environ.update(variant or {})
         try:
-            width = 80 if variant in WIDER else 37
-            failures += not _one_case(backend, name, order, dtype, device, width)
+            failures += not _one_case(backend, name, order, dtype, device,
+                                      hidden_widths(variant))  # fmt: skip
         finally:
             for variable in variant or {}:
                 del os.environ[variable]
@@ -128,10 +137,10 @@ def _name(backend: str, variant: dict | None) -> str:
 
 
 def _one_case(backend: str, name: str, order: int, dtype: torch.dtype, device: str,
-              width: int = 37) -> bool:  # fmt: skip
-    """One training step against reference (hidden layers of ``width`` and 21); False on a
-    mismatch."""
-    model = sk.SobolevMLP(5, [width, 21], 3, 3, activation="tanh").to(device, dtype)
+              hidden: list[int]) -> bool:  # fmt: skip
+    """One training step against reference (hidden layers of the widths ``hidden``); False
+    on a mismatch."""
+    model = sk.SobolevMLP(5, hidden, 3, 3, activation="tanh").to(device, dtype)
     x = torch.randn(77, 5, device=device, dtype=dtype, requires_grad=True)
     y = torch.randn(77, 3, device=device, dtype=dtype)
     dirs = torch.randn(77, 3, 5, device=device, dtype=dtype)

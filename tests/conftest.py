@@ -92,6 +92,22 @@ def count_launches(monkeypatch, owner, name: str) -> list:
     return grids
 
 
+def offer_cutlass_gemm(monkeypatch) -> bool:
+    """Off a GPU: the Triton backend's ``cutlass`` weight-gradient method offered, its GEMM the
+    extension's CPU ``weight_grad_gemm`` (at::mm), so that the interpreter runs its plumbing.
+    False where the extension is not built. On a GPU nothing changes (whether the extension
+    has CUTLASS decides)."""
+    from sobolev_kernels.triton import parameter_grads
+
+    if HAS_CUDA:
+        return parameter_grads._cutlass_gemm() is not None
+    if "cuda" not in sk.available_backends():
+        return False
+    op = torch.ops.sobolev_kernels.weight_grad_gemm
+    monkeypatch.setattr(parameter_grads, "_cutlass_gemm", lambda: op)
+    return True
+
+
 def record_forward_saves(monkeypatch, launch) -> list:
     """Wraps the Triton launcher ``launch.sobolev_forward`` so that each call records its last
     argument (save_activations) and runs; returns the list of flags."""

@@ -360,3 +360,21 @@ def test_op_rejects_inconsistent_tensors():
     with pytest.raises(RuntimeError, match=r"grad_w: expected shape \[5, 2, 2\]"):
         OPS.sobolev_backward(*backward_args(upstream, x, dirs, weights, biases, outputs,
                                              order=2, **targets))  # fmt: skip
+
+
+def test_weight_grad_gemm_on_the_cpu_and_its_argument_checks():
+    """torch.ops.sobolev_kernels.weight_grad_gemm: adjoints^T inputs (the CPU form: at::mm;
+    the GPU's CUTLASS form is test_cuda_gpu.py's), a bad argument named. The extension says
+    whether it was built with CUTLASS (never without its CUDA kernels)."""
+    op = torch.ops.sobolev_kernels.weight_grad_gemm
+    a, s = torch.randn(37, 5, dtype=torch.float64), torch.randn(37, 3, dtype=torch.float64)
+    assert torch.equal(op(a, s), a.t() @ s)
+    bad_calls = (((a[0], s), "adjoints: expected \\(rows, n_out\\)"),
+                 ((a, s[:3]), "inputs: expected 37 rows as adjoints has, got 3"),
+                 ((a, s.float()), "inputs: dtype Float, but adjoints is Double"))  # fmt: skip
+    for bad, match in bad_calls:
+        with pytest.raises(RuntimeError, match=match):
+            op(*bad)
+    ext = cuda_backend._extension
+    assert ext.WITH_CUTLASS in (0, 1) and (ext.WITH_CUDA or not ext.WITH_CUTLASS)
+    assert (cuda_backend.weight_grad_gemm_3xtf32() is None) == (not ext.WITH_CUTLASS)

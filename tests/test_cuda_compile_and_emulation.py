@@ -21,6 +21,18 @@ def test_cuda_sources_compile_for_sm80_and_sm90():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_the_vendored_cutlass_headers_cover_the_kernels_includes():
+    """third_party/cutlass holds every CUTLASS header the kernels reach (a GPU machine builds
+    offline; without them weight_grad_gemm.cu compiles with no GEMM, which the compile check
+    above also catches: its PTX then has no TF32 products)."""
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "vendor_cutlass.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (ROOT / "third_party" / "cutlass" / "LICENSE.txt").read_text().count("BSD") >= 1
+
+
 EMULATION = ROOT / "csrc" / "cuda" / "emulation" / "emulate_kernels.cpp"
 NO_CXX = shutil.which(os.environ.get("CXX", "g++")) is None
 

@@ -224,8 +224,10 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
     pytest.param({"SOBOLEV_CUDA_BIAS_SUMS": "operands"}, marks=pytest.mark.unmeasured),
     # dW by the tensor-core split-K (fp16: gemm)
     pytest.param({"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, marks=pytest.mark.unmeasured),
+    # fp32 dW by CUTLASS's 3xTF32 GEMM (fp16: gemm)
+    pytest.param({"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"}, marks=pytest.mark.unmeasured),
 ], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv", "bias_operands",
-        "splitk_tc"])  # fmt: skip
+        "splitk_tc", "cutlass"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dtype):
     """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
@@ -286,6 +288,47 @@ def test_cuda_tensor_core_split_k_weight_grads_agree(monkeypatch, order, dtype, 
     occupancy does not change it: the default's.)"""
     _assert_agrees_under(monkeypatch, {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, order, dtype,
                          dim=5, width=width, layers=3)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.unmeasured
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("width", [100, 128, 256])
+def test_cuda_cutlass_weight_grads_agree(monkeypatch, order, width):
+    """SOBOLEV_CUDA_WEIGHT_GRADS=cutlass: gemm's operands, each fp32 dW by CUTLASS's 3xTF32
+    split-K GEMM (weight_grad_gemm.h) where its widths are multiples of 4 (at width 100 the
+    first layer's, 5 wide, by cuBLAS), at fp32's tolerance."""
+    _assert_agrees_under(monkeypatch, {"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"}, order,
+                         torch.float32, dim=5, width=width, layers=3)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.unmeasured
+@pytest.mark.parametrize("rows, n_out, n_in", [(4099, 128, 128), (777, 256, 36), (70000, 8, 128),
+                                               (300, 100, 6), (5, 16, 16)])  # fmt: skip
+def test_weight_grad_gemm_on_the_gpu(rows, n_out, n_in):
+    """torch.ops.sobolev_kernels.weight_grad_gemm: adjoints^T inputs at fp32's tolerance
+    (against fp64; one TF32 product a term would be off by about 1e-4 of the largest), the same
+    bits on every call, by CUTLASS's
+    split-K kernel where the widths are multiples of 4 (the profiler names it) and cuBLAS's
+    GEMM where not (n_in 6)."""
+    _needs_cuda_kernels()
+    if not cuda_backend._extension.WITH_CUTLASS:
+        pytest.skip("sobolev_kernels._C was built without CUTLASS (third_party/cutlass)")
+    op = torch.ops.sobolev_kernels.weight_grad_gemm
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    a = torch.randn(rows, n_out, device="cuda", generator=gen)
+    s = torch.randn(rows, n_in, device="cuda", generator=gen)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        dw = op(a, s)
+        torch.cuda.synchronize()
+    names = " ".join(e.name for e in prof.events())
+    assert ("GemmSplitKParallel" in names) == (n_out % 4 == 0 and n_in % 4 == 0), names[:300]
+    expected = a.double().t() @ s.double()
+    assert_close(dw, expected, TOLERANCES[torch.float32], "weight_grad_gemm")
+    assert torch.equal(dw, op(a, s))
+    with pytest.raises(RuntimeError, match="inputs: expected 4099 rows"):
+        op(torch.zeros(4099, 8, device="cuda"), torch.zeros(4098, 8, device="cuda"))
 
 
 @pytest.mark.gpu

@@ -48,7 +48,8 @@ def test_sdist_holds_every_source_and_the_package_files(sdist):
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
         pkg_info = tar.extractfile(f"{sdist.name.removesuffix('.tar.gz')}/PKG-INFO").read()
-    csrc = {p.relative_to(ROOT).as_posix() for p in (ROOT / "csrc").rglob("*") if p.is_file()}
+    csrc = {p.relative_to(ROOT).as_posix() for d in ("csrc", "third_party")
+            for p in (ROOT / d).rglob("*") if p.is_file()}  # fmt: skip
     package = {p.relative_to(ROOT).as_posix() for p in (ROOT / "sobolev_kernels").rglob("*.py")}
     assert len(csrc) > 20 and any(name.endswith(".h") for name in csrc)
     missing = (csrc | package) - names
@@ -57,7 +58,7 @@ def test_sdist_holds_every_source_and_the_package_files(sdist):
                  "CHANGELOG.md", "sobolev_kernels/py.typed"):  # fmt: skip
         assert name in names
     metadata = pkg_info.decode()
-    assert "License-Expression: MIT" in metadata and "Classifier: Typing :: Typed" in metadata
+    assert "License-Expression: MIT AND BSD-3-Clause" in metadata and "Classifier: Typing :: Typed" in metadata
     assert "Project-URL: " in metadata
 
 

@@ -17,6 +17,7 @@ from conftest import (
     assert_close,
     assert_forward_only_agrees,
     count_launches,
+    offer_cutlass_gemm,
     order2_inputs,
     record_forward_saves,
     sample_inputs,
@@ -224,6 +225,59 @@ def test_weight_gradients_by_gemm_where_the_split_k_offsets_would_overflow(monke
     monkeypatch.setattr(choices, "_INT32_LIMIT", 4 * 37 * 24 - 1)
     assert parameter_grads._weight_grad_method(layout, torch.zeros(37, 3), True, False) == "gemm"
     _agree(RTOL_FP32, dtype=torch.float32, batch=37, dim=3, width=24, out=2, k=3, layers=3)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_weight_gradients_by_the_extensions_gemm(monkeypatch, order):
+    """cutlass: the gemm method with each layer's dW by the extension's weight_grad_gemm (on
+    a GPU CUTLASS's 3xTF32 GEMM; here its CPU form), called once per layer on the stacks
+    gemm reads."""
+    from sobolev_kernels.triton import parameter_grads
+
+    if not offer_cutlass_gemm(monkeypatch):
+        pytest.skip("the C++ extension is not built")
+    real, calls = parameter_grads._cutlass_gemm(), []
+
+    def counting(adjoints, inputs):
+        calls.append((tuple(adjoints.shape), tuple(inputs.shape)))
+        return real(adjoints, inputs)
+
+    monkeypatch.setattr(parameter_grads, "_cutlass_gemm", lambda: counting)
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "cutlass")
+    _unequal_widths_agree(order, k=3, forward_only=False)
+    # widths (3, 40, 20, 70, 2): (rows, n_out) and (rows, n_in) of each layer
+    assert [(a[1], s[1]) for a, s in calls] == [(40, 3), (20, 40), (70, 20), (2, 70)]
+    assert all(a[0] == s[0] for a, s in calls)
+
+
+def test_the_extensions_gemm_is_offered_only_where_it_differs(monkeypatch):
+    """cutlass is a candidate in fp32 without TF32, over row-major inputs stacks, where the
+    extension has its GEMM; elsewhere it is gemm, and asking for it runs gemm."""
+    from sobolev_kernels.triton import parameter_grads
+    from sobolev_kernels.triton.layout import Layout
+
+    layout, x = Layout.of((3, 80, 2), 2, 1), torch.zeros(37, 3)
+    offered = []
+    monkeypatch.setattr(parameter_grads.tuning, "can_measure", lambda device: True)
+
+    def fastest(key, methods, run, skip):
+        offered.append(methods)
+        return methods[0]
+
+    monkeypatch.setattr(parameter_grads.tuning, "fastest", fastest)
+    monkeypatch.setattr(parameter_grads, "_cutlass_gemm", lambda: None)
+    parameter_grads._weight_grad_method(layout, x, True, False, lambda m: None)
+    monkeypatch.setattr(parameter_grads, "_cutlass_gemm", lambda: torch.mm)
+    cases = ((x, False, "rows"), (x, True, "rows"), (x.bfloat16(), False, "rows"),
+             (x, False, "kmajor"))  # fmt: skip
+    for x_, allow_tf32, inputs in cases:
+        monkeypatch.setenv("SOBOLEV_TRITON_INPUTS_LAYOUT", inputs)
+        parameter_grads._weight_grad_method(layout, x_, True, allow_tf32, lambda m: None)
+    assert ["cutlass" in methods for methods in offered] == [False, True, False, False, False]
+    monkeypatch.setenv("SOBOLEV_TRITON_WEIGHT_GRAD", "cutlass")
+    assert parameter_grads._weight_grad_method(layout, x, True, True) == "gemm"
+    monkeypatch.setenv("SOBOLEV_TRITON_INPUTS_LAYOUT", "rows")
+    assert parameter_grads._weight_grad_method(layout, x, True, False) == "cutlass"
 
 
 def test_16_bit_weight_gradient_gemms_add_their_partials_in_fp32():
@@ -695,7 +749,7 @@ def test_many_directions_in_groups_on_gpu(dtype, order):
     "method",
     ["gemm", "splitk", "recompute"]
     + [pytest.param(m, marks=pytest.mark.unmeasured)
-       for m in ("splitk_unpipelined", "splitk_wide", "recompute_wide")],
+       for m in ("splitk_unpipelined", "splitk_wide", "recompute_wide", "cutlass")],
 )  # fmt: skip
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

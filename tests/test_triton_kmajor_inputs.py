@@ -61,9 +61,9 @@ def test_the_inputs_stacks_are_the_row_major_ones_transposed(monkeypatch, order)
     stacks = {}
     gemm = launch._grads_by_gemm
 
-    def recording(layout, batch, adj, inputs, *args):
-        stacks[args[-1]] = (layout, batch, inputs.clone())
-        return gemm(layout, batch, adj, inputs, *args)
+    def recording(layout, batch, adj, inputs, db_partial, weights, biases, kmajor, cutlass):
+        stacks[kmajor] = (layout, batch, inputs.clone())
+        return gemm(layout, batch, adj, inputs, db_partial, weights, biases, kmajor, cutlass)
 
     monkeypatch.setattr(launch, "_grads_by_gemm", recording)
     model, x, y, kw = inputs_of_order(order, batch=21, dim=3, width=24, out=2, k=3, layers=3,

@@ -8,5 +8,6 @@ namespace sobolev::cuda {
 
 ForwardOp sobolev_forward;
 BackwardOp sobolev_backward;
+WeightGradGemmOp weight_grad_gemm;
 
 }  // namespace sobolev::cuda

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cuda/sobolev_kernels.cuh"
+#include "cuda/weight_grad_gemm.h"
 #include "op_checks.h"
 
 namespace sobolev::cuda {
@@ -61,14 +62,20 @@ KernelVariant requested_variant() {
                            : KernelVariant::kTiledTensorCores;
 }
 
-// SOBOLEV_CUDA_WEIGHT_GRADS: "gemm" (the default), "splitk" or "splitk_tc" (see WeightGrads;
-// splitk_tc unmeasured on a GPU, timed by the GPU script as provider cuda_splitk_tc).
+// SOBOLEV_CUDA_WEIGHT_GRADS: "gemm" (the default), "cutlass" (gemm's operands, the fp32 dW by
+// CUTLASS's 3xTF32 split-K GEMM instead of cuBLAS, weight_grad_gemm.h), "splitk" or
+// "splitk_tc" (see WeightGrads; cutlass and splitk_tc unmeasured on a GPU, timed by the GPU
+// script as providers cuda_cutlass_gemm and cuda_splitk_tc).
+std::string requested_weight_grads_name() {
+  return env_choice("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm",
+                    {"gemm", "cutlass", "splitk", "splitk_tc"});
+}
+
 WeightGrads requested_weight_grads() {
-  const std::string name =
-      env_choice("SOBOLEV_CUDA_WEIGHT_GRADS", "gemm", {"gemm", "splitk", "splitk_tc"});
-  return name == "gemm"     ? WeightGrads::kGemm
-         : name == "splitk" ? WeightGrads::kSplitK
-                            : WeightGrads::kSplitKTensorCores;
+  const std::string name = requested_weight_grads_name();
+  return name == "gemm" || name == "cutlass" ? WeightGrads::kGemm
+         : name == "splitk"                  ? WeightGrads::kSplitK
+                                             : WeightGrads::kSplitKTensorCores;
 }
 
 // SOBOLEV_CUDA_FUSED_OCCUPANCY: "high" (the default: the fused kernels' shapes with more
@@ -204,9 +211,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
   return {loss, f, u, w, saved};
 }
 
+// dw = a^T s by CUTLASS's 3xTF32 split-K GEMM (weight_grad_gemm.h), all three fp32 and
+// contiguous: false where it does not take them (not compiled in, widths not multiples of 4,
+// misaligned), for the caller's cuBLAS GEMM. The workspace (the slices' partial products) from
+// the caching allocator, on the current stream.
+bool weight_grad_by_cutlass(const at::Tensor& a, const at::Tensor& s, at::Tensor& dw) {
+  const bool fp32 = a.scalar_type() == at::kFloat && s.scalar_type() == at::kFloat &&
+                    dw.scalar_type() == at::kFloat;
+  if (!fp32 || !weight_grad_gemm_compiled() || !a.is_contiguous() || !s.is_contiguous() ||
+      !dw.is_contiguous())
+    return false;
+  WeightGradGemm g;
+  g.rows = static_cast<int>(a.size(0));
+  g.n_out = static_cast<int>(a.size(1));
+  g.n_in = static_cast<int>(s.size(1));
+  if (g.rows < 1 || !weight_grad_gemm_fits(a.const_data_ptr<float>(), s.const_data_ptr<float>(),
+                                           dw.const_data_ptr<float>(), g.n_out, g.n_in))
+    return false;
+  g.splits = weight_grad_gemm_splits(g.rows, g.n_out, g.n_in, device_limits().num_sms);
+  const auto ws = workspace(weight_grad_gemm_workspace_bytes(g), a);
+  C10_CUDA_CHECK(weight_grad_gemm_3xtf32(a.const_data_ptr<float>(), s.const_data_ptr<float>(),
+                                         dw.mutable_data_ptr<float>(), g, ws.data_ptr(),
+                                         c10::cuda::getCurrentCUDAStream().stream()));
+  return true;
+}
+
 // WeightGrads::kGemm, after the fused backward kernel: per layer, its operands (one launch),
 // dW_l = A_l^T S_{l-1} on cuBLAS at torch's matmul precision (the op's allow_tf32 is read off
-// it) and db_l = the column sums of A_l's value rows (SOBOLEV_CUDA_BIAS_SUMS=operands: the
+// it; SOBOLEV_CUDA_WEIGHT_GRADS=cutlass: fp32 by CUTLASS's 3xTF32 GEMM where the op is
+// fp32-accurate, weight_grad_by_cutlass) and db_l = the column sums of A_l's value rows (SOBOLEV_CUDA_BIAS_SUMS=operands: the
 // operand launches' partials, added after the last layer's). The workspace buffers are reused
 // layer by layer, and layer l's inputs are formed over layer l-1's adjoints
 // (gemm_inputs_over_adjoints): every launch is on the current stream, so each layer's GEMM and
@@ -220,6 +253,7 @@ void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const 
   if (requested_bias_sums() == "gemv" && !grad_biases.empty())
     ones = at::ones({p.batch}, options.dtype(at::kFloat));
   const bool bias_partials = plan.fused.bias_chunks > 0;
+  const bool cutlass = !p.allow_tf32 && requested_weight_grads_name() == "cutlass";
   for (int l = 1; l <= p.num_layers; ++l) {
     GemmOperands ops;
     C10_CUDA_CHECK(launch_gemm_operands(p, plan, ws.data_ptr(), l, &ops, stream));
@@ -230,7 +264,8 @@ void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const 
     const auto s = at::from_blob(const_cast<void*>(ops.inputs), {ops.rows, p.widths[l - 1]},
                                  op_options);
     at::Tensor& dw = grad_weights[l - 1];
-    if (dw.scalar_type() == a.scalar_type())
+    if (cutlass && weight_grad_by_cutlass(a, s, dw)) {
+    } else if (dw.scalar_type() == a.scalar_type())
       at::mm_out(dw, a.t(), s);
     else
       dw.copy_(at::mm(a.t(), s));
@@ -327,9 +362,18 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev
   return {grad_x, grad_weights, grad_biases};
 }
 
+at::Tensor weight_grad_gemm(const at::Tensor& adjoints, const at::Tensor& inputs) {
+  check_weight_grad_gemm(adjoints, inputs);
+  const c10::cuda::CUDAGuard guard(adjoints.device());
+  auto dw = at::empty({adjoints.size(1), inputs.size(1)}, adjoints.options());
+  if (weight_grad_by_cutlass(adjoints, inputs, dw)) return dw;
+  return at::mm(adjoints.t(), inputs);
+}
+
 // the definitions above are the declared ops (another signature would be an overload, and
 // decltype of an overloaded name does not compile)
 static_assert(std::is_same_v<decltype(sobolev_forward), ForwardOp>);
 static_assert(std::is_same_v<decltype(sobolev_backward), BackwardOp>);
+static_assert(std::is_same_v<decltype(weight_grad_gemm), WeightGradGemmOp>);
 
 }  // namespace sobolev::cuda

@@ -9,6 +9,7 @@ module still imports; ``unavailable_reason()`` then says how to build it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,13 +58,28 @@ class CudaBackend(FusedBackend):
         return CUDA_OPS
 
 
+def weight_grad_gemm_3xtf32() -> Callable | None:
+    """``torch.ops.sobolev_kernels.weight_grad_gemm`` (adjoints, inputs) -> adjoints^T inputs
+    where the extension was built with its CUDA kernels and CUTLASS: in fp32 on a GPU, CUTLASS's
+    3xTF32 split-K GEMM, fp32-accurate on tensor cores (csrc/cuda/weight_grad_gemm.h), where
+    torch's fp32 GEMMs run on the FMA units. None where it was not."""
+    if _extension is None or not getattr(_extension, "WITH_CUTLASS", 0):
+        return None
+    return torch.ops.sobolev_kernels.weight_grad_gemm
+
+
 def _register() -> None:
     CUDA_OPS.register()
     torch.library.register_fake("sobolev_kernels::activation_series", _series_fake)
+    torch.library.register_fake("sobolev_kernels::weight_grad_gemm", _weight_grad_gemm_fake)
 
 
 def _series_fake(z, activation, negative_slope):
     return z.new_empty((4, *z.shape))
+
+
+def _weight_grad_gemm_fake(adjoints, inputs):
+    return adjoints.new_empty((adjoints.shape[1], inputs.shape[1]))
 
 
 try:

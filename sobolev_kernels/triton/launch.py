@@ -417,9 +417,9 @@ def _backward(
 
     def parameter_grads(method: str) -> tuple[list[Tensor], list[Tensor]]:
         form, wide = method_form(method)
-        if form == "gemm":
+        if form in ("gemm", "cutlass"):
             return _grads_by_gemm(layout, batch, adj, inputs, db_partial, weights, biases,
-                                  plan.inputs_kmajor)  # fmt: skip
+                                  plan.inputs_kmajor, form == "cutlass")  # fmt: skip
         if form == "recompute":
             return _grads_by_splitk(layout, x, adj, inputs, weights, biases, allow_tf32, **lean,
                                     wide=wide)  # fmt: skip

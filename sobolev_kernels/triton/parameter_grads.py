@@ -46,14 +46,35 @@ from .weight_grad import _sum_partials_kernel, _sum_row_blocks_kernel, _weight_g
 # inputs from the saved pre-activations once where the 64 x 64 tiles formed each twice, so
 # the lean method (no inputs stacks: at config M in fp32 the step's peak 600 instead of 894
 # MiB on the H200, under the 0.4 x eager goal) may come near the others' time (run 5: recompute
-# 0.49 ms against gemm's 0.24 in bf16 at M). Unmeasured on a GPU: candidates, never static.
+# 0.49 ms against gemm's 0.24 in bf16 at M). ``cutlass`` is gemm with each fp32 GEMM by the C++
+# extension's CUTLASS 3xTF32 split-K GEMM (``weight_grad_gemm_3xtf32``), fp32-accurate on
+# tensor cores, where torch's fp32 GEMMs run on the FMA units at torch's default precision
+# (run 5, config M: cuBLAS's SIMT sgemm, 0.41 ms of the step's 1.70); tiny-cuda-nn forms its
+# weight gradients so. Offered in fp32 without TF32, where the extension was built with CUTLASS
+# (``_cutlass_gemm``). Unmeasured on a GPU: candidates, never static.
 WEIGHT_GRAD_METHODS = ("gemm", "splitk", "recompute", "splitk_unpipelined", "splitk_wide",
-                       "recompute_wide")  # fmt: skip
+                       "recompute_wide", "cutlass")  # fmt: skip
 WIDE_TILE, WIDE_WARPS = 128, 8
 # each method on the wide tiles -> the same method on splitk's
 WIDE_METHODS = {"splitk_wide": "splitk", "recompute_wide": "recompute"}
 # the methods no GPU has run yet (left out under SOBOLEV_TRITON_UNMEASURED=0)
-UNMEASURED_METHODS = ("splitk_unpipelined", "splitk_wide", "recompute_wide")
+UNMEASURED_METHODS = ("splitk_unpipelined", "splitk_wide", "recompute_wide", "cutlass")
+
+
+def _cutlass_gemm() -> Callable[[Tensor, Tensor], Tensor] | None:
+    """The extension's fp32-accurate tensor-core GEMM (adjoints, inputs) -> adjoints^T inputs,
+    or None where it was built without it (or not at all)."""
+    from ..backends.cuda import weight_grad_gemm_3xtf32
+
+    return weight_grad_gemm_3xtf32()
+
+
+def _offers_cutlass(x: Tensor, allow_tf32: bool) -> bool:
+    """Whether ``cutlass`` differs from ``gemm`` here: fp32 at fp32 accuracy (with TF32
+    allowed, torch's GEMMs take the tensor cores themselves), the extension's GEMM built, the
+    inputs stacks row-major (its operands)."""
+    return (x.dtype == torch.float32 and not allow_tf32 and not _inputs_kmajor()
+            and _cutlass_gemm() is not None)  # fmt: skip
 
 
 def method_form(method: str) -> tuple[str, bool]:
@@ -85,6 +106,8 @@ def _weight_grad_method(
     if _splitk_tiles(layout, True) == _splitk_tiles(layout, False):
         methods = tuple(m for m in methods if m not in WIDE_METHODS)
         forced = method_form(forced)[0]
+    if not _offers_cutlass(x, allow_tf32):
+        methods = tuple(m for m in methods if m != "cutlass")
     if forced != "auto":
         return forced if forced in methods else "gemm"
     unmeasured = _unmeasured_offered()
@@ -118,10 +141,12 @@ def _splitk_max_batch(layout: Layout) -> int:
 
 def _grads_by_gemm(
     layout: Layout, batch: int, adj: Tensor, inputs: Tensor, db_partial: Tensor,
-    weights: list[Tensor], biases: list[Tensor], kmajor: bool = False,
+    weights: list[Tensor], biases: list[Tensor], kmajor: bool = False, cutlass: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
-    """dW_l by one GEMM per layer (cuBLAS on a GPU), db_l by summing the backward kernel's
-    per-program bias partials; ``kmajor``: the inputs stacks stored transposed."""
+    """dW_l by one GEMM per layer (cuBLAS on a GPU; ``cutlass``: the extension's
+    ``_cutlass_gemm``), db_l by summing the backward kernel's per-program bias partials;
+    ``kmajor``: the inputs stacks stored transposed."""
+    product = _cutlass_gemm() if cutlass else None
     widths, stack = layout.widths, layout.blocks * batch
     grad_weights = []
     with _full_precision_reductions(adj):
@@ -134,7 +159,8 @@ def _grads_by_gemm(
                 s_l = s_l.view(widths[l], stack).narrow(1, 0, used).t()
             else:
                 s_l = inputs.narrow(0, stack * layout.in_cum[l], used * widths[l]).view(used, -1)
-            grad_weights.append(a_l.t() @ s_l)  # dW_l = A_l^T S_{l-1} over the stacked rows
+            # dW_l = A_l^T S_{l-1} over the stacked rows
+            grad_weights.append(a_l.t() @ s_l if product is None else product(a_l, s_l))
     grad_biases = [_empty_like(b) for b in biases]
     if biases:
         _sum_partials(db_partial, grad_biases, layout.b_offsets, adj.dtype)
