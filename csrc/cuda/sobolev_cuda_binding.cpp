@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -212,21 +213,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
 }
 
 // dw = a^T s by CUTLASS's 3xTF32 split-K GEMM (weight_grad_gemm.h), all three fp32 and
-// contiguous: false where it does not take them (not compiled in, widths not multiples of 4,
-// misaligned), for the caller's cuBLAS GEMM. The workspace (the slices' partial products) from
-// the caching allocator, on the current stream.
+// contiguous: false where it does not take them (not compiled in, empty, more than 2^31 - 1
+// rows, widths not multiples of 4, misaligned), for the caller's cuBLAS GEMM. The workspace
+// (the slices' partial products) from the caching allocator, on the current stream.
 bool weight_grad_by_cutlass(const at::Tensor& a, const at::Tensor& s, at::Tensor& dw) {
   const bool fp32 = a.scalar_type() == at::kFloat && s.scalar_type() == at::kFloat &&
                     dw.scalar_type() == at::kFloat;
   if (!fp32 || !weight_grad_gemm_compiled() || !a.is_contiguous() || !s.is_contiguous() ||
-      !dw.is_contiguous())
+      !dw.is_contiguous() || a.numel() == 0 || s.numel() == 0 ||
+      a.size(0) > std::numeric_limits<int>::max())
     return false;
   WeightGradGemm g;
   g.rows = static_cast<int>(a.size(0));
   g.n_out = static_cast<int>(a.size(1));
   g.n_in = static_cast<int>(s.size(1));
-  if (g.rows < 1 || !weight_grad_gemm_fits(a.const_data_ptr<float>(), s.const_data_ptr<float>(),
-                                           dw.const_data_ptr<float>(), g.n_out, g.n_in))
+  if (!weight_grad_gemm_fits(a.const_data_ptr<float>(), s.const_data_ptr<float>(),
+                             dw.const_data_ptr<float>(), g.n_out, g.n_in))
     return false;
   g.splits = weight_grad_gemm_splits(g.rows, g.n_out, g.n_in, device_limits().num_sms);
   const auto ws = workspace(weight_grad_gemm_workspace_bytes(g), a);
@@ -239,8 +241,9 @@ bool weight_grad_by_cutlass(const at::Tensor& a, const at::Tensor& s, at::Tensor
 // WeightGrads::kGemm, after the fused backward kernel: per layer, its operands (one launch),
 // dW_l = A_l^T S_{l-1} on cuBLAS at torch's matmul precision (the op's allow_tf32 is read off
 // it; SOBOLEV_CUDA_WEIGHT_GRADS=cutlass: fp32 by CUTLASS's 3xTF32 GEMM where the op is
-// fp32-accurate, weight_grad_by_cutlass) and db_l = the column sums of A_l's value rows (SOBOLEV_CUDA_BIAS_SUMS=operands: the
-// operand launches' partials, added after the last layer's). The workspace buffers are reused
+// fp32-accurate, weight_grad_by_cutlass) and db_l = the column sums of A_l's value rows
+// (SOBOLEV_CUDA_BIAS_SUMS=operands: the operand launches' partials, added after the last
+// layer's). The workspace buffers are reused
 // layer by layer, and layer l's inputs are formed over layer l-1's adjoints
 // (gemm_inputs_over_adjoints): every launch is on the current stream, so each layer's GEMM and
 // sums read them before the next layer's operands overwrite them.
@@ -264,10 +267,10 @@ void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const 
     const auto s = at::from_blob(const_cast<void*>(ops.inputs), {ops.rows, p.widths[l - 1]},
                                  op_options);
     at::Tensor& dw = grad_weights[l - 1];
-    if (cutlass && weight_grad_by_cutlass(a, s, dw)) {
-    } else if (dw.scalar_type() == a.scalar_type())
+    const bool by_cutlass = cutlass && weight_grad_by_cutlass(a, s, dw);
+    if (!by_cutlass && dw.scalar_type() == a.scalar_type())
       at::mm_out(dw, a.t(), s);
-    else
+    else if (!by_cutlass)
       dw.copy_(at::mm(a.t(), s));
     if (grad_biases.empty() || bias_partials) continue;
     const auto values = at::from_blob(const_cast<float*>(ops.bias_adjoints),
