@@ -40,7 +40,8 @@ def main() -> int:
             sass = subprocess.run([cuobjdump(), "-sass", str(obj)], capture_output=True,
                                   text=True, check=True).stdout  # fmt: skip
             for name, body in _functions(sass):
-                kind = "GEMM" if "GemmSplitKParallel" in name else "reduction"
+                tile = re.search(r"GemmShapeILi(\d+)ELi(\d+)ELi16E", name)
+                kind = f"GEMM {tile[1]} x {tile[2]}" if tile else "reduction"
                 regs, stack, spills, smem = usage.get(name, ("?", "?", "?", "?"))
                 hmma = len(re.findall(r"\bHMMA\b", body))
                 mains = [loop for loop in loops(body) if any("HMMA" in t for t in loop)]

@@ -25,9 +25,14 @@ struct WeightGradGemm {
 
 // Whether the vendored CUTLASS was compiled in.
 bool weight_grad_gemm_compiled();
-// Whether the shape and pointers suit the GEMM's 16-byte accesses (widths multiples of 4).
+// The block's output tile, both sides: 128 where both widths pass 64, 64 where the narrower is
+// 32 to 64 (config S's 64 x 64 layers; a 128 x 128 tile would leave three quarters of its
+// products on padding), 0 where it is narrower still (a model's first and last layers: cuBLAS).
+int weight_grad_gemm_tile(int n_out, int n_in);
+// Whether the shape and pointers suit the GEMM: a tile (above), and its 16-byte accesses
+// (widths multiples of 4, aligned pointers).
 bool weight_grad_gemm_fits(const float* a, const float* s, const float* dw, int n_out, int n_in);
-// Slices of the rows: one wave of one block per SM over the output tiles, each slice at
+// Slices of the rows: one wave of the blocks an SM holds over the output tiles, each slice at
 // least kMinSliceRows rows long.
 int weight_grad_gemm_splits(int rows, int n_out, int n_in, int num_sms);
 // The partial products' workspace: splits * n_out * n_in fp32.
