@@ -12,6 +12,8 @@ machine may have no GPU):
     SOBOLEV_REQUIRE_EXTENSION=1  a failed or skipped extension build is an error (CI, scripts/)
     FORCE_CUDA=1                 build the CUDA kernels even without a visible GPU (needs nvcc)
     SOBOLEV_CPU_ONLY=1           never build CUDA kernels
+    SOBOLEV_NO_CUTLASS=1         the CUDA kernels without the vendored CUTLASS headers
+                                 (third_party/cutlass): no CUTLASS GEMM for the weight gradients
     TORCH_CUDA_ARCH_LIST         e.g. "8.0;9.0" (read by torch.utils.cpp_extension)
     MAX_JOBS                     parallel compile jobs (read by torch.utils.cpp_extension)
     SOBOLEV_DEBUG=1              -O0 -g -lineinfo
@@ -155,7 +157,8 @@ def extensions():
     if with_cuda:
         # the CUTLASS headers csrc/cuda/weight_grad_gemm.cu takes (scripts/vendor_cutlass.py);
         # where absent, it compiles without them and its GEMM is not offered
-        kwargs["include_dirs"].append(os.path.join(ROOT, "third_party", "cutlass", "include"))
+        if not _flag("SOBOLEV_NO_CUTLASS"):
+            kwargs["include_dirs"].append(os.path.join(ROOT, "third_party", "cutlass", "include"))
         nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
         # No --use_fast_math: its sinf/expf intrinsics miss the fp32 tolerance (rtol 1e-5).
         kwargs["extra_compile_args"]["nvcc"] = nvcc + ["-DWITH_CUDA"]

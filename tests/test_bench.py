@@ -884,6 +884,35 @@ def test_the_gpu_script_leaves_out_unmeasured_candidates_after_a_kernel_fault(tm
     assert run.returncode == 0
 
 
+@pytest.mark.parametrize("error, retried", [
+    ("csrc/cuda/weight_grad_gemm.cu(40): error: no instance of cutlass::gemm", True),
+    ("csrc/cuda/fused_backward.cu(12): error: expected a ';'", False),
+])  # fmt: skip
+def test_the_gpu_scripts_build_goes_on_without_cutlass_where_it_fails(tmp_path, error, retried):
+    """scripts/gpu_session.sh's build: where the vendored CUTLASS GEMM is what failed to
+    compile, it builds again with SOBOLEV_NO_CUTLASS=1, so that the rest of the CUDA backend
+    is measured; another failure is the build's."""
+    script = (ROOT / "scripts" / "gpu_session.sh").read_text()
+    functions = "\n".join(["say() { echo \"$*\"; }"] + [
+        re.search(rf"^{name}\(\) \{{.*?^\}}", script, re.M | re.S).group(0)
+        for name in ("limited", "build_extension", "stage_build")])  # fmt: skip
+    python = tmp_path / "python"  # torch's device query, the package check, and pip
+    python.write_text(f"""#!/bin/bash
+case "$*" in
+  *get_device_capability*) echo 9.0 ;;
+  *pip*) [ "$SOBOLEV_NO_CUTLASS" = 1 ] && echo built && exit 0; echo "{error}"; exit 1 ;;
+esac
+""")
+    python.chmod(0o755)
+    run = subprocess.run(["bash", "-c", f"{functions}\nstage_build 60"], capture_output=True,
+                         text=True, env={**os.environ, "WORK": str(tmp_path), "PY": str(python),
+                                         "NCPU": "2", "SOBOLEV_NO_CUTLASS": ""})  # fmt: skip
+    assert (run.returncode == 0) == retried, run.stdout + run.stderr
+    assert ("again without it" in run.stdout) == retried
+    assert (tmp_path / "build_no_cutlass.log").exists() == retried
+    assert error in (tmp_path / "build.log").read_text()
+
+
 def test_the_gpu_scripts_tests_record_their_durations_as_they_go(tmp_path):
     """SOBOLEV_TEST_DURATIONS (tests/conftest.py), which gpu_session.sh sets: a time limit
     ends pytest before its --durations summary, so each test's seconds are written as it
