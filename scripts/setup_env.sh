@@ -19,6 +19,10 @@ fi
 PY="$VENV/bin/python"
 pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
 has() { "$PY" -c "import $1" >/dev/null 2>&1; }
+# has_version <distribution> <version>: installed at exactly that version
+has_version() {
+  "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('$1') != '$2')" >/dev/null 2>&1
+}
 
 has torch || { echo "[setup] installing torch==2.13.0 (CPU)"; pip_install "torch==2.13.0"; }
 
@@ -35,7 +39,9 @@ for extra in "$@"; do
   case "$extra" in
     test)
       has pytest || want+=(pytest); has hypothesis || want+=(hypothesis)
-      has xdist || optional+=(pytest-xdist) ;;
+      has xdist || optional+=(pytest-xdist)
+      # the style test's (tests/test_style.py, skipped without): pinned, as its rules change
+      has_version ruff 0.17.6 || optional+=("ruff==0.17.6") ;;
     bench)
       has matplotlib || want+=(matplotlib)
       has minatar || want+=(minatar)
@@ -69,7 +75,7 @@ fi
 
 # Rebuild only when the sources changed (the editable install keeps the compiled module).
 stamp="$VENV/.sobolev_build_stamp"
-digest="$(cd "$ROOT" && cat setup.py pyproject.toml $(find csrc -type f 2>/dev/null | sort) | sha1sum | cut -d' ' -f1)"
+digest="$(cd "$ROOT" && cat setup.py pyproject.toml $(find csrc third_party -type f 2>/dev/null | sort) | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   echo "[setup] building sobolev_kernels (pip install --no-build-isolation -e .)"
   # the extension is optional for users, not here: a failed build stops instead of installing
