@@ -33,6 +33,45 @@ def test_the_vendored_cutlass_headers_cover_the_kernels_includes():
     assert (ROOT / "third_party" / "cutlass" / "LICENSE.txt").read_text().count("BSD") >= 1
 
 
+def test_vendoring_takes_the_include_closure_from_the_wheel(tmp_path, monkeypatch):
+    """scripts/vendor_cutlass.py on a wheel of four headers: the kernels' includes and what
+    they include (under any #if), not the header nobody includes, and the license; --check
+    fails once one of them is gone, naming it; a wheel lacking an included header is an
+    error, and the copy is left as it was."""
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location("vendor", ROOT / "scripts" / "vendor_cutlass.py")
+    vendor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vendor)
+    kernel = tmp_path / "kernel.cu"
+    kernel.write_text('#include "cuda/own.h"\n#include "cutlass/gemm.h"\n')
+    monkeypatch.setattr(vendor, "kernel_sources", lambda: [kernel])
+    monkeypatch.setattr(vendor, "DEST", tmp_path / "cutlass")
+
+    def wheel(name, headers):
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as whl:
+            for header, text in headers.items():
+                whl.writestr(vendor.IN_WHEEL + header, text)
+            whl.writestr("nvidia_cutlass-4.2.0.0.dist-info/licenses/LICENSE.txt", "BSD-3")
+        return path
+
+    headers = {"cutlass/gemm.h": '#include "cutlass/arch.h"\n#if X\n#include <cute/t.hpp>\n#endif',
+               "cutlass/arch.h": "", "cute/t.hpp": "", "cutlass/unused.h": ""}  # fmt: skip
+    assert vendor.vendor(wheel("full.whl", headers)) == 0
+    copied = {p.relative_to(tmp_path / "cutlass" / "include").as_posix()
+              for p in (tmp_path / "cutlass" / "include").rglob("*") if p.is_file()}  # fmt: skip
+    assert copied == {"cutlass/gemm.h", "cutlass/arch.h", "cute/t.hpp"}
+    assert (tmp_path / "cutlass" / "LICENSE.txt").read_text() == "BSD-3"
+    assert vendor.check() == 0
+    (tmp_path / "cutlass" / "include" / "cute" / "t.hpp").unlink()
+    assert vendor.check() == 1
+    del headers["cutlass/arch.h"]
+    assert vendor.vendor(wheel("short.whl", headers)) == 1
+    assert (tmp_path / "cutlass" / "include" / "cutlass" / "arch.h").exists()
+
+
 EMULATION = ROOT / "csrc" / "cuda" / "emulation" / "emulate_kernels.cpp"
 NO_CXX = shutil.which(os.environ.get("CXX", "g++")) is None
 
