@@ -213,15 +213,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
 }
 
 // dw = a^T s by CUTLASS's 3xTF32 split-K GEMM (weight_grad_gemm.h), all three fp32 and
-// contiguous: false where it does not take them (not compiled in, empty, more than 2^31 - 1
-// rows, widths not multiples of 4, misaligned), for the caller's cuBLAS GEMM. The workspace
+// contiguous: false where it does not take them (not compiled in, a GPU before sm_80, whose
+// TF32 products CUTLASS compiles to nothing, empty, more than 2^31 - 1 rows, widths not
+// multiples of 4, misaligned), for the caller's cuBLAS GEMM. The workspace
 // (the slices' partial products) from the caching allocator, on the current stream.
 bool weight_grad_by_cutlass(const at::Tensor& a, const at::Tensor& s, at::Tensor& dw) {
   const bool fp32 = a.scalar_type() == at::kFloat && s.scalar_type() == at::kFloat &&
                     dw.scalar_type() == at::kFloat;
-  if (!fp32 || !weight_grad_gemm_compiled() || !a.is_contiguous() || !s.is_contiguous() ||
-      !dw.is_contiguous() || a.numel() == 0 || s.numel() == 0 ||
-      a.size(0) > std::numeric_limits<int>::max())
+  if (!fp32 || !weight_grad_gemm_compiled() || device_limits().major < 8 ||
+      !a.is_contiguous() || !s.is_contiguous() || !dw.is_contiguous() || a.numel() == 0 ||
+      s.numel() == 0 || a.size(0) > std::numeric_limits<int>::max())
     return false;
   WeightGradGemm g;
   g.rows = static_cast<int>(a.size(0));
