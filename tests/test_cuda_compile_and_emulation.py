@@ -33,6 +33,24 @@ def test_the_vendored_cutlass_headers_cover_the_kernels_includes():
     assert (ROOT / "third_party" / "cutlass" / "LICENSE.txt").read_text().count("BSD") >= 1
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("NVCC", "nvcc")) is None, reason="no nvcc")
+def test_the_cutlass_gemms_arguments_are_the_weight_gradients(tmp_path):
+    """weight_grad_gemm.cu's CUTLASS arguments on the host (tests/cutlass_arguments.cu): its
+    problem size and operand references, read through CUTLASS's layouts, give A^T S into dW
+    row-major, for both tiles (a leading dimension of n_in for A fails it). No GPU: the
+    device code is compiled, not run."""
+    exe = tmp_path / "cutlass_arguments"
+    build = subprocess.run([os.environ.get("NVCC", "nvcc"), "-std=c++17", "-O1",
+                            "--expt-relaxed-constexpr", "-arch=sm_80", f"-I{ROOT / 'csrc'}",
+                            f"-I{ROOT / 'third_party' / 'cutlass' / 'include'}",
+                            str(ROOT / "tests" / "cutlass_arguments.cu"), "-o", str(exe)],
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count(": ok") == 2
+
+
 def test_vendoring_takes_the_include_closure_from_the_wheel(tmp_path, monkeypatch):
     """scripts/vendor_cutlass.py on a wheel of four headers: the kernels' includes and what
     they include (under any #if), not the header nobody includes, and the license; --check
