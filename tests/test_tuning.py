@@ -228,7 +228,7 @@ def test_unmeasured_candidates_can_be_left_out(monkeypatch):
     from sobolev_kernels.triton.layout import Layout
 
     offered = {}
-    assert offer_cutlass_gemm(monkeypatch)
+    cutlass = offer_cutlass_gemm(monkeypatch)  # (not where the extension is not built)
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
     monkeypatch.setattr(tuning, "fastest", lambda key, candidates, run, skip: offered.setdefault(
         key[1], candidates)[0])  # fmt: skip
@@ -244,7 +244,8 @@ def test_unmeasured_candidates_can_be_left_out(monkeypatch):
 
     every = {k: list(v) for k, v in candidates("1").items()}
     assert any(c.rows == 128 for c in every["fwd"]) and any(c.activated for c in every["fwd"])
-    assert set(parameter_grads.UNMEASURED_METHODS) <= set(every["weight_grad"])
+    unmeasured = set(parameter_grads.UNMEASURED_METHODS) - (set() if cutlass else {"cutlass"})
+    assert unmeasured <= set(every["weight_grad"])
     measured = candidates("0")
     for kernel in ("fwd", "bwd"):
         assert measured[kernel] == [
