@@ -212,9 +212,11 @@ stage_build() {
   local rc=$?
   [ $rc -eq 0 ] || tail -20 "$WORK/build.log"
   # the vendored CUTLASS GEMM (csrc/cuda/weight_grad_gemm.cu, never compiled on a GPU machine
-  # before 2026-11-28) must not cost the whole CUDA backend: where it is what failed, again
-  # without it (its GEMM then not offered; the later stages get less time)
-  if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -qE "weight_grad_gemm|cutlass" "$WORK/build.log"; then
+  # before 2026-11-28) must not cost the whole CUDA backend: where it is what failed (ninja's
+  # FAILED line names its object, or nvcc's error is in it or a CUTLASS header; every nvcc
+  # command line names the CUTLASS include directory, so no looser match), again without it
+  # (its GEMM then not offered; the later stages get less time)
+  if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -qE "$CUTLASS_FAILED" "$WORK/build.log"; then
     say "build: the CUTLASS GEMM did not compile; again without it (SOBOLEV_NO_CUTLASS=1)"
     SOBOLEV_NO_CUTLASS=1 build_extension "$1" "$arch" "$WORK/build_no_cutlass.log"
     rc=$?
@@ -223,6 +225,8 @@ stage_build() {
   "$PY" -c "import sobolev_kernels as sk; print('backends:', sk.available_backends())"
   return $rc
 }
+
+CUTLASS_FAILED='FAILED: .*weight_grad_gemm\.o|(weight_grad_gemm\.cu|cutlass/include/[^ (]*)\([0-9]+\): (catastrophic )?error'
 
 build_extension() {  # build_extension <seconds> <arch> <log>: the extension, in place
   FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$2" MAX_JOBS="$NCPU" SOBOLEV_REQUIRE_EXTENSION=1 \
@@ -427,13 +431,12 @@ stage_report() {
     || tail -5 "$WORK/report.log"
   # and the open issues' goals, each met, missed or not measured (also in BENCHMARKS.md)
   local csv
+  # and what the run says of each form no GPU had run (docs/unmeasured.md): its rows against
+  # its baseline's, the tuners' choices, its gpu tests; into BENCHMARKS.md
   for csv in "$WORK"/bench/*.csv; do
-    [ -f "$csv" ] && timeout 10 "$PY" -m bench.goals "$csv"
-  done
-  # what the run says of each form no GPU had run (docs/unmeasured.md): its rows against its
-  # baseline's, the tuners' choices, its gpu tests; into BENCHMARKS.md
-  for csv in "$WORK"/bench/*.csv; do
-    [ -f "$csv" ] && timeout 10 "$PY" -m bench.verdicts "$csv" --tests "$WORK/gpu_tests.txt" \
+    [ -f "$csv" ] || continue
+    timeout 10 "$PY" -m bench.goals "$csv"
+    timeout 10 "$PY" -m bench.verdicts "$csv" --tests "$WORK/gpu_tests.txt" \
       --kernels "$WORK/kernels_M.md" --tuning "$WORK"/bench/*_tuning_*.md \
       | tee -a "$WORK/report/BENCHMARKS.md"
   done

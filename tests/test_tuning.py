@@ -222,8 +222,8 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
 def test_unmeasured_candidates_can_be_left_out(monkeypatch):
     """SOBOLEV_TRITON_UNMEASURED=0 (the GPU script's safety valve after a kernel fault): the
     tuners offer only what a GPU has run, no 128-row column-block tiles, no activated
-    twins, no splitk_unpipelined, splitk_wide or recompute_wide; 1, the default, offers
-    them. Anything else raises, naming the variable."""
+    twins, none of UNMEASURED_METHODS (cutlass where the extension is built); 1, the
+    default, offers them. Anything else raises, naming the variable."""
     from sobolev_kernels.triton import choices, launch, parameter_grads
     from sobolev_kernels.triton.layout import Layout
 

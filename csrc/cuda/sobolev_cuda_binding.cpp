@@ -370,8 +370,8 @@ at::Tensor weight_grad_gemm(const at::Tensor& adjoints, const at::Tensor& inputs
   check_weight_grad_gemm(adjoints, inputs);
   const c10::cuda::CUDAGuard guard(adjoints.device());
   auto dw = at::empty({adjoints.size(1), inputs.size(1)}, adjoints.options());
-  if (weight_grad_by_cutlass(adjoints, inputs, dw)) return dw;
-  return at::mm(adjoints.t(), inputs);
+  if (!weight_grad_by_cutlass(adjoints, inputs, dw)) at::mm_out(dw, adjoints.t(), inputs);
+  return dw;
 }
 
 // the definitions above are the declared ops (another signature would be an overload, and

@@ -131,8 +131,8 @@ def _launch_config(
 def _unmeasured_offered() -> bool:
     """SOBOLEV_TRITON_UNMEASURED: 1 (the default) or 0. With 0 the tuners leave out the
     candidates no GPU has run yet (docs/unmeasured.md): the 128-row column-block tiles, the
-    forward's activated twins and the weight gradients' splitk_unpipelined, splitk_wide and
-    recompute_wide. A safety valve: the GPU script sets it where its checks saw a kernel
+    forward's activated twins and the weight gradients' UNMEASURED_METHODS
+    (``parameter_grads.py``). A safety valve: the GPU script sets it where its checks saw a kernel
     fault, so that one unmeasured candidate cannot lose a run's benchmark (a fault loses the
     process's CUDA context)."""
     return env_flag("SOBOLEV_TRITON_UNMEASURED", "1")
