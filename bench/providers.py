@@ -42,7 +42,11 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # timed by the bench and the kernel profile); cuda_cutlass_gemm is the default with each fp32
 # GEMM of its weight gradients by CUTLASS's 3xTF32 split-K GEMM instead of cuBLAS's, which
 # torch's default fp32 precision keeps on the FMA units (SOBOLEV_CUDA_WEIGHT_GRADS=cutlass;
-# weight_grad_gemm.h; fp32 only, step only).
+# weight_grad_gemm.h; fp32 only, step only); cuda_backward_operands is the default with the
+# GEMMs' operands (16-bit adjoints, the layer inputs) and the bias sums' partials stored by the
+# fused backward kernel as it forms the adjoints, instead of by an operand kernel per layer
+# reading them again and torch's sums (SOBOLEV_CUDA_GEMM_OPERANDS=backward; step only: at M
+# those took 0.44 ms of the default's 2.69 in fp32 and 0.56 of 1.66 in bf16, run 5).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -55,6 +59,7 @@ CUDA_VARIANTS = {
     "cuda_staged_split": {"SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT": "staged"},
     "cuda_splitk_tc": {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},
     "cuda_cutlass_gemm": {"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"},
+    "cuda_backward_operands": {"SOBOLEV_CUDA_GEMM_OPERANDS": "backward"},
 }
 # The Triton backend's other training steps, for their time and peak memory beside the
 # tuner's choice: the weight gradients forming the backward's inputs again instead of storing
@@ -107,7 +112,8 @@ FP32_ONLY = {"cuda_staged_split", "cuda_cutlass_gemm", "triton_split_tf32x3",
 # and the other way round: variants that differ from their default in 16-bit models only
 SIXTEEN_BIT_ONLY = {"triton_resident_backward", "triton_wide_tiles"}
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "cuda_bias_operands",
-             "cuda_splitk_tc", "cuda_cutlass_gemm", "triton_compiled"}  # fmt: skip
+             "cuda_splitk_tc", "cuda_cutlass_gemm", "cuda_backward_operands",
+             "triton_compiled"}  # fmt: skip
 STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of

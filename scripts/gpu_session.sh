@@ -67,8 +67,9 @@ TEST_JOBS=$(( NCPU / 2 > 1 ? NCPU / 2 : 1 ))
 COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # Every entry point's arguments, shared by the run and the dry run.
 # cuda_graphed left out: run 3 (2026-11-27) had it within 1% of cuda at S, M and L (the CUDA
-# steps are GPU-bound); cuda_tiled_tc and cuda_fused_gemm too: run 5 had them slower than the
-# default and cuda_fused at every config (and the bench ran out of time before L in bf16);
+# steps are GPU-bound); cuda_tiled_tc, cuda_fused_gemm and cuda_fused too: run 5 had them
+# slower than the default at every config, cuda_fused 2-3x (and the bench ran out of time
+# before L in bf16; cuda_tiled stays: the least memory);
 # cuda_bias_gemv, cuda_bias_operands: their bias sums are timed by the profile stage's kernel
 # table
 # (triton_resident_backward and triton_wide_tiles in bf16 only: bench/providers.py)
@@ -79,8 +80,8 @@ COMPILE_JOBS=$(( NCPU - TEST_JOBS - 2 > 1 ? NCPU - TEST_JOBS - 2 : 1 ))
 # triton_jit_launch: what direct launches save is host time, which the host profile times
 BENCH_ARGS=(--configs M S L --sweeps --precisions fp32 bf16 --precision-major
             --modes step forward
-            --exclude cuda_graphed cuda_tiled_tc cuda_fused_gemm cuda_bias_gemv cuda_bias_operands
-            triton_compiled triton_jit_launch)
+            --exclude cuda_graphed cuda_tiled_tc cuda_fused_gemm cuda_fused cuda_bias_gemv
+            cuda_bias_operands triton_compiled triton_jit_launch)
 # torch_compile's failure (no double backward) is structural: recorded by bench, not again;
 # the backends' variants are compared at S, M and L by bench, not at every batch (but
 # triton_graphed: the step's GPU time without its host time, the sweep's question)
@@ -88,12 +89,12 @@ SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
             triton_lean_persistent cuda_tiled cuda_tiled_tc cuda_fused cuda_fused_gemm
             cuda_bias_gemv cuda_bias_operands cuda_staged_split cuda_splitk_tc cuda_cutlass_gemm
-            cuda_graphed
+            cuda_backward_operands cuda_graphed
             triton_compiled triton_jit_launch triton_split_tf32x3 triton_kmajor_inputs
             triton_resident_backward triton_wide_tiles)
 COMPILE_ARGS=(--configs M S L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile triton_jit_launch cuda_bias_gemv cuda_bias_operands
-              cuda_staged_split cuda_splitk_tc cuda_cutlass_gemm
+              cuda_staged_split cuda_splitk_tc cuda_cutlass_gemm cuda_backward_operands
               --precompile "$COMPILE_JOBS"
               --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)

@@ -27,9 +27,12 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # script's time limit may cut the list.
 # the split-K weight gradients on 128 x 128 tiles, 8 warps (the newest Triton kernel form)
 SPLITK_WIDE = {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk_wide", "SOBOLEV_TRITON_BACKWARD": "separate"}
-# the fp32 weight gradients' GEMMs by CUTLASS's 3xTF32 split-K GEMM (the newest CUDA form; the
-# Triton backend's "cutlass" method calls the same op)
+# the fp32 weight gradients' GEMMs by CUTLASS's 3xTF32 split-K GEMM (the Triton backend's
+# "cutlass" method calls the same op)
 CUTLASS = {"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"}
+# the GEMMs' operands and bias partials stored by the fused backward kernel (the newest CUDA
+# form; its bf16 adjoints are stored as bf16 alone: ALSO_BF16)
+BACKWARD_OPERANDS = {"SOBOLEV_CUDA_GEMM_OPERANDS": "backward"}
 VARIANTS = {
     "triton": [
         SPLITK_WIDE,  # (a model wider than 64: HIDDEN)
@@ -60,6 +63,7 @@ VARIANTS = {
         {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
     ],
     "cuda": [
+        BACKWARD_OPERANDS,
         CUTLASS,  # (hidden widths 80 and 24: HIDDEN)
         # (the default: fused kernels, dW by cuBLAS GEMMs); dW by the tensor-core split-K
         # (fp32 and bf16: ALSO_BF16) and db from the operand kernels' partials, neither yet
@@ -78,7 +82,7 @@ VARIANTS = {
 
 # The variants whose bf16 kernels are more than fp32's with other products: run in bf16 too
 # (splitk_tc stages bf16's operands as pairs of rows, fp32's as words).
-ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, SPLITK_WIDE]
+ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, SPLITK_WIDE, BACKWARD_OPERANDS]
 # The variants that differ from another only in other hidden widths than 37 and 21:
 # splitk_wide's tiles are splitk's up to 64; CUTLASS's GEMM takes a layer whose widths are
 # multiples of 4 (here the second: 24 x 80), the others go to cuBLAS.

@@ -180,6 +180,28 @@ def test_fused_kernels_in_host_emulation(emulation):
     _assert_tf32_lines(proc.stdout + tf32.stdout)
 
 
+def test_fused_kernels_with_gemm_operands_from_the_backward_in_host_emulation(emulation):
+    """SOBOLEV_CUDA_GEMM_OPERANDS=backward: the fused backward kernel stores the GEMMs' operands
+    itself (the adjoints as the GEMMs read them: fp32, or bf16 alone; the layer inputs S_1..
+    S_{L-1} from the z/tz/ttz its activation pass has read; each block's column sums of the
+    value-row adjoints, its bias partials, tile after tile) and layer 1's [x; v] alone comes
+    from the operand kernel; the GEMMs on the host as the binding has cuBLAS do them, the bias
+    sums by bias_sums_kernel over the blocks' partials. Every case, fp32 (3xTF32 and plain
+    TF32), bf16 and fp16, against the reference. (Mutants seen caught, 2026-11-28: a tangent
+    row's input 1% off, the value rows' 1% off, order 2's tt rows with s'' 10% off, and the
+    bias partials set by every tile instead of added: 4 cases, those of several tiles a
+    block.)"""
+    backward = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--occupancy=high",
+                "--gemm-operands=backward"]  # fmt: skip
+    proc = subprocess.run([*backward, "--dtypes=fp32,tf32,bf16,fp16"], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("(fp32)") == 22, proc.stdout  # every case
+    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 22 - 4, proc.stdout
+    assert proc.stdout.count("(tf32:") == 18, proc.stdout
+    _assert_tf32_lines(proc.stdout)
+
+
 def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
     """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights staged as their 3xTF32 parts,
     split once per launch (split_weights_kernel) instead of by each warp, copied into each
@@ -278,7 +300,8 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     8-warp blocks) in fp32, both orders, and the staged weight split at width 64 (one panel of
     TF32 parts); the split-K dW with fp16's scale words over several tiles; the tensor-core
     split-K dW (splitk_tc: 8 warps, staged operands, bias sums) in fp32 and bf16, whole and
-    partial blocks. (Mutants seen caught, 2026-11-28, as by the std::threads emulation before:
+    partial blocks; the GEMM operands stored by the backward (its bias partials between its
+    products' barriers). (Mutants seen caught, 2026-11-28, as by the std::threads emulation before:
     a __syncthreads removed from the fused forward's tile loop, from the operand kernel's bias
     partials or from the bias sums kernel, and from the tiled forward's tile loop.)"""
     exe = tmp_path / "emulate_kernels_tsan"
@@ -295,6 +318,7 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
             check, control.stdout, control.stderr[-3000:])  # fmt: skip
     default = ["--variant=fused", "--weight-grads=gemm", "--occupancy=high", "--dtypes=fp32"]
     staged = [*default, "--weight-split=staged"]
+    backward_operands = [*default, "--gemm-operands=backward"]
     tensor_core_split_k = ["--variant=fused", "--weight-grads=splitk_tc", "--occupancy=high"]
     runs = [
         # tiled: bf16's WMMA products synchronise as fp16's, without their scale words
@@ -305,6 +329,8 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
         # fp16 with its scale words over several tiles; bf16 and TF32 synchronise as these do
         ([*default, "--bias-sums=operands"], ["tanh, per-row", "width 96", "widths 256"], 5),
         (staged, ["width 64"], 1),
+        # the backward's own GEMM operands: its bias partials over several tiles a block
+        (backward_operands, ["1024 rows", "order 2, tanh, per-row"], 2),
         (["--variant=fused", "--dtypes=fp16"], ["tanh, per-row", "1024 rows"], 3),
         # splitk_tc: fp32's and bf16's staging and k loops, whole blocks at width 256
         ([*tensor_core_split_k, "--dtypes=fp32,bf16"], ["tanh, per-row", "widths 256"], 6),
@@ -333,7 +359,8 @@ def test_cuda_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
     one word past the launch's shared memory is reported. Then the tiled kernels (both
     orders, every dtype; global-memory tile buffers, several blocks; weight panels), the fused
     default (GEMM operands with their bias partials) in fp32, bf16 and fp16, the fused
-    split-K dW at low occupancy, and splitk_tc in fp32 and bf16.
+    split-K dW at low occupancy, splitk_tc in fp32 and bf16, and the GEMM operands stored by
+    the backward (SOBOLEV_CUDA_GEMM_OPERANDS=backward) in fp32 and bf16.
     (A mutant seen caught, 2026-11-28: splitk_tc's shared memory asked 4 bytes short.)"""
     exe = tmp_path / "emulate_kernels_asan"
     checks = "address,bounds,shift,signed-integer-overflow"
@@ -357,6 +384,7 @@ def test_cuda_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
         ([*default, "--dtypes=fp32,bf16,fp16"], some, 5 * 3),
         (["--variant=fused", "--dtypes=fp32,bf16"], some, 5 * 2),
         ([*tc, "--dtypes=fp32,bf16"], some, 5 * 2),
+        ([*default, "--gemm-operands=backward", "--dtypes=fp32,bf16"], some, 5 * 2),
     ]
     for variant, cases, lines in runs:
         proc = subprocess.run([str(exe), *variant, *cases], capture_output=True, text=True,

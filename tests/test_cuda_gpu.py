@@ -226,8 +226,10 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
     pytest.param({"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, marks=pytest.mark.unmeasured),
     # fp32 dW by CUTLASS's 3xTF32 GEMM (fp16: gemm)
     pytest.param({"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"}, marks=pytest.mark.unmeasured),
+    # the GEMMs' operands and the bias partials stored by the backward kernel
+    pytest.param({"SOBOLEV_CUDA_GEMM_OPERANDS": "backward"}, marks=pytest.mark.unmeasured),
 ], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv", "bias_operands",
-        "splitk_tc", "cutlass"])  # fmt: skip
+        "splitk_tc", "cutlass", "backward_operands"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dtype):
     """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
@@ -288,6 +290,22 @@ def test_cuda_tensor_core_split_k_weight_grads_agree(monkeypatch, order, dtype, 
     occupancy does not change it: the default's.)"""
     _assert_agrees_under(monkeypatch, {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, order, dtype,
                          dim=5, width=width, layers=3)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.unmeasured
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("width", [48, 256])
+@pytest.mark.parametrize("weight_grads", ["gemm", "cutlass"])
+def test_cuda_gemm_operands_from_the_backward_agree(monkeypatch, order, dtype, width,
+                                                    weight_grads):  # fmt: skip
+    """SOBOLEV_CUDA_GEMM_OPERANDS=backward: the fused backward kernel stores the GEMMs'
+    operands (bf16: the adjoints as bf16 only) and the bias partials, layer 1's inputs by the
+    operand kernel; with cuBLAS's GEMMs and with CUTLASS's (fp32), every dtype, both orders,
+    widths 48 (padded to 64) and 256 (8-warp blocks)."""
+    settings = {"SOBOLEV_CUDA_GEMM_OPERANDS": "backward", "SOBOLEV_CUDA_WEIGHT_GRADS": weight_grads}
+    _assert_agrees_under(monkeypatch, settings, order, dtype, dim=5, width=width, layers=4)
 
 
 @pytest.mark.gpu

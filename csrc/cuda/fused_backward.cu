@@ -63,6 +63,27 @@ void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, Launc
                           sizeof(float) * fused.partial_size * fused.grad_splits;
 }
 
+// WeightGrads::kGemm with gemm_operands_in_backward: the backward kernel's operands, all
+// layers' at once (no reuse: they are formed before the first GEMM): the adjoints as the
+// GEMMs read them (fp32, or the 16-bit copies alone) | S_1..S_{L-1} | layer 1's [x; v] (the
+// operand kernel's) | bias partials, a row per block of the backward.
+template <typename scalar_t>
+void plan_backward_operands(const SobolevLaunch& p, LaunchPlan* plan) {
+  using op_t = gemm_operand_t<scalar_t>;
+  FusedPlan& fused = plan->fused;
+  const int streams = 1 + p.order * p.num_directions;
+  fused.operands_in_backward = true;
+  fused.gemm_input_elems = gemm_rows(p, 1) * p.in_features;
+  fused.layer_inputs_at = align_up(sizeof(op_t) * fused.adjoint_elems);
+  fused.bias_chunks = p.grad_biases[0] != nullptr ? fused.grid : 0;
+  fused.bias_partials_at =
+      fused.layer_inputs_at +
+      align_up(sizeof(op_t) * saved_offset(p, streams, p.num_layers)) +
+      align_up(sizeof(op_t) * fused.gemm_input_elems);
+  const size_t all_columns = output_columns_before(p, p.num_layers + 1);
+  plan->workspace_bytes = fused.bias_partials_at + sizeof(float) * fused.bias_chunks * all_columns;
+}
+
 // WeightGrads::kGemm: buffers for the largest layer's GEMM operands, reused layer by layer;
 // with SOBOLEV_CUDA_BIAS_SUMS=operands, the bias sums' partials of every layer, in as many
 // chunks of samples as the smallest of the operand kernels' grids.
@@ -71,6 +92,7 @@ void plan_gemm_grads(const SobolevLaunch& p, const DeviceLimits& device, LaunchP
   using op_t = gemm_operand_t<scalar_t>;
   FusedPlan& fused = plan->fused;
   fused.grads_by_gemm = true;
+  if (p.gemm_operands_in_backward) return plan_backward_operands<scalar_t>(p, plan);
   const bool bias_partials = p.bias_sums_in_operands && p.grad_biases[0] != nullptr;
   fused.bias_chunks = bias_partials ? static_cast<int>(operand_blocks(p, 1, device.num_sms)) : 0;
   for (int l = 1; l <= p.num_layers; ++l) {
@@ -134,6 +156,16 @@ cudaError_t launch_for(const SobolevLaunch& p, const LaunchPlan& plan, void* wor
   args.adjoints = reinterpret_cast<float*>(base);
   args.grad_partials =
       reinterpret_cast<float*>(base + align_up(sizeof(float) * fused.adjoint_elems));
+  if (fused.operands_in_backward) {  // (plan_backward_operands' layout)
+    if (!std::is_same_v<gemm_operand_t<scalar_t>, float>) {
+      args.operand_adjoints = base;
+      args.adjoints = nullptr;
+    }
+    args.layer_inputs = base + fused.layer_inputs_at;
+    args.grad_partials = nullptr;
+    if (fused.bias_chunks > 0)
+      args.bias_partials = reinterpret_cast<float*>(base + fused.bias_partials_at);
+  }
   if (fused.staged_split) {
     void* images = base + fused.weight_images_at;
     if (cudaError_t err = launch_split_weights(p, fused_lead<scalar_t>(fused), true, images,
@@ -179,6 +211,23 @@ cudaError_t gemm_operands_for(const SobolevLaunch& p, const LaunchPlan& plan, vo
   GemmOperandArgs args;
   args.p = p;
   args.layer = layer;
+  out->rows = gemm_rows(p, layer);
+  out->dtype = std::is_same_v<op_t, float> ? DType::kFloat32 : p.dtype;
+  if (fused.operands_in_backward) {  // stored by the backward kernel but layer 1's [x; v]
+    out->adjoints = base + sizeof(op_t) * adjoint_offset(p, streams, layer);
+    out->bias_adjoints = nullptr;  // (the bias sums come from the backward's partials)
+    unsigned char* inputs = base + fused.layer_inputs_at;
+    if (layer >= 2) {
+      out->inputs = inputs + sizeof(op_t) * saved_offset(p, streams, layer - 1);
+      return cudaSuccess;
+    }
+    args.inputs = inputs + align_up(sizeof(op_t) * saved_offset(p, streams, p.num_layers));
+    out->inputs = args.inputs;
+    fused_gemm_operands_kernel<scalar_t>
+        <<<static_cast<int>(operand_blocks(p, 1, plan.num_sms)), kOperandThreads, 0, stream>>>(
+            args);
+    return cudaGetLastError();
+  }
   args.adjoints = reinterpret_cast<const float*>(base) + adjoint_offset(p, streams, layer);
   unsigned char* own_inputs = base + align_up(sizeof(float) * fused.adjoint_elems);
   args.inputs = gemm_inputs_over_adjoints(p, layer)
@@ -190,11 +239,9 @@ cudaError_t gemm_operands_for(const SobolevLaunch& p, const LaunchPlan& plan, vo
     args.bias_partials = reinterpret_cast<float*>(base + fused.bias_partials_at);
     args.bias_chunks = fused.bias_chunks;
   }
-  out->rows = gemm_rows(p, layer);
   out->inputs = args.inputs;
   out->adjoints = args.adjoint_copy != nullptr ? args.adjoint_copy : args.adjoints;
   out->bias_adjoints = args.adjoints;
-  out->dtype = std::is_same_v<op_t, float> ? DType::kFloat32 : p.dtype;
   const int blocks = static_cast<int>(operand_blocks(p, layer, plan.num_sms));
   const int smem = args.bias_partials != nullptr ? kBiasSumSmem : 0;
   fused_gemm_operands_kernel<scalar_t><<<blocks, kOperandThreads, smem, stream>>>(args);

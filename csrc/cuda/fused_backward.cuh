@@ -2,7 +2,9 @@
 // (order 2: docs/math.md) per tile, mirroring the forward: each layer's input adjoints
 // [a_h; a_t (; a_tt)] = [a_z; a_tz (; a_ttz)] W_l on tensor cores through the staged weights,
 // then through the activation in place. It stores every layer's output adjoints, from which
-// fused_weight_grads.cuh forms dW and db in one product per layer over all stacked rows.
+// fused_weight_grads.cuh forms dW and db in one product per layer over all stacked rows (or
+// the binding's GEMMs; with FusedPlan::operands_in_backward this kernel also stores those
+// GEMMs' other operands, the layer inputs, and the bias sums' partials).
 // Launched by fused_backward.cu; also compiled on the host by emulation/.
 #pragma once
 
@@ -11,6 +13,26 @@
 namespace sobolev::cuda {
 
 constexpr int kPassBatch = 4;  // elements of the activation pass whose loads go out together
+
+// One adjoint of a layer's stack, where the weight-gradient products read it: fp32 (acc), or
+// the GEMMs' 16-bit operand (op); each null where not stored.
+template <typename op_t>
+__device__ __forceinline__ void store_adjoint(float* acc, op_t* op, int64_t at, float v) {
+  if (acc != nullptr) acc[at] = v;
+  if (op != nullptr) op[at] = from_acc<op_t>(v);
+}
+
+// operands_in_backward: this tile's column sums of a layer's value-row adjoints (the first
+// `valid` rows of X, n columns) into the block's bias partials `out` (its first tile sets them):
+// a column per thread, rows in order, the tiles in the block's order (deterministic).
+__device__ __forceinline__ void add_bias_partials(const float* X, int ld, int valid, int n,
+                                                  float* out, bool first) {
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    float sum = 0;
+    for (int r = 0; r < valid; ++r) sum += X[r * ld + c];
+    out[c] = first ? sum : out[c] + sum;
+  }
+}
 
 template <typename scalar_t, int ORDER, int WIDTH, bool HIGH_OCCUPANCY = false,
           bool STAGED_SPLIT = false>
@@ -27,7 +49,15 @@ __global__ void __launch_bounds__(
   const bool split = !p.allow_tf32;
   const float slope = static_cast<float>(p.negative_slope);
   const bool smooth = is_smooth(p.activation);
-  float* adjoints = p.grad_weights[0] != nullptr ? args.adjoints : nullptr;
+  using op_t = gemm_operand_t<scalar_t>;
+  const bool params = p.grad_weights[0] != nullptr;
+  float* adjoints = params ? args.adjoints : nullptr;
+  auto* operand_adjoints = params ? static_cast<op_t*>(args.operand_adjoints) : nullptr;
+  auto* layer_inputs = params ? static_cast<op_t*>(args.layer_inputs) : nullptr;
+  float* bias_partials =
+      params && args.bias_partials != nullptr
+          ? args.bias_partials + int64_t(blockIdx.x) * output_columns_before(p, L + 1)
+          : nullptr;
   extern __shared__ __align__(128) unsigned char smem[];
   float* X = reinterpret_cast<float*>(smem);  // the tile: (tile_rows, WIDTH), row s R + r
   auto* staged = reinterpret_cast<typename Shape::staged_type*>(X + Shape::kTileRows * ld);
@@ -55,8 +85,11 @@ __global__ void __launch_bounds__(
   for (int64_t tile = blockIdx.x; tile < args.plan.num_tiles; tile += gridDim.x) {
     const int64_t r0 = tile * R;
     const int valid = static_cast<int>(p.batch - r0 < R ? p.batch - r0 : R);
+    const bool first_tile = tile == blockIdx.x;
     {
       float* a_out = adjoints == nullptr ? nullptr : adjoints + adjoint_offset(p, S, L);
+      op_t* a_op = operand_adjoints == nullptr ? nullptr
+                                               : operand_adjoints + adjoint_offset(p, S, L);
       const int cols = pad16(m);
       float largest = 0;
       for (int e = threadIdx.x; e < R * cols; e += blockDim.x) {
@@ -72,7 +105,7 @@ __global__ void __launch_bounds__(
         if (grad_f != nullptr) seed += to_acc<float>(grad_f[row * m + j]);
         x[0] = seed;
         largest = fmaxf(largest, fabsf(seed));
-        if (a_out) a_out[row * m + j] = seed;
+        store_adjoint(a_out, a_op, row * m + j, seed);
         for (int k = 0; k < K; ++k) {
           const int64_t idx = (row * K + k) * m + j;
           float a_u = 0;
@@ -82,7 +115,7 @@ __global__ void __launch_bounds__(
           if (grad_u != nullptr) a_u += to_acc<float>(grad_u[idx]);
           x[(1 + k) * R * ld] = a_u;
           largest = fmaxf(largest, fabsf(a_u));
-          if (a_out) a_out[((1 + k) * p.batch + row) * m + j] = a_u;
+          store_adjoint(a_out, a_op, ((1 + k) * p.batch + row) * m + j, a_u);
           if constexpr (second_order) {
             float a_w = 0;
             if (has_target2(p))
@@ -91,7 +124,7 @@ __global__ void __launch_bounds__(
             if (grad_w != nullptr) a_w += to_acc<float>(grad_w[idx]);
             x[(1 + K + k) * R * ld] = a_w;
             largest = fmaxf(largest, fabsf(a_w));
-            if (a_out) a_out[((1 + K + k) * p.batch + row) * m + j] = a_w;
+            store_adjoint(a_out, a_op, ((1 + K + k) * p.batch + row) * m + j, a_w);
           }
         }
       }
@@ -99,6 +132,10 @@ __global__ void __launch_bounds__(
     }
     stage_layer<true, Shape>(args, L, weights(L), m, p.widths[L - 1], 0, staged);
     __syncthreads();
+    if (bias_partials != nullptr) {
+      add_bias_partials(X, ld, valid, m, bias_partials + output_columns_before(p, L), first_tile);
+      __syncthreads();  // the product overwrites X in place
+    }
 
     for (int l = L; l >= 1; --l) {
       // layer 1's input adjoint is dL/dx, only when asked for (the directions get none)
@@ -127,6 +164,12 @@ __global__ void __launch_bounds__(
       //   a_tz_k = a_t_k s' + 2 s'' a_tt_k tz_k,   a_ttz_k = a_tt_k s'
       const float* z_saved = static_cast<const float*>(p.saved_in) + saved_offset(p, S, l - 1);
       float* a_out = adjoints == nullptr ? nullptr : adjoints + adjoint_offset(p, S, l - 1);
+      op_t* a_op = operand_adjoints == nullptr
+                       ? nullptr
+                       : operand_adjoints + adjoint_offset(p, S, l - 1);
+      // operands_in_backward: layer l's GEMM input S_{l-1} = [s(z); s'(z) tz_k (; s'(z) ttz_k +
+      // s''(z) tz_k^2)], as layer_inputs_at forms it, from the z/tz(/ttz) read here
+      op_t* in_out = layer_inputs == nullptr ? nullptr : layer_inputs + saved_offset(p, S, l - 1);
       const int64_t next = p.batch * n_in;  // from one stream of z_saved (or a_out) to the next
       const int cols = pad16(n_in), count = R * cols;
       float largest = 0;
@@ -135,7 +178,8 @@ __global__ void __launch_bounds__(
       for (int first = threadIdx.x; first < count; first += kPassBatch * blockDim.x) {
         int64_t at[kPassBatch];
         float* x[kPassBatch];
-        float z[kPassBatch], s1[kPassBatch], s2[kPassBatch], s3[kPassBatch], coupling[kPassBatch];
+        float z[kPassBatch], h[kPassBatch], s1[kPassBatch], s2[kPassBatch], s3[kPassBatch],
+            coupling[kPassBatch];
         bool live[kPassBatch];
 #pragma unroll
         for (int i = 0; i < kPassBatch; ++i) {
@@ -150,19 +194,26 @@ __global__ void __launch_bounds__(
         }
 #pragma unroll
         for (int i = 0; i < kPassBatch; ++i) {
-          float a;
-          activation_at<float>(p.activation, slope, z[i], a, s1[i], s2[i], s3[i]);
+          activation_at<float>(p.activation, slope, z[i], h[i], s1[i], s2[i], s3[i]);
+          if (in_out != nullptr && live[i]) in_out[at[i]] = from_acc<op_t>(h[i]);
         }
         for (int k = 1; k <= K; ++k) {
           float tz[kPassBatch], ttz[kPassBatch];
 #pragma unroll
           for (int i = 0; i < kPassBatch; ++i) {
             tz[i] = live[i] ? z_saved[k * next + at[i]] : 0.0f;
+            // (without s'', every ttz is 0: tt_0 = 0 and tt = s' ttz, also for the inputs)
             ttz[i] = second_order && smooth && live[i] ? z_saved[(K + k) * next + at[i]] : 0.0f;
           }
 #pragma unroll
           for (int i = 0; i < kPassBatch; ++i) {
             if (!live[i]) continue;
+            if (in_out != nullptr) {
+              in_out[k * next + at[i]] = from_acc<op_t>(s1[i] * tz[i]);
+              if constexpr (second_order)
+                in_out[(K + k) * next + at[i]] =
+                    from_acc<op_t>(fmaf(s1[i], ttz[i], s2[i] * tz[i] * tz[i]));
+            }
             const float a_t = x[i][k * R * ld];
             float a_tz = a_t * s1[i];
             if constexpr (second_order) {
@@ -175,13 +226,13 @@ __global__ void __launch_bounds__(
               const float a_ttz = a_tt * s1[i];
               x[i][(K + k) * R * ld] = a_ttz;
               largest = fmaxf(largest, fabsf(a_ttz));
-              if (a_out) a_out[(K + k) * next + at[i]] = a_ttz;
+              store_adjoint(a_out, a_op, (K + k) * next + at[i], a_ttz);
             } else if (smooth) {
               coupling[i] = fmaf(a_t, tz[i], coupling[i]);
             }
             x[i][k * R * ld] = a_tz;
             largest = fmaxf(largest, fabsf(a_tz));
-            if (a_out) a_out[k * next + at[i]] = a_tz;
+            store_adjoint(a_out, a_op, k * next + at[i], a_tz);
           }
         }
 #pragma unroll
@@ -191,11 +242,16 @@ __global__ void __launch_bounds__(
                                          : fmaf(x[i][0], s1[i], s2[i] * coupling[i]);
           x[i][0] = a_z;
           largest = fmaxf(largest, fabsf(a_z));
-          if (a_out) a_out[at[i]] = a_z;
+          store_adjoint(a_out, a_op, at[i], a_z);
         }
       }
       note_max<scalar_t>(amax + step % 2, largest);
       __syncthreads();
+      if (bias_partials != nullptr) {
+        add_bias_partials(X, ld, valid, n_in, bias_partials + output_columns_before(p, l - 1),
+                          first_tile);
+        __syncthreads();  // the next product overwrites X in place
+      }
     }
     __syncthreads();  // the next tile overwrites X
   }

@@ -163,6 +163,12 @@ bool make_fused_plan(const SobolevLaunch& p, const DeviceLimits& device, FusedPl
   return true;
 }
 
+// The weight-gradient GEMMs' operand type for storage type scalar_t (fused_gemm_operands.cuh):
+// bf16 for bf16 (tensor-core GEMMs), fp32 otherwise (fp16 adjoints, O(1/B), would underflow).
+template <typename scalar_t>
+using gemm_operand_t =
+    std::conditional_t<std::is_same_v<scalar_t, __nv_bfloat16>, __nv_bfloat16, float>;
+
 // Everything the fused kernels need, by value (kernel parameter space).
 struct FusedArgs {
   SobolevLaunch p;
@@ -172,6 +178,12 @@ struct FusedArgs {
   float* adjoints = nullptr;        // backward: every layer's output adjoints (adjoint_offset)
   float* grad_partials = nullptr;   // backward: per row split, dW_1..dW_L, db_1..db_L
   const Tf32Parts* weight_images = nullptr;  // STAGED_SPLIT: weight_image_offset's images
+  // backward, FusedPlan::operands_in_backward: the GEMMs' operands as the kernel forms them
+  void* operand_adjoints = nullptr;  // 16-bit types: the adjoints as gemm_operand_t, at
+                                     // adjoint_offset (adjoints then null); else null
+  void* layer_inputs = nullptr;      // S_1..S_{L-1} as gemm_operand_t, saved_offset's layout
+  float* bias_partials = nullptr;    // (grid, n_1 + .. + n_L): each block's column sums of its
+                                     // tiles' value-row adjoints, or null (no biases)
 };
 
 // n_1 + ... + n_{l-1}: the output columns of the layers before layer l (1..L + 1).

@@ -18,11 +18,6 @@
 
 namespace sobolev::cuda {
 
-// The GEMM operands' type for storage type scalar_t.
-template <typename scalar_t>
-using gemm_operand_t =
-    std::conditional_t<std::is_same_v<scalar_t, __nv_bfloat16>, __nv_bfloat16, float>;
-
 constexpr int kOperandThreads = 256;
 
 // Stacked rows of layer l's GEMM (l = 1..L): 1 + K streams for layer 1, else S.

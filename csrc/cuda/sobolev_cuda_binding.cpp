@@ -104,6 +104,19 @@ std::string requested_bias_sums() {
   return env_choice("SOBOLEV_CUDA_BIAS_SUMS", "reduce", {"reduce", "gemv", "operands"});
 }
 
+// SOBOLEV_CUDA_GEMM_OPERANDS: who forms the GEMM weight gradients' operands. "kernel" (the
+// default, measured in run 5: an operand kernel per layer re-reads the saved z/tz and the fp32
+// adjoints, 0.22 ms at config M in fp32 and 0.35 ms in bf16, where 16-bit adjoints are copied)
+// or "backward" (the fused backward kernel stores them as it forms the adjoints: 16-bit
+// adjoints directly, the layer inputs from the z/tz it has read, and per-block bias partials,
+// which then replace SOBOLEV_CUDA_BIAS_SUMS's sums; more workspace: every layer's operands at
+// once). The second unmeasured on a GPU, timed by the GPU script as provider
+// cuda_backward_operands.
+bool requested_operands_in_backward() {
+  return env_choice("SOBOLEV_CUDA_GEMM_OPERANDS", "kernel", {"kernel", "backward"}) ==
+         "backward";
+}
+
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
 struct Inputs {
   at::Tensor x, directions, y, target_jvp, target_grad, target_hvp2, target_hess;
@@ -156,6 +169,7 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars&
   p.fused_high_occupancy = requested_high_occupancy();
   p.fused_staged_split = requested_staged_split();
   p.bias_sums_in_operands = requested_bias_sums() == "operands";
+  p.gemm_operands_in_backward = requested_operands_in_backward();
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {
@@ -244,7 +258,8 @@ bool weight_grad_by_cutlass(const at::Tensor& a, const at::Tensor& s, at::Tensor
 // it; SOBOLEV_CUDA_WEIGHT_GRADS=cutlass: fp32 by CUTLASS's 3xTF32 GEMM where the op is
 // fp32-accurate, weight_grad_by_cutlass) and db_l = the column sums of A_l's value rows
 // (SOBOLEV_CUDA_BIAS_SUMS=operands: the operand launches' partials, added after the last
-// layer's). The workspace buffers are reused
+// layer's; SOBOLEV_CUDA_GEMM_OPERANDS=backward: every operand but layer 1's inputs, and the
+// bias partials, stored by the backward kernel). The workspace buffers are reused
 // layer by layer, and layer l's inputs are formed over layer l-1's adjoints
 // (gemm_inputs_over_adjoints): every launch is on the current stream, so each layer's GEMM and
 // sums read them before the next layer's operands overwrite them.
@@ -253,10 +268,10 @@ void weight_grads_by_gemm(const SobolevLaunch& p, const LaunchPlan& plan, const 
                           std::vector<at::Tensor>& grad_biases) {
   const auto stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto options = ws.options();
-  at::Tensor ones;  // SOBOLEV_CUDA_BIAS_SUMS=gemv: db_l = values^T 1
-  if (requested_bias_sums() == "gemv" && !grad_biases.empty())
-    ones = at::ones({p.batch}, options.dtype(at::kFloat));
   const bool bias_partials = plan.fused.bias_chunks > 0;
+  at::Tensor ones;  // SOBOLEV_CUDA_BIAS_SUMS=gemv: db_l = values^T 1
+  if (requested_bias_sums() == "gemv" && !grad_biases.empty() && !bias_partials)
+    ones = at::ones({p.batch}, options.dtype(at::kFloat));
   const bool cutlass = !p.allow_tf32 && requested_weight_grads_name() == "cutlass";
   for (int l = 1; l <= p.num_layers; ++l) {
     GemmOperands ops;

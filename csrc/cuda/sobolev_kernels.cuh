@@ -95,6 +95,12 @@ struct SobolevLaunch {
   // WeightGrads::kGemm's bias sums as per-block partials of the operand kernels, added by
   // launch_bias_sums; the binding reads it from SOBOLEV_CUDA_BIAS_SUMS ("operands")
   bool bias_sums_in_operands = false;
+  // WeightGrads::kGemm's operands stored by the fused backward kernel itself as it forms the
+  // adjoints (16-bit adjoints in the GEMMs' type, the layer inputs from the z/tz it has read,
+  // the bias sums' per-block partials), instead of one operand kernel per layer reading them
+  // again (fused_gemm_operands.cuh: layer 1's [x; v] only); the binding reads it from
+  // SOBOLEV_CUDA_GEMM_OPERANDS ("backward")
+  bool gemm_operands_in_backward = false;
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m
@@ -172,8 +178,13 @@ struct FusedPlan {
   bool grads_by_gemm = false;
   int64_t gemm_input_elems = 0;  // the largest layer input stack S_{l-1}
   int64_t gemm_copy_elems = 0;   // the largest adjoint copy (16-bit operands), else 0
-  int bias_chunks = 0;           // bias_sums_in_operands: sample ranges of the partials, else 0
+  int bias_chunks = 0;           // bias partials' rows (sample ranges, or blocks), else 0
   size_t bias_partials_at = 0;   // and their bytes into the workspace
+  // gemm_operands_in_backward: the backward kernel stores the adjoints as the GEMMs' operands
+  // (fp32, or 16-bit copies only), S_1..S_{L-1} at layer_inputs_at (bytes into the workspace;
+  // saved_offset's layout) and the bias partials, one row a block
+  bool operands_in_backward = false;
+  size_t layer_inputs_at = 0;
 };
 
 // One call's launch plan: made once (plan_*), sizes the workspace, then launches (launch_*).

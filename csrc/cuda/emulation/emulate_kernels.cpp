@@ -146,6 +146,7 @@ struct Mode {
   bool fused_high_occupancy = false;
   bool fused_staged_split = false;
   bool bias_sums_in_operands = false;
+  bool gemm_operands_in_backward = false;
 };
 
 // The fused kernels (fp32, bf16, fp16), as fused_forward.cu and fused_backward.cu plan and run
@@ -263,6 +264,56 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
   emulate_launch(sc::bias_sums_kernel<T>, (all_columns + 31) / 32, 64, sizeof(float) * 64, sums);
 }
 
+// The GEMM operands the fused backward kernel stores with gemm_operands_in_backward.
+template <typename op_t>
+struct BackwardOperands {
+  std::vector<op_t> adjoints;      // 16-bit types: the adjoints (then not in fp32)
+  std::vector<op_t> inputs;        // S_1..S_{L-1}, saved_offset's layout
+  std::vector<float> bias_partials;  // (grid, all columns)
+};
+
+// dW_l = A_l^T S_{l-1} on the host in fp32 as gemm_weight_grads, from the backward kernel's
+// operands (layer 1's [x; v] by the operand kernel, alone, as fused_backward.cu launches it),
+// and db by bias_sums_kernel over the backward's per-block partials.
+template <typename T, typename op_t>
+void gemm_weight_grads_of_backward_operands(const sobolev::cuda::FusedArgs& a,
+                                            const std::vector<float>& adjoints,
+                                            const BackwardOperands<op_t>& ops) {
+  namespace sc = sobolev::cuda;
+  const SobolevLaunch& s = a.p;
+  const int streams = 1 + s.order * s.num_directions;
+  std::vector<op_t> first_inputs(sc::gemm_rows(s, 1) * s.in_features);
+  sc::GemmOperandArgs g;
+  g.p = s;
+  g.layer = 1;
+  g.inputs = first_inputs.data();
+  emulate_launch(sc::fused_gemm_operands_kernel<T>, 3, 64, 0, g);
+  for (int l = 1; l <= s.num_layers; ++l) {
+    const int64_t rows = sc::gemm_rows(s, l), at = sc::adjoint_offset(s, streams, l);
+    const int n_in = s.widths[l - 1], n_out = s.widths[l];
+    const op_t* inputs =
+        l == 1 ? first_inputs.data() : ops.inputs.data() + sc::saved_offset(s, streams, l - 1);
+    const auto adjoint = [&](int64_t r, int i) {
+      return ops.adjoints.empty() ? double(adjoints[at + r * n_out + i])
+                                  : to_double(ops.adjoints[at + r * n_out + i]);
+    };
+    auto* dw = static_cast<T*>(s.grad_weights[l - 1]);
+    for (int i = 0; i < n_out; ++i)
+      for (int j = 0; j < n_in; ++j) {
+        float sum = 0;
+        for (int64_t r = 0; r < rows; ++r) sum += adjoint(r, i) * to_double(inputs[r * n_in + j]);
+        dw[i * n_in + j] = to_storage<T>(sum);
+      }
+  }
+  if (ops.bias_partials.empty()) return;
+  sc::BiasSumArgs sums;
+  sums.p = s;
+  sums.partials = ops.bias_partials.data();
+  sums.chunks = a.plan.grid;
+  const int all_columns = sc::output_columns_before(s, s.num_layers + 1);
+  emulate_launch(sc::bias_sums_kernel<T>, (all_columns + 31) / 32, 64, sizeof(float) * 64, sums);
+}
+
 template <typename T>
 bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
   namespace sc = sobolev::cuda;
@@ -287,6 +338,25 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
   std::vector<float> partials(exact_or_one(a.plan.grad_splits * a.plan.partial_size));
   a.adjoints = adjoints.data();
   a.grad_partials = partials.data();
+  // gemm_operands_in_backward (with gemm): what the kernel stores besides (fused_backward.cu's
+  // plan_backward_operands), 16-bit adjoints instead of the fp32 ones
+  using op_t = sc::gemm_operand_t<T>;
+  const bool operands = params && s.gemm_operands_in_backward &&
+                        (s.weight_grads == sc::WeightGrads::kGemm || (tc && !a.plan.grads_tc));
+  const int all_columns = sc::output_columns_before(s, s.num_layers + 1);
+  BackwardOperands<op_t> ops;
+  if (operands) {
+    a.plan.operands_in_backward = true;
+    if (!std::is_same_v<op_t, float>) {
+      ops.adjoints.resize(a.plan.adjoint_elems);
+      a.operand_adjoints = ops.adjoints.data();
+      a.adjoints = nullptr;
+    }
+    ops.inputs.resize(exact_or_one(sc::saved_offset(s, streams, s.num_layers)));
+    a.layer_inputs = ops.inputs.data();
+    ops.bias_partials.resize(s.grad_biases[0] != nullptr ? a.plan.grid * all_columns : 0);
+    a.bias_partials = ops.bias_partials.empty() ? nullptr : ops.bias_partials.data();
+  }
   std::vector<sc::Tf32Parts> images;
   split_weights<T>(a, true, images);
   const auto& plan = a.plan;
@@ -300,6 +370,10 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
                                            plan.grid, 2 * plan.tile_rows, plan.smem_bytes, a);
                           });
   if (!params) return true;
+  if (operands) {
+    gemm_weight_grads_of_backward_operands<T>(a, adjoints, ops);
+    return true;
+  }
   if (s.weight_grads == sc::WeightGrads::kGemm || (tc && !a.plan.grads_tc)) {
     gemm_weight_grads<T>(a, adjoints);
     return true;
@@ -389,6 +463,7 @@ Result emulate(const Problem& p, Mode mode) {
   s.fused_high_occupancy = mode.fused_high_occupancy;
   s.fused_staged_split = mode.fused_staged_split;
   s.bias_sums_in_operands = mode.bias_sums_in_operands;
+  s.gemm_operands_in_backward = mode.gemm_operands_in_backward;
 
   // forward
   std::vector<T> f(B * c.m), u(B * c.K * c.m), w(second ? B * c.K * c.m : 0);
@@ -725,7 +800,8 @@ int check_shared_bounds() {
 // WeightGrads::kGemm or kSplitKTensorCores), --occupancy=high (the fused kernels' HIGH_OCCUPANCY
 // shapes), --weight-split=staged (their STAGED_SPLIT shapes: where a case's plan takes one, its
 // line compares the results with the per-warp split's, bit for bit for plain TF32, within 3e-6 for
-// 3xTF32), --bias-sums=operands (with gemm: the bias sums from the operand kernels' partials) and
+// 3xTF32), --bias-sums=operands (with gemm: the bias sums from the operand kernels' partials),
+// --gemm-operands=backward (with gemm: the operands and bias partials from the backward kernel) and
 // --dtypes=fp32,fp16,... (the labels of the lines below; all by default) first, then, optionally,
 // parts of case names: only those cases run (all without any).
 //   tiled:    fp64, fp32, bf16 and fp16 (today's kernels)
@@ -740,6 +816,7 @@ int main(int argc, char** argv) {
   std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
   auto weight_grads = sobolev::cuda::WeightGrads::kSplitK;
   bool high_occupancy = false, staged_split = false, bias_operands = false;
+  bool backward_operands = false;
   while (!only.empty() && only[0].rfind("--", 0) == 0) {
     if (only[0].rfind("--variant=", 0) == 0) variant = only[0].substr(10);
     if (only[0].rfind("--dtypes=", 0) == 0) dtypes = only[0].substr(9);
@@ -749,6 +826,7 @@ int main(int argc, char** argv) {
     if (only[0] == "--occupancy=high") high_occupancy = true;
     if (only[0] == "--weight-split=staged") staged_split = true;
     if (only[0] == "--bias-sums=operands") bias_operands = true;
+    if (only[0] == "--gemm-operands=backward") backward_operands = true;
     only.erase(only.begin());
   }
   const auto wanted = [&](const char* label) { return dtypes.find(label) != dtypes.npos; };
@@ -764,8 +842,10 @@ int main(int argc, char** argv) {
     if (!only.empty() && std::none_of(only.begin(), only.end(), named)) continue;
     // a kink (relu) can flip under 16-bit or TF32 rounding, as in the torch tests
     const bool kink = c.act == sobolev::kRelu || c.act == sobolev::kLeakyRelu;
-    const Mode exact{v, false, weight_grads, high_occupancy, staged_split, bias_operands};
-    const Mode tf32{v, true, weight_grads, high_occupancy, staged_split, bias_operands};
+    const Mode exact{v,           false,        weight_grads,     high_occupancy,
+                     staged_split, bias_operands, backward_operands};
+    Mode tf32 = exact;
+    tf32.allow_tf32 = true;
     if (v == KernelVariant::kTiled && wanted("fp64")) ok = check<double>(c, seed, exact) && ok;
     if (wanted("fp32")) ok = check<float>(c, seed, exact) && ok;
     if (v != KernelVariant::kTiled && !kink && wanted("tf32"))
