@@ -92,8 +92,8 @@ __global__ void __launch_bounds__(
                                                : operand_adjoints + adjoint_offset(p, S, L);
       const int cols = pad16(m);
       float largest = 0;
-      for (int e = threadIdx.x; e < R * cols; e += blockDim.x) {
-        const int r = e / cols, j = e % cols;
+      for (TileWalk at(threadIdx.x, blockDim.x, cols); at.i < R; at.next()) {
+        const int r = at.i, j = at.j;
         float* x = X + r * ld + j;
         if (r >= valid || j >= m) {
           for (int s = 0; s < S; ++s) x[s * R * ld] = 0.0f;
@@ -171,11 +171,11 @@ __global__ void __launch_bounds__(
       // s''(z) tz_k^2)], as layer_inputs_at forms it, from the z/tz(/ttz) read here
       op_t* in_out = layer_inputs == nullptr ? nullptr : layer_inputs + saved_offset(p, S, l - 1);
       const int64_t next = p.batch * n_in;  // from one stream of z_saved (or a_out) to the next
-      const int cols = pad16(n_in), count = R * cols;
+      const int cols = pad16(n_in);
       float largest = 0;
       // kPassBatch elements at a time, their loads of z, then of each tz_k (and ttz_k), issued
       // together: one at a time, each was an L2 round trip the block waited for
-      for (int first = threadIdx.x; first < count; first += kPassBatch * blockDim.x) {
+      for (TileWalk walk(threadIdx.x, blockDim.x, cols); walk.i < R;) {
         int64_t at[kPassBatch];
         float* x[kPassBatch];
         float z[kPassBatch], h[kPassBatch], s1[kPassBatch], s2[kPassBatch], s3[kPassBatch],
@@ -183,11 +183,12 @@ __global__ void __launch_bounds__(
         bool live[kPassBatch];
 #pragma unroll
         for (int i = 0; i < kPassBatch; ++i) {
-          const int e = first + i * blockDim.x, r = e / cols, c = e % cols;
+          const int r = walk.i, c = walk.j;  // (element first + i blockDim.x)
+          walk.next();
           x[i] = X + r * ld + c;
-          live[i] = e < count && r < valid && c < n_in;
+          live[i] = r < valid && c < n_in;  // (valid <= R)
           at[i] = (r0 + r) * n_in + c;
-          if (e < count && !live[i])  // padding rows and columns stay zero
+          if (r < R && !live[i])  // padding rows and columns stay zero
             for (int s = 0; s < S; ++s) x[i][s * R * ld] = 0.0f;
           z[i] = live[i] ? z_saved[at[i]] : 0.0f;
           coupling[i] = 0;

@@ -255,6 +255,23 @@ __device__ __forceinline__ float scale_from(const unsigned* word) {
   }
 }
 
+// Element e = i inner + j of a block-wide pass over an (outer, inner) tile, e = t, t + stride,
+// ... for thread t: (i, j) advanced without a division (a 32-bit division by a value known
+// only at run time is a chain of about 20 dependent instructions, one for every element of
+// the activation passes, which run 5's counters found waiting on such chains).
+struct TileWalk {
+  int i, j;
+  int step_i, step_j, inner;
+  __device__ __forceinline__ TileWalk(int first, int stride, int inner_)
+      : i(first / inner_), j(first % inner_), step_i(stride / inner_), step_j(stride % inner_),
+        inner(inner_) {}
+  __device__ __forceinline__ void next() {
+    i += step_i;
+    j += step_j;
+    if (j >= inner) j -= inner, ++i;
+  }
+};
+
 // store(i, j, load(i, j)) for the block's elements of an outer x inner grid, element
 // e = i inner + j for thread t at e = t, t + blockDim.x, ... (consecutive threads take
 // consecutive j), BATCH loads issued before their stores: one at a time (as the sm_90 SASS of
@@ -263,25 +280,19 @@ __device__ __forceinline__ float scale_from(const unsigned* word) {
 // tile. (i, j) advance by blockDim.x without a division.
 template <int BATCH, typename Load, typename Store>
 __device__ __forceinline__ void copy_batched(int outer, int inner, Load load, Store store) {
-  const int step_i = blockDim.x / inner, step_j = blockDim.x % inner;
-  const auto advance = [&](int& i, int& j) {
-    i += step_i;
-    j += step_j;
-    if (j >= inner) j -= inner, ++i;
-  };
-  int i = threadIdx.x / inner, j = threadIdx.x % inner;
-  while (i < outer) {
+  TileWalk at(threadIdx.x, blockDim.x, inner);
+  while (at.i < outer) {
     float v[BATCH];
-    int load_i = i, load_j = j;
+    TileWalk load_at = at;
 #pragma unroll
     for (int b = 0; b < BATCH; ++b) {
-      v[b] = load_i < outer ? load(load_i, load_j) : 0.0f;
-      advance(load_i, load_j);
+      v[b] = load_at.i < outer ? load(load_at.i, load_at.j) : 0.0f;
+      load_at.next();
     }
 #pragma unroll
     for (int b = 0; b < BATCH; ++b) {
-      if (i < outer) store(i, j, v[b]);
-      advance(i, j);
+      if (at.i < outer) store(at.i, at.j, v[b]);
+      at.next();
     }
   }
 }

@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(
       const int64_t next = p.batch * n_out;  // from one stream of `saved` to the next
       const int cols = pad16(n_out);
       float largest = 0;
-      for (int e = threadIdx.x; e < R * cols; e += blockDim.x) {
-        const int r = e / cols, c = e % cols;
+      for (TileWalk at(threadIdx.x, blockDim.x, cols); at.i < R; at.next()) {
+        const int r = at.i, c = at.j;
         float* x = X + r * ld + c;  // stream s at x[s R ld]
         if (r >= valid || c >= n_out) {
           for (int s = 0; s < S; ++s) x[s * R * ld] = 0.0f;
