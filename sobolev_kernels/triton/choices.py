@@ -14,7 +14,7 @@ from triton.compiler.errors import CompileTimeAssertionFailure
 from triton.runtime.errors import OutOfResources, PTXASError
 
 from .. import tuning
-from . import env_flag, interpreting
+from . import env_choice, env_flag, interpreting
 from .layout import LaunchConfig, Layout, next_power_of_2, shared_memory_limit
 
 # A launch config that does not fit the GPU fails to compile or load; the tuner skips it.
@@ -43,10 +43,7 @@ def _kernel_precision(precision: str) -> str:
     kernels into three TF32 dots on one accumulator (``split``: "tf32x3_split",
     ``tiles._dot_acc``; unmeasured on a GPU, which times both: provider
     ``triton_split_tf32x3``)."""
-    form = os.environ.get("SOBOLEV_TRITON_TF32X3", "triton")
-    if form not in TF32X3_FORMS:
-        raise ValueError(f"SOBOLEV_TRITON_TF32X3: expected {' or '.join(TF32X3_FORMS)}; "
-                         f"got {form!r}")  # fmt: skip
+    form = env_choice("SOBOLEV_TRITON_TF32X3", TF32X3_FORMS, "triton")
     return "tf32x3_split" if precision == "tf32x3" and form == "split" else precision
 
 
@@ -61,11 +58,7 @@ def _inputs_kmajor() -> bool:
     shared memory on every step (``weight_grad.py``; sm_90 ahead of time: no scalar shared
     stores left in its row loop); cuBLAS takes either. Unmeasured on a GPU, which times it:
     provider ``triton_kmajor_inputs``."""
-    layout = os.environ.get("SOBOLEV_TRITON_INPUTS_LAYOUT", "rows")
-    if layout not in INPUTS_LAYOUTS:
-        raise ValueError(f"SOBOLEV_TRITON_INPUTS_LAYOUT: expected {' or '.join(INPUTS_LAYOUTS)}; "
-                         f"got {layout!r}")  # fmt: skip
-    return layout == "kmajor"
+    return env_choice("SOBOLEV_TRITON_INPUTS_LAYOUT", INPUTS_LAYOUTS, "rows") == "kmajor"
 
 
 def _emulate_bf16(dtype: torch.dtype) -> bool:
@@ -280,7 +273,4 @@ def _backward_forced() -> str:
 def _forced_method(variable: str, methods: tuple[str, ...]) -> str:
     """The environment variable's choice: ``auto`` (its default) or one of ``methods``;
     anything else raises, naming the variable and what it takes."""
-    forced = os.environ.get(variable, "auto")
-    if forced != "auto" and forced not in methods:
-        raise ValueError(f"{variable}: expected auto, {', '.join(methods)}; got {forced!r}")
-    return forced
+    return env_choice(variable, ("auto", *methods), "auto")
