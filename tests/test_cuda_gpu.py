@@ -296,18 +296,20 @@ def test_cuda_tensor_core_split_k_weight_grads_agree(monkeypatch, order, dtype, 
 @pytest.mark.unmeasured
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("width", [48, 256])
-@pytest.mark.parametrize("dtype, weight_grads", [
-    (torch.float32, "gemm"), (torch.float32, "cutlass"), (torch.bfloat16, "gemm"),
-    (torch.float16, "gemm"),
-], ids=["fp32", "fp32-cutlass", "bf16", "fp16"])  # fmt: skip
+@pytest.mark.parametrize("dtype, weight_grads, bias", [
+    (torch.float32, "gemm", True), (torch.float32, "cutlass", True),
+    (torch.bfloat16, "gemm", True), (torch.float16, "gemm", True),
+    (torch.bfloat16, "gemm", False),
+], ids=["fp32", "fp32-cutlass", "bf16", "fp16", "bf16-no-bias"])  # fmt: skip
 def test_cuda_gemm_operands_from_the_backward_agree(monkeypatch, order, width, dtype,
-                                                    weight_grads):  # fmt: skip
+                                                    weight_grads, bias):  # fmt: skip
     """SOBOLEV_CUDA_GEMM_OPERANDS=backward: the fused backward kernel stores the GEMMs'
-    operands (bf16: the adjoints as bf16 only) and the bias partials, layer 1's inputs by the
-    operand kernel; with cuBLAS's GEMMs, and in fp32 with CUTLASS's too; both orders, widths
-    48 (padded to 64) and 256 (8-warp blocks)."""
+    operands (bf16: the adjoints as bf16 only) and the bias partials (none without biases),
+    layer 1's inputs by the operand kernel; with cuBLAS's GEMMs, and in fp32 with CUTLASS's
+    too; both orders, widths 48 (padded to 64) and 256 (8-warp blocks)."""
     settings = {"SOBOLEV_CUDA_GEMM_OPERANDS": "backward", "SOBOLEV_CUDA_WEIGHT_GRADS": weight_grads}
-    _assert_agrees_under(monkeypatch, settings, order, dtype, dim=5, width=width, layers=4)
+    _assert_agrees_under(monkeypatch, settings, order, dtype, dim=5, width=width, layers=4,
+                         bias=bias)  # fmt: skip
 
 
 @pytest.mark.gpu
