@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(
         bool live[kPassBatch];
 #pragma unroll
         for (int i = 0; i < kPassBatch; ++i) {
-          const int r = walk.i, c = walk.j;  // (element first + i blockDim.x)
+          const int r = walk.i, c = walk.j;  // (the batch's i-th element)
           walk.next();
           x[i] = X + r * ld + c;
           live[i] = r < valid && c < n_in;  // (valid <= R)
