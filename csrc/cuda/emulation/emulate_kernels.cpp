@@ -204,6 +204,30 @@ bool run_fused_forward(const SobolevLaunch& s, const Case& c) {
   return true;
 }
 
+// dw = A^T S as the binding has cuBLAS form it: fp32 sums over the rows, written in T
+// (adjoint(r, i): A's element; S row-major, n_in wide).
+template <typename T, typename Adjoint, typename op_t>
+void host_gemm(T* dw, Adjoint adjoint, const op_t* inputs, int64_t rows, int n_out, int n_in) {
+  for (int i = 0; i < n_out; ++i)
+    for (int j = 0; j < n_in; ++j) {
+      float sum = 0;
+      for (int64_t r = 0; r < rows; ++r) sum += adjoint(r, i) * to_double(inputs[r * n_in + j]);
+      dw[i * n_in + j] = to_storage<T>(sum);
+    }
+}
+
+// db_1..db_L by bias_sums_kernel over `chunks` rows of partials, as launch_bias_sums runs it.
+template <typename T>
+void bias_sums(const SobolevLaunch& s, const std::vector<float>& partials, int chunks) {
+  namespace sc = sobolev::cuda;
+  sc::BiasSumArgs sums;
+  sums.p = s;
+  sums.partials = partials.data();
+  sums.chunks = chunks;
+  const int all_columns = sc::output_columns_before(s, s.num_layers + 1);
+  emulate_launch(sc::bias_sums_kernel<T>, (all_columns + 31) / 32, 64, sizeof(float) * 64, sums);
+}
+
 // WeightGrads::kGemm as fused_backward.cu and the binding run it: per layer the operand
 // kernel (three blocks), then the GEMM and the bias sums on the host in fp32, as cuBLAS
 // accumulates, written in T; with bias_sums_in_operands, the bias sums by the operand kernels'
@@ -241,13 +265,7 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
     const auto adjoint = [&](int64_t r, int i) {
       return copy.empty() ? g.adjoints[r * n_out + i] : to_double(copy[r * n_out + i]);
     };
-    auto* dw = static_cast<T*>(s.grad_weights[l - 1]);
-    for (int i = 0; i < n_out; ++i)
-      for (int j = 0; j < n_in; ++j) {
-        float sum = 0;
-        for (int64_t r = 0; r < rows; ++r) sum += adjoint(r, i) * to_double(inputs[r * n_in + j]);
-        dw[i * n_in + j] = to_storage<T>(sum);
-      }
+    host_gemm(static_cast<T*>(s.grad_weights[l - 1]), adjoint, inputs, rows, n_out, n_in);
     if (s.grad_biases[l - 1] == nullptr || bias_partials) continue;
     auto* db = static_cast<T*>(s.grad_biases[l - 1]);
     for (int i = 0; i < n_out; ++i) {
@@ -256,12 +274,7 @@ void gemm_weight_grads(const sobolev::cuda::FusedArgs& a, std::vector<float> adj
       db[i] = to_storage<T>(sum);
     }
   }
-  if (!bias_partials) return;
-  sc::BiasSumArgs sums;
-  sums.p = s;
-  sums.partials = partials.data();
-  sums.chunks = kChunks;
-  emulate_launch(sc::bias_sums_kernel<T>, (all_columns + 31) / 32, 64, sizeof(float) * 64, sums);
+  if (bias_partials) bias_sums<T>(s, partials, kChunks);
 }
 
 // The GEMM operands the fused backward kernel stores with gemm_operands_in_backward.
@@ -297,21 +310,9 @@ void gemm_weight_grads_of_backward_operands(const sobolev::cuda::FusedArgs& a,
       return ops.adjoints.empty() ? double(adjoints[at + r * n_out + i])
                                   : to_double(ops.adjoints[at + r * n_out + i]);
     };
-    auto* dw = static_cast<T*>(s.grad_weights[l - 1]);
-    for (int i = 0; i < n_out; ++i)
-      for (int j = 0; j < n_in; ++j) {
-        float sum = 0;
-        for (int64_t r = 0; r < rows; ++r) sum += adjoint(r, i) * to_double(inputs[r * n_in + j]);
-        dw[i * n_in + j] = to_storage<T>(sum);
-      }
+    host_gemm(static_cast<T*>(s.grad_weights[l - 1]), adjoint, inputs, rows, n_out, n_in);
   }
-  if (ops.bias_partials.empty()) return;
-  sc::BiasSumArgs sums;
-  sums.p = s;
-  sums.partials = ops.bias_partials.data();
-  sums.chunks = a.plan.grid;
-  const int all_columns = sc::output_columns_before(s, s.num_layers + 1);
-  emulate_launch(sc::bias_sums_kernel<T>, (all_columns + 31) / 32, 64, sizeof(float) * 64, sums);
+  if (!ops.bias_partials.empty()) bias_sums<T>(s, ops.bias_partials, a.plan.grid);
 }
 
 template <typename T>
