@@ -27,7 +27,7 @@ TRITON = ("triton", "triton_recompute", "triton_persistent", "triton_lean",
 # (cuda_fused_occupancy: the default's settings, a provider of its own before 2026-11-27 run 5)
 CUDA = ("cuda", "cuda_tiled", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm",
         "cuda_bias_gemv", "cuda_bias_operands", "cuda_staged_split", "cuda_splitk_tc",
-        "cuda_cutlass_gemm", "cuda_backward_operands",
+        "cuda_cutlass_gemm", "cuda_backward_operands", "cuda_operands_cutlass",
         "cuda_graphed",
         "cuda_fused_occupancy")  # fmt: skip
 

@@ -53,6 +53,7 @@ FUSED = (
     "cuda_cutlass_gemm",  # fp32 dW GEMMs by CUTLASS's 3xTF32 (cuBLAS's SIMT: 0.41 ms at M)
     "cuda_backward_operands",  # the GEMMs' operands and bias partials from the backward kernel
     # (the default's operand kernels and bias sums at M: 0.44 ms fp32, 0.56 ms bf16)
+    "cuda_operands_cutlass",  # that, with the fp32 dW GEMMs by CUTLASS
 )
 
 

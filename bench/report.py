@@ -36,7 +36,8 @@ PROVIDER_ORDER = ["eager_autograd", "torch_func", "torch_compile", "jax_jit", "p
                   "triton_compiled", "cuda", "cuda_tiled",
                   "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm", "cuda_bias_gemv",
                   "cuda_bias_operands", "cuda_staged_split", "cuda_splitk_tc",
-                  "cuda_cutlass_gemm", "cuda_backward_operands", "cuda_graphed",
+                  "cuda_cutlass_gemm", "cuda_backward_operands", "cuda_operands_cutlass",
+                  "cuda_graphed",
                   "cuda_fused_occupancy"]  # (runs before 2026-11-27 run 5)  # fmt: skip
 
 PRECISION_ORDER = ["fp32", "tf32", "bf16", "fp16", ""]

@@ -31,8 +31,13 @@ SPLITK_WIDE = {"SOBOLEV_TRITON_WEIGHT_GRAD": "splitk_wide", "SOBOLEV_TRITON_BACK
 # "cutlass" method calls the same op)
 CUTLASS = {"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"}
 # the GEMMs' operands and bias partials stored by the fused backward kernel (the newest CUDA
-# form; its bf16 adjoints are stored as bf16 alone: ALSO_BF16)
-BACKWARD_OPERANDS = {"SOBOLEV_CUDA_GEMM_OPERANDS": "backward"}
+# form; its bf16 adjoints are stored as bf16 alone: ALSO_BF16), read in fp32 by CUTLASS's GEMM
+# where a layer's widths suit it (HIDDEN; bf16's GEMMs are cuBLAS's): both of the bench's
+# providers that set it
+BACKWARD_OPERANDS = {
+    "SOBOLEV_CUDA_GEMM_OPERANDS": "backward",
+    "SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass",
+}
 VARIANTS = {
     "triton": [
         SPLITK_WIDE,  # (a model wider than 64: HIDDEN)
@@ -86,7 +91,7 @@ ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, SPLITK_WIDE, BACKWARD_O
 # The variants that differ from another only in other hidden widths than 37 and 21:
 # splitk_wide's tiles are splitk's up to 64; CUTLASS's GEMM takes a layer whose widths are
 # multiples of 4 (here the second: 24 x 80), the others go to cuBLAS.
-HIDDEN = [(SPLITK_WIDE, [80, 21]), (CUTLASS, [80, 24])]
+HIDDEN = [(SPLITK_WIDE, [80, 21]), (CUTLASS, [80, 24]), (BACKWARD_OPERANDS, [80, 24])]
 
 
 def hidden_widths(variant: dict | None) -> list[int]:
