@@ -49,7 +49,10 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # those took 0.44 ms of the default's 2.69 in fp32 and 0.56 of 1.66 in bf16, run 5);
 # cuda_operands_cutlass is that with the fp32 GEMMs by CUTLASS too (fp32 only): the two
 # unmeasured weight-gradient forms together, each about a tenth of the M step by estimate,
-# where #19's fp32 goal at M needs a fifth.
+# where #19's fp32 goal at M needs a fifth. cuda_batched_pass is the default with the fused
+# forward's activation pass taking 4 elements at a time in bf16 and fp16 models, their loads
+# before their math (SOBOLEV_CUDA_FORWARD_PASS=batched; 16-bit only, SIXTEEN_BIT_ONLY: the
+# bf16 forward kernel took 0.43 ms at M in run 5, Triton's 0.19).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -63,6 +66,7 @@ CUDA_VARIANTS = {
     "cuda_splitk_tc": {"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"},
     "cuda_cutlass_gemm": {"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"},
     "cuda_backward_operands": {"SOBOLEV_CUDA_GEMM_OPERANDS": "backward"},
+    "cuda_batched_pass": {"SOBOLEV_CUDA_FORWARD_PASS": "batched"},
     "cuda_operands_cutlass": {
         "SOBOLEV_CUDA_GEMM_OPERANDS": "backward",
         "SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass",
@@ -117,7 +121,7 @@ TRITON_VARIANTS = {
 FP32_ONLY = {"cuda_staged_split", "cuda_cutlass_gemm", "cuda_operands_cutlass",
              "triton_split_tf32x3", "triton_kmajor_inputs"}  # fmt: skip
 # and the other way round: variants that differ from their default in 16-bit models only
-SIXTEEN_BIT_ONLY = {"triton_resident_backward", "triton_wide_tiles"}
+SIXTEEN_BIT_ONLY = {"triton_resident_backward", "triton_wide_tiles", "cuda_batched_pass"}
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "cuda_bias_operands",
              "cuda_splitk_tc", "cuda_cutlass_gemm", "cuda_backward_operands",
              "cuda_operands_cutlass", "triton_compiled"}  # fmt: skip

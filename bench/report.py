@@ -37,6 +37,7 @@ PROVIDER_ORDER = ["eager_autograd", "torch_func", "torch_compile", "jax_jit", "p
                   "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm", "cuda_bias_gemv",
                   "cuda_bias_operands", "cuda_staged_split", "cuda_splitk_tc",
                   "cuda_cutlass_gemm", "cuda_backward_operands", "cuda_operands_cutlass",
+                  "cuda_batched_pass",
                   "cuda_graphed",
                   "cuda_fused_occupancy"]  # (runs before 2026-11-27 run 5)  # fmt: skip
 

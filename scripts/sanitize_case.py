@@ -38,6 +38,8 @@ BACKWARD_OPERANDS = {
     "SOBOLEV_CUDA_GEMM_OPERANDS": "backward",
     "SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass",
 }
+# the fused forward's activation pass 4 elements at a time (16-bit kernels only: BF16_ONLY)
+BATCHED_PASS = {"SOBOLEV_CUDA_FORWARD_PASS": "batched"}
 VARIANTS = {
     "triton": [
         SPLITK_WIDE,  # (a model wider than 64: HIDDEN)
@@ -69,6 +71,7 @@ VARIANTS = {
     ],
     "cuda": [
         BACKWARD_OPERANDS,
+        BATCHED_PASS,
         CUTLASS,  # (hidden widths 80 and 24: HIDDEN)
         # (the default: fused kernels, dW by cuBLAS GEMMs); dW by the tensor-core split-K
         # (fp32 and bf16: ALSO_BF16) and db from the operand kernels' partials, neither yet
@@ -88,6 +91,8 @@ VARIANTS = {
 # The variants whose bf16 kernels are more than fp32's with other products: run in bf16 too
 # (splitk_tc stages bf16's operands as pairs of rows, fp32's as words).
 ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, SPLITK_WIDE, BACKWARD_OPERANDS]
+# and those that differ from the default in 16-bit models only: run in bf16 alone
+BF16_ONLY = [BATCHED_PASS]
 # The variants that differ from another only in other hidden widths than 37 and 21:
 # splitk_wide's tiles are splitk's up to 64; CUTLASS's GEMM takes a layer whose widths are
 # multiples of 4 (here the second: 24 x 80), the others go to cuBLAS.
@@ -100,14 +105,17 @@ def hidden_widths(variant: dict | None) -> list[int]:
 
 def cases(backends) -> list[tuple]:
     """(backend, {variable: value} or None, order, dtype): the defaults in every dtype, then
-    the variants in fp32 (and ALSO_BF16's in bf16), taking the backends in turn (the GPU
+    the variants in fp32 (and ALSO_BF16's in bf16; BF16_ONLY's in bf16 alone), taking the
+    backends in turn (the GPU
     script's time limit cut run 3 of 2026-11-27 before any CUDA variant when they came after
     all of Triton's)."""
     out = [(b, None, o, d) for b, o, d in itertools.product(backends, ORDERS, DTYPES)]
     per_backend = [[(b, v) for v in VARIANTS[b]] for b in backends]
     for turn in itertools.zip_longest(*per_backend):
         for backend, v in filter(None, turn):
-            dtypes = (torch.float32, torch.bfloat16) if v in ALSO_BF16 else (torch.float32,)
+            dtypes = ((torch.bfloat16,) if v in BF16_ONLY
+                      else (torch.float32, torch.bfloat16) if v in ALSO_BF16
+                      else (torch.float32,))  # fmt: skip
             out += [(backend, v, o, d) for d in dtypes for o in ORDERS]
     return out
 

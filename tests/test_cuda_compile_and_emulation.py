@@ -202,6 +202,21 @@ def test_fused_kernels_with_gemm_operands_from_the_backward_in_host_emulation(em
     _assert_tf32_lines(proc.stdout)
 
 
+def test_fused_forward_batched_activation_pass_in_host_emulation(emulation):
+    """SOBOLEV_CUDA_FORWARD_PASS=batched: in bf16 and fp16 the fused forward's activation pass
+    takes kPassBatch elements at a time (their loads, then their math and stores); fp32 keeps
+    the one-at-a-time pass. Every case against the reference; widths whose padded columns do
+    not divide the block's threads (48, 96) wrap rows inside a batch. (A mutant seen caught,
+    2026-11-28: a tangent stored into its neighbour's column in a batch, 14 lines in bf16 and
+    fp16; the default's pass and fp32 unaffected by it.)"""
+    batched = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--occupancy=high",
+               "--forward-pass=batched"]  # fmt: skip
+    proc = subprocess.run([*batched, "--dtypes=bf16,fp16"], capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("(bf16)") == proc.stdout.count("(fp16)") == 22 - 4, proc.stdout
+
+
 def test_fused_kernels_staged_weight_split_in_host_emulation(emulation):
     """SOBOLEV_CUDA_FUSED_WEIGHT_SPLIT=staged: the fp32 weights staged as their 3xTF32 parts,
     split once per launch (split_weights_kernel) instead of by each warp, copied into each
@@ -301,9 +316,10 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     TF32 parts); the split-K dW with fp16's scale words over several tiles; the tensor-core
     split-K dW (splitk_tc: 8 warps, staged operands, bias sums) in fp32 and bf16, whole and
     partial blocks; the GEMM operands stored by the backward (its bias partials between its
-    products' barriers). (Mutants seen caught, 2026-11-28, as by the std::threads emulation before:
-    a __syncthreads removed from the fused forward's tile loop, from the operand kernel's bias
-    partials or from the bias sums kernel, and from the tiled forward's tile loop.)"""
+    products' barriers); fp16's batched forward pass. (Mutants seen caught, 2026-11-28, as by
+    the std::threads emulation before: a __syncthreads removed from the fused forward's tile
+    loop, from the operand kernel's bias partials or from the bias sums kernel, and from the
+    tiled forward's tile loop; and the one after the backward's own bias partials.)"""
     exe = tmp_path / "emulate_kernels_tsan"
     proc = _build_emulation(exe, "-g", "-fsanitize=thread", "-Wno-tsan")
     if proc.returncode != 0 and "tsan" in proc.stderr.lower():
@@ -319,6 +335,7 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
     default = ["--variant=fused", "--weight-grads=gemm", "--occupancy=high", "--dtypes=fp32"]
     staged = [*default, "--weight-split=staged"]
     backward_operands = [*default, "--gemm-operands=backward"]
+    batched_pass = ["--variant=fused", "--forward-pass=batched"]
     tensor_core_split_k = ["--variant=fused", "--weight-grads=splitk_tc", "--occupancy=high"]
     runs = [
         # tiled: bf16's WMMA products synchronise as fp16's, without their scale words
@@ -331,6 +348,8 @@ def test_cuda_kernels_have_no_shared_memory_races_in_emulation(tmp_path):
         (staged, ["width 64"], 1),
         # the backward's own GEMM operands: its bias partials over several tiles a block
         (backward_operands, ["1024 rows", "order 2, tanh, per-row"], 2),
+        # fp16's batched forward pass (padded columns wrapping rows at width 96)
+        ([*batched_pass, "--dtypes=fp16"], ["width 96", "order 2, tanh, per-row"], 3),
         (["--variant=fused", "--dtypes=fp16"], ["tanh, per-row", "1024 rows"], 3),
         # splitk_tc: fp32's and bf16's staging and k loops, whole blocks at width 256
         ([*tensor_core_split_k, "--dtypes=fp32,bf16"], ["tanh, per-row", "widths 256"], 6),
@@ -359,8 +378,9 @@ def test_cuda_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
     one word past the launch's shared memory is reported. Then the tiled kernels (both
     orders, every dtype; global-memory tile buffers, several blocks; weight panels), the fused
     default (GEMM operands with their bias partials) in fp32, bf16 and fp16, the fused
-    split-K dW at low occupancy, splitk_tc in fp32 and bf16, and the GEMM operands stored by
-    the backward (SOBOLEV_CUDA_GEMM_OPERANDS=backward) in fp32 and bf16.
+    split-K dW at low occupancy, splitk_tc in fp32 and bf16, the GEMM operands stored by
+    the backward (SOBOLEV_CUDA_GEMM_OPERANDS=backward) in fp32 and bf16, and the forward's
+    batched pass (SOBOLEV_CUDA_FORWARD_PASS=batched) in bf16 and fp16.
     (A mutant seen caught, 2026-11-28: splitk_tc's shared memory asked 4 bytes short.)"""
     exe = tmp_path / "emulate_kernels_asan"
     checks = "address,bounds,shift,signed-integer-overflow"
@@ -385,6 +405,7 @@ def test_cuda_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
         (["--variant=fused", "--dtypes=fp32,bf16"], some, 5 * 2),
         ([*tc, "--dtypes=fp32,bf16"], some, 5 * 2),
         ([*default, "--gemm-operands=backward", "--dtypes=fp32,bf16"], some, 5 * 2),
+        ([*default, "--forward-pass=batched", "--dtypes=bf16,fp16"], some, 5 * 2),
     ]
     for variant, cases, lines in runs:
         proc = subprocess.run([str(exe), *variant, *cases], capture_output=True, text=True,

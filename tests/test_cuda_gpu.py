@@ -228,8 +228,10 @@ def test_cuda_fused_shapes(monkeypatch, order, batch, dim, width, k, layers):
     pytest.param({"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"}, marks=pytest.mark.unmeasured),
     # the GEMMs' operands and the bias partials stored by the backward kernel
     pytest.param({"SOBOLEV_CUDA_GEMM_OPERANDS": "backward"}, marks=pytest.mark.unmeasured),
+    # fp16: the forward's activation pass 4 elements at a time
+    pytest.param({"SOBOLEV_CUDA_FORWARD_PASS": "batched"}, marks=pytest.mark.unmeasured),
 ], ids=["tiled", "tiled_tc", "fused_splitk", "default", "bias_gemv", "bias_operands",
-        "splitk_tc", "cutlass", "backward_operands"])  # fmt: skip
+        "splitk_tc", "cutlass", "backward_operands", "batched_pass"])  # fmt: skip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_variants_deterministic_at_a_large_batch(monkeypatch, settings, dtype):
     """B = 2^16: many tiles and blocks, fp16 adjoints below fp16's normal range (scaled per
@@ -310,6 +312,20 @@ def test_cuda_gemm_operands_from_the_backward_agree(monkeypatch, order, width, d
     settings = {"SOBOLEV_CUDA_GEMM_OPERANDS": "backward", "SOBOLEV_CUDA_WEIGHT_GRADS": weight_grads}
     _assert_agrees_under(monkeypatch, settings, order, dtype, dim=5, width=width, layers=4,
                          bias=bias)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.unmeasured
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("width", [48, 100, 256])
+def test_cuda_batched_forward_pass_agrees(monkeypatch, order, dtype, width):
+    """SOBOLEV_CUDA_FORWARD_PASS=batched: in 16-bit models the fused forward's activation
+    pass takes 4 elements at a time (widths whose padded columns do not divide the block's
+    threads, 48 and 100, wrap rows inside a batch; 256: blocks of 4 warps), both orders: the
+    loss and every gradient."""
+    _assert_agrees_under(monkeypatch, {"SOBOLEV_CUDA_FORWARD_PASS": "batched"}, order, dtype,
+                         dim=5, width=width, layers=3)  # fmt: skip
 
 
 @pytest.mark.gpu

@@ -12,8 +12,6 @@
 
 namespace sobolev::cuda {
 
-constexpr int kPassBatch = 4;  // elements of the activation pass whose loads go out together
-
 // One adjoint of a layer's stack, where the weight-gradient products read it: fp32 (acc), or
 // the GEMMs' 16-bit operand (op); each null where not stored.
 template <typename op_t>

@@ -255,6 +255,8 @@ __device__ __forceinline__ float scale_from(const unsigned* word) {
   }
 }
 
+constexpr int kPassBatch = 4;  // elements of an activation pass whose loads go out together
+
 // Element e = i inner + j of a block-wide pass over an (outer, inner) tile, e = t, t + stride,
 // ... for thread t: (i, j) advanced without a division (a 32-bit division by a value known
 // only at run time is a chain of about 20 dependent instructions, one for every element of

@@ -63,7 +63,70 @@ __global__ void __launch_bounds__(
       const int64_t next = p.batch * n_out;  // from one stream of `saved` to the next
       const int cols = pad16(n_out);
       float largest = 0;
-      for (TileWalk at(threadIdx.x, blockDim.x, cols); at.i < R; at.next()) {
+      // SOBOLEV_CUDA_FORWARD_PASS=batched, 16-bit kernels: kPassBatch elements at a time,
+      // their loads, then their math and stores, so that a warp has independent chains to
+      // interleave (run 5's counters had these kernels issuing in 30-38% of their cycles at
+      // low occupancy, waiting on dependent instructions). Not in fp32: its high-occupancy
+      // shapes sit at their 128-register cap, and this path beside the loop below made them
+      // spill (on the loop's path too).
+      int single_rows = R;  // the rows of the one-at-a-time loop below
+      if constexpr (!std::is_same_v<scalar_t, float>) {
+        if (p.fused_batched_forward_pass) {
+          single_rows = 0;
+          const int64_t first_at = r0 * n_out;  // the tile's first element of a stream of `saved`
+          for (TileWalk walk(threadIdx.x, blockDim.x, cols); walk.i < R;) {
+            int x_at[kPassBatch], at[kPassBatch];  // into X (stream s: s R ld on), into `saved`
+            float z[kPassBatch], s1[kPassBatch], s2[kPassBatch];
+            bool live[kPassBatch];
+  #pragma unroll
+            for (int i = 0; i < kPassBatch; ++i) {
+              const int r = walk.i, c = walk.j;
+              walk.next();
+              x_at[i] = r * ld + c;
+              at[i] = r * n_out + c;
+              live[i] = r < valid && c < n_out;  // (valid <= R)
+              if (r < R && !live[i])  // padding rows and columns stay zero
+                for (int s = 0; s < S; ++s) X[x_at[i] + s * R * ld] = 0.0f;
+              z[i] = !live[i]          ? 0.0f
+                     : bias == nullptr ? X[x_at[i]]
+                                       : X[x_at[i]] + to_acc<float>(bias[c]);
+            }
+  #pragma unroll
+            for (int i = 0; i < kPassBatch; ++i) {
+              if (!live[i]) continue;
+              float a, s3;
+              activation_at<float>(p.activation, slope, z[i], a, s1[i], s2[i], s3);
+              X[x_at[i]] = a;
+              largest = fmaxf(largest, fabsf(a));
+              if (saved) saved[first_at + at[i]] = z[i];
+            }
+            for (int k = 1; k <= K; ++k) {
+              float tz[kPassBatch], ttz[kPassBatch];
+  #pragma unroll
+              for (int i = 0; i < kPassBatch; ++i) {
+                tz[i] = live[i] ? X[x_at[i] + k * R * ld] : 0.0f;
+                ttz[i] = second_order && live[i] ? X[x_at[i] + (K + k) * R * ld] : 0.0f;
+              }
+  #pragma unroll
+              for (int i = 0; i < kPassBatch; ++i) {
+                if (!live[i]) continue;
+                const float t = s1[i] * tz[i];
+                X[x_at[i] + k * R * ld] = t;
+                largest = fmaxf(largest, fabsf(t));
+                if (saved) saved[k * next + first_at + at[i]] = tz[i];
+                if constexpr (second_order) {
+                  const float tt = fmaf(s1[i], ttz[i], s2[i] * tz[i] * tz[i]);
+                  X[x_at[i] + (K + k) * R * ld] = tt;
+                  largest = fmaxf(largest, fabsf(tt));
+                  if (saved) saved[(K + k) * next + first_at + at[i]] = ttz[i];
+                }
+              }
+            }
+          }
+        }
+      }
+      // one element after the other (none where the batched pass ran)
+      for (TileWalk at(threadIdx.x, blockDim.x, cols); at.i < single_rows; at.next()) {
         const int r = at.i, c = at.j;
         float* x = X + r * ld + c;  // stream s at x[s R ld]
         if (r >= valid || c >= n_out) {

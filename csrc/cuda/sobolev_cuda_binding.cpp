@@ -117,6 +117,17 @@ bool requested_operands_in_backward() {
          "backward";
 }
 
+// SOBOLEV_CUDA_FORWARD_PASS: how the fused forward kernel's activation pass (bias,
+// activation, tangents, saved z/tz) walks its tile in bf16 and fp16 models. "single" (the
+// default, measured in run 5: one element after the other, each a chain of dependent loads,
+// math and stores) or "batched" (kPassBatch elements' loads, then their math: independent
+// chains to interleave, as the backward's pass does; unmeasured on a GPU, timed by the GPU
+// script as provider cuda_batched_pass). fp32 always runs "single" (fused_forward.cuh says
+// why).
+bool requested_batched_forward_pass() {
+  return env_choice("SOBOLEV_CUDA_FORWARD_PASS", "single", {"single", "batched"}) == "batched";
+}
+
 // Contiguous inputs, kept alive for the launch; y and the targets in the accumulation type.
 struct Inputs {
   at::Tensor x, directions, y, target_jvp, target_grad, target_hvp2, target_hess;
@@ -170,6 +181,7 @@ SobolevLaunch describe(const SobolevDims& dims, const Inputs& in, const Scalars&
   p.fused_staged_split = requested_staged_split();
   p.bias_sums_in_operands = requested_bias_sums() == "operands";
   p.gemm_operands_in_backward = requested_operands_in_backward();
+  p.fused_batched_forward_pass = requested_batched_forward_pass();
   p.num_layers = static_cast<int>(dims.num_layers());
   for (int64_t l = 0; l <= dims.num_layers(); ++l) p.widths[l] = static_cast<int>(dims.widths[l]);
   for (int64_t l = 0; l < dims.num_layers(); ++l) {

@@ -101,6 +101,10 @@ struct SobolevLaunch {
   // again (fused_gemm_operands.cuh: layer 1's [x; v] only); the binding reads it from
   // SOBOLEV_CUDA_GEMM_OPERANDS ("backward")
   bool gemm_operands_in_backward = false;
+  // 16-bit types: the fused forward's activation pass kPassBatch elements at a time (their
+  // loads, then their math and stores) instead of one; the binding reads it from
+  // SOBOLEV_CUDA_FORWARD_PASS ("batched")
+  bool fused_batched_forward_pass = false;
 
   int num_layers = 0;
   int widths[kMaxLayers + 1] = {};            // d, n_1, ..., m

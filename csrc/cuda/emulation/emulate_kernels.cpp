@@ -147,6 +147,7 @@ struct Mode {
   bool fused_staged_split = false;
   bool bias_sums_in_operands = false;
   bool gemm_operands_in_backward = false;
+  bool fused_batched_forward_pass = false;
 };
 
 // The fused kernels (fp32, bf16, fp16), as fused_forward.cu and fused_backward.cu plan and run
@@ -465,6 +466,7 @@ Result emulate(const Problem& p, Mode mode) {
   s.fused_staged_split = mode.fused_staged_split;
   s.bias_sums_in_operands = mode.bias_sums_in_operands;
   s.gemm_operands_in_backward = mode.gemm_operands_in_backward;
+  s.fused_batched_forward_pass = mode.fused_batched_forward_pass;
 
   // forward
   std::vector<T> f(B * c.m), u(B * c.K * c.m), w(second ? B * c.K * c.m : 0);
@@ -802,7 +804,9 @@ int check_shared_bounds() {
 // shapes), --weight-split=staged (their STAGED_SPLIT shapes: where a case's plan takes one, its
 // line compares the results with the per-warp split's, bit for bit for plain TF32, within 3e-6 for
 // 3xTF32), --bias-sums=operands (with gemm: the bias sums from the operand kernels' partials),
-// --gemm-operands=backward (with gemm: the operands and bias partials from the backward kernel) and
+// --gemm-operands=backward (with gemm: the operands and bias partials from the backward kernel),
+// --forward-pass=batched (16-bit: the fused forward's activation pass kPassBatch elements at a
+// time) and
 // --dtypes=fp32,fp16,... (the labels of the lines below; all by default) first, then, optionally,
 // parts of case names: only those cases run (all without any).
 //   tiled:    fp64, fp32, bf16 and fp16 (today's kernels)
@@ -817,7 +821,7 @@ int main(int argc, char** argv) {
   std::string variant = "tiled", dtypes = "fp64,fp32,tf32,bf16,fp16";
   auto weight_grads = sobolev::cuda::WeightGrads::kSplitK;
   bool high_occupancy = false, staged_split = false, bias_operands = false;
-  bool backward_operands = false;
+  bool backward_operands = false, batched_pass = false;
   while (!only.empty() && only[0].rfind("--", 0) == 0) {
     if (only[0].rfind("--variant=", 0) == 0) variant = only[0].substr(10);
     if (only[0].rfind("--dtypes=", 0) == 0) dtypes = only[0].substr(9);
@@ -828,6 +832,7 @@ int main(int argc, char** argv) {
     if (only[0] == "--weight-split=staged") staged_split = true;
     if (only[0] == "--bias-sums=operands") bias_operands = true;
     if (only[0] == "--gemm-operands=backward") backward_operands = true;
+    if (only[0] == "--forward-pass=batched") batched_pass = true;
     only.erase(only.begin());
   }
   const auto wanted = [&](const char* label) { return dtypes.find(label) != dtypes.npos; };
@@ -843,8 +848,8 @@ int main(int argc, char** argv) {
     if (!only.empty() && std::none_of(only.begin(), only.end(), named)) continue;
     // a kink (relu) can flip under 16-bit or TF32 rounding, as in the torch tests
     const bool kink = c.act == sobolev::kRelu || c.act == sobolev::kLeakyRelu;
-    const Mode exact{v,           false,        weight_grads,     high_occupancy,
-                     staged_split, bias_operands, backward_operands};
+    const Mode exact{v,           false,         weight_grads,      high_occupancy,
+                     staged_split, bias_operands, backward_operands, batched_pass};
     Mode tf32 = exact;
     tf32.allow_tf32 = true;
     if (v == KernelVariant::kTiled && wanted("fp64")) ok = check<double>(c, seed, exact) && ok;
