@@ -106,9 +106,8 @@ def hidden_widths(variant: dict | None) -> list[int]:
 def cases(backends) -> list[tuple]:
     """(backend, {variable: value} or None, order, dtype): the defaults in every dtype, then
     the variants in fp32 (and ALSO_BF16's in bf16; BF16_ONLY's in bf16 alone), taking the
-    backends in turn (the GPU
-    script's time limit cut run 3 of 2026-11-27 before any CUDA variant when they came after
-    all of Triton's)."""
+    backends in turn (the GPU script's time limit cut run 3 of 2026-11-27 before any CUDA
+    variant when they came after all of Triton's)."""
     out = [(b, None, o, d) for b, o, d in itertools.product(backends, ORDERS, DTYPES)]
     per_backend = [[(b, v) for v in VARIANTS[b]] for b in backends]
     for turn in itertools.zip_longest(*per_backend):
