@@ -206,7 +206,7 @@ def test_fused_forward_batched_activation_pass_in_host_emulation(emulation):
     """SOBOLEV_CUDA_FORWARD_PASS=batched: in bf16 and fp16 the fused forward's activation pass
     takes kPassBatch elements at a time (their loads, then their math and stores); fp32 keeps
     the one-at-a-time pass. Every case against the reference; widths whose padded columns do
-    not divide the block's threads (48, 96) wrap rows inside a batch. (A mutant seen caught,
+    not divide the block's threads (96, 200) wrap rows inside a batch. (A mutant seen caught,
     2026-11-28: a tangent stored into its neighbour's column in a batch, 14 lines in bf16 and
     fp16; the default's pass and fp32 unaffected by it.)"""
     batched = [str(emulation), "--variant=fused", "--weight-grads=gemm", "--occupancy=high",
