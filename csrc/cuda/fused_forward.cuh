@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(
             int x_at[kPassBatch], at[kPassBatch];  // into X (stream s: s R ld on), into `saved`
             float z[kPassBatch], s1[kPassBatch], s2[kPassBatch];
             bool live[kPassBatch];
-  #pragma unroll
+#pragma unroll
             for (int i = 0; i < kPassBatch; ++i) {
               const int r = walk.i, c = walk.j;
               walk.next();
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(
                      : bias == nullptr ? X[x_at[i]]
                                        : X[x_at[i]] + to_acc<float>(bias[c]);
             }
-  #pragma unroll
+#pragma unroll
             for (int i = 0; i < kPassBatch; ++i) {
               if (!live[i]) continue;
               float a, s3;
@@ -102,12 +102,12 @@ __global__ void __launch_bounds__(
             }
             for (int k = 1; k <= K; ++k) {
               float tz[kPassBatch], ttz[kPassBatch];
-  #pragma unroll
+#pragma unroll
               for (int i = 0; i < kPassBatch; ++i) {
                 tz[i] = live[i] ? X[x_at[i] + k * R * ld] : 0.0f;
                 ttz[i] = second_order && live[i] ? X[x_at[i] + (K + k) * R * ld] : 0.0f;
               }
-  #pragma unroll
+#pragma unroll
               for (int i = 0; i < kPassBatch; ++i) {
                 if (!live[i]) continue;
                 const float t = s1[i] * tz[i];
