@@ -67,9 +67,8 @@ __global__ void __launch_bounds__(
       // their loads, then their math and stores, so that a warp has independent chains to
       // interleave (run 5's counters had the fp32 fused kernels, bf16's not reached, issuing
       // in 30-38% of their cycles at 12% occupancy, waiting on dependent instructions; bf16's
-      // run at 25%). Not in fp32: its high-occupancy
-      // shapes sit at their 128-register cap, and this path beside the loop below made them
-      // spill (on the loop's path too).
+      // run at 25%). Not in fp32: its high-occupancy shapes sit at their 128-register cap,
+      // and this path beside the loop below made them spill (on the loop's path too).
       int single_rows = R;  // the rows of the one-at-a-time loop below
       if constexpr (!std::is_same_v<scalar_t, float>) {
         if (p.fused_batched_forward_pass) {
