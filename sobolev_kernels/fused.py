@@ -32,13 +32,13 @@ the fake (shape) functions, the autograd registration, and the one place where a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .problem import SobolevProblem, accumulation_dtype
+from .settings import env_flag
 
 __all__ = [
     "BACKWARD_SCHEMA",
@@ -181,10 +181,7 @@ def _save_activations() -> bool:
     backward; 0 keeps none, and the backward recomputes them (the Triton backend a chunk of
     SOBOLEV_TRITON_RECOMPUTE_ROWS samples at a time, or per row tile in one persistent
     launch: SOBOLEV_TRITON_BACKWARD; less memory, more time)."""
-    raw = os.environ.get("SOBOLEV_SAVE_ACTIVATIONS", "1")
-    if raw not in ("0", "1"):
-        raise ValueError(f"SOBOLEV_SAVE_ACTIVATIONS: expected 0 or 1, got {raw!r}")
-    return raw == "1"
+    return env_flag("SOBOLEV_SAVE_ACTIVATIONS", "1")
 
 
 def _allow_tf32() -> bool:

@@ -23,20 +23,7 @@ imported. This package module and ``layout`` import nothing heavy, so the backen
 
 import os
 
-
-def env_choice(variable: str, values: tuple[str, ...], default: str) -> str:
-    """A setting among ``values`` (``default`` where unset); anything else raises, naming the
-    variable and what it takes."""
-    raw = os.environ.get(variable, default)
-    if raw not in values:
-        expected = f"{', '.join(values[:-1])} or {values[-1]}" if len(values) > 1 else values[0]
-        raise ValueError(f"{variable}: expected {expected}, got {raw!r}")
-    return raw
-
-
-def env_flag(variable: str, default: str) -> bool:
-    """A 0/1 setting (``default`` where unset); anything else raises, naming the variable."""
-    return env_choice(variable, ("0", "1"), default) == "1"
+from ..settings import env_choice, env_flag  # noqa: F401  (the kernels' modules take them here)
 
 
 def interpreting() -> bool:
