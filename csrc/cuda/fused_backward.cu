@@ -63,6 +63,13 @@ void plan_splitk_grads(const SobolevLaunch& p, const DeviceLimits& device, Launc
                           sizeof(float) * fused.partial_size * fused.grad_splits;
 }
 
+// plan_backward_operands' layer 1 inputs [x; v]: bytes into the workspace, after S_1..S_{L-1}.
+template <typename op_t>
+size_t first_layer_inputs_at(const SobolevLaunch& p, const FusedPlan& fused) {
+  const int streams = 1 + p.order * p.num_directions;
+  return fused.layer_inputs_at + align_up(sizeof(op_t) * saved_offset(p, streams, p.num_layers));
+}
+
 // WeightGrads::kGemm with gemm_operands_in_backward: the backward kernel's operands, all
 // layers' at once (no reuse: they are formed before the first GEMM): the adjoints as the
 // GEMMs read them (fp32, or the 16-bit copies alone) | S_1..S_{L-1} | layer 1's [x; v] (the
@@ -71,15 +78,12 @@ template <typename scalar_t>
 void plan_backward_operands(const SobolevLaunch& p, LaunchPlan* plan) {
   using op_t = gemm_operand_t<scalar_t>;
   FusedPlan& fused = plan->fused;
-  const int streams = 1 + p.order * p.num_directions;
   fused.operands_in_backward = true;
   fused.gemm_input_elems = gemm_rows(p, 1) * p.in_features;
   fused.layer_inputs_at = align_up(sizeof(op_t) * fused.adjoint_elems);
   fused.bias_chunks = p.grad_biases[0] != nullptr ? fused.grid : 0;
   fused.bias_partials_at =
-      fused.layer_inputs_at +
-      align_up(sizeof(op_t) * saved_offset(p, streams, p.num_layers)) +
-      align_up(sizeof(op_t) * fused.gemm_input_elems);
+      first_layer_inputs_at<op_t>(p, fused) + align_up(sizeof(op_t) * fused.gemm_input_elems);
   const size_t all_columns = output_columns_before(p, p.num_layers + 1);
   plan->workspace_bytes = fused.bias_partials_at + sizeof(float) * fused.bias_chunks * all_columns;
 }
@@ -216,12 +220,12 @@ cudaError_t gemm_operands_for(const SobolevLaunch& p, const LaunchPlan& plan, vo
   if (fused.operands_in_backward) {  // stored by the backward kernel but layer 1's [x; v]
     out->adjoints = base + sizeof(op_t) * adjoint_offset(p, streams, layer);
     out->bias_adjoints = nullptr;  // (the bias sums come from the backward's partials)
-    unsigned char* inputs = base + fused.layer_inputs_at;
-    if (layer >= 2) {
-      out->inputs = inputs + sizeof(op_t) * saved_offset(p, streams, layer - 1);
+    if (layer >= 2) {  // S_{l-1}, as saved's hidden layer l-1
+      out->inputs =
+          base + fused.layer_inputs_at + sizeof(op_t) * saved_offset(p, streams, layer - 1);
       return cudaSuccess;
     }
-    args.inputs = inputs + align_up(sizeof(op_t) * saved_offset(p, streams, p.num_layers));
+    args.inputs = base + first_layer_inputs_at<op_t>(p, fused);
     out->inputs = args.inputs;
     fused_gemm_operands_kernel<scalar_t>
         <<<static_cast<int>(operand_blocks(p, 1, plan.num_sms)), kOperandThreads, 0, stream>>>(

@@ -23,8 +23,6 @@ imported. This package module and ``layout`` import nothing heavy, so the backen
 
 import os
 
-from ..settings import env_choice, env_flag  # noqa: F401  (the kernels' modules take them here)
-
 
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""

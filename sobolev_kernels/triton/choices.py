@@ -14,7 +14,8 @@ from triton.compiler.errors import CompileTimeAssertionFailure
 from triton.runtime.errors import OutOfResources, PTXASError
 
 from .. import tuning
-from . import env_choice, env_flag, interpreting
+from ..settings import env_choice, env_flag
+from . import interpreting
 from .layout import LaunchConfig, Layout, next_power_of_2, shared_memory_limit
 
 # A launch config that does not fit the GPU fails to compile or load; the tuner skips it.

@@ -32,7 +32,8 @@ from torch.nn import Parameter
 from triton import knobs
 from triton.runtime import driver
 
-from . import env_flag, interpreting
+from ..settings import env_flag
+from . import interpreting
 
 _failed: list[str] = []  # why direct launches stopped in this process, if they did
 

@@ -343,8 +343,8 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
   // gemm_operands_in_backward (with gemm): what the kernel stores besides (fused_backward.cu's
   // plan_backward_operands), 16-bit adjoints instead of the fp32 ones
   using op_t = sc::gemm_operand_t<T>;
-  const bool operands = params && s.gemm_operands_in_backward &&
-                        (s.weight_grads == sc::WeightGrads::kGemm || (tc && !a.plan.grads_tc));
+  const bool by_gemm = s.weight_grads == sc::WeightGrads::kGemm || (tc && !a.plan.grads_tc);
+  const bool operands = params && s.gemm_operands_in_backward && by_gemm;
   const int all_columns = sc::output_columns_before(s, s.num_layers + 1);
   BackwardOperands<op_t> ops;
   if (operands) {
@@ -376,7 +376,7 @@ bool run_fused_backward(const SobolevLaunch& s, const Case& c) {
     gemm_weight_grads_of_backward_operands<T>(a, adjoints, ops);
     return true;
   }
-  if (s.weight_grads == sc::WeightGrads::kGemm || (tc && !a.plan.grads_tc)) {
+  if (by_gemm) {
     gemm_weight_grads<T>(a, adjoints);
     return true;
   }
