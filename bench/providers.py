@@ -52,7 +52,11 @@ BASELINES = ("eager_autograd", "torch_func", "torch_compile", "plain_step")
 # where #19's fp32 goal at M needs a fifth. cuda_batched_pass is the default with the fused
 # forward's activation pass taking 4 elements at a time in bf16 and fp16 models, their loads
 # before their math (SOBOLEV_CUDA_FORWARD_PASS=batched; 16-bit only, SIXTEEN_BIT_ONLY: the
-# bf16 forward kernel took 0.43 ms at M in run 5, Triton's 0.19).
+# bf16 forward kernel took 0.43 ms at M in run 5, Triton's 0.19). cuda_lean trades time for
+# memory: the forward keeps nothing and the backward recomputes and runs the fused kernels
+# 16384 samples at a time (SOBOLEV_SAVE_ACTIVATIONS=0; csrc/row_chunks.h), so that the saved
+# z/tz and the adjoints hold one chunk (run 5: the default's step peaked at 932 MiB at S,
+# where #19 asks for 0.4 x eager's 897; step only).
 # name -> {environment variable: value}
 _FUSED = {"SOBOLEV_CUDA_KERNEL": "fused", "SOBOLEV_CUDA_FUSED_OCCUPANCY": "low"}
 CUDA_VARIANTS = {
@@ -67,6 +71,7 @@ CUDA_VARIANTS = {
     "cuda_cutlass_gemm": {"SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass"},
     "cuda_backward_operands": {"SOBOLEV_CUDA_GEMM_OPERANDS": "backward"},
     "cuda_batched_pass": {"SOBOLEV_CUDA_FORWARD_PASS": "batched"},
+    "cuda_lean": {"SOBOLEV_SAVE_ACTIVATIONS": "0"},
     "cuda_operands_cutlass": {
         "SOBOLEV_CUDA_GEMM_OPERANDS": "backward",
         "SOBOLEV_CUDA_WEIGHT_GRADS": "cutlass",
@@ -124,7 +129,7 @@ FP32_ONLY = {"cuda_staged_split", "cuda_cutlass_gemm", "cuda_operands_cutlass",
 SIXTEEN_BIT_ONLY = {"triton_resident_backward", "triton_wide_tiles", "cuda_batched_pass"}
 STEP_ONLY = {*TRITON_VARIANTS, "cuda_fused_gemm", "cuda_bias_gemv", "cuda_bias_operands",
              "cuda_splitk_tc", "cuda_cutlass_gemm", "cuda_backward_operands",
-             "cuda_operands_cutlass", "triton_compiled"}  # fmt: skip
+             "cuda_operands_cutlass", "cuda_lean", "triton_compiled"}  # fmt: skip
 STEP_ONLY.discard("triton_split_tf32x3")  # (its forward is not the triton provider's)
 # Our fused steps captured once in a CUDA graph and then replayed (torch.cuda.graph): the GPU
 # time without the host's, which bounds the steps below B = 4096 (the H200 run of

@@ -33,7 +33,7 @@ PROVIDER_ORDER = ["eager_autograd", "torch_func", "torch_compile", "jax_jit", "p
                   "triton_lean", "triton_lean_persistent", "triton_split_tf32x3",
                   "triton_kmajor_inputs", "triton_resident_backward", "triton_wide_tiles",
                   "triton_jit_launch", "triton_graphed",
-                  "triton_compiled", "cuda", "cuda_tiled",
+                  "triton_compiled", "cuda", "cuda_tiled", "cuda_lean",
                   "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm", "cuda_bias_gemv",
                   "cuda_bias_operands", "cuda_staged_split", "cuda_splitk_tc",
                   "cuda_cutlass_gemm", "cuda_backward_operands", "cuda_operands_cutlass",

@@ -39,6 +39,7 @@ class Form:
     provider: str | None = None  # a provider form: the bench's provider
     baseline: str | None = None  # ... and the provider it replaces
     candidate: Callable[[str], bool] | None = None  # a tuner form: the candidate's text
+    metric: str = "time"  # what a provider form is for: its time, or its peak "memory"
 
 
 def _method(name: str) -> Callable[[str], bool]:
@@ -93,6 +94,10 @@ FORMS = [
          (("test_cuda_batched_forward_pass_agrees", None),
           ("test_cuda_variants_deterministic_at_a_large_batch", "batched_pass")),
          "cuda_batched_pass", "cuda"),
+    Form("cuda_lean",
+         (("test_cuda_backward_in_row_chunks_agrees", None),
+          ("test_cuda_backward_in_row_chunks_holds_one_chunk", None)),
+         "cuda_lean", "cuda", metric="memory"),
     Form("cuda_staged_split",
          (("test_cuda_staged_weight_split_agrees_with_the_per_warp_split", None),),
          "cuda_staged_split", "cuda"),
@@ -180,11 +185,12 @@ def _tests_cell(form: Form, outcomes: dict[str, str] | None) -> str:
 
 
 def provider_rows(table: dict, form: Form, totals: dict | None) -> tuple[str, str, str]:
-    """(ratios per point, verdict, kernel profile) of a provider form against its baseline."""
+    """(ratios per point, verdict, kernel profile) of a provider form against its baseline:
+    its times, or a memory form's peaks."""
     ratios = []
     for key, row in table.items():
         provider, config, _, precision, mode, metric = key
-        if provider != form.provider or metric != "time":
+        if provider != form.provider or metric != form.metric:
             continue
         base = _num(table.get((form.baseline, *key[1:])))
         ratio = _num(row) / base
@@ -193,9 +199,10 @@ def provider_rows(table: dict, form: Form, totals: dict | None) -> tuple[str, st
     cells = ", ".join(f"{point} {ratio:.2f}x" for point, ratio in ratios)
     faster = [p for p, r in ratios if _verdict(r) == "faster"]
     slower = [p for p, r in ratios if _verdict(r) == "slower"]
+    less, more = ("faster", "slower") if form.metric == "time" else ("less memory", "more memory")
     verdict = "not measured" if not ratios else (
-        ("faster at " + ", ".join(faster) if faster else "never faster")
-        + ("; slower at " + ", ".join(slower) if slower else "")
+        (f"{less} at " + ", ".join(faster) if faster else f"never {less}")
+        + (f"; {more} at " + ", ".join(slower) if slower else "")
     )  # fmt: skip
     profile = []
     for (precision, provider), us in sorted((totals or {}).items()):

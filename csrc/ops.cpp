@@ -13,7 +13,9 @@
 // sobolev_backward: gradients of a scalar function of (loss, f, u, w), given its upstream
 // gradients grad_loss (0-dim), grad_f, grad_u and grad_w (each None: zero). grad_x is empty
 // unless need_grad_x; grad_weights/grad_biases are empty unless need_grad_params. Directions
-// and targets get no gradient.
+// and targets get no gradient. Where `saved` is empty, both devices' backward runs a chunk of
+// samples at a time (row_chunks.h: on a GPU 16384 unless SOBOLEV_CUDA_RECOMPUTE_ROWS says
+// otherwise), so that what it recomputes and stores holds one chunk, not the batch.
 //
 // weight_grad_gemm: adjoints^T inputs, (n_out, n_in), for a layer's weight gradient over its
 // stacked rows (adjoints (R, n_out), inputs (R, n_in)). On a GPU, in fp32 where the extension
@@ -25,6 +27,7 @@
 
 #include "cpu/sobolev_cpu.h"
 #include "op_checks.h"
+#include "row_chunks.h"
 #ifdef WITH_CUDA
 #include "cuda/sobolev_cuda.h"
 #include "cuda/sobolev_kernels.cuh"
@@ -88,7 +91,8 @@ TORCH_LIBRARY(sobolev_kernels, m) {
 
 TORCH_LIBRARY_IMPL(sobolev_kernels, CPU, m) {
   m.impl("sobolev_forward", &sobolev::cpu::sobolev_forward);
-  m.impl("sobolev_backward", &sobolev::cpu::sobolev_backward);
+  m.impl("sobolev_backward",
+         &sobolev::backward_in_row_chunks<&sobolev::cpu::sobolev_backward>);
   m.impl("activation_series", &sobolev::cpu::activation_series);
   m.impl("weight_grad_gemm", &weight_grad_gemm_cpu);
 }
@@ -96,7 +100,8 @@ TORCH_LIBRARY_IMPL(sobolev_kernels, CPU, m) {
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(sobolev_kernels, CUDA, m) {
   m.impl("sobolev_forward", &sobolev::cuda::sobolev_forward);
-  m.impl("sobolev_backward", &sobolev::cuda::sobolev_backward);
+  m.impl("sobolev_backward",
+         &sobolev::backward_in_row_chunks<&sobolev::cuda::sobolev_backward>);
   m.impl("weight_grad_gemm", &sobolev::cuda::weight_grad_gemm);
 }
 #endif

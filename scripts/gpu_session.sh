@@ -89,13 +89,13 @@ SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
             --exclude torch_compile triton_recompute triton_persistent triton_lean
             triton_lean_persistent cuda_tiled cuda_tiled_tc cuda_fused cuda_fused_gemm
             cuda_bias_gemv cuda_bias_operands cuda_staged_split cuda_splitk_tc cuda_cutlass_gemm
-            cuda_backward_operands cuda_operands_cutlass cuda_batched_pass cuda_graphed
+            cuda_backward_operands cuda_operands_cutlass cuda_batched_pass cuda_lean cuda_graphed
             triton_compiled triton_jit_launch triton_split_tf32x3 triton_kmajor_inputs
             triton_resident_backward triton_wide_tiles)
 COMPILE_ARGS=(--configs M S L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile triton_jit_launch cuda_bias_gemv cuda_bias_operands
               cuda_staged_split cuda_splitk_tc cuda_cutlass_gemm cuda_backward_operands
-              cuda_operands_cutlass cuda_batched_pass --precompile "$COMPILE_JOBS"
+              cuda_operands_cutlass cuda_batched_pass cuda_lean --precompile "$COMPILE_JOBS"
               --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
 # bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms);

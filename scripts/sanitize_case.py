@@ -40,6 +40,9 @@ BACKWARD_OPERANDS = {
 }
 # the fused forward's activation pass 4 elements at a time (16-bit kernels only: BF16_ONLY)
 BATCHED_PASS = {"SOBOLEV_CUDA_FORWARD_PASS": "batched"}
+# the backward of a forward that kept nothing, 32 of the 77 samples at a time (the newest CUDA
+# form: chunks starting at rows no tile divides)
+CUDA_ROW_CHUNKS = {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_CUDA_RECOMPUTE_ROWS": "32"}
 VARIANTS = {
     "triton": [
         SPLITK_WIDE,  # (a model wider than 64: HIDDEN)
@@ -70,6 +73,7 @@ VARIANTS = {
         {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_TRITON_BACKWARD": "persistent"},
     ],
     "cuda": [
+        CUDA_ROW_CHUNKS,
         BACKWARD_OPERANDS,
         BATCHED_PASS,
         CUTLASS,  # (hidden widths 80 and 24: HIDDEN)
@@ -89,8 +93,10 @@ VARIANTS = {
 
 
 # The variants whose bf16 kernels are more than fp32's with other products: run in bf16 too
-# (splitk_tc stages bf16's operands as pairs of rows, fp32's as words).
-ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, SPLITK_WIDE, BACKWARD_OPERANDS]
+# (splitk_tc stages bf16's operands as pairs of rows, fp32's as words; the row chunks add
+# bf16's gradients in fp32).
+ALSO_BF16 = [{"SOBOLEV_CUDA_WEIGHT_GRADS": "splitk_tc"}, SPLITK_WIDE, BACKWARD_OPERANDS,
+             CUDA_ROW_CHUNKS]  # fmt: skip
 # and those that differ from the default in 16-bit models only: run in bf16 alone
 BF16_ONLY = [BATCHED_PASS]
 # The variants that differ from another only in other hidden widths than 37 and 21:

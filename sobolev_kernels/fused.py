@@ -180,7 +180,8 @@ def _save_activations() -> bool:
     """SOBOLEV_SAVE_ACTIVATIONS: 1 (default) keeps the hidden pre-activations for the
     backward; 0 keeps none, and the backward recomputes them (the Triton backend a chunk of
     SOBOLEV_TRITON_RECOMPUTE_ROWS samples at a time, or per row tile in one persistent
-    launch: SOBOLEV_TRITON_BACKWARD; less memory, more time)."""
+    launch: SOBOLEV_TRITON_BACKWARD; the C++ extension a chunk of SOBOLEV_CUDA_RECOMPUTE_ROWS,
+    csrc/row_chunks.h; less memory, more time)."""
     return env_flag("SOBOLEV_SAVE_ACTIVATIONS", "1")
 
 

@@ -331,6 +331,46 @@ def test_cuda_batched_forward_pass_agrees(monkeypatch, order, dtype, width):
 @pytest.mark.gpu
 @pytest.mark.unmeasured
 @pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width", [48, 128])
+def test_cuda_backward_in_row_chunks_agrees(monkeypatch, order, dtype, width):
+    """SOBOLEV_SAVE_ACTIVATIONS=0: the backward recomputes and runs the fused kernels 300 of
+    the 1000 samples at a time (SOBOLEV_CUDA_RECOMPUTE_ROWS, csrc/row_chunks.h: chunks
+    starting at rows that are no multiple of a tile, the last one of 100), the parameters'
+    gradients added in fp32: the loss and every gradient against the reference."""
+    settings = {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_CUDA_RECOMPUTE_ROWS": "300"}
+    _assert_agrees_under(monkeypatch, settings, order, dtype, dim=5, width=width, layers=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.unmeasured
+def test_cuda_backward_in_row_chunks_holds_one_chunk(monkeypatch):
+    """The step's peak memory above its inputs at config M's shape (B = 2^16, width 128,
+    K = 2, four layers, fp32): where the forward saves its stacks (302 MB of z/tz) and the
+    backward stores its adjoints for the batch, against the forward keeping nothing and the
+    backward taking 4096 samples at a time (its default, 16384, would be 4 chunks): under
+    half. Memory, not time: the allocator's peak is deterministic."""
+    _needs_cuda_kernels()
+    model, x, y, kw, _ = _cuda_case(1, batch=2**16, dim=16, width=128, k=2, layers=4, out=8,
+                                    dtype=torch.float32, directions="per_row")  # fmt: skip
+    peaks = {}
+    for save in ("1", "0"):
+        monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
+        monkeypatch.setenv("SOBOLEV_CUDA_RECOMPUTE_ROWS", "4096")
+        loss_and_grads(model, x, y, kw, "cuda")  # (any one-time allocation out of the way)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        loss, grads = loss_and_grads(model, x, y, kw, "cuda")
+        torch.cuda.synchronize()
+        peaks[save] = torch.cuda.max_memory_allocated() - base
+        del loss, grads
+    assert peaks["0"] < 0.5 * peaks["1"], peaks
+
+
+@pytest.mark.gpu
+@pytest.mark.unmeasured
+@pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("width", [64, 100, 256])
 def test_cuda_cutlass_weight_grads_agree(monkeypatch, order, width):
     """SOBOLEV_CUDA_WEIGHT_GRADS=cutlass: gemm's operands, each fp32 dW by CUTLASS's 3xTF32

@@ -135,10 +135,14 @@ def test_backward_recomputes_what_the_forward_did_not_save(monkeypatch, name, me
     parameter gradients come only where asked for. Triton's separate backward recomputes in
     chunks of SOBOLEV_TRITON_RECOMPUTE_ROWS samples (4: three chunks of B = 9, each with its
     slice of the upstream gradients of f, u and w); its persistent one copies the saved rows
-    of each tile or runs the tile's hidden layers again."""
+    of each tile or runs the tile's hidden layers again. The C++ extension's backward runs
+    chunks of SOBOLEV_CUDA_RECOMPUTE_ROWS samples (4 here; csrc/row_chunks.h) on either
+    device."""
     if method is not None:
         monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", method)
         monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "4")
+    else:
+        monkeypatch.setenv("SOBOLEV_CUDA_RECOMPUTE_ROWS", "4")
     backend = _backend(name)
     x, dirs, targets, weights, biases = _op_inputs(name, order)
     results = []

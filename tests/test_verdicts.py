@@ -57,16 +57,19 @@ def test_a_forms_tests_are_its_own_by_parameter_token():
     assert verdicts._tests_cell(_FORM["splitk_wide"], None) == ""
 
 
-def _csv(path: Path, rows: list[tuple[str, str, str, str, float]]) -> Path:
+def _csv(path: Path, rows: list[tuple]) -> Path:
+    """(provider, config, precision, mode, p50[, metric: time where absent]) rows."""
     columns = ["provider", "config", "mode", "metric", "unit", "p20", "p50", "p80", "device",
                "torch", "triton", "commit", "date", "precision", "batch", "dim", "width",
                "layers", "out", "k", "order", "dtype"]  # fmt: skip
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, columns)
         writer.writeheader()
-        for provider, config, precision, mode, p50 in rows:
+        for provider, config, precision, mode, p50, *metric in rows:
+            metric = metric[0] if metric else "time"
             writer.writerow({"provider": provider, "config": config, "mode": mode,
-                             "metric": "time", "unit": "ms", "p50": p50, "device": "GPU",
+                             "metric": metric, "unit": "ms" if metric == "time" else "MiB",
+                             "p50": p50, "device": "GPU",
                              "precision": precision, "batch": 65536, "dim": 16, "width": 128,
                              "layers": 4, "out": 8, "k": 2, "order": 1})  # fmt: skip
     return path
@@ -85,6 +88,21 @@ def test_a_provider_form_against_its_baseline(tmp_path):
     assert verdict == "faster at M fp32 step; slower at L fp32 step"
     assert profile == "fp32: 1.36 against 1.70 ms (0.80x)"
     assert provider_rows(table, _FORM["cuda_splitk_tc"], None) == ("no rows", "not measured", "")
+
+
+def test_a_memory_form_is_judged_by_its_peak_memory(tmp_path):
+    """cuda_lean is there for memory: its peaks against the default's, its (longer) times
+    not judged."""
+    table = load(_csv(tmp_path / "run.csv", [
+        ("cuda", "S", "fp32", "step", 932.0, "memory"), ("cuda", "S", "fp32", "step", 2.9),
+        ("cuda_lean", "S", "fp32", "step", 233.0, "memory"),
+        ("cuda_lean", "S", "fp32", "step", 3.6),
+        ("cuda", "L", "fp32", "step", 100.0, "memory"),
+        ("cuda_lean", "L", "fp32", "step", 110.0, "memory"),
+    ]))  # fmt: skip
+    cells, verdict, _ = provider_rows(table, _FORM["cuda_lean"], None)
+    assert cells == "S fp32 step 0.25x, L fp32 step 1.10x"
+    assert verdict == "less memory at S fp32 step; more memory at L fp32 step"
 
 
 def test_a_tuner_form_over_the_tuning_tables(monkeypatch):
