@@ -28,7 +28,7 @@ TRITON = ("triton", "triton_recompute", "triton_persistent", "triton_lean",
 CUDA = ("cuda", "cuda_tiled", "cuda_tiled_tc", "cuda_fused", "cuda_fused_gemm",
         "cuda_bias_gemv", "cuda_bias_operands", "cuda_staged_split", "cuda_splitk_tc",
         "cuda_cutlass_gemm", "cuda_backward_operands", "cuda_operands_cutlass",
-        "cuda_batched_pass",
+        "cuda_batched_pass", "cuda_lean",
         "cuda_graphed",
         "cuda_fused_occupancy")  # fmt: skip
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from bench.goals import GOALS
 from bench.limits import SIZE_COLUMNS
 from bench.providers import (
     COMPILED,
@@ -125,13 +126,18 @@ def points(args, device: str) -> list[tuple[str, dict]]:
 def plan(args) -> list[tuple[str, dict, str]]:
     """(label, sizes, precision), point by point with its precisions together, so a run cut
     short by a time limit has measured whole points; --precision-major: every point of the
-    first precision before any of the next (a cut run has the first precision whole)."""
+    first precision before any of the next (a cut run has the first precision whole);
+    --goals-first: the (config, precision) points that bench/goals.py judges before the
+    others, in the same order otherwise."""
     pts = points(args, args.device)
     if getattr(args, "precision_major", False):  # (callers that build args themselves)
         return [(label, sizes, precision) for precision in args.precisions
                 for label, sizes in pts]  # fmt: skip
-    return [(label, sizes, precision) for label, sizes in pts
-            for precision in args.precisions]  # fmt: skip
+    todo = [(label, sizes, precision) for label, sizes in pts for precision in args.precisions]
+    if getattr(args, "goals_first", False):
+        judged = {(goal.config, goal.precision) for goal in GOALS}
+        todo.sort(key=lambda point: (point[0], point[2]) not in judged)  # (stable)
+    return todo
 
 
 def measure(args, sink) -> int:
@@ -469,6 +475,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="*", default=None, choices=list(CONFIGS))
     parser.add_argument("--sweeps", nargs="*", default=None, choices=list(SWEEPS))
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(PRECISIONS))
+    parser.add_argument("--goals-first", action="store_true",
+                        help="the points an issue's goal judges (bench/goals.py) before the "
+                             "others, each with its precisions in turn")  # fmt: skip
     parser.add_argument("--precision-major", action="store_true",
                         help="every config at one precision before the next")  # fmt: skip
     parser.add_argument("--providers", nargs="*", default=[], help="default: all there are")

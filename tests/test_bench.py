@@ -1017,3 +1017,27 @@ def test_precision_major_plan_measures_one_precision_whole_first():
     major = step.plan(step.parse([*argv, "--precision-major"]))
     assert [(label, precision) for label, _, precision in major] == [
         ("M", "fp32"), ("S", "fp32"), ("M", "bf16"), ("S", "bf16")]  # fmt: skip
+
+
+def test_goals_first_plan_measures_the_judged_points_first():
+    """--goals-first (the GPU script's bench stage): the points bench/goals.py judges (S, M
+    and L in fp32, M in bf16) before the others, in the plan's order otherwise; the sweep's
+    points, judged by no goal, after them."""
+    from bench import step
+
+    argv = ["--configs", "M", "S", "L", "--sweeps", "batch", "--precisions", "fp32", "bf16",
+            "--device", "cpu", "--goals-first"]  # fmt: skip
+    todo = [(label, precision) for label, _, precision in step.plan(step.parse(argv))]
+    assert todo[:6] == [("M", "fp32"), ("M", "bf16"), ("S", "fp32"), ("L", "fp32"),
+                        ("S", "bf16"), ("L", "bf16")]  # fmt: skip
+    assert all(label.startswith("batch=") for label, _ in todo[6:]) and len(todo) > 6
+
+
+def test_every_variant_of_our_backends_is_judged_by_the_goals():
+    """bench/goals.py's provider lists (a goal's best variant is the best of them) hold every
+    variant the bench times: a new provider is judged against the issues' goals too."""
+    from bench import goals, providers
+
+    ours = {*providers.TRITON_VARIANTS, *providers.COMPILED, "triton_graphed"}
+    assert ours <= set(goals.TRITON)
+    assert {*providers.CUDA_VARIANTS, "cuda_graphed"} <= set(goals.CUDA)
