@@ -356,9 +356,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> sobolev
   SobolevLaunch p = describe(dims, in, scalars);
 
   // The CUDA backward reads z/tz(/ttz) from global memory: recompute them if the forward
-  // kept none.
+  // kept none (in chunks of rows: row_chunks.h). The loss was the forward's: the recompute
+  // reads no targets (target_grad alone is m d floats a row) and forms no loss terms.
   at::Tensor z = saved.contiguous();
-  if (z.numel() == 0 && dims.hidden_total() > 0) z = std::get<4>(run_forward(dims, p, x, true));
+  if (z.numel() == 0 && dims.hidden_total() > 0) {
+    SobolevLaunch hidden = p;
+    hidden.y = hidden.target_jvp = hidden.target_grad = nullptr;
+    hidden.target_hvp2 = hidden.target_hess = nullptr;
+    z = std::get<4>(run_forward(dims, hidden, x, true));
+  }
   const auto loss_grad = contiguous_or_undefined(grad_loss);
   const auto f_grad = contiguous_or_undefined(grad_f), u_grad = contiguous_or_undefined(grad_u),
              w_grad = contiguous_or_undefined(grad_w);
