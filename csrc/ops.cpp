@@ -91,8 +91,7 @@ TORCH_LIBRARY(sobolev_kernels, m) {
 
 TORCH_LIBRARY_IMPL(sobolev_kernels, CPU, m) {
   m.impl("sobolev_forward", &sobolev::cpu::sobolev_forward);
-  m.impl("sobolev_backward",
-         &sobolev::backward_in_row_chunks<&sobolev::cpu::sobolev_backward>);
+  m.impl("sobolev_backward", sobolev::backward_in_row_chunks<&sobolev::cpu::sobolev_backward>);
   m.impl("activation_series", &sobolev::cpu::activation_series);
   m.impl("weight_grad_gemm", &weight_grad_gemm_cpu);
 }
@@ -101,7 +100,7 @@ TORCH_LIBRARY_IMPL(sobolev_kernels, CPU, m) {
 TORCH_LIBRARY_IMPL(sobolev_kernels, CUDA, m) {
   m.impl("sobolev_forward", &sobolev::cuda::sobolev_forward);
   m.impl("sobolev_backward",
-         &sobolev::backward_in_row_chunks<&sobolev::cuda::sobolev_backward>);
+         sobolev::backward_in_row_chunks<&sobolev::cuda::sobolev_backward>);
   m.impl("weight_grad_gemm", &sobolev::cuda::weight_grad_gemm);
 }
 #endif

@@ -14,8 +14,7 @@ namespace sobolev {
 // (0) for CPU ones, whose kernel recomputes per row tile and keeps nothing per batch anyway.
 int64_t recompute_rows(const at::Tensor& x);
 
-// The op `whole` (the backward of the whole batch; as backward_in_row_chunks<whole>, a
-// BackwardOp of its own), or, where `saved` is empty, the model has
+// The op `whole` (the backward of the whole batch), or, where `saved` is empty, the model has
 // hidden layers and the batch is more than recompute_rows(x), `whole` on each chunk of
 // samples in order: its slices of x, the per-sample directions, targets, outputs and their
 // upstream gradients, grad_loss scaled by chunk / batch (every loss term is a mean over the
@@ -32,22 +31,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
     int64_t activation, double negative_slope, double alpha, double beta, double gamma,
     int64_t order, bool allow_tf32, bool need_grad_x, bool need_grad_params);
 
-// backward_by_rows of `whole` with the op's signature, for its registration
-template <BackwardOp* whole>
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backward_in_row_chunks(
-    const std::optional<at::Tensor>& grad_loss, const std::optional<at::Tensor>& grad_f,
-    const std::optional<at::Tensor>& grad_u, const std::optional<at::Tensor>& grad_w,
-    const at::Tensor& x, const at::Tensor& directions, const std::optional<at::Tensor>& y,
-    const std::optional<at::Tensor>& target_jvp, const std::optional<at::Tensor>& target_grad,
-    const std::optional<at::Tensor>& target_hvp2, const std::optional<at::Tensor>& target_hess,
-    at::TensorList weights, at::TensorList biases, const at::Tensor& f, const at::Tensor& u,
-    const at::Tensor& w, const at::Tensor& saved, int64_t activation, double negative_slope,
-    double alpha, double beta, double gamma, int64_t order, bool allow_tf32,
-    bool need_grad_x, bool need_grad_params) {
-  return backward_by_rows(whole, grad_loss, grad_f, grad_u, grad_w, x, directions, y,
-                          target_jvp, target_grad, target_hvp2, target_hess, weights, biases, f,
-                          u, w, saved, activation, negative_slope, alpha, beta, gamma, order,
-                          allow_tf32, need_grad_x, need_grad_params);
+// backward_by_rows of `whole` with the op's own signature, for its registration: taken as
+// a BackwardOp*, its Result and Args are deduced from that type
+// (backward_in_row_chunks<&cpu::sobolev_backward>).
+template <BackwardOp* whole, typename Result, typename... Args>
+Result backward_by_rows_of(Args... args) {
+  return backward_by_rows(whole, args...);
 }
+template <BackwardOp* whole>
+inline BackwardOp* const backward_in_row_chunks = &backward_by_rows_of<whole>;
 
 }  // namespace sobolev
