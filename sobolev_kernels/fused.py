@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import settings
 from .problem import SobolevProblem, accumulation_dtype
-from .settings import env_flag
 
 __all__ = [
     "BACKWARD_SCHEMA",
@@ -168,21 +168,12 @@ def forward_arguments(problem: SobolevProblem, *, with_targets: bool) -> tuple:
     # the hidden pre-activations are only worth keeping when a backward will run, and unless
     # the user trades time for memory (the backward then recomputes them)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (problem.x, *weights, *biases))
-    save = save and _save_activations()
+    save = save and settings.save_activations()
     return (
         problem.x, problem.directions, *targets, weights, biases, act.kernel_id,
         float(act.negative_slope), problem.alpha, problem.beta, problem.gamma, problem.order,
         _allow_tf32(), save,
     )  # fmt: skip
-
-
-def _save_activations() -> bool:
-    """SOBOLEV_SAVE_ACTIVATIONS: 1 (default) keeps the hidden pre-activations for the
-    backward; 0 keeps none, and the backward recomputes them (the Triton backend a chunk of
-    SOBOLEV_TRITON_RECOMPUTE_ROWS samples at a time, or per row tile in one persistent
-    launch: SOBOLEV_TRITON_BACKWARD; the C++ extension a chunk of SOBOLEV_CUDA_RECOMPUTE_ROWS,
-    csrc/row_chunks.h; less memory, more time)."""
-    return env_flag("SOBOLEV_SAVE_ACTIVATIONS", "1")
 
 
 def _allow_tf32() -> bool:

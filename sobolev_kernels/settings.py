@@ -1,12 +1,13 @@
 """The ``SOBOLEV_*`` environment settings' parsing, shared by the backends: a value among a
 few (``env_choice``) or a 0/1 flag (``env_flag``); anything else raises, naming the variable
-and what it takes. The settings themselves are documented where they are read."""
+and what it takes. The settings themselves are documented where they are read, but the one
+read in several places (``save_activations``)."""
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["env_choice", "env_flag"]
+__all__ = ["env_choice", "env_flag", "save_activations"]
 
 
 def env_choice(variable: str, values: tuple[str, ...], default: str) -> str:
@@ -22,3 +23,14 @@ def env_choice(variable: str, values: tuple[str, ...], default: str) -> str:
 def env_flag(variable: str, default: str) -> bool:
     """A 0/1 setting (``default`` where unset); anything else raises, naming the variable."""
     return env_choice(variable, ("0", "1"), default) == "1"
+
+
+def save_activations() -> bool:
+    """SOBOLEV_SAVE_ACTIVATIONS: 1 (default) the fused forward keeps the hidden
+    pre-activations for the backward; 0 keeps none, and the backward recomputes them (the
+    Triton backend a chunk of SOBOLEV_TRITON_RECOMPUTE_ROWS samples at a time, or per row tile
+    in one persistent launch: SOBOLEV_TRITON_BACKWARD; the C++ extension a chunk of
+    SOBOLEV_CUDA_RECOMPUTE_ROWS, csrc/row_chunks.h; less memory, more time). Read by the
+    fused op's arguments (``fused.forward_arguments``) and the memory check
+    (``validation.check_memory``)."""
+    return env_flag("SOBOLEV_SAVE_ACTIVATIONS", "1")

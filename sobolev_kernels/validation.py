@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import backends, memory
+from . import backends, memory, settings
 from .directions import full_directions, sample_directions
 from .mlp import SobolevMLP
 from .problem import SobolevProblem
@@ -380,20 +380,29 @@ def check_memory(
     mlp: SobolevMLP | None, x: Tensor, k: int, order: int, *, new_directions: bool
 ) -> None:
     """Raise a ValueError naming ``num_directions`` when the least this evaluation needs
-    (``memory.required_bytes``) exceeds what x's device can give, before allocating it."""
+    (``memory.required_bytes``) exceeds what x's device can give, before allocating it. The
+    saved pre-activations count only where a backward will follow and the fused forward keeps
+    them (``settings.save_activations``); where they alone make the difference, the error
+    says how to keep none."""
     params = (*mlp.weights(), *(mlp.biases() or ())) if mlp is not None else ()
-    saves = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    wanted = x.requires_grad or any(p.requires_grad for p in params)  # gradients: a backward
+    saves = torch.is_grad_enabled() and wanted and settings.save_activations()
     need = memory.required_bytes(mlp, x, k, order, new_directions=new_directions, saves=saves)
     if need < MEMORY_CHECK_BYTES or not _can_synchronise(x.device):
         return
     available = memory.available_bytes(x.device)
     if available is not None and need > available:
         batch, dim = x.shape
+        unsaved = memory.required_bytes(mlp, x, k, order, new_directions=new_directions,
+                                        saves=False)  # fmt: skip
+        hint = ("; or keep no hidden pre-activations for the backward, which then recomputes "
+                "them a chunk of rows at a time (SOBOLEV_SAVE_ACTIVATIONS=0: both fused "
+                "backends, more time)" if saves and unsaved <= available else "")  # fmt: skip
         raise ValueError(
             f"num_directions: K = {k} directions for B = {batch} rows of d = {dim} need at "
             f"least {need} bytes ({need / 2**30:.1f} GiB) on {x.device}, but {available} bytes "
             f"({available / 2**30:.1f} GiB) are available; use fewer directions or a smaller "
-            "batch"
+            f"batch{hint}"
         )
 
 

@@ -215,6 +215,28 @@ def test_a_direction_count_that_cannot_fit_raises_before_allocating(monkeypatch)
     assert f"least {need} bytes" in str(info.value)
 
 
+def test_the_memory_check_counts_saved_pre_activations_only_where_they_are_kept(monkeypatch):
+    """B = 2^20 rows, K = 4, two hidden layers of 64, fp32, with a backward to follow: the
+    saved stacks ((1 + K) B 128 fp32, 2.5 GiB) are what does not fit in 2 GiB, so the error
+    says how to keep none; with SOBOLEV_SAVE_ACTIVATIONS=0 the check passes (the outputs and
+    the directions drawn in fp64, 96 MiB, fit); where even those do not fit, no such hint."""
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2 << 30)
+    model = sk.SobolevMLP(2, 64, 1, 3)
+    x = torch.empty(2**20, 2, requires_grad=True)
+    with pytest.raises(ValueError, match="SOBOLEV_SAVE_ACTIVATIONS=0") as info:
+        validation.check_memory(model, x, 4, 1, new_directions=True)
+    assert str(info.value).startswith("num_directions: K = 4 directions for B = 1048576")
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    validation.check_memory(model, x, 4, 1, new_directions=True)
+    with pytest.raises(ValueError, match="smaller batch$"):  # (1000 K B d: no hint)
+        validation.check_memory(model, x, 4000, 1, new_directions=True)
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "1")
+    with torch.no_grad(), pytest.raises(ValueError, match="smaller batch$"):
+        validation.check_memory(model, x, 4000, 1, new_directions=True)
+    with torch.no_grad():  # no backward: nothing saved, the stacks' 2.5 GiB not counted
+        validation.check_memory(model, x, 4, 1, new_directions=True)
+
+
 def test_a_direction_count_beyond_any_machine_raises_with_the_real_free_memory():
     model = sk.SobolevMLP(2, 64, 1, 3)
     x = torch.randn(1000, 2)
