@@ -686,6 +686,68 @@ def test_weight_gradient_method_is_measured_on_a_gpu(monkeypatch):
         assert _weight_grad_method(narrow, torch.zeros(4, 3), True, False) == narrow_twin
 
 
+@pytest.mark.parametrize("choice", ["recompute", "gemm"])
+def test_the_weight_gradient_tuner_times_each_method_with_its_backward(monkeypatch, choice):
+    """Where the tuner measures (here every other choice takes its first candidate), each
+    weight-gradient method runs after the backward kernel as it needs it: recompute after
+    the kernel without the inputs stores (compiled once, at the backward's launch config),
+    the others after the storing kernel. Whichever it picks, the gradients are right, on
+    the stacks the tuning left (gemm reads the inputs the first launch stored) and on the
+    next step (recompute: by the kernel without the stores)."""
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton import direct_launch
+
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "separate")
+    monkeypatch.setenv("SOBOLEV_TRITON_UNMEASURED", "0")  # (gemm, splitk and recompute)
+    ran: list[tuple[str, bool]] = []  # (the method timed, the backward launched before it)
+    stores: list[bool] = []  # STORE_INPUTS of each backward launcher built
+
+    def first_or_timed(key, candidates, run, skip=()):
+        if "weight_grad" not in key:
+            return tuning._chosen.setdefault(key, candidates[0])
+        for method in candidates:
+            before = len(launched)
+            run(method)
+            ran.append((method, launched[before:]))
+        return tuning._chosen.setdefault(key, choice)
+
+    launched: list[bool] = []
+    real_launcher = direct_launch.launcher
+
+    def spying_launcher(kernel, constexprs):
+        launcher = real_launcher(kernel, constexprs)
+        if "STORE_INPUTS" not in constexprs:
+            return launcher
+        stores.append(constexprs["STORE_INPUTS"])
+
+        def launch(*args, **kwargs):
+            launched.append(constexprs["STORE_INPUTS"])
+            return launcher(*args, **kwargs)
+
+        return launch
+
+    monkeypatch.setattr(tuning, "fastest", first_or_timed)
+    monkeypatch.setattr(direct_launch, "launcher", spying_launcher)
+    tuning.clear()
+    try:
+        model, x, y, kw = sample_inputs(batch=9, width=16, dtype=torch.float32, device=DEVICE)
+        for _ in range(2):
+            loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+            got = torch.autograd.grad(loss, [x, *model.parameters()])
+            expected = torch.autograd.grad(sk.sobolev_loss(model, x, y, backend="reference", **kw),
+                                           [x, *model.parameters()])  # fmt: skip
+            for a, b in zip(got, expected):
+                assert_close(a, b, RTOL_FP32, "triton gradients")
+    finally:
+        tuning.clear()
+    assert [m for m, _ in ran] == ["gemm", "splitk", "recompute"]
+    assert [launches for _, launches in ran] == [[True], [True], [False]]
+    # the storing kernel (planned), the one without (tuning), then the next step's
+    assert stores == [True, False, choice != "recompute"]
+    assert launched[-1] is (choice != "recompute")
+
+
 def test_deterministic():
     model, x, y, kw = sample_inputs(batch=70, width=32, dtype=torch.float32, device=DEVICE)
     runs = []

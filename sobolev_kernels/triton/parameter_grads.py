@@ -29,7 +29,8 @@ from .weight_grad import _sum_partials_kernel, _sum_row_blocks_kernel, _weight_g
 # How the parameter gradients are formed from the backward's stacks (``weight_grad.py``); the
 # first is the choice wherever nothing is measured, until a GPU has measured another faster.
 # ``recompute`` is the lean one: the backward stores no inputs stacks (one stack per layer
-# less memory); the tuner times it with them stored, so without the stores it saves.
+# less memory); the tuner times each method after the backward kernel as it needs it
+# (``launch._with_its_backward``), so that the stores it spares count for it.
 # ``splitk_unpipelined`` is splitk with its row loop not software-pipelined (num_stages=1):
 # each step's tiles go from global memory to registers, then to shared memory in the dots'
 # swizzled layout, with no cp.async staging ring read back by scalar shared loads (sm_90
