@@ -564,6 +564,12 @@ main() {
         LIMIT[profile]=$(( LIMIT[profile] - BENCH_PRECOMPILE_SECONDS ))
       fi
     fi
+    # from the bench on, every process serves the tuners' choices that the first one measured
+    # (sobolev_kernels/tuning.py): run 5's counters, timed under Nsight Compute, had chosen
+    # other weight gradients than its bench
+    if [[ " bench sweep profile explore " == *" $s "* ]]; then
+      export SOBOLEV_TUNING_FILE="$WORK/tuning.json"
+    fi
     t="$(limit_for "$s")"
     if [ "$t" -lt 5 ]; then
       say "=== $s: skipped, no time left"

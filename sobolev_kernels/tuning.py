@@ -11,14 +11,25 @@ and so are the results bit for bit (rows per program set the order of the loss's
 Nothing is measured where it cannot be: off CUDA (the CPU, the Triton interpreter), while
 ``torch.compile`` traces, or while a CUDA graph is captured. The static choice is used there
 unless the shape was measured before.
+
+Choices can outlive the process: ``save(path)`` writes them (JSON), ``load(path)`` serves them
+where this process has measured nothing for a shape, and ``SOBOLEV_TUNING_FILE=path`` does
+both by itself (read on the first choice, written after each new measurement): every process
+of a program, or of a benchmark whose stages run apart, then runs the kernels the first one
+measured fastest. A timing under a profiler would choose otherwise: the H200's run of
+2026-11-27 profiled, under Nsight Compute, the split-K weight gradients that its tuner chose
+there, where the benchmark's had chosen cuBLAS. A file is one machine's: written by another
+version of this package, torch or Triton, or with other GPUs, it is ignored (with a warning).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import warnings
 from collections.abc import Callable, Hashable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -29,13 +40,20 @@ __all__ = [
     "clear",
     "enabled",
     "fastest",
+    "load",
     "measurements",
+    "register_choice_type",
+    "save",
     "time_ms",
 ]
 
 C = TypeVar("C")
 _chosen: dict[Hashable, object] = {}
 _measured: dict[Hashable, list[tuple[object, float | None]]] = {}
+_loaded: dict[str, Any] = {}  # choices read by load(), by repr(key), as the file holds them
+_file_read = False  # SOBOLEV_TUNING_FILE: read once, on the first choice asked for
+_CHOICE_TYPES: dict[str, type] = {}  # NamedTuple choices by name (register_choice_type)
+FILE_FORMAT = 1
 _BUDGET_MS = 25.0  # timed runs per candidate: about this long in all, 3 to 20 runs
 
 
@@ -52,8 +70,12 @@ def can_measure(device: torch.device) -> bool:
 
 
 def chosen(key: Hashable) -> object | None:
-    """The measured choice for ``key``, or None when it was never measured."""
-    return _chosen.get(key)
+    """The measured choice for ``key`` (here, or by a process that saved it: ``load``), or
+    None when it was never measured."""
+    found = _chosen.get(key)
+    if found is None and (_loaded or not _file_read):
+        found = _from_file(key)
+    return found
 
 
 def fastest(
@@ -65,8 +87,9 @@ def fastest(
     """The candidate for which ``run(candidate)`` takes the least GPU time, measured once per
     ``key``. A candidate whose run raises one of ``skip`` (a Triton config that does not fit
     on chip, say) is left out; if every one does, the last error is raised."""
-    if key in _chosen:
-        return _chosen[key]  # type: ignore[return-value]
+    known = chosen(key)
+    if known is not None:
+        return known  # type: ignore[return-value]
     timings: list[tuple[float, int]] = []
     error: BaseException | None = None
     record = _measured[key] = []
@@ -83,6 +106,9 @@ def fastest(
         raise error
     best = candidates[min(timings)[1]]  # ties go to the earlier (static) candidate
     _chosen[key] = best
+    path = os.environ.get("SOBOLEV_TUNING_FILE")
+    if path:
+        save(path)
     return best
 
 
@@ -98,11 +124,104 @@ def measurements() -> dict[Hashable, list[tuple[object, float | None]]]:
 
 
 def clear() -> None:
-    """Forget every measured choice (the next call with each shape measures again)."""
+    """Forget every measured choice, and those loaded from a file (the next call with each
+    shape measures again; SOBOLEV_TUNING_FILE is not read again)."""
+    global _file_read
     _chosen.clear()
     _measured.clear()
+    _loaded.clear()
+    _file_read = True
     for forget in _also_forget:
         forget()
+
+
+def register_choice_type(cls: type) -> type:
+    """Let ``save`` and ``load`` carry choices of NamedTuple ``cls`` (a Triton launch config);
+    strings they carry as they are."""
+    _CHOICE_TYPES[cls.__name__] = cls
+    return cls
+
+
+def save(path: str | os.PathLike) -> None:
+    """Write every choice this process holds (measured here or loaded) to ``path`` as JSON,
+    with what ``load`` checks (formats, versions, GPUs). Written whole, then renamed into
+    place: a reader never sees half a file."""
+    entries = dict(_loaded)
+    entries.update({repr(key): _encoded(choice) for key, choice in _chosen.items()})
+    data = {**_machine(), "choices": {k: v for k, v in entries.items() if v is not None}}
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike) -> int:
+    """Serve the choices ``save`` wrote to ``path`` where this process has measured nothing for
+    a shape (its own measurements come first); returns how many the file holds. A file of
+    another format, written by other versions of this package, torch or Triton, or with other
+    GPUs, is ignored with a warning (0): another machine's choices could be slower, or, for
+    a Triton version that miscompiles a config, wrong."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"SOBOLEV tuning file {path}: not read ({exc})", stacklevel=2)
+        return 0
+    mine = _machine()
+    other = [k for k in mine if data.get(k) != mine[k]]
+    if other or not isinstance(data.get("choices"), dict):
+        what = ", ".join(f"{k} {data.get(k)!r} (here {mine[k]!r})" for k in other) or "no choices"
+        warnings.warn(f"SOBOLEV tuning file {path}: ignored, {what}", stacklevel=2)
+        return 0
+    _loaded.update(data["choices"])
+    return len(data["choices"])
+
+
+def _machine() -> dict[str, object]:
+    """What a file's choices hold for: this format, these versions, these GPUs."""
+    from . import __version__
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])  # fmt: skip
+    return {"format": FILE_FORMAT, "sobolev_kernels": __version__, "torch": torch.__version__,
+            "triton": triton_version, "gpus": gpus}  # fmt: skip
+
+
+def _encoded(choice: object) -> object:
+    """A choice as JSON holds it (None: one that cannot be carried)."""
+    if isinstance(choice, str):
+        return choice
+    name = type(choice).__name__
+    if _CHOICE_TYPES.get(name) is type(choice):
+        return {"type": name, "fields": choice._asdict()}  # type: ignore[attr-defined]
+    return None
+
+
+def _from_file(key: Hashable) -> object | None:
+    """``key``'s choice from a loaded file (reading SOBOLEV_TUNING_FILE first, once), kept as
+    this process's from then on; None where the file has none it can decode."""
+    global _file_read
+    if not _file_read:
+        _file_read = True
+        path = os.environ.get("SOBOLEV_TUNING_FILE")
+        if path and os.path.exists(path):
+            load(path)
+    raw = _loaded.get(repr(key)) if _loaded else None
+    if isinstance(raw, dict):
+        cls = _CHOICE_TYPES.get(raw.get("type"))
+        try:
+            raw = cls(**raw["fields"]) if cls is not None else None
+        except (TypeError, KeyError):  # (fields of another version of the type)
+            raw = None
+    if raw is not None:
+        _chosen[key] = raw
+    return raw
 
 
 _also_forget: list[Callable[[], None]] = []  # what keeps choices made here (launch plans)

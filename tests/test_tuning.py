@@ -3,6 +3,7 @@ between fused backends. Without a GPU nothing is measured, so these tests replac
 timer with a scripted one; the ``gpu`` cases run the real thing."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -53,6 +54,81 @@ def test_fastest_measures_once_per_key_and_keeps_the_fastest(monkeypatch):
     assert tuning.measurements() == {"k": [("a", 3.0), ("b", 1.0), ("c", 2.0)]}
     assert tuning.fastest("other", ["a", "b", "c"], ran.append) == "b"
     assert timer.calls == 6
+
+
+def test_saved_choices_serve_another_process_before_its_own_measurements(monkeypatch, tmp_path):
+    """save() writes strings and registered NamedTuples (a Triton launch config); load()
+    serves them where nothing was measured, as this process's choices, without measuring.
+    A choice of another type is not carried."""
+    from sobolev_kernels.triton.layout import LaunchConfig
+
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([2.0, 1.0]))
+    config = LaunchConfig(rows=32, warps=4, chunk=32, group=2, precision="tf32x3", cols=32)
+    key = ("triton", "fwd", "cuda:0", torch.float32, False, 1024, (("K", 2),))
+    assert tuning.fastest(key, [LaunchConfig(16, 4, 32, 1, "ieee"), config], lambda c: 0) == config
+    assert tuning.fastest(("w",), ["gemm", "splitk"], lambda c: 0) == "splitk"
+    tuning._chosen[("odd",)] = 3.5  # (not a type a file carries)
+    path = tmp_path / "tuning.json"
+    tuning.save(path)
+    tuning.clear()
+    assert tuning.load(path) == 2
+    monkeypatch.setattr(tuning, "time_ms", lambda fn: pytest.fail("measured a loaded choice"))
+    assert tuning.fastest(key, ["anything"], lambda c: 0) == config
+    assert tuning.chosen(("w",)) == "splitk" and tuning.chosen(("odd",)) is None
+    assert tuning.choices() == {key: config, ("w",): "splitk"}  # (served: this process's now)
+    assert tuning.measurements() == {}
+
+
+def test_a_tuning_file_of_another_machine_or_version_is_ignored(monkeypatch, tmp_path):
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([1.0]))
+    tuning.fastest(("w",), ["gemm"], lambda c: 0)
+    path = tmp_path / "tuning.json"
+    tuning.save(path)
+    data = json.loads(path.read_text())
+    for field, value in (("gpus", ["NVIDIA H100 80GB HBM3"]), ("torch", "2.0.0"),
+                         ("format", 0)):  # fmt: skip
+        path.write_text(json.dumps({**data, field: value}))
+        tuning.clear()
+        with pytest.warns(UserWarning, match=f"ignored, {field} "):
+            assert tuning.load(path) == 0
+        assert tuning.chosen(("w",)) is None
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match="not read"):
+        assert tuning.load(path) == 0
+
+
+def test_the_tuning_file_is_read_once_and_written_after_each_measurement(monkeypatch, tmp_path):
+    """SOBOLEV_TUNING_FILE: a process's first choice reads it, each new measurement writes it
+    (a second process then measures nothing it holds); clear() forgets it for good."""
+    path = tmp_path / "tuning.json"
+    monkeypatch.setenv("SOBOLEV_TUNING_FILE", str(path))
+    monkeypatch.setattr(tuning, "_file_read", False)  # (a fresh process)
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([2.0, 1.0]))
+    assert tuning.fastest(("w",), ["gemm", "splitk"], lambda c: 0) == "splitk"
+    assert json.loads(path.read_text())["choices"] == {"('w',)": "splitk"}
+    tuning._chosen.clear()  # another process: nothing measured, the file not read yet
+    monkeypatch.setattr(tuning, "_file_read", False)
+    monkeypatch.setattr(tuning, "time_ms", lambda fn: pytest.fail("measured a saved choice"))
+    assert tuning.fastest(("w",), ["gemm", "splitk"], lambda c: 0) == "splitk"
+    tuning.clear()
+    assert tuning.chosen(("w",)) is None
+
+
+def test_the_tuning_keys_of_a_step_are_the_same_in_every_process(monkeypatch):
+    """The file finds a choice by repr(key): no key of a Triton step, or of backend="auto",
+    may hold an object whose repr names its address."""
+    from sobolev_kernels.backends.measured import choice_key
+
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    monkeypatch.setattr(tuning, "time_ms", lambda fn: 1.0)  # (nothing runs: ties, the first)
+    model, x, y, kw = sample_inputs(batch=9, width=16, dtype=torch.float32)
+    loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+    torch.autograd.grad(loss, [x, *model.parameters()])
+    keys = [repr(key) for key in tuning.choices()]
+    assert len(keys) == 4  # the forward's and backward's configs, the backward, dW's method
+    problem = SobolevProblem(model=model, mlp=model, x=x, y=y, directions=kw["directions"])
+    keys.append(repr(choice_key(problem)))
+    assert not [k for k in keys if " at 0x" in k or "object" in k], keys
 
 
 def test_candidates_that_do_not_fit_are_recorded_and_skipped(monkeypatch):

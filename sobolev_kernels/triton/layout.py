@@ -14,6 +14,8 @@ from typing import NamedTuple, TypeVar
 
 import torch
 
+from .. import tuning
+
 __all__ = [
     "CHUNK",
     "LaunchConfig",
@@ -41,6 +43,7 @@ MAX_TILE_ROWS = 2048  # KP * MIN_PAD beyond this is not offered (large K, see fi
 RESIDENT_MAX_WIDTH = 128  # widest padded layer the resident forward holds in registers
 
 
+@tuning.register_choice_type  # (a tuner's choice that a tuning file can carry)
 class LaunchConfig(NamedTuple):
     """One launch of a fused kernel: what the autotuner chooses between."""
 
