@@ -269,14 +269,23 @@ def test_no_gpu_memory_growth():
     assert torch.cuda.memory_allocated() - before < 2**20
 
 
+_ROW_CHUNKS = {"SOBOLEV_SAVE_ACTIVATIONS": "0", "SOBOLEV_CUDA_RECOMPUTE_ROWS": "128"}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_a_training_step_replays_from_a_cuda_graph(backend):
+@pytest.mark.parametrize("backend, settings", [
+    pytest.param("triton", {}, id="triton"), pytest.param("cuda", {}, id="cuda"),
+    pytest.param("cuda", _ROW_CHUNKS, marks=pytest.mark.unmeasured, id="cuda_row_chunks"),
+])  # fmt: skip
+def test_a_training_step_replays_from_a_cuda_graph(monkeypatch, backend, settings):
     """The fused loss and its backward captured in a CUDA graph (the cure for a host-bound
     step): replays with new inputs copied into the captured ones give eager's loss and
-    gradients."""
+    gradients. Also the CUDA backend's memory mode: nothing saved, the backward in chunks of
+    128 of the 300 samples (csrc/row_chunks.h)."""
     if backend not in sk.available_backends():
         pytest.skip(f"{backend} unavailable")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
     model, x, y, kw = sample_inputs(dtype=torch.float32, batch=300, width=64, device="cuda",
                                     target="jvp", directions="per_row", x_grad=False)  # fmt: skip
     params = list(model.parameters())
