@@ -18,17 +18,21 @@ both by itself (read on the first choice, written after each new measurement): e
 of a program, or of a benchmark whose stages run apart, then runs the kernels the first one
 measured fastest. A timing under a profiler would choose otherwise: the H200's run of
 2026-11-27 profiled, under Nsight Compute, the split-K weight gradients that its tuner chose
-there, where the benchmark's had chosen cuBLAS. A file is one machine's: written by another
-version of this package, torch or Triton, or with other GPUs, it is ignored (with a warning).
+there, where the benchmark's had chosen cuBLAS. A file is one machine's and one code's: written
+by other sources of this package, another torch or Triton, or with other GPUs, it is ignored
+(with a warning).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import statistics
 import warnings
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -158,9 +162,9 @@ def save(path: str | os.PathLike) -> None:
 def load(path: str | os.PathLike) -> int:
     """Serve the choices ``save`` wrote to ``path`` where this process has measured nothing for
     a shape (its own measurements come first); returns how many the file holds. A file of
-    another format, written by other versions of this package, torch or Triton, or with other
-    GPUs, is ignored with a warning (0): another machine's choices could be slower, or, for
-    a Triton version that miscompiles a config, wrong."""
+    another format, written by other sources of this package, another torch or Triton, or
+    with other GPUs, is ignored with a warning (0): another machine's choices could be slower,
+    and another code's could be a config since found wrong."""
     try:
         with open(path) as fh:
             data = json.load(fh)
@@ -178,7 +182,9 @@ def load(path: str | os.PathLike) -> int:
 
 
 def _machine() -> dict[str, object]:
-    """What a file's choices hold for: this format, these versions, these GPUs."""
+    """What a file's choices hold for: this format, these versions (and this package's very
+    sources: its version number stays put between commits, and a choice of older code may be
+    a launch config since found to fault), these GPUs."""
     from . import __version__
 
     try:
@@ -189,8 +195,18 @@ def _machine() -> dict[str, object]:
         triton_version = None
     gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             if torch.cuda.is_available() else [])  # fmt: skip
-    return {"format": FILE_FORMAT, "sobolev_kernels": __version__, "torch": torch.__version__,
-            "triton": triton_version, "gpus": gpus}  # fmt: skip
+    return {"format": FILE_FORMAT, "sobolev_kernels": __version__, "code": _code_digest(),
+            "torch": torch.__version__, "triton": triton_version, "gpus": gpus}  # fmt: skip
+
+
+@functools.cache
+def _code_digest() -> str:
+    """A digest of this package's Python sources (the kernels and the candidates they offer)."""
+    root = Path(__file__).parent
+    digest = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _encoded(choice: object) -> object:

@@ -86,7 +86,7 @@ def test_a_tuning_file_of_another_machine_or_version_is_ignored(monkeypatch, tmp
     tuning.save(path)
     data = json.loads(path.read_text())
     for field, value in (("gpus", ["NVIDIA H100 80GB HBM3"]), ("torch", "2.0.0"),
-                         ("format", 0)):  # fmt: skip
+                         ("code", "0123456789abcdef"), ("format", 0)):  # fmt: skip
         path.write_text(json.dumps({**data, field: value}))
         tuning.clear()
         with pytest.warns(UserWarning, match=f"ignored, {field} "):
