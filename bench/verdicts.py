@@ -185,18 +185,23 @@ def _tests_cell(form: Form, outcomes: dict[str, str] | None) -> str:
     return text + (f": {', '.join(failed[:3])}" if failed else "")
 
 
-def provider_rows(table: dict, form: Form, totals: dict | None) -> tuple[str, str, str]:
-    """(ratios per point, verdict, kernel profile) of a provider form against its baseline:
-    its times, or a memory form's peaks."""
+def _ratios(table: dict, form: Form, metric: str) -> list[tuple[str, float]]:
+    """(point, the form's value / its baseline's) of ``metric`` wherever both have a row."""
     ratios = []
     for key, row in table.items():
-        provider, config, _, precision, mode, metric = key
-        if provider != form.provider or metric != form.metric:
+        provider, config, _, precision, mode, row_metric = key
+        if provider != form.provider or row_metric != metric:
             continue
-        base = _num(table.get((form.baseline, *key[1:])))
-        ratio = _num(row) / base
+        ratio = _num(row) / _num(table.get((form.baseline, *key[1:])))
         if not math.isnan(ratio):
             ratios.append((f"{config} {precision} {mode}", ratio))
+    return ratios
+
+
+def provider_rows(table: dict, form: Form, totals: dict | None) -> tuple[str, str, str]:
+    """(ratios per point, verdict, kernel profile) of a provider form against its baseline:
+    its times, or a memory form's peaks (and then what they cost in time)."""
+    ratios = _ratios(table, form, form.metric)
     cells = ", ".join(f"{point} {ratio:.2f}x" for point, ratio in ratios)
     faster = [p for p, r in ratios if _verdict(r) == "faster"]
     slower = [p for p, r in ratios if _verdict(r) == "slower"]
@@ -205,6 +210,9 @@ def provider_rows(table: dict, form: Form, totals: dict | None) -> tuple[str, st
         (f"{less} at " + ", ".join(faster) if faster else f"never {less}")
         + (f"; {more} at " + ", ".join(slower) if slower else "")
     )  # fmt: skip
+    times = _ratios(table, form, "time") if form.metric != "time" else []
+    if ratios and times:
+        verdict += "; time " + ", ".join(f"{point} {ratio:.2f}x" for point, ratio in times)
     profile = []
     for (precision, provider), us in sorted((totals or {}).items()):
         base = (totals or {}).get((precision, form.baseline))
