@@ -7,8 +7,8 @@ chunk / batch, grad_x by rows and the parameters' gradients added in chunk order
 
 import pytest
 import torch
-from conftest import TOLERANCES, assert_close
-from cuda_op_args import OPS, backward_args, forward_op, op_inputs
+from conftest import TOLERANCES, assert_backends_agree, assert_close, order2_inputs, sample_inputs
+from cuda_op_args import OPS, ORDER2, backward_args, forward_op, op_inputs
 
 from sobolev_kernels.backends import cuda as cuda_backend
 
@@ -126,3 +126,17 @@ def test_a_bad_row_count_is_named(monkeypatch, value):
     with pytest.raises(RuntimeError, match=f"{ROWS}: expected a positive integer, got '{value}'"):
         OPS.sobolev_backward(*backward_args(upstream, x, dirs, weights, biases, outputs,
                                              **targets))  # fmt: skip
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("directions", ["shared", "per_row"])
+def test_the_public_loss_in_chunks_agrees_with_the_reference(monkeypatch, order, directions):
+    """What a user sets: SOBOLEV_SAVE_ACTIVATIONS=0 and chunks of 3 of B = 7 (the last of 1),
+    through sobolev_loss and autograd; loss and every gradient (x's too) at fp64's
+    tolerance."""
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
+    monkeypatch.setenv(ROWS, "3")
+    kw = dict(batch=7, width=6, k=2, directions=directions)
+    model, x, y, kw = sample_inputs(**kw) if order == 1 else order2_inputs(**kw)
+    extra = ORDER2 if order == 2 else {}
+    assert_backends_agree(model, x, y, kw, "cuda", TOLERANCES[torch.float64], **extra)
