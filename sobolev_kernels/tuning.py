@@ -92,7 +92,7 @@ def fastest(
     ``key``. A candidate whose run raises one of ``skip`` (a Triton config that does not fit
     on chip, say) is left out; if every one does, the last error is raised."""
     known = chosen(key)
-    if known is not None:
+    if known is not None and known in candidates:  # (a loaded one that is not: measured anew)
         return known  # type: ignore[return-value]
     timings: list[tuple[float, int]] = []
     error: BaseException | None = None

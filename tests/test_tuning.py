@@ -73,10 +73,13 @@ def test_saved_choices_serve_another_process_before_its_own_measurements(monkeyp
     tuning.clear()
     assert tuning.load(path) == 2
     monkeypatch.setattr(tuning, "time_ms", lambda fn: pytest.fail("measured a loaded choice"))
-    assert tuning.fastest(key, ["anything"], lambda c: 0) == config
+    assert tuning.fastest(key, ["anything", config], lambda c: 0) == config
     assert tuning.chosen(("w",)) == "splitk" and tuning.chosen(("odd",)) is None
     assert tuning.choices() == {key: config, ("w",): "splitk"}  # (served: this process's now)
     assert tuning.measurements() == {}
+    # a loaded choice that is not among the candidates offered now is measured anew
+    monkeypatch.setattr(tuning, "time_ms", ScriptedTimer([1.0]))
+    assert tuning.fastest(("w",), ["gemm"], lambda c: 0) == "gemm"
 
 
 def test_a_tuning_file_of_another_machine_or_version_is_ignored(monkeypatch, tmp_path):
