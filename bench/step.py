@@ -125,7 +125,8 @@ def points(args, device: str) -> list[tuple[str, dict]]:
 
 def plan(args) -> list[tuple[str, dict, str]]:
     """(label, sizes, precision), point by point with its precisions together, so a run cut
-    short by a time limit has measured whole points; --precision-major: every point of the
+    short by a time limit has measured whole points (but the last, of which it keeps the
+    providers measured before the cut: ``measure``); --precision-major: every point of the
     first precision before any of the next (a cut run has the first precision whole);
     --goals-first: the (config, precision) points that bench/goals.py judges before the
     others, in the same order otherwise."""
@@ -141,7 +142,8 @@ def plan(args) -> list[tuple[str, dict, str]]:
 
 
 def measure(args, sink) -> int:
-    """Measures the plan, handing each point's rows to ``sink`` as soon as they exist."""
+    """Measures the plan, handing each provider's rows of a point to ``sink`` as soon as they
+    exist."""
     device = args.device
     meta = {
         "device": device_label(device),
@@ -172,22 +174,27 @@ def measure(args, sink) -> int:
             rows = [_error_row(p, label, m, reason, point) for p in point_providers
                     for m in args.modes]  # fmt: skip
             providers_here = []
+            sink(rows)
         else:
             providers_here = point_providers
         for provider in providers_here:
             done += 1
             print(f"[{done}/{total}] {label:<12} {precision:<5} {provider:<15} {problem.label}",
                   file=sys.stderr, flush=True)  # fmt: skip
+            mine: list[dict] = []
             for mode in args.modes:
                 if mode == "forward" and provider in STEP_ONLY:
                     continue  # the same forward as the provider it varies
                 if provider in rejected:
-                    rows.append(_error_row(provider, label, mode, rejected[provider], point))
+                    mine.append(_error_row(provider, label, mode, rejected[provider], point))
                     continue
                 named = label in CONFIGS
-                rows += _measure_one(provider, problem, mode, label, device, args, point, named)
+                mine += _measure_one(provider, problem, mode, label, device, args, point, named)
+            # provider by provider: a point cut by a time limit keeps its first providers'
+            # rows (run 5's L point took 57 s; the baselines and defaults come first)
+            sink(mine)
+            rows += mine
         problem = None  # freed before the next point's is built
-        sink(rows)
         written += len(rows)
         print(f"[point {i}/{len(todo)}] {label} {precision}: {len(rows)} rows in "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)  # fmt: skip

@@ -128,6 +128,27 @@ def test_a_failing_point_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert "CUDA out of memory" in rows["S", "error"]["unit"] and ("M", "time") in rows
 
 
+def test_a_point_cut_short_keeps_the_providers_measured_before_the_cut(tmp_path, monkeypatch):
+    """Rows go to the CSV provider by provider: a time limit that ends the process inside a
+    point (run 5's L point took 57 s) keeps what that point measured so far."""
+    from bench import step
+
+    measure_one = step._measure_one
+
+    def cut_at_torch(provider, *args):
+        if provider == "torch":
+            raise KeyboardInterrupt  # (the limit's signal, say)
+        return measure_one(provider, *args)
+
+    monkeypatch.setattr(step, "_measure_one", cut_at_torch)
+    with pytest.raises(KeyboardInterrupt):
+        step.main(["--quick", "--configs", "S", "--modes", "step", "--providers", "plain_step",
+                   "eager_autograd", "torch", "--out-dir", str(tmp_path)])  # fmt: skip
+    (csv_path,) = tmp_path.glob("*.csv")
+    measured = {r["provider"] for r in csv.DictReader(csv_path.open()) if r["metric"] == "time"}
+    assert measured == {"plain_step", "eager_autograd"}
+
+
 def test_a_lost_cuda_context_hands_the_rest_of_the_plan_to_a_new_process(tmp_path, monkeypatch):
     from bench import step
 
