@@ -53,14 +53,17 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
                  negative_slope, alpha, beta, gamma, order, allow_tf32, need_grad_x,
                  need_grad_params);
   };
-  if (saved.numel() > 0) return all_at_once();  // (a saving forward's: nothing to chunk)
+  // a saving forward's, or no hidden layer: nothing to recompute
+  if (saved.numel() > 0 || weights.size() < 2) return all_at_once();
+  const int64_t rows = recompute_rows(x);
+  // one chunk (or inputs `whole` refuses, naming them): its own checks are enough
+  if (rows == 0 || x.dim() != 2 || x.size(0) <= rows) return all_at_once();
+  // the slices below rely on consistent shapes
   const TargetArgs targets{y, target_jvp, target_grad, target_hvp2, target_hess};
   const auto dims =
       check_forward_inputs(x, directions, targets, weights, biases, activation, order);
   check_backward_inputs(dims, x, grad_loss, grad_f, grad_u, grad_w, f, u, w, saved);
   const int64_t batch = dims.batch;
-  const int64_t rows = dims.hidden_total() > 0 ? recompute_rows(x) : 0;
-  if (rows == 0 || batch <= rows) return all_at_once();
 
   auto grad_x = need_grad_x ? at::empty({batch, dims.in_features}, x.options())
                             : at::empty({0}, x.options());
