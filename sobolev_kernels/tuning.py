@@ -181,10 +181,12 @@ def load(path: str | os.PathLike) -> int:
     return len(data["choices"])
 
 
+@functools.cache
 def _machine() -> dict[str, object]:
     """What a file's choices hold for: this format, these versions (and this package's very
     sources: its version number stays put between commits, and a choice of older code may be
-    a launch config since found to fault), these GPUs."""
+    a launch config since found to fault), these GPUs. Once per process (save() runs after
+    each new measurement); callers copy it."""
     from . import __version__
 
     try:
