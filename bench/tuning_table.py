@@ -52,5 +52,7 @@ def _candidate(candidate) -> str:
         fields = candidate._asdict()
         resident, activated = fields.pop("resident", False), fields.pop("activated", False)
         form = "resident: " if resident else "activated: " if activated else ""
+        dw_tiles = fields.pop("dw_tiles", 1)  # the persistent backward's spans
+        form += f"spans of {dw_tiles} tiles: " if dw_tiles > 1 else ""
         return form + ", ".join(f"{k} {v}" for k, v in fields.items())
     return str(candidate)

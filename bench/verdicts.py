@@ -54,6 +54,10 @@ def _activated(text: str) -> bool:
     return text.startswith("activated: ")
 
 
+def _spans(text: str) -> bool:  # "spans of 8 tiles: rows 16, ..."
+    return text.startswith("spans of ")
+
+
 _LAUNCH_CONFIGS = (("test_every_launch_config_is_correct_on_the_gpu", None),)
 _WEIGHT_GRADS = "test_weight_gradient_methods_on_gpu"
 FORMS = [
@@ -66,6 +70,8 @@ FORMS = [
          candidate=_method("splitk_unpipelined")),
     Form("column-block tiles of 128 rows", _LAUNCH_CONFIGS, candidate=_tall_column_blocks),
     Form("activated", _LAUNCH_CONFIGS, candidate=_activated),  # the forward's activated twin
+    Form("spans of tiles", (("test_persistent_backward_in_spans_on_the_gpu", None),),
+         candidate=_spans),  # the persistent backward's twin
     Form("triton_split_tf32x3", (("test_split_tf32x3_kernels_agree_on_the_gpu", None),),
          "triton_split_tf32x3", "triton"),
     Form("triton_kmajor_inputs", (("test_transposed_inputs_agree_on_the_gpu", None),),

@@ -5,13 +5,15 @@ ahead-of-time compiles (no GPU): clues for choosing defaults, not speed.
     python investigations/triton_resource_survey.py --tensor-cores \
         bench/results/triton_tensor_cores.md
     python investigations/triton_resource_survey.py --persistent out.md   # a table to paste
+    python investigations/triton_resource_survey.py --persistent --spans out.md
 
 Config M on sm_90 over dot precisions, rows per program, warps and K chunks; then large
 tiles over warps, and many directions over directions per pass. ``--tensor-cores``: the
 autotuner's candidates of configs S, M, M order 2 and L in fp32 and bf16, on sm_80 and sm_90,
 with their tensor-core (HMMA: mma.sync, HGMMA: wgmma) and FMA instruction counts in the SASS.
 ``--persistent``: the persistent kernels (``persistent_backward.py``, the persistent forward)
-of those configs, static and 64-row tensor-core launches, on ``--arch``.
+of those configs, static and 64-row tensor-core launches, on ``--arch``; with ``--spans`` the
+backwards on one row tile a span and on their tuner twins' spans.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton  # noqa: E402
 
 from sobolev_kernels.triton.aot import SHARED_LIMIT, compile_step, resources, sass  # noqa: E402
+from sobolev_kernels.triton.choices import _with_dw_tiles  # noqa: E402
 from sobolev_kernels.triton.layout import CHUNK, TILE_PER_THREAD, Layout  # noqa: E402
 
 # config M (bench/step.py) in fp32 under each dot precision and in bf16, over launch configs
@@ -176,29 +179,36 @@ def tensor_core_survey(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def persistent_survey(path: Path, arch: int = 90) -> None:
+def persistent_survey(path: Path, arch: int = 90, spans: bool = False) -> None:
     """The persistent forward, backward after a forward that kept nothing and backward after
     one that saved, for the configs above in fp32 (and M in bf16): the static launch and the
-    64-row tensor-core one, as a markdown table."""
+    64-row tensor-core one, as a markdown table. ``spans``: the two backwards only, on one
+    row tile a span and on their tuner twin's spans (``choices._with_dw_tiles``)."""
     lines = [
         "| config | dtype | arch | triton | launch | kernel | REG | STACK | shared | compile s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     kernels = ("fwd_persistent", "bwd_persistent", "bwd_persistent_saved")
+    kernels = kernels[1:] if spans else kernels
     cases = [(c, "fp32") for c in TC_CONFIGS] + [(TC_CONFIGS[1], "bf16")]
     for (name, widths, k, order), dtype in cases:
         layout = Layout(widths, k, order)
         size = 4 if dtype == "fp32" else 2
         static = layout.static_config(size, SHARED_LIMIT[arch])
         tensor_core = layout.tensor_core_config("tf32x3" if dtype == "fp32" else "ieee")
-        for label, c in (("static", static), ("tensor-core", tensor_core)):
+        launches = [("static", static), ("tensor-core", tensor_core)]
+        if spans:
+            launches = [(label, twin) for label, c in launches
+                        for twin in _with_dw_tiles(layout, [c])]  # fmt: skip
+        for label, c in launches:
             launch = f"{label}: {c.rows} rows x {c.warps} warps, {c.precision}"
+            launch += f", spans of {c.dw_tiles} tiles" if spans else ""
             prefix = f"| {name} | {dtype} | sm_{arch} | {triton.__version__} | {launch} | "
             start = time.perf_counter()
             try:
                 for kernel, compiled in compile_step(layout, c.rows, c.warps, 0, c.precision,
                                                      c.chunk, dtype, arch, c.group, c.cols,
-                                                     kernels):  # fmt: skip
+                                                     kernels, dw_tiles=c.dw_tiles):  # fmt: skip
                     res = resources(compiled)
                     lines.append(prefix + f"{kernel} | {res.get('REG')} | {res.get('STACK', 0)} "
                                  f"| {compiled.metadata.shared} | "
@@ -239,9 +249,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--tensor-cores", action="store_true", help="the tensor-core table")
     parser.add_argument("--persistent", action="store_true", help="the persistent kernels")
+    parser.add_argument("--spans", action="store_true",
+                        help="with --persistent: the backwards on spans of tiles")  # fmt: skip
     args = parser.parse_args(argv)
     if args.persistent:
-        persistent_survey(args.out, args.arch)
+        persistent_survey(args.out, args.arch, args.spans)
     elif args.tensor_cores:
         tensor_core_survey(args.out)
     else:

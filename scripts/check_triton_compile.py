@@ -13,8 +13,9 @@ Each variant compiles as the static launch and as the autotuner's tensor-core ca
 static launch with 64-bit indices (past 2^31 elements), the static backward once more
 without its inputs stores (the ``recompute`` weight gradients' backward), the persistent
 forward and backward of a step that keeps nothing and the persistent backward after one
-that saves (``persistent_backward.py``), the split-K weight-gradient kernel with tensor-core
-dots, reading the stored inputs and forming them itself (recompute), in fp32 the
+that saves (``persistent_backward.py``; both backwards also on spans of row tiles), the
+split-K weight-gradient kernel with tensor-core dots, reading the stored inputs and forming
+them itself (recompute), in fp32 the
 tensor-core candidate and the split-K kernel with the kernels' own 3xTF32 dots
 (``SOBOLEV_TRITON_TF32X3=split``), in fp32 the split-K kernel (its row loop pipelined and
 not) and the backward with the inputs stacks transposed
@@ -44,6 +45,7 @@ from sobolev_kernels.triton.aot import (  # noqa: E402
     resources,
     sass,
 )
+from sobolev_kernels.triton.choices import _with_dw_tiles  # noqa: E402
 from sobolev_kernels.triton.layout import MIN_PAD, Layout  # noqa: E402
 from sobolev_kernels.triton.parameter_grads import _splitk_tiles  # noqa: E402
 
@@ -99,6 +101,10 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
     problems += _check_config(layout, static, variant, arch, dtype != "fp32", ("fwd_persistent",))
     problems += _check_config(layout, static, variant, arch, True,
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
+    # its tuner twin on spans of row tiles (choices._with_dw_tiles), after either forward
+    spans = _with_dw_tiles(layout, [static])[-1]
+    problems += _check_config(layout, spans._replace(dw_tiles=max(2, spans.dw_tiles)), variant,
+                              arch, True, ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):
         problems += _check_weight_grad(layout, tensor_core.precision, variant, arch, recompute)
     # the split-K kernel on output tiles of up to 128, 8 warps (splitk_wide, recompute_wide),
@@ -169,6 +175,7 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
         + ("" if store_inputs else " no inputs stores")
         + (" 64-bit indices" if index64 else "")
         + (" inputs k-major" if inputs_kmajor else "")
+        + (f" spans of {config.dw_tiles} tiles" if config.dw_tiles > 1 else "")
     )
     problems = []
     start = time.perf_counter()
@@ -177,7 +184,8 @@ def _check_config(layout, config, variant, arch, needs_tensor_cores, kernels=("f
                                            config.precision, config.chunk, dtype, arch,
                                            config.group, config.cols, kernels,
                                            store_inputs, index64,
-                                           inputs_kmajor=inputs_kmajor):  # fmt: skip
+                                           inputs_kmajor=inputs_kmajor,
+                                           dw_tiles=config.dw_tiles):  # fmt: skip
             shared, res = compiled.metadata.shared, resources(compiled)
             tensor_ops = len(re.findall(r"\bH(?:G)?MMA\b", sass(compiled)))
             print(f"{label} {name}: shared={shared} (estimated {estimate}) reg={res.get('REG')} "

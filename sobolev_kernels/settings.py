@@ -1,13 +1,13 @@
 """The ``SOBOLEV_*`` environment settings' parsing, shared by the backends: a value among a
-few (``env_choice``) or a 0/1 flag (``env_flag``); anything else raises, naming the variable
-and what it takes. The settings themselves are documented where they are read, but the one
-read in several places (``save_activations``)."""
+few (``env_choice``), a 0/1 flag (``env_flag``) or a count (``env_positive_int``); anything
+else raises, naming the variable and what it takes. The settings themselves are documented
+where they are read, but the one read in several places (``save_activations``)."""
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["env_choice", "env_flag", "save_activations"]
+__all__ = ["env_choice", "env_flag", "env_positive_int", "save_activations"]
 
 
 def env_choice(variable: str, values: tuple[str, ...], default: str) -> str:
@@ -23,6 +23,19 @@ def env_choice(variable: str, values: tuple[str, ...], default: str) -> str:
 def env_flag(variable: str, default: str) -> bool:
     """A 0/1 setting (``default`` where unset); anything else raises, naming the variable."""
     return env_choice(variable, ("0", "1"), default) == "1"
+
+
+def env_positive_int(variable: str, default: int) -> int:
+    """A positive integer setting (``default`` where unset); anything else raises, naming the
+    variable."""
+    raw = os.environ.get(variable, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{variable}: expected a positive integer, got {raw!r}")
+    return value
 
 
 def save_activations() -> bool:

@@ -446,6 +446,73 @@ def test_persistent_step_with_one_hidden_layer_and_directional_targets(monkeypat
     assert runs and all(r == (0, 1) for r in runs), runs
 
 
+# Spans of several row tiles a weight-gradient step (LaunchConfig.dw_tiles, a twin the GPU's
+# tuner offers): the static launch's 16-sample tiles in spans of 2 on the interpreter's two
+# programs. B = 37 is two spans, the second one ragged (5 samples: its second tile empty);
+# B = 80 three, so that program 0 adds its second span to its partial row.
+@pytest.mark.parametrize(
+    "order, directions, bias, dtype, save, batch",
+    [(1, "per_row", True, torch.float32, False, 37),
+     (1, "shared", True, torch.float32, True, 80),
+     (2, "per_row", False, torch.float32, False, 80),
+     (2, "shared", True, torch.float32, True, 37),
+     (1, "per_row", True, torch.bfloat16, True, 80)],
+)  # fmt: skip
+def test_persistent_backward_in_spans_of_tiles(monkeypatch, order, directions, bias, dtype,
+                                               save, batch):  # fmt: skip
+    spans = _in_spans(monkeypatch, 2)
+    shape = dict(batch=batch, dim=3, width=24, out=2, k=3, layers=4, directions=directions,
+                 bias=bias, activation="tanh", dtype=dtype, device=DEVICE)  # fmt: skip
+    model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
+    rtol = tolerance("triton", dtype, "cuda" if HAS_CUDA else "cpu")
+    with _persistent_backward(monkeypatch, save) as runs:
+        assert_backends_agree(model, x, y, kw, "triton", rtol, expected_model=upcast_model(model),
+                              order=order)  # fmt: skip
+    assert runs and all(r == (0, 1) for r in runs), runs
+    assert spans and all(2 * c.rows < batch for c in spans), spans  # more than one span
+
+
+def _in_spans(monkeypatch, tiles: int | None = None) -> list:
+    """The persistent backward's launch config (the tuner's choice, or the static one) run on
+    spans of ``tiles`` row tiles (None: as its tuner twin has them); returns the configs run."""
+    from sobolev_kernels.triton import choices, launch
+
+    real, spans = launch._launch_config, []
+
+    def in_spans(kernel, layout, *args, **kwargs):
+        config = real(kernel, layout, *args, **kwargs)
+        if kernel == "bwd_persistent":
+            twin = choices._with_dw_tiles(layout, [config._replace(dw_tiles=1)])[-1]
+            config = config._replace(dw_tiles=tiles or max(2, twin.dw_tiles))
+            spans.append(config)
+        return config
+
+    monkeypatch.setattr(launch, "_launch_config", in_spans)
+    return spans
+
+
+def test_persistent_spans_are_twins_of_the_candidates():
+    """Each candidate of fewer than DW_SPAN_ROWS stacked rows a tile gets a twin on spans of
+    the fewest tiles (a power of two) that reach it; one of enough rows gets none. Its tuning
+    table row names the form."""
+    from bench.tuning_table import _candidate
+    from sobolev_kernels.triton import choices
+    from sobolev_kernels.triton.layout import LaunchConfig, Layout
+
+    layout = Layout.of((16, 128, 128, 128, 8), 2, 1)  # config M: 3 stacked rows a sample
+    small, wide = LaunchConfig(16, 8, 32, 2, "ieee"), LaunchConfig(128, 8, 32, 1, "tf32x3")
+    out = choices._with_dw_tiles(layout, [small, wide])
+    assert out == [small, wide, small._replace(dw_tiles=8)]  # 48 x 8 = 384 >= 256 > 192
+    assert (
+        choices._with_dw_tiles(
+            Layout.of((2, 64, 64, 64, 1), 1, 1), [LaunchConfig(32, 4, 32, 1, "ieee")]
+        )[1].dw_tiles
+        == 4
+    )
+    assert _candidate(out[2]).startswith("spans of 8 tiles: rows 16, warps 8")
+    assert _candidate(small) == "rows 16, warps 8, chunk 32, group 2, precision ieee, cols 0"
+
+
 @contextlib.contextmanager
 def _persistent_backward(monkeypatch, save=False):
     """The persistent backward (after a forward that keeps nothing unless ``save``); yields,
@@ -573,10 +640,19 @@ def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
     for kernel, only in (("bwd", False), ("bwd_persistent", True)):
         launch._launch_config(kernel, layout, x, {}, False, lambda c: None, only)
     assert offered["bwd"] == layout.launch_configs(4, None, "ieee", "tf32x3")
-    assert [(c.precision, c.cols) for c in offered["bwd_persistent"]] == [
-        ("ieee", 0),
-        ("tf32x3", 0),
+    persistent = offered["bwd_persistent"]
+    assert [(c.precision, c.cols, c.dw_tiles > 1) for c in persistent] == [
+        ("ieee", 0, False),
+        ("tf32x3", 0, False),
+        ("ieee", 0, True),  # their twins on spans of tiles (unmeasured on a GPU)
+        ("tf32x3", 0, True),
     ]
+    assert persistent[2:] == [c._replace(dw_tiles=persistent[2].dw_tiles) for c in persistent[:2]]
+    monkeypatch.setenv("SOBOLEV_TRITON_UNMEASURED", "0")
+    offered.clear()
+    launch._launch_config("bwd_persistent", layout, x, {}, False, lambda c: None, True)
+    assert offered["bwd_persistent"] == persistent[:2]
+    monkeypatch.delenv("SOBOLEV_TRITON_UNMEASURED")
 
     # with the 64-row one, under a key of its own: fp32's default, and bf16's where it is 1
     def offered_to(x):
@@ -596,7 +672,7 @@ def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
     for kernel, only in (("bwd", False), ("bwd_persistent", True)):
         launch._launch_config(kernel, layout, x, {}, False, lambda c: None, only)
     assert offered["bwd"] == layout.launch_configs(4, None, "ieee", "tf32x3", wide=True)
-    assert [(c.precision, c.cols) for c in offered["bwd_persistent"]] == [
+    assert [(c.precision, c.cols) for c in offered["bwd_persistent"] if c.dw_tiles == 1] == [
         ("ieee", 0),
         ("tf32x3", 0),
         ("tf32x3", layout.tensor_core_config("tf32x3").cols),
@@ -612,10 +688,11 @@ def test_save_activations_and_recompute_rows_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="SOBOLEV_SAVE_ACTIVATIONS: expected 0 or 1"):
         sk.sobolev_loss(model, x, y, backend="triton", **kw)
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", "0")
-    monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", "0")
-    loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
-    with pytest.raises(ValueError, match="SOBOLEV_TRITON_RECOMPUTE_ROWS: expected a positive"):
-        loss.backward()
+    for bad in ("0", "1e3"):
+        monkeypatch.setenv("SOBOLEV_TRITON_RECOMPUTE_ROWS", bad)
+        loss = sk.sobolev_loss(model, x, y, backend="triton", **kw)
+        with pytest.raises(ValueError, match=f"RECOMPUTE_ROWS: expected a positive .*'{bad}'"):
+            loss.backward()
 
 
 def test_weight_gradient_method_choice(monkeypatch):
@@ -846,6 +923,20 @@ def test_persistent_backward_on_gpu(monkeypatch, save, order, dtype):
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     _agree_on_gpu(dtype, order, k=3, layers=4, batch=2**15 + 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.unmeasured
+@pytest.mark.parametrize("save, order, dtype", [("0", 1, torch.float32), ("1", 2, torch.float32),
+                                                ("1", 1, torch.bfloat16)])  # fmt: skip
+def test_persistent_backward_in_spans_on_the_gpu(monkeypatch, save, order, dtype):
+    """The persistent backward on spans of row tiles (its tuner twins), with more spans than
+    programs (every program adds several to its partial row, the last one ragged)."""
+    spans = _in_spans(monkeypatch)
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
+    monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
+    _agree_on_gpu(dtype, order, k=3, layers=4, batch=2**16 + 3)
+    assert spans and all(c.dw_tiles > 1 for c in spans), spans
 
 
 @pytest.mark.gpu

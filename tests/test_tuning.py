@@ -268,7 +268,7 @@ def test_launch_configs_start_with_the_static_choice(widths, k, order):
     # one candidate differs from the static choice in directions per pass alone
     other_group = [c for c in exact[1:] if c[:3] == configs[0][:3]]
     assert len(other_group) == (layout.kp > 1)
-    for rows, warps, chunk, group, _, cols, resident, activated in configs:
+    for rows, warps, chunk, group, _, cols, resident, activated, _ in configs:
         assert not resident  # the resident kernel's configs are Layout.resident_configs
         assert not activated  # the forward's activated twins are the launcher's
         assert rows >= MIN_PAD and rows & (rows - 1) == 0 and warps in (4, 8, 16)
@@ -496,7 +496,8 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, dtype=torch.fl
 def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, save):
     """The persistent backward (after a saving forward, and with its persistent forward
     after one that keeps nothing) in each of its tuner candidates: the static launch, it in
-    3xTF32 and the 64-row column-block one."""
+    3xTF32 and the 64-row column-block one, and their twins on spans of tiles."""
+    from sobolev_kernels.triton.choices import _with_dw_tiles
     from sobolev_kernels.triton.layout import Layout
 
     monkeypatch.setattr(tuning, "can_measure", lambda device: True)
@@ -511,9 +512,12 @@ def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, s
     persistent = [configs[0]] + [c for c in configs[1:]
                                  if (c.precision != "ieee" or c.cols) and c.rows <= 64]  # fmt: skip
     forwards = persistent if save == "0" else configs
+    persistent = _with_dw_tiles(layout, persistent)
+    assert any(c.dw_tiles > 1 for c in persistent)  # (the 16-row tiles' 64 stacked rows)
     for pick in range(len(persistent)):
         tuning.clear()
-        first = pick if save == "0" else 0  # the persistent forward's pick, or the static
+        # the persistent forward's pick (the twin's config's), or the static
+        first = pick % len(forwards) if save == "0" else 0
         script = [i == first for i in range(len(forwards))]
         script += [i == pick for i in range(len(persistent))]
         monkeypatch.setattr(tuning, "time_ms", _scripted_timer(script))

@@ -102,10 +102,11 @@ def step_constexprs(
 
 
 def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0,
-                          recompute: bool = True) -> dict:  # fmt: skip
+                          recompute: bool = True, dw_tiles: int = 1) -> dict:  # fmt: skip
     """The persistent backward's constexprs (``persistent_backward.py``) as ``launch.py`` sets them,
     from the backward kernel's ``bwd`` (the same tiles, dots and seeds); ``recompute``: after
-    a forward that kept nothing, else after one that saved its pre-activations."""
+    a forward that kept nothing, else after one that saved its pre-activations; ``dw_tiles``:
+    row tiles a span."""
     geometry = layout.weight_grad_constexprs(True)
     out = {k: v for k, v in bwd.items() if k not in ("STORE_INPUTS", "INDEX64", "INPUTS_KMAJOR")}
     out.update(
@@ -114,7 +115,7 @@ def persistent_constexprs(layout: Layout, bwd: dict, dtype: str, cols: int = 0,
         DB_OFFS=geometry["B_OFFS"], N_PARTIAL=geometry["N_PARTIAL"], BM=geometry["BM"],
         BN=geometry["BN"], BK=geometry["BK"],
         DW_PRECISION="ieee" if dtype != "fp32" else _precisions(torch.float32, False)[1],
-        RECOMPUTE=recompute,
+        RECOMPUTE=recompute, DW_TILES=dw_tiles,
     )  # fmt: skip
     return out
 
@@ -123,7 +124,7 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
                  dtype: str, arch: int, group: int | None = None, cols: int = 0,
                  kernels: tuple[str, ...] = ("fwd", "bwd"),
                  store_inputs: bool = True, index64: bool = False, aligned: bool = False,
-                 inputs_kmajor: bool = False) -> Iterator[tuple]:  # fmt: skip
+                 inputs_kmajor: bool = False, dw_tiles: int = 1) -> Iterator[tuple]:  # fmt: skip
     """(name, compiled kernel) of the forward, backward and persistent ones (``kernels``:
     "fwd", "fwd_activated" (the forward storing its activated layers), "bwd",
     "fwd_persistent", "bwd_persistent", "bwd_persistent_saved", and "fwd_resident" and
@@ -131,12 +132,13 @@ def compile_step(layout: Layout, rows: int, warps: int, act: int, precision: str
     (80, 90, ...); ``dtype`` is "fp32", "bf16" or "fp16". A variant that does not compile
     raises. ``aligned``: as launched on 16-byte aligned tensors and sizes that are multiples
     of 16 (``_aligned``), else assuming nothing of them. ``inputs_kmajor``: see
-    step_constexprs."""
+    step_constexprs; ``dw_tiles``: the persistent backward's row tiles a span."""
     constexprs = step_constexprs(layout, rows, warps, act, precision, chunk, group, cols,
                                  store_inputs, index64, inputs_kmajor)  # fmt: skip
-    constexprs["bwd_persistent"] = persistent_constexprs(layout, constexprs["bwd"], dtype, cols)
-    constexprs["bwd_persistent_saved"] = persistent_constexprs(layout, constexprs["bwd"], dtype,
-                                                               cols, recompute=False)  # fmt: skip
+    constexprs["bwd_persistent"] = persistent_constexprs(layout, constexprs["bwd"], dtype, cols,
+                                                         dw_tiles=dw_tiles)  # fmt: skip
+    constexprs["bwd_persistent_saved"] = persistent_constexprs(
+        layout, constexprs["bwd"], dtype, cols, recompute=False, dw_tiles=dw_tiles)  # fmt: skip
     # the forward that keeps nothing, per row tile into scratch of its own
     # the chunked forward storing its activated layers (choices._forward_activated)
     constexprs["fwd_activated"] = dict(constexprs["fwd"], ACTIVATED=True)

@@ -119,16 +119,18 @@ def _launch_config(
     if not unmeasured:  # (the 128-row column-block tiles: no GPU has run them yet)
         configs = [c for c in configs if not (c.cols and c.rows > 64)]
     configs = _with_activated(layout, configs, activated)
+    if kernel == "bwd_persistent" and unmeasured:
+        configs = _with_dw_tiles(layout, configs)
     return tuning.fastest(key, configs + resident, launch, _DOES_NOT_FIT)
 
 
 def _unmeasured_offered() -> bool:
     """SOBOLEV_TRITON_UNMEASURED: 1 (the default) or 0. With 0 the tuners leave out the
     candidates no GPU has run yet (docs/unmeasured.md): the 128-row column-block tiles, the
-    forward's activated twins and the weight gradients' UNMEASURED_METHODS
-    (``parameter_grads.py``). A safety valve: the GPU script sets it where its checks saw a kernel
-    fault, so that one unmeasured candidate cannot lose a run's benchmark (a fault loses the
-    process's CUDA context)."""
+    forward's activated twins, the weight gradients' UNMEASURED_METHODS
+    (``parameter_grads.py``) and the persistent backward's spans of tiles. A safety valve:
+    the GPU script sets it where its checks saw a kernel fault, so that one unmeasured
+    candidate cannot lose a run's benchmark (a fault loses the process's CUDA context)."""
     return env_flag("SOBOLEV_TRITON_UNMEASURED", "1")
 
 
@@ -176,6 +178,23 @@ def _with_activated(layout: Layout, configs: list[LaunchConfig],
         return [c._replace(activated=layout.activates_per_pass(c)) for c in configs]
     twins = [c._replace(activated=True) for c in configs
              if c.cols and layout.activates_per_pass(c)]  # fmt: skip
+    return configs + twins
+
+
+# The persistent backward's spans (persistent_backward.py): at least this many stacked rows a
+# weight-gradient step, in whole row tiles (a power of two of them)
+DW_SPAN_ROWS = 256
+
+
+def _with_dw_tiles(layout: Layout, configs: list[LaunchConfig]) -> list[LaunchConfig]:
+    """The persistent backward's candidates and, where a row tile has fewer than
+    DW_SPAN_ROWS stacked rows, each one's twin on spans of tiles that reach it (unmeasured on
+    a GPU: the form of one tile a span, which the H200 ran, stays a candidate)."""
+    twins = []
+    for c in configs:
+        tiles = next_power_of_2(-(-DW_SPAN_ROWS // (layout.blocks * c.rows)))
+        if tiles > 1:
+            twins.append(c._replace(dw_tiles=tiles))
     return configs + twins
 
 

@@ -10,13 +10,13 @@ the accumulation dtype (fp32). No autograd here: ``triton/ops.py`` registers the
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from ..settings import env_positive_int
 from . import direct_launch
 from .activations import SMOOTH
 from .backward import _sobolev_bwd_kernel
@@ -477,13 +477,7 @@ RECOMPUTE_ROWS = 16384
 def _recompute_rows(layout: Layout, batch: int) -> int:
     """Samples per chunk of a recomputing backward: SOBOLEV_TRITON_RECOMPUTE_ROWS (default
     RECOMPUTE_ROWS), at most what the split-K kernel's 32-bit offsets take."""
-    raw = os.environ.get("SOBOLEV_TRITON_RECOMPUTE_ROWS", str(RECOMPUTE_ROWS))
-    try:
-        rows = int(raw)
-    except ValueError:
-        rows = 0
-    if rows < 1:
-        raise ValueError(f"SOBOLEV_TRITON_RECOMPUTE_ROWS: expected a positive integer, got {raw!r}")
+    rows = env_positive_int("SOBOLEV_TRITON_RECOMPUTE_ROWS", RECOMPUTE_ROWS)
     return min(rows, batch, max(1, _splitk_max_batch(layout)))
 
 
@@ -569,7 +563,7 @@ def _backward_persistent(
     def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
         programs = _persistent_programs(batch, config, dev)
-        tile_rows = layout.blocks * config.rows
+        tile_rows = layout.blocks * config.rows * config.dw_tiles  # a span's stacked rows
         z = torch.empty(programs * tile_rows * sum(widths[1:-1]), device=dev,
                         dtype=_accumulation_dtype(dtype))  # fmt: skip
         adj = torch.empty(programs * tile_rows * sum(widths[1:]), device=dev, dtype=dtype)
@@ -580,7 +574,7 @@ def _backward_persistent(
             grad_w, z, saved if saved is not None else z, adj, grad_x if need_grad_x else x,
             partial if need_grad_params else z, batch, negative_slope, *coefs,
         ), {**_tuned(layout, config, "bwd"), "FWD_COLS": layout.col_blocks(config.cols, "fwd"),
-            **constexprs})  # fmt: skip
+            "DW_TILES": config.dw_tiles, **constexprs})  # fmt: skip
         return partial
 
     # (the static launch and the tensor-core ones: each candidate is a compile of tens of
@@ -593,10 +587,12 @@ def _backward_persistent(
 
 
 def _persistent_programs(batch: int, config: LaunchConfig, device: torch.device) -> int:
-    """Programs of a persistent kernel, at most one per row tile: as many per SM as the
-    backward's registers let run at once (ahead-of-time compiles use all 255 a thread: one
-    program of 8 warps, two of 4), since each further one only costs memory (its scratch,
-    and the backward's row of partial sums). Two where the interpreter runs it, so that a
-    program takes several tiles and the reduction adds several rows."""
+    """Programs of a persistent kernel, at most one per span of ``dw_tiles`` row tiles (a
+    tile, but in the persistent backward's spans): as many per SM as the backward's
+    registers let run at once (ahead-of-time compiles use all 255 a thread: one program of 8
+    warps, two of 4), since each further one only costs memory (its scratch, and the
+    backward's row of partial sums). Two where the interpreter runs it, so that a program
+    takes several spans and the reduction adds several rows."""
     per_sm = max(1, 8 // config.warps) if device.type == "cuda" else 2
-    return max(1, min(cdiv(batch, config.rows), per_sm * _multiprocessors(device)))
+    span = config.rows * config.dw_tiles
+    return max(1, min(cdiv(batch, span), per_sm * _multiprocessors(device)))

@@ -57,6 +57,8 @@ class LaunchConfig(NamedTuple):
     # the chunked forward storing each hidden layer's activated outputs once for the next
     # layer to reload, instead of its pre-activations activated again per pass (forward.py)
     activated: bool = False
+    # the persistent backward's row tiles per weight-gradient step (persistent_backward.py)
+    dw_tiles: int = 1
 
 
 def tf32_splits_rows(config: LaunchConfig) -> bool:
