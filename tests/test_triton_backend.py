@@ -930,9 +930,11 @@ def test_persistent_backward_on_gpu(monkeypatch, save, order, dtype):
 @pytest.mark.parametrize("save, order, dtype", [("0", 1, torch.float32), ("1", 2, torch.float32),
                                                 ("1", 1, torch.bfloat16)])  # fmt: skip
 def test_persistent_backward_in_spans_on_the_gpu(monkeypatch, save, order, dtype):
-    """The persistent backward on spans of row tiles (its tuner twins), with more spans than
-    programs (every program adds several to its partial row, the last one ragged)."""
+    """The persistent backward on spans of row tiles (the static launch's tuner twin), with
+    more spans than programs (every program adds several to its partial row, the last one
+    ragged). Untuned: the other candidates' compiles are the next tests'."""
     spans = _in_spans(monkeypatch)
+    monkeypatch.setenv("SOBOLEV_AUTOTUNE", "0")
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     _agree_on_gpu(dtype, order, k=3, layers=4, batch=2**16 + 3)
