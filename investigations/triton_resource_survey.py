@@ -197,9 +197,11 @@ def persistent_survey(path: Path, arch: int = 90, spans: bool = False) -> None:
         static = layout.static_config(size, SHARED_LIMIT[arch])
         tensor_core = layout.tensor_core_config("tf32x3" if dtype == "fp32" else "ieee")
         launches = [("static", static), ("tensor-core", tensor_core)]
+        if spans and dtype == "fp32":  # (the tuner's twins: of its tensor-core candidates)
+            launches.insert(1, ("static in 3xTF32", static._replace(precision="tf32x3")))
         if spans:
             launches = [(label, twin) for label, c in launches
-                        for twin in _with_dw_tiles(layout, [c])]  # fmt: skip
+                        for twin in _with_dw_tiles(layout, [c], c.precision)]  # fmt: skip
         for label, c in launches:
             launch = f"{label}: {c.rows} rows x {c.warps} warps, {c.precision}"
             launch += f", spans of {c.dw_tiles} tiles" if spans else ""

@@ -102,7 +102,7 @@ def check(variant, arch: int, quick: bool = False, core: bool = False) -> list[s
     problems += _check_config(layout, static, variant, arch, True,
                               ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     # its tuner twin on spans of row tiles (choices._with_dw_tiles), after either forward
-    spans = _with_dw_tiles(layout, [static])[-1]
+    spans = _with_dw_tiles(layout, [static], static.precision)[-1]
     problems += _check_config(layout, spans._replace(dw_tiles=max(2, spans.dw_tiles)), variant,
                               arch, True, ("bwd_persistent", "bwd_persistent_saved"))  # fmt: skip
     for recompute in (False, True):

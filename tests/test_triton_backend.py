@@ -449,18 +449,20 @@ def test_persistent_step_with_one_hidden_layer_and_directional_targets(monkeypat
 # Spans of several row tiles a weight-gradient step (LaunchConfig.dw_tiles, a twin the GPU's
 # tuner offers): the static launch's 16-sample tiles in spans of 2 on the interpreter's two
 # programs. B = 37 is two spans, the second one ragged (5 samples: its second tile empty);
-# B = 80 three, so that program 0 adds its second span to its partial row.
+# B = 80 three, so that program 0 adds its second span to its partial row. And the 64-row
+# column-block launch in 3xTF32 (a tensor-core candidate) at B = 300: three spans of 128.
 @pytest.mark.parametrize(
-    "order, directions, bias, dtype, save, batch",
-    [(1, "per_row", True, torch.float32, False, 37),
-     (1, "shared", True, torch.float32, True, 80),
-     (2, "per_row", False, torch.float32, False, 80),
-     (2, "shared", True, torch.float32, True, 37),
-     (1, "per_row", True, torch.bfloat16, True, 80)],
+    "order, directions, bias, dtype, save, batch, launch",
+    [(1, "per_row", True, torch.float32, False, 37, "static"),
+     (1, "shared", True, torch.float32, True, 80, "static"),
+     (2, "per_row", False, torch.float32, False, 80, "static"),
+     (2, "shared", True, torch.float32, True, 37, "static"),
+     (1, "per_row", True, torch.bfloat16, True, 80, "static"),
+     (1, "per_row", True, torch.float32, False, 300, "tensor_core")],
 )  # fmt: skip
 def test_persistent_backward_in_spans_of_tiles(monkeypatch, order, directions, bias, dtype,
-                                               save, batch):  # fmt: skip
-    spans = _in_spans(monkeypatch, 2)
+                                               save, batch, launch):  # fmt: skip
+    spans = _in_spans(monkeypatch, 2, tensor_core=launch == "tensor_core")
     shape = dict(batch=batch, dim=3, width=24, out=2, k=3, layers=4, directions=directions,
                  bias=bias, activation="tanh", dtype=dtype, device=DEVICE)  # fmt: skip
     model, x, y, kw = sample_inputs(**shape) if order == 1 else order2_inputs(**shape)
@@ -472,9 +474,10 @@ def test_persistent_backward_in_spans_of_tiles(monkeypatch, order, directions, b
     assert spans and all(2 * c.rows < batch for c in spans), spans  # more than one span
 
 
-def _in_spans(monkeypatch, tiles: int | None = None) -> list:
-    """The persistent backward's launch config (the tuner's choice, or the static one) run on
-    spans of ``tiles`` row tiles (None: as its tuner twin has them); returns the configs run."""
+def _in_spans(monkeypatch, tiles: int | None = None, tensor_core: bool = False) -> list:
+    """The persistent backward's launch config (the tuner's choice, or the static one; or
+    ``tensor_core``, the 64-row column-block one in 3xTF32) run on spans of ``tiles`` row
+    tiles (None: as its tuner twin has them); returns the configs run."""
     from sobolev_kernels.triton import choices, launch
 
     real, spans = launch._launch_config, []
@@ -482,7 +485,11 @@ def _in_spans(monkeypatch, tiles: int | None = None) -> list:
     def in_spans(kernel, layout, *args, **kwargs):
         config = real(kernel, layout, *args, **kwargs)
         if kernel == "bwd_persistent":
-            twin = choices._with_dw_tiles(layout, [config._replace(dw_tiles=1)])[-1]
+            if tensor_core:
+                config = layout.tensor_core_config("tf32x3")
+            twin = choices._with_dw_tiles(layout, [config._replace(dw_tiles=1)], config.precision)[
+                -1
+            ]
             config = config._replace(dw_tiles=tiles or max(2, twin.dw_tiles))
             spans.append(config)
         return config
@@ -492,25 +499,24 @@ def _in_spans(monkeypatch, tiles: int | None = None) -> list:
 
 
 def test_persistent_spans_are_twins_of_the_candidates():
-    """Each candidate of fewer than DW_SPAN_ROWS stacked rows a tile gets a twin on spans of
-    the fewest tiles (a power of two) that reach it; one of enough rows gets none. Its tuning
+    """Each tensor-core candidate of fewer than DW_SPAN_ROWS stacked rows a tile gets a twin
+    on spans of the fewest tiles (a power of two) that reach it; one of enough rows gets
+    none, nor does an fp32 FMA one (a bf16 model's are all tensor-core ones). Its tuning
     table row names the form."""
     from bench.tuning_table import _candidate
     from sobolev_kernels.triton import choices
     from sobolev_kernels.triton.layout import LaunchConfig, Layout
 
     layout = Layout.of((16, 128, 128, 128, 8), 2, 1)  # config M: 3 stacked rows a sample
-    small, wide = LaunchConfig(16, 8, 32, 2, "ieee"), LaunchConfig(128, 8, 32, 1, "tf32x3")
-    out = choices._with_dw_tiles(layout, [small, wide])
-    assert out == [small, wide, small._replace(dw_tiles=8)]  # 48 x 8 = 384 >= 256 > 192
-    assert (
-        choices._with_dw_tiles(
-            Layout.of((2, 64, 64, 64, 1), 1, 1), [LaunchConfig(32, 4, 32, 1, "ieee")]
-        )[1].dw_tiles
-        == 4
-    )
-    assert _candidate(out[2]).startswith("spans of 8 tiles: rows 16, warps 8")
-    assert _candidate(small) == "rows 16, warps 8, chunk 32, group 2, precision ieee, cols 0"
+    small = LaunchConfig(16, 8, 32, 2, "tf32x3")
+    fma, tall = small._replace(precision="ieee"), LaunchConfig(128, 8, 32, 1, "tf32x3")
+    out = choices._with_dw_tiles(layout, [fma, small, tall], "tf32x3")
+    assert out == [fma, small, tall, small._replace(dw_tiles=8)]  # 48 x 8 = 384 >= 256 > 192
+    assert choices._with_dw_tiles(layout, [fma], "ieee") == [fma, fma._replace(dw_tiles=8)]
+    s_layout = Layout.of((2, 64, 64, 64, 1), 1, 1)  # config S: 2 stacked rows a sample
+    assert choices._with_dw_tiles(s_layout, [small], "tf32x3")[1].dw_tiles == 8
+    assert _candidate(out[3]).startswith("spans of 8 tiles: rows 16, warps 8")
+    assert _candidate(fma) == "rows 16, warps 8, chunk 32, group 2, precision ieee, cols 0"
 
 
 @contextlib.contextmanager
@@ -644,10 +650,9 @@ def test_persistent_backward_tunes_fewer_launch_configs(monkeypatch):
     assert [(c.precision, c.cols, c.dw_tiles > 1) for c in persistent] == [
         ("ieee", 0, False),
         ("tf32x3", 0, False),
-        ("ieee", 0, True),  # their twins on spans of tiles (unmeasured on a GPU)
-        ("tf32x3", 0, True),
+        ("tf32x3", 0, True),  # its twin on spans of tiles (unmeasured on a GPU)
     ]
-    assert persistent[2:] == [c._replace(dw_tiles=persistent[2].dw_tiles) for c in persistent[:2]]
+    assert persistent[2] == persistent[1]._replace(dw_tiles=persistent[2].dw_tiles)
     monkeypatch.setenv("SOBOLEV_TRITON_UNMEASURED", "0")
     offered.clear()
     launch._launch_config("bwd_persistent", layout, x, {}, False, lambda c: None, True)

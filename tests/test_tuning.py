@@ -492,11 +492,12 @@ def _every_launch_config_agrees(monkeypatch, device, order, rtol, dtype=torch.fl
 
 @needs_triton
 @pytest.mark.skipif(HAS_CUDA, reason="the interpreter's check; the GPU runs the gpu tests")
-@pytest.mark.parametrize("save", ["1", "0"])
-def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, save):
+@pytest.mark.parametrize("save, k", [("1", 3), ("0", 3), ("0", 1)])
+def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, save, k):
     """The persistent backward (after a saving forward, and with its persistent forward
     after one that keeps nothing) in each of its tuner candidates: the static launch, it in
-    3xTF32 and the 64-row column-block one, and their twins on spans of tiles."""
+    3xTF32 and the 64-row column-block one, and with one direction (two stacked rows a
+    sample) the tensor-core ones' twins on spans of tiles."""
     from sobolev_kernels.triton.choices import _with_dw_tiles
     from sobolev_kernels.triton.layout import Layout
 
@@ -506,14 +507,14 @@ def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, s
     monkeypatch.setenv("SOBOLEV_TRITON_WIDE_TILES", "1")
     # (the forward's activated twins: test_forward_activated.py, and on a GPU the sweep above)
     monkeypatch.setenv("SOBOLEV_TRITON_FORWARD_ACTIVATED", "0")
-    shape = dict(batch=17, dim=3, width=40, out=2, k=3)  # (two tiles at 16 rows, ragged)
-    layout = Layout((3, 40, 40, 2), 3, 1)
+    shape = dict(batch=17, dim=3, width=40, out=2, k=k)  # (two tiles at 16 rows, ragged)
+    layout = Layout((3, 40, 40, 2), k, 1)
     configs = layout.launch_configs(4, None, "ieee", "tf32x3", wide=True)
     persistent = [configs[0]] + [c for c in configs[1:]
                                  if (c.precision != "ieee" or c.cols) and c.rows <= 64]  # fmt: skip
     forwards = persistent if save == "0" else configs
-    persistent = _with_dw_tiles(layout, persistent)
-    assert any(c.dw_tiles > 1 for c in persistent)  # (the 16-row tiles' 64 stacked rows)
+    persistent = _with_dw_tiles(layout, persistent, "tf32x3")
+    assert any(c.dw_tiles > 1 for c in persistent) == (k == 1)  # (K = 3: 64-row tiles fill)
     for pick in range(len(persistent)):
         tuning.clear()
         # the persistent forward's pick (the twin's config's), or the static

@@ -120,7 +120,7 @@ def _launch_config(
         configs = [c for c in configs if not (c.cols and c.rows > 64)]
     configs = _with_activated(layout, configs, activated)
     if kernel == "bwd_persistent" and unmeasured:
-        configs = _with_dw_tiles(layout, configs)
+        configs = _with_dw_tiles(layout, configs, tensor_core)
     return tuning.fastest(key, configs + resident, launch, _DOES_NOT_FIT)
 
 
@@ -186,14 +186,19 @@ def _with_activated(layout: Layout, configs: list[LaunchConfig],
 DW_SPAN_ROWS = 256
 
 
-def _with_dw_tiles(layout: Layout, configs: list[LaunchConfig]) -> list[LaunchConfig]:
+def _with_dw_tiles(layout: Layout, configs: list[LaunchConfig],
+                   tensor_core: str) -> list[LaunchConfig]:  # fmt: skip
     """The persistent backward's candidates and, where a row tile has fewer than
-    DW_SPAN_ROWS stacked rows, each one's twin on spans of tiles that reach it (unmeasured on
-    a GPU: the form of one tile a span, which the H200 ran, stays a candidate)."""
+    DW_SPAN_ROWS stacked rows, the twin of each tensor-core one (dots in ``tensor_core``
+    precision) on spans of tiles that reach it (unmeasured on a GPU: the form of one tile a
+    span, which the H200 ran, stays a candidate). Not of fp32's FMA candidates: the H200 had
+    the backward kernel's FMA launches 1.6-1.8x slower than their 3xTF32 twins (run 5,
+    configs S and M; the persistent one's no faster), and each twin is a compile of up to a
+    minute in the GPU script's precompile."""
     twins = []
     for c in configs:
         tiles = next_power_of_2(-(-DW_SPAN_ROWS // (layout.blocks * c.rows)))
-        if tiles > 1:
+        if tiles > 1 and (c.precision == tensor_core or c.cols):
             twins.append(c._replace(dw_tiles=tiles))
     return configs + twins
 

@@ -25,9 +25,9 @@ around dots over (1 + order K) x span stacked rows. With one tile a span (DW_TIL
 form the H200 measured, 2026-11-27), that was 48 stacked rows at config M (16-row tiles): the
 persistent backward took 4.1 ms there in fp32, in 3xTF32 as on the FMA units, where the
 backward kernel of those tiles alone took 1.0 ms and the split-K kernel the same weight
-gradients in 0.75 ms. Spans of several tiles (``LaunchConfig.dw_tiles``, a tuner twin of each
-candidate: ``choices._with_dw_tiles``) read the row once per span and give the dots a span's
-rows; their scratch grows with the span.
+gradients in 0.75 ms. Spans of several tiles (``LaunchConfig.dw_tiles``, a tuner twin of
+each tensor-core candidate: ``choices._with_dw_tiles``) read the row once per span and give
+the dots a span's rows; their scratch grows with the span.
 
 One reduction over the programs' rows then gives the parameter gradients (``_sum_partials``):
 two launches for the whole backward, no stack of the batch but the forward's saved one, and
