@@ -15,12 +15,11 @@ without its inputs stores (the ``recompute`` weight gradients' backward), the pe
 forward and backward of a step that keeps nothing and the persistent backward after one
 that saves (``persistent_backward.py``; both backwards also on spans of row tiles), the
 split-K weight-gradient kernel with tensor-core dots, reading the stored inputs and forming
-them itself (recompute), in fp32 the
-tensor-core candidate and the split-K kernel with the kernels' own 3xTF32 dots
-(``SOBOLEV_TRITON_TF32X3=split``), in fp32 the split-K kernel (its row loop pipelined and
-not) and the backward with the inputs stacks transposed
-(``SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor``), and the resident
-forward and backward (``forward_resident.py``, ``backward_resident.py``) in their configs.
+them itself (recompute), in fp32 the tensor-core candidate and the split-K kernel with the
+kernels' own 3xTF32 dots (``SOBOLEV_TRITON_TF32X3=split``), in fp32 the split-K kernel (its
+row loop pipelined and not) and the backward with the inputs stacks transposed
+(``SOBOLEV_TRITON_INPUTS_LAYOUT=kmajor``), and the resident forward and backward
+(``forward_resident.py``, ``backward_resident.py``) in their configs.
 Exit status 1 if one fails to compile, needs more shared memory than the backend estimated
 (the estimate decides whether a problem fits), or, as a tensor-core launch, has no
 tensor-core instruction in its SASS. Resource surveys over launch configs live in

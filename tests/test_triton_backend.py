@@ -487,9 +487,8 @@ def _in_spans(monkeypatch, tiles: int | None = None, tensor_core: bool = False) 
         if kernel == "bwd_persistent":
             if tensor_core:
                 config = layout.tensor_core_config("tf32x3")
-            twin = choices._with_dw_tiles(layout, [config._replace(dw_tiles=1)], config.precision)[
-                -1
-            ]
+            one_tile = config._replace(dw_tiles=1)
+            twin = choices._with_dw_tiles(layout, [one_tile], config.precision)[-1]
             config = config._replace(dw_tiles=tiles or max(2, twin.dw_tiles))
             spans.append(config)
         return config

@@ -517,7 +517,7 @@ def test_every_launch_config_of_the_persistent_kernels_is_correct(monkeypatch, s
     assert any(c.dw_tiles > 1 for c in persistent) == (k == 1)  # (K = 3: 64-row tiles fill)
     for pick in range(len(persistent)):
         tuning.clear()
-        # the persistent forward's pick (the twin's config's), or the static
+        # the persistent forward's pick (for a twin, another of its candidates), or the static
         first = pick % len(forwards) if save == "0" else 0
         script = [i == first for i in range(len(forwards))]
         script += [i == pick for i in range(len(persistent))]
