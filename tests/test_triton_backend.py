@@ -474,10 +474,12 @@ def test_persistent_backward_in_spans_of_tiles(monkeypatch, order, directions, b
     assert spans and all(2 * c.rows < batch for c in spans), spans  # more than one span
 
 
-def _in_spans(monkeypatch, tiles: int | None = None, tensor_core: bool = False) -> list:
-    """The persistent backward's launch config (the tuner's choice, or the static one; or
-    ``tensor_core``, the 64-row column-block one in 3xTF32) run on spans of ``tiles`` row
-    tiles (None: as its tuner twin has them); returns the configs run."""
+def _in_spans(monkeypatch, tiles: int | None = None, tensor_core: bool = False,
+              precision: str | None = None) -> list:  # fmt: skip
+    """The persistent backward's launch config (the tuner's choice, or the static one, its
+    dots in ``precision`` where given; or ``tensor_core``, the 64-row column-block one in
+    3xTF32) run on spans of ``tiles`` row tiles (None: as its tuner twin has them); returns
+    the configs run."""
     from sobolev_kernels.triton import choices, launch
 
     real, spans = launch._launch_config, []
@@ -487,6 +489,7 @@ def _in_spans(monkeypatch, tiles: int | None = None, tensor_core: bool = False) 
         if kernel == "bwd_persistent":
             if tensor_core:
                 config = layout.tensor_core_config("tf32x3")
+            config = config._replace(precision=precision or config.precision)
             one_tile = config._replace(dw_tiles=1)
             twin = choices._with_dw_tiles(layout, [one_tile], config.precision)[-1]
             config = config._replace(dw_tiles=tiles or max(2, twin.dw_tiles))
@@ -934,15 +937,16 @@ def test_persistent_backward_on_gpu(monkeypatch, save, order, dtype):
 @pytest.mark.parametrize("save, order, dtype", [("0", 1, torch.float32), ("1", 2, torch.float32),
                                                 ("1", 1, torch.bfloat16)])  # fmt: skip
 def test_persistent_backward_in_spans_on_the_gpu(monkeypatch, save, order, dtype):
-    """The persistent backward on spans of row tiles (the static launch's tuner twin), with
-    more spans than programs (every program adds several to its partial row, the last one
-    ragged). Untuned: the other candidates' compiles are the next tests'."""
-    spans = _in_spans(monkeypatch)
+    """The persistent backward on spans of row tiles (the tuner's twin of the static launch
+    on tensor cores: in fp32 its 3xTF32 form), with more spans than programs (every program
+    adds several to its partial row, the last one ragged). Untuned: the other candidates'
+    compiles are the next tests'."""
+    spans = _in_spans(monkeypatch, precision="tf32x3" if dtype == torch.float32 else None)
     monkeypatch.setenv("SOBOLEV_AUTOTUNE", "0")
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
     monkeypatch.setenv("SOBOLEV_TRITON_BACKWARD", "persistent")
     _agree_on_gpu(dtype, order, k=3, layers=4, batch=2**16 + 3)
-    assert spans and all(c.dw_tiles > 1 for c in spans), spans
+    assert spans and all(c.dw_tiles > 1 and c.rows == 16 for c in spans), spans
 
 
 @pytest.mark.gpu
