@@ -130,6 +130,28 @@ def test_a_tuner_form_over_the_tuning_tables(monkeypatch):
     assert candidate_row(choices, _FORM["recompute_wide"]) == ("0", "", "not measured")
 
 
+def test_the_persistent_spans_form_over_the_tuning_tables(monkeypatch):
+    """A launch config's span twin is a candidate of its own in the tables ("spans of N
+    tiles: ..."), which the `spans of tiles` form finds; its one-tile launch is not it."""
+    from bench.tuning_table import tuning_markdown
+    from sobolev_kernels import tuning
+    from sobolev_kernels.triton.layout import LaunchConfig
+
+    tuning.clear()
+    times = iter([2.0, 1.0])
+    monkeypatch.setattr(tuning, "time_ms", lambda fn: next(times))
+    one_tile = LaunchConfig(16, 8, 32, 2, "tf32x3")
+    key = ("triton", "bwd_persistent", "cuda:0", torch.float32, False, 65536,
+           (("K", 2), ("ORDER", 1), ("WIDTHS", (16, 128, 8))))  # fmt: skip
+    tuning.fastest(key, [one_tile, one_tile._replace(dw_tiles=8)], lambda c: None)
+    text = tuning_markdown()
+    tuning.clear()
+    assert "| spans of 8 tiles: rows 16, warps 8, chunk 32" in text
+    offered, won, spread = candidate_row(verdicts.tuning_choices(text), _FORM["spans of tiles"])
+    assert offered == "1" and won.startswith("1 (triton bwd_persistent")
+    assert spread == "0.50x to 0.50x, median 0.50x"
+
+
 def test_kernel_totals_read_the_profiles_precision_sections():
     text = "\n".join([
         "## fp32", "| config | provider | kernel | calls | us | share |",
