@@ -563,10 +563,10 @@ def _backward_persistent(
     def launch(config: LaunchConfig) -> Tensor:
         # Idempotent (every output is overwritten), so the tuner may run it repeatedly.
         programs = _persistent_programs(batch, config, dev)
-        tile_rows = layout.blocks * config.rows * config.dw_tiles  # a span's stacked rows
-        z = torch.empty(programs * tile_rows * sum(widths[1:-1]), device=dev,
+        span_rows = layout.blocks * config.rows * config.dw_tiles  # stacked rows of a span
+        z = torch.empty(programs * span_rows * sum(widths[1:-1]), device=dev,
                         dtype=_accumulation_dtype(dtype))  # fmt: skip
-        adj = torch.empty(programs * tile_rows * sum(widths[1:]), device=dev, dtype=dtype)
+        adj = torch.empty(programs * span_rows * sum(widths[1:]), device=dev, dtype=dtype)
         partial = torch.empty(programs, geometry["N_PARTIAL"] if need_grad_params else 0,
                               device=dev, dtype=torch.float32)  # fmt: skip
         direct_launch.launch(_sobolev_bwd_persistent_kernel, (programs,), (
