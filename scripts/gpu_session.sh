@@ -5,8 +5,14 @@
 #   bash scripts/gpu_session.sh bench report    # named stages again, on the same warm machine
 #   bash scripts/gpu_session.sh --dry-run       # the plan, every entry point checked (CI)
 #   bash scripts/gpu_session.sh explore         # an extra stage, not in the default run
+#   bash scripts/gpu_session.sh --prebuild      # HERE, before the first device call (no GPU,
+#       about 10 min on 2 cores): the bench's Triton kernels compiled for the device's Triton
+#       and Python into .gpu_work/prebuilt_triton_cache.tar.gz; then run this script on the
+#       device with carry=[".gpu_work/prebuilt_triton_cache.tar.gz"] (bench/triton_cache.py)
 # Stages, each under its own time limit in seconds (LIMIT below):
-#   env      10  the device, versions, commit (or a digest of the sources where git is absent)
+#   env      20  the device, versions, commit (or a digest of the sources where git is absent);
+#                the prebuilt Triton cache installed where carried (and keyed for this
+#                Triton: its compile part's cores then go to the tests)
 #   build    90  the CUDA extension against the machine's torch (where the vendored CUTLASS
 #                GEMM is what fails to compile, again without it); when it fails, the rest
 #                still runs (the Triton backend needs no build)
@@ -27,7 +33,7 @@
 #   sweep    40  (only when named) batch 2^10 to 2^20 at config M, fp32 and bf16, training
 #                step: in the default run it measured 2 of its 12 points in its 40 s (run 5,
 #                2026-11-27; a new batch is tuned afresh), so its time went to build and bench
-#   profile 100  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
+#   profile  90  config M's GPU time per kernel, fp32 and bf16, and what is live at the peak
 #                of memory; where a host-bound step's host time goes: M in bf16
 #                (bench.host_profile); that step with its loss under torch.compile(mode=
 #                "reduce-overhead"), whose CUDA graphs take the host's time away
@@ -59,7 +65,7 @@ TOTAL="${GPU_SESSION_SECONDS:-560}"
 STAGES=(env build checks bench sweep profile report explore)
 DEFAULT_STAGES=(env build checks bench profile report)
 # build: 70 s in run 5 (2026-11-27), beside the compile part
-declare -A LIMIT=([env]=10 [build]=90 [checks]=170 [bench]=180 [sweep]=40 [profile]=100 [report]=10
+declare -A LIMIT=([env]=20 [build]=90 [checks]=170 [bench]=180 [sweep]=40 [profile]=90 [report]=10
                   [explore]=280)
 BENCH_PRECOMPILE_SECONDS=60
 NCPU="$(nproc 2>/dev/null || echo 4)"
@@ -208,9 +214,19 @@ PY
     local ncu
     if ncu="$(find_tool ncu)"; then echo "ncu: $ncu, $(timeout 10 "$ncu" --version 2>&1 | tail -1)"
     else echo "ncu: not found"; fi
+    # the kernels compiled ahead of time here (bash scripts/gpu_session.sh --prebuild), where
+    # the device's run carried them: run 5's host took 191 s on 6 cores for half as many
+    timeout -k 5 "$1" "$PY" -m bench.triton_cache install 2>&1
     echo "cores: $NCPU (tests $TEST_JOBS, compile $COMPILE_JOBS)"
   } > "$WORK/env.txt"
   cat "$WORK/env.txt"
+  # with the benchmark's kernels already compiled, the compile part's cores go to the tests
+  # (cut by their limit in runs 3 to 6)
+  if grep -q "keyed for this Triton: yes" "$WORK/env.txt"; then
+    TEST_JOBS=$(( NCPU * 3 / 4 > 1 ? NCPU * 3 / 4 : 1 ))
+    COMPILE_JOBS=2
+    echo "prebuilt cache in place: tests -n $TEST_JOBS, compile $COMPILE_JOBS processes"
+  fi
 }
 
 stage_build() {
@@ -293,7 +309,8 @@ part_wide() {  # part_wide <seconds>: the wide tiles, each case alone; memcheck 
 }
 
 part_compile() {
-  limited "$1" "$WORK/compile.log" "$PY" -m bench.step "${COMPILE_ARGS[@]}"
+  limited "$1" "$WORK/compile.log" "$PY" -m bench.step "${COMPILE_ARGS[@]}" \
+    --precompile "$COMPILE_JOBS"
 }
 
 COMPILE_PID=""  # the compile part, once started
@@ -510,6 +527,8 @@ dry_run() {
   check "compiled: python -m bench.step ${COMPILED_ARGS[*]}" "$PY" -m bench.step "${COMPILED_ARGS[@]}" --dry-run
   check "counters: python -m bench.kernel_counters ${COUNTERS_ARGS[*]}" \
     "$PY" -m bench.kernel_counters "${COUNTERS_ARGS[@]}" --dry-run
+  check "prebuilt cache: python -m bench.triton_cache install --archive <none>" \
+    "$PY" -m bench.triton_cache install --archive "$tmp/none.tar.gz" --cache-dir "$tmp/cache"
   check "report: python -m bench.report" "$PY" -m bench.report --help
   check "goals: python -m bench.goals" "$PY" -m bench.goals --help
   check "verdicts: python -m bench.verdicts" "$PY" -m bench.verdicts --help
@@ -609,6 +628,12 @@ main() {
 
 if [ "${1:-}" = "--dry-run" ]; then
   dry_run
+  exit $?
+fi
+if [ "${1:-}" = "--prebuild" ]; then  # here, with no GPU: bench/triton_cache.py
+  [ -d "$ROOT/.venv/triton-3.6.0" ] && export PYTHONPATH="$ROOT/.venv/triton-3.6.0:$PYTHONPATH"
+  "${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}" \
+    -m bench.triton_cache build -- "${COMPILE_ARGS[@]}"
   exit $?
 fi
 # what ran: the commit (+dirty for local changes), or without git (a copied tree) a digest

@@ -38,12 +38,11 @@ from .forward import (
     _sobolev_loss_finish_kernel,
 )
 from .forward_resident import _sobolev_fwd_resident_kernel
-from .layout import LaunchConfig, Layout, cdiv
+from .layout import LaunchConfig, Layout, cdiv, gpu_properties, multiprocessors
 from .parameter_grads import (
     _empty_like,
     _grads_by_gemm,
     _grads_by_splitk,
-    _multiprocessors,
     _parameter_grads_of,
     _split_rows,
     _splitk_max_batch,
@@ -593,6 +592,6 @@ def _persistent_programs(batch: int, config: LaunchConfig, device: torch.device)
     warps, two of 4), since each further one only costs memory (its scratch, and the
     backward's row of partial sums). Two where the interpreter runs it, so that a program
     takes several spans and the reduction adds several rows."""
-    per_sm = max(1, 8 // config.warps) if device.type == "cuda" else 2
+    per_sm = 2 if gpu_properties(device) is None else max(1, 8 // config.warps)
     span = config.rows * config.dw_tiles
-    return max(1, min(cdiv(batch, span), per_sm * _multiprocessors(device)))
+    return max(1, min(cdiv(batch, span), per_sm * multiprocessors(device)))

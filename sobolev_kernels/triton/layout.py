@@ -25,6 +25,8 @@ __all__ = [
     "RESIDENT_MAX_WIDTH",
     "TILE_PER_THREAD",
     "cdiv",
+    "gpu_properties",
+    "multiprocessors",
     "next_power_of_2",
     "shared_memory_limit",
     "tf32_splits_rows",
@@ -99,9 +101,14 @@ def _prefix(values: list[int]) -> tuple[int, ...]:
 def shared_memory_limit(device: torch.device) -> int | None:
     """Largest shared memory one program may use on ``device`` (None: no limit, the CPU
     interpreter)."""
-    if device.type != "cuda":
-        return None
-    return device_properties(device).shared_memory_per_block_optin
+    props = gpu_properties(device)
+    return None if props is None else props.shared_memory_per_block_optin
+
+
+def multiprocessors(device: torch.device) -> int:
+    """SMs of ``device`` (1 off CUDA)."""
+    props = gpu_properties(device)
+    return 1 if props is None else props.multi_processor_count
 
 
 _PROPERTIES: dict[torch.device, object] = {}
@@ -109,11 +116,16 @@ _MISSING = object()
 T = TypeVar("T")
 
 
-def device_properties(device: torch.device):
-    """``torch.cuda.get_device_properties``, asked once per device (a step asks several
-    times, and torch's call costs microseconds of host time)."""
+def gpu_properties(device: torch.device):
+    """``torch.cuda.get_device_properties`` of a CUDA ``device``, asked once per device (a
+    step asks several times, and torch's call costs microseconds of host time); None off
+    CUDA. The one place the launchers learn which GPU they launch for: the shared memory
+    limit, the SMs, programs per SM (``bench/triton_cache.py`` stands an H200 in for the CPU
+    here, to compile a GPU's kernels without one)."""
     props = _PROPERTIES.get(device)
     if props is None:
+        if device.type != "cuda":
+            return None
         props = _PROPERTIES[device] = torch.cuda.get_device_properties(device)
     return props
 

@@ -22,7 +22,7 @@ from .choices import (
     _tuning_key,
     _unmeasured_offered,
 )
-from .layout import Layout, cdiv, device_properties
+from .layout import Layout, cdiv, multiprocessors
 from .plans import _plans, _settings
 from .weight_grad import _sum_partials_kernel, _sum_row_blocks_kernel, _weight_grad_partials_kernel
 
@@ -230,7 +230,7 @@ def _split_rows(layout: Layout, batch: int, device: torch.device,
     max_tile, warps = _splitk_tiles(layout, wide)
     geometry = layout.weight_grad_constexprs(True, max_tile)
     tiles, row_block = geometry["TILE_CUM"][-1], geometry["BK"]
-    programs = (16 // warps) * _multiprocessors(device)
+    programs = (16 // warps) * multiprocessors(device)
     splits = max(1, min(cdiv(programs, tiles), cdiv(stack, row_block)))
     rows_per_split = cdiv(cdiv(stack, splits), row_block) * row_block
     return cdiv(stack, rows_per_split), rows_per_split
@@ -323,9 +323,3 @@ def _empty_like(t: Tensor) -> Tensor:
     # contiguous, whatever t is (empty_like: 2.5 us, torch.empty from t's shape, device and
     # dtype: 7 us, and a step made eight)
     return torch.empty_like(t, memory_format=torch.contiguous_format)
-
-
-def _multiprocessors(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return device_properties(device).multi_processor_count
