@@ -19,7 +19,8 @@ the GPU's launch configs; the tuner runs every candidate. Each kernel compiles f
 the GPU machine's Triton (3.6: run this with it, ``PYTHONPATH=.venv/triton-3.6.0``) into a
 cache whose entries keep only the binary and its metadata. Triton's cache key hashes its
 compiled library, which differs between Python versions: the entries are keyed for the GPU
-machine's Python (3.12 there) with that build's library hash (its wheel is downloaded).
+machine's Python (3.12 there) with that build's library hash (its wheel is downloaded; the
+key so formed equals the one that wheel's own Triton computes under Python 3.12, 2026-11-29).
 
 Where a key still differs there (another Triton build, a cache-invalidating TRITON_* setting),
 nothing is lost: that kernel compiles as it would have. ``install`` says whether the Triton
@@ -206,9 +207,11 @@ def build(args: argparse.Namespace) -> int:
 
 
 def _commit() -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True)  # fmt: skip
-    return done.stdout.strip() or "unknown"
+    """The commit built (+dirty with local changes), as gpu_session.sh names what it ran."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--"]).returncode == 0
+    return (head.stdout.strip() or "unknown") + ("" if clean else "+dirty")
 
 
 def pack(cache_dir: Path, entries: list[str], manifest: dict, out: Path) -> int:
