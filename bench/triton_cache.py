@@ -53,11 +53,17 @@ H200 = {"name": "NVIDIA H200", "multi_processor_count": 132,
 CARRY_LIMIT = 64 << 20  # what the device tool carries in all
 
 
-def triton_key_sha() -> str:
-    """A digest of this Triton's cache key prefix (its version, sources and library)."""
-    from triton.runtime.cache import triton_key
+def key_parts(triton_key: str | None = None) -> dict:
+    """What Triton's cache key takes from the machine rather than the kernel (a digest of
+    the Triton build, ptxas's version for sm_90, the cache-invalidating TRITON_* settings):
+    equal here and there, a kernel's key is equal too."""
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.backends.nvidia.compiler import get_ptxas_version
+    from triton.runtime.cache import triton_key as this_triton
 
-    return hashlib.sha256(triton_key().encode()).hexdigest()
+    return {"triton_key_sha256": hashlib.sha256((triton_key or this_triton()).encode()).hexdigest(),
+            "ptxas": get_ptxas_version(90).strip().splitlines()[-1],
+            "env_vars": dict(sorted(get_cache_invalidating_env_vars().items()))}  # fmt: skip
 
 
 # -- build (here) ---------------------------------------------------------------------------
@@ -191,8 +197,7 @@ def build(args: argparse.Namespace) -> int:
             failed += bool(problems)
             print(f"[prebuild {i}/{len(points)}] {name}: {len(compiled)} new kernels "
                   f"{problems or 'ok'} ({time.monotonic() - start:.0f} s)", flush=True)  # fmt: skip
-    manifest = {"triton": args.triton, "python": args.python,
-                "triton_key_sha256": hashlib.sha256(key.encode()).hexdigest(),
+    manifest = {"triton": args.triton, "python": args.python, **key_parts(key),
                 "kernels": len(entries), "points": len(points), "commit": _commit(),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     size = pack(cache_dir, sorted(entries), manifest, Path(args.out))
@@ -266,20 +271,23 @@ def install(archive: Path, cache_dir: Path) -> dict | None:
 
 def describe(manifest: dict | None, archive: Path) -> str:
     """One line for the session log: what was installed, and whether this Triton is the one
-    its entries were keyed for."""
+    its entries were keyed for (else what differs)."""
     if manifest is None:
         return f"prebuilt Triton cache: none ({archive} absent)"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
     try:
         import triton
 
-        ours = f"triton {triton.__version__}, Python {sys.version_info.major}." \
-               f"{sys.version_info.minor}"  # fmt: skip
-        match = "yes" if triton_key_sha() == manifest["triton_key_sha256"] else "no"
+        ours = key_parts()
+        here = f"triton {triton.__version__}, Python {python}"
     except ImportError:
-        ours, match = "no triton", "no"
+        ours, here = {}, f"no triton, Python {python}"
+    differ = [name for name in ("triton_key_sha256", "ptxas", "env_vars")
+              if ours.get(name) != manifest.get(name)]  # fmt: skip
+    match = "yes" if not differ else f"no ({', '.join(differ)} differ)"
     return (f"prebuilt Triton cache: {manifest['kernels']} kernels of commit "
             f"{manifest['commit']} for triton {manifest['triton']}, Python "
-            f"{manifest['python']} (built {manifest['built']}); here {ours}; keyed for "
+            f"{manifest['python']} (built {manifest['built']}); here {here}; keyed for "
             f"this Triton: {match}")  # fmt: skip
 
 
