@@ -284,7 +284,7 @@ def describe(manifest: dict | None, archive: Path) -> str:
         ours, here = {}, f"no triton, Python {python}"
     differ = [name for name in ("triton_key_sha256", "ptxas", "env_vars")
               if ours.get(name) != manifest.get(name)]  # fmt: skip
-    match = "yes" if not differ else f"no ({', '.join(differ)} differ)"
+    match = "yes" if not differ else f"no (differs: {', '.join(differ)})"
     return (f"prebuilt Triton cache: {manifest['kernels']} kernels of commit "
             f"{manifest['commit']} for triton {manifest['triton']}, Python "
             f"{manifest['python']} (built {manifest['built']}); here {here}; keyed for "

@@ -59,6 +59,14 @@ def test_pack_keeps_binaries_and_install_makes_their_paths_absolute(tmp_path):
     assert again == group
 
 
+def test_a_cache_keyed_here_is_keyed_for_this_triton_and_a_changed_part_is_named(tmp_path):
+    manifest = {"kernels": 3, "commit": "abc", "triton": "x", "python": "y", "built": "now",
+                **triton_cache.key_parts()}  # fmt: skip
+    assert triton_cache.describe(manifest, tmp_path).endswith("keyed for this Triton: yes")
+    other = {**manifest, "ptxas": "Build cuda_0.0"}
+    assert triton_cache.describe(other, tmp_path).endswith("no (differs: ptxas)")
+
+
 def test_install_without_an_archive_installs_nothing(tmp_path):
     missing = tmp_path / "none.tar.gz"
     assert triton_cache.install(missing, tmp_path / "cache") is None
