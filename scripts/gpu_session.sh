@@ -109,8 +109,7 @@ SWEEP_ARGS=(--configs --sweeps batch --precisions fp32 bf16 --modes step
 COMPILE_ARGS=(--configs M S L --sweeps batch --precisions fp32 bf16 --modes step forward
               --exclude torch_compile triton_jit_launch cuda_bias_gemv cuda_bias_operands
               cuda_staged_split cuda_splitk_tc cuda_cutlass_gemm cuda_backward_operands
-              cuda_operands_cutlass cuda_batched_pass cuda_lean --precompile "$COMPILE_JOBS"
-              --compile-only)
+              cuda_operands_cutlass cuda_batched_pass cuda_lean --compile-only)
 PROFILE_ARGS=(--configs M --precisions fp32 bf16 --memory)
 # bf16 at the bench's batch: the step run 3 found host-bound (1.08 ms of GPU time in 2.12 ms);
 # triton_jit_launch: the same step with every launch through Triton's own path (what
@@ -308,7 +307,7 @@ part_wide() {  # part_wide <seconds>: the wide tiles, each case alone; memcheck 
   return $rc
 }
 
-part_compile() {
+part_compile() {  # (COMPILE_JOBS as the env stage left it)
   limited "$1" "$WORK/compile.log" "$PY" -m bench.step "${COMPILE_ARGS[@]}" \
     --precompile "$COMPILE_JOBS"
 }
@@ -521,7 +520,8 @@ dry_run() {
   check "bench, compiling first: python -m bench.step ... ${first[*]}" \
     "$PY" -m bench.step "${BENCH_ARGS[@]}" "${first[@]}" --dry-run
   check "sweep: python -m bench.step ${SWEEP_ARGS[*]}" "$PY" -m bench.step "${SWEEP_ARGS[@]}" --dry-run
-  check "compile: python -m bench.step ${COMPILE_ARGS[*]}" "$PY" -m bench.step "${COMPILE_ARGS[@]}" --dry-run
+  check "compile: python -m bench.step ${COMPILE_ARGS[*]} --precompile $COMPILE_JOBS" \
+    "$PY" -m bench.step "${COMPILE_ARGS[@]}" --precompile "$COMPILE_JOBS" --dry-run
   check "profile: python -m bench.kernel_profile ${PROFILE_ARGS[*]}" "$PY" -m bench.kernel_profile "${PROFILE_ARGS[@]}" --dry-run
   check "host profile: python -m bench.host_profile ${HOST_ARGS[*]}" "$PY" -m bench.host_profile "${HOST_ARGS[@]}" --dry-run
   check "compiled: python -m bench.step ${COMPILED_ARGS[*]}" "$PY" -m bench.step "${COMPILED_ARGS[@]}" --dry-run
