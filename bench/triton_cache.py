@@ -86,13 +86,13 @@ def device_triton_key(python: str, wheels: Path) -> str:
     if python == f"{sys.version_info.major}.{sys.version_info.minor}":
         return key
     wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob(f"triton-{triton.__version__}-cp{python.replace('.', '')}-*.whl"))
-    if not found:
+    pattern = f"triton-{triton.__version__}-cp{python.replace('.', '')}-*.whl"
+    if not list(wheels.glob(pattern)):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                         "--only-binary=:all:", "--python-version", python, "--platform",
                         "manylinux_2_28_x86_64", f"triton=={triton.__version__}", "-d",
                         str(wheels)], check=True)  # fmt: skip
-        found = sorted(wheels.glob(f"triton-{triton.__version__}-*.whl"))
+    found = sorted(wheels.glob(pattern))
     with zipfile.ZipFile(found[-1]) as wheel, wheel.open("triton/_C/libtriton.so") as lib:
         theirs = _library_sha(lib.read)
     with open(Path(triton.__file__).parent / "_C" / "libtriton.so", "rb") as lib:
@@ -102,16 +102,16 @@ def device_triton_key(python: str, wheels: Path) -> str:
     return key.replace(ours, theirs)
 
 
-def _start_worker(key: str) -> None:
-    """A build process: the faked GPU driver, an H200 for the CPU, real compiles keyed
-    ``key``, each kernel then left as a no-op to launch."""
+def _start_worker(triton_key: str) -> None:
+    """A build process: the faked GPU driver, an H200 for the CPU, real compiles keyed with
+    ``triton_key``, each kernel then left as a no-op to launch."""
     sys.path.insert(0, str(ROOT / "tests"))
     import fake_triton_driver  # (before sobolev_kernels.triton)
     from triton.runtime import cache, jit
 
     compile_for_real = jit.JITFunction._do_compile
     fake_triton_driver.install()
-    cache.triton_key = lambda: key
+    cache.triton_key = lambda: triton_key
 
     def compile_then_skip(self, key, signature, device, *args, **kwargs):
         kernel = compile_for_real(self, key, signature, device, *args, **kwargs)
