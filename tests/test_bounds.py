@@ -1,5 +1,8 @@
 """The Triton kernels stay inside their tensors (tests/bounds_checked.py), in the launch
-configs the tuner may pick, at a batch that leaves the last row tile ragged.
+configs the tuner may pick, at a batch that leaves the last row tile ragged: forced ones, and
+every candidate the tuners offer, run as a GPU's tuner runs them (the forms no GPU has run
+among them: an access past a tensor there faults and loses the process's CUDA context, and
+with it the rest of a GPU session's benchmark).
 
 The H200 run of 2026-11-27 ended with an illegal memory access in the tuner's 64-row
 ("wide") forward candidate at config M in fp32 (B >= 16384); a kernel indexing past a tensor
@@ -69,3 +72,48 @@ def test_kernels_stay_inside_their_tensors(monkeypatch, pick, order, backward, s
         kw.update(order=2, target_hvp2=torch.randn(SHAPE["batch"], SHAPE["k"], SHAPE["out"]))
     with bounds_checked():
         assert_backends_agree(model, x, y, kw, "triton", TOLERANCES[torch.float32])
+
+
+@pytest.fixture
+def every_candidate(monkeypatch):
+    """The tuners run every candidate they offer once, as a GPU's would (each then "takes"
+    1 ms, so the first is kept): the unmeasured forms among them too (128-row tiles, spans of
+    row tiles, the activated forward, the wide split-K tiles). Yields the measured keys."""
+    from sobolev_kernels import tuning
+
+    monkeypatch.setattr(tuning, "can_measure", lambda device: True)
+    monkeypatch.setattr(tuning, "time_ms", lambda fn: (fn(), 1.0)[1])
+    tuning.clear()
+    yield tuning.measurements
+    tuning.clear()
+
+
+def _tried(measurements) -> list:
+    return [candidate for record in measurements().values() for candidate, _ in record]
+
+
+@pytest.mark.parametrize(
+    "dtype, order, save, width",
+    [(torch.float32, 1, "1", 40), (torch.float32, 2, "1", 40), (torch.float32, 1, "0", 40),
+     (torch.bfloat16, 1, "1", 40), (torch.float32, 1, "1", 72)],
+)  # fmt: skip
+def test_every_tuner_candidate_stays_inside_its_tensors(monkeypatch, every_candidate, dtype,
+                                                        order, save, width):  # fmt: skip
+    # (width 72: layers wider than 64, where the weight gradients' wide split-K tiles exist)
+    monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
+    shape = {**SHAPE, "width": width} if width == 40 else {**SHAPE, "width": width, "k": 1}
+    model, x, y, kw = sample_inputs(dtype=dtype, target="jvp", **shape)
+    if order == 2:
+        kw.update(order=2, target_hvp2=torch.randn(shape["batch"], shape["k"], shape["out"]))
+    with bounds_checked():
+        assert_backends_agree(model, x, y, kw, "triton", TOLERANCES[dtype])
+    tried = _tried(every_candidate)
+    configs = [c for c in tried if hasattr(c, "rows")]
+    assert any(c.dw_tiles > 1 for c in configs)  # the persistent backward's spans
+    if dtype == torch.float32:
+        assert any(c.rows == 128 for c in configs)
+        assert any(c.activated for c in configs)
+    if save == "1":
+        assert "splitk" in tried
+    if save == "1" and width > 64:
+        assert {"splitk_wide", "recompute_wide"} <= set(tried)
