@@ -93,14 +93,23 @@ def _tried(measurements) -> list:
 
 
 @pytest.mark.parametrize(
-    "dtype, order, save, width",
-    [(torch.float32, 1, "1", 40), (torch.float32, 2, "1", 40), (torch.float32, 1, "0", 40),
-     (torch.bfloat16, 1, "1", 40), (torch.float32, 1, "1", 72)],
+    "dtype, order, save, width, setting",
+    [(torch.float32, 1, "1", 40, None), (torch.float32, 2, "1", 40, None),
+     (torch.float32, 1, "0", 40, None), (torch.bfloat16, 1, "1", 40, None),
+     (torch.float32, 1, "1", 72, None),
+     # the benchmark's unmeasured providers that index memory otherwise
+     (torch.float32, 1, "1", 72, ("SOBOLEV_TRITON_INPUTS_LAYOUT", "kmajor")),
+     (torch.bfloat16, 1, "1", 40, ("SOBOLEV_TRITON_BACKWARD_KERNEL", "resident")),
+     (torch.bfloat16, 1, "1", 40, ("SOBOLEV_TRITON_WIDE_TILES", "1"))],
+    ids=["fp32", "fp32-order2", "fp32-lean", "bf16", "fp32-wide-layers", "kmajor",
+         "bf16-resident-backward", "bf16-wide-tiles"],
 )  # fmt: skip
 def test_every_tuner_candidate_stays_inside_its_tensors(monkeypatch, every_candidate, dtype,
-                                                        order, save, width):  # fmt: skip
+                                                        order, save, width, setting):  # fmt: skip
     # (width 72: layers wider than 64, where the weight gradients' wide split-K tiles exist)
     monkeypatch.setenv("SOBOLEV_SAVE_ACTIVATIONS", save)
+    if setting is not None:
+        monkeypatch.setenv(*setting)
     shape = {**SHAPE, "width": width} if width == 40 else {**SHAPE, "width": width, "k": 1}
     model, x, y, kw = sample_inputs(dtype=dtype, target="jvp", **shape)
     if order == 2:
@@ -117,3 +126,5 @@ def test_every_tuner_candidate_stays_inside_its_tensors(monkeypatch, every_candi
         assert "splitk" in tried
     if save == "1" and width > 64:
         assert {"splitk_wide", "recompute_wide"} <= set(tried)
+    if setting is not None and setting[0] == "SOBOLEV_TRITON_BACKWARD_KERNEL":
+        assert any(c.resident for c in configs)
