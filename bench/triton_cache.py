@@ -3,7 +3,9 @@
     bash scripts/gpu_session.sh --prebuild      # here, before a session's first device call
     python -m bench.triton_cache install        # there (gpu_session.sh's env stage does it)
 
-Then pass ``carry=[".gpu_work/prebuilt_triton_cache.tar.gz"]`` to the device's run.
+Then pass ``carry=[".gpu_work/prebuild/triton_cache.tar.gz"]`` to the device's run. Everything
+the build keeps (its full cache, the downloaded wheel) stays in ``.gpu_work/prebuild/``, which
+the GPU script leaves out of the results it packs.
 
 Why: the H200 machine's host compiles slowly. Run 5 (2026-11-27) took 191 s on 6 processes
 to compile the benchmark's 153 kernels there, beside the gpu tests; the kernel forms added
@@ -43,8 +45,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".gpu_work"
-ARCHIVE = WORK / "prebuilt_triton_cache.tar.gz"
+WORK = ROOT / ".gpu_work" / "prebuild"  # (gpu_session.sh packs none of it)
+ARCHIVE = WORK / "triton_cache.tar.gz"
 MANIFEST = "manifest.json"
 DEVICE_PYTHON = "3.12"  # the H200 machine's (/opt/torch/.venv, 2026-11-27)
 # An H200's (and an H100 SXM's) SMs and opt-in shared memory a block: what the launchers read
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     make.add_argument("--triton", default="3.6.0", help="the GPU machine's Triton version")
     make.add_argument("--python", default=DEVICE_PYTHON, help="the GPU machine's Python")
-    make.add_argument("--cache-dir", default=str(WORK / "triton_cache_build"),
+    make.add_argument("--cache-dir", default=str(WORK / "cache"),
                       help="where the full entries are compiled (kept: a rebuild after a "
                            "change compiles only what it changed)")  # fmt: skip
     make.add_argument("--out", default=str(ARCHIVE))

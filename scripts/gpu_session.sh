@@ -7,8 +7,8 @@
 #   bash scripts/gpu_session.sh explore         # an extra stage, not in the default run
 #   bash scripts/gpu_session.sh --prebuild      # HERE, before the first device call (no GPU,
 #       about 10 min on 2 cores): the bench's Triton kernels compiled for the device's Triton
-#       and Python into .gpu_work/prebuilt_triton_cache.tar.gz; then run this script on the
-#       device with carry=[".gpu_work/prebuilt_triton_cache.tar.gz"] (bench/triton_cache.py)
+#       and Python into .gpu_work/prebuild/triton_cache.tar.gz; then run this script on the
+#       device with carry=[".gpu_work/prebuild/triton_cache.tar.gz"] (bench/triton_cache.py)
 # Stages, each under its own time limit in seconds (LIMIT below):
 #   env      20  the device, versions, commit (or a digest of the sources where git is absent);
 #                the prebuilt Triton cache installed where carried (and keyed for this
@@ -479,13 +479,14 @@ pack() {  # at most 8 files in $OUT: session.log (written as we go) and these
       [ -f "$WORK/sanitizer_$tool.txt" ] && { echo "==== $tool"; tail -200 "$WORK/sanitizer_$tool.txt"; }
     done > "$OUT/sanitizer.txt"
   fi
+  # (not the Triton caches: the machine's, and the one carried here, ./prebuild)
   tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" --exclude=./triton_cache --exclude=./out \
-    --exclude='*.ncu-rep' . 2>/dev/null
+    --exclude=./prebuild --exclude='*.ncu-rep' . 2>/dev/null
   # a file over 16 MiB would not come back: without the full sanitizer logs (their tails are
   # in sanitizer.txt), which are what can grow
   if [ "$(stat -c %s "$OUT/gpu_session.tar.gz")" -gt 15000000 ]; then
     tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" --exclude=./triton_cache --exclude=./out \
-      --exclude='*.ncu-rep' --exclude='./sanitizer_*' . 2>/dev/null
+      --exclude=./prebuild --exclude='*.ncu-rep' --exclude='./sanitizer_*' . 2>/dev/null
   fi
   say "results in $OUT:"
   ls -la "$OUT"

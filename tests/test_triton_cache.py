@@ -84,6 +84,15 @@ def test_install_refuses_members_outside_the_cache(tmp_path):
     assert not (tmp_path / "outside.json").exists()
 
 
+def test_the_gpu_script_packs_none_of_the_prebuilt_cache():
+    # the archive (26 MiB) in the results' tarball would push it over what comes back (16 MiB)
+    script = (ROOT / "scripts" / "gpu_session.sh").read_text()
+    assert triton_cache.ARCHIVE.parent == triton_cache.WORK == ROOT / ".gpu_work" / "prebuild"
+    packs = [line for line in script.splitlines() if 'tar -czf "$OUT/gpu_session.tar.gz"' in line]
+    assert len(packs) == 2
+    assert script.count("--exclude=./prebuild") == len(packs)
+
+
 def test_the_key_for_this_python_is_this_tritons():
     from triton.runtime.cache import triton_key
 
