@@ -210,6 +210,9 @@ def build(args: argparse.Namespace) -> int:
         print(f"[prebuild] over the device's carry limit ({CARRY_LIMIT >> 20} MiB)",
               file=sys.stderr)  # fmt: skip
         return 1
+    where = Path(args.out).resolve()
+    if where.is_relative_to(ROOT):
+        print(f'[prebuild] on the device: run(..., carry=["{where.relative_to(ROOT)}"])')
     return 1 if failed else 0
 
 
