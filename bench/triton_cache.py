@@ -264,7 +264,8 @@ def install(archive: Path, cache_dir: Path) -> dict | None:
         for member in members:
             if not member.isfile() or Path(member.name).is_absolute() or ".." in member.name:
                 raise ValueError(f"archive: unexpected member {member.name!r}")
-        tar.extractall(cache_dir, members=members)
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # (3.11.4+)
+        tar.extractall(cache_dir, members=members, **safe)
     for group in cache_dir.glob("*/__grp__*.json"):
         data = json.loads(group.read_text())
         paths = data["child_paths"]
@@ -285,8 +286,8 @@ def describe(manifest: dict | None, archive: Path) -> str:
 
         ours = key_parts()
         here = f"triton {triton.__version__}, Python {python}"
-    except ImportError:
-        ours, here = {}, f"no triton, Python {python}"
+    except Exception as exc:  # noqa: BLE001 - the line is still what the log needs
+        ours, here = {}, f"no key parts ({type(exc).__name__}: {exc}), Python {python}"
     differ = [name for name in ("triton_key_sha256", "ptxas", "env_vars")
               if ours.get(name) != manifest.get(name)]  # fmt: skip
     match = "yes" if not differ else f"no (differs: {', '.join(differ)})"
